@@ -1,0 +1,18 @@
+"""``fedge-agent``: the device-side command. Thin: each command is one library call."""
+
+from __future__ import annotations
+
+import click
+
+from agent.core.cliutil import logging_options, run
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fedge", prog_name="fedge-agent")
+@logging_options
+def cli() -> None:
+    """fedge device agent: trains the global model on local data, privately, when eligible."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    raise SystemExit(run(cli, "fedge-agent", argv))

@@ -1,0 +1,72 @@
+"""What the three CLIs share: logging options and mapping fedge errors to one line and an exit code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from agent.core import logs
+from agent.core.errors import FedgeError
+
+#: Exit code for an unexpected crash (a bug): distinct from every FedgeError code.
+EXIT_INTERNAL = 70
+
+
+def logging_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--log-level`` and ``--log-format`` for a top-level group; configures logging once."""
+
+    def configure(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        ctx.meta[_param.name] = value
+        if "log_level" in ctx.meta and "log_format" in ctx.meta:
+            logs.configure(ctx.meta["log_level"], ctx.meta["log_format"])
+        return value
+
+    f = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        expose_value=False,
+        callback=configure,
+        is_eager=True,
+        help="Log lines for people (text) or one JSON object per line for fleets (json).",
+    )(f)
+    f = click.option(
+        "--log-level",
+        type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+        default="INFO",
+        show_default=True,
+        expose_value=False,
+        callback=configure,
+        is_eager=True,
+        help="Lowest level of log lines to print.",
+    )(f)
+    return f
+
+
+def run(group: click.Command, prog: str, argv: list[str] | None = None) -> int:
+    """Run a click command; a FedgeError becomes ``prog: error: ...`` and its exit code."""
+    try:
+        group.main(args=argv, prog_name=prog, standalone_mode=False)
+    except FedgeError as e:
+        click.echo(f"{prog}: error: {e}", err=True)
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo(f"{prog}: aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug: still one line, with the type, and a hint for details
+        click.echo(f"{prog}: internal error: {type(e).__name__}: {e} (run with --log-level DEBUG)", err=True)
+        import logging
+
+        logging.getLogger(prog).debug("traceback", exc_info=True)
+        return EXIT_INTERNAL
+    return 0

@@ -1,0 +1,7 @@
+"""Every wire message type, one module per protocol area; importing this registers them all.
+
+Add a module here (and import it below) for a new area; :mod:`agent.core.wire` loads this
+package before its first encode or decode, so the registry is always complete.
+"""
+
+from agent.core.messages import common  # noqa: F401

@@ -1,0 +1,1 @@
+"""fedge coordinator: enrollment, training rounds, secure aggregation, privacy accounting, releases."""

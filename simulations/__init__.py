@@ -1,0 +1,1 @@
+"""fedge simulations: thousands of clients running the real protocol code in one process (or Ray)."""
