@@ -1,0 +1,93 @@
+"""Hypothesis strategies for any registered wire message, derived from its type hints."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from agent.core import wire
+
+_INT = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+_DTYPES = list(wire.ARRAY_DTYPES.values())
+
+
+def array_strategy() -> st.SearchStrategy[np.ndarray]:
+    return st.sampled_from(_DTYPES).flatmap(
+        lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5))
+    )
+
+
+def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return st.none() | strategy_for(args[0])
+    if tp is int:
+        return _INT
+    if tp is float:
+        return st.floats(allow_nan=False)
+    if tp is bool:
+        return st.booleans()
+    if tp is str:
+        return st.text(max_size=20)
+    if tp is bytes:
+        return st.binary(max_size=64)
+    if tp is np.ndarray:
+        return array_strategy()
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return st.sampled_from(list(tp))
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return dataclass_strategy(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return st.lists(strategy_for(args[0]), max_size=4).map(tuple)
+        return st.tuples(*(strategy_for(a) for a in args))
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        return st.dictionaries(strategy_for(kt), strategy_for(vt), max_size=4)
+    raise TypeError(f"no strategy for {tp!r}")
+
+
+def dataclass_strategy(cls: type) -> st.SearchStrategy[Any]:
+    """Instances of ``cls``; those its ``__post_init__`` rejects are filtered out."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: strategy_for(hints[f.name]) for f in dataclasses.fields(cls)}
+
+    def build(kwargs: dict[str, Any]) -> Any:
+        try:
+            return cls(**kwargs)
+        except (ValueError, TypeError):
+            return None
+
+    return st.fixed_dictionaries(fields).map(build).filter(lambda m: m is not None)
+
+
+def equal(a: Any, b: Any) -> bool:
+    """Deep equality that compares arrays by dtype, shape and bytes."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (
+            isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)
+            and a.dtype.str.lstrip("<>=|") == b.dtype.str.lstrip("<>=|")
+            and a.shape == b.shape
+            and a.tobytes() == b.tobytes()
+        )
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        return type(a) is type(b) and all(
+            equal(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)
+        )
+    if isinstance(a, tuple):
+        return isinstance(b, tuple) and len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (a != a and b != b)
+    return type(a) is type(b) and a == b
