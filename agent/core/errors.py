@@ -49,3 +49,9 @@ class TrainingError(FedgeError):
     """A model cannot be loaded or trained, or the local data does not fit it."""
 
     exit_code = 8
+
+
+class TransportError(FedgeError):
+    """The broker cannot be reached, refused us, or did not acknowledge in time."""
+
+    exit_code = 9
