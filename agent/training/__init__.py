@@ -1,0 +1,1 @@
+"""On-device training: TFLite runtime loading, the trainer, numpy reference models, the model zoo."""

@@ -1,0 +1,112 @@
+"""Builds one zoo model: seeded initial weights, SavedModel, builtin-only conversion, metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.lite.tools import flatbuffer_utils
+from tensorflow.lite.python import schema_py_generated as schema
+
+from agent.training.modelgen import graphs
+
+#: Name of the metadata entry embedded in every .tflite file (JSON, UTF-8).
+METADATA_NAME = "fedge_model"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What defines one zoo model: its graph class, version, seed and weight shapes in order."""
+
+    name: str
+    architecture: str
+    version: int
+    seed: int
+    model: type[graphs.ZooModel]
+    weights: tuple[tuple[str, tuple[int, ...]], ...]
+
+
+RECIPES = {
+    r.name: r
+    for r in (
+        Recipe("logreg", "multinomial logistic regression 64->10", 1, 101, graphs.LogReg,
+               (("w", (64, 10)), ("b", (10,)))),
+        Recipe("mlp", "mlp 64->32 relu->10", 1, 102, graphs.MLP,
+               (("w1", (64, 32)), ("b1", (32,)), ("w2", (32, 10)), ("b2", (10,)))),
+        Recipe("cnn", "cnn 28x28x1 conv3x3x8 valid relu -> maxpool2x2 -> dense 10", 1, 103, graphs.CNN,
+               (("conv_w", (3, 3, 1, 8)), ("conv_b", (8,)), ("dense_w", (1352, 10)), ("dense_b", (10,)))),
+    )
+}
+
+
+def initial_weights(recipe: Recipe) -> dict[str, np.ndarray]:
+    """Glorot-uniform kernels and zero biases from the recipe's fixed seed."""
+    rng = np.random.default_rng(recipe.seed)
+    out = {}
+    for name, shape in recipe.weights:
+        if len(shape) == 1:
+            out[name] = np.zeros(shape, np.float32)
+        else:
+            fan_in = int(np.prod(shape[:-1]))
+            limit = np.sqrt(6.0 / (fan_in + shape[-1]))
+            out[name] = rng.uniform(-limit, limit, size=shape).astype(np.float32)
+    return out
+
+
+def metadata(recipe: Recipe) -> dict:
+    """The self-description stored inside the model and beside it as JSON."""
+    module = recipe.model
+    return {
+        "name": recipe.name,
+        "architecture": recipe.architecture,
+        "version": recipe.version,
+        "input_shape": [None, *module.input_shape],
+        "num_classes": module.num_classes,
+        "weights": [{"name": n, "shape": list(s)} for n, s in recipe.weights],
+        "num_params": int(sum(np.prod(s) for _, s in recipe.weights)),
+        "signatures": {
+            "train": "x float32[batch,...], y int32[batch], lr float32 scalar -> loss (one SGD step)",
+            "infer": "x -> logits float32[batch,num_classes]",
+            "get_weights": "-> one float32 tensor per weight name",
+            "set_weights": "one float32 tensor per weight name -> count",
+        },
+        "generator": {"tensorflow": tf.__version__, "seed": recipe.seed},
+    }
+
+
+def convert(recipe: Recipe) -> bytes:
+    """SavedModel -> TFLite with builtin ops only and resource variables; returns the flatbuffer."""
+    module = recipe.model(initial_weights(recipe))
+    with tempfile.TemporaryDirectory() as tmp:
+        tf.saved_model.save(module, tmp, signatures=module.signatures())
+        conv = tf.lite.TFLiteConverter.from_saved_model(
+            tmp, signature_keys=["train", "infer", "get_weights", "set_weights"]
+        )
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        conv.experimental_enable_resource_variables = True
+        return bytes(conv.convert())
+
+
+def embed_metadata(flatbuffer: bytes, meta: dict) -> bytes:
+    """Append a ``fedge_model`` metadata entry (JSON) to the model flatbuffer."""
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    buf = schema.BufferT()
+    buf.data = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+    model.buffers.append(buf)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def build(name: str) -> tuple[bytes, dict]:
+    """The .tflite bytes and the JSON sidecar (metadata plus the file's sha256) of zoo model ``name``."""
+    recipe = RECIPES[name]
+    meta = metadata(recipe)
+    data = embed_metadata(convert(recipe), meta)
+    return data, {**meta, "sha256": hashlib.sha256(data).hexdigest()}
