@@ -49,7 +49,7 @@ def logging_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def run(group: click.Command, prog: str, argv: list[str] | None = None) -> int:
     """Run a click command; a FedgeError becomes ``prog: error: ...`` and its exit code."""
     try:
-        group.main(args=argv, prog_name=prog, standalone_mode=False)
+        rv = group.main(args=argv, prog_name=prog, standalone_mode=False)
     except FedgeError as e:
         click.echo(f"{prog}: error: {e}", err=True)
         return e.exit_code
@@ -69,4 +69,5 @@ def run(group: click.Command, prog: str, argv: list[str] | None = None) -> int:
 
         logging.getLogger(prog).debug("traceback", exc_info=True)
         return EXIT_INTERNAL
-    return 0
+    # without standalone mode click *returns* the code of ctx.exit(n) instead of raising it
+    return rv if type(rv) is int else 0
