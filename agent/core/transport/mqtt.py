@@ -1,0 +1,223 @@
+"""The transport over paho-mqtt (>= 2, callback API version 2): QoS 1, manual acks, TLS.
+
+paho's callbacks run on its network thread, so they only enqueue: received messages go to a
+queue that :meth:`MqttTransport.receive` drains on the caller's thread, where chunks are
+reassembled and checked. One network thread per transport (``loop_start``). paho's loop uses
+``select``, which silently fails for socket numbers of 1,024 and up (paho issues #183, #819):
+keep few transports per process; :meth:`connect` warns when the socket number is that high.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from agent.core.errors import TransportError
+from agent.core.transport.base import MQTT_5, Inbound, TransportConfig
+from agent.core.transport.chunks import Inbox, split
+from agent.core.transport.filters import check_filter, check_topic
+
+log = logging.getLogger(__name__)
+_SELECT_LIMIT = 1024
+
+
+class MqttTransport:
+    """A :class:`~agent.core.transport.base.Transport` over a real MQTT broker."""
+
+    def __init__(self, config: TransportConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        v5 = config.protocol == MQTT_5
+        self._v5 = v5
+        self._client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=config.client_id,
+            clean_session=None if v5 else config.clean_start,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            manual_ack=True,
+        )
+        c = self._client
+        if config.username is not None:
+            c.username_pw_set(config.username, config.password)
+        if config.tls:
+            c.tls_set(
+                ca_certs=config.tls_ca,
+                certfile=config.tls_cert,
+                keyfile=config.tls_key,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        c.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)
+        c.max_inflight_messages_set(config.max_inflight)
+        c.max_queued_messages_set(0)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_publish = self._on_publish
+        self._raw: queue.SimpleQueue[tuple[str, bytes, bool, bool, tuple[int, int]]] = queue.SimpleQueue()
+        self._inbox = Inbox(config, clock)
+        self._inbox_lock = threading.Lock()
+        self._up = threading.Event()
+        self._state_lock = threading.Lock()
+        self._generation = 0
+        self._refused: str | None = None
+        self._failed: dict[int, str] = {}
+        self._filters: list[str] = []
+        self._started = False
+        self._seq = itertools.count()
+        self._transfer_prefix = f"{config.client_id[:64]}.{time.time_ns():x}"
+
+    # ------------------------------------------------------------ lifecycle
+
+    def set_will(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
+        if self._started:
+            raise TransportError("set the will before connect()")
+        self._client.will_set(check_topic(topic), bytes(payload), qos=1, retain=retain)
+
+    def connect(self) -> None:
+        cfg = self.config
+        props = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 0 if cfg.clean_start else cfg.session_expiry_s
+            props.ReceiveMaximum = cfg.receive_maximum
+        self._refused = None
+        self._client.connect_async(
+            cfg.host, cfg.port, cfg.keepalive_s, clean_start=cfg.clean_start if self._v5 else 3, properties=props
+        )
+        self._client.loop_start()
+        self._started = True
+        deadline = time.monotonic() + cfg.connect_timeout_s
+        while not self._up.wait(0.05):
+            if self._refused is not None or time.monotonic() > deadline:
+                why = self._refused or f"no acknowledgement within {cfg.connect_timeout_s:g} s"
+                self._stop_loop()
+                raise TransportError(f"cannot connect {cfg.client_id} to {cfg.host}:{cfg.port}: {why}")
+        sock = self._client.socket()
+        if sock is not None and sock.fileno() >= _SELECT_LIMIT:
+            log.warning("socket number %d is past select()'s limit; paho may lose this connection", sock.fileno())
+
+    def close(self) -> None:
+        if self._started:
+            self._client.disconnect()
+            self._stop_loop()
+
+    @property
+    def connected(self) -> bool:
+        return self._up.is_set()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self._up.wait(timeout)
+
+    # ------------------------------------------------------------ messaging
+
+    def subscribe(self, topic_filter: str) -> None:
+        check_filter(topic_filter)
+        if topic_filter not in self._filters:
+            self._filters.append(topic_filter)
+        rc, _ = self._client.subscribe(topic_filter, **self._sub_options())
+        if rc != paho.MQTT_ERR_SUCCESS and rc != paho.MQTT_ERR_NO_CONN:
+            raise TransportError(f"subscribe to {topic_filter!r} failed: {paho.error_string(rc)}")
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        check_topic(topic)
+        payload = bytes(payload)
+        cfg = self.config
+        if len(payload) > cfg.max_payload_bytes:
+            raise TransportError(f"payload of {len(payload)} bytes exceeds max_payload_bytes")
+        if len(payload) <= cfg.chunk_bytes:
+            pieces = [payload]
+        else:
+            pieces = split(payload, cfg.chunk_bytes, f"{self._transfer_prefix}.{next(self._seq)}")
+        infos = [self._client.publish(topic, p, qos=1, retain=retain) for p in pieces]
+        deadline = time.monotonic() + cfg.publish_timeout_s
+        for info in infos:
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (ValueError, RuntimeError) as e:
+                raise TransportError(f"publish on {topic} failed: {e}") from None
+            if not info.is_published():
+                raise TransportError(f"publish on {topic} not acknowledged within {cfg.publish_timeout_s:g} s")
+            with self._state_lock:
+                why = self._failed.pop(info.mid, None)
+            if why is not None:
+                raise TransportError(f"broker refused publish on {topic}: {why}")
+
+    def receive(self, timeout: float | None = None) -> Inbound | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                topic, payload, retain, dup, handle = self._raw.get(timeout=left) if left != 0 else self._raw.get_nowait()
+            except queue.Empty:
+                return None
+            with self._inbox_lock:
+                inbound, to_ack = self._inbox.accept(topic, payload, retain=retain, dup=dup, handle=handle)
+            self._ack_handles(to_ack)
+            if inbound is not None:
+                return inbound
+
+    def ack(self, inbound: Inbound) -> None:
+        with self._inbox_lock:
+            handles = self._inbox.release(inbound)
+        self._ack_handles(handles)
+
+    @property
+    def dropped(self) -> int:
+        """Inputs dropped as bad (malformed, oversized, inconsistent, stale)."""
+        return self._inbox.dropped
+
+    # ------------------------------------------------------------ internals
+
+    def _sub_options(self) -> dict[str, Any]:
+        if self._v5:
+            return {"options": SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)}
+        return {"qos": 1}
+
+    def _ack_handles(self, handles: list) -> None:
+        for generation, mid in handles:
+            # An ack from an earlier connection would hit an unrelated message id: the broker
+            # redelivers those messages on the new connection instead.
+            if generation == self._generation:
+                self._client.ack(mid, 1)
+
+    def _stop_loop(self) -> None:
+        self._client.loop_stop()
+        self._up.clear()
+        self._started = False
+
+    # ------------------------------------------------------------ paho callbacks: enqueue only
+
+    def _on_connect(self, client: paho.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any) -> None:
+        if rc.is_failure:
+            self._refused = str(rc)
+            return
+        self._generation += 1
+        if not flags.session_present:
+            for f in self._filters:
+                client.subscribe(f, **self._sub_options())
+        self._up.set()
+
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        self._up.clear()
+        if rc.is_failure:
+            log.info("%s lost its broker connection (%s); reconnecting", self.config.client_id, rc)
+
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        self._raw.put((msg.topic, msg.payload, bool(msg.retain), bool(msg.dup), (self._generation, msg.mid)))
+
+    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
+        if rc.is_failure:
+            with self._state_lock:
+                self._failed[mid] = str(rc)
