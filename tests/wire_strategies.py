@@ -19,12 +19,63 @@ _DTYPES = list(wire.ARRAY_DTYPES.values())
 
 
 def array_strategy() -> st.SearchStrategy[np.ndarray]:
-    return st.sampled_from(_DTYPES).flatmap(
+    """Any wire dtype and shape, with flat float32/uint32/uint16 vectors (the common case) often."""
+    anything = st.sampled_from(_DTYPES).flatmap(
         lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5))
+    )
+    flat = st.sampled_from([np.dtype("<f4"), np.dtype("<u4"), np.dtype("<u2")]).flatmap(
+        lambda dt: hnp.arrays(dt, st.integers(0, 16))
+    )
+    return st.one_of(anything, flat)
+
+
+#: Strategies for types whose invariants random fields rarely satisfy. Add yours here.
+OVERRIDES: dict[type, st.SearchStrategy[Any]] = {}
+
+
+def _register_overrides() -> None:
+    from agent.core.messages.rounds import DP_MODES, WEIGHTINGS, RoundPlan
+
+    from agent.core.messages.transport import Chunk
+
+    OVERRIDES[Chunk] = st.builds(
+        lambda tid, count, data, extra, digest, pick: Chunk(tid, pick % count, count, len(data) + extra, digest, data),
+        st.text(min_size=1, max_size=16),
+        st.integers(1, 1000),
+        st.binary(max_size=64),
+        st.integers(0, 10**6),
+        st.binary(min_size=32, max_size=32),
+        st.integers(0, 10**6),
+    )
+    pos = st.floats(min_value=1e-6, max_value=1e6)
+    OVERRIDES[RoundPlan] = st.builds(
+        RoundPlan,
+        model_name=st.text(max_size=8),
+        model_version=st.text(max_size=8),
+        epochs=st.integers(1, 10),
+        batch_size=st.integers(1, 512),
+        learning_rate=pos,
+        dp_mode=st.sampled_from(DP_MODES),
+        clip_norm=pos,
+        noise_multiplier=st.floats(0, 100),
+        noise_clients=st.integers(1, 10**6),
+        weighting=st.sampled_from(WEIGHTINGS),
+        example_cap=st.integers(1, 10**6),
+        quant_bits=st.integers(16, 32),
+        quant_scale=pos,
+        quant_range=pos,
+        secagg=st.just(True),
+        sampling_rate=st.floats(min_value=1e-6, max_value=1.0),
+        delta=st.floats(min_value=1e-12, max_value=0.5),
+        deadline_s=pos,
     )
 
 
 def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
+    if not OVERRIDES:
+        _register_overrides()
+    if tp in OVERRIDES:
+        return OVERRIDES[tp]
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -58,6 +109,10 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
 
 def dataclass_strategy(cls: type) -> st.SearchStrategy[Any]:
     """Instances of ``cls``; those its ``__post_init__`` rejects are filtered out."""
+    if not OVERRIDES:
+        _register_overrides()
+    if cls in OVERRIDES:
+        return OVERRIDES[cls]
     hints = typing.get_type_hints(cls)
     fields = {f.name: strategy_for(hints[f.name]) for f in dataclasses.fields(cls)}
 

@@ -1,0 +1,140 @@
+"""Round-level messages: check-in, the task a selected device receives, plain uploads, round end.
+
+Secure-aggregation stage messages live in :mod:`agent.core.messages.secagg`; with secure
+aggregation off, a device answers its task with one :class:`PlainUpdate` holding the same
+quantized vector it would otherwise mask, so both paths aggregate with the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.core.wire import message
+
+DP_MODES = ("off", "local", "distributed")
+WEIGHTINGS = ("examples", "uniform")
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Everything a device needs to know to train and report for one round."""
+
+    model_name: str
+    model_version: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    dp_mode: str
+    clip_norm: float
+    noise_multiplier: float
+    #: distributed DP: the number of clients whose noise shares add up to the central noise
+    noise_clients: int
+    #: ``examples``: FedAvg weighted by (capped) example counts; ``uniform``: every client 1
+    weighting: str
+    example_cap: int
+    quant_bits: int
+    quant_scale: float
+    #: quantization range: every coordinate is clipped to [-quant_range, quant_range] first
+    quant_range: float
+    secagg: bool
+    sampling_rate: float
+    delta: float
+    deadline_s: float
+
+    def __post_init__(self) -> None:
+        if self.dp_mode not in DP_MODES:
+            raise ValueError(f"dp_mode must be one of {DP_MODES}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}")
+        if self.epochs < 1 or self.batch_size < 1 or self.example_cap < 1 or self.noise_clients < 1:
+            raise ValueError("epochs, batch_size, example_cap and noise_clients must be >= 1")
+        if not 16 <= self.quant_bits <= 32:
+            raise ValueError("quant_bits must be in [16, 32]")
+        for name in ("learning_rate", "clip_norm", "quant_scale", "quant_range", "deadline_s"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive finite number")
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise ValueError("noise_multiplier must be >= 0")
+        if not (0 < self.sampling_rate <= 1) or not (0 < self.delta < 1):
+            raise ValueError("sampling_rate must be in (0, 1] and delta in (0, 1)")
+        if self.dp_mode == "distributed" and not self.secagg:
+            raise ValueError("distributed DP requires secure aggregation")
+
+
+@message("round.checkin")
+@dataclass(frozen=True)
+class CheckIn:
+    """A device is eligible (or not) for the announced round and says what it holds."""
+
+    device_id: str
+    round_id: int
+    device_class: str
+    model_version: str
+    eligible: bool
+    num_examples: int
+    epsilon_spent: float
+
+
+@message("round.announce")
+@dataclass(frozen=True)
+class RoundAnnounce:
+    """A new round is open for check-in until ``checkin_deadline`` (coordinator clock, unix s)."""
+
+    round_id: int
+    model_name: str
+    model_version: str
+    checkin_deadline: float
+
+
+@message("round.task")
+@dataclass(frozen=True)
+class Task:
+    """A selected device's assignment: the plan and the global weights to start from."""
+
+    round_id: int
+    device_id: str
+    plan: RoundPlan
+    weights: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.weights.dtype != np.float32 or self.weights.ndim != 1:
+            raise ValueError("weights must be a flat float32 vector")
+
+
+@message("round.plain_update")
+@dataclass(frozen=True)
+class PlainUpdate:
+    """Secure aggregation off: the device's quantized update, in the clear."""
+
+    round_id: int
+    device_id: str
+    vector: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.vector.dtype not in (np.dtype("<u4"), np.dtype("<u2")) or self.vector.ndim != 1:
+            raise ValueError("vector must be a flat uint32 or uint16 vector")
+
+
+@message("round.decline")
+@dataclass(frozen=True)
+class Decline:
+    """A selected device will not take part (budget spent, no longer eligible, training failed)."""
+
+    round_id: int
+    device_id: str
+    reason: str
+
+
+@message("round.end")
+@dataclass(frozen=True)
+class RoundEnd:
+    """The round is over for everyone: ``completed`` with a new model version, or ``abandoned``."""
+
+    round_id: int
+    status: str
+    reason: str
+    model_version: str
