@@ -1,0 +1,79 @@
+"""The one frozen configuration of a simulation run, validated when it is built."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from agent.core.errors import ConfigError
+from simulations.datasets import parse_dataset_spec
+from simulations.partition import parse_partition_spec
+
+DP_MODES = ("off", "local", "distributed")
+MODELS = ("logreg", "mlp", "cnn")
+ENGINES = ("local", "ray")
+#: How the cohort is drawn; the accountant is told this scheme and ``per_round / population``.
+SAMPLING_SCHEME = "uniform_without_replacement"
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Every knob of ``fedge-sim run``. ``profiles`` is ((name, share), ...); empty means ideal devices."""
+
+    population: int
+    per_round: int
+    rounds: int
+    model: str
+    dataset: str
+    partition: str = "iid"
+    secagg: bool = False
+    dp: str = "off"
+    noise_multiplier: float = 0.0
+    clip: float = 1.0
+    delta: float = 1e-5
+    seed: int = 0
+    profiles: tuple[tuple[str, float], ...] = ()
+    local_epochs: int = 1
+    batch_size: int = 10
+    learning_rate: float = 0.01
+    out: str | None = None
+    engine: str = "local"
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, flag: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"{flag}: {what}")
+
+        need(self.population >= 1, "--population", f"expected >= 1, got {self.population}")
+        need(1 <= self.per_round <= self.population, "--per-round",
+             f"expected 1..population ({self.population}), got {self.per_round}")
+        need(self.rounds >= 1, "--rounds", f"expected >= 1, got {self.rounds}")
+        need(self.model in MODELS, "--model", f"expected one of {', '.join(MODELS)}, got {self.model!r}")
+        need(self.dp in DP_MODES, "--dp", f"expected one of {', '.join(DP_MODES)}, got {self.dp!r}")
+        need(self.engine in ENGINES, "--engine", f"expected one of {', '.join(ENGINES)}, got {self.engine!r}")
+        need(not (self.dp == "distributed" and not self.secagg), "--dp distributed",
+             "needs --secagg: each client adds only a share of the noise, so its update must stay masked")
+        need(self.dp == "off" or self.noise_multiplier > 0, "--noise-multiplier",
+             f"expected > 0 with --dp {self.dp}, got {self.noise_multiplier}")
+        need(self.noise_multiplier >= 0, "--noise-multiplier", f"expected >= 0, got {self.noise_multiplier}")
+        need(self.clip > 0, "--clip", f"expected > 0, got {self.clip}")
+        need(0 < self.delta < 1, "--delta", f"expected 0 < delta < 1, got {self.delta}")
+        need(self.seed >= 0, "--seed", f"expected >= 0, got {self.seed}")
+        need(self.local_epochs >= 1, "--local-epochs", f"expected >= 1, got {self.local_epochs}")
+        need(self.batch_size >= 1, "--batch-size", f"expected >= 1, got {self.batch_size}")
+        need(self.learning_rate > 0, "--learning-rate", f"expected > 0, got {self.learning_rate}")
+        parse_dataset_spec(self.dataset)
+        parse_partition_spec(self.partition)
+
+    @property
+    def sampling_rate(self) -> float:
+        """Probability that a given client is in a round's cohort."""
+        return self.per_round / self.population
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as written to ``summary.json``, with the sampling the accountant used."""
+        d = dataclasses.asdict(self)
+        d["profiles"] = {name: share for name, share in self.profiles}
+        d["sampling"] = {"scheme": SAMPLING_SCHEME, "rate": self.sampling_rate}
+        return d
