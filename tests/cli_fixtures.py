@@ -1,0 +1,22 @@
+"""Fixtures for tests that run a CLI in-process: keep its once-per-process logging setup contained."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from agent.core import logs
+
+
+@pytest.fixture
+def isolated_logging() -> Iterator[None]:
+    """Undo what ``logs.configure`` did, so the handler it installs (bound to a captured stderr)
+    does not outlive the test and later tests can configure logging again."""
+    root = logging.getLogger()
+    handlers, level, configured = root.handlers[:], root.level, logs._configured
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logs._configured = configured
