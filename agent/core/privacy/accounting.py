@@ -1,0 +1,215 @@
+"""Epsilon from Google's ``dp-accounting``: one sampled Gaussian event per round, composed.
+
+Neighbouring relations (dp-accounting's names), the unit being one device's whole data:
+- ``poisson`` sampling (each device joins a round independently with probability q):
+  ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` under ADD_OR_REMOVE_ONE.
+- ``fixed`` sampling (exactly m of N devices, uniformly without replacement):
+  ``SampledWithoutReplacementDpEvent(N, m, GaussianDpEvent(z))`` under REPLACE_ONE, which is the
+  only relation dp-accounting supports for it, and only in its RDP accountant.
+- ``none`` (the device's own ledger, which knows it took part): ``GaussianDpEvent(z)``.
+Both RDP and PLD accountants are available for ``poisson`` and ``none``. A round with z = 0
+is non-private and makes epsilon infinite. Each event may carry ``rdp_offset``, an additive
+Renyi-DP term (the distributed discrete Gaussian's tau*d) that is added to epsilon, which
+upper-bounds its effect in the RDP-to-(epsilon, delta) conversion.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+from typing import Any
+
+import dp_accounting
+from dp_accounting import pld, rdp
+
+from agent.core.errors import ConfigError
+
+ACCOUNTANTS = ("rdp", "pld")
+EVENT_SAMPLINGS = ("poisson", "fixed", "none")
+#: PLD discretization: epsilon is over-estimated by at most about this much per composition.
+PLD_DISCRETIZATION = 1e-4
+_JSON_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundEvent:
+    """One round's mechanism as seen by the accountant.
+
+    ``sampling_rate`` is q for ``poisson``; for ``fixed`` it is ``sample_size / population`` and
+    both of those must be given; ``none`` means no amplification (q must be 1).
+    """
+
+    noise_multiplier: float
+    sampling_rate: float
+    sampling: str = "poisson"
+    population: int | None = None
+    sample_size: int | None = None
+    rdp_offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.sampling not in EVENT_SAMPLINGS:
+            raise ConfigError(f"sampling: expected one of {EVENT_SAMPLINGS}, got {self.sampling!r}")
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise ConfigError(f"noise_multiplier: expected a finite number >= 0, got {self.noise_multiplier!r}")
+        if not 0 <= self.sampling_rate <= 1:
+            raise ConfigError(f"sampling_rate: expected a number in [0, 1], got {self.sampling_rate!r}")
+        if not (math.isfinite(self.rdp_offset) and self.rdp_offset >= 0):
+            raise ConfigError(f"rdp_offset: expected a finite number >= 0, got {self.rdp_offset!r}")
+        if self.sampling == "none" and self.sampling_rate != 1:
+            raise ConfigError("sampling 'none' means every round counts in full: sampling_rate must be 1")
+        if self.sampling == "fixed":
+            if self.population is None or self.sample_size is None:
+                raise ConfigError("fixed-size sampling needs population and sample_size")
+            if not 1 <= self.sample_size <= self.population:
+                raise ConfigError(f"sample_size must be in [1, population], got {self.sample_size}/{self.population}")
+            if not math.isclose(self.sampling_rate, self.sample_size / self.population, rel_tol=1e-9):
+                raise ConfigError("fixed-size sampling: sampling_rate must equal sample_size / population")
+
+    @classmethod
+    def fixed(cls, noise_multiplier: float, sample_size: int, population: int, rdp_offset: float = 0.0) -> RoundEvent:
+        """A round that selects exactly ``sample_size`` of ``population`` devices."""
+        return cls(noise_multiplier, sample_size / population, "fixed", population, sample_size, rdp_offset)
+
+    def neighboring_relation(self) -> dp_accounting.NeighboringRelation:
+        """The relation dp-accounting accounts this event under."""
+        if self.sampling == "fixed":
+            return dp_accounting.NeighboringRelation.REPLACE_ONE
+        return dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+
+    def dp_event(self) -> dp_accounting.DpEvent:
+        """The dp-accounting event for this round."""
+        if self.noise_multiplier == 0:
+            return dp_accounting.NonPrivateDpEvent()
+        gauss = dp_accounting.GaussianDpEvent(self.noise_multiplier)
+        if self.sampling == "none" or (self.sampling == "poisson" and self.sampling_rate == 1):
+            return gauss
+        if self.sampling == "poisson":
+            return dp_accounting.PoissonSampledDpEvent(self.sampling_rate, gauss)
+        return dp_accounting.SampledWithoutReplacementDpEvent(self.population, self.sample_size, gauss)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready fields."""
+        return dataclasses.asdict(self)
+
+
+def _new_accountant(accountant: str, relation: dp_accounting.NeighboringRelation) -> dp_accounting.PrivacyAccountant:
+    if accountant == "rdp":
+        return rdp.RdpAccountant(neighboring_relation=relation)
+    if accountant == "pld":
+        if relation is not dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE:
+            raise ConfigError(
+                "accountant: dp-accounting's PLD accountant does not support fixed-size sampling "
+                "(sampling without replacement); use 'rdp'"
+            )
+        return pld.PLDAccountant(relation, value_discretization_interval=PLD_DISCRETIZATION)
+    raise ConfigError(f"accountant: expected one of {ACCOUNTANTS}, got {accountant!r}")
+
+
+def _common_relation(events: list[RoundEvent]) -> dp_accounting.NeighboringRelation:
+    """The one neighbouring relation all ``events`` are accounted under, or :class:`ConfigError`."""
+    relations = {e.neighboring_relation() for e in events}
+    if len(relations) > 1:
+        raise ConfigError(
+            "cannot compose fixed-size sampled rounds (replace-one) with Poisson or unsampled rounds "
+            "(add-or-remove-one): their neighbouring relations differ"
+        )
+    return relations.pop() if relations else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+
+
+def epsilon_of_events(events: list[RoundEvent], delta: float, accountant: str = "rdp") -> float:
+    """Epsilon at ``delta`` of the composition of ``events`` (identical ones are self-composed)."""
+    if not 0 < delta < 1:
+        raise ConfigError(f"delta: expected a number in (0, 1), got {delta!r}")
+    if not events:
+        return 0.0
+    acc = _new_accountant(accountant, _common_relation(events))
+    counts = collections.Counter(dataclasses.replace(e, rdp_offset=0.0) for e in events)
+    for event, count in counts.items():
+        acc.compose(event.dp_event(), count)
+    eps = float(acc.get_epsilon(delta))
+    return eps + sum(e.rdp_offset for e in events)
+
+
+def epsilon(
+    noise_multiplier: float,
+    sampling_rate: float,
+    rounds: int,
+    delta: float,
+    *,
+    sampling: str = "poisson",
+    population: int | None = None,
+    accountant: str = "rdp",
+) -> float:
+    """Epsilon after ``rounds`` identical rounds of the sampled Gaussian mechanism.
+
+    ``sampling="fixed"`` needs ``population``; the sample size is ``round(q * population)``.
+    """
+    if rounds < 0:
+        raise ConfigError(f"rounds: expected >= 0, got {rounds}")
+    if sampling == "fixed":
+        if population is None:
+            raise ConfigError("fixed-size sampling needs the population size")
+        event = RoundEvent.fixed(noise_multiplier, max(1, round(sampling_rate * population)), population)
+    else:
+        event = RoundEvent(noise_multiplier, sampling_rate, sampling)
+    return epsilon_of_events([event] * rounds, delta, accountant)
+
+
+class PrivacyAccountant:
+    """Epsilon so far over recorded rounds, each with its own event; JSON in, JSON out."""
+
+    def __init__(self, accountant: str = "rdp", events: list[RoundEvent] | None = None) -> None:
+        if accountant not in ACCOUNTANTS:
+            raise ConfigError(f"accountant: expected one of {ACCOUNTANTS}, got {accountant!r}")
+        self.accountant = accountant
+        self._events: list[RoundEvent] = list(events or [])
+        self._cache: dict[tuple[int, float], float] = {}
+
+    @property
+    def events(self) -> tuple[RoundEvent, ...]:
+        """The recorded rounds, oldest first."""
+        return tuple(self._events)
+
+    def record(self, event: RoundEvent) -> None:
+        """Add one round; refuses an event that cannot compose with those already recorded."""
+        relation = _common_relation(self._events[-1:] + [event])
+        if self.accountant == "pld":
+            _new_accountant("pld", relation)
+        self._events.append(event)
+
+    def epsilon(self, delta: float) -> float:
+        """Epsilon at ``delta`` over every recorded round."""
+        key = (len(self._events), delta)
+        if key not in self._cache:
+            self._cache[key] = epsilon_of_events(self._events, delta, self.accountant)
+        return self._cache[key]
+
+    def epsilon_if(self, event: RoundEvent, delta: float) -> float:
+        """Epsilon at ``delta`` if ``event`` were recorded next (nothing is recorded)."""
+        return epsilon_of_events(self._events + [event], delta, self.accountant)
+
+    def to_json(self) -> str:
+        """A plain JSON document (never pickle) that :meth:`from_json` restores."""
+        return json.dumps(
+            {"version": _JSON_VERSION, "accountant": self.accountant, "events": [e.to_dict() for e in self._events]},
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> PrivacyAccountant:
+        """Restore an accountant from :meth:`to_json`; malformed input is a :class:`ConfigError`."""
+        try:
+            doc = json.loads(text)
+            if doc.get("version") != _JSON_VERSION:
+                raise ConfigError(f"privacy accountant JSON: unsupported version {doc.get('version')!r}")
+            fields = {f.name for f in dataclasses.fields(RoundEvent)}
+            events = []
+            for e in doc["events"]:
+                if not isinstance(e, dict) or set(e) != fields:
+                    raise ConfigError("privacy accountant JSON: malformed event")
+                events.append(RoundEvent(**e))
+            return cls(doc["accountant"], events)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(f"privacy accountant JSON: {e}") from None
