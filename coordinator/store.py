@@ -1,0 +1,285 @@
+"""The coordinator's SQLite store (sqlite-utils): devices, rounds, uploads, models.
+
+Schema changes are migrations appended to :data:`MIGRATIONS`. Uploads are keyed by
+(round, device, stage), so a redelivered message (QoS 1, agent restart) is recognised and never
+counted twice; the coordinator acknowledges a message only after :meth:`Store.record_upload`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sqlite_utils
+
+from agent.core import migrations
+from agent.core.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+def _m001_core(db: sqlite_utils.Database) -> None:
+    db["devices"].create(
+        {
+            "device_id": str,
+            "identity_public": bytes,
+            "device_class": str,
+            "tags": str,  # JSON list
+            "enrolled_at": float,
+            "revoked": int,
+            "last_seen": float,
+            "epsilon_spent": float,
+        },
+        pk="device_id",
+        defaults={"revoked": 0, "epsilon_spent": 0.0, "tags": "[]"},
+    )
+    db["models"].create(
+        {
+            "version": str,
+            "parent": str,
+            "architecture": str,
+            "sha256": str,
+            "weights": bytes,  # raw little-endian float32
+            "num_params": int,
+            "metrics": str,  # JSON
+            "produced_by_round": int,
+            "created_at": float,
+        },
+        pk="version",
+    )
+    db["rounds"].create(
+        {
+            "round_id": int,
+            "status": str,  # open | completed | abandoned
+            "stage": str,
+            "reason": str,
+            "started_at": float,
+            "ended_at": float,
+            "goal": int,
+            "selected": int,
+            "participants": int,
+            "dropped": str,  # JSON {stage: count}
+            "model_in": str,
+            "model_out": str,
+            "accuracy": float,
+            "loss": float,
+            "epsilon": float,
+            "delta": float,
+            "plan": str,  # JSON
+            "bytes_up": int,
+            "bytes_down": int,
+        },
+        pk="round_id",
+    )
+    db["round_members"].create(
+        {"round_id": int, "device_id": str, "selected_at": float, "last_stage": str, "dropped_at": str},
+        pk=("round_id", "device_id"),
+        foreign_keys=[("round_id", "rounds", "round_id")],
+    )
+    db["uploads"].create(
+        {
+            "round_id": int,
+            "device_id": str,
+            "stage": str,
+            "received_at": float,
+            "payload": bytes,
+        },
+        pk=("round_id", "device_id", "stage"),
+    )
+
+
+MIGRATIONS: list[migrations.Migration] = [
+    ("001_core", _m001_core),
+]
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    version: str
+    parent: str | None
+    architecture: str
+    sha256: str
+    weights: np.ndarray
+    metrics: dict[str, Any]
+    produced_by_round: int | None
+
+
+def weights_digest(weights: np.ndarray) -> str:
+    """SHA-256 of the weights as raw little-endian float32."""
+    return hashlib.sha256(np.ascontiguousarray(weights, dtype="<f4").tobytes()).hexdigest()
+
+
+class Store:
+    """One coordinator database file. Open it once per process."""
+
+    def __init__(self, path: str, extra_migrations: list[migrations.Migration] | None = None) -> None:
+        self.path = path
+        self.db = migrations.open_database(path)
+        migrations.apply(self.db, MIGRATIONS + list(extra_migrations or []))
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # ---------------------------------------------------------------- devices
+
+    def device(self, device_id: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("select * from devices where device_id = ?", [device_id]))
+        return rows[0] if rows else None
+
+    def require_device(self, device_id: str) -> dict[str, Any]:
+        """The enrolled, unrevoked device, or ProtocolError (unknown devices are rejected)."""
+        row = self.device(device_id)
+        if row is None or row["revoked"]:
+            raise ProtocolError(f"unknown or revoked device {device_id!r}")
+        return row
+
+    def touch(self, device_id: str, now: float) -> None:
+        self.db.execute("update devices set last_seen = ? where device_id = ?", [now, device_id])
+
+    # ---------------------------------------------------------------- models
+
+    def put_model(
+        self,
+        version: str,
+        weights: np.ndarray,
+        *,
+        architecture: str,
+        parent: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        produced_by_round: int | None = None,
+        now: float | None = None,
+    ) -> ModelRecord:
+        w = np.ascontiguousarray(weights, dtype="<f4")
+        rec = {
+            "version": version,
+            "parent": parent,
+            "architecture": architecture,
+            "sha256": weights_digest(w),
+            "weights": w.tobytes(),
+            "num_params": int(w.size),
+            "metrics": json.dumps(metrics or {}),
+            "produced_by_round": produced_by_round,
+            "created_at": time.time() if now is None else now,
+        }
+        self.db["models"].insert(rec, replace=False)
+        return self.model(version)
+
+    def model(self, version: str) -> ModelRecord:
+        rows = list(self.db.query("select * from models where version = ?", [version]))
+        if not rows:
+            raise ProtocolError(f"unknown model version {version!r}")
+        r = rows[0]
+        return ModelRecord(
+            version=r["version"],
+            parent=r["parent"],
+            architecture=r["architecture"],
+            sha256=r["sha256"],
+            weights=np.frombuffer(r["weights"], dtype="<f4").copy(),
+            metrics=json.loads(r["metrics"] or "{}"),
+            produced_by_round=r["produced_by_round"],
+        )
+
+    def latest_model(self, architecture: str | None = None) -> ModelRecord | None:
+        sql = "select version from models"
+        args: list[Any] = []
+        if architecture:
+            sql += " where architecture = ?"
+            args.append(architecture)
+        sql += " order by created_at desc, rowid desc limit 1"
+        rows = list(self.db.query(sql, args))
+        return self.model(rows[0]["version"]) if rows else None
+
+    # ---------------------------------------------------------------- rounds
+
+    def next_round_id(self) -> int:
+        row = next(self.db.query("select coalesce(max(round_id), 0) + 1 as n from rounds"))
+        return int(row["n"])
+
+    def open_round(self, round_id: int, *, goal: int, model_in: str, plan: dict[str, Any], now: float) -> None:
+        self.db["rounds"].insert(
+            {
+                "round_id": round_id,
+                "status": "open",
+                "stage": "selection",
+                "started_at": now,
+                "goal": goal,
+                "model_in": model_in,
+                "plan": json.dumps(plan),
+                "dropped": "{}",
+                "bytes_up": 0,
+                "bytes_down": 0,
+            }
+        )
+
+    def add_members(self, round_id: int, device_ids: list[str], now: float) -> None:
+        self.db["round_members"].insert_all(
+            ({"round_id": round_id, "device_id": d, "selected_at": now, "last_stage": "selected"} for d in device_ids),
+            replace=True,
+        )
+        self.db.execute("update rounds set selected = ? where round_id = ?", [len(device_ids), round_id])
+
+    def members(self, round_id: int) -> list[str]:
+        return [r["device_id"] for r in self.db.query("select device_id from round_members where round_id = ?", [round_id])]
+
+    def set_stage(self, round_id: int, stage: str) -> None:
+        self.db.execute("update rounds set stage = ? where round_id = ?", [stage, round_id])
+
+    def update_round(self, round_id: int, **fields: Any) -> None:
+        fields = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}
+        self.db["rounds"].update(round_id, fields)
+
+    def finish_round(self, round_id: int, status: str, reason: str, now: float, **fields: Any) -> None:
+        self.update_round(round_id, status=status, reason=reason, ended_at=now, **fields)
+        log.info("round %s: %s", status, reason, extra={"round": round_id})
+
+    def round(self, round_id: int) -> dict[str, Any] | None:
+        rows = list(self.db.query("select * from rounds where round_id = ?", [round_id]))
+        return rows[0] if rows else None
+
+    def open_rounds(self) -> list[dict[str, Any]]:
+        return list(self.db.query("select * from rounds where status = 'open' order by round_id"))
+
+    def rounds(self) -> Iterator[dict[str, Any]]:
+        return self.db.query("select * from rounds order by round_id")
+
+    # ---------------------------------------------------------------- uploads (exactly once)
+
+    def record_upload(self, round_id: int, device_id: str, stage: str, payload: bytes, now: float) -> bool:
+        """Store an upload; False if (round, device, stage) was already stored (a redelivery)."""
+        try:
+            with self.db.conn:
+                self.db.execute(
+                    "insert into uploads (round_id, device_id, stage, received_at, payload) values (?, ?, ?, ?, ?)",
+                    [round_id, device_id, stage, now, payload],
+                )
+                self.db.execute(
+                    "update round_members set last_stage = ? where round_id = ? and device_id = ?",
+                    [stage, round_id, device_id],
+                )
+                self.db.execute(
+                    "update rounds set bytes_up = coalesce(bytes_up, 0) + ? where round_id = ?",
+                    [len(payload), round_id],
+                )
+        except sqlite3.IntegrityError:
+            log.info("duplicate %s upload ignored", stage, extra={"round": round_id, "device": device_id})
+            return False
+        return True
+
+    def uploads(self, round_id: int, stage: str | None = None) -> Iterator[dict[str, Any]]:
+        if stage is None:
+            return self.db.query("select * from uploads where round_id = ? order by received_at", [round_id])
+        return self.db.query(
+            "select * from uploads where round_id = ? and stage = ? order by received_at", [round_id, stage]
+        )
+
+    def count_uploads(self, round_id: int, stage: str) -> int:
+        row = next(self.db.query("select count(*) as n from uploads where round_id = ? and stage = ?", [round_id, stage]))
+        return int(row["n"])
+
