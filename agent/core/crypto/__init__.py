@@ -1,0 +1,30 @@
+"""The only importer of cryptographic primitives in fedge (``cryptography`` and ``pynacl``).
+
+Small modules, each one job: :mod:`.randomness` (OS randomness), :mod:`.identity` (Ed25519
+long-term identities), :mod:`.agreement` (X25519 and HKDF with domain-separation labels),
+:mod:`.aead` (authenticated encryption; nonces chosen here), :mod:`.keystream` (AES-128-CTR
+mask expansion straight into numpy buffers) and :mod:`.shamir` (t-of-n sharing of 32-byte
+keys in a prime field, vectorised). Every failed security check raises an opaque
+:class:`~agent.core.errors.SecurityError`.
+"""
+
+from agent.core.crypto.aead import AEAD_KEY_BYTES, open_sealed, seal
+from agent.core.crypto.agreement import AgreementKey, agree, derive_key
+from agent.core.crypto.identity import IdentityKey, verify
+from agent.core.crypto.keystream import MASK_KEY_BYTES, MaskAccumulator, expand_into
+from agent.core.crypto.randomness import random_bytes
+
+__all__ = [
+    "AEAD_KEY_BYTES",
+    "MASK_KEY_BYTES",
+    "AgreementKey",
+    "IdentityKey",
+    "MaskAccumulator",
+    "agree",
+    "derive_key",
+    "expand_into",
+    "open_sealed",
+    "random_bytes",
+    "seal",
+    "verify",
+]

@@ -1,0 +1,170 @@
+"""Shamir t-of-n secret sharing of 32-byte keys over GF(p), p = 2^31 - 1, vectorised in numpy.
+
+A 32-byte secret is cut into 11 limbs of 24 bits (the last holds 16), each shared with its
+own random polynomial of degree t-1. Share x-coordinates are 1..p-1 chosen by the caller
+(SecAgg uses roster index + 1). Reconstruction checks that every limb fits in 24 bits and,
+given more than t shares, that all of them lie on one polynomial: a wrong share is caught
+with overwhelming probability and raises :class:`SecurityError`. Fewer than t shares raise
+too: they carry no information about the secret.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.core.crypto.randomness import random_bytes
+from agent.core.errors import SecurityError
+
+PRIME = 2**31 - 1
+SECRET_BYTES = 32
+LIMB_BITS = 24
+LIMBS = 11  # ceil(256 / 24)
+_P = np.uint64(PRIME)
+
+
+def _field_random(shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform field elements from OS randomness (rejection of the single value p)."""
+    count = int(np.prod(shape))
+    out = np.frombuffer(random_bytes(4 * count), dtype="<u4").astype(np.uint64) & np.uint64(0x7FFFFFFF)
+    bad = out == _P
+    while bad.any():
+        out[bad] = np.frombuffer(random_bytes(4 * int(bad.sum())), dtype="<u4") & 0x7FFFFFFF
+        bad = out == _P
+    return out.reshape(shape)
+
+
+def to_limbs(secrets: np.ndarray) -> np.ndarray:
+    """(m, 32) uint8 secrets -> (m, 11) uint64 limbs of 24 bits, little-endian."""
+    s = np.asarray(secrets, dtype=np.uint8)
+    if s.ndim != 2 or s.shape[1] != SECRET_BYTES:
+        raise ValueError("secrets must be an (m, 32) uint8 array")
+    padded = np.zeros((s.shape[0], LIMBS * 3), np.uint8)
+    padded[:, :SECRET_BYTES] = s
+    b = padded.reshape(s.shape[0], LIMBS, 3).astype(np.uint64)
+    return b[..., 0] | (b[..., 1] << np.uint64(8)) | (b[..., 2] << np.uint64(16))
+
+
+def from_limbs(limbs: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_limbs`; raises :class:`SecurityError` if a limb is out of range."""
+    v = np.asarray(limbs, dtype=np.uint64)
+    if (v >> np.uint64(LIMB_BITS)).any() or (v[:, -1] >> np.uint64(16)).any():
+        raise SecurityError("inconsistent shares")
+    out = np.empty((v.shape[0], LIMBS, 3), np.uint8)
+    for i in range(3):
+        out[..., i] = (v >> np.uint64(8 * i)) & np.uint64(0xFF)
+    return out.reshape(v.shape[0], LIMBS * 3)[:, :SECRET_BYTES]
+
+
+def _check_xs(xs: np.ndarray) -> np.ndarray:
+    x = np.asarray(xs, dtype=np.int64).reshape(-1)
+    if (x <= 0).any() or (x >= PRIME).any():
+        raise ValueError("share x-coordinates must be in 1..p-1")
+    if len(np.unique(x)) != len(x):
+        raise ValueError("share x-coordinates must be distinct")
+    return x.astype(np.uint64)
+
+
+def _mulmod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(a * b) mod p for a, b < p (products < 2^62 fit in uint64)."""
+    return (a * b) % _P
+
+
+def _matmul_mod(v: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """(v @ c) mod p without overflow: split c into 16-bit halves (t < 2^16 terms)."""
+    lo = c & np.uint64(0xFFFF)
+    hi = c >> np.uint64(16)
+    return ((v @ lo) % _P + (((v @ hi) % _P) << np.uint64(16))) % _P
+
+
+def split(secrets: np.ndarray, xs: np.ndarray, t: int) -> np.ndarray:
+    """Share each of m secrets ((m, 32) uint8) t-of-len(xs): returns (len(xs), m, 11) uint32."""
+    x = _check_xs(xs)
+    if not 1 <= t <= len(x):
+        raise ValueError(f"threshold {t} must be between 1 and the share count {len(x)}")
+    limbs = to_limbs(secrets)  # (m, L)
+    m = limbs.shape[0]
+    coeffs = np.empty((t, m * LIMBS), np.uint64)
+    coeffs[0] = limbs.reshape(-1)
+    if t > 1:
+        coeffs[1:] = _field_random((t - 1, m * LIMBS))
+    vander = np.empty((len(x), t), np.uint64)
+    vander[:, 0] = 1
+    for j in range(1, t):
+        vander[:, j] = _mulmod(vander[:, j - 1], x)
+    return _matmul_mod(vander, coeffs).astype(np.uint32).reshape(len(x), m, LIMBS)
+
+
+def _inv(a: np.ndarray) -> np.ndarray:
+    """Elementwise inverse mod p by Fermat (square and multiply over p - 2)."""
+    result = np.ones_like(a)
+    base = a % _P
+    e = PRIME - 2
+    while e:
+        if e & 1:
+            result = _mulmod(result, base)
+        base = _mulmod(base, base)
+        e >>= 1
+    return result
+
+
+def lagrange_at_zero(xs: np.ndarray) -> np.ndarray:
+    """Lagrange weights at 0 for point sets ``xs`` of shape (R, t) -> (R, t) uint64."""
+    x = np.asarray(xs, dtype=np.uint64)
+    r, t = x.shape
+    num = np.ones((r, t), np.uint64)
+    den = np.ones((r, t), np.uint64)
+    for j in range(t):
+        xj = x[:, j : j + 1]
+        diff = (xj + _P - x) % _P  # x_j - x_i
+        mask = np.arange(t) != j
+        num = np.where(mask, _mulmod(num, np.broadcast_to(xj, (r, t))), num)
+        den = np.where(mask, _mulmod(den, diff), den)
+    return _mulmod(num, _inv(den))
+
+
+def combine(xs: np.ndarray, shares: np.ndarray, t: int) -> np.ndarray:
+    """Reconstruct R secrets from shares.
+
+    ``xs`` is (R, s) x-coordinates and ``shares`` (R, s, 11) with s >= t shares per secret;
+    returns (R, 32) uint8. Raises :class:`SecurityError` on too few or inconsistent shares.
+    """
+    x = np.asarray(xs, dtype=np.int64)
+    y = np.asarray(shares, dtype=np.uint64)
+    if x.ndim != 2 or y.shape != (*x.shape, LIMBS):
+        raise ValueError("xs must be (R, s) and shares (R, s, 11)")
+    if x.shape[1] < t or t < 1:
+        raise SecurityError("too few shares")
+    if (x <= 0).any() or (x >= PRIME).any() or (y >= _P).any():
+        raise SecurityError("inconsistent shares")
+    xs_sorted = np.sort(x, axis=1)
+    if (xs_sorted[:, 1:] == xs_sorted[:, :-1]).any():
+        raise SecurityError("inconsistent shares")
+    xu = x.astype(np.uint64)
+    w = lagrange_at_zero(xu[:, :t])  # (R, t)
+    secret = np.zeros((x.shape[0], LIMBS), np.uint64)
+    for i in range(t):
+        secret = (secret + _mulmod(w[:, i : i + 1], y[:, i, :])) % _P
+    if x.shape[1] > t:
+        # every extra share must lie on the polynomial through the first t
+        for e in range(t, x.shape[1]):
+            xe = xu[:, e : e + 1]
+            we = _weights_at(xu[:, :t], xe)
+            val = np.zeros_like(secret)
+            for i in range(t):
+                val = (val + _mulmod(we[:, i : i + 1], y[:, i, :])) % _P
+            if (val != y[:, e, :]).any():
+                raise SecurityError("inconsistent shares")
+    return from_limbs(secret)
+
+
+def _weights_at(x: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Lagrange weights of points x (R, t) evaluated at ``at`` (R, 1)."""
+    r, t = x.shape
+    num = np.ones((r, t), np.uint64)
+    den = np.ones((r, t), np.uint64)
+    for j in range(t):
+        xj = x[:, j : j + 1]
+        mask = np.arange(t) != j
+        num = np.where(mask, _mulmod(num, np.broadcast_to((at + _P - xj) % _P, (r, t))), num)
+        den = np.where(mask, _mulmod(den, (x + _P - xj) % _P), den)
+    return _mulmod(num, _inv(den))
