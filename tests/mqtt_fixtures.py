@@ -1,0 +1,162 @@
+"""Real brokers for transport tests: Mosquitto (plain, or TLS with the shipped config and ACL),
+the embedded amqtt broker, and an in-memory one.
+
+Import the fixtures explicitly: ``from tests.mqtt_fixtures import mosquitto, embedded_broker``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.core.transport.base import TransportConfig
+from coordinator.broker import EmbeddedBroker, free_port
+from coordinator.pki import make_broker_pki
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+SHIPPED_ACL = ROOT / "deploy" / "mosquitto" / "acl"
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+needs_mosquitto = pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason="mosquitto is not installed")
+
+
+def _wait_listening(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+class MosquittoProcess:
+    """One ``mosquitto -c conf`` process on a fixed loopback port; can be killed and restarted."""
+
+    def __init__(self, conf: Path, port: int, *, scheme: str = "mqtt") -> None:
+        self.conf, self.port, self.scheme = conf, port, scheme
+        self.log = conf.with_suffix(".log")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def start(self) -> MosquittoProcess:
+        with open(self.log, "ab") as log:
+            self._proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log)
+        if not _wait_listening(self.port, 10.0):
+            self.kill()
+            raise RuntimeError(f"mosquitto did not listen on {self.port}:\n{self.log.read_text()[-2000:]}")
+        return self
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM): persistence is saved."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def kill(self) -> None:
+        """Crash (SIGKILL): nothing is saved since the last autosave."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def restart(self, *, crash: bool = False) -> None:
+        (self.kill if crash else self.stop)()
+        self.start()
+
+
+def _common_lines(tmp: Path) -> str:
+    user = "user root\n" if os.geteuid() == 0 else ""
+    return f"{user}persistence true\npersistence_location {tmp}/\nlog_dest stderr\n"
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    """Plain Mosquitto on a free loopback port: anonymous, persistent, raised queue limits."""
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\n{_common_lines(tmp_path)}"
+        "max_queued_messages 20000\nmax_inflight_messages 1000\nautosave_interval 1\n"
+    )
+    broker = MosquittoProcess(conf, port).start()
+    yield broker
+    broker.kill()
+
+
+@dataclass(frozen=True)
+class TlsBroker:
+    """A Mosquitto running the shipped TLS + ACL configuration, and the certificates to reach it."""
+
+    process: MosquittoProcess
+    pki: Path
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    def config(self, identity: str, client_id: str | None = None, **kw: object) -> TransportConfig:
+        """A transport config authenticating as ``identity`` (a device id or "coordinator")."""
+        return TransportConfig(
+            broker_url=self.url,
+            client_id=client_id or identity,
+            tls_ca=str(self.pki / "ca.crt"),
+            tls_cert=str(self.pki / f"{identity}.crt"),
+            tls_key=str(self.pki / f"{identity}.key"),
+            **kw,  # type: ignore[arg-type]
+        )
+
+
+def render_shipped_conf(port: int, pki: Path, acl: Path, data: Path) -> str:
+    """The shipped mosquitto.conf with only port, file paths and log/persistence places rewritten."""
+    text = SHIPPED_CONF.read_text()
+    text = re.sub(r"^listener 8883$", f"listener {port} 127.0.0.1", text, flags=re.M)
+    text = text.replace("/etc/mosquitto/fedge/acl", str(acl)).replace("/etc/mosquitto/fedge/", f"{pki}/")
+    text = text.replace("persistence_location /var/lib/mosquitto/", f"persistence_location {data}/")
+    if os.geteuid() == 0:
+        text = "user root\n" + text
+    return text
+
+
+TLS_DEVICES = ("dev-a", "dev-b")
+
+
+@pytest.fixture
+def mosquitto_tls(tmp_path: Path) -> Iterator[TlsBroker]:
+    """Mosquitto with the shipped config and ACL, certs for ``coordinator``, dev-a and dev-b."""
+    pki = tmp_path / "pki"
+    make_broker_pki(pki, TLS_DEVICES)
+    acl = tmp_path / "acl"
+    shutil.copy(SHIPPED_ACL, acl)
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(render_shipped_conf(port, pki, acl, tmp_path))
+    broker = MosquittoProcess(conf, port, scheme="mqtts").start()
+    yield TlsBroker(broker, pki)
+    broker.kill()
+
+
+@pytest.fixture
+def embedded_broker() -> Iterator[EmbeddedBroker]:
+    """The coordinator's embedded amqtt broker on a free loopback port."""
+    with EmbeddedBroker() as b:
+        yield b
