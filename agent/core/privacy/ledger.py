@@ -1,0 +1,128 @@
+"""The device's privacy ledger: every contribution it sent, in its SQLite store, and its budget.
+
+The ledger composes one unsampled Gaussian event per contribution (``RoundEvent`` sampling
+``none``): the device knows it took part, and rounds it was not sampled in say nothing about
+its data when sampling does not depend on it, so this is a sound per-device bound against
+whoever sees its reports (in local mode, the coordinator). It does not claim amplification by
+sampling, which needs the adversary not to know who took part; the coordinator's campaign
+figure (``coordinator/privacy_budget.py``) is the population-level one that does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import sqlite_utils
+
+from agent.core.errors import BudgetExhausted, ConfigError, ProtocolError
+from agent.core.privacy.accounting import RoundEvent, epsilon_of_events
+from agent.core.privacy.config import MODES
+
+log = logging.getLogger(__name__)
+
+TABLE = "privacy_ledger"
+
+
+@dataclasses.dataclass(frozen=True)
+class Contribution:
+    """One report the device sent (or is about to send) and how it was privatized.
+
+    ``noise_multiplier`` is the accounted total z (the effective one in distributed discrete
+    mode); ``rdp_offset`` is the discrete mechanism's additive RDP term, 0 otherwise.
+    """
+
+    round_id: int
+    mode: str
+    noise_multiplier: float
+    clip_norm: float
+    sampling_rate: float
+    delta: float
+    rdp_offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode: expected one of {MODES}, got {self.mode!r}")
+
+    def event(self) -> RoundEvent:
+        """The device-level event: unamplified Gaussian, or non-private when mode is off."""
+        z = 0.0 if self.mode == "off" else self.noise_multiplier
+        return RoundEvent(z, 1.0, "none", rdp_offset=self.rdp_offset)
+
+
+def ensure_schema(db: sqlite_utils.Database) -> None:
+    """Create the ledger table if it is missing (idempotent)."""
+    if TABLE not in db.table_names():
+        db[TABLE].create(
+            {
+                "round_id": int,
+                "mode": str,
+                "noise_multiplier": float,
+                "clip_norm": float,
+                "sampling_rate": float,
+                "delta": float,
+                "rdp_offset": float,
+                "recorded_at": float,
+            },
+            pk="round_id",
+            not_null={"mode", "noise_multiplier", "clip_norm", "sampling_rate", "delta", "rdp_offset"},
+        )
+
+
+class DeviceLedger:
+    """Contributions recorded in ``db`` and the epsilon they add up to (RDP or PLD)."""
+
+    def __init__(
+        self, db: sqlite_utils.Database, *, accountant: str = "rdp", clock: Callable[[], float] = time.time
+    ) -> None:
+        ensure_schema(db)
+        self._db = db
+        self._accountant = accountant
+        self._clock = clock
+
+    def contributions(self) -> list[Contribution]:
+        """Every recorded contribution, by round id."""
+        fields = [f.name for f in dataclasses.fields(Contribution)]
+        return [
+            Contribution(**{k: row[k] for k in fields})
+            for row in self._db[TABLE].rows_where(order_by="round_id")
+        ]
+
+    def record(self, contribution: Contribution) -> None:
+        """Persist one sent contribution; a second one for the same round is a ProtocolError."""
+        table = self._db[TABLE]
+        row = dataclasses.asdict(contribution) | {"recorded_at": self._clock()}
+        with self._db.conn:
+            if table.count_where("round_id = ?", [contribution.round_id]):
+                raise ProtocolError(f"round {contribution.round_id}: a contribution is already recorded")
+            table.insert(row)
+        log.info(
+            "contribution recorded: mode %s z %.4g", contribution.mode, contribution.noise_multiplier,
+            extra={"round": contribution.round_id},
+        )
+
+    def epsilon_spent(self, delta: float) -> float:
+        """Epsilon at ``delta`` over every recorded contribution (infinite after a mode-off one)."""
+        return epsilon_of_events([c.event() for c in self.contributions()], delta, self._accountant)
+
+    def check_can_contribute(self, budget_epsilon: float, next_round_event: Contribution) -> None:
+        """Raise :class:`BudgetExhausted` unless ``next_round_event`` keeps epsilon within budget.
+
+        Epsilon is taken at the next contribution's delta.
+        """
+        if not (budget_epsilon > 0 and not math.isnan(budget_epsilon)):
+            raise ConfigError(f"epsilon budget: expected a number > 0, got {budget_epsilon!r}")
+        events = [c.event() for c in self.contributions()] + [next_round_event.event()]
+        eps = epsilon_of_events(events, next_round_event.delta, self._accountant)
+        if eps > budget_epsilon:
+            log.warning(
+                "privacy budget spent: epsilon would reach %.4g > budget %.4g", eps, budget_epsilon,
+                extra={"round": next_round_event.round_id},
+            )
+            raise BudgetExhausted(
+                f"privacy budget spent: contributing to round {next_round_event.round_id} would bring "
+                f"epsilon to {eps:.4g} (delta {next_round_event.delta:g}), over the budget of {budget_epsilon:g}"
+            )
