@@ -1,0 +1,76 @@
+"""Docs that tests keep honest: every CLI command is mentioned in README.md, in its user's section.
+
+Adding a command without a README line fails here; that is the point.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+
+from agent.cli import cli as agent_cli
+from coordinator.cli import cli as coordinator_cli
+from simulations.cli import cli as sim_cli
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+CLIS = {"fedge-agent": agent_cli, "fedge-coordinator": coordinator_cli, "fedge-sim": sim_cli}
+
+
+def command_paths(group: click.Command, prefix: str) -> list[str]:
+    """``prefix sub subsub`` for every visible command below ``group``, groups included."""
+    out = []
+    if isinstance(group, click.Group):
+        for name, cmd in sorted(group.commands.items()):
+            if cmd.hidden:
+                continue
+            out.append(f"{prefix} {name}")
+            out += command_paths(cmd, f"{prefix} {name}")
+    return out
+
+
+def section(text: str, prog: str) -> str:
+    """The README section whose ``## `` heading names ``prog`` in backticks."""
+    m = re.search(rf"^## [^\n]*`{re.escape(prog)}`[^\n]*\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert m, f"README.md has no '## ... (`{prog}`)' section"
+    return m.group(1)
+
+
+def mentioned(path: str, text: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(path)}(?![\w-])", text) is not None
+
+
+ALL = [(prog, path) for prog, group in CLIS.items() for path in command_paths(group, prog)]
+
+
+@pytest.mark.parametrize("prog,path", ALL, ids=[p for _, p in ALL])
+def test_command_is_documented_in_its_section(prog, path):
+    assert mentioned(path, section(README.read_text(), prog)), f"add `{path}` to README.md"
+
+
+def test_walk_finds_nested_commands_and_skips_hidden():
+    @click.group()
+    def top() -> None: ...
+
+    @top.group()
+    def rounds() -> None: ...
+
+    @rounds.command()
+    def start() -> None: ...
+
+    @top.command(hidden=True)
+    def secret() -> None: ...
+
+    assert command_paths(top, "x") == ["x rounds", "x rounds start"]
+    assert ("fedge-agent", "fedge-agent check-config") in ALL
+
+
+def test_mention_needs_whole_words():
+    assert mentioned("fedge-agent run", "`fedge-agent run --profile p.toml`")
+    assert not mentioned("fedge-agent run", "fedge-agent running")
+    assert not mentioned("fedge-agent run", "fedge-agent run-once")
+    text = "## For device owners (`fedge-agent`)\nfedge-agent a\n## For researchers (`fedge-sim`)\nfedge-sim b\n"
+    assert mentioned("fedge-agent a", section(text, "fedge-agent"))
+    assert not mentioned("fedge-sim b", section(text, "fedge-agent"))
