@@ -36,5 +36,47 @@ def check_config(ctx: click.Context, files: tuple[str, ...]) -> None:
         ctx.exit(ConfigError.exit_code)
 
 
+@cli.group("data")
+def data() -> None:
+    """Local training data kept in the device's SQLite store."""
+
+
+db_option = click.option(
+    "--db", default="./fedge-agent.db", show_default=True, type=click.Path(dir_okay=False), help="The agent's SQLite store."
+)
+
+
+@data.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--model", "model", required=True, help="Zoo model name (logreg, mlp, cnn) or a .tflite path the data must fit.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--test-fraction", type=float, default=0.0, show_default=True, help="Hold out this share at random as test data.")
+@db_option
+def data_import(file: str, model: str, split: str, test_fraction: float, db: str) -> None:
+    """Import FILE (.npz with arrays x, y; or .csv/.csv.gz with the label last) into the store."""
+    import numpy as np
+
+    from agent.local_data import import_examples
+    from agent.store import Store
+    from agent.training.models import load_spec
+
+    with Store(db) as store:
+        r = import_examples(store, file, load_spec(model), split=split, test_fraction=test_fraction, rng=np.random.default_rng())
+    click.echo(f"imported {r.train + r.test} examples from {file} ({r.train} train, {r.test} test) into {db}")
+
+
+@data.command("stats")
+@db_option
+def data_stats(db: str) -> None:
+    """Print the number of examples, shapes and label counts per split, as JSON."""
+    import json
+
+    from agent.local_data import example_stats
+    from agent.store import Store
+
+    with Store(db) as store:
+        click.echo(json.dumps(example_stats(store), indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     raise SystemExit(run(cli, "fedge-agent", argv))
