@@ -255,9 +255,16 @@ def load_dataset(spec: DatasetSpec, num_devices: int, rng: np.random.Generator) 
     return from_npz(spec.path, rng)
 
 
-def check_model_fits(model: str, model_input_shape: tuple[int, ...], model_classes: int, data: Dataset) -> None:
-    """Refuse a model whose input or output size differs from the data set's: never pad silently."""
-    if tuple(model_input_shape) != tuple(data.input_shape):
+def check_model_fits(model: str, model_input_shape: tuple[int, ...], model_classes: int, data: Dataset,
+                     flat: bool = False) -> None:
+    """Refuse a model whose input or output size differs from the data set's: never pad silently.
+
+    ``flat`` models (a first dense layer) take any input of the same number of features.
+    """
+    got, want = tuple(model_input_shape), tuple(data.input_shape)
+    if flat:
+        got, want = (int(np.prod(got)),), (int(np.prod(want)),)
+    if got != want:
         raise ConfigError(
             f"model {model!r} takes inputs of shape {tuple(model_input_shape)} but data set {data.name!r} "
             f"has shape {tuple(data.input_shape)}; choose a model built for this input size"

@@ -1,0 +1,170 @@
+"""Simulation results: per-round records, ``summary.json``, ``rounds.csv``, PNG plots and a progress bar."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+#: The keys every round of ``summary.json`` carries, in this order (more may follow).
+ROUND_KEYS = ("round", "accuracy", "loss", "epsilon", "delta", "participants", "dropped",
+              "bytes_up", "bytes_down", "seconds")
+PLOTS = ("accuracy_vs_round.png", "accuracy_vs_epsilon.png", "accuracy_per_group.png")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What one round cost and achieved. ``epsilon`` is None when no DP accountant ran.
+
+    ``dropped_per_stage`` counts ``unavailable`` and each SecAgg+ stage; ``seconds_per_stage``
+    is wall-clock time of the simulator; ``group_accuracy`` maps a client group
+    (``profile:pi4``, ``size:q1``) to the global model's accuracy on that group's clients.
+    """
+
+    round: int
+    accuracy: float
+    loss: float
+    epsilon: float | None
+    delta: float
+    participants: int
+    dropped: int
+    bytes_up: int
+    bytes_down: int
+    seconds: float
+    dropped_per_stage: dict[str, int] = field(default_factory=dict)
+    seconds_per_stage: dict[str, float] = field(default_factory=dict)
+    group_accuracy: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as a JSON object: :data:`ROUND_KEYS` first, then the breakdowns."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A finished run: its resolved config, every round, and run-level facts (``extra``)."""
+
+    config: dict[str, Any]
+    rounds: tuple[RoundRecord, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": self.config, "rounds": [r.to_json() for r in self.rounds], **self.extra}
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """JSON has no NaN or infinity: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def write_summary(summary: Summary, out: Path) -> Path:
+    """Write ``out/summary.json`` (strict JSON, no NaN)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "summary.json"
+    path.write_text(json.dumps(_finite_or_none(summary.to_json()), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def write_csv(summary: Summary, out: Path) -> Path:
+    """Write ``out/rounds.csv``: one row per round, breakdowns flattened to ``dropped_<stage>``, ``seconds_<stage>``, ``accuracy_<group>``."""
+    out.mkdir(parents=True, exist_ok=True)
+    stages = sorted({k for r in summary.rounds for k in r.dropped_per_stage})
+    timers = sorted({k for r in summary.rounds for k in r.seconds_per_stage})
+    groups = sorted({k for r in summary.rounds for k in r.group_accuracy})
+    header = [*ROUND_KEYS, *(f"dropped_{s}" for s in stages), *(f"seconds_{s}" for s in timers),
+              *(f"accuracy_{g}" for g in groups)]
+    path = out / "rounds.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for r in summary.rounds:
+            w.writerow([
+                *("" if getattr(r, k) is None else getattr(r, k) for k in ROUND_KEYS),
+                *(r.dropped_per_stage.get(s, "") for s in stages),
+                *(r.seconds_per_stage.get(s, "") for s in timers),
+                *(r.group_accuracy.get(g, "") for g in groups),
+            ])
+    return path
+
+
+def write_plots(summary: Summary, out: Path) -> list[Path]:
+    """PNG plots: accuracy against rounds, against ε (if accounted), and per client group at the last round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    rounds = [r.round for r in summary.rounds]
+    acc = [r.accuracy for r in summary.rounds]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(rounds, acc, marker=".")
+    ax.set(xlabel="round", ylabel="test accuracy", title="Accuracy against rounds")
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out / PLOTS[0]))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    eps = [(r.epsilon, r.accuracy) for r in summary.rounds if r.epsilon is not None]
+    if eps:
+        ax.plot([e for e, _ in eps], [a for _, a in eps], marker=".")
+        ax.set(xlabel="ε (δ = %g)" % summary.rounds[-1].delta, ylabel="test accuracy")
+    else:
+        ax.text(0.5, 0.5, "no privacy accounting in this run (--dp off)", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_title("Accuracy against ε")
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out / PLOTS[1]))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    last = summary.rounds[-1].group_accuracy if summary.rounds else {}
+    names = sorted(last)
+    ax.bar(range(len(names)), [last[n] for n in names])
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set(ylabel="accuracy", title="Accuracy per client group (last round)", ylim=(0, 1))
+    fig.tight_layout()
+    paths.append(_save(fig, out / PLOTS[2]))
+    return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(summary: Summary, out: Path) -> list[Path]:
+    """Everything a run leaves in ``out``: summary.json, rounds.csv and the plots."""
+    return [write_summary(summary, out), write_csv(summary, out), *write_plots(summary, out)]
+
+
+def progress(items: Iterable[T], total: int, desc: str = "rounds", stream: Any = None) -> Iterator[T]:
+    """Iterate with a progress bar: tqdm on a terminal, one plain line per item otherwise."""
+    stream = stream or sys.stderr
+    if getattr(stream, "isatty", lambda: False)():
+        from tqdm import tqdm
+
+        yield from tqdm(items, total=total, desc=desc, file=stream)
+        return
+    for i, item in enumerate(items, 1):
+        yield item
+        print(f"{desc}: {i}/{total}", file=stream, flush=True)
