@@ -156,3 +156,14 @@ def test_removing_a_field_is_an_error_naming_it_or_falls_back_to_its_default(dot
         section = getattr(section, k)
     field = next(f for f in dataclasses.fields(section) if f.name.rstrip("_") == keys[-1])
     assert getattr(section, field.name) == field.default, dotted
+
+
+def test_a_section_that_is_not_a_table_and_a_non_mapping_are_rejected():
+    with pytest.raises(ConfigError, match=r"^pi4.toml: compute: expected a table, got 3$"):
+        parse_profile({**PI4, "compute": 3}, source="pi4.toml")
+    with pytest.raises(ConfigError, match=r"^pi4.toml: model: missing; expected a \[model\] table$"):
+        parse_profile({k: v for k, v in PI4.items() if k != "model"}, source="pi4.toml")
+    with pytest.raises(ConfigError, match="expected a table of sections"):
+        parse_profile([1, 2], source="x")  # type: ignore[arg-type]
+    sim = {k: v for k, v in PI4["simulation"].items() if k != "dropout"}
+    assert parse_profile({**PI4, "simulation": sim}).simulation.dropout.masked_input == 0.0
