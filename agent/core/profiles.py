@@ -90,14 +90,20 @@ class NetworkConfig:
             or parts.query
             or parts.fragment
         ):
-            raise ConfigError(f"broker_url: expected {_URL_WHAT}, no credentials or path, got {show(self.broker_url)}")
+            raise ConfigError(
+                f"broker_url: expected {_URL_WHAT}, no credentials or path, got {show(self.broker_url)}"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             missing = "tls_key" if self.tls_key is None else "tls_cert"
-            raise ConfigError(f"{missing}: missing; expected tls_cert and tls_key together (client certificate)")
+            raise ConfigError(
+                f"{missing}: missing; expected tls_cert and tls_key together (client certificate)"
+            )
         if not self.tls:
             for name in ("tls_ca", "tls_cert", "tls_key"):
                 if getattr(self, name) is not None:
-                    raise ConfigError(f"{name}: expected only with an mqtts:// broker_url, got {show(self.broker_url)}")
+                    raise ConfigError(
+                        f"{name}: expected only with an mqtts:// broker_url, got {show(self.broker_url)}"
+                    )
 
     @property
     def tls(self) -> bool:
