@@ -37,6 +37,7 @@ BROKEN = [
     Broken("bad_choice", r'mode = "local".*', 'mode = "central"', "privacy.mode", ('"distributed"',)),
     Broken("bad_url_scheme", r"broker_url = .*", 'broker_url = "http://broker.fleet.example"', "network.broker_url", ("mqtts://",)),
     Broken("url_with_password", r"broker_url = .*", 'broker_url = "mqtts://dev:secret@broker.example"', "network.broker_url", ("no credentials",)),
+    Broken("tls_without_mqtts", r"broker_url = .*", 'broker_url = "mqtt://broker.fleet.example"', "network.tls_ca", ("mqtts://",)),
     Broken("tls_key_alone", r"tls_key = .*", None, "network.tls_key", ("tls_cert",)),
     Broken("noise_off_with_dp", r"noise_multiplier = .*", "noise_multiplier = 0", "privacy.noise_multiplier", ("> 0",)),
     Broken("toml_syntax", r"\[model\]", "[model", "invalid TOML", ("line",)),
