@@ -81,6 +81,7 @@ class Inbox:
         self._held_bytes = 0
         self._pending: dict[int, list[Handle]] = {}
         self._completed: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._rejected: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._next_delivery = 0
         self.dropped = 0
 
@@ -143,8 +144,12 @@ class Inbox:
                 pending.append(handle)  # acked with the payload
                 return None, []
             return None, [handle]
+        if key in self._rejected:
+            log.debug("chunk %d of a dropped transfer on %s dropped", c.index, topic)
+            return None, [handle]
         if c.total_bytes > self._cfg.max_payload_bytes:
             more = self._drop_partial(key, "transfer is over the limit") if key in self._partials else []
+            self._reject(key)
             return None, more + self._drop(topic, f"transfer of {c.total_bytes} bytes is over the limit", [handle])
         p = self._partials.get(key)
         if p is None:
@@ -177,7 +182,10 @@ class Inbox:
         self._held_bytes -= p.held
         payload = b"".join(p.pieces[i] for i in range(p.count))
         if len(payload) != p.total or hashlib.sha256(payload).digest() != p.sha256:
+            self._reject(key)
             return None, self._drop(topic, "reassembled payload fails its length or digest check", p.handles)
+        if not payload.startswith(ENVELOPE_PREFIX) or payload.startswith(CHUNK_PREFIX):
+            return None, self._drop(topic, "reassembled payload is not a fedge message", p.handles)
         return self._deliver(topic, payload, p.retain, dup, p.handles, key), []
 
     def _deliver(
@@ -195,7 +203,14 @@ class Inbox:
     def _drop_partial(self, key: tuple[str, str], why: str, extra: list[Handle] | None = None) -> list[Handle]:
         p = self._partials.pop(key)
         self._held_bytes -= p.held
+        self._reject(key)
         return self._drop(key[0], why, p.handles + (extra or []))
+
+    def _reject(self, key: tuple[str, str]) -> None:
+        """Remember a dropped transfer so its remaining chunks are acknowledged without noise."""
+        self._rejected[key] = None
+        while len(self._rejected) > _COMPLETED_MEMORY:
+            self._rejected.popitem(last=False)
 
     def _drop(self, topic: str, why: str, handles: list[Handle]) -> list[Handle]:
         self.dropped += 1
