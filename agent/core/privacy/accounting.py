@@ -16,6 +16,7 @@ upper-bounds its effect in the RDP-to-(epsilon, delta) conversion.
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import json
 import math
@@ -118,17 +119,26 @@ def _common_relation(events: list[RoundEvent]) -> dp_accounting.NeighboringRelat
     return relations.pop() if relations else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
 
 
-def epsilon_of_events(events: list[RoundEvent], delta: float, accountant: str = "rdp") -> float:
-    """Epsilon at ``delta`` of the composition of ``events`` (identical ones are self-composed)."""
-    if not 0 < delta < 1:
-        raise ConfigError(f"delta: expected a number in (0, 1), got {delta!r}")
-    if not events:
-        return 0.0
+def _composed(events: list[RoundEvent], accountant: str) -> dp_accounting.PrivacyAccountant:
+    """A dp-accounting accountant holding ``events`` (identical ones are self-composed)."""
     acc = _new_accountant(accountant, _common_relation(events))
     counts = collections.Counter(dataclasses.replace(e, rdp_offset=0.0) for e in events)
     for event, count in counts.items():
         acc.compose(event.dp_event(), count)
-    eps = float(acc.get_epsilon(delta))
+    return acc
+
+
+def _check_delta(delta: float) -> None:
+    if not 0 < delta < 1:
+        raise ConfigError(f"delta: expected a number in (0, 1), got {delta!r}")
+
+
+def epsilon_of_events(events: list[RoundEvent], delta: float, accountant: str = "rdp") -> float:
+    """Epsilon at ``delta`` of the composition of ``events``, plus their RDP offsets."""
+    _check_delta(delta)
+    if not events:
+        return 0.0
+    eps = float(_composed(events, accountant).get_epsilon(delta))
     return eps + sum(e.rdp_offset for e in events)
 
 
@@ -158,13 +168,20 @@ def epsilon(
 
 
 class PrivacyAccountant:
-    """Epsilon so far over recorded rounds, each with its own event; JSON in, JSON out."""
+    """Epsilon so far over recorded rounds, each with its own event; JSON in, JSON out.
+
+    Keeps a live dp-accounting accountant and composes new rounds into it, so asking for
+    epsilon after every round costs one composition, not a replay of the history.
+    """
 
     def __init__(self, accountant: str = "rdp", events: list[RoundEvent] | None = None) -> None:
         if accountant not in ACCOUNTANTS:
             raise ConfigError(f"accountant: expected one of {ACCOUNTANTS}, got {accountant!r}")
         self.accountant = accountant
         self._events: list[RoundEvent] = list(events or [])
+        _common_relation(self._events)
+        self._live: dp_accounting.PrivacyAccountant | None = None
+        self._live_count = 0
         self._cache: dict[tuple[int, float], float] = {}
 
     @property
@@ -179,16 +196,36 @@ class PrivacyAccountant:
             _new_accountant("pld", relation)
         self._events.append(event)
 
+    def _accountant(self) -> dp_accounting.PrivacyAccountant:
+        if self._live is None:
+            self._live = _composed(self._events, self.accountant)
+        else:
+            for event in self._events[self._live_count :]:
+                self._live.compose(event.dp_event())
+        self._live_count = len(self._events)
+        return self._live
+
+    def _offset(self, extra: RoundEvent | None = None) -> float:
+        return sum(e.rdp_offset for e in self._events) + (extra.rdp_offset if extra else 0.0)
+
     def epsilon(self, delta: float) -> float:
         """Epsilon at ``delta`` over every recorded round."""
+        _check_delta(delta)
         key = (len(self._events), delta)
         if key not in self._cache:
-            self._cache[key] = epsilon_of_events(self._events, delta, self.accountant)
+            eps = float(self._accountant().get_epsilon(delta)) if self._events else 0.0
+            self._cache[key] = eps + self._offset()
         return self._cache[key]
 
     def epsilon_if(self, event: RoundEvent, delta: float) -> float:
         """Epsilon at ``delta`` if ``event`` were recorded next (nothing is recorded)."""
-        return epsilon_of_events(self._events + [event], delta, self.accountant)
+        _check_delta(delta)
+        _common_relation(self._events[-1:] + [event])
+        trial = copy.deepcopy(self._accountant()) if self._events else _new_accountant(
+            self.accountant, event.neighboring_relation()
+        )
+        trial.compose(event.dp_event())
+        return float(trial.get_epsilon(delta)) + self._offset(event)
 
     def to_json(self) -> str:
         """A plain JSON document (never pickle) that :meth:`from_json` restores."""
