@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.core.errors import ConfigError, TrainingError
+from agent.core.profiles import ComputeLimits
 from agent.training.models import ModelSpec
 from agent.training.runtime import load_interpreter
 
@@ -179,3 +180,25 @@ class Trainer:
         loss = float(np.mean(lse - z[np.arange(len(y)), y]))
         acc = float(np.mean(z.argmax(axis=1) == y))
         return EvalResult(loss, acc, len(y))
+
+
+def train_with_limits(
+    trainer: Trainer,
+    limits: ComputeLimits,
+    global_weights: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    should_abort: Callable[[], bool] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> TrainResult:
+    """:meth:`Trainer.train` with epochs, batch size, learning rate and time cap from a device profile.
+
+    Build the trainer with ``Trainer(spec, num_threads=limits.threads)``.
+    """
+    return trainer.train(
+        global_weights, x, y,
+        epochs=limits.epochs, batch_size=limits.batch_size, learning_rate=limits.learning_rate,
+        rng=rng, max_seconds=limits.max_train_seconds, should_abort=should_abort, clock=clock,
+    )

@@ -104,9 +104,33 @@ def embed_metadata(flatbuffer: bytes, meta: dict) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def verify_gradients(recipe: Recipe, tolerance: float = 1e-5) -> float:
+    """Check the hand-written gradients against TF autodiff on tie-rich data; return the largest gap.
+
+    Autodiff cannot be converted (Flex ops) but runs fine here, so it is the ground truth for
+    the backward passes that are converted, max-pool tie-breaking included.
+    """
+    rng = np.random.default_rng(recipe.seed)
+    module = recipe.model(initial_weights(recipe))
+    x = rng.uniform(0, 1, (16, *module.input_shape)).astype(np.float32)
+    x[x < 0.5] = 0.0  # blank regions make exact ties in the pool windows
+    y = rng.integers(0, module.num_classes, 16).astype(np.int32)
+    w = [tf.constant(v.numpy() + 0.05) for v in module.vars]
+    with tf.GradientTape() as tape:
+        tape.watch(w)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, module.logits(x, w)))
+    auto = tape.gradient(loss, w)
+    hand_loss, hand = module.loss_and_grads(tf.constant(x), tf.constant(y), w)
+    gap = max([abs(float(loss - hand_loss))] + [float(tf.reduce_max(tf.abs(a - h))) for a, h in zip(auto, hand)])
+    if gap > tolerance:
+        raise AssertionError(f"{recipe.name}: hand-written gradients differ from autodiff by {gap}")
+    return gap
+
+
 def build(name: str) -> tuple[bytes, dict]:
     """The .tflite bytes and the JSON sidecar (metadata plus the file's sha256) of zoo model ``name``."""
     recipe = RECIPES[name]
+    verify_gradients(recipe)
     meta = metadata(recipe)
     data = embed_metadata(convert(recipe), meta)
     return data, {**meta, "sha256": hashlib.sha256(data).hexdigest()}
