@@ -1,0 +1,123 @@
+"""Budgets: a device over budget refuses, the coordinator stops selecting it and stops the campaign."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import sqlite_utils
+
+from agent.core.errors import BudgetExhausted, ProtocolError
+from agent.core.privacy.accounting import RoundEvent, epsilon_of_events
+from agent.core.privacy.ledger import Contribution, DeviceLedger, ensure_schema
+from coordinator.privacy_budget import CampaignBudget, mark_exhausted, selectable_devices
+from coordinator.privacy_budget import ensure_schema as ensure_coordinator_schema
+
+
+def _contribution(round_id: int, z: float = 2.0, mode: str = "local") -> Contribution:
+    return Contribution(round_id, mode, z, 1.0, 0.1, 1e-5)
+
+
+def test_ledger_schema_is_idempotent(tmp_path):
+    db = sqlite_utils.Database(tmp_path / "agent.db")
+    ensure_schema(db)
+    ensure_schema(db)
+    ensure_coordinator_schema(db)
+    ensure_coordinator_schema(db)
+    assert "privacy_ledger" in db.table_names()
+
+
+def test_device_refuses_over_budget_even_after_reopen(tmp_path):
+    path = tmp_path / "agent.db"
+    ledger = DeviceLedger(sqlite_utils.Database(path), clock=lambda: 1.0)
+    budget = 3.0
+    r = 0
+    while True:
+        try:
+            ledger.check_can_contribute(budget, _contribution(r))
+        except BudgetExhausted:
+            break
+        ledger.record(_contribution(r))
+        r += 1
+    assert r >= 1
+    spent = ledger.epsilon_spent(1e-5)
+    assert spent <= budget
+    # the same figure as dp-accounting composing r unsampled Gaussians with z = 2
+    assert spent == pytest.approx(epsilon_of_events([RoundEvent(2.0, 1.0, "none")] * r, 1e-5), rel=1e-9)
+    # a restart: a fresh connection to the same file still refuses
+    reopened = DeviceLedger(sqlite_utils.Database(path))
+    assert reopened.epsilon_spent(1e-5) == pytest.approx(spent)
+    with pytest.raises(BudgetExhausted, match="budget"):
+        reopened.check_can_contribute(budget, _contribution(r))
+    # a noisier round may still fit
+    reopened.check_can_contribute(budget + 5, _contribution(r, z=50.0))
+
+
+def test_ledger_rejects_double_recording_and_mode_off_is_infinite(tmp_path):
+    ledger = DeviceLedger(sqlite_utils.Database(tmp_path / "agent.db"))
+    ledger.record(_contribution(1))
+    with pytest.raises(ProtocolError):
+        ledger.record(_contribution(1))
+    ledger.record(_contribution(2, mode="off"))
+    assert math.isinf(ledger.epsilon_spent(1e-5))
+    with pytest.raises(BudgetExhausted):
+        ledger.check_can_contribute(100.0, _contribution(3))
+
+
+def test_campaign_stops_at_budget_and_stays_stopped_after_restart(tmp_path):
+    path = tmp_path / "coord.db"
+    event = RoundEvent(1.0, 0.05)
+    budget = CampaignBudget(sqlite_utils.Database(path), "c1", budget_epsilon=2.0, delta=1e-5, clock=lambda: 0.0)
+    r = 0
+    with pytest.raises(BudgetExhausted, match="stopped"):
+        while True:
+            budget.record_round(r, event)
+            r += 1
+    history = budget.history()
+    assert len(history) == r and r > 1
+    assert all(a[1] < b[1] for a, b in zip(history, history[1:]))  # epsilon recorded per round, growing
+    assert history[-1][1] <= 2.0
+    assert history[-1][1] == pytest.approx(epsilon_of_events([event] * r, 1e-5), rel=1e-9)
+    restarted = CampaignBudget(sqlite_utils.Database(path), "c1", budget_epsilon=2.0, delta=1e-5)
+    assert restarted.stopped
+    assert restarted.epsilon_so_far() == pytest.approx(history[-1][1])
+    with pytest.raises(BudgetExhausted):
+        restarted.check_round(RoundEvent(100.0, 0.001))
+
+
+def test_campaign_refuses_changed_settings(tmp_path):
+    db = sqlite_utils.Database(tmp_path / "coord.db")
+    CampaignBudget(db, "c1", budget_epsilon=2.0, delta=1e-5)
+    with pytest.raises(Exception, match="differ"):
+        CampaignBudget(db, "c1", budget_epsilon=20.0, delta=1e-5)
+
+
+def test_coordinator_stops_selecting_spent_devices(tmp_path):
+    path = tmp_path / "coord.db"
+    db = sqlite_utils.Database(path)
+    devices = ["a", "b", "c", "d"]
+    assert selectable_devices(db, devices, {}, 3.0) == devices
+    mark_exhausted(db, "b", clock=lambda: 0.0)
+    reported = {"c": 3.0, "d": 2.9}
+    # after a restart, the marks are still there
+    again = sqlite_utils.Database(path)
+    assert selectable_devices(again, devices, reported, 3.0) == ["a", "d"]
+
+
+def test_device_and_coordinator_agree_end_to_end(tmp_path):
+    """A device declines when over budget; the coordinator marks it and never selects it again."""
+    agent_db = sqlite_utils.Database(tmp_path / "agent.db")
+    coord_db = sqlite_utils.Database(tmp_path / "coord.db")
+    ledger = DeviceLedger(agent_db)
+    selected_rounds = []
+    for r in range(20):
+        if "dev1" not in selectable_devices(coord_db, ["dev1"], {"dev1": ledger.epsilon_spent(1e-5)}, 4.0):
+            break
+        selected_rounds.append(r)
+        try:
+            ledger.check_can_contribute(4.0, _contribution(r))
+            ledger.record(_contribution(r))
+        except BudgetExhausted:
+            mark_exhausted(coord_db, "dev1")
+    assert selected_rounds and selected_rounds[-1] < 19
+    assert ledger.epsilon_spent(1e-5) <= 4.0
