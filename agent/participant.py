@@ -1,0 +1,93 @@
+"""One device's part in one round, as a pure state machine: coordinator messages in, replies out.
+
+The agent daemon (over MQTT) and the simulator (in memory) drive this same object. Training is
+injected (``train``), so the daemon can run the TFLite trainer under its profile's limits and the
+simulator can share one interpreter across thousands of clients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from agent.core.errors import BudgetExhausted, FedgeError, ProtocolError
+from agent.core.messages.rounds import Decline, PlainUpdate, Task
+from agent.core.update import EncodedUpdate, encode_update
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalResult:
+    """What local training produced: the weight delta and how many examples it saw."""
+
+    delta: np.ndarray
+    num_examples: int
+    loss: float = float("nan")
+
+
+#: Trains on the task's global weights and returns the delta. Raises FedgeError to decline.
+TrainFn = Callable[[Task], LocalResult]
+#: Builds the SecAgg+ client for a task and the encoded vector; returns (client, first message).
+SecAggFactory = Callable[[Task, np.ndarray], tuple[Any, Any]]
+
+
+class Participant:
+    """Answers one round's task, then (with secure aggregation) every SecAgg+ stage request."""
+
+    def __init__(
+        self,
+        device_id: str,
+        train: TrainFn,
+        rng: np.random.Generator,
+        secagg_factory: SecAggFactory | None = None,
+    ) -> None:
+        self.device_id = device_id
+        self._train = train
+        self._rng = rng
+        self._secagg_factory = secagg_factory
+        self.round_id: int | None = None
+        self.task: Task | None = None
+        self.encoded: EncodedUpdate | None = None
+        self.local: LocalResult | None = None
+        self.client: Any = None
+
+    def handle(self, msg: Any) -> list[Any]:
+        """Replies to one coordinator message (ProtocolError when it is illegal here)."""
+        if isinstance(msg, Task):
+            return self._on_task(msg)
+        if self.client is None or msg.round_id != self.round_id:
+            raise ProtocolError(f"unexpected {type(msg).__name__} for round {getattr(msg, 'round_id', '?')}")
+        reply = self.client.handle(msg)
+        if reply is None:
+            return []
+        return list(reply) if isinstance(reply, (list, tuple)) else [reply]
+
+    def _on_task(self, task: Task) -> list[Any]:
+        if task.device_id != self.device_id:
+            raise ProtocolError("task is addressed to another device")
+        if self.task is not None:
+            if task.round_id == self.round_id:
+                raise ProtocolError("duplicate task")
+        if task.plan.secagg and self._secagg_factory is None:
+            return [Decline(task.round_id, self.device_id, "secure aggregation unavailable")]
+        self.task, self.round_id = task, task.round_id
+        extra = {"device": self.device_id, "round": task.round_id}
+        try:
+            self.local = self._train(task)
+            self.encoded = encode_update(self.local.delta, self.local.num_examples, task.plan, self._rng)
+        except BudgetExhausted as e:
+            log.info("declining: %s", e, extra=extra)
+            return [Decline(task.round_id, self.device_id, f"budget: {e}")]
+        except FedgeError as e:
+            log.warning("declining: %s", e, extra=extra)
+            return [Decline(task.round_id, self.device_id, str(e))]
+        if not task.plan.secagg:
+            return [PlainUpdate(task.round_id, self.device_id, self.encoded.vector)]
+        assert self._secagg_factory is not None
+        self.client, first = self._secagg_factory(task, self.encoded.vector)
+        return [first]

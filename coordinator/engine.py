@@ -1,0 +1,325 @@
+"""One training round on the coordinator, as a pure state machine: messages and clock ticks in,
+messages out. The MQTT service and the simulator both drive this same object.
+
+Flow: the engine sends each selected device a :class:`Task` (plan + global weights). Devices
+train, then either upload a :class:`PlainUpdate` (secure aggregation off) or run the SecAgg+
+stages. A stage closes when ``goal`` devices answered the first stage, or at its deadline with
+whoever answered, as long as the thresholds hold; otherwise the round is abandoned with a reason
+that names the stage and the counts. The engine never blocks and never does I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from agent.core.errors import ProtocolError, RoundFailed
+from agent.core.messages.rounds import Decline, PlainUpdate, RoundPlan, Task
+from agent.core.update import Aggregate, decode_aggregate
+
+log = logging.getLogger(__name__)
+
+
+class RoundStatus(enum.Enum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    ABANDONED = "abandoned"
+
+
+@dataclasses.dataclass(frozen=True)
+class Outbound:
+    """A message for one device."""
+
+    device_id: str
+    message: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundSettings:
+    """Coordinator-side knobs of a round (the device-side ones are in the RoundPlan)."""
+
+    goal: int
+    min_cohort: int
+    #: deadline of every SecAgg stage after the first (the first one includes training: plan.deadline_s)
+    stage_timeout_s: float
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_cohort <= self.goal:
+            raise ValueError(f"need 1 <= min_cohort <= goal, got {self.min_cohort} and {self.goal}")
+        if not self.stage_timeout_s > 0:
+            raise ValueError("stage_timeout_s must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundOutcome:
+    status: RoundStatus
+    reason: str
+    aggregate: Aggregate | None
+    participants: int
+    dropped: dict[str, int]
+    new_weights: np.ndarray | None
+
+
+class Aggregation:
+    """How uploads become one integer sum: in the clear, or through SecAgg+ (:mod:`.secure`)."""
+
+    first_stage: str
+
+    def start(self, cohort: Sequence[str], now: float) -> list[Outbound]:
+        raise NotImplementedError
+
+    def receive(self, device_id: str, msg: Any, now: float) -> list[Outbound]:
+        raise NotImplementedError
+
+    def answered_first_stage(self) -> int:
+        raise NotImplementedError
+
+    def close_stage(self, now: float) -> list[Outbound]:
+        """Proceed with whoever answered; raise RoundFailed when a threshold no longer holds."""
+        raise NotImplementedError
+
+    @property
+    def stage(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def finished(self) -> bool:
+        raise NotImplementedError
+
+    def result(self) -> tuple[np.ndarray, list[str]]:
+        """The exact integer sum and the devices whose inputs it holds."""
+        raise NotImplementedError
+
+    def dropped(self) -> dict[str, int]:
+        raise NotImplementedError
+
+
+class PlainAggregation(Aggregation):
+    """Secure aggregation off: sum the quantized vectors as they arrive (wrapping uint arithmetic)."""
+
+    first_stage = "report"
+
+    def __init__(self, length: int, bits: int, goal: int, min_cohort: int) -> None:
+        self.length, self.bits, self.goal, self.min_cohort = length, bits, goal, min_cohort
+        self._sum = np.zeros(length, dtype=np.uint64)
+        self._from: list[str] = []
+        self._cohort: set[str] = set()
+        self._closed = False
+
+    @property
+    def stage(self) -> str:
+        return "done" if self._closed else "report"
+
+    @property
+    def finished(self) -> bool:
+        return self._closed
+
+    def start(self, cohort: Sequence[str], now: float) -> list[Outbound]:
+        self._cohort = set(cohort)
+        return []
+
+    def receive(self, device_id: str, msg: Any, now: float) -> list[Outbound]:
+        if not isinstance(msg, PlainUpdate):
+            raise ProtocolError(f"unexpected {type(msg).__name__} in the report stage")
+        if self._closed:
+            raise ProtocolError("report stage is closed")
+        if device_id in self._from:
+            raise ProtocolError("duplicate update")
+        v = msg.vector
+        if v.shape != (self.length,):
+            raise ProtocolError(f"update has shape {v.shape}, expected ({self.length},)")
+        if self.bits < 32 and int(v.max(initial=0)) >> self.bits:
+            raise ProtocolError(f"update has values outside Z_2^{self.bits}")
+        self._sum += v
+        self._from.append(device_id)
+        if len(self._from) >= self.goal:
+            self._closed = True
+        return []
+
+    def answered_first_stage(self) -> int:
+        return len(self._from)
+
+    def close_stage(self, now: float) -> list[Outbound]:
+        if len(self._from) < self.min_cohort:
+            raise RoundFailed(
+                f"stage report: {len(self._from)} of {len(self._cohort)} devices reported, "
+                f"minimum cohort is {self.min_cohort}"
+            )
+        self._closed = True
+        return []
+
+    def result(self) -> tuple[np.ndarray, list[str]]:
+        mask = np.uint64((1 << self.bits) - 1)
+        return (self._sum & mask).astype(np.uint32), list(self._from)
+
+    def dropped(self) -> dict[str, int]:
+        return {"report": len(self._cohort) - len(self._from)}
+
+
+class RoundEngine:
+    """One round: tasks out, uploads in, deadlines, then FedAvg of the unmasked sum."""
+
+    def __init__(
+        self,
+        round_id: int,
+        plan: RoundPlan,
+        settings: RoundSettings,
+        weights: np.ndarray,
+        cohort: Sequence[str],
+        aggregation: Aggregation,
+        clock: Callable[[], float],
+    ) -> None:
+        if len(set(cohort)) != len(cohort):
+            raise ValueError("cohort has duplicate devices")
+        self.round_id = round_id
+        self.plan = plan
+        self.settings = settings
+        self.weights = np.ascontiguousarray(weights, dtype=np.float32)
+        self.cohort = list(cohort)
+        self._members = set(cohort)
+        self.aggregation = aggregation
+        self.clock = clock
+        self.status = RoundStatus.RUNNING
+        self.reason = ""
+        self.outcome: RoundOutcome | None = None
+        self.declined: dict[str, str] = {}
+        self._deadline = 0.0
+        self._stage = "training"
+
+    # -------------------------------------------------------------- driving
+
+    @property
+    def stage(self) -> str:
+        return self._stage
+
+    @property
+    def deadline(self) -> float:
+        return self._deadline
+
+    def start(self) -> list[Outbound]:
+        """Tasks for every selected device; the first stage's deadline includes training."""
+        now = self.clock()
+        self._deadline = now + self.plan.deadline_s
+        out = [Outbound(d, Task(self.round_id, d, self.plan, self.weights)) for d in self.cohort]
+        out += self.aggregation.start(self.cohort, now)
+        self._stage = self.aggregation.stage
+        log.info("round started: %d devices selected", len(self.cohort), extra={"round": self.round_id})
+        return out
+
+    def receive(self, device_id: str, msg: Any) -> list[Outbound]:
+        """Handle one message from a device; ProtocolError when it is illegal here (caller logs it)."""
+        if self.status is not RoundStatus.RUNNING:
+            raise ProtocolError(f"round {self.round_id} is {self.status.value}")
+        if device_id not in self._members:
+            raise ProtocolError(f"device {device_id!r} is not in round {self.round_id}")
+        if getattr(msg, "round_id", self.round_id) != self.round_id:
+            raise ProtocolError(f"message for round {msg.round_id} in round {self.round_id}")
+        if getattr(msg, "device_id", device_id) != device_id:
+            raise ProtocolError("message names another device")
+        if isinstance(msg, Decline):
+            self.declined[device_id] = msg.reason
+            log.info("device declined: %s", msg.reason, extra={"round": self.round_id, "device": device_id})
+            return self._maybe_close_early()
+        now = self.clock()
+        before = self.aggregation.stage
+        try:
+            out = self.aggregation.receive(device_id, msg, now)
+        except RoundFailed as e:
+            return self._abandon(str(e))
+        out += self._maybe_close_early()
+        if self.aggregation.stage != before:
+            self._enter_stage(now)
+        return out + self._maybe_finish()
+
+    def tick(self) -> list[Outbound]:
+        """Call when the clock may have passed the stage deadline."""
+        if self.status is not RoundStatus.RUNNING or self.clock() < self._deadline:
+            return []
+        now = self.clock()
+        log.info("stage %s deadline", self.aggregation.stage, extra={"round": self.round_id})
+        try:
+            out = self.aggregation.close_stage(now)
+        except RoundFailed as e:
+            return self._abandon(str(e))
+        self._enter_stage(now)
+        return out + self._maybe_finish()
+
+    def abandon(self, reason: str) -> list[Outbound]:
+        """Abandon from outside (operator, shutdown, restart without state)."""
+        return self._abandon(reason)
+
+    # -------------------------------------------------------------- internals
+
+    def _enter_stage(self, now: float) -> None:
+        self._stage = self.aggregation.stage
+        self._deadline = now + self.settings.stage_timeout_s
+
+    def _maybe_close_early(self) -> list[Outbound]:
+        """The first stage closes as soon as ``goal`` devices answered, or nobody else can."""
+        agg = self.aggregation
+        if agg.stage != agg.first_stage or agg.finished:
+            return []
+        answered = agg.answered_first_stage()
+        outstanding = len(self._members) - answered - len(self.declined)
+        if answered >= self.settings.goal or outstanding <= 0:
+            now = self.clock()
+            try:
+                out = agg.close_stage(now)
+            except RoundFailed as e:
+                return self._abandon(str(e))
+            self._enter_stage(now)
+            return out
+        return []
+
+    def _maybe_finish(self) -> list[Outbound]:
+        if self.status is not RoundStatus.RUNNING or not self.aggregation.finished:
+            return []
+        try:
+            total, survivors = self.aggregation.result()
+            agg = decode_aggregate(total, self.plan, self.weights.size)
+        except (RoundFailed, ProtocolError) as e:
+            return self._abandon(str(e))
+        if not np.all(np.isfinite(agg.mean_delta)):
+            return self._abandon("aggregate is not finite")
+        new = (self.weights + agg.mean_delta).astype(np.float32)
+        self.status = RoundStatus.COMPLETED
+        self._stage = "completed"
+        self.reason = f"{len(survivors)} devices aggregated"
+        self.outcome = RoundOutcome(
+            RoundStatus.COMPLETED, self.reason, agg, len(survivors), self._dropped(), new
+        )
+        log.info("round completed: %s", self.reason, extra={"round": self.round_id})
+        return []
+
+    def _dropped(self) -> dict[str, int]:
+        d = dict(self.aggregation.dropped())
+        if self.declined:
+            d["declined"] = len(self.declined)
+        return d
+
+    def _abandon(self, reason: str) -> list[Outbound]:
+        if self.status is RoundStatus.RUNNING:
+            self.status = RoundStatus.ABANDONED
+            self._stage = "abandoned"
+            self.reason = reason
+            self.outcome = RoundOutcome(RoundStatus.ABANDONED, reason, None, 0, self._dropped(), None)
+            log.warning("round abandoned: %s", reason, extra={"round": self.round_id})
+        return []
+
+
+def expected_length(weights: np.ndarray) -> int:
+    """Length of an encoded update: the model's parameters plus the weight coordinate."""
+    return int(weights.size) + 1
+
+
+def identities_for(cohort: Sequence[str], lookup: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The identity public keys of a cohort; ProtocolError for a device without one."""
+    missing = [d for d in cohort if d not in lookup]
+    if missing:
+        raise ProtocolError(f"devices without an enrolled identity key: {missing[:5]}")
+    return {d: lookup[d] for d in cohort}

@@ -1,0 +1,106 @@
+"""A campaign's training configuration, and the per-round plan the coordinator derives from it.
+
+The plan fixes everything both sides must agree on: training hyper-parameters, the privacy
+mode and its noise, and the fixed-point quantization (range and scale), chosen so that the sum
+of every selected device's vector (plus distributed noise) cannot wrap in Z_2^bits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from agent.core.errors import ConfigError
+from agent.core.messages.rounds import DP_MODES, RoundPlan
+from agent.core.privacy.config import PrivacyConfig
+from agent.core.secagg.quantize import check_no_wrap, choose_scale, max_abs_int
+
+#: Local-mode noise is clipped to this many standard deviations before quantization
+#: (post-processing: it cannot weaken the guarantee).
+LOCAL_NOISE_SIGMAS = 4.0
+#: Distributed noise headroom in the integer ring, in central standard deviations.
+RING_NOISE_SIGMAS = 8.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """One campaign's settings, resolved once from CLI flags or a file."""
+
+    model_name: str = "mlp"
+    epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 0.1
+    dp_mode: str = "off"
+    clip_norm: float = 1.0
+    noise_multiplier: float = 0.0
+    delta: float = 1e-6
+    secagg: bool = True
+    quant_bits: int = 32
+    weighting: str = "examples"
+    example_cap: int = 256
+    goal: int = 10
+    over_selection: float = 1.3
+    min_cohort: int = 2
+    train_deadline_s: float = 120.0
+    stage_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.dp_mode not in DP_MODES:
+            raise ConfigError(f"dp: expected one of {DP_MODES}, got {self.dp_mode!r}")
+        PrivacyConfig(
+            mode=self.dp_mode,
+            clip_norm=self.clip_norm,
+            noise_multiplier=self.noise_multiplier if self.dp_mode != "off" else 1.0,
+            delta=self.delta,
+            min_clients=self.min_cohort,
+        ).validate(secagg_enabled=self.secagg)
+        if not 1 <= self.min_cohort <= self.goal:
+            raise ConfigError(f"min_cohort: expected 1 <= min_cohort <= goal ({self.goal}), got {self.min_cohort}")
+        if not 16 <= self.quant_bits <= 32:
+            raise ConfigError(f"quant_bits: expected 16..32, got {self.quant_bits}")
+        if self.over_selection < 1:
+            raise ConfigError(f"over_selection: expected >= 1, got {self.over_selection}")
+        if self.weighting not in ("examples", "uniform"):
+            raise ConfigError(f"weighting: expected 'examples' or 'uniform', got {self.weighting!r}")
+
+
+def quant_range(cfg: TrainingConfig) -> float:
+    """Box every coordinate is clipped to before quantization (covers the weight coordinate 1)."""
+    r = cfg.clip_norm
+    if cfg.dp_mode == "local":
+        r = cfg.clip_norm * (1 + LOCAL_NOISE_SIGMAS * cfg.noise_multiplier)
+    return max(1.0, r)
+
+
+def make_plan(cfg: TrainingConfig, model_version: str, cohort_size: int, population: int) -> RoundPlan:
+    """The plan for a round with ``cohort_size`` selected devices out of ``population``."""
+    if cohort_size < 1 or population < cohort_size:
+        raise ConfigError(f"cohort of {cohort_size} out of a population of {population}")
+    r = quant_range(cfg)
+    headroom = 1.0
+    if cfg.dp_mode == "distributed":
+        headroom += RING_NOISE_SIGMAS * cfg.noise_multiplier * cfg.clip_norm / (cohort_size * r)
+    scale = choose_scale(r, cfg.quant_bits, cohort_size, headroom)
+    check_no_wrap(cohort_size, max_abs_int(r, scale), cfg.quant_bits)
+    # Under DP every client weighs the same: a data-size weight would change the sensitivity.
+    weighting = "uniform" if cfg.dp_mode != "off" else cfg.weighting
+    return RoundPlan(
+        model_name=cfg.model_name,
+        model_version=model_version,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        dp_mode=cfg.dp_mode,
+        clip_norm=cfg.clip_norm,
+        noise_multiplier=cfg.noise_multiplier,
+        noise_clients=min(cfg.min_cohort, cohort_size),
+        weighting=weighting,
+        example_cap=cfg.example_cap,
+        quant_bits=cfg.quant_bits,
+        quant_scale=scale,
+        quant_range=r,
+        secagg=cfg.secagg,
+        sampling_rate=min(1.0, cohort_size / population),
+        delta=cfg.delta,
+        deadline_s=cfg.train_deadline_s,
+    )
+
