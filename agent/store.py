@@ -11,6 +11,7 @@ from pathlib import Path
 import sqlite_utils
 
 from agent.core import migrations
+from agent.core.privacy import ledger as privacy_ledger
 
 
 def _m001_examples(db: sqlite_utils.Database) -> None:
@@ -25,6 +26,7 @@ def _m001_examples(db: sqlite_utils.Database) -> None:
 
 MIGRATIONS: list[migrations.Migration] = [
     ("001_examples", _m001_examples),
+    ("002_privacy_ledger", privacy_ledger.ensure_schema),
 ]
 
 
