@@ -3,7 +3,8 @@
 Small modules, each one job: :mod:`.randomness` (OS randomness), :mod:`.identity` (Ed25519
 long-term identities), :mod:`.agreement` (X25519 and HKDF with domain-separation labels),
 :mod:`.aead` (authenticated encryption; nonces chosen here), :mod:`.keystream` (AES-128-CTR
-mask expansion straight into numpy buffers) and :mod:`.shamir` (t-of-n sharing of 32-byte
+mask expansion straight into numpy buffers) and and :mod:`.transcript` (hashes of
+length-prefixed parts, for signing), :mod:`.shamir` (t-of-n sharing of 32-byte
 keys in a prime field, vectorised). Every failed security check raises an opaque
 :class:`~agent.core.errors.SecurityError`.
 """
@@ -13,6 +14,7 @@ from agent.core.crypto.agreement import AgreementKey, agree, derive_key
 from agent.core.crypto.identity import IdentityKey, verify
 from agent.core.crypto.keystream import MASK_KEY_BYTES, MaskAccumulator, expand_into
 from agent.core.crypto.randomness import random_bytes
+from agent.core.crypto.transcript import transcript
 
 __all__ = [
     "AEAD_KEY_BYTES",
@@ -26,5 +28,6 @@ __all__ = [
     "open_sealed",
     "random_bytes",
     "seal",
+    "transcript",
     "verify",
 ]

@@ -1,0 +1,263 @@
+"""The device side of SecAgg+: a pure state machine, ``reply = client.handle(request)``.
+
+Usage::
+
+    client = SecAggClient("dev-7", identity, peer_identity=lookup)   # lookup(device_id) -> public bytes
+    client.set_input(quantized)          # uint32 vector of params.dim values (see quantize.py)
+    reply = client.handle(config)        # SecAggConfig      -> KeyAdvertisement
+    reply = client.handle(keys)          # NeighbourKeys     -> EncryptedShares
+    reply = client.handle(relayed)       # RelayedShares     -> MaskedInput
+    reply = client.handle(survivors)     # Survivors         -> SurvivorSignature
+    reply = client.handle(request)       # UnmaskRequest     -> UnmaskShares  (stage DONE)
+
+A message for any stage but the next raises :class:`ProtocolError` and changes nothing (replays
+are refused). A failed signature, AEAD or consistency check raises :class:`SecurityError` and
+aborts the client (stage FAILED). Too few neighbours raises :class:`RoundFailed`. The client
+reveals, per neighbour, the self-mask share if the signed survivor set lists it, else its
+key share: never both, and only once.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable
+
+import numpy as np
+
+from agent.core.crypto import (
+    AgreementKey,
+    IdentityKey,
+    MaskAccumulator,
+    agree,
+    open_sealed,
+    random_bytes,
+    seal,
+    verify,
+)
+from agent.core.crypto import shamir
+from agent.core.errors import ProtocolError, RoundFailed, SecurityError
+from agent.core.messages.secagg import (
+    EncryptedShares,
+    KeyAdvertisement,
+    MaskedInput,
+    NeighbourKeys,
+    RelayedShares,
+    SecAggConfig,
+    SurvivorSignature,
+    Survivors,
+    UnmaskRequest,
+    UnmaskShares,
+)
+from agent.core.secagg import derive
+from agent.core.secagg.graph import neighbours_of
+from agent.core.secagg.stages import Stage, check_transition
+
+log = logging.getLogger(__name__)
+
+_STAGE_OF = {
+    SecAggConfig: Stage.ADVERTISE_KEYS,
+    NeighbourKeys: Stage.SHARE_KEYS,
+    RelayedShares: Stage.MASKED_INPUT,
+    Survivors: Stage.CONSISTENCY_CHECK,
+    UnmaskRequest: Stage.UNMASK,
+}
+_SHARE_HEAD = struct.Struct(">ii")
+_LIMBS = shamir.LIMBS
+_SHARE_PLAIN = _SHARE_HEAD.size + 2 * _LIMBS * 4
+
+
+class SecAggClient:
+    """One device's SecAgg+ round. ``peer_identity(device_id)`` returns the enrolled Ed25519
+    public key of a peer (or None if unknown); ``round_id`` pins the expected round."""
+
+    def __init__(
+        self,
+        device_id: str,
+        identity: IdentityKey,
+        peer_identity: Callable[[str], bytes | None],
+        *,
+        round_id: int | None = None,
+    ) -> None:
+        self.device_id = device_id
+        self._identity = identity
+        self._peer_identity = peer_identity
+        self._round_id = round_id
+        self.stage: Stage | None = None
+        self._input: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ public
+
+    def set_input(self, vec: np.ndarray) -> None:
+        """The quantized vector to contribute (values mod 2^bits; uint32 or uint16)."""
+        v = np.asarray(vec)
+        if v.ndim != 1 or v.dtype.kind != "u":
+            raise ProtocolError("secagg input must be a 1-D unsigned integer vector")
+        self._input = v
+
+    def handle(self, msg: object):
+        """Consume one coordinator message and return the reply to send."""
+        stage = _STAGE_OF.get(type(msg))
+        if stage is None:
+            raise ProtocolError(f"not a secagg request: {type(msg).__name__}")
+        if self.stage in (Stage.DONE, Stage.FAILED):
+            raise ProtocolError(f"round already {self.stage.value}")
+        if self.stage is None:
+            if stage is not Stage.ADVERTISE_KEYS:
+                raise ProtocolError(f"expected the round config, got {stage.value}")
+        else:
+            check_transition(self.stage, stage)
+        if stage is not Stage.ADVERTISE_KEYS and msg.round_id != self._round_id:
+            raise ProtocolError("message for another round")
+        try:
+            reply = getattr(self, "_on_" + stage.value)(msg)
+        except SecurityError:
+            self.stage = Stage.FAILED
+            log.warning("secagg security check failed; aborting", extra=self._extra())
+            raise
+        except RoundFailed:
+            self.stage = Stage.FAILED
+            raise
+        self.stage = Stage.DONE if stage is Stage.UNMASK else stage
+        return reply
+
+    def _extra(self) -> dict:
+        return {"device": self.device_id, "round": self._round_id}
+
+    # ------------------------------------------------------------------ stages
+
+    def _on_advertise_keys(self, cfg: SecAggConfig) -> KeyAdvertisement:
+        if self._round_id is not None and cfg.round_id != self._round_id:
+            raise ProtocolError("config for another round")
+        p = cfg.params
+        roster = cfg.roster_ids
+        if len(cfg.graph_seed) != 32 or len(roster) != p.num_clients or len(set(roster)) != len(roster):
+            raise ProtocolError("invalid round config")
+        try:
+            me = roster.index(self.device_id)
+        except ValueError:
+            raise ProtocolError("device is not in the round roster") from None
+        if self._input is not None and self._input.shape != (p.dim,):
+            raise ProtocolError(f"input has {self._input.shape[0]} values, round expects {p.dim}")
+        self._round_id = cfg.round_id
+        self._cfg, self._params, self._roster, self._me = cfg, p, roster, me
+        self._digest = derive.config_digest(cfg)
+        nbrs = neighbours_of(cfg.graph_seed, p.num_clients, p.neighbours, me)
+        self._index_of = {roster[j]: int(j) for j in nbrs}
+        self._c_key = AgreementKey.generate()
+        self._s_key = AgreementKey.generate()
+        adv = KeyAdvertisement(self.device_id, cfg.round_id, self._c_key.public_bytes(), self._s_key.public_bytes(), b"")
+        sig = self._identity.sign(derive.advert_payload(self._digest, adv))
+        return KeyAdvertisement(adv.device_id, adv.round_id, adv.c_public, adv.s_public, sig)
+
+    def _on_share_keys(self, msg: NeighbourKeys) -> EncryptedShares:
+        t = self._params.threshold
+        seen: dict[int, KeyAdvertisement] = {}
+        for adv in msg.adverts:
+            j = self._index_of.get(adv.device_id)
+            if j is None or j in seen or adv.round_id != self._round_id:
+                raise ProtocolError("advertisement from a non-neighbour, a duplicate or another round")
+            pub = self._peer_identity(adv.device_id)
+            if pub is None:
+                raise SecurityError("unknown peer")
+            verify(pub, derive.advert_payload(self._digest, adv), adv.signature)
+            if adv.c_public == self._c_key.public_bytes() or adv.s_public == self._s_key.public_bytes():
+                raise SecurityError("reflected key")
+            seen[j] = adv
+        if len(seen) < t:
+            raise RoundFailed(f"share_keys: {len(seen)} neighbour keys, threshold {t}")
+        self._adverts = seen
+        order = sorted(seen)
+        self._self_seed = random_bytes(32)
+        secrets = np.frombuffer(self._self_seed + self._s_key.private_bytes(), np.uint8).reshape(2, 32)
+        shares = shamir.split(secrets, np.array(order) + 1, t)  # (k', 2, L)
+        c_sk, rid, me = self._c_key.private_bytes(), self._round_id, self._me
+        head = _SHARE_HEAD.pack
+        recipients, blobs = [], []
+        for pos, j in enumerate(order):
+            adv = seen[j]
+            key = derive.share_key(agree(c_sk, adv.c_public), rid, me, j)
+            plain = head(me, j) + shares[pos].astype("<u4").tobytes()
+            blobs.append(seal(key, plain, derive.share_associated(self._digest, me, j)))
+            recipients.append(adv.device_id)
+        return EncryptedShares(self.device_id, rid, tuple(recipients), tuple(blobs))
+
+    def _on_masked_input(self, msg: RelayedShares) -> MaskedInput:
+        p = self._params
+        if self._input is None:
+            raise ProtocolError("no input set before masked_input")
+        if self._input.shape != (p.dim,):
+            raise ProtocolError(f"input has {self._input.shape[0]} values, round expects {p.dim}")
+        held: dict[int, np.ndarray] = {}
+        c_sk, rid, me = self._c_key.private_bytes(), self._round_id, self._me
+        for sender, blob in zip(msg.senders, msg.ciphertexts):
+            j = self._index_of.get(sender)
+            if j is None or j not in self._adverts or j in held:
+                raise ProtocolError("shares from a non-neighbour or a duplicate")
+            key = derive.share_key(agree(c_sk, self._adverts[j].c_public), rid, me, j)
+            plain = open_sealed(key, blob, derive.share_associated(self._digest, j, me))
+            if len(plain) != _SHARE_PLAIN or _SHARE_HEAD.unpack_from(plain) != (j, me):
+                raise SecurityError("bad share")
+            held[j] = np.frombuffer(plain, "<u4", offset=_SHARE_HEAD.size).reshape(2, _LIMBS)
+        if len(held) < p.threshold:
+            raise RoundFailed(f"masked_input: shares from {len(held)} neighbours, threshold {p.threshold}")
+        self._held = held
+        acc = MaskAccumulator(p.dim, derive.word_dtype(p), initial=self._input)
+        acc.add_mask(derive.self_mask_key(self._self_seed, rid, me), 1)
+        s_sk = self._s_key.private_bytes()
+        for j in sorted(held):
+            key = derive.pair_mask_key(agree(s_sk, self._adverts[j].s_public), rid, me, j)
+            acc.add_mask(key, derive.mask_sign(me, j))
+        vec = derive.reduce_bits(acc.value(), p.bits)
+        return MaskedInput(self.device_id, rid, vec)
+
+    def _on_consistency_check(self, msg: Survivors) -> SurvivorSignature:
+        p = self._params
+        try:
+            alive = derive.indices_of(msg.bitmap, p.num_clients)
+        except ValueError:
+            raise ProtocolError("malformed survivor set") from None
+        alive_set = set(alive.tolist())
+        if self._me not in alive_set:
+            raise ProtocolError("survivor set omits this device")
+        if len(alive_set) < p.min_clients:
+            raise RoundFailed(f"consistency_check: {len(alive_set)} survivors, minimum {p.min_clients}")
+        self._bitmap = bytes(np.asarray(msg.bitmap, np.uint8).tobytes())
+        self._alive = alive_set
+        sig = self._identity.sign(derive.survivors_payload(self._digest, self._bitmap))
+        return SurvivorSignature(self.device_id, self._round_id, sig)
+
+    def _on_unmask(self, msg: UnmaskRequest) -> UnmaskShares:
+        p = self._params
+        payload = derive.survivors_payload(self._digest, self._bitmap)
+        signers: set[int] = set()
+        for signer, sig in zip(msg.signers, msg.signatures):
+            j = self._index_of.get(signer)
+            if j is None or j in signers or j not in self._alive:
+                raise ProtocolError("signature from a non-neighbour, a duplicate or a non-survivor")
+            pub = self._peer_identity(signer)
+            if pub is None:
+                raise SecurityError("unknown peer")
+            verify(pub, payload, sig)  # a different survivor set fails here
+            signers.add(j)
+        if len(signers) < p.threshold:
+            raise RoundFailed(f"unmask: {len(signers)} neighbour signatures, threshold {p.threshold}")
+        alive_ids, alive_rows, dropped_ids, dropped_rows = [], [], [], []
+        for j in sorted(self._held):
+            share = self._held[j]
+            if j in self._alive:
+                alive_ids.append(self._roster[j])
+                alive_rows.append(share[0])
+            else:
+                dropped_ids.append(self._roster[j])
+                dropped_rows.append(share[1])
+        self._held = {}  # never reveal again
+        empty = np.zeros((0, _LIMBS), np.uint32)
+        return UnmaskShares(
+            self.device_id,
+            self._round_id,
+            tuple(alive_ids),
+            np.array(alive_rows, np.uint32).reshape(-1, _LIMBS) if alive_rows else empty,
+            tuple(dropped_ids),
+            np.array(dropped_rows, np.uint32).reshape(-1, _LIMBS) if dropped_rows else empty,
+        )

@@ -1,0 +1,83 @@
+"""What client and server must compute identically: transcripts to sign, per-pair keys, mask signs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.core.crypto import derive_key, transcript
+from agent.core.messages.secagg import KeyAdvertisement, SecAggConfig
+from agent.core.secagg.params import SecAggParams
+
+
+def config_digest(cfg: SecAggConfig) -> bytes:
+    """Binds round, parameters, graph seed and roster; every signature covers it."""
+    p = cfg.params
+    return transcript(
+        "secagg/config", cfg.round_id, p.num_clients, p.neighbours, p.threshold, p.dim, p.bits,
+        p.min_clients, cfg.graph_seed, cfg.roster,
+    )
+
+
+def advert_payload(digest: bytes, adv: KeyAdvertisement) -> bytes:
+    """What a device signs to advertise its keys (the server cannot substitute them)."""
+    return transcript("secagg/advertise", digest, adv.device_id, adv.c_public, adv.s_public)
+
+
+def survivors_payload(digest: bytes, bitmap: bytes) -> bytes:
+    """What survivors sign in CONSISTENCY_CHECK: the survivor set they were shown."""
+    return transcript("secagg/survivors", digest, bitmap)
+
+
+def share_associated(digest: bytes, sender: int, receiver: int) -> bytes:
+    """AEAD associated data of the sealed shares from ``sender`` to ``receiver``."""
+    return transcript("secagg/share-ad", digest, sender, receiver)
+
+
+def share_key(shared: bytes, round_id: int, i: int, j: int) -> bytes:
+    """AEAD key for the pair {i, j} from their c-key agreement."""
+    return derive_key(shared, "secagg/share-key", round_id, min(i, j), max(i, j), length=32)
+
+
+def pair_mask_key(shared: bytes, round_id: int, i: int, j: int) -> bytes:
+    """AES-128 mask key for the pair {i, j} from their s-key agreement."""
+    return derive_key(shared, "secagg/pair-mask", round_id, min(i, j), max(i, j), length=16)
+
+
+def self_mask_key(seed: bytes, round_id: int, i: int) -> bytes:
+    """AES-128 key of client i's self mask from its 32-byte seed."""
+    return derive_key(seed, "secagg/self-mask", round_id, i, length=16)
+
+
+def mask_sign(i: int, j: int) -> int:
+    """Client i adds the pair mask for j > i and subtracts it for j < i, so pairs cancel."""
+    return 1 if i < j else -1
+
+
+def word_dtype(params: SecAggParams) -> np.dtype:
+    """uint16 when bits <= 16, else uint32."""
+    return np.dtype(np.uint16) if params.word_bits == 16 else np.dtype(np.uint32)
+
+
+def reduce_bits(vec: np.ndarray, bits: int) -> np.ndarray:
+    """vec mod 2^bits in place (no-op for 16 and 32)."""
+    if bits not in (16, 32):
+        np.bitwise_and(vec, vec.dtype.type((1 << bits) - 1), out=vec)
+    return vec
+
+
+def bitmap_of(indices: np.ndarray | list[int], n: int) -> np.ndarray:
+    """Packed bitmap (uint8) of roster indices."""
+    bits = np.zeros(n, np.uint8)
+    bits[np.asarray(indices, dtype=np.int64)] = 1
+    return np.packbits(bits)
+
+
+def indices_of(bitmap: np.ndarray, n: int) -> np.ndarray:
+    """Roster indices set in a packed bitmap; raises ValueError on a wrong size or stray bits."""
+    b = np.asarray(bitmap)
+    if b.dtype != np.uint8 or b.shape != ((n + 7) // 8,):
+        raise ValueError("bitmap has the wrong size")
+    bits = np.unpackbits(b)
+    if bits[n:].any():
+        raise ValueError("bitmap has bits past the roster")
+    return np.flatnonzero(bits[:n])

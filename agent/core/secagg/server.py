@@ -1,0 +1,346 @@
+"""The coordinator side of SecAgg+: a pure state machine with an injected clock, no I/O.
+
+Usage::
+
+    server = SecAggServer(params, round_id, roster, clock=time.monotonic, stage_timeout=30.0,
+                          max_abs_int=q)           # refuses rounds whose sum could wrap
+    broadcast = server.start()                     # SecAggConfig for every device
+    server.receive(reply)                          # any device reply; raises ProtocolError /
+                                                   # SecurityError for ones it refuses
+    out = server.tick()                            # None while waiting; at the deadline or
+                                                   # when all answered: {device_id: request}
+    result = server.result()                       # after the UNMASK stage closes
+
+Each stage proceeds with whoever answered before its deadline, as long as every secret that
+will be needed still has ``threshold`` holders; otherwise :class:`RoundFailed` names the stage
+and the counts. ``result()`` returns the exact sum modulo 2^bits and the survivors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.core.crypto import MaskAccumulator, agree, random_bytes, verify
+from agent.core.crypto import shamir
+from agent.core.crypto.agreement import AgreementKey
+from agent.core.errors import ProtocolError, RoundFailed, SecurityError
+from agent.core.messages.secagg import (
+    EncryptedShares,
+    KeyAdvertisement,
+    MaskedInput,
+    NeighbourKeys,
+    RelayedShares,
+    SecAggConfig,
+    SurvivorSignature,
+    Survivors,
+    UnmaskRequest,
+    UnmaskShares,
+)
+from agent.core.secagg import derive
+from agent.core.secagg.graph import neighbour_table
+from agent.core.secagg.params import SecAggParams
+from agent.core.secagg.quantize import check_no_wrap
+from agent.core.secagg.stages import Stage, check_transition
+
+log = logging.getLogger(__name__)
+
+_REPLY_STAGE = {
+    KeyAdvertisement: Stage.ADVERTISE_KEYS,
+    EncryptedShares: Stage.SHARE_KEYS,
+    MaskedInput: Stage.MASKED_INPUT,
+    SurvivorSignature: Stage.CONSISTENCY_CHECK,
+    UnmaskShares: Stage.UNMASK,
+}
+
+
+@dataclass(frozen=True)
+class SecAggResult:
+    """The exact sum modulo 2^bits (uint32/uint16) and the devices whose inputs it holds."""
+
+    total: np.ndarray
+    survivors: tuple[str, ...]
+
+
+class SecAggServer:
+    """One round of SecAgg+ on the coordinator. ``roster`` maps device id -> identity public key.
+
+    ``max_abs_int`` is the largest |quantized value| a device may contribute in any coordinate;
+    the constructor raises ConfigError if n of them could wrap the sum.
+    """
+
+    def __init__(
+        self,
+        params: SecAggParams,
+        round_id: int,
+        roster: Mapping[str, bytes],
+        *,
+        max_abs_int: int,
+        clock: Callable[[], float],
+        stage_timeout: float = 60.0,
+        graph_seed: bytes | None = None,
+    ) -> None:
+        if len(roster) != params.num_clients:
+            raise ProtocolError(f"roster has {len(roster)} devices, params say {params.num_clients}")
+        if any(("\n" in d or not d) for d in roster):
+            raise ProtocolError("device ids must be non-empty and free of newlines")
+        check_no_wrap(params.num_clients, max_abs_int, params.bits)
+        self.params, self.round_id, self._clock, self._timeout = params, round_id, clock, stage_timeout
+        self._ids = tuple(sorted(roster))
+        self._index = {d: i for i, d in enumerate(self._ids)}
+        self._identity = [roster[d] for d in self._ids]
+        seed = graph_seed if graph_seed is not None else random_bytes(32)
+        self.config = SecAggConfig(round_id, params, seed, "\n".join(self._ids).encode())
+        self._digest = derive.config_digest(self.config)
+        self._table = neighbour_table(seed, params.num_clients, params.neighbours)
+        self._nbr_sets = [set(row.tolist()) for row in self._table]
+        self.stage: Stage | None = None
+        self._deadline = float("inf")
+        self._expected: set[int] = set()
+        self._replies: dict[int, object] = {}
+        self._result: SecAggResult | None = None
+        self._dtype = derive.word_dtype(params)
+
+    # ------------------------------------------------------------------ driving
+
+    def _extra(self) -> dict:
+        return {"round": self.round_id, "stage": self.stage.value if self.stage else None}
+
+    def start(self) -> SecAggConfig:
+        """Open ADVERTISE_KEYS; the returned config goes to every device in the roster."""
+        if self.stage is not None:
+            raise ProtocolError("round already started")
+        self._open(Stage.ADVERTISE_KEYS, set(range(self.params.num_clients)))
+        return self.config
+
+    def _open(self, stage: Stage, expected: set[int]) -> None:
+        self.stage = stage if self.stage is None else check_transition(self.stage, stage)
+        self._expected = expected
+        self._replies = {}
+        self._deadline = self._clock() + self._timeout
+
+    def expected(self) -> set[str]:
+        """Devices whose reply the current stage still waits for."""
+        return {self._ids[i] for i in self._expected - set(self._replies)}
+
+    def ready(self) -> bool:
+        """All expected replies are in."""
+        return len(self._replies) == len(self._expected)
+
+    def tick(self, now: float | None = None) -> dict[str, object] | None:
+        """Close the stage if all answered or its deadline passed; else None."""
+        if self.stage in (None, Stage.DONE, Stage.FAILED):
+            return None
+        now = self._clock() if now is None else now
+        if self.ready() or now >= self._deadline:
+            return self.close_stage()
+        return None
+
+    def fail(self, reason: str) -> None:
+        """Move to FAILED and raise RoundFailed naming the stage and the reason."""
+        stage = self.stage.value if self.stage else "none"
+        self.stage = Stage.FAILED
+        log.warning("secagg round failed at %s: %s", stage, reason, extra={"round": self.round_id, "stage": stage})
+        raise RoundFailed(f"secagg round {self.round_id} failed at {stage}: {reason}")
+
+    def receive(self, msg: object) -> None:
+        """Store one device reply for the current stage, after checking it."""
+        stage = _REPLY_STAGE.get(type(msg))
+        if stage is None:
+            raise ProtocolError(f"not a secagg reply: {type(msg).__name__}")
+        if stage is not self.stage:
+            raise ProtocolError(f"{stage.value} reply during {self.stage.value if self.stage else 'no stage'}")
+        if msg.round_id != self.round_id:
+            raise ProtocolError("reply for another round")
+        i = self._index.get(msg.device_id)
+        if i is None or i not in self._expected:
+            raise ProtocolError("reply from a device not in this stage")
+        if i in self._replies:
+            raise ProtocolError("duplicate reply")
+        getattr(self, "_check_" + stage.value)(i, msg)
+        self._replies[i] = msg
+
+    def close_stage(self) -> dict[str, object]:
+        """Proceed with whoever answered: the requests of the next stage by device id ({} at DONE)."""
+        if self.stage in (None, Stage.DONE, Stage.FAILED):
+            raise ProtocolError("no open stage")
+        return getattr(self, "_close_" + self.stage.value)()
+
+    def result(self) -> SecAggResult:
+        """The sum and survivors; RoundFailed unless the round completed."""
+        if self._result is None:
+            raise RoundFailed(f"secagg round {self.round_id} has no result (stage {self.stage.value if self.stage else 'none'})")
+        return self._result
+
+    # ------------------------------------------------------------------ helpers
+
+    def _need(self, what: str, count: int, minimum: int) -> None:
+        if count < minimum:
+            self.fail(f"{count} {what}, minimum {minimum}")
+
+    def _prune(self, alive: set[int], holders: Callable[[int, set[int]], int]) -> set[int]:
+        """Drop clients with fewer than t holders among ``alive`` until none is left to drop."""
+        t = self.params.threshold
+        changed = True
+        while changed:
+            changed = False
+            for i in sorted(alive):
+                if holders(i, alive) < t:
+                    alive.discard(i)
+                    changed = True
+        return alive
+
+    # ------------------------------------------------------------------ ADVERTISE_KEYS
+
+    def _check_advertise_keys(self, i: int, msg: KeyAdvertisement) -> None:
+        if len(msg.c_public) != 32 or len(msg.s_public) != 32:
+            raise ProtocolError("public keys must be 32 bytes")
+        verify(self._identity[i], derive.advert_payload(self._digest, msg), msg.signature)
+
+    def _close_advertise_keys(self) -> dict[str, object]:
+        u1 = self._prune(set(self._replies), lambda i, a: len(self._nbr_sets[i] & a))
+        self._need("devices advertised keys with enough live neighbours", len(u1), self.params.min_clients)
+        self._adverts = {i: self._replies[i] for i in u1}
+        self._u1 = u1
+        out = {}
+        for i in sorted(u1):
+            row = [j for j in self._table[i].tolist() if j in u1]
+            out[self._ids[i]] = NeighbourKeys(self.round_id, tuple(self._adverts[j] for j in row))
+        self._open(Stage.SHARE_KEYS, u1)
+        return out
+
+    # ------------------------------------------------------------------ SHARE_KEYS
+
+    def _check_share_keys(self, i: int, msg: EncryptedShares) -> None:
+        allowed = self._nbr_sets[i] & self._u1
+        got = [self._index.get(r, -1) for r in msg.recipients]
+        if len(set(got)) != len(got) or not set(got) <= allowed or len(got) < self.params.threshold:
+            raise ProtocolError("shares addressed to non-neighbours, duplicates or too few")
+
+    def _close_share_keys(self) -> dict[str, object]:
+        sent_to = {i: {self._index[r]: c for r, c in zip(m.recipients, m.ciphertexts)} for i, m in self._replies.items()}
+        # i's secrets are held by the live neighbours it sent shares to
+        u2 = self._prune(set(sent_to), lambda i, a: sum(1 for j in sent_to[i] if j in a))
+        self._need("devices shared keys with enough live holders", len(u2), self.params.min_clients)
+        self._u2 = u2
+        # senders[i]: the neighbours whose shares i holds (and whose pair masks i applies)
+        self._senders = {i: sorted(j for j in u2 if i in sent_to[j]) for i in u2}
+        self._holders = {i: [j for j in sent_to[i] if j in u2] for i in u2}
+        out = {}
+        for i in sorted(u2):
+            snd = self._senders[i]
+            out[self._ids[i]] = RelayedShares(self.round_id, tuple(self._ids[j] for j in snd), tuple(sent_to[j][i] for j in snd))
+        self._sum = MaskAccumulator(self.params.dim, self._dtype)
+        self._open(Stage.MASKED_INPUT, u2)
+        return out
+
+    # ------------------------------------------------------------------ MASKED_INPUT
+
+    def _check_masked_input(self, i: int, msg: MaskedInput) -> None:
+        v = msg.vector
+        if v.dtype != self._dtype or v.shape != (self.params.dim,):
+            raise ProtocolError(f"masked input must be {self._dtype} of shape ({self.params.dim},)")
+        self._sum.add_vector(v)  # streaming: the vector need not be kept
+
+    def _close_masked_input(self) -> dict[str, object]:
+        u3 = set(self._replies)
+        self._need("masked inputs", len(u3), self.params.min_clients)
+        self._u3 = u3
+        self._feasible(u3, "holders still live")
+        bitmap = derive.bitmap_of(sorted(u3), self.params.num_clients)
+        self._bitmap = bitmap.tobytes()
+        msg = Survivors(self.round_id, bitmap)
+        self._open(Stage.CONSISTENCY_CHECK, u3)
+        return {self._ids[i]: msg for i in sorted(u3)}
+
+    def _feasible(self, revealers: set[int], what: str) -> None:
+        t = self.params.threshold
+        worst = min((sum(1 for j in self._holders[i] if j in revealers), i) for i in self._u2)
+        if worst[0] < t:
+            kind = "self-mask seed" if worst[1] in self._u3 else "mask key"
+            self.fail(f"the {kind} of {self._ids[worst[1]]} has {worst[0]} {what}, threshold {t}")
+
+    # ------------------------------------------------------------------ CONSISTENCY_CHECK
+
+    def _check_consistency_check(self, i: int, msg: SurvivorSignature) -> None:
+        verify(self._identity[i], derive.survivors_payload(self._digest, self._bitmap), msg.signature)
+
+    def _close_consistency_check(self) -> dict[str, object]:
+        u4 = set(self._replies)
+        t = self.params.threshold
+        self._need("survivor signatures", len(u4), self.params.min_clients)
+        # a device unmasks only when at least t of its neighbours signed the same set
+        revealers = {i for i in u4 if len(self._nbr_sets[i] & u4) >= t}
+        self._feasible(revealers, "holders with t neighbour signatures")
+        out = {}
+        for i in sorted(revealers):
+            row = [j for j in self._table[i].tolist() if j in u4]
+            out[self._ids[i]] = UnmaskRequest(
+                self.round_id, tuple(self._ids[j] for j in row), tuple(self._replies[j].signature for j in row)
+            )
+        self._open(Stage.UNMASK, revealers)
+        return out
+
+    # ------------------------------------------------------------------ UNMASK
+
+    def _check_unmask(self, i: int, msg: UnmaskShares) -> None:
+        snd = self._senders[i]
+        alive = tuple(self._ids[j] for j in snd if j in self._u3)
+        dropped = tuple(self._ids[j] for j in snd if j not in self._u3)
+        L = shamir.LIMBS
+        if msg.alive != alive or msg.dropped != dropped:
+            raise ProtocolError("unmask shares do not match the survivor set")
+        for arr, ids in ((msg.self_mask_shares, alive), (msg.key_shares, dropped)):
+            if arr.dtype != np.uint32 or arr.shape != (len(ids), L):
+                raise ProtocolError("unmask shares have the wrong shape")
+
+    def _close_unmask(self) -> dict[str, object]:
+        p, t, rid = self.params, self.params.threshold, self.round_id
+        got: dict[int, list[tuple[int, np.ndarray]]] = {j: [] for j in self._u2}
+        for i, msg in self._replies.items():
+            for name, row in zip(msg.alive, msg.self_mask_shares):
+                got[self._index[name]].append((i, row))
+            for name, row in zip(msg.dropped, msg.key_shares):
+                got[self._index[name]].append((i, row))
+        worst = min((len(v), j) for j, v in got.items())
+        if worst[0] < t:
+            kind = "self-mask seed" if worst[1] in self._u3 else "mask key"
+            self.fail(f"the {kind} of {self._ids[worst[1]]} got {worst[0]} shares from {len(self._replies)} unmasking devices, threshold {t}")
+        secrets = self._reconstruct(got)
+        acc = self._sum
+        for j in sorted(self._u3):
+            acc.add_mask(derive.self_mask_key(secrets[j], rid, j), -1)
+        for j in sorted(self._u2 - self._u3):
+            sk = secrets[j]
+            if AgreementKey.from_private_bytes(sk).public_bytes() != self._adverts[j].s_public:
+                self.fail(f"the reconstructed mask key of {self._ids[j]} does not match its advertisement")
+            for i in self._holders[j]:
+                if i in self._u3 and j in self._senders[i]:
+                    key = derive.pair_mask_key(agree(sk, self._adverts[i].s_public), rid, i, j)
+                    acc.add_mask(key, -derive.mask_sign(i, j))
+        total = derive.reduce_bits(acc.value(), p.bits)
+        self._result = SecAggResult(total, tuple(self._ids[i] for i in sorted(self._u3)))
+        self.stage = check_transition(self.stage, Stage.DONE)
+        log.info("secagg round done: %d survivors of %d", len(self._u3), p.num_clients, extra=self._extra())
+        return {}
+
+    def _reconstruct(self, got: dict[int, list[tuple[int, np.ndarray]]]) -> dict[int, bytes]:
+        """Batched Shamir: t shares per secret, plus one more to check them when available."""
+        t = self.params.threshold
+        groups: dict[int, list[int]] = {}
+        for j, v in got.items():
+            groups.setdefault(min(len(v), t + 1), []).append(j)
+        out: dict[int, bytes] = {}
+        for s, js in groups.items():
+            xs = np.array([[i + 1 for i, _ in got[j][:s]] for j in js], np.int64)
+            ys = np.array([[row for _, row in got[j][:s]] for j in js], np.uint32)
+            try:
+                rec = shamir.combine(xs, ys, t)
+            except SecurityError:
+                self.fail("inconsistent shares")
+            for j, r in zip(js, rec):
+                out[j] = r.tobytes()
+        return out
