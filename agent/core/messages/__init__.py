@@ -7,3 +7,4 @@ package before its first encode or decode, so the registry is always complete.
 from agent.core.messages import common  # noqa: F401
 from agent.core.messages import transport  # noqa: F401
 from agent.core.messages import rounds  # noqa: F401
+from agent.core.messages import secagg  # noqa: F401
