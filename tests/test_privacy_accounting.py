@@ -132,3 +132,27 @@ def test_incremental_accountant_equals_batch_and_preview():
         acc.record(e)
         assert acc.epsilon(1e-5) == pytest.approx(preview, rel=1e-9)
         assert acc.epsilon(1e-5) == pytest.approx(epsilon_of_events(events[: i + 1], 1e-5), rel=1e-9)
+
+
+def test_round_event_for_each_mode():
+    from agent.core.privacy.accounting import local_report_epsilon, round_event_for
+    from agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
+    from agent.core.privacy.discrete import DiscreteNoisePlan
+
+    local = PrivacyConfig(mode="local", noise_multiplier=1.3)
+    assert round_event_for(local, sampling_rate=0.1) == RoundEvent(1.3, 0.1)
+    assert math.isinf(epsilon_of_events([round_event_for(PrivacyConfig(mode="off"), sampling_rate=0.1)], 1e-5))
+    fixed = PrivacyConfig(mode="distributed", noise_multiplier=1.0, sampling="fixed")
+    assert round_event_for(fixed, sampling_rate=0.1, population=100, sample_size=10) == RoundEvent.fixed(1.0, 10, 100)
+    with pytest.raises(ConfigError):
+        round_event_for(fixed, sampling_rate=0.1)
+    # discrete: the rounding inflation lowers the accounted z
+    plan = DiscreteNoisePlan(clip_norm=0.5, central_stddev=0.75, scale=2.0**12, bits=32, min_clients=50, dimension=10_000)
+    dist = PrivacyConfig(mode="distributed", noise_multiplier=1.5, clip_norm=0.5, min_clients=50)
+    ev = round_event_for(dist, sampling_rate=0.02, discrete=plan)
+    assert ev.noise_multiplier == pytest.approx(plan.effective_noise_multiplier)
+    assert ev.noise_multiplier == pytest.approx(1.5 * 2048 / (2048 + 100))
+    # adaptive clipping: the accounted z is the configured total, not the update's larger z_Delta
+    adapt = PrivacyConfig(mode="local", noise_multiplier=1.0, adaptive=AdaptiveClipping(clip_count_stddev=3.0))
+    assert round_event_for(adapt, sampling_rate=0.1).noise_multiplier == 1.0
+    assert local_report_epsilon(5.0, 1e-5) < local_report_epsilon(1.0, 1e-5)

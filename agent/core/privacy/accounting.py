@@ -26,6 +26,8 @@ import dp_accounting
 from dp_accounting import pld, rdp
 
 from agent.core.errors import ConfigError
+from agent.core.privacy.config import PrivacyConfig
+from agent.core.privacy.discrete import DiscreteNoisePlan
 
 ACCOUNTANTS = ("rdp", "pld")
 EVENT_SAMPLINGS = ("poisson", "fixed", "none")
@@ -250,3 +252,36 @@ class PrivacyAccountant:
             return cls(doc["accountant"], events)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ConfigError(f"privacy accountant JSON: {e}") from None
+
+
+def round_event_for(
+    config: PrivacyConfig,
+    *,
+    sampling_rate: float,
+    population: int | None = None,
+    sample_size: int | None = None,
+    discrete: DiscreteNoisePlan | None = None,
+) -> RoundEvent:
+    """The population-level event of one round run with ``config``, as the coordinator samples.
+
+    Mode off is non-private (infinite epsilon). Local mode accounts each report's own z, ignoring
+    the other clients' noise: valid against observers of the released model, not against the
+    coordinator, which sees reports in the clear (see the ledger for that). Distributed mode
+    uses z, or with ``discrete`` the DDG plan's effective z and its tau*d offset. With adaptive
+    clipping ``config.noise_multiplier`` is already the total z of both queries.
+    """
+    z = 0.0 if config.mode == "off" else config.noise_multiplier
+    offset = 0.0
+    if config.mode == "distributed" and discrete is not None:
+        ratio = discrete.effective_noise_multiplier / (discrete.central_stddev / discrete.clip_norm)
+        z, offset = z * ratio, discrete.rdp_offset
+    if config.sampling == "fixed":
+        if population is None or sample_size is None:
+            raise ConfigError("fixed-size sampling: the round event needs population and sample_size")
+        return RoundEvent.fixed(z, sample_size, population, offset)
+    return RoundEvent(z, sampling_rate, "poisson", rdp_offset=offset)
+
+
+def local_report_epsilon(noise_multiplier: float, delta: float) -> float:
+    """Epsilon of one local-mode report on its own: the Gaussian mechanism with z, at ``delta``."""
+    return epsilon_of_events([RoundEvent(noise_multiplier, 1.0, "none")], delta)
