@@ -79,6 +79,11 @@ class MosquittoProcess:
             self._proc.wait()
         self._proc = None
 
+    def forget_sessions(self) -> None:
+        """Delete the persistence file (while stopped): the next start knows no session."""
+        for db in self.conf.parent.glob("*.db"):
+            db.unlink()
+
     def restart(self, *, crash: bool = False) -> None:
         (self.kill if crash else self.stop)()
         self.start()
@@ -96,7 +101,9 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\n{_common_lines(tmp_path)}"
-        "max_queued_messages 20000\nmax_inflight_messages 1000\nautosave_interval 1\n"
+        "max_queued_messages 20000\nmax_inflight_messages 1000\n"
+        # save after every change, so a crash (SIGKILL) keeps sessions as a graceful stop would
+        "autosave_on_changes true\nautosave_interval 1\n"
     )
     broker = MosquittoProcess(conf, port).start()
     yield broker

@@ -65,6 +65,7 @@ class MqttTransport:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
         self._raw: queue.SimpleQueue[tuple[str, bytes, bool, bool, tuple[int, int]]] = queue.SimpleQueue()
         self._inbox = Inbox(config, clock)
         self._inbox_lock = threading.Lock()
@@ -73,6 +74,9 @@ class MqttTransport:
         self._generation = 0
         self._refused: str | None = None
         self._failed: dict[int, str] = {}
+        self._subacks: dict[int, threading.Event] = {}
+        self._resubscribing: set[int] = set()
+        self._failed_subs: dict[int, str] = {}
         self._filters: list[str] = []
         self._started = False
         self._seq = itertools.count()
@@ -126,11 +130,28 @@ class MqttTransport:
         check_filter(topic_filter)
         if topic_filter not in self._filters:
             self._filters.append(topic_filter)
-        rc, _ = self._client.subscribe(topic_filter, **self._sub_options())
-        if rc != paho.MQTT_ERR_SUCCESS and rc != paho.MQTT_ERR_NO_CONN:
+        done = threading.Event()
+        with self._state_lock:
+            rc, mid = self._client.subscribe(topic_filter, **self._sub_options())
+            if rc == paho.MQTT_ERR_SUCCESS:
+                self._subacks[mid] = done
+        if rc == paho.MQTT_ERR_NO_CONN:
+            return  # subscribed again on connect
+        if rc != paho.MQTT_ERR_SUCCESS:
             raise TransportError(f"subscribe to {topic_filter!r} failed: {paho.error_string(rc)}")
+        if not done.wait(self.config.publish_timeout_s):
+            raise TransportError(f"subscribe to {topic_filter!r} not acknowledged in time")
+        with self._state_lock:
+            why = self._failed_subs.pop(mid, None)
+        if why is not None:
+            raise TransportError(f"broker refused subscription to {topic_filter!r}: {why}")
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish at QoS 1; wait for the connection and every PUBACK within ``publish_timeout_s``.
+
+        On TransportError the message may still be delivered later (paho keeps it queued), so
+        receivers must tolerate duplicates; a broker refusal (MQTT 5, e.g. ACL) is reported.
+        """
         check_topic(topic)
         payload = bytes(payload)
         cfg = self.config
@@ -140,9 +161,15 @@ class MqttTransport:
             pieces = [payload]
         else:
             pieces = split(payload, cfg.chunk_bytes, f"{self._transfer_prefix}.{next(self._seq)}")
-        infos = [self._client.publish(topic, p, qos=1, retain=retain) for p in pieces]
         deadline = time.monotonic() + cfg.publish_timeout_s
+        if not self._up.wait(cfg.publish_timeout_s):
+            raise TransportError(f"publish on {topic}: not connected within {cfg.publish_timeout_s:g} s")
+        infos = [self._client.publish(topic, p, qos=1, retain=retain) for p in pieces]
         for info in infos:
+            if info.rc == paho.MQTT_ERR_NO_CONN:
+                # The connection dropped meanwhile: paho keeps the QoS 1 message and sends it after
+                # reconnecting, but its info still says NO_CONN; mark it pending and wait for PUBACK.
+                info.rc = paho.MQTT_ERR_AGAIN
             try:
                 info.wait_for_publish(max(0.0, deadline - time.monotonic()))
             except (ValueError, RuntimeError) as e:
@@ -204,10 +231,17 @@ class MqttTransport:
             self._refused = str(rc)
             return
         self._generation += 1
-        if not flags.session_present:
+        if flags.session_present or not self._filters:
+            self._up.set()
+            return
+        # The broker forgot us: subscribe again, and count as connected once it confirmed.
+        with self._state_lock:
             for f in self._filters:
-                client.subscribe(f, **self._sub_options())
-        self._up.set()
+                rc, mid = client.subscribe(f, **self._sub_options())
+                if rc == paho.MQTT_ERR_SUCCESS:
+                    self._resubscribing.add(mid)
+        if not self._resubscribing:
+            self._up.set()
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         self._up.clear()
@@ -221,3 +255,16 @@ class MqttTransport:
         if rc.is_failure:
             with self._state_lock:
                 self._failed[mid] = str(rc)
+
+    def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any) -> None:
+        with self._state_lock:
+            bad = [str(rc) for rc in rcs if rc.is_failure]
+            if bad:
+                self._failed_subs[mid] = ", ".join(bad)
+            done = self._subacks.pop(mid, None)
+            if mid in self._resubscribing:
+                self._resubscribing.discard(mid)
+                if not self._resubscribing:
+                    self._up.set()
+        if done is not None:
+            done.set()
