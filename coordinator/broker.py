@@ -9,10 +9,12 @@ once the listener accepts connections. For fleets use Mosquitto (``deploy/mosqui
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from agent.core.errors import ConfigError, TransportError
@@ -103,3 +105,18 @@ class EmbeddedBroker:
         self._ready.set()
         await self._stop_event.wait()
         await broker.shutdown()
+
+
+@contextlib.contextmanager
+def broker_for(url: str | None) -> Iterator[str]:
+    """The broker URL to use: ``url`` itself (an external broker), or an embedded one when None.
+
+    For ``fedge-coordinator serve [--broker URL]``: ``with broker_for(opt) as url: ...``.
+    """
+    if url is not None:
+        if not url.startswith(("mqtt://", "mqtts://")):
+            raise ConfigError(f"--broker {url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
+        yield url
+        return
+    with EmbeddedBroker() as b:
+        yield b.url
