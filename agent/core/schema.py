@@ -48,6 +48,11 @@ def rule(default: Any = dataclasses.MISSING, **constraints: Any) -> Any:
     return dataclasses.field(**kw)
 
 
+def rule_of(f: dataclasses.Field[Any]) -> Rule:
+    """The constraints of a dataclass field (none if it was declared without :func:`rule`)."""
+    return f.metadata.get(_RULE, Rule())
+
+
 def fail(source: str, where: str, expected: str, value: Any = dataclasses.MISSING) -> ConfigError:
     """The one error shape: ``source: field.path: expected X, got Y``."""
     got = "" if value is dataclasses.MISSING else f", got {show(value)}"
@@ -191,7 +196,7 @@ def build(cls: type[T], table: Mapping[str, Any], source: str, where: str = "") 
     kwargs: dict[str, Any] = {}
     for key, f in fields.items():
         tp = hints[f.name]
-        r = f.metadata.get(_RULE, Rule())
+        r = rule_of(f)
         if key in table:
             kwargs[f.name] = check_value(table[key], tp, r, source, prefix + key)
         elif _defaultable(f, tp) and f.default is dataclasses.MISSING:
