@@ -70,7 +70,7 @@ def eval_groups(federation: Federation, population: Population, rng: np.random.G
     for p, name in enumerate(population.names):
         groups[f"profile:{name}"] = (prof == p)[owner_arr]
     edges = np.quantile(np.array(sizes), [0.25, 0.5, 0.75])
-    quart = np.searchsorted(edges, np.array(sizes), side="right")
+    quart = np.searchsorted(edges, np.array(sizes), side="left")  # ties fall to the lower quartile
     for q in range(4):
         groups[f"size:q{q + 1}"] = (quart == q)[owner_arr]
     return EvalGroups(np.concatenate(xs), np.concatenate(ys), {g: m for g, m in groups.items() if m.any()})
