@@ -78,5 +78,26 @@ def data_stats(db: str) -> None:
         click.echo(json.dumps(example_stats(store), indent=2))
 
 
+@cli.group("privacy")
+def privacy() -> None:
+    """The device's privacy ledger: what it contributed and the epsilon that adds up to."""
+
+
+@privacy.command("status")
+@db_option
+@click.option("--delta", type=float, default=1e-5, show_default=True, help="Delta at which epsilon is reported.")
+def privacy_status(db: str, delta: float) -> None:
+    """Print the number of contributions and the epsilon spent so far, as JSON."""
+    import json
+
+    from agent.core.privacy.ledger import DeviceLedger
+    from agent.store import Store
+
+    with Store(db) as store:
+        ledger = DeviceLedger(store.db)
+        status = {"contributions": len(ledger.contributions()), "epsilon_spent": ledger.epsilon_spent(delta), "delta": delta}
+    click.echo(json.dumps(status))
+
+
 def main(argv: list[str] | None = None) -> None:
     raise SystemExit(run(cli, "fedge-agent", argv))

@@ -14,5 +14,42 @@ def cli() -> None:
     """fedge coordinator: runs training rounds, releases and rollouts for a device fleet."""
 
 
+@cli.group("privacy")
+def privacy() -> None:
+    """Privacy accounting: epsilon for planned settings, and per round of a campaign."""
+
+
+@privacy.command("epsilon")
+@click.option("--noise-multiplier", "-z", type=float, required=True, help="Noise std / clip norm (z).")
+@click.option("--sampling-rate", "-q", type=float, required=True, help="Share of the population sampled per round.")
+@click.option("--rounds", type=int, required=True, help="Number of rounds.")
+@click.option("--delta", type=float, required=True, help="Target delta (keep it below 1/population).")
+@click.option("--sampling", type=click.Choice(["poisson", "fixed"]), default="poisson", show_default=True)
+@click.option("--population", type=int, default=None, help="Population size (needed for --sampling fixed).")
+@click.option("--accountant", type=click.Choice(["rdp", "pld"]), default="rdp", show_default=True)
+def privacy_epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: float,
+                    sampling: str, population: int | None, accountant: str) -> None:
+    """Print the epsilon (dp-accounting) of ROUNDS sampled Gaussian rounds."""
+    from agent.core.privacy.accounting import epsilon
+
+    eps = epsilon(noise_multiplier, sampling_rate, rounds, delta, sampling=sampling, population=population,
+                  accountant=accountant)
+    click.echo(f"epsilon {eps:.6g} at delta {delta:g} ({accountant}, {sampling} sampling, {rounds} rounds)")
+
+
+@privacy.command("history")
+@click.option("--db", default="./fedge-coordinator.db", show_default=True, type=click.Path(dir_okay=False, exists=True),
+              help="The coordinator's SQLite store.")
+@click.option("--campaign", required=True, help="Campaign id.")
+def privacy_history(db: str, campaign: str) -> None:
+    """Print epsilon so far after each accounted round of a campaign."""
+    import sqlite_utils
+
+    from coordinator.privacy_budget import campaign_history
+
+    for round_id, eps in campaign_history(sqlite_utils.Database(db), campaign):
+        click.echo(f"round {round_id} epsilon {eps:.6g}")
+
+
 def main(argv: list[str] | None = None) -> None:
     raise SystemExit(run(cli, "fedge-coordinator", argv))

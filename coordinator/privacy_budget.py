@@ -128,10 +128,7 @@ class CampaignBudget:
 
     def history(self) -> list[tuple[int, float]]:
         """(round id, epsilon so far after it), oldest first."""
-        return [
-            (r["round_id"], r["epsilon"])
-            for r in self._db[ROUNDS].rows_where("campaign_id = ?", [self.campaign_id], order_by="round_id")
-        ]
+        return campaign_history(self._db, self.campaign_id)
 
 
 def mark_exhausted(db: sqlite_utils.Database, device_id: str, clock: Callable[[], float] = time.time) -> None:
@@ -155,4 +152,15 @@ def selectable_devices(
     return [
         d for d in candidates
         if d not in exhausted and not reported_epsilon.get(d, 0.0) >= budget_epsilon
+    ]
+
+
+def campaign_history(db: sqlite_utils.Database, campaign_id: str) -> list[tuple[int, float]]:
+    """(round id, epsilon so far) of a stored campaign, oldest first; unknown campaign is a ConfigError."""
+    ensure_schema(db)
+    if not db[CAMPAIGNS].count_where("campaign_id = ?", [campaign_id]):
+        raise ConfigError(f"campaign {campaign_id!r}: no privacy budget is stored for it")
+    return [
+        (r["round_id"], r["epsilon"])
+        for r in db[ROUNDS].rows_where("campaign_id = ?", [campaign_id], order_by="round_id")
     ]

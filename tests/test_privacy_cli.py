@@ -1,0 +1,55 @@
+"""The privacy commands: coordinator epsilon calculator and campaign history, agent ledger status."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlite_utils
+
+from agent.cli import main as agent_main
+from agent.core.privacy.accounting import RoundEvent, epsilon
+from agent.core.privacy.ledger import Contribution, DeviceLedger
+from agent.store import Store
+from coordinator.cli import main as coordinator_main
+from coordinator.privacy_budget import CampaignBudget
+
+
+def _run(main, argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_coordinator_epsilon_prints_dp_accounting_figure(capsys):
+    code, out, _ = _run(coordinator_main, ["privacy", "epsilon", "-z", "1.1", "-q", "0.02", "--rounds", "300", "--delta", "1e-6"], capsys)
+    assert code == 0
+    assert float(out.split()[1]) == pytest.approx(epsilon(1.1, 0.02, 300, 1e-6), rel=1e-5)
+    code, _, err = _run(coordinator_main, ["privacy", "epsilon", "-z", "1", "-q", "0.1", "--rounds", "3", "--delta", "1e-5",
+                                           "--sampling", "fixed"], capsys)
+    assert code == 2 and "population" in err
+
+
+def test_coordinator_history_prints_epsilon_per_round(tmp_path, capsys):
+    path = tmp_path / "coord.db"
+    budget = CampaignBudget(sqlite_utils.Database(path), "c1", budget_epsilon=10.0, delta=1e-5)
+    for r in range(3):
+        budget.record_round(r, RoundEvent(1.0, 0.05))
+    code, out, _ = _run(coordinator_main, ["privacy", "history", "--db", str(path), "--campaign", "c1"], capsys)
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert [ln.split()[1] for ln in lines] == ["0", "1", "2"]
+    assert float(lines[-1].split()[3]) == pytest.approx(budget.epsilon_so_far(), rel=1e-5)
+    code, _, err = _run(coordinator_main, ["privacy", "history", "--db", str(path), "--campaign", "nope"], capsys)
+    assert code == 2 and "nope" in err
+
+
+def test_agent_privacy_status_reads_the_ledger(tmp_path, capsys):
+    path = tmp_path / "agent.db"
+    with Store(path) as store:
+        DeviceLedger(store.db).record(Contribution(7, "local", 3.0, 1.0, 0.1, 1e-5))
+    code, out, _ = _run(agent_main, ["privacy", "status", "--db", str(path)], capsys)
+    status = json.loads(out)
+    assert code == 0 and status["contributions"] == 1
+    assert status["epsilon_spent"] == pytest.approx(epsilon(3.0, 1.0, 1, 1e-5), rel=1e-9)
