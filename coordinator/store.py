@@ -95,8 +95,20 @@ def _m001_core(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m002_service(db: sqlite_utils.Database) -> None:
+    """Rejected input (garbage, unknown devices, illegal messages) and each upload's verdict."""
+    db["rejections"].create(
+        {"id": int, "received_at": float, "topic": str, "device_id": str, "round_id": int,
+         "kind": str, "reason": str, "size": int},
+        pk="id",
+    )
+    db["uploads"].add_column("status", str, not_null_default="accepted")
+    db["uploads"].add_column("reason", str)
+
+
 MIGRATIONS: list[migrations.Migration] = [
     ("001_core", _m001_core),
+    ("002_service", _m002_service),
 ]
 
 
