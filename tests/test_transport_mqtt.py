@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +190,39 @@ def test_publish_over_limit_raises_before_sending() -> None:
     t = MqttTransport(TransportConfig("mqtt://127.0.0.1:1", "x", max_payload_bytes=10_000, chunk_bytes=2_000))
     with pytest.raises(TransportError):
         t.publish("x", payload(20_000))
+
+
+_WILL_CHILD = """
+import sys, time
+from agent.core import topics
+from agent.core.transport.base import TransportConfig
+from agent.core.transport.mqtt import MqttTransport
+t = MqttTransport(TransportConfig(sys.argv[1], "dev-a", protocol=sys.argv[2]))
+t.set_will(topics.device_status("dev-a"), bytes.fromhex(sys.argv[3]))
+t.connect()
+print("up", flush=True)
+time.sleep(60)
+"""
+
+
+@needs_mosquitto
+@pytest.mark.parametrize("protocol", [MQTT_5, MQTT_311])
+def test_last_will_published_when_a_device_process_dies(mosquitto: MosquittoProcess, protocol: str) -> None:  # noqa: F811
+    c = Clients(mosquitto.url, protocol)
+    will = payload(40, seed=7)
+    try:
+        coord = c("coordinator")
+        coord.subscribe(topics.ALL_DEVICES_STATUS)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _WILL_CHILD, mosquitto.url, protocol, will.hex()],
+            stdout=subprocess.PIPE, cwd=str(Path(__file__).resolve().parent.parent),
+        )
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == b"up"
+        finally:
+            child.kill()
+            child.wait()
+        (got,) = receive_n(coord, 1, timeout=10)
+        assert got.topic == topics.device_status("dev-a") and got.payload == will
+    finally:
+        c.close()
