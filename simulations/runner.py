@@ -19,7 +19,7 @@ import numpy as np
 
 from agent.core.errors import ConfigError
 from simulations.config import SimConfig
-from simulations.datasets import check_model_fits, load_dataset, parse_dataset_spec
+from simulations.datasets import load_dataset, parse_dataset_spec
 from simulations.federation import Federation, federate
 from simulations.partition import parse_partition_spec
 from simulations.population import DEFAULT_PROFILE_DIR, Population, RoundBehaviour, draw_round_behaviour, make_population
@@ -28,10 +28,11 @@ from simulations.report import RoundRecord, Summary, progress, write_report
 
 log = logging.getLogger(__name__)
 
-Weights = dict[str, np.ndarray]
-#: One round's client work and aggregation: (round, global weights, cohort behaviour, federation, rng)
+#: One round's client work and aggregation: (round, flat global weights, cohort behaviour, federation, rng)
 #: -> (new global weights, wall-clock seconds per stage). Swap it to run the real protocol.
-RoundEngine = Callable[[int, Weights, RoundBehaviour, Federation, np.random.Generator], tuple[Weights, dict[str, float]]]
+RoundEngine = Callable[
+    [int, np.ndarray, RoundBehaviour, Federation, np.random.Generator], tuple[np.ndarray, dict[str, float]]
+]
 #: Clients (at most) whose accuracy is tracked per group, and samples (at most) taken from each.
 EVAL_CLIENTS = 200
 EVAL_SAMPLES_PER_CLIENT = 200
@@ -88,17 +89,15 @@ def run(config: SimConfig, *, engine: RoundEngine | None = None, profile_dir: Pa
                           _rng(config.seed, _PARTITION))
     population = make_population(config.population, config.profiles, _rng(config.seed, _POPULATION),
                                  profile_dir=profile_dir)
-    weights = standin.init_weights(config.model, data.input_shape, _rng(config.seed, _INIT))
-    check_model_fits(config.model, standin.model_input_shape(config.model, weights), 10, data,
-                     flat=config.model != "cnn")
-    engine = engine or standin.StandInFedAvg(config.model, config.local_epochs, config.batch_size,
-                                             config.learning_rate)
+    trainer, model_note = standin.make_trainer(config.model, data, _rng(config.seed, _INIT))
+    weights = trainer.initial_weights()
+    engine = engine or standin.StandInFedAvg(trainer, config.local_epochs, config.batch_size, config.learning_rate)
     description = getattr(engine, "description", type(engine).__name__)
     if isinstance(engine, standin.StandInFedAvg) and (config.dp != "off" or config.secagg):
         log.warning("the stand-in engine ignores --dp %s and --secagg: results carry no privacy", config.dp)
     x_test, y_test = federation.test_set()
     groups = eval_groups(federation, population, _rng(config.seed, _EVAL))
-    model_bytes = sum(v.size for v in weights.values()) * 4
+    model_bytes = weights.size * 4
     log.info("simulating %s on %s; %s", config.model, data.name, federation.description)
     setup_seconds = time.perf_counter() - t_start
 
@@ -111,8 +110,8 @@ def run(config: SimConfig, *, engine: RoundEngine | None = None, profile_dir: Pa
         t1 = time.perf_counter()
         weights, stage_seconds = engine(r, weights, behaviour, federation, _rng(config.seed, _TRAIN, r))
         t2 = time.perf_counter()
-        correct, loss = standin.evaluate(config.model, weights, x_test, y_test)
-        group_correct, _ = standin.evaluate(config.model, weights, groups.x, groups.y)
+        correct, loss = standin.evaluate(trainer, weights, x_test, y_test)
+        group_correct, _ = standin.evaluate(trainer, weights, groups.x, groups.y)
         t3 = time.perf_counter()
         submitted = behaviour.submitted_input()
         seconds = {"sample": t1 - t0, **stage_seconds, "evaluate": t3 - t2}
@@ -137,8 +136,8 @@ def run(config: SimConfig, *, engine: RoundEngine | None = None, profile_dir: Pa
         "engine": description,
         "data": {"name": data.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
                  "federation": federation.description, "test_samples": int(len(y_test))},
-        "model": {"name": config.model, "params": model_bytes // 4,
-                  "input_shape": list(standin.model_input_shape(config.model, weights))},
+        "model": {"name": config.model, "params": int(weights.size), "trainer": model_note,
+                  "input_shape": list(trainer.spec.input_shape)},
         "population": {"profiles": list(population.names),
                        "counts": np.bincount(population.assignment, minlength=len(population.names)).tolist()},
         "setup_seconds": setup_seconds,

@@ -1,112 +1,162 @@
-"""STAND-IN round engine: plain FedAvg with the zoo's numpy reference models. Not the fedge protocol.
+"""STAND-IN round engine: plain FedAvg over the zoo trainer. Not the fedge protocol.
 
-It exists so data sets, partitions, populations and reports can be exercised end to end while the
-real driver (agent and coordinator protocol code: DP clipping and noise, SecAgg+ masking) is being
-written. It applies no DP noise and no masking and accounts no ε, whatever the config says; the
-summary says so. Replace it by passing another :data:`simulations.runner.RoundEngine`.
+It exists so data sets, partitions, populations and reports run end to end while the real engine
+(the agent's and coordinator's protocol code: DP clipping and noise, SecAgg+ masking, ε
+accounting) is wired in. It applies no DP noise and no masking and accounts no ε, whatever the
+config says; the summary says so. Replace it by passing another :data:`simulations.runner.RoundEngine`.
+
+Local training is the zoo's :class:`agent.training.trainer.Trainer` (TFLite) when the data fits a
+zoo model. For flat data of another width (Synthetic has 60 features; the zoo's logreg and mlp
+take 64) :class:`ReferenceTrainer` runs the zoo's numpy reference formulas
+(:mod:`agent.training.reference`) with the first layer sized to the data, and says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
+from typing import Protocol
 
 import numpy as np
 
 from agent.training import reference
-from agent.training.models import load_spec
+from agent.training.models import ModelSpec, load_spec
+from agent.training.trainer import Trainer, TrainResult
+from simulations.datasets import Dataset, check_model_fits
 from simulations.federation import Federation
 from simulations.population import RoundBehaviour
 
 log = logging.getLogger(__name__)
 
-Weights = dict[str, np.ndarray]
-DESCRIPTION = "stand-in FedAvg (numpy reference SGD): no DP noise, no SecAgg masking, no ε accounting"
+DESCRIPTION = "stand-in FedAvg over the zoo trainer: no DP noise, no SecAgg masking, no ε accounting"
+#: Models whose first layer is dense, so a reference copy can take any number of flat features.
+FLAT_MODELS = ("logreg", "mlp")
 
 
-def init_weights(model: str, input_shape: tuple[int, ...], rng: np.random.Generator) -> Weights:
-    """Glorot-uniform weights (zero biases) for zoo model ``model``, its input layer sized to ``input_shape``.
+class LocalTrainer(Protocol):
+    """What the engine needs of a trainer; :class:`Trainer` and :class:`ReferenceTrainer` both fit."""
 
-    logreg and mlp take any flat input (their first matrix gets ``prod(input_shape)`` rows); cnn
-    keeps the zoo's 28x28x1 shapes.
-    """
-    spec = load_spec(model)
-    shapes = dict(zip(spec.weight_names, spec.weight_shapes))
-    if model in ("logreg", "mlp"):
-        first = spec.weight_names[0]
-        shapes[first] = (math.prod(input_shape), *shapes[first][1:])
+    spec: ModelSpec
+
+    def initial_weights(self) -> np.ndarray: ...
+
+    def train(self, global_weights: np.ndarray, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
+              learning_rate: float, rng: np.random.Generator) -> TrainResult: ...
+
+    def logits(self, weights: np.ndarray, x: np.ndarray, batch_size: int = 256) -> np.ndarray: ...
+
+
+class ReferenceTrainer:
+    """A zoo model's numpy reference behind the :class:`Trainer` interface, for input widths the zoo lacks."""
+
+    def __init__(self, spec: ModelSpec, rng: np.random.Generator) -> None:
+        self.spec = spec
+        self._initial = spec.flatten(_glorot(spec, rng))
+
+    def initial_weights(self) -> np.ndarray:
+        return self._initial.copy()
+
+    def train(self, global_weights: np.ndarray, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
+              learning_rate: float, rng: np.random.Generator) -> TrainResult:
+        """Shuffled mini-batch SGD, as :meth:`Trainer.train` does it, on the numpy formulas."""
+        t0 = time.perf_counter()
+        start = np.asarray(global_weights, np.float32)
+        w = {k: v.copy() for k, v in self.spec.split(start).items()}
+        x = np.asarray(x, np.float32).reshape(len(x), -1)
+        steps, loss = 0, math.nan
+        for _ in range(epochs):
+            order = rng.permutation(len(y))
+            total = 0.0
+            for lo in range(0, len(y), batch_size):
+                b = order[lo : lo + batch_size]
+                batch_loss, w = reference.sgd_step(self.spec.name, w, x[b], y[b], learning_rate)
+                total += batch_loss * len(b)
+                steps += 1
+            loss = total / max(1, len(y))
+        return TrainResult(self.spec.flatten(w) - start, len(y), steps, float(epochs), loss, None,
+                           time.perf_counter() - t0)
+
+    def logits(self, weights: np.ndarray, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        w = self.spec.split(np.asarray(weights, np.float32))
+        x = np.asarray(x, np.float32).reshape(len(x), -1)
+        parts = [reference.logits(self.spec.name, w, x[lo : lo + batch_size]) for lo in range(0, len(x), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.spec.num_classes), np.float32)
+
+
+def _glorot(spec: ModelSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Glorot-uniform matrices, zero biases."""
     out = {}
-    for name, shape in shapes.items():
+    for name, shape in zip(spec.weight_names, spec.weight_shapes):
         if len(shape) == 1:
             out[name] = np.zeros(shape, np.float32)
         else:
-            fan_in, fan_out = math.prod(shape[:-1]), shape[-1]
-            lim = math.sqrt(6.0 / (fan_in + fan_out))
+            lim = math.sqrt(6.0 / (math.prod(shape[:-1]) + shape[-1]))
             out[name] = rng.uniform(-lim, lim, shape).astype(np.float32)
     return out
 
 
-def model_input_shape(model: str, weights: Weights) -> tuple[int, ...]:
-    """The input shape these weights take (flat for logreg/mlp, the zoo's for cnn)."""
-    if model == "cnn":
-        return load_spec(model).input_shape
-    return (next(iter(weights.values())).shape[0],)
+def resized_spec(spec: ModelSpec, features: int) -> ModelSpec:
+    """The spec of a flat zoo model with its first weight matrix taking ``features`` inputs."""
+    shapes = list(spec.weight_shapes)
+    shapes[0] = (features, *shapes[0][1:])
+    return dataclasses.replace(
+        spec, input_shape=(features,), weight_shapes=tuple(shapes),
+        num_params=sum(math.prod(s) for s in shapes),
+        architecture=f"{spec.architecture} (first layer resized to {features} inputs)",
+    )
 
 
-def _flat(model: str, x: np.ndarray) -> np.ndarray:
-    return x if model == "cnn" else x.reshape(len(x), -1)
+def make_trainer(model: str, data: Dataset, rng: np.random.Generator) -> tuple[LocalTrainer, str]:
+    """The trainer for ``model`` on ``data`` and a line saying which one: the zoo's TFLite model if it fits."""
+    spec = load_spec(model)
+    features = math.prod(data.input_shape)
+    if model in FLAT_MODELS and spec.example_size != features:
+        r = resized_spec(spec, features)
+        check_model_fits(model, r.input_shape, r.num_classes, data, flat=True)
+        log.warning("the zoo's %s takes %s inputs and %s has %s: training a numpy reference copy sized to the data",
+                    model, spec.input_shape, data.name, data.input_shape)
+        return ReferenceTrainer(r, rng), f"numpy reference of {r.architecture}; the zoo has no {features}-input {model}"
+    check_model_fits(model, spec.input_shape, spec.num_classes, data, flat=model in FLAT_MODELS)
+    return Trainer(spec), f"zoo TFLite {spec.name}: {spec.architecture}"
 
 
-def local_train(model: str, weights: Weights, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int,
-                lr: float, rng: np.random.Generator) -> Weights:
-    """Minibatch SGD over the local data for ``epochs`` passes (FedAvg's ClientUpdate)."""
-    x = _flat(model, x)
-    for _ in range(epochs):
-        order = rng.permutation(len(y))
-        for i in range(0, len(y), batch_size):
-            b = order[i : i + batch_size]
-            _, weights = reference.sgd_step(model, weights, x[b], y[b], lr)
-    return weights
-
-
-def evaluate(model: str, weights: Weights, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """Per-sample correctness and the mean cross-entropy of the model on ``(x, y)``."""
-    correct = np.empty(len(y), bool)
-    loss = 0.0
-    for i in range(0, len(y), 4096):
-        z = reference.logits(model, weights, _flat(model, x[i : i + 4096]))
-        part, _ = reference.softmax_xent(z, y[i : i + 4096], z.shape[1])
-        loss += float(part) * len(z)
-        correct[i : i + 4096] = z.argmax(axis=1) == y[i : i + 4096]
-    return correct, loss / max(1, len(y))
+def evaluate(trainer: LocalTrainer, weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per-sample correctness and mean cross-entropy of ``weights`` on ``(x, y)``."""
+    if len(y) == 0:
+        return np.zeros(0, bool), math.nan
+    z = trainer.logits(weights, x).astype(np.float64)
+    m = z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z - m).sum(axis=1)) + m[:, 0]
+    return z.argmax(axis=1) == y, float(np.mean(lse - z[np.arange(len(y)), y]))
 
 
 class StandInFedAvg:
-    """One FedAvg round: every client whose update would reach the server trains locally; sample-weighted mean."""
+    """One FedAvg round: every client whose update reaches the server trains locally; sample-weighted mean delta."""
 
     description = DESCRIPTION
 
-    def __init__(self, model: str, epochs: int, batch_size: int, lr: float) -> None:
-        self.model, self.epochs, self.batch_size, self.lr = model, epochs, batch_size, lr
+    def __init__(self, trainer: LocalTrainer, epochs: int, batch_size: int, lr: float) -> None:
+        self.trainer, self.epochs, self.batch_size, self.lr = trainer, epochs, batch_size, lr
 
-    def __call__(self, round_: int, weights: Weights, behaviour: RoundBehaviour, federation: Federation,
-                 rng: np.random.Generator) -> tuple[Weights, dict[str, float]]:
+    def __call__(self, round_: int, weights: np.ndarray, behaviour: RoundBehaviour, federation: Federation,
+                 rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
         """New global weights from the cohort's local updates, and wall-clock seconds per stage."""
         t0 = time.perf_counter()
-        total = {k: np.zeros_like(v, dtype=np.float64) for k, v in weights.items()}
+        total = np.zeros(len(weights), np.float64)
         n_total = 0
         for k in behaviour.client_ids[behaviour.submitted_input()]:
             x, y = federation.client(int(k))
             if len(y) == 0:
                 continue
-            local = local_train(self.model, weights, x, y, self.epochs, self.batch_size, self.lr, rng)
-            for name, v in local.items():
-                total[name] += len(y) * v
-            n_total += len(y)
+            res = self.trainer.train(weights, x, y, epochs=self.epochs, batch_size=self.batch_size,
+                                     learning_rate=self.lr, rng=rng)
+            total += res.num_examples * res.delta.astype(np.float64)
+            n_total += res.num_examples
         t1 = time.perf_counter()
         if n_total == 0:
             log.warning("no client update reached the server; the model is unchanged", extra={"round": round_})
             return weights, {"train": t1 - t0, "aggregate": 0.0}
-        new = {k: (v / n_total).astype(np.float32) for k, v in total.items()}
+        new = (weights + total / n_total).astype(np.float32)
         return new, {"train": t1 - t0, "aggregate": time.perf_counter() - t1}
