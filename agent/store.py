@@ -10,6 +10,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from agent import identity, model_cache, outbox, round_state
 from agent.core import migrations
 from agent.core.privacy import ledger as privacy_ledger
 
@@ -27,6 +28,10 @@ def _m001_examples(db: sqlite_utils.Database) -> None:
 MIGRATIONS: list[migrations.Migration] = [
     ("001_examples", _m001_examples),
     ("002_privacy_ledger", privacy_ledger.ensure_schema),
+    ("003_round_state", round_state.ensure_schema),
+    ("004_outbox", outbox.ensure_schema),
+    ("005_model_cache", model_cache.ensure_schema),
+    ("006_identity", identity.ensure_schema),
 ]
 
 

@@ -1,0 +1,56 @@
+"""The device's id and Ed25519 identity, kept in its store: generated once, enrolled by its public key."""
+
+from __future__ import annotations
+
+import time
+
+import sqlite_utils
+
+from agent.core.crypto.identity import IdentityKey
+from agent.core.errors import ConfigError
+from agent.core.topics import check_device_id
+
+TABLE = "identity"
+
+
+def ensure_schema(db: sqlite_utils.Database) -> None:
+    """Migration: at most one row (id = 1) with the device id and the 32-byte private seed."""
+    db.execute(
+        f"create table if not exists {TABLE} (id integer primary key check (id = 1), device_id text not null,"
+        " private_key blob not null, created real not null)"
+    )
+
+
+def stored_device_id(db: sqlite_utils.Database) -> str | None:
+    """The device id this store was initialised with, or None."""
+    if TABLE not in db.table_names():
+        return None
+    row = db.execute(f"select device_id from {TABLE} where id = 1").fetchone()
+    return row[0] if row else None
+
+
+def load_or_create(db: sqlite_utils.Database, device_id: str, *, create: bool = True) -> IdentityKey:
+    """The device's identity; generated and stored on first use. A store belongs to one device id."""
+    check_device_id(device_id)
+    row = db.execute(f"select device_id, private_key from {TABLE} where id = 1").fetchone()
+    if row is not None:
+        if row[0] != device_id:
+            raise ConfigError(f"the store belongs to device {row[0]!r}, not {device_id!r}")
+        return IdentityKey.from_private_bytes(row[1])
+    if not create:
+        raise ConfigError("the store has no identity yet; run `fedge-agent init` first")
+    key = IdentityKey.generate()
+    with db.conn:
+        db.execute(
+            f"insert into {TABLE} (id, device_id, private_key, created) values (1, ?, ?, ?)",
+            [device_id, key.private_bytes(), time.time()],
+        )
+    return key
+
+
+def load(db: sqlite_utils.Database) -> tuple[str, IdentityKey]:
+    """The stored device id and identity (ConfigError when the store was never initialised)."""
+    device_id = stored_device_id(db)
+    if device_id is None:
+        raise ConfigError("the store has no identity yet; run `fedge-agent init --profile FILE --device-id ID` first")
+    return device_id, load_or_create(db, device_id, create=False)

@@ -1,0 +1,71 @@
+"""What the device did in each round, in its store: so a restart knows which rounds it was part of.
+
+Statuses: ``checked_in``/``ineligible`` after an announcement, ``training``, ``uploaded``,
+``declined``, ``ended``, and ``dropped`` for a round that was in progress when the agent stopped
+(its in-memory SecAgg secrets are gone, so it cannot continue it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import sqlite_utils
+
+TABLE = "round_state"
+#: Statuses after which the agent has nothing more to do in the round.
+FINAL = frozenset({"ineligible", "declined", "ended", "dropped"})
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundRecord:
+    """The device's last known stage and status in one round."""
+
+    round_id: int
+    stage: str
+    status: str
+    updated: float
+
+
+def ensure_schema(db: sqlite_utils.Database) -> None:
+    """Migration: one row per round the device heard of."""
+    db.execute(
+        f"create table if not exists {TABLE} (round_id integer primary key, stage text not null,"
+        " status text not null, updated real not null)"
+    )
+
+
+class RoundStates:
+    """The round_state table of one store."""
+
+    def __init__(self, db: sqlite_utils.Database, *, clock: Callable[[], float] = time.time) -> None:
+        self._db = db
+        self._clock = clock
+
+    def get(self, round_id: int) -> RoundRecord | None:
+        row = self._db.execute(f"select round_id, stage, status, updated from {TABLE} where round_id = ?", [round_id]).fetchone()
+        return RoundRecord(*row) if row else None
+
+    def set(self, round_id: int, stage: str, status: str) -> None:
+        """Record (committed on return) the device's stage and status in a round."""
+        with self._db.conn:
+            self._db.execute(
+                f"insert into {TABLE} (round_id, stage, status, updated) values (?, ?, ?, ?) "
+                "on conflict(round_id) do update set stage = excluded.stage, status = excluded.status, updated = excluded.updated",
+                [round_id, stage, status, self._clock()],
+            )
+
+    def drop_unfinished(self) -> list[int]:
+        """At startup: mark rounds left in progress as ``dropped``; return their ids."""
+        final = ", ".join(f"'{s}'" for s in sorted(FINAL))
+        ids = [r[0] for r in self._db.execute(f"select round_id from {TABLE} where status not in ({final})")]
+        with self._db.conn:
+            for rid in ids:
+                self._db.execute(f"update {TABLE} set status = 'dropped', updated = ? where round_id = ?", [self._clock(), rid])
+        return ids
+
+    def latest(self, limit: int = 10) -> list[RoundRecord]:
+        """The most recent rounds, newest first."""
+        rows = self._db.execute(f"select round_id, stage, status, updated from {TABLE} order by round_id desc limit ?", [limit])
+        return [RoundRecord(*r) for r in rows]
