@@ -64,15 +64,24 @@ def agree(private: bytes, peer_public: bytes) -> bytes:
         raise SecurityError("bad public key") from None
 
 
+_Q = struct.Struct(">q")
+_I = struct.Struct(">I")
+_INT_PART = _I.pack(8)
+
+
 def _info(label: str, context: Iterable[bytes | str | int]) -> bytes:
-    parts = [_DOMAIN + label.encode()]
+    head = _DOMAIN + label.encode()
+    parts = [_I.pack(len(head)), head]
     for c in context:
-        if isinstance(c, int):
-            c = struct.pack(">q", c)
-        elif isinstance(c, str):
+        if type(c) is int:
+            parts.append(_INT_PART)
+            parts.append(_Q.pack(c))
+            continue
+        if type(c) is str:
             c = c.encode()
-        parts.append(struct.pack(">I", len(c)) + c)
-    return b"".join(struct.pack(">I", len(p)) + p for p in parts)
+        parts.append(_I.pack(len(c)))
+        parts.append(c)
+    return b"".join(parts)
 
 
 def derive_key(secret: bytes, label: str, *context: bytes | str | int, length: int = 32) -> bytes:

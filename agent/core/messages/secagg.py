@@ -4,8 +4,10 @@ Coordinator -> device: :class:`SecAggConfig` (broadcast, ADVERTISE_KEYS), :class
 (SHARE_KEYS), :class:`RelayedShares` (MASKED_INPUT), :class:`Survivors` (CONSISTENCY_CHECK),
 :class:`UnmaskRequest` (UNMASK). Device -> coordinator: :class:`KeyAdvertisement`,
 :class:`EncryptedShares`, :class:`MaskedInput`, :class:`SurvivorSignature`,
-:class:`UnmaskShares`. Semantic checks (sizes, signatures, stage) live in the state machines;
-``__post_init__`` only checks shape invariants.
+:class:`UnmaskShares`. Lists of devices travel as uint32 roster indices (the order of
+``SecAggConfig.roster``) and fixed-size items as one concatenated ``bytes``, so decoding costs
+O(1) Python work per message. Semantic checks (sizes, signatures, stage) live in the state
+machines.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import numpy as np
 
 from agent.core.secagg.params import SecAggParams
 from agent.core.wire import message
+
+#: Sealed share size: nonce 12 + (sender, receiver) 8 + 2 x 11 uint32 field elements + tag 16.
+SEALED_SHARE_BYTES = 12 + 8 + 88 + 16
+SIGNATURE_BYTES = 64
 
 
 @message("secagg.config")
@@ -50,39 +56,39 @@ class KeyAdvertisement:
 @message("secagg.neighbour_keys")
 @dataclass(frozen=True)
 class NeighbourKeys:
-    """The advertisements of the device's neighbours that answered ADVERTISE_KEYS."""
+    """The advertisements of the device's neighbours that answered ADVERTISE_KEYS, packed.
+
+    ``indices`` are roster indices (uint32); ``keys`` holds 64 bytes per neighbour
+    (c_public || s_public) and ``signatures`` 64 bytes per neighbour, in the same order.
+    """
 
     round_id: int
-    adverts: tuple[KeyAdvertisement, ...]
+    indices: np.ndarray
+    keys: bytes
+    signatures: bytes
 
 
 @message("secagg.shares")
 @dataclass(frozen=True)
 class EncryptedShares:
-    """A device's AEAD-sealed shares, one per neighbour; the coordinator only relays them."""
+    """A device's AEAD-sealed shares, one per neighbour (roster ``recipients``, uint32), each
+    :data:`SEALED_SHARE_BYTES` long and concatenated; the coordinator only relays them."""
 
     device_id: str
     round_id: int
-    recipients: tuple[str, ...]
-    ciphertexts: tuple[bytes, ...]
-
-    def __post_init__(self) -> None:
-        if len(self.recipients) != len(self.ciphertexts):
-            raise ValueError("one ciphertext per recipient")
+    recipients: np.ndarray
+    ciphertexts: bytes
 
 
 @message("secagg.relayed_shares")
 @dataclass(frozen=True)
 class RelayedShares:
-    """Sealed shares addressed to one device, from the neighbours that answered SHARE_KEYS."""
+    """Sealed shares addressed to one device from the neighbours (roster ``senders``) that
+    answered SHARE_KEYS, concatenated in the same order."""
 
     round_id: int
-    senders: tuple[str, ...]
-    ciphertexts: tuple[bytes, ...]
-
-    def __post_init__(self) -> None:
-        if len(self.senders) != len(self.ciphertexts):
-            raise ValueError("one ciphertext per sender")
+    senders: np.ndarray
+    ciphertexts: bytes
 
 
 @message("secagg.masked_input")
@@ -117,15 +123,12 @@ class SurvivorSignature:
 @message("secagg.unmask_request")
 @dataclass(frozen=True)
 class UnmaskRequest:
-    """The neighbours' signatures over the survivor set; the device checks them before unmasking."""
+    """The neighbours' signatures (64 bytes each, concatenated in the order of the roster
+    indices ``signers``) over the survivor set; the device checks them before unmasking."""
 
     round_id: int
-    signers: tuple[str, ...]
-    signatures: tuple[bytes, ...]
-
-    def __post_init__(self) -> None:
-        if len(self.signers) != len(self.signatures):
-            raise ValueError("one signature per signer")
+    signers: np.ndarray
+    signatures: bytes
 
 
 @message("secagg.unmask")
@@ -133,16 +136,13 @@ class UnmaskRequest:
 class UnmaskShares:
     """Self-mask shares of surviving neighbours and key shares of dropped ones, never both.
 
-    Arrays are (len(ids), 11) uint32 field elements (see :mod:`agent.core.crypto.shamir`).
+    ``alive`` and ``dropped`` are roster indices (uint32); the share arrays are
+    (len(ids), 11) uint32 field elements (see :mod:`agent.core.crypto.shamir`).
     """
 
     device_id: str
     round_id: int
-    alive: tuple[str, ...]
+    alive: np.ndarray
     self_mask_shares: np.ndarray
-    dropped: tuple[str, ...]
+    dropped: np.ndarray
     key_shares: np.ndarray
-
-    def __post_init__(self) -> None:
-        if set(self.alive) & set(self.dropped):
-            raise ValueError("a neighbour cannot be both alive and dropped")

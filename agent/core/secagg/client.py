@@ -38,6 +38,8 @@ from agent.core.crypto import (
 from agent.core.crypto import shamir
 from agent.core.errors import ProtocolError, RoundFailed, SecurityError
 from agent.core.messages.secagg import (
+    SEALED_SHARE_BYTES,
+    SIGNATURE_BYTES,
     EncryptedShares,
     KeyAdvertisement,
     MaskedInput,
@@ -142,45 +144,47 @@ class SecAggClient:
         self._round_id = cfg.round_id
         self._cfg, self._params, self._roster, self._me = cfg, p, roster, me
         self._digest = derive.config_digest(cfg)
-        nbrs = neighbours_of(cfg.graph_seed, p.num_clients, p.neighbours, me)
-        self._index_of = {roster[j]: int(j) for j in nbrs}
+        self._neighbours = set(neighbours_of(cfg.graph_seed, p.num_clients, p.neighbours, me).tolist())
         self._c_key = AgreementKey.generate()
         self._s_key = AgreementKey.generate()
-        adv = KeyAdvertisement(self.device_id, cfg.round_id, self._c_key.public_bytes(), self._s_key.public_bytes(), b"")
-        sig = self._identity.sign(derive.advert_payload(self._digest, adv))
-        return KeyAdvertisement(adv.device_id, adv.round_id, adv.c_public, adv.s_public, sig)
+        c_pub, s_pub = self._c_key.public_bytes(), self._s_key.public_bytes()
+        sig = self._identity.sign(derive.advert_payload(self._digest, self.device_id, c_pub, s_pub))
+        return KeyAdvertisement(self.device_id, cfg.round_id, c_pub, s_pub, sig)
 
     def _on_share_keys(self, msg: NeighbourKeys) -> EncryptedShares:
-        t = self._params.threshold
-        seen: dict[int, KeyAdvertisement] = {}
-        for adv in msg.adverts:
-            j = self._index_of.get(adv.device_id)
-            if j is None or j in seen or adv.round_id != self._round_id:
-                raise ProtocolError("advertisement from a non-neighbour, a duplicate or another round")
-            pub = self._peer_identity(adv.device_id)
+        p, t = self._params, self._params.threshold
+        idx = derive.index_list(msg.indices, p.num_clients)
+        keys = derive.chunks(msg.keys, 64, len(idx))
+        sigs = derive.chunks(msg.signatures, SIGNATURE_BYTES, len(idx))
+        my_c, my_s = self._c_key.public_bytes(), self._s_key.public_bytes()
+        peers: dict[int, tuple[bytes, bytes]] = {}
+        for j, key, sig in zip(idx, keys, sigs):
+            if j not in self._neighbours:
+                raise ProtocolError("advertisement from a non-neighbour")
+            pub = self._peer_identity(self._roster[j])
             if pub is None:
                 raise SecurityError("unknown peer")
-            verify(pub, derive.advert_payload(self._digest, adv), adv.signature)
-            if adv.c_public == self._c_key.public_bytes() or adv.s_public == self._s_key.public_bytes():
+            c_pub, s_pub = key[:32], key[32:]
+            verify(pub, derive.advert_payload(self._digest, self._roster[j], c_pub, s_pub), sig)
+            if c_pub == my_c or s_pub == my_s:
                 raise SecurityError("reflected key")
-            seen[j] = adv
-        if len(seen) < t:
-            raise RoundFailed(f"share_keys: {len(seen)} neighbour keys, threshold {t}")
-        self._adverts = seen
-        order = sorted(seen)
+            peers[j] = (c_pub, s_pub)
+        if len(peers) < t:
+            raise RoundFailed(f"share_keys: {len(peers)} neighbour keys, threshold {t}")
+        order = sorted(peers)
         self._self_seed = random_bytes(32)
         secrets = np.frombuffer(self._self_seed + self._s_key.private_bytes(), np.uint8).reshape(2, 32)
-        shares = shamir.split(secrets, np.array(order) + 1, t)  # (k', 2, L)
-        c_sk, rid, me = self._c_key.private_bytes(), self._round_id, self._me
+        shares = shamir.split(secrets, np.array(order) + 1, t).astype("<u4")  # (k', 2, L)
+        c_sk, rid, me, digest = self._c_key.private_bytes(), self._round_id, self._me, self._digest
         head = _SHARE_HEAD.pack
-        recipients, blobs = [], []
+        self._share_keys: dict[int, bytes] = {}
+        blobs = []
         for pos, j in enumerate(order):
-            adv = seen[j]
-            key = derive.share_key(agree(c_sk, adv.c_public), rid, me, j)
-            plain = head(me, j) + shares[pos].astype("<u4").tobytes()
-            blobs.append(seal(key, plain, derive.share_associated(self._digest, me, j)))
-            recipients.append(adv.device_id)
-        return EncryptedShares(self.device_id, rid, tuple(recipients), tuple(blobs))
+            key = derive.share_key(agree(c_sk, peers[j][0]), rid, me, j)
+            self._share_keys[j] = key
+            blobs.append(seal(key, head(me, j) + shares[pos].tobytes(), derive.share_associated(digest, me, j)))
+        self._peers = peers
+        return EncryptedShares(self.device_id, rid, derive.indices(order), b"".join(blobs))
 
     def _on_masked_input(self, msg: RelayedShares) -> MaskedInput:
         p = self._params
@@ -188,14 +192,15 @@ class SecAggClient:
             raise ProtocolError("no input set before masked_input")
         if self._input.shape != (p.dim,):
             raise ProtocolError(f"input has {self._input.shape[0]} values, round expects {p.dim}")
+        idx = derive.index_list(msg.senders, p.num_clients)
+        blobs = derive.chunks(msg.ciphertexts, SEALED_SHARE_BYTES, len(idx))
+        rid, me, digest = self._round_id, self._me, self._digest
         held: dict[int, np.ndarray] = {}
-        c_sk, rid, me = self._c_key.private_bytes(), self._round_id, self._me
-        for sender, blob in zip(msg.senders, msg.ciphertexts):
-            j = self._index_of.get(sender)
-            if j is None or j not in self._adverts or j in held:
-                raise ProtocolError("shares from a non-neighbour or a duplicate")
-            key = derive.share_key(agree(c_sk, self._adverts[j].c_public), rid, me, j)
-            plain = open_sealed(key, blob, derive.share_associated(self._digest, j, me))
+        for j, blob in zip(idx, blobs):
+            key = self._share_keys.get(j)
+            if key is None:
+                raise ProtocolError("shares from a device this one did not share with")
+            plain = open_sealed(key, blob, derive.share_associated(digest, j, me))
             if len(plain) != _SHARE_PLAIN or _SHARE_HEAD.unpack_from(plain) != (j, me):
                 raise SecurityError("bad share")
             held[j] = np.frombuffer(plain, "<u4", offset=_SHARE_HEAD.size).reshape(2, _LIMBS)
@@ -206,9 +211,10 @@ class SecAggClient:
         acc.add_mask(derive.self_mask_key(self._self_seed, rid, me), 1)
         s_sk = self._s_key.private_bytes()
         for j in sorted(held):
-            key = derive.pair_mask_key(agree(s_sk, self._adverts[j].s_public), rid, me, j)
+            key = derive.pair_mask_key(agree(s_sk, self._peers[j][1]), rid, me, j)
             acc.add_mask(key, derive.mask_sign(me, j))
         vec = derive.reduce_bits(acc.value(), p.bits)
+        self._input = None  # the plain vector is no longer needed
         return MaskedInput(self.device_id, rid, vec)
 
     def _on_consistency_check(self, msg: Survivors) -> SurvivorSignature:
@@ -222,7 +228,7 @@ class SecAggClient:
             raise ProtocolError("survivor set omits this device")
         if len(alive_set) < p.min_clients:
             raise RoundFailed(f"consistency_check: {len(alive_set)} survivors, minimum {p.min_clients}")
-        self._bitmap = bytes(np.asarray(msg.bitmap, np.uint8).tobytes())
+        self._bitmap = np.asarray(msg.bitmap, np.uint8).tobytes()
         self._alive = alive_set
         sig = self._identity.sign(derive.survivors_payload(self._digest, self._bitmap))
         return SurvivorSignature(self.device_id, self._round_id, sig)
@@ -230,34 +236,32 @@ class SecAggClient:
     def _on_unmask(self, msg: UnmaskRequest) -> UnmaskShares:
         p = self._params
         payload = derive.survivors_payload(self._digest, self._bitmap)
-        signers: set[int] = set()
-        for signer, sig in zip(msg.signers, msg.signatures):
-            j = self._index_of.get(signer)
-            if j is None or j in signers or j not in self._alive:
-                raise ProtocolError("signature from a non-neighbour, a duplicate or a non-survivor")
-            pub = self._peer_identity(signer)
+        idx = derive.index_list(msg.signers, p.num_clients)
+        sigs = derive.chunks(msg.signatures, SIGNATURE_BYTES, len(idx))
+        for j, sig in zip(idx, sigs):
+            if j not in self._neighbours or j not in self._alive:
+                raise ProtocolError("signature from a non-neighbour or a non-survivor")
+            pub = self._peer_identity(self._roster[j])
             if pub is None:
                 raise SecurityError("unknown peer")
             verify(pub, payload, sig)  # a different survivor set fails here
-            signers.add(j)
-        if len(signers) < p.threshold:
-            raise RoundFailed(f"unmask: {len(signers)} neighbour signatures, threshold {p.threshold}")
+        if len(idx) < p.threshold:
+            raise RoundFailed(f"unmask: {len(idx)} neighbour signatures, threshold {p.threshold}")
         alive_ids, alive_rows, dropped_ids, dropped_rows = [], [], [], []
         for j in sorted(self._held):
             share = self._held[j]
             if j in self._alive:
-                alive_ids.append(self._roster[j])
+                alive_ids.append(j)
                 alive_rows.append(share[0])
             else:
-                dropped_ids.append(self._roster[j])
+                dropped_ids.append(j)
                 dropped_rows.append(share[1])
         self._held = {}  # never reveal again
-        empty = np.zeros((0, _LIMBS), np.uint32)
         return UnmaskShares(
             self.device_id,
             self._round_id,
-            tuple(alive_ids),
-            np.array(alive_rows, np.uint32).reshape(-1, _LIMBS) if alive_rows else empty,
-            tuple(dropped_ids),
-            np.array(dropped_rows, np.uint32).reshape(-1, _LIMBS) if dropped_rows else empty,
+            derive.indices(alive_ids),
+            np.array(alive_rows, np.uint32).reshape(-1, _LIMBS),
+            derive.indices(dropped_ids),
+            np.array(dropped_rows, np.uint32).reshape(-1, _LIMBS),
         )

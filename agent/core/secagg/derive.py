@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from agent.core.crypto import derive_key, transcript
-from agent.core.messages.secagg import KeyAdvertisement, SecAggConfig
+from agent.core.errors import ProtocolError
+from agent.core.messages.secagg import SecAggConfig
 from agent.core.secagg.params import SecAggParams
 
 
@@ -18,9 +19,9 @@ def config_digest(cfg: SecAggConfig) -> bytes:
     )
 
 
-def advert_payload(digest: bytes, adv: KeyAdvertisement) -> bytes:
+def advert_payload(digest: bytes, device_id: str, c_public: bytes, s_public: bytes) -> bytes:
     """What a device signs to advertise its keys (the server cannot substitute them)."""
-    return transcript("secagg/advertise", digest, adv.device_id, adv.c_public, adv.s_public)
+    return transcript("secagg/advertise", digest, device_id, c_public, s_public)
 
 
 def survivors_payload(digest: bytes, bitmap: bytes) -> bytes:
@@ -81,3 +82,26 @@ def indices_of(bitmap: np.ndarray, n: int) -> np.ndarray:
     if bits[n:].any():
         raise ValueError("bitmap has bits past the roster")
     return np.flatnonzero(bits[:n])
+
+
+def index_list(arr: np.ndarray, n: int) -> list[int]:
+    """Roster indices from a wire array: 1-D uint32, each < n, no repeats; else ProtocolError."""
+    a = np.asarray(arr)
+    if a.dtype != np.uint32 or a.ndim != 1 or (a.size and int(a.max()) >= n):
+        raise ProtocolError("malformed roster index list")
+    out = a.tolist()
+    if len(set(out)) != len(out):
+        raise ProtocolError("repeated roster index")
+    return out
+
+
+def chunks(blob: bytes, size: int, count: int) -> list[bytes]:
+    """Split ``blob`` into ``count`` items of ``size`` bytes; ProtocolError if it does not fit."""
+    if len(blob) != size * count:
+        raise ProtocolError("packed field has the wrong length")
+    return [blob[i * size : (i + 1) * size] for i in range(count)]
+
+
+def indices(ids: list[int]) -> np.ndarray:
+    """Roster indices as the uint32 wire array."""
+    return np.asarray(ids, dtype=np.uint32)

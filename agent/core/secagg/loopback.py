@@ -2,12 +2,13 @@
 
 Every message is encoded and decoded as it would be on MQTT (the broadcast config and survivor
 set once). ``drop`` says which devices go silent at which stage (they never answer it, nor
-anything after). Returns the server's result, or raises RoundFailed.
+anything after). ``inputs`` is a mapping, or a function called just before each device masks
+(so a bench at large n*d need not hold every vector). Returns the server's result, or raises RoundFailed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from agent.core.secagg.stages import ORDER, Stage
 def run_round(
     server: SecAggServer,
     clients: Mapping[str, SecAggClient],
-    inputs: Mapping[str, np.ndarray],
+    inputs: Mapping[str, np.ndarray] | Callable[[str], np.ndarray],
     drop: Mapping[Stage, set[str]] | None = None,
     *,
     encode: bool = True,
@@ -29,9 +30,11 @@ def run_round(
     drop = drop or {}
     silent: set[str] = set()
     uploaded = {d: 0 for d in clients}
-    for d, c in clients.items():
-        if d in inputs:
-            c.set_input(inputs[d])
+    lazy = callable(inputs)
+    if not lazy:
+        for d, c in clients.items():
+            if d in inputs:
+                c.set_input(inputs[d])
     config = server.start()
     requests: dict[str, object] = {d: config for d in clients}
     cache: dict[int, object] = {}
@@ -45,6 +48,8 @@ def run_round(
                 if key not in cache:  # broadcast messages are encoded once
                     cache[key] = wire.encode(req)
                 req = wire.decode(cache[key])
+            if lazy and stage is Stage.MASKED_INPUT:
+                clients[dev].set_input(inputs(dev))  # made just in time, to bound memory
             reply = clients[dev].handle(req)
             if encode:
                 blob = wire.encode(reply)

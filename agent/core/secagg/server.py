@@ -29,6 +29,7 @@ from agent.core.crypto import shamir
 from agent.core.crypto.agreement import AgreementKey
 from agent.core.errors import ProtocolError, RoundFailed, SecurityError
 from agent.core.messages.secagg import (
+    SEALED_SHARE_BYTES,
     EncryptedShares,
     KeyAdvertisement,
     MaskedInput,
@@ -161,7 +162,8 @@ class SecAggServer:
         if i in self._replies:
             raise ProtocolError("duplicate reply")
         getattr(self, "_check_" + stage.value)(i, msg)
-        self._replies[i] = msg
+        # masked vectors are summed on arrival and not kept
+        self._replies[i] = True if stage is Stage.MASKED_INPUT else msg
 
     def close_stage(self) -> dict[str, object]:
         """Proceed with whoever answered: the requests of the next stage by device id ({} at DONE)."""
@@ -198,7 +200,7 @@ class SecAggServer:
     def _check_advertise_keys(self, i: int, msg: KeyAdvertisement) -> None:
         if len(msg.c_public) != 32 or len(msg.s_public) != 32:
             raise ProtocolError("public keys must be 32 bytes")
-        verify(self._identity[i], derive.advert_payload(self._digest, msg), msg.signature)
+        verify(self._identity[i], derive.advert_payload(self._digest, msg.device_id, msg.c_public, msg.s_public), msg.signature)
 
     def _close_advertise_keys(self) -> dict[str, object]:
         u1 = self._prune(set(self._replies), lambda i, a: len(self._nbr_sets[i] & a))
@@ -206,22 +208,31 @@ class SecAggServer:
         self._adverts = {i: self._replies[i] for i in u1}
         self._u1 = u1
         out = {}
+        adv = self._adverts
         for i in sorted(u1):
             row = [j for j in self._table[i].tolist() if j in u1]
-            out[self._ids[i]] = NeighbourKeys(self.round_id, tuple(self._adverts[j] for j in row))
+            out[self._ids[i]] = NeighbourKeys(
+                self.round_id,
+                derive.indices(row),
+                b"".join(adv[j].c_public + adv[j].s_public for j in row),
+                b"".join(adv[j].signature for j in row),
+            )
         self._open(Stage.SHARE_KEYS, u1)
         return out
 
     # ------------------------------------------------------------------ SHARE_KEYS
 
     def _check_share_keys(self, i: int, msg: EncryptedShares) -> None:
-        allowed = self._nbr_sets[i] & self._u1
-        got = [self._index.get(r, -1) for r in msg.recipients]
-        if len(set(got)) != len(got) or not set(got) <= allowed or len(got) < self.params.threshold:
-            raise ProtocolError("shares addressed to non-neighbours, duplicates or too few")
+        got = derive.index_list(msg.recipients, self.params.num_clients)
+        if not set(got) <= (self._nbr_sets[i] & self._u1) or len(got) < self.params.threshold:
+            raise ProtocolError("shares addressed to non-neighbours or too few")
+        derive.chunks(msg.ciphertexts, SEALED_SHARE_BYTES, len(got))
 
     def _close_share_keys(self) -> dict[str, object]:
-        sent_to = {i: {self._index[r]: c for r, c in zip(m.recipients, m.ciphertexts)} for i, m in self._replies.items()}
+        sent_to = {
+            i: dict(zip(m.recipients.tolist(), derive.chunks(m.ciphertexts, SEALED_SHARE_BYTES, len(m.recipients))))
+            for i, m in self._replies.items()
+        }
         # i's secrets are held by the live neighbours it sent shares to
         u2 = self._prune(set(sent_to), lambda i, a: sum(1 for j in sent_to[i] if j in a))
         self._need("devices shared keys with enough live holders", len(u2), self.params.min_clients)
@@ -232,7 +243,7 @@ class SecAggServer:
         out = {}
         for i in sorted(u2):
             snd = self._senders[i]
-            out[self._ids[i]] = RelayedShares(self.round_id, tuple(self._ids[j] for j in snd), tuple(sent_to[j][i] for j in snd))
+            out[self._ids[i]] = RelayedShares(self.round_id, derive.indices(snd), b"".join(sent_to[j][i] for j in snd))
         self._sum = MaskAccumulator(self.params.dim, self._dtype)
         self._open(Stage.MASKED_INPUT, u2)
         return out
@@ -279,7 +290,7 @@ class SecAggServer:
         for i in sorted(revealers):
             row = [j for j in self._table[i].tolist() if j in u4]
             out[self._ids[i]] = UnmaskRequest(
-                self.round_id, tuple(self._ids[j] for j in row), tuple(self._replies[j].signature for j in row)
+                self.round_id, derive.indices(row), b"".join(self._replies[j].signature for j in row)
             )
         self._open(Stage.UNMASK, revealers)
         return out
@@ -288,10 +299,11 @@ class SecAggServer:
 
     def _check_unmask(self, i: int, msg: UnmaskShares) -> None:
         snd = self._senders[i]
-        alive = tuple(self._ids[j] for j in snd if j in self._u3)
-        dropped = tuple(self._ids[j] for j in snd if j not in self._u3)
+        alive = [j for j in snd if j in self._u3]
+        dropped = [j for j in snd if j not in self._u3]
         L = shamir.LIMBS
-        if msg.alive != alive or msg.dropped != dropped:
+        n = self.params.num_clients
+        if derive.index_list(msg.alive, n) != alive or derive.index_list(msg.dropped, n) != dropped:
             raise ProtocolError("unmask shares do not match the survivor set")
         for arr, ids in ((msg.self_mask_shares, alive), (msg.key_shares, dropped)):
             if arr.dtype != np.uint32 or arr.shape != (len(ids), L):
@@ -301,10 +313,10 @@ class SecAggServer:
         p, t, rid = self.params, self.params.threshold, self.round_id
         got: dict[int, list[tuple[int, np.ndarray]]] = {j: [] for j in self._u2}
         for i, msg in self._replies.items():
-            for name, row in zip(msg.alive, msg.self_mask_shares):
-                got[self._index[name]].append((i, row))
-            for name, row in zip(msg.dropped, msg.key_shares):
-                got[self._index[name]].append((i, row))
+            for j, row in zip(msg.alive.tolist(), msg.self_mask_shares):
+                got[j].append((i, row))
+            for j, row in zip(msg.dropped.tolist(), msg.key_shares):
+                got[j].append((i, row))
         worst = min((len(v), j) for j, v in got.items())
         if worst[0] < t:
             kind = "self-mask seed" if worst[1] in self._u3 else "mask key"
