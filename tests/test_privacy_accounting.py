@@ -156,3 +156,14 @@ def test_round_event_for_each_mode():
     adapt = PrivacyConfig(mode="local", noise_multiplier=1.0, adaptive=AdaptiveClipping(clip_count_stddev=3.0))
     assert round_event_for(adapt, sampling_rate=0.1).noise_multiplier == 1.0
     assert local_report_epsilon(5.0, 1e-5) < local_report_epsilon(1.0, 1e-5)
+
+
+def test_adaptive_split_equals_composing_both_gaussian_events():
+    from agent.core.privacy.adaptive import update_noise_multiplier
+
+    z, sb, q = 1.0, 4.0, 0.05
+    zd = update_noise_multiplier(z, sb)
+    both = dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(zd), dp_accounting.GaussianDpEvent(2 * sb)])
+    acc = rdp.RdpAccountant()
+    acc.compose(dp_accounting.PoissonSampledDpEvent(q, both), 100)
+    assert epsilon(z, q, 100, 1e-5) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-6)

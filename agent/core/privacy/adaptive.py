@@ -5,8 +5,9 @@ moves the bit sum by at most 1/2. The server adds N(0, sigma_b^2) to the sum (or
 shares of it under secure aggregation), estimates the unclipped fraction and moves C
 geometrically toward the target quantile: C <- C * exp(-eta (b_bar - gamma)).
 Both queries are Gaussian mechanisms on the same clients, so their composition is accounted as
-one with z = (z_Delta^-2 + (2 sigma_b)^-2)^(-1/2) (the paper's Theorem 1); the update gets
-z_Delta, solved from the configured total z by :func:`update_noise_multiplier`.
+one with z = (z_Delta^-2 + (2 sigma_b)^-2)^(-1/2) (the paper's Theorem 1; composing the two
+Gaussian events in dp-accounting gives exactly the same RDP); the update gets z_Delta, solved
+from the configured total z by :func:`update_noise_multiplier`.
 """
 
 from __future__ import annotations
@@ -51,10 +52,14 @@ def bit_share_stddev(clip_count_stddev: float, min_clients: int) -> float:
 
 
 def next_clip_norm(
-    clip_norm: float, noisy_bit_sum: float, num_clients: int, target_quantile: float, learning_rate: float
+    clip_norm: float, noisy_bit_sum: float, expected_clients: float, target_quantile: float, learning_rate: float
 ) -> float:
-    """The geometric update: C * exp(-eta * (b_bar - gamma)), b_bar the estimated fraction within C."""
-    if num_clients < 1:
-        raise ValueError("num_clients must be >= 1")
-    b_bar = noisy_bit_sum / num_clients + 0.5
+    """The geometric update: C * exp(-eta * (b_bar - gamma)), b_bar the estimated fraction within C.
+
+    Divide by the *expected* (planned) number of clients, as the paper does, not the actual
+    count: the actual count is not privatized.
+    """
+    if not expected_clients > 0:
+        raise ValueError("expected_clients must be > 0")
+    b_bar = noisy_bit_sum / expected_clients + 0.5
     return clip_norm * math.exp(-learning_rate * (b_bar - target_quantile))
