@@ -167,3 +167,11 @@ def test_adaptive_split_equals_composing_both_gaussian_events():
     acc = rdp.RdpAccountant()
     acc.compose(dp_accounting.PoissonSampledDpEvent(q, both), 100)
     assert epsilon(z, q, 100, 1e-5) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-6)
+
+
+def test_calibrated_noise_multiplier_meets_target_tightly():
+    from agent.core.privacy.accounting import calibrate_noise_multiplier
+
+    z = calibrate_noise_multiplier(2.0, 0.01, 500, 1e-6)
+    assert epsilon(z, 0.01, 500, 1e-6) <= 2.0
+    assert epsilon(z - 0.01, 0.01, 500, 1e-6) > 2.0

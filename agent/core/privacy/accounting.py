@@ -285,3 +285,43 @@ def round_event_for(
 def local_report_epsilon(noise_multiplier: float, delta: float) -> float:
     """Epsilon of one local-mode report on its own: the Gaussian mechanism with z, at ``delta``."""
     return epsilon_of_events([RoundEvent(noise_multiplier, 1.0, "none")], delta)
+
+
+def calibrate_noise_multiplier(
+    target_epsilon: float,
+    sampling_rate: float,
+    rounds: int,
+    delta: float,
+    *,
+    sampling: str = "poisson",
+    population: int | None = None,
+    accountant: str = "rdp",
+) -> float:
+    """The smallest z (to 1e-3) whose ``rounds`` rounds stay within ``target_epsilon``.
+
+    Uses dp-accounting's own calibration (Brent's method over fresh accountants); the result
+    is nudged up to the tolerance so that :func:`epsilon` at it never exceeds the target.
+    """
+    if not target_epsilon > 0 or rounds < 1:
+        raise ConfigError("calibration needs target_epsilon > 0 and rounds >= 1")
+    if sampling == "fixed":
+        if population is None:
+            raise ConfigError("fixed-size sampling needs the population size")
+        template = RoundEvent.fixed(1.0, max(1, round(sampling_rate * population)), population)
+    else:
+        template = RoundEvent(1.0, sampling_rate, sampling)
+    relation = template.neighboring_relation()
+    tol = 1e-3
+
+    def make_event(z: float) -> dp_accounting.DpEvent:
+        return dp_accounting.SelfComposedDpEvent(dataclasses.replace(template, noise_multiplier=z).dp_event(), rounds)
+
+    z = dp_accounting.calibrate_dp_mechanism(
+        lambda: _new_accountant(accountant, relation),
+        make_event,
+        target_epsilon,
+        delta,
+        dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
+        tol=tol,
+    )
+    return float(z) + tol
