@@ -126,3 +126,7 @@ class Transport(Protocol):
 
     def ack(self, inbound: Inbound) -> None:
         """Acknowledge ``inbound`` to the broker; call only after it is safely stored."""
+
+    @property
+    def dropped(self) -> int:
+        """How many inputs were dropped as bad (each logged once)."""
