@@ -1,0 +1,84 @@
+"""The coordinator service's one frozen config, resolved once by the CLI (or a test) and passed down."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from agent.core.errors import ConfigError
+from agent.core.transport.base import MQTT_5, MQTT_311, TransportConfig
+from coordinator.plan import TrainingConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig:
+    """Everything ``fedge-coordinator serve`` needs.
+
+    ``broker_url`` None starts the embedded broker on loopback (``embedded_port``, 0 = free).
+    ``pacing_batch`` bounds how many selected devices may owe us an upload at once, so the broker's
+    per-client queue (Mosquitto drops silently past ``max_queued_messages``, 1,000 by default) never
+    overflows. ``population`` is the fleet size used for the sampling rate (None: enrolled devices).
+    """
+
+    db_path: str
+    training: TrainingConfig = TrainingConfig()
+    broker_url: str | None = None
+    embedded_port: int = 0
+    rounds: int = 1
+    checkin_window_s: float = 10.0
+    round_gap_s: float = 0.0
+    pacing_batch: int = 500
+    population: int | None = None
+    epsilon_budget: float | None = None
+    campaign_id: str = "default"
+    eval_data: str | None = None
+    client_id: str = "coordinator"
+    mqtt_protocol: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    username: str | None = None
+    password: str | None = None
+    max_message_bytes: int = 16 * 1024 * 1024
+    shutdown_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ConfigError(f"rounds: expected >= 0, got {self.rounds}")
+        for name in ("checkin_window_s", "shutdown_timeout_s"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{name}: expected a positive number, got {v}")
+        if not (math.isfinite(self.round_gap_s) and self.round_gap_s >= 0):
+            raise ConfigError(f"round_gap_s: expected >= 0, got {self.round_gap_s}")
+        if self.pacing_batch < 1:
+            raise ConfigError(f"pacing_batch: expected >= 1, got {self.pacing_batch}")
+        if self.population is not None and self.population < 1:
+            raise ConfigError(f"population: expected >= 1, got {self.population}")
+        if self.epsilon_budget is not None and not (self.epsilon_budget > 0 and math.isfinite(self.epsilon_budget)):
+            raise ConfigError(f"epsilon_budget: expected a finite number > 0, got {self.epsilon_budget}")
+        if self.mqtt_protocol not in (None, MQTT_5, MQTT_311):
+            raise ConfigError(f"mqtt_protocol: expected '3.1.1' or '5', got {self.mqtt_protocol!r}")
+        if self.broker_url is not None:
+            self.transport(self.broker_url)  # validates the URL and TLS options
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_url is None
+
+    def transport(self, url: str) -> TransportConfig:
+        """The transport config for the broker at ``url`` (the embedded one speaks MQTT 3.1.1 only)."""
+        protocol = self.mqtt_protocol or (MQTT_311 if self.embedded else MQTT_5)
+        return TransportConfig(
+            broker_url=url,
+            client_id=self.client_id,
+            username=self.username,
+            password=self.password,
+            tls_ca=self.tls_ca,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+            protocol=protocol,
+            max_payload_bytes=self.max_message_bytes,
+            max_reassembly_bytes=max(256 * 1024 * 1024, self.max_message_bytes),
+            chunk_bytes=min(1024 * 1024, self.max_message_bytes),
+        )

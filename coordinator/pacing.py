@@ -1,0 +1,60 @@
+"""Pacing: admit devices in batches so that at most ``batch`` of them owe the coordinator a reply.
+
+Mosquitto keeps at most ``max_queued_messages`` (1,000 by default) QoS-1 messages per client and
+drops the rest *silently*; if every selected device uploaded at once, the coordinator's queue could
+overflow. The service pushes the engine's outbound messages here and sends only what
+:meth:`Pacer.admit` releases; a device's reply frees its slot. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+from coordinator.engine import Outbound
+
+
+class Pacer:
+    """A FIFO of outbound messages and the set of devices we are waiting on."""
+
+    def __init__(self, batch: int) -> None:
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
+        self.batch = batch
+        self._queue: deque[Outbound] = deque()
+        self._owing: set[str] = set()
+
+    def push(self, outbound: Iterable[Outbound]) -> None:
+        self._queue.extend(outbound)
+
+    def answered(self, device_id: str) -> None:
+        """``device_id`` replied: its slot is free."""
+        self._owing.discard(device_id)
+
+    def new_stage(self) -> None:
+        """A stage closed: whoever did not answer in time no longer holds a slot."""
+        self._owing.clear()
+
+    def admit(self) -> list[Outbound]:
+        """The messages that may go out now, in order (a device already owing us is not held back)."""
+        out = []
+        while self._queue:
+            d = self._queue[0].device_id
+            if d not in self._owing and len(self._owing) >= self.batch:
+                break
+            out.append(self._queue.popleft())
+            self._owing.add(d)
+        return out
+
+    @property
+    def waiting(self) -> int:
+        """Messages not yet admitted."""
+        return len(self._queue)
+
+    @property
+    def owing(self) -> int:
+        return len(self._owing)
+
+    def clear(self) -> None:
+        self._queue.clear()
+        self._owing.clear()

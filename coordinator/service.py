@@ -1,0 +1,530 @@
+"""The coordinator service: rounds over MQTT, driven from one thread, everything recorded in SQLite.
+
+Lifecycle (:class:`CoordinatorService`): ``start`` opens the store, abandons any round a crash
+left open (reason ``coordinator restarted``: the engine and SecAgg+ state lived in memory, so a
+round cannot resume safely), starts the embedded broker when no URL is given, connects and
+subscribes. ``run_round`` announces a round (retained on ``ROUNDS``), collects check-ins for the
+window, selects with over-selection, sends tasks in paced batches, feeds every upload to the
+:class:`~coordinator.engine.RoundEngine`, ticks it at its deadlines, and at the end stores the new
+model, the metrics and epsilon, and publishes ``RoundEnd``. ``shutdown`` is bounded.
+
+Exactly once: every inbound message is decoded, checked against the enrolled devices and stored
+with :meth:`Store.record_upload` keyed by (round, device, message type) *before* it is
+acknowledged to the broker; a redelivery finds its key taken and is acknowledged and dropped.
+Bad input (garbage, unknown device, stale round, illegal message) is logged, recorded in the
+``rejections`` table or with the upload's verdict, acknowledged, and the round goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from agent.core import topics, wire
+from agent.core.errors import BudgetExhausted, ConfigError, FedgeError, ProtocolError, TransportError, WireError
+from agent.core.messages.rounds import CheckIn, RoundAnnounce, RoundEnd, RoundPlan
+from agent.core.privacy.accounting import round_event_for
+from agent.core.transport import Inbound, Transport, open_transport
+from agent.core.update import noise_plan, privacy_config
+from coordinator.broker import EmbeddedBroker
+from coordinator.config import ServiceConfig
+from coordinator.engine import Aggregation, Outbound, PlainAggregation, RoundEngine, RoundSettings, RoundStatus, expected_length
+from coordinator.enrollment import active_ids
+from coordinator.pacing import Pacer
+from coordinator.plan import make_plan
+from coordinator.privacy_budget import CampaignBudget
+from coordinator.selection import select_cohort
+from coordinator.store import ModelRecord, Store
+
+log = logging.getLogger(__name__)
+
+#: The longest a receive waits, so a stop request is seen promptly.
+POLL_S = 0.25
+RESTARTED = "coordinator restarted"
+SHUT_DOWN = "coordinator shut down"
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundReport:
+    """What one round produced, as recorded in the rounds table."""
+
+    round_id: int
+    status: str
+    reason: str
+    participants: int
+    dropped: int
+    dropped_by_stage: dict[str, int]
+    accuracy: float | None
+    loss: float | None
+    epsilon: float | None
+    model_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round_id,
+            "status": self.status,
+            "reason": self.reason,
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "participants": self.participants,
+            "dropped": self.dropped,
+            "epsilon": self.epsilon,
+        }
+
+
+def secure_available() -> bool:
+    """Whether SecAgg+ on the coordinator (``coordinator/secure.py``) is installed."""
+    try:
+        import coordinator.secure  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_eval_data(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out ``x``/``y`` arrays from an ``.npz`` to evaluate each new global model on."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return np.asarray(f["x"], np.float32), np.asarray(f["y"], np.int32)
+    except (OSError, KeyError, ValueError) as e:
+        raise ConfigError(f"eval data {path}: {e}") from None
+
+
+class CoordinatorService:
+    """One coordinator process: ``start()``, ``run_round()`` as often as wanted, ``shutdown()``."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: np.random.Generator | None = None,
+        on_round: Callable[[RoundReport], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.on_round = on_round
+        self.store: Store | None = None
+        self.transport: Transport | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.broker_url: str | None = config.broker_url
+        self.budget: CampaignBudget | None = None
+        self.engine: RoundEngine | None = None
+        self._stop = threading.Event()
+        self._round_id: int | None = None
+        self._phase = "idle"
+        self._checkins: dict[str, CheckIn] = {}
+        self._pacer = Pacer(config.pacing_batch)
+        self._evaluator: Any = None
+        self._eval: tuple[np.ndarray, np.ndarray] | None = None
+        self.budget_spent = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> CoordinatorService:
+        """Open the store, recover, connect. Raises TransportError/ConfigError on failure."""
+        cfg = self.config
+        self.store = Store(cfg.db_path)
+        recovered = self._abandon_open_rounds()
+        if cfg.eval_data:
+            self._eval = load_eval_data(cfg.eval_data)
+        if cfg.training.dp_mode != "off":
+            self.budget = CampaignBudget(
+                self.store.db, cfg.campaign_id, budget_epsilon=cfg.epsilon_budget or 10.0,
+                delta=cfg.training.delta, clock=self.clock,
+            )
+        if cfg.training.secagg and not secure_available():
+            raise ConfigError("secure aggregation on the coordinator (coordinator/secure.py) is not available; use --no-secagg")
+        self._ensure_model()
+        if cfg.embedded:
+            self.broker = EmbeddedBroker(cfg.embedded_port).start()
+            self.broker_url = self.broker.url
+        assert self.broker_url is not None
+        self.transport = open_transport(cfg.transport(self.broker_url))
+        self.transport.connect()
+        self.transport.subscribe(topics.ALL_DEVICES_OUT)
+        for rid in recovered:
+            self._publish_end(RoundEnd(rid, "abandoned", RESTARTED, ""))
+        log.info("coordinator ready on %s (db %s)", self.broker_url, cfg.db_path)
+        return self
+
+    def run(self) -> list[RoundReport]:
+        """Start, run ``config.rounds`` rounds (fewer if stopped or the budget is spent), shut down."""
+        reports: list[RoundReport] = []
+        try:
+            if self.store is None:
+                self.start()
+            for i in range(self.config.rounds):
+                if self._stop.is_set() or self.budget_spent:
+                    break
+                if i and self.config.round_gap_s:
+                    self._stop.wait(self.config.round_gap_s)
+                reports.append(self.run_round())
+        finally:
+            self.shutdown()
+        return reports
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop soon (safe from a signal handler or another thread)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def shutdown(self) -> None:
+        """Abandon a running round, disconnect, stop the embedded broker, close the store (bounded)."""
+        if self.engine is not None and self.engine.status is RoundStatus.RUNNING:
+            self.engine.abandon(SHUT_DOWN)
+            try:
+                self._finish(self.engine, None)
+            except FedgeError as e:
+                log.warning("could not finish the round on shutdown: %s", e)
+        elif self._round_id is not None and self.store is not None:
+            row = self.store.round(self._round_id)
+            if row and row["status"] == "open":
+                self.store.finish_round(self._round_id, "abandoned", SHUT_DOWN, self.clock())
+                self._publish_end(RoundEnd(self._round_id, "abandoned", SHUT_DOWN, ""))
+        self.engine = None
+        self._round_id = None
+        if self.transport is not None:
+            t, self.transport = self.transport, None
+            closer = threading.Thread(target=t.close, daemon=True)
+            closer.start()
+            closer.join(self.config.shutdown_timeout_s)
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def __enter__(self) -> CoordinatorService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # ------------------------------------------------------------------ one round
+
+    def run_round(self) -> RoundReport:
+        """One whole round: announce, check-in, select, train and aggregate, record."""
+        store, cfg = self._store(), self.config
+        tcfg = cfg.training
+        model = self.current_model()
+        rid = store.next_round_id()
+        now = self.clock()
+        store.open_round(rid, goal=tcfg.goal, model_in=model.version, plan={}, now=now)
+        self._round_id, self._checkins, self._phase = rid, {}, "checkin"
+        extra = {"round": rid}
+        store.set_stage(rid, "checkin")
+        deadline = now + cfg.checkin_window_s
+        self._publish(topics.ROUNDS, RoundAnnounce(rid, tcfg.model_name, model.version, deadline), retain=True)
+        log.info("round announced; check-in until +%.1f s", cfg.checkin_window_s, extra=extra)
+        active = set(active_ids(store))
+        while not self._stop.is_set():
+            left = deadline - self.clock()
+            if left <= 0 or (active and active <= set(self._checkins)):
+                break
+            self._receive_one(min(left, POLL_S))
+        if self._stop.is_set():
+            return self._abandon_early(rid, model, SHUT_DOWN)
+        eligible = sorted(d for d, c in self._checkins.items() if c.eligible and d in active)
+        cohort = select_cohort(eligible, tcfg.goal, tcfg.over_selection, self.rng)
+        if len(cohort) < tcfg.min_cohort:
+            return self._abandon_early(
+                rid, model, f"check-in: {len(eligible)} eligible devices checked in, minimum cohort is {tcfg.min_cohort}"
+            )
+        population = max(cfg.population or len(active), len(cohort))
+        plan = make_plan(tcfg, model.version, len(cohort), population)
+        event = None
+        if self.budget is not None:
+            event = self._round_event(plan, model.weights.size)
+            try:
+                self.budget.check_round(event, rid)
+            except BudgetExhausted as e:
+                self.budget_spent = True
+                return self._abandon_early(rid, model, f"privacy budget: {e}")
+        now = self.clock()
+        store.add_members(rid, cohort, now)
+        store.update_round(rid, plan=dataclasses.asdict(plan), stage="training")
+        settings = RoundSettings(min(tcfg.goal, len(cohort)), min(tcfg.min_cohort, len(cohort)), tcfg.stage_timeout_s)
+        engine = RoundEngine(rid, plan, settings, model.weights, cohort, self._aggregation(plan, model, cohort, settings), self.clock)
+        self.engine, self._phase = engine, "engine"
+        self._pacer.clear()
+        self._pacer.push(engine.start())
+        stage = engine.stage
+        while engine.status is RoundStatus.RUNNING and not self._stop.is_set():
+            self._send(self._pacer.admit())
+            left = engine.deadline - self.clock()
+            if left > 0:
+                self._receive_one(min(left, POLL_S))
+            self._pacer.push(engine.tick())
+            if engine.stage != stage:
+                stage = engine.stage
+                self._pacer.new_stage()
+                store.set_stage(rid, stage)
+        if engine.status is RoundStatus.RUNNING:
+            engine.abandon(SHUT_DOWN)
+        self._send(self._pacer.admit())  # final messages of the last stage, if any
+        return self._finish(engine, event)
+
+    def current_model(self) -> ModelRecord:
+        model = self._store().latest_model(self.config.training.model_name)
+        assert model is not None, "start() stores the initial model"
+        return model
+
+    # ------------------------------------------------------------------ inbound
+
+    def _receive_one(self, timeout: float) -> None:
+        t = self.transport
+        assert t is not None
+        try:
+            inbound = t.receive(timeout=max(0.0, timeout))
+        except FedgeError as e:
+            log.warning("receive failed: %s", e)
+            return
+        if inbound is None:
+            return
+        try:
+            self._handle(inbound)
+        finally:
+            t.ack(inbound)
+
+    def _handle(self, inbound: Inbound) -> None:
+        """Decode, authenticate, store (exactly once), then apply one inbound message. Never raises FedgeError."""
+        store = self._store()
+        now = self.clock()
+        size = len(inbound.payload)
+        try:
+            device = topics.device_of(inbound.topic)
+        except ProtocolError as e:
+            return self._reject(inbound.topic, None, None, "topic", str(e), size)
+        try:
+            msg = wire.decode(inbound.payload, max_bytes=self.config.max_message_bytes)
+        except WireError as e:
+            return self._reject(inbound.topic, device, None, "wire", str(e), size)
+        try:
+            store.require_device(device)
+        except ProtocolError:
+            return self._reject(inbound.topic, device, None, "unknown_device", "unknown or revoked device", size)
+        store.touch(device, now)
+        rid = getattr(msg, "round_id", None)
+        if getattr(msg, "device_id", device) != device:
+            return self._reject(inbound.topic, device, rid, "spoofed", "message names another device", size)
+        if rid is None or rid != self._round_id:
+            return self._reject(inbound.topic, device, rid, "stale", f"not for the current round {self._round_id}", size)
+        stage = wire.type_name(msg)
+        if not store.record_upload(rid, device, stage, inbound.payload, now):
+            return self._reject(inbound.topic, device, rid, "duplicate", f"{stage} already stored", size)
+        extra = {"device": device, "round": rid}
+        try:
+            self._apply(device, msg)
+        except ProtocolError as e:
+            log.warning("rejected %s: %s", stage, e, extra=extra)
+            store.db.execute(
+                "update uploads set status = 'rejected', reason = ? where round_id = ? and device_id = ? and stage = ?",
+                [str(e), rid, device, stage],
+            )
+            return None
+        log.debug("stored %s (%d bytes)", stage, size, extra=extra)
+        return None
+
+    def _apply(self, device: str, msg: Any) -> None:
+        if self._phase == "checkin":
+            if not isinstance(msg, CheckIn):
+                raise ProtocolError(f"{type(msg).__name__} during check-in")
+            self._checkins[device] = msg
+            return
+        if isinstance(msg, CheckIn):
+            raise ProtocolError("check-in is closed")
+        engine = self.engine
+        if engine is None or self._phase != "engine":
+            raise ProtocolError("no round is running")
+        out = engine.receive(device, msg)
+        self._pacer.answered(device)
+        self._pacer.push(out)
+
+    def _reject(self, topic: str, device: str | None, rid: int | None, kind: str, reason: str, size: int) -> None:
+        log.warning("rejected input (%s): %s", kind, reason, extra={"device": device, "round": rid})
+        self._store().db["rejections"].insert(
+            {"received_at": self.clock(), "topic": topic[:200], "device_id": device, "round_id": rid,
+             "kind": kind, "reason": reason[:500], "size": size}
+        )
+
+    # ------------------------------------------------------------------ outbound
+
+    def _publish(self, topic: str, msg: Any, *, retain: bool = False) -> int:
+        assert self.transport is not None
+        blob = wire.encode(msg)
+        self.transport.publish(topic, blob, retain=retain)
+        return len(blob)
+
+    def _publish_end(self, end: RoundEnd) -> None:
+        try:
+            self._publish(topics.ROUNDS, end, retain=True)
+        except TransportError as e:
+            log.warning("could not publish the round end: %s", e, extra={"round": end.round_id})
+
+    def _send(self, outbound: list[Outbound]) -> None:
+        sent = 0
+        for o in outbound:
+            try:
+                sent += self._publish(topics.device_in(o.device_id), o.message)
+            except TransportError as e:
+                # paho keeps the QoS 1 message and may still deliver it; the stage deadline decides.
+                log.warning("send failed: %s", e, extra={"device": o.device_id, "round": self._round_id})
+        if sent and self._round_id is not None:
+            self._store().db.execute(
+                "update rounds set bytes_down = coalesce(bytes_down, 0) + ? where round_id = ?", [sent, self._round_id]
+            )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _store(self) -> Store:
+        if self.store is None:
+            raise ConfigError("the coordinator service is not started")
+        return self.store
+
+    def _abandon_open_rounds(self) -> list[int]:
+        store = self._store()
+        ids = []
+        for row in store.open_rounds():
+            store.finish_round(row["round_id"], "abandoned", RESTARTED, self.clock())
+            store.db.execute(
+                "update round_members set dropped_at = ? where round_id = ? and dropped_at is null",
+                [RESTARTED, row["round_id"]],
+            )
+            ids.append(row["round_id"])
+        return ids
+
+    def _ensure_model(self) -> None:
+        store, name = self._store(), self.config.training.model_name
+        if store.latest_model(name) is not None:
+            return
+        trainer = self._trainer()
+        store.put_model(f"{name}-0", trainer.initial_weights(), architecture=name, now=self.clock())
+
+    def _trainer(self) -> Any:
+        if self._evaluator is None:
+            from agent.training.models import load_spec
+            from agent.training.trainer import Trainer
+
+            self._evaluator = Trainer(load_spec(self.config.training.model_name), num_threads=1)
+        return self._evaluator
+
+    def _round_event(self, plan: RoundPlan, dimension: int) -> Any:
+        discrete = noise_plan(plan, dimension) if plan.dp_mode == "distributed" else None
+        return round_event_for(privacy_config(plan), sampling_rate=plan.sampling_rate, discrete=discrete)
+
+    def _aggregation(self, plan: RoundPlan, model: ModelRecord, cohort: list[str], settings: RoundSettings) -> Aggregation:
+        length = expected_length(model.weights)
+        if not plan.secagg:
+            return PlainAggregation(length, plan.quant_bits, settings.goal, settings.min_cohort)
+        from coordinator import secure
+
+        return secure.for_round(self._store(), plan, length, cohort, settings, self.rng)  # type: ignore[attr-defined]
+
+    def _abandon_early(self, rid: int, model: ModelRecord, reason: str) -> RoundReport:
+        store = self._store()
+        store.finish_round(rid, "abandoned", reason, self.clock(), stage="abandoned", participants=0)
+        self._publish_end(RoundEnd(rid, "abandoned", reason, model.version))
+        self._phase, self._round_id = "idle", None
+        return self._report(rid, model.version)
+
+    def _finish(self, engine: RoundEngine, event: Any) -> RoundReport:
+        store, rid = self._store(), engine.round_id
+        outcome = engine.outcome
+        assert outcome is not None
+        now = self.clock()
+        dropped = dict(outcome.dropped)
+        fields: dict[str, Any] = {"participants": outcome.participants, "dropped": dropped, "stage": engine.stage}
+        model_in = self.current_model()
+        version = model_in.version
+        if outcome.status is RoundStatus.COMPLETED and outcome.new_weights is not None:
+            version = f"{self.config.training.model_name}-r{rid}"
+            metrics: dict[str, float] = {}
+            if self._eval is not None:
+                ev = self._trainer().evaluate(outcome.new_weights, *self._eval)
+                metrics = {"accuracy": ev.accuracy, "loss": ev.loss}
+                fields.update(metrics)
+            store.put_model(
+                version, outcome.new_weights, architecture=self.config.training.model_name,
+                parent=model_in.version, metrics=metrics, produced_by_round=rid, now=now,
+            )
+            fields["model_out"] = version
+            if self.budget is not None and event is not None:
+                try:
+                    fields["epsilon"] = self.budget.record_round(rid, event)
+                    fields["delta"] = self.budget.delta
+                except BudgetExhausted as e:  # checked before the round; only a race could land here
+                    self.budget_spent = True
+                    log.warning("%s", e, extra={"round": rid})
+            store.finish_round(rid, "completed", outcome.reason, now, **fields)
+        else:
+            store.finish_round(rid, "abandoned", outcome.reason, now, **fields)
+        members = set(engine.cohort)
+        counted = {r["device_id"] for r in store.db.query(
+            "select device_id from round_members where round_id = ? and last_stage not in ('selected')", [rid])}
+        for d in sorted(members - counted):
+            store.db.execute(
+                "update round_members set dropped_at = ? where round_id = ? and device_id = ?", [engine.stage, rid, d]
+            )
+        self._publish_end(RoundEnd(rid, outcome.status.value, outcome.reason, version))
+        self.engine, self._phase, self._round_id = None, "idle", None
+        self._pacer.clear()
+        return self._report(rid, version)
+
+    def _report(self, rid: int, version: str) -> RoundReport:
+        report = round_report(self._store().round(rid) or {}, version)
+        if self.on_round is not None:
+            self.on_round(report)
+        return report
+
+
+def round_report(row: dict[str, Any], version: str | None = None) -> RoundReport:
+    """A :class:`RoundReport` from a rounds-table row."""
+    dropped = json.loads(row.get("dropped") or "{}")
+    eps = row.get("epsilon")
+    return RoundReport(
+        round_id=row.get("round_id", 0),
+        status=row.get("status", ""),
+        reason=row.get("reason") or "",
+        participants=row.get("participants") or 0,
+        dropped=int(sum(dropped.values())),
+        dropped_by_stage=dropped,
+        accuracy=row.get("accuracy"),
+        loss=row.get("loss"),
+        epsilon=eps if eps is not None and math.isfinite(eps) else None,
+        model_version=version or row.get("model_out") or row.get("model_in") or "",
+    )
+
+
+def serve(service: CoordinatorService) -> list[RoundReport]:
+    """Run a service in the foreground: SIGINT/SIGTERM stop it gracefully, a second SIGINT forces exit."""
+    previous: dict[int, Any] = {}
+
+    def handle(signum: int, _frame: Any) -> None:
+        if service.stopping and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.info("stopping (signal %d); press Ctrl-C again to force", signum)
+        service.request_stop()
+
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            previous[s] = signal.signal(s, handle)
+    try:
+        return service.run()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -1,0 +1,114 @@
+"""A minimal agent process for service tests (until and besides ``fedge-agent run``).
+
+``python -m tests.service_agent --broker URL --device-id ID --data FILE.npz [--protocol 3.1.1]``:
+checks in for every announced round, answers its task with the real participant and TFLite
+trainer, and acknowledges each message only after it has been handled. No eligibility, no
+store: the service under test is the coordinator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+import numpy as np
+
+from agent.core import logs, topics, wire
+from agent.core.errors import FedgeError
+from agent.core.messages.rounds import CheckIn, RoundAnnounce, RoundEnd, Task
+from agent.core.transport import TransportConfig, open_transport
+from agent.participant import Participant
+from tests.round_fixtures import make_train_fn, trainer_for
+
+log = logging.getLogger("service_agent")
+
+
+class AgentLoop:
+    """Check in, train, upload; one participant per round; stops on ``stop``."""
+
+    def __init__(self, broker: str, device_id: str, x: np.ndarray, y: np.ndarray, *, protocol: str = "5",
+                 model: str = "mlp", seed: int = 0, eligible: bool = True) -> None:
+        self.device_id = device_id
+        self.data = (x, y)
+        self.trainer = trainer_for(model)
+        self.seed = seed
+        self.eligible = eligible
+        self.stop = threading.Event()
+        self.cfg = TransportConfig(broker_url=broker, client_id=device_id, protocol=protocol)
+        self.transport = open_transport(self.cfg)
+        self.participants: dict[int, Participant] = {}
+        self.checked_in: set[int] = set()
+        self.ended: set[int] = set()
+
+    def run(self) -> None:
+        t = self.transport
+        t.connect()
+        t.subscribe(topics.device_in(self.device_id))
+        t.subscribe(topics.ROUNDS)
+        try:
+            while not self.stop.is_set():
+                inbound = t.receive(timeout=0.2)
+                if inbound is None:
+                    continue
+                try:
+                    self.handle(wire.decode(inbound.payload))
+                except FedgeError as e:
+                    log.warning("%s: %s", self.device_id, e)
+                finally:
+                    t.ack(inbound)
+        finally:
+            t.close()
+
+    def send(self, msg: object) -> None:
+        self.transport.publish(topics.device_out(self.device_id), wire.encode(msg))
+
+    def handle(self, msg: object) -> None:
+        if isinstance(msg, RoundAnnounce):
+            if msg.round_id in self.checked_in or msg.round_id in self.ended:
+                return
+            self.checked_in.add(msg.round_id)
+            self.send(CheckIn(self.device_id, msg.round_id, "pi4", msg.model_version, self.eligible, len(self.data[1]), 0.0))
+        elif isinstance(msg, RoundEnd):
+            self.ended.add(msg.round_id)
+            self.participants.pop(msg.round_id, None)
+        elif isinstance(msg, Task):
+            p = self.participants.get(msg.round_id)
+            if p is None:
+                train = make_train_fn(self.trainer, self.data, self.seed)
+                p = self.participants[msg.round_id] = Participant(self.device_id, train, np.random.default_rng())
+            for reply in p.handle(msg):
+                self.send(reply)
+        else:
+            rid = getattr(msg, "round_id", None)
+            p = self.participants.get(rid) if rid is not None else None
+            if p is None:
+                return
+            for reply in p.handle(msg):
+                self.send(reply)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--broker", required=True)
+    ap.add_argument("--device-id", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--protocol", default="5")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    logs.configure("WARNING")
+    with np.load(a.data) as f:
+        x, y = f["x"], f["y"]
+    loop = AgentLoop(a.broker, a.device_id, x, y, protocol=a.protocol, seed=a.seed)
+    signal.signal(signal.SIGTERM, lambda *_: loop.stop.set())
+    try:
+        loop.run()
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
