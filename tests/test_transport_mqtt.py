@@ -111,6 +111,7 @@ def test_bad_inputs_dropped_logged_and_receiver_goes_on(clients: Clients, caplog
 
 
 @needs_mosquitto
+@pytest.mark.mosquitto
 @pytest.mark.parametrize("protocol", [MQTT_5, MQTT_311])
 def test_unacked_message_redelivered_after_reconnect(mosquitto: MosquittoProcess, protocol: str) -> None:  # noqa: F811
     c = Clients(mosquitto.url, protocol)
@@ -135,6 +136,7 @@ def test_unacked_message_redelivered_after_reconnect(mosquitto: MosquittoProcess
 
 
 @needs_mosquitto
+@pytest.mark.mosquitto
 @pytest.mark.parametrize("sessions_kept", [True, False], ids=["sessions-kept", "sessions-lost"])
 def test_broker_killed_and_restarted_client_reconnects(mosquitto: MosquittoProcess, sessions_kept: bool) -> None:  # noqa: F811
     c = Clients(mosquitto.url, MQTT_5)
@@ -206,6 +208,7 @@ time.sleep(60)
 
 
 @needs_mosquitto
+@pytest.mark.mosquitto
 @pytest.mark.parametrize("protocol", [MQTT_5, MQTT_311])
 def test_last_will_published_when_a_device_process_dies(mosquitto: MosquittoProcess, protocol: str) -> None:  # noqa: F811
     c = Clients(mosquitto.url, protocol)
