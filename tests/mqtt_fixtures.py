@@ -110,6 +110,27 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
     broker.kill()
 
 
+PASSWORDS = {"dev-a": "secret-a", "coordinator": "secret-c"}
+
+
+@pytest.fixture
+def mosquitto_passwords(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    """Mosquitto with per-device username/password (``PASSWORDS``) and the shipped ACL, no TLS."""
+    passwd = tmp_path / "passwd"
+    passwd.touch(mode=0o600)
+    for user, pw in PASSWORDS.items():
+        subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, pw], check=True, capture_output=True)
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
+        f"acl_file {SHIPPED_ACL}\n{_common_lines(tmp_path)}"
+    )
+    broker = MosquittoProcess(conf, port).start()
+    yield broker
+    broker.kill()
+
+
 @dataclass(frozen=True)
 class TlsBroker:
     """A Mosquitto running the shipped TLS + ACL configuration, and the certificates to reach it."""

@@ -12,7 +12,14 @@ from agent.core import topics
 from agent.core.errors import TransportError
 from agent.core.transport.base import MQTT_5, MQTT_311, TransportConfig
 from agent.core.transport.mqtt import MqttTransport
-from tests.mqtt_fixtures import TlsBroker, mosquitto_tls, needs_mosquitto  # noqa: F401
+from tests.mqtt_fixtures import (  # noqa: F401
+    PASSWORDS,
+    MosquittoProcess,
+    TlsBroker,
+    mosquitto_passwords,
+    mosquitto_tls,
+    needs_mosquitto,
+)
 from tests.transport_fixtures import payload
 
 pytestmark = [needs_mosquitto, pytest.mark.mosquitto, pytest.mark.timeout(60)]
@@ -98,3 +105,16 @@ def test_connect_without_client_certificate_times_out(mosquitto_tls: TlsBroker, 
     with pytest.raises(TransportError):
         MqttTransport(cfg).connect()
     assert time.monotonic() - t0 < 8
+
+
+@pytest.mark.parametrize("protocol", [MQTT_5, MQTT_311])
+def test_per_device_password_credentials(mosquitto_passwords: MosquittoProcess, made: list[MqttTransport], protocol: str) -> None:  # noqa: F811
+    url = mosquitto_passwords.url
+    ok = connect(made, TransportConfig(url, "dev-a", username="dev-a", password=PASSWORDS["dev-a"], protocol=protocol))
+    ok.publish(topics.device_out("dev-a"), payload(10))
+    for user, pw in (("dev-a", "wrong"), ("nobody", "x"), (None, None)):
+        t0 = time.monotonic()
+        with pytest.raises(TransportError):  # refused at once, not after the timeout
+            MqttTransport(TransportConfig(url, "dev-x", username=user, password=pw, protocol=protocol,
+                                          connect_timeout_s=10)).connect()
+        assert time.monotonic() - t0 < 5
