@@ -121,3 +121,16 @@ def test_device_and_coordinator_agree_end_to_end(tmp_path):
             mark_exhausted(coord_db, "dev1")
     assert selected_rounds and selected_rounds[-1] < 19
     assert ledger.epsilon_spent(1e-5) <= 4.0
+
+
+def test_contribution_of_config_uses_the_accounted_noise():
+    from agent.core.privacy.config import PrivacyConfig
+    from agent.core.privacy.discrete import DiscreteNoisePlan
+
+    local = Contribution.of(PrivacyConfig(mode="local", noise_multiplier=1.5, clip_norm=0.3), 4, sampling_rate=0.1, delta=1e-6)
+    assert local == Contribution(4, "local", 1.5, 0.3, 0.1, 1e-6, 0.0)
+    plan = DiscreteNoisePlan(clip_norm=1.0, central_stddev=2.0, scale=2.0**8, bits=32, min_clients=10, dimension=4096)
+    dist = Contribution.of(PrivacyConfig(mode="distributed", noise_multiplier=2.0, min_clients=10), 5,
+                           sampling_rate=0.1, delta=1e-6, discrete=plan)
+    assert dist.noise_multiplier == pytest.approx(2.0 * 256 / (256 + 64))
+    assert dist.rdp_offset == plan.rdp_offset

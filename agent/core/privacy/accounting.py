@@ -254,6 +254,19 @@ class PrivacyAccountant:
             raise ConfigError(f"privacy accountant JSON: {e}") from None
 
 
+def accounted_noise(config: PrivacyConfig, discrete: DiscreteNoisePlan | None = None) -> tuple[float, float]:
+    """(z, RDP offset) to account for one round run with ``config``.
+
+    Mode off gives z = 0 (non-private). With a distributed discrete plan, z shrinks by the
+    rounding inflation (``scale*C / (scale*C + sqrt(d))``) and the offset is the plan's tau*d.
+    """
+    z = 0.0 if config.mode == "off" else config.noise_multiplier
+    if config.mode == "distributed" and discrete is not None:
+        ratio = discrete.effective_noise_multiplier / (discrete.central_stddev / discrete.clip_norm)
+        return z * ratio, discrete.rdp_offset
+    return z, 0.0
+
+
 def round_event_for(
     config: PrivacyConfig,
     *,
@@ -270,11 +283,7 @@ def round_event_for(
     uses z, or with ``discrete`` the DDG plan's effective z and its tau*d offset. With adaptive
     clipping ``config.noise_multiplier`` is already the total z of both queries.
     """
-    z = 0.0 if config.mode == "off" else config.noise_multiplier
-    offset = 0.0
-    if config.mode == "distributed" and discrete is not None:
-        ratio = discrete.effective_noise_multiplier / (discrete.central_stddev / discrete.clip_norm)
-        z, offset = z * ratio, discrete.rdp_offset
+    z, offset = accounted_noise(config, discrete)
     if config.sampling == "fixed":
         if population is None or sample_size is None:
             raise ConfigError("fixed-size sampling: the round event needs population and sample_size")

@@ -19,8 +19,9 @@ from collections.abc import Callable
 import sqlite_utils
 
 from agent.core.errors import BudgetExhausted, ConfigError, ProtocolError
-from agent.core.privacy.accounting import RoundEvent, epsilon_of_events
-from agent.core.privacy.config import MODES
+from agent.core.privacy.accounting import RoundEvent, accounted_noise, epsilon_of_events
+from agent.core.privacy.config import MODES, PrivacyConfig
+from agent.core.privacy.discrete import DiscreteNoisePlan
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,21 @@ class Contribution:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode: expected one of {MODES}, got {self.mode!r}")
+
+    @classmethod
+    def of(
+        cls,
+        config: PrivacyConfig,
+        round_id: int,
+        *,
+        sampling_rate: float,
+        delta: float,
+        discrete: DiscreteNoisePlan | None = None,
+    ) -> Contribution:
+        """The contribution a round run with ``config`` (and DDG ``discrete`` plan) makes."""
+        z, offset = accounted_noise(config, discrete)
+        return cls(round_id, config.mode, z if config.mode != "off" else config.noise_multiplier,
+                   config.clip_norm, sampling_rate, delta, offset)
 
     def event(self) -> RoundEvent:
         """The device-level event: unamplified Gaussian, or non-private when mode is off."""
