@@ -51,5 +51,11 @@ def privacy_history(db: str, campaign: str) -> None:
         click.echo(f"round {round_id} epsilon {eps:.6g}")
 
 
+from coordinator.service_cli import COMMANDS as _SERVICE_COMMANDS  # noqa: E402
+
+for _command in _SERVICE_COMMANDS:
+    cli.add_command(_command)
+
+
 def main(argv: list[str] | None = None) -> None:
     raise SystemExit(run(cli, "fedge-coordinator", argv))

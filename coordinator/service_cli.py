@@ -1,0 +1,221 @@
+"""The service's commands of ``fedge-coordinator``: devices, serve, rounds, demo. Thin: options become
+one frozen config, then one library call; named errors become one line (``agent.core.cliutil``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+DEFAULT_DB = "./fedge-coordinator.db"
+
+db_option = click.option(
+    "--db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False), help="The coordinator's SQLite store."
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def training_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The campaign knobs ``serve`` and ``demo`` share (one TrainingConfig)."""
+    opts = [
+        click.option("--model", default="mlp", show_default=True, help="Zoo model to train (logreg, mlp, cnn)."),
+        click.option("--goal", type=int, default=None, help="Devices to aggregate per round [serve: 10; demo: --agents]."),
+        click.option("--min-cohort", type=int, default=2, show_default=True, help="Fewest reports a round may aggregate."),
+        click.option("--dp", "dp_mode", type=click.Choice(["off", "local", "distributed"]), default="off", show_default=True,
+                     help="Differential privacy: off, local (noise on each device) or distributed (needs SecAgg+)."),
+        click.option("--noise-multiplier", type=float, default=1.0, show_default=True, help="Noise std / clip norm (z)."),
+        click.option("--clip", "clip_norm", type=float, default=1.0, show_default=True, help="L2 clip norm of an update."),
+        click.option("--secagg/--no-secagg", default=None, help="Secure aggregation (SecAgg+) [default: on when available]."),
+        click.option("--epsilon-budget", type=float, default=10.0, show_default=True,
+                     help="Campaign epsilon budget (DP on): rounds stop before it is exceeded."),
+        click.option("--checkin-window", type=float, default=10.0, show_default=True, help="Seconds devices have to check in."),
+        click.option("--broker", "broker_url", default=None, metavar="URL",
+                     help="mqtt://HOST:PORT or mqtts://... [default: start the embedded broker on 127.0.0.1]."),
+        click.option("--rounds", type=int, default=None, help="Rounds to run."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _training(model: str, goal: int, min_cohort: int, dp_mode: str, noise_multiplier: float, clip_norm: float,
+              secagg: bool | None) -> Any:
+    from coordinator.plan import TrainingConfig
+    from coordinator.service import secure_available
+
+    if secagg is None:
+        secagg = secure_available()
+    return TrainingConfig(model_name=model, goal=goal, min_cohort=min(min_cohort, goal), dp_mode=dp_mode,
+                          noise_multiplier=noise_multiplier if dp_mode != "off" else 0.0, clip_norm=clip_norm,
+                          secagg=secagg)
+
+
+def _quiet_broker_logs() -> None:
+    """amqtt and its state machine library log every transition at INFO."""
+    logging.getLogger("transitions").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # amqtt warns about PUBACKs it does not track on every QoS 1 exchange with paho
+    logging.getLogger("amqtt").setLevel(max(logging.ERROR, logging.getLogger().level))
+
+
+# ---------------------------------------------------------------------- devices
+
+
+@click.group("devices")
+def devices() -> None:
+    """Enrolled devices: only these may take part; revoked ones are rejected."""
+
+
+@devices.command("enroll")
+@click.option("--device-id", required=True, help="The device's id ([A-Za-z0-9_.-], at most 64).")
+@click.option("--identity", "identity_hex", required=True, help="Its Ed25519 identity public key, hex (fedge-agent identity).")
+@click.option("--class", "device_class", required=True, help="Device class, e.g. pi4, phone, car.")
+@click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
+@db_option
+def devices_enroll(device_id: str, identity_hex: str, device_class: str, tags: tuple[str, ...], db: str) -> None:
+    """Enroll a device with its identity key."""
+    from coordinator.enrollment import enroll
+    from coordinator.store import Store
+
+    store = Store(db)
+    try:
+        d = enroll(store, device_id, identity_hex, device_class, tags)
+    finally:
+        store.close()
+    click.echo(f"enrolled {d.device_id} ({d.device_class}) identity {d.identity_hex[:16]}...")
+
+
+@devices.command("list")
+@db_option
+@json_option
+def devices_list(db: str, as_json: bool) -> None:
+    """List enrolled devices."""
+    from coordinator.enrollment import list_devices
+    from coordinator.store import Store
+
+    store = Store(db)
+    try:
+        rows = list_devices(store)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([d.to_dict() for d in rows], indent=2))
+        return
+    click.echo(f"{'device':<24} {'class':<8} {'status':<8} {'identity':<18} tags")
+    for d in rows:
+        status = "revoked" if d.revoked else "active"
+        click.echo(f"{d.device_id:<24} {d.device_class:<8} {status:<8} {d.identity_hex[:16]:<18} {','.join(d.tags)}")
+
+
+@devices.command("revoke")
+@click.argument("device_id")
+@db_option
+def devices_revoke(device_id: str, db: str) -> None:
+    """Revoke DEVICE_ID: its messages are rejected from now on."""
+    from coordinator.enrollment import revoke
+    from coordinator.store import Store
+
+    store = Store(db)
+    try:
+        revoke(store, device_id)
+    finally:
+        store.close()
+    click.echo(f"revoked {device_id}")
+
+
+# ---------------------------------------------------------------------- serve, rounds
+
+
+@click.command("serve")
+@db_option
+@training_options
+@click.option("--population", type=int, default=None, help="Fleet size for the sampling rate [default: enrolled devices].")
+@click.option("--pacing-batch", type=int, default=500, show_default=True,
+              help="At most this many devices owe an upload at once (broker queue limits).")
+@click.option("--eval-data", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Held-out .npz (x, y) to evaluate each new global model on.")
+@click.option("--tls-ca", default=None, help="CA file for mqtts://.")
+@click.option("--tls-cert", default=None, help="Client certificate for mqtts://.")
+@click.option("--tls-key", default=None, help="Client key for mqtts://.")
+def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: str, noise_multiplier: float,
+              clip_norm: float, secagg: bool | None, epsilon_budget: float, checkin_window: float, broker_url: str | None,
+              rounds: int | None, population: int | None, pacing_batch: int, eval_data: str | None,
+              tls_ca: str | None, tls_cert: str | None, tls_key: str | None) -> None:
+    """Run training rounds over MQTT (the embedded broker unless --broker); Ctrl-C stops gracefully."""
+    from coordinator.config import ServiceConfig
+    from coordinator.service import CoordinatorService, serve
+
+    _quiet_broker_logs()
+    cfg = ServiceConfig(
+        db_path=db, training=_training(model, goal or 10, min_cohort, dp_mode, noise_multiplier, clip_norm, secagg),
+        broker_url=broker_url, rounds=1 if rounds is None else rounds, checkin_window_s=checkin_window,
+        pacing_batch=pacing_batch, population=population, epsilon_budget=epsilon_budget, eval_data=eval_data,
+        tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+    )
+    for r in serve(CoordinatorService(cfg, on_round=lambda r: click.echo(format_round(r)))):
+        pass
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def format_round(r: Any) -> str:
+    """One line per round for people."""
+    line = (f"round {r.round_id}: {r.status:<9} accuracy {_num(r.accuracy, '.3f')} loss {_num(r.loss, '.3f')} "
+            f"participants {r.participants} dropped {r.dropped} epsilon {_num(r.epsilon, '.3g')}")
+    if r.status != "completed":
+        line += f" ({r.reason})"
+    return line
+
+
+@click.command("rounds")
+@db_option
+@json_option
+def rounds_cmd(db: str, as_json: bool) -> None:
+    """Table of rounds: status, reason, participants, dropped, accuracy, epsilon."""
+    from coordinator.service import round_report
+    from coordinator.store import Store
+
+    store = Store(db)
+    try:
+        reports = [round_report(r) for r in store.rounds()]
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps({"rounds": [r.to_dict() for r in reports]}, indent=2))
+        return
+    click.echo(f"{'round':>5} {'status':<9} {'part':>4} {'drop':>4} {'acc':>6} {'epsilon':>8}  reason")
+    for r in reports:
+        click.echo(f"{r.round_id:>5} {r.status:<9} {r.participants:>4} {r.dropped:>4} {_num(r.accuracy, '.3f'):>6} "
+                   f"{_num(r.epsilon, '.3g'):>8}  {r.reason}")
+
+
+# ---------------------------------------------------------------------- demo
+
+
+@click.command("demo")
+@click.option("--agents", type=int, default=8, show_default=True, help="Agent processes to start.")
+@training_options
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help='Write {"rounds": [{round, accuracy, loss, participants, dropped, epsilon}, ...]} here.')
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Keep the demo's files here [default: a temp dir, removed].")
+def demo_cmd(agents: int, model: str, goal: int | None, min_cohort: int, dp_mode: str, noise_multiplier: float,
+             clip_norm: float, secagg: bool | None, epsilon_budget: float, checkin_window: float,
+             broker_url: str | None, rounds: int | None, json_path: str | None, workdir: str | None) -> None:
+    """Run a whole federation on this machine: broker, coordinator and AGENTS agent processes on digits."""
+    from coordinator.demo import DemoConfig, run_demo
+
+    _quiet_broker_logs()
+    cfg = DemoConfig(
+        agents=agents, rounds=5 if rounds is None else rounds,
+        training=_training(model, goal or agents, min_cohort, dp_mode, noise_multiplier, clip_norm, secagg),
+        broker_url=broker_url, json_path=json_path, workdir=workdir, epsilon_budget=epsilon_budget,
+        checkin_window_s=checkin_window,
+    )
+    run_demo(cfg, echo=click.echo)
+
+
+COMMANDS = (devices, serve_cmd, rounds_cmd, demo_cmd)
