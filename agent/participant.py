@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from agent.core.errors import BudgetExhausted, FedgeError, ProtocolError
-from agent.core.messages.rounds import Decline, PlainUpdate, Task
+from agent.core.messages.rounds import Decline, Peers, PlainUpdate, Task
 from agent.core.update import EncodedUpdate, encode_update
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,8 @@ class LocalResult:
 
 #: Trains on the task's global weights and returns the delta. Raises FedgeError to decline.
 TrainFn = Callable[[Task], LocalResult]
-#: Builds the SecAgg+ client for a task and the encoded vector; returns (client, first message).
-SecAggFactory = Callable[[Task, np.ndarray], tuple[Any, Any]]
+#: Builds the SecAgg+ client for a task, with the encoded vector as its input.
+SecAggFactory = Callable[[Task, np.ndarray], Any]
 
 
 class Participant:
@@ -45,11 +45,13 @@ class Participant:
         train: TrainFn,
         rng: np.random.Generator,
         secagg_factory: SecAggFactory | None = None,
+        peers: Any = None,
     ) -> None:
         self.device_id = device_id
         self._train = train
         self._rng = rng
         self._secagg_factory = secagg_factory
+        self._peers = peers
         self.round_id: int | None = None
         self.task: Task | None = None
         self.encoded: EncodedUpdate | None = None
@@ -60,6 +62,11 @@ class Participant:
         """Replies to one coordinator message (ProtocolError when it is illegal here)."""
         if isinstance(msg, Task):
             return self._on_task(msg)
+        if isinstance(msg, Peers):
+            if self._peers is None or msg.round_id != self.round_id:
+                raise ProtocolError("unexpected peer list")
+            self._peers.add(msg)
+            return []
         if self.client is None or msg.round_id != self.round_id:
             raise ProtocolError(f"unexpected {type(msg).__name__} for round {getattr(msg, 'round_id', '?')}")
         reply = self.client.handle(msg)
@@ -89,5 +96,6 @@ class Participant:
         if not task.plan.secagg:
             return [PlainUpdate(task.round_id, self.device_id, self.encoded.vector)]
         assert self._secagg_factory is not None
-        self.client, first = self._secagg_factory(task, self.encoded.vector)
-        return [first]
+        # the SecAgg+ stage requests that follow (config first) go to this client
+        self.client = self._secagg_factory(task, self.encoded.vector)
+        return []

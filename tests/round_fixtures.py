@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import logging
+
 import numpy as np
 from sklearn.datasets import load_digits
 
@@ -13,6 +15,8 @@ from agent.core.errors import ProtocolError
 from agent.participant import LocalResult, Participant
 from agent.training.models import load_spec
 from agent.training.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 
 def digits_split(num_clients: int, seed: int = 0) -> tuple[list[tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
@@ -56,8 +60,8 @@ def deliver(engine: Any, participants: dict[str, Participant], outbound: Iterabl
             moved += len(rblob)
             try:
                 queue += engine.receive(out.device_id, wire.decode(rblob))
-            except ProtocolError:
-                pass
+            except ProtocolError as e:
+                log.info("refused %s from %s: %s", type(reply).__name__, out.device_id, e)
     return moved
 
 

@@ -138,3 +138,18 @@ class RoundEnd:
     status: str
     reason: str
     model_version: str
+
+
+@message("round.peers")
+@dataclass(frozen=True)
+class Peers:
+    """The identity keys of a device's SecAgg+ neighbours, each certified by the enrollment authority."""
+
+    round_id: int
+    device_ids: tuple[str, ...]
+    identity_keys: tuple[bytes, ...]
+    certificates: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        if not len(self.device_ids) == len(self.identity_keys) == len(self.certificates):
+            raise ValueError("one identity key and one certificate per device")

@@ -1,0 +1,145 @@
+"""SecAgg+ as the round engine's aggregation: the coordinator learns only the sum.
+
+Wraps :class:`agent.core.secagg.server.SecAggServer` in the :class:`~coordinator.engine.Aggregation`
+interface. Parameters (k, t) are derived from the cohort size, the expected dropout rate and the
+assumed corrupt fraction; the server refuses to release a sum of fewer than
+``max(min_cohort, plan.noise_clients)`` inputs, so distributed DP noise is never thinner than
+planned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from agent.core.messages.rounds import Peers, RoundPlan
+from agent.core.secagg.graph import neighbour_table
+from agent.core.secagg.params import InvalidParams, SecAggParams, derive_params, params_bounds
+from agent.core.secagg.quantize import max_abs_int
+from agent.core.secagg.server import SecAggServer
+from agent.core.secagg.stages import Stage
+from coordinator.engine import Aggregation, Outbound
+
+log = logging.getLogger(__name__)
+
+#: Issues the enrollment certificate of a device's identity key (None: no certified peer lists).
+CertificateLookup = Callable[[str], bytes]
+
+
+def choose_params(n: int, dropout_rate: float, corrupt_fraction: float, dim: int, bits: int, minimum: int) -> SecAggParams:
+    """SecAgg+ parameters meeting 2^-40 privacy and 2^-20 failure bounds; for cohorts too small
+    for any sparse graph to meet them, the complete graph with an honest-majority threshold
+    (classic SecAgg), with its weaker bounds logged."""
+    try:
+        return derive_params(n, dropout_rate, corrupt_fraction, dim, bits=bits, min_clients=minimum)
+    except InvalidParams:
+        k = n - 1
+        # the largest threshold whose failure bound stays under 2^-10: privacy grows with t
+        t = k // 2 + 1
+        for cand in range(k, k // 2, -1):
+            if params_bounds(SecAggParams(n, k, cand, dim, bits, 1), dropout_rate, corrupt_fraction).failure <= 2**-10:
+                t = cand
+                break
+        p = SecAggParams(n, k, t, dim, bits, max(minimum, 1))
+        b = params_bounds(p, dropout_rate, corrupt_fraction)
+        log.warning(
+            "cohort of %d is too small for the 2^-40 bound: complete graph, t=%d (failure<=%.2g, privacy<=%.2g)",
+            n, p.threshold, b.failure, b.privacy,
+        )
+        return p
+
+
+class SecureAggregation(Aggregation):
+    """The SecAgg+ stages behind the engine's aggregation interface."""
+
+    first_stage = Stage.ADVERTISE_KEYS.value
+
+    def __init__(
+        self,
+        plan: RoundPlan,
+        round_id: int,
+        roster: Mapping[str, bytes],
+        length: int,
+        clock: Callable[[], float],
+        *,
+        min_cohort: int,
+        dropout_rate: float = 0.1,
+        corrupt_fraction: float = 0.05,
+        certificates: CertificateLookup | None = None,
+        params: SecAggParams | None = None,
+    ) -> None:
+        n = len(roster)
+        minimum = min(n, max(min_cohort, plan.noise_clients if plan.dp_mode == "distributed" else 1, 2))
+        self.params = params or choose_params(n, dropout_rate, corrupt_fraction, length, plan.quant_bits, minimum)
+        self.server = SecAggServer(
+            self.params,
+            round_id,
+            roster,
+            max_abs_int=max_abs_int(plan.quant_range, plan.quant_scale),
+            clock=clock,
+        )
+        self.round_id = round_id
+        self._roster = dict(roster)
+        self._certificates = certificates
+        self._dropped: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ interface
+
+    @property
+    def stage(self) -> str:
+        return self.server.stage.value if self.server.stage else "none"
+
+    @property
+    def finished(self) -> bool:
+        return self.server.stage is Stage.DONE
+
+    def start(self, cohort: Sequence[str], now: float) -> list[Outbound]:
+        config = self.server.start()
+        out: list[Outbound] = []
+        if self._certificates is not None:
+            ids = config.roster_ids
+            table = neighbour_table(config.graph_seed, self.params.num_clients, self.params.neighbours)
+            for i, d in enumerate(ids):
+                nbrs = [ids[j] for j in table[i].tolist()]
+                out.append(
+                    Outbound(
+                        d,
+                        Peers(
+                            self.round_id,
+                            tuple(nbrs),
+                            tuple(self._roster[x] for x in nbrs),
+                            tuple(self._certificates(x) for x in nbrs),
+                        ),
+                    )
+                )
+        out += [Outbound(d, config) for d in config.roster_ids]
+        return out
+
+    def receive(self, device_id: str, msg: Any, now: float) -> list[Outbound]:
+        self.server.receive(msg)
+        if self.server.ready():
+            return self.close_stage(now)
+        return []
+
+    def answered_first_stage(self) -> int:
+        if self.server.stage is not Stage.ADVERTISE_KEYS:
+            return self.params.num_clients
+        return self.params.num_clients - len(self.server.expected())
+
+    def close_stage(self, now: float) -> list[Outbound]:
+        stage = self.stage
+        missing = len(self.server.expected())
+        if missing:
+            self._dropped[stage] = self._dropped.get(stage, 0) + missing
+        requests = self.server.close_stage()  # RoundFailed names the stage and the counts
+        return [Outbound(d, m) for d, m in requests.items()]
+
+    def result(self) -> tuple[np.ndarray, list[str]]:
+        r = self.server.result()
+        return r.total, list(r.survivors)
+
+    def dropped(self) -> dict[str, int]:
+        return dict(self._dropped)
