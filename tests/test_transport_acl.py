@@ -118,3 +118,20 @@ def test_per_device_password_credentials(mosquitto_passwords: MosquittoProcess, 
             MqttTransport(TransportConfig(url, "dev-x", username=user, password=pw, protocol=protocol,
                                           connect_timeout_s=10)).connect()
         assert time.monotonic() - t0 < 5
+
+
+def test_shipped_queue_limit_keeps_more_than_mosquittos_default(
+    mosquitto_tls: TlsBroker, made: list[MqttTransport]  # noqa: F811
+) -> None:
+    """Mosquitto's default keeps 1,000 queued messages per offline client and drops the rest
+    silently; the shipped config keeps a whole cohort's worth."""
+    dev = connect(made, mosquitto_tls.config("dev-a"))
+    dev.subscribe(topics.device_in("dev-a"))
+    dev.close()
+    coord = connect(made, mosquitto_tls.config("coordinator"))
+    n = 1500
+    msg = payload(20)
+    for _ in range(n):
+        coord.publish(topics.device_in("dev-a"), msg)  # acknowledged whether kept or not
+    dev.connect()
+    assert len(drain(dev, 1.0)) == n
