@@ -30,7 +30,7 @@ import numpy as np
 from agent.core.errors import ConfigError, RoundFailed
 from coordinator.broker import EmbeddedBroker
 from coordinator.config import ServiceConfig
-from coordinator.enrollment import enroll
+from coordinator.enrollment import authority_public_hex, enroll
 from coordinator.plan import TrainingConfig
 from coordinator.service import CoordinatorService, RoundReport, serve
 from coordinator.store import Store
@@ -144,6 +144,8 @@ class DemoAgent:
     db: Path
     data: Path
     identity_hex: str
+    #: the stand-in agent's identity seed (hex); the daemon keeps its own in its store
+    identity_seed: str = ""
 
 
 def prepare_agents(cfg: DemoConfig, work: Path, broker_url: str) -> tuple[list[DemoAgent], Path]:
@@ -173,20 +175,23 @@ def prepare_agents(cfg: DemoConfig, work: Path, broker_url: str) -> tuple[list[D
             out = subprocess.run(_agent_cli("identity", "--profile", str(profile)), check=True, capture_output=True,
                                  text=True, timeout=60)
             identity = out.stdout.strip().split()[-1]
+            seed = ""
         else:
-            identity = IdentityKey.generate().public_bytes().hex()  # the stand-in agent signs nothing
-        agents.append(DemoAgent(dev, profile, db, data, identity))
+            key = IdentityKey.generate()
+            identity, seed = key.public_bytes().hex(), key.private_bytes().hex()
+        agents.append(DemoAgent(dev, profile, db, data, identity, seed))
     return agents, test_path
 
 
-def agent_command(agent: DemoAgent, broker_url: str, protocol: str, index: int) -> list[str]:
+def agent_command(agent: DemoAgent, broker_url: str, protocol: str, index: int, authority_hex: str) -> list[str]:
     """``fedge-agent run`` for one agent, or the test suite's stand-in loop where no daemon is installed."""
     if daemon_available():
         return _agent_cli("--log-level", "WARNING", "run", "--profile", str(agent.profile))
     if not (ROOT / "tests" / "service_agent.py").exists():
         raise ConfigError("this install has no agent daemon (fedge-agent run) to run the demo with")
     return [sys.executable, "-m", "tests.service_agent", "--broker", broker_url, "--device-id", agent.device_id,
-            "--data", str(agent.data), "--protocol", protocol, "--seed", str(index)]
+            "--data", str(agent.data), "--protocol", protocol, "--seed", str(index),
+            "--identity-seed", agent.identity_seed, "--authority", authority_hex]
 
 
 class AgentFleet:
@@ -244,11 +249,12 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> list[Ro
         try:
             for a in agents:
                 enroll(store, a.device_id, a.identity_hex, "pi4", ("demo",))
+            authority_hex = authority_public_hex(store)
         finally:
             store.close()
         if not daemon_available():
             echo("demo: fedge-agent run is not installed here; using the test suite's stand-in agent loop")
-        fleet = AgentFleet([agent_command(a, url, protocol, i) for i, a in enumerate(agents)], work).start()
+        fleet = AgentFleet([agent_command(a, url, protocol, i, authority_hex) for i, a in enumerate(agents)], work).start()
         service_cfg = ServiceConfig(
             db_path=str(db), training=cfg.training, broker_url=url, rounds=cfg.rounds,
             checkin_window_s=cfg.checkin_window_s, population=cfg.agents, epsilon_budget=cfg.epsilon_budget,

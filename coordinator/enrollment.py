@@ -1,7 +1,11 @@
 """Device enrollment: which devices may take part, with their Ed25519 identity key, class and tags.
 
 The service rejects every message from a device that is not enrolled here or was revoked
-(:meth:`coordinator.store.Store.require_device`). Fleet operations build on these three calls.
+(:meth:`coordinator.store.Store.require_device`). Enrolling also issues the device a certificate
+from the enrollment authority (:mod:`agent.core.certs`): SecAgg+ peers check each other's keys
+against the authority's public key, which a device receives when it is enrolled. The authority's
+key is generated on first use and kept in the coordinator's store (one row); a deployment that
+does not trust its coordinator should keep it elsewhere. Fleet operations build on these calls.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from agent.core.certs import issue_certificate
+from agent.core.crypto import IdentityKey
 from agent.core.crypto.identity import PUBLIC_BYTES
-from agent.core.errors import ConfigError
+from agent.core.errors import ConfigError, ProtocolError
 from agent.core.topics import check_device_id
 from coordinator.store import Store
 
@@ -94,11 +100,45 @@ def enroll(
             "tags": json.dumps(sorted(set(tags))),
             "enrolled_at": clock(),
             "revoked": 0,
+            "certificate": issue_certificate(authority(store, clock), device_id, key),
         },
         pk="device_id",
     )
     log.info("enrolled (%s)", device_class, extra={"device": device_id})
     return get_device(store, device_id)
+
+
+def authority(store: Store, clock: Callable[[], float] = time.time) -> IdentityKey:
+    """The enrollment authority's key: created (from OS randomness) on first use, then loaded."""
+    row = store.db.execute("select private_key from enrollment_authority where id = 1").fetchone()
+    if row is not None:
+        return IdentityKey.from_private_bytes(row[0])
+    key = IdentityKey.generate()
+    with store.db.conn:
+        store.db.execute(
+            "insert into enrollment_authority (id, private_key, created) values (1, ?, ?)", [key.private_bytes(), clock()]
+        )
+    log.info("enrollment authority created: %s", key.public_bytes().hex())
+    return key
+
+
+def authority_public_hex(store: Store) -> str:
+    """What a device must trust to check its peers' certificates (``fedge-agent`` takes it at init)."""
+    return authority(store).public_bytes().hex()
+
+
+def certificate(store: Store, device_id: str) -> bytes:
+    """The enrolled device's certificate (ProtocolError via require_device if unknown or revoked)."""
+    row = store.require_device(device_id)
+    cert = row.get("certificate")
+    if not cert:
+        raise ProtocolError(f"device {device_id!r} has no enrollment certificate; enroll it again")
+    return bytes(cert)
+
+
+def identities(store: Store, device_ids: Sequence[str]) -> dict[str, bytes]:
+    """Identity public keys of enrolled, unrevoked devices (ProtocolError for any other)."""
+    return {d: bytes(store.require_device(d)["identity_public"]) for d in device_ids}
 
 
 def revoke(store: Store, device_id: str) -> Device:

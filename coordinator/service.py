@@ -38,7 +38,7 @@ from agent.core.update import noise_plan, privacy_config
 from coordinator.broker import EmbeddedBroker
 from coordinator.config import ServiceConfig
 from coordinator.engine import Aggregation, Outbound, PlainAggregation, RoundEngine, RoundSettings, RoundStatus, expected_length
-from coordinator.enrollment import active_ids
+from coordinator.enrollment import active_ids, certificate, identities
 from coordinator.pacing import Pacer
 from coordinator.plan import make_plan
 from coordinator.privacy_budget import CampaignBudget
@@ -84,10 +84,10 @@ class RoundReport:
 def secure_available() -> bool:
     """Whether SecAgg+ on the coordinator (``coordinator/secure.py``) is installed."""
     try:
-        import coordinator.secure  # noqa: F401
+        from coordinator import secure
     except ImportError:
         return False
-    return True
+    return hasattr(secure, "SecureAggregation")
 
 
 def load_eval_data(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -431,9 +431,13 @@ class CoordinatorService:
         length = expected_length(model.weights)
         if not plan.secagg:
             return PlainAggregation(length, plan.quant_bits, settings.goal, settings.min_cohort)
-        from coordinator import secure
+        from coordinator.secure import SecureAggregation
 
-        return secure.for_round(self._store(), plan, length, cohort, settings, self.rng)  # type: ignore[attr-defined]
+        store = self._store()
+        return SecureAggregation(
+            plan, self._round_id or 0, identities(store, cohort), length, self.clock,
+            min_cohort=settings.min_cohort, certificates=lambda d: certificate(store, d),
+        )
 
     def _abandon_early(self, rid: int, model: ModelRecord, reason: str) -> RoundReport:
         store = self._store()

@@ -75,16 +75,18 @@ def devices() -> None:
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
 @db_option
 def devices_enroll(device_id: str, identity_hex: str, device_class: str, tags: tuple[str, ...], db: str) -> None:
-    """Enroll a device with its identity key."""
-    from coordinator.enrollment import enroll
+    """Enroll a device with its identity key; prints the enrollment authority key the device must trust."""
+    from coordinator.enrollment import authority_public_hex, enroll
     from coordinator.store import Store
 
     store = Store(db)
     try:
         d = enroll(store, device_id, identity_hex, device_class, tags)
+        auth = authority_public_hex(store)
     finally:
         store.close()
     click.echo(f"enrolled {d.device_id} ({d.device_class}) identity {d.identity_hex[:16]}...")
+    click.echo(f"enrollment authority {auth}")
 
 
 @devices.command("list")

@@ -106,9 +106,19 @@ def _m002_service(db: sqlite_utils.Database) -> None:
     db["uploads"].add_column("reason", str)
 
 
+def _m003_enrollment_authority(db: sqlite_utils.Database) -> None:
+    """The enrollment authority's signing key (one row) and each device's certificate from it."""
+    db.execute(
+        "create table enrollment_authority (id integer primary key check (id = 1), private_key blob not null,"
+        " created real not null)"
+    )
+    db["devices"].add_column("certificate", bytes)
+
+
 MIGRATIONS: list[migrations.Migration] = [
     ("001_core", _m001_core),
     ("002_service", _m002_service),
+    ("003_enrollment_authority", _m003_enrollment_authority),
 ]
 
 

@@ -20,7 +20,9 @@ from agent.core import logs, topics, wire
 from agent.core.errors import FedgeError
 from agent.core.messages.rounds import CheckIn, RoundAnnounce, RoundEnd, Task
 from agent.core.transport import TransportConfig, open_transport
+from agent.core.crypto import IdentityKey
 from agent.participant import Participant
+from agent.secure import PeerDirectory, secagg_factory
 from tests.round_fixtures import make_train_fn, trainer_for
 
 log = logging.getLogger("service_agent")
@@ -30,12 +32,14 @@ class AgentLoop:
     """Check in, train, upload; one participant per round; stops on ``stop``."""
 
     def __init__(self, broker: str, device_id: str, x: np.ndarray, y: np.ndarray, *, protocol: str = "5",
-                 model: str = "mlp", seed: int = 0, eligible: bool = True) -> None:
+                 model: str = "mlp", seed: int = 0, eligible: bool = True,
+                 identity: IdentityKey | None = None, authority: bytes | None = None) -> None:
         self.device_id = device_id
         self.data = (x, y)
         self.trainer = trainer_for(model)
         self.seed = seed
         self.eligible = eligible
+        self.identity, self.authority = identity, authority
         self.stop = threading.Event()
         self.cfg = TransportConfig(broker_url=broker, client_id=device_id, protocol=protocol)
         self.transport = open_transport(self.cfg)
@@ -78,7 +82,12 @@ class AgentLoop:
             p = self.participants.get(msg.round_id)
             if p is None:
                 train = make_train_fn(self.trainer, self.data, self.seed)
-                p = self.participants[msg.round_id] = Participant(self.device_id, train, np.random.default_rng())
+                factory = directory = None
+                if self.identity is not None and self.authority is not None:
+                    directory = PeerDirectory(self.authority)
+                    factory = secagg_factory(self.device_id, self.identity, directory)
+                p = self.participants[msg.round_id] = Participant(
+                    self.device_id, train, np.random.default_rng(), factory, peers=directory)
             for reply in p.handle(msg):
                 self.send(reply)
         else:
@@ -97,11 +106,15 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--protocol", default="5")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--identity-seed", default=None, help="hex private seed of the device's identity (SecAgg+)")
+    ap.add_argument("--authority", default=None, help="hex public key of the enrollment authority (SecAgg+)")
     a = ap.parse_args()
     logs.configure("WARNING")
     with np.load(a.data) as f:
         x, y = f["x"], f["y"]
-    loop = AgentLoop(a.broker, a.device_id, x, y, protocol=a.protocol, seed=a.seed)
+    identity = IdentityKey.from_private_bytes(bytes.fromhex(a.identity_seed)) if a.identity_seed else None
+    authority = bytes.fromhex(a.authority) if a.authority else None
+    loop = AgentLoop(a.broker, a.device_id, x, y, protocol=a.protocol, seed=a.seed, identity=identity, authority=authority)
     signal.signal(signal.SIGTERM, lambda *_: loop.stop.set())
     try:
         loop.run()

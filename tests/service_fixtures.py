@@ -18,7 +18,7 @@ import numpy as np
 
 from agent.core.crypto import IdentityKey
 from coordinator.config import ServiceConfig
-from coordinator.enrollment import enroll
+from coordinator.enrollment import authority, enroll
 from coordinator.plan import TrainingConfig
 from coordinator.store import Store
 from tests.round_fixtures import digits_split
@@ -33,26 +33,31 @@ class Fleet:
     devices: tuple[str, ...]
     data: dict[str, Path]
     test_data: Path
+    keys: dict[str, bytes]  # identity private seeds
+    authority: bytes  # enrollment authority public key
 
 
 def make_fleet(tmp: Path, n: int, *, seed: int = 0, prefix: str = "dev") -> Fleet:
     """Enroll ``n`` devices (fresh Ed25519 keys) in a new coordinator db; one digits shard each."""
     parts, test = digits_split(n, seed)
     db = tmp / "coordinator.db"
-    data = {}
+    data, keys = {}, {}
     with_store = Store(str(db))
     try:
         for i, (x, y) in enumerate(parts):
             dev = f"{prefix}-{i:02d}"
-            enroll(with_store, dev, IdentityKey.generate().public_bytes().hex(), "pi4")
+            key = IdentityKey.generate()
+            enroll(with_store, dev, key.public_bytes().hex(), "pi4")
+            keys[dev] = key.private_bytes()
             p = tmp / f"{dev}.npz"
             np.savez(p, x=x, y=y)
             data[dev] = p
+        auth = authority(with_store).public_bytes()
     finally:
         with_store.close()
     tp = tmp / "test.npz"
     np.savez(tp, x=test[0], y=test[1])
-    return Fleet(db, tuple(data), data, tp)
+    return Fleet(db, tuple(data), data, tp, keys, auth)
 
 
 def service_config(fleet: Fleet, broker_url: str | None, **kw: object) -> ServiceConfig:
@@ -79,7 +84,8 @@ class AgentProcesses:
         for i, d in enumerate(self.devices):
             self.procs[d] = subprocess.Popen(
                 [sys.executable, "-m", "tests.service_agent", "--broker", self.url, "--device-id", d,
-                 "--data", str(self.fleet.data[d]), "--protocol", self.protocol, "--seed", str(i)],
+                 "--data", str(self.fleet.data[d]), "--protocol", self.protocol, "--seed", str(i),
+                 "--identity-seed", self.fleet.keys[d].hex(), "--authority", self.fleet.authority.hex()],
                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )
         return self
@@ -112,7 +118,9 @@ class AgentThreads:
         self.loops = []
         for i, d in enumerate(devices or fleet.devices):
             with np.load(fleet.data[d]) as f:
-                self.loops.append(AgentLoop(url, d, f["x"], f["y"], protocol=protocol, seed=i))
+                self.loops.append(AgentLoop(url, d, f["x"], f["y"], protocol=protocol, seed=i,
+                                            identity=IdentityKey.from_private_bytes(fleet.keys[d]),
+                                            authority=fleet.authority))
         self.threads = [threading.Thread(target=lp.run, daemon=True) for lp in self.loops]
 
     def __enter__(self) -> AgentThreads:
