@@ -38,6 +38,9 @@ def _register_overrides() -> None:
 
     from agent.core.messages.transport import Chunk
 
+    from agent.core.secagg.params import SecAggParams
+
+    OVERRIDES[SecAggParams] = _secagg_params()
     OVERRIDES[Chunk] = st.builds(
         lambda tid, count, data, extra, digest, pick: Chunk(tid, pick % count, count, len(data) + extra, digest, data),
         st.text(min_size=1, max_size=16),
@@ -69,6 +72,22 @@ def _register_overrides() -> None:
         delta=st.floats(min_value=1e-12, max_value=0.5),
         deadline_s=pos,
     )
+
+
+
+def _secagg_params() -> st.SearchStrategy[Any]:
+    """Valid SecAggParams: k even (or n - 1), k/2 < t <= k."""
+    from agent.core.secagg.params import SecAggParams
+
+    @st.composite
+    def build(draw: st.DrawFn) -> Any:
+        n = draw(st.integers(2, 60))
+        ks = [n - 1] + list(range(2, n - 1, 2))
+        k = draw(st.sampled_from(ks))
+        t = draw(st.integers(k // 2 + 1, k))
+        return SecAggParams(n, k, t, draw(st.integers(1, 10**6)), draw(st.integers(16, 32)), draw(st.integers(1, n)))
+
+    return build()
 
 
 def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
