@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 #: The keys every round of ``summary.json`` carries, in this order (more may follow).
 ROUND_KEYS = ("round", "accuracy", "loss", "epsilon", "delta", "participants", "dropped",
               "bytes_up", "bytes_down", "seconds")
+#: Further plain columns of ``rounds.csv``.
+EXTRA_KEYS = ("examples",)
 PLOTS = ("accuracy_vs_round.png", "accuracy_vs_epsilon.png", "accuracy_per_group.png")
 T = TypeVar("T")
 
@@ -26,6 +28,7 @@ T = TypeVar("T")
 class RoundRecord:
     """What one round cost and achieved. ``epsilon`` is None when no DP accountant ran.
 
+    ``examples`` counts the local training examples the round processed (its compute cost).
     ``dropped_per_stage`` counts ``unavailable`` and each SecAgg+ stage; ``seconds_per_stage``
     is wall-clock time of the simulator; ``group_accuracy`` maps a client group
     (``profile:pi4``, ``size:q1``) to the global model's accuracy on that group's clients.
@@ -41,6 +44,7 @@ class RoundRecord:
     bytes_up: int
     bytes_down: int
     seconds: float
+    examples: int = 0
     dropped_per_stage: dict[str, int] = field(default_factory=dict)
     seconds_per_stage: dict[str, float] = field(default_factory=dict)
     group_accuracy: dict[str, float] = field(default_factory=dict)
@@ -87,7 +91,7 @@ def write_csv(summary: Summary, out: Path) -> Path:
     stages = sorted({k for r in summary.rounds for k in r.dropped_per_stage})
     timers = sorted({k for r in summary.rounds for k in r.seconds_per_stage})
     groups = sorted({k for r in summary.rounds for k in r.group_accuracy})
-    header = [*ROUND_KEYS, *(f"dropped_{s}" for s in stages), *(f"seconds_{s}" for s in timers),
+    header = [*ROUND_KEYS, *EXTRA_KEYS, *(f"dropped_{s}" for s in stages), *(f"seconds_{s}" for s in timers),
               *(f"accuracy_{g}" for g in groups)]
     path = out / "rounds.csv"
     with path.open("w", newline="") as fh:
@@ -95,7 +99,7 @@ def write_csv(summary: Summary, out: Path) -> Path:
         w.writerow(header)
         for r in summary.rounds:
             w.writerow([
-                *("" if getattr(r, k) is None else getattr(r, k) for k in ROUND_KEYS),
+                *("" if getattr(r, k) is None else getattr(r, k) for k in (*ROUND_KEYS, *EXTRA_KEYS)),
                 *(r.dropped_per_stage.get(s, "") for s in stages),
                 *(r.seconds_per_stage.get(s, "") for s in timers),
                 *(r.group_accuracy.get(g, "") for g in groups),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 from agent.core.errors import ConfigError
 from simulations.config import SimConfig
 from simulations.datasets import load_dataset, parse_dataset_spec
+from simulations.engine import RoundEngine
 from simulations.federation import Federation, federate
 from simulations.partition import parse_partition_spec
 from simulations.population import DEFAULT_PROFILE_DIR, Population, RoundBehaviour, draw_round_behaviour, make_population
@@ -28,11 +28,6 @@ from simulations.report import RoundRecord, Summary, progress, write_report
 
 log = logging.getLogger(__name__)
 
-#: One round's client work and aggregation: (round, flat global weights, cohort behaviour, federation, rng)
-#: -> (new global weights, wall-clock seconds per stage). Swap it to run the real protocol.
-RoundEngine = Callable[
-    [int, np.ndarray, RoundBehaviour, Federation, np.random.Generator], tuple[np.ndarray, dict[str, float]]
-]
 #: Clients (at most) whose accuracy is tracked per group, and samples (at most) taken from each.
 EVAL_CLIENTS = 200
 EVAL_SAMPLES_PER_CLIENT = 200
@@ -108,18 +103,19 @@ def run(config: SimConfig, *, engine: RoundEngine | None = None, profile_dir: Pa
         cohort = np.sort(_rng(config.seed, _COHORT, r).choice(config.population, config.per_round, replace=False))
         behaviour = draw_round_behaviour(population, cohort, r, _rng(config.seed, _BEHAVIOUR, r))
         t1 = time.perf_counter()
-        weights, stage_seconds = engine(r, weights, behaviour, federation, _rng(config.seed, _TRAIN, r))
+        work = engine(r, weights, behaviour, federation, _rng(config.seed, _TRAIN, r))
+        weights = work.weights
         t2 = time.perf_counter()
         correct, loss = standin.evaluate(trainer, weights, x_test, y_test)
         group_correct, _ = standin.evaluate(trainer, weights, groups.x, groups.y)
         t3 = time.perf_counter()
         submitted = behaviour.submitted_input()
-        seconds = {"sample": t1 - t0, **stage_seconds, "evaluate": t3 - t2}
+        seconds = {"sample": t1 - t0, **work.seconds_per_stage, "evaluate": t3 - t2}
         records.append(RoundRecord(
             round=r,
             accuracy=float(correct.mean()),
             loss=loss,
-            epsilon=None,
+            epsilon=work.epsilon,
             delta=config.delta,
             participants=int(submitted.sum()),
             dropped=int(len(cohort) - submitted.sum()),
@@ -128,6 +124,7 @@ def run(config: SimConfig, *, engine: RoundEngine | None = None, profile_dir: Pa
             seconds=t3 - t0,
             dropped_per_stage=behaviour.dropped_per_stage(),
             seconds_per_stage=seconds,
+            examples=work.examples,
             group_accuracy={g: float(group_correct[m].mean()) for g, m in groups.group_of.items()},
         ))
         log.debug("round done: accuracy %.4f", records[-1].accuracy, extra={"round": r})

@@ -25,6 +25,7 @@ from agent.training import reference
 from agent.training.models import ModelSpec, load_spec
 from agent.training.trainer import Trainer, TrainResult
 from simulations.datasets import Dataset, check_model_fits
+from simulations.engine import RoundWork
 from simulations.federation import Federation
 from simulations.population import RoundBehaviour
 
@@ -141,8 +142,8 @@ class StandInFedAvg:
         self.trainer, self.epochs, self.batch_size, self.lr = trainer, epochs, batch_size, lr
 
     def __call__(self, round_: int, weights: np.ndarray, behaviour: RoundBehaviour, federation: Federation,
-                 rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
-        """New global weights from the cohort's local updates, and wall-clock seconds per stage."""
+                 rng: np.random.Generator) -> RoundWork:
+        """New global weights from the cohort's local updates (no ε: nothing is noised or accounted)."""
         t0 = time.perf_counter()
         total = np.zeros(len(weights), np.float64)
         n_total = 0
@@ -157,6 +158,6 @@ class StandInFedAvg:
         t1 = time.perf_counter()
         if n_total == 0:
             log.warning("no client update reached the server; the model is unchanged", extra={"round": round_})
-            return weights, {"train": t1 - t0, "aggregate": 0.0}
+            return RoundWork(weights, {"train": t1 - t0, "aggregate": 0.0}, 0)
         new = (weights + total / n_total).astype(np.float32)
-        return new, {"train": t1 - t0, "aggregate": time.perf_counter() - t1}
+        return RoundWork(new, {"train": t1 - t0, "aggregate": time.perf_counter() - t1}, n_total)

@@ -1,0 +1,33 @@
+"""The contract between the simulation driver and whatever runs a round's clients and aggregation.
+
+The driver samples the cohort and draws its behaviour; a :data:`RoundEngine` does the rest of the
+round (local training, privacy, masking, aggregation, accounting) and returns a :class:`RoundWork`.
+The stand-in of :mod:`simulations.standin` is one engine; the protocol engine is another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulations.federation import Federation
+from simulations.population import RoundBehaviour
+
+
+@dataclass(frozen=True, eq=False)
+class RoundWork:
+    """What one round produced: new flat global weights, wall-clock seconds per stage, examples trained on.
+
+    ``epsilon`` is the cumulative ε after this round at the run's δ, or None if nothing was accounted.
+    """
+
+    weights: np.ndarray
+    seconds_per_stage: dict[str, float]
+    examples: int
+    epsilon: float | None = None
+
+
+#: (round, flat global weights, cohort behaviour, federation, rng) -> RoundWork.
+RoundEngine = Callable[[int, np.ndarray, RoundBehaviour, Federation, np.random.Generator], RoundWork]
