@@ -10,7 +10,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from agent import identity, model_cache, outbox, round_state
+from agent import identity, model_cache, outbox, releases, round_state
 from agent.core import migrations
 from agent.core.privacy import ledger as privacy_ledger
 
@@ -32,6 +32,7 @@ MIGRATIONS: list[migrations.Migration] = [
     ("004_outbox", outbox.ensure_schema),
     ("005_model_cache", model_cache.ensure_schema),
     ("006_identity", identity.ensure_schema),
+    ("007_releases", releases.ensure_schema),
 ]
 
 

@@ -1,0 +1,285 @@
+"""The device's model releases: verify, install, evaluate, roll back, pin, and remember every rollout.
+
+The agent store keeps the current release and the one before it (for rollback), the release keys
+the device trusts (the first comes with enrollment, later ones by signed rotation), the version
+it is pinned to, and every rollout it took. A release is installed only after
+:func:`~agent.core.release.verify_release` accepted it and it ran on held-out local data; on any
+failure the previous release keeps running. The daemon passes each fleet command to
+:meth:`ReleaseManager.handle` and publishes the reports it returns on ``device_out``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sqlite_utils
+
+from agent.core import wire
+from agent.core.errors import FedgeError, ProtocolError, SecurityError
+from agent.core.messages.fleet import (
+    InstallCommand,
+    InstallReport,
+    InstallResult,
+    KeyRotation,
+    PinCommand,
+    RollbackCommand,
+    SignedRelease,
+)
+from agent.core.release import ReleaseManifest, apply_rotation, key_id, verify_signed
+
+log = logging.getLogger(__name__)
+
+CURRENT, PREVIOUS = "current", "previous"
+
+
+def ensure_schema(db: sqlite_utils.Database) -> None:
+    """Migration: trusted release keys, installed releases (current and previous), pin, rollouts taken."""
+    db.execute("create table release_keys (key_id text primary key, public blob not null, added real not null)")
+    db.execute(
+        "create table release_state (id integer primary key check (id = 1), rotation_seq integer not null,"
+        " pinned text not null)"
+    )
+    db.execute("insert into release_state (id, rotation_seq, pinned) values (1, 0, '')")
+    db.execute(
+        "create table releases (version text primary key, slot text not null unique, release blob not null,"
+        " installed real not null)"
+    )
+    db.execute(
+        "create table rollouts_taken (rollout_id text primary key, version text not null, result text not null,"
+        " at real not null)"
+    )
+
+
+@dataclass(frozen=True)
+class Installed:
+    """One installed release: its manifest and verified weights."""
+
+    manifest: ReleaseManifest
+    weights: np.ndarray
+    installed: float
+
+
+#: Evaluates a release on the device's held-out data: (accuracy, examples), or None without data.
+Evaluator = Callable[[ReleaseManifest, np.ndarray], "tuple[float, int] | None"]
+
+
+class LocalEvaluator:
+    """Runs a release in the zoo Trainer (TFLite) on the store's ``test`` split: accuracy, examples."""
+
+    def __init__(self, store: Any, num_threads: int = 1) -> None:
+        self._store = store
+        self._threads = num_threads
+        self._trainers: dict[str, Any] = {}
+
+    def __call__(self, manifest: ReleaseManifest, weights: np.ndarray) -> tuple[float, int] | None:
+        from agent.local_data import load_examples
+        from agent.training.models import load_spec
+        from agent.training.trainer import Trainer
+
+        trainer = self._trainers.get(manifest.architecture)
+        if trainer is None:
+            trainer = self._trainers[manifest.architecture] = Trainer(load_spec(manifest.architecture), self._threads)
+        x, y = load_examples(self._store, "test", trainer.spec)
+        if len(y) == 0:
+            trainer.set_flat_weights(weights)  # still proves the release loads into the interpreter
+            return None
+        ev = trainer.evaluate(weights, x, y)
+        return ev.accuracy, ev.num_examples
+
+
+class ReleaseManager:
+    """One device's releases in its agent store. Single-threaded: call from the daemon's loop."""
+
+    def __init__(
+        self, db: sqlite_utils.Database, device_id: str, *, evaluator: Evaluator | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self.device_id = device_id
+        self._evaluator = evaluator
+        self._clock = clock
+        self._extra = {"device": device_id}
+
+    # ------------------------------------------------------------------ trust
+
+    def trust_key(self, public: bytes) -> str:
+        """Trust a release key given at enrollment (out of band); return its key id."""
+        kid = key_id(public)
+        with self._db.conn:
+            self._db.execute(
+                "insert or ignore into release_keys (key_id, public, added) values (?, ?, ?)", [kid, bytes(public), self._clock()]
+            )
+        return kid
+
+    def trusted_keys(self) -> dict[str, bytes]:
+        return {r[0]: bytes(r[1]) for r in self._db.execute("select key_id, public from release_keys").fetchall()}
+
+    def apply_rotation(self, rotation: KeyRotation) -> None:
+        """Trust a new release key vouched for by a trusted one (SecurityError otherwise; trust unchanged)."""
+        seq = self._db.execute("select rotation_seq from release_state where id = 1").fetchone()[0]
+        keys = apply_rotation(self.trusted_keys(), seq, rotation)
+        with self._db.conn:
+            self._db.execute("delete from release_keys")
+            for kid, pub in keys.items():
+                self._db.execute("insert into release_keys (key_id, public, added) values (?, ?, ?)", [kid, pub, self._clock()])
+            self._db.execute("update release_state set rotation_seq = ? where id = 1", [rotation.sequence])
+        log.info("release keys rotated (sequence %d): %s", rotation.sequence, sorted(keys), extra=self._extra)
+
+    # ------------------------------------------------------------------ state
+
+    def _slot(self, slot: str) -> Installed | None:
+        row = self._db.execute("select release, installed from releases where slot = ?", [slot]).fetchone()
+        if row is None:
+            return None
+        rel = wire.decode(bytes(row[0]), expect=SignedRelease)
+        # re-check the stored bytes against the signed hash (not the key: it may have been retired since)
+        from agent.core.release import weights_sha256
+
+        if weights_sha256(rel.weights) != rel.manifest.sha256:
+            raise SecurityError("stored release is corrupt")
+        return Installed(rel.manifest, np.asarray(rel.weights, np.float32).copy(), row[1])
+
+    def current(self) -> Installed | None:
+        """The release the device runs now."""
+        return self._slot(CURRENT)
+
+    def previous(self) -> Installed | None:
+        """The release it ran before (the rollback target)."""
+        return self._slot(PREVIOUS)
+
+    def running(self) -> str:
+        """The current release's version, or ""."""
+        row = self._db.execute("select version from releases where slot = ?", [CURRENT]).fetchone()
+        return row[0] if row else ""
+
+    def pinned(self) -> str:
+        return self._db.execute("select pinned from release_state where id = 1").fetchone()[0]
+
+    def taken(self, rollout_id: str) -> str | None:
+        """The recorded result of a rollout the device took, or None."""
+        row = self._db.execute("select result from rollouts_taken where rollout_id = ?", [rollout_id]).fetchone()
+        return row[0] if row else None
+
+    # ------------------------------------------------------------------ commands
+
+    def handle(self, msg: Any) -> list[InstallReport]:
+        """Apply one fleet message; return the reports to publish on ``device_out``."""
+        if isinstance(msg, KeyRotation):
+            try:
+                self.apply_rotation(msg)
+            except SecurityError:
+                log.warning("key rotation refused", extra=self._extra)
+            return []
+        if isinstance(msg, SignedRelease):
+            return []  # a channel's retained announcement: installs come only with a rollout command
+        if getattr(msg, "device_id", None) != self.device_id:
+            raise ProtocolError("fleet command for another device")
+        if isinstance(msg, InstallCommand):
+            return [self.install(msg.release, msg.rollout_id)]
+        if isinstance(msg, RollbackCommand):
+            return [self.rollback(msg.rollout_id, msg.version)]
+        if isinstance(msg, PinCommand):
+            return [self.pin(msg.version, msg.release)]
+        raise ProtocolError(f"not a fleet command: {type(msg).__name__}")
+
+    def install(self, release: SignedRelease, rollout_id: str) -> InstallReport:
+        """Verify, evaluate and install ``release`` for ``rollout_id``; the previous release keeps
+        running on any failure. A rollout is taken at most once (pin installs pass "")."""
+        version = release.manifest.version
+        if rollout_id and self.taken(rollout_id) is not None:
+            return self._report(rollout_id, version, InstallResult.ALREADY_TAKEN, detail="rollout taken before")
+        pinned = self.pinned()
+        if pinned and pinned != version:
+            return self._report(rollout_id, version, InstallResult.PINNED, detail=f"pinned to {pinned}")
+        try:
+            weights = verify_signed(release, self.trusted_keys())
+        except SecurityError:
+            log.warning("release %s refused", version, extra=self._extra)
+            return self._done(rollout_id, version, InstallResult.REFUSED, detail="release refused")
+        current = self.current()
+        if current is not None and current.manifest.version == version:
+            return self._done(rollout_id, version, InstallResult.INSTALLED, detail="already running")
+        try:
+            metric = self._evaluate(release.manifest, weights)
+            baseline = self._evaluate(current.manifest, current.weights) if current is not None and metric else None
+        except (FedgeError, ValueError, RuntimeError, MemoryError) as e:
+            log.warning("release %s failed to install: %s", version, e, extra=self._extra)
+            return self._done(rollout_id, version, InstallResult.FAILED, detail=f"install failed: {type(e).__name__}")
+        with self._db.conn:
+            self._db.execute("delete from releases where slot = ?", [PREVIOUS])
+            self._db.execute("update releases set slot = ? where slot = ?", [PREVIOUS, CURRENT])
+            self._db.execute("delete from releases where version = ?", [version])
+            self._db.execute(
+                "insert into releases (version, slot, release, installed) values (?, ?, ?, ?)",
+                [version, CURRENT, wire.encode(release), self._clock()],
+            )
+            if rollout_id:
+                self._record(rollout_id, version, InstallResult.INSTALLED)
+        log.info("installed release %s (rollout %s)", version, rollout_id or "-", extra=self._extra)
+        return self._report(
+            rollout_id, version, InstallResult.INSTALLED, metric=metric[0] if metric else None,
+            baseline=baseline[0] if baseline else None, evaluated=metric[1] if metric else 0,
+        )
+
+    def rollback(self, rollout_id: str, version: str) -> InstallReport:
+        """Leave ``version`` for the previous release; UNCHANGED when ``version`` is not running."""
+        if self.running() != version:
+            return self._report(rollout_id, version, InstallResult.UNCHANGED, detail="not running that version")
+        if self.previous() is None:
+            return self._report(rollout_id, version, InstallResult.FAILED, detail="no previous release")
+        with self._db.conn:
+            self._db.execute("delete from releases where slot = ?", [CURRENT])
+            self._db.execute("update releases set slot = ? where slot = ?", [CURRENT, PREVIOUS])
+        log.info("rolled back from %s to %s", version, self.running(), extra=self._extra)
+        return self._report(rollout_id, version, InstallResult.ROLLED_BACK)
+
+    def pin(self, version: str, release: SignedRelease | None = None) -> InstallReport:
+        """Pin to ``version`` ("" unpins) and run it: from the previous slot, or by installing ``release``."""
+        with self._db.conn:
+            self._db.execute("update release_state set pinned = ? where id = 1", [version])
+        if not version or self.running() == version:
+            return self._report("", version, InstallResult.UNCHANGED, detail="pinned" if version else "unpinned")
+        prev = self.previous()
+        if prev is not None and prev.manifest.version == version:
+            with self._db.conn:
+                self._db.execute("update releases set slot = 'swap' where slot = ?", [CURRENT])
+                self._db.execute("update releases set slot = ? where slot = ?", [CURRENT, PREVIOUS])
+                self._db.execute("update releases set slot = ? where slot = 'swap'", [PREVIOUS])
+            return self._report("", version, InstallResult.INSTALLED, detail="pinned (previous release)")
+        if release is None:
+            return self._report("", version, InstallResult.FAILED, detail="pinned version not held")
+        return self.install(release, "")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _evaluate(self, manifest: ReleaseManifest, weights: np.ndarray) -> tuple[float, int] | None:
+        if self._evaluator is None:
+            return None
+        out = self._evaluator(manifest, weights)
+        if out is not None and not math.isfinite(out[0]):
+            raise ValueError("evaluation is not finite")
+        return out
+
+    def _record(self, rollout_id: str, version: str, result: InstallResult) -> None:
+        self._db.execute(
+            "insert or ignore into rollouts_taken (rollout_id, version, result, at) values (?, ?, ?, ?)",
+            [rollout_id, version, result.value, self._clock()],
+        )
+
+    def _done(self, rollout_id: str, version: str, result: InstallResult, detail: str = "") -> InstallReport:
+        if rollout_id:
+            with self._db.conn:
+                self._record(rollout_id, version, result)
+        return self._report(rollout_id, version, result, detail=detail)
+
+    def _report(
+        self, rollout_id: str, version: str, result: InstallResult, *, metric: float | None = None,
+        baseline: float | None = None, evaluated: int = 0, detail: str = "",
+    ) -> InstallReport:
+        return InstallReport(self.device_id, rollout_id, version, result, self.running(), metric, baseline, evaluated, detail)
