@@ -8,3 +8,5 @@ from agent.core.messages import common  # noqa: F401
 from agent.core.messages import transport  # noqa: F401
 from agent.core.messages import rounds  # noqa: F401
 from agent.core.messages import secagg  # noqa: F401
+from agent.core.messages import device  # noqa: F401
+from agent.core.messages import fleet  # noqa: F401
