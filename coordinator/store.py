@@ -21,6 +21,7 @@ import sqlite_utils
 
 from agent.core import migrations
 from agent.core.errors import ProtocolError
+from coordinator import fleet_schema
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ MIGRATIONS: list[migrations.Migration] = [
     ("001_core", _m001_core),
     ("002_service", _m002_service),
     ("003_enrollment_authority", _m003_enrollment_authority),
+    ("004_releases", fleet_schema.releases_schema),
+    ("005_rollouts", fleet_schema.rollouts_schema),
 ]
 
 
