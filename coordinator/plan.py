@@ -102,5 +102,6 @@ def make_plan(cfg: TrainingConfig, model_version: str, cohort_size: int, populat
         sampling_rate=min(1.0, cohort_size / population),
         delta=cfg.delta,
         deadline_s=cfg.train_deadline_s,
+        dp_denominator=0 if cfg.dp_mode == "off" else min(cfg.goal, cohort_size),
     )
 

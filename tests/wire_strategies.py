@@ -41,6 +41,9 @@ def _register_overrides() -> None:
     from agent.core.secagg.params import SecAggParams
 
     OVERRIDES[SecAggParams] = _secagg_params()
+    from agent.core.release import ReleaseManifest
+
+    OVERRIDES[ReleaseManifest] = _release_manifest()
     OVERRIDES[Chunk] = st.builds(
         lambda tid, count, data, extra, digest, pick: Chunk(tid, pick % count, count, len(data) + extra, digest, data),
         st.text(min_size=1, max_size=16),
@@ -52,7 +55,7 @@ def _register_overrides() -> None:
     )
     pos = st.floats(min_value=1e-6, max_value=1e6)
     OVERRIDES[RoundPlan] = st.builds(
-        RoundPlan,
+        lambda **kw: RoundPlan(**kw, dp_denominator=0 if kw["dp_mode"] == "off" else 7),
         model_name=st.text(max_size=8),
         model_version=st.text(max_size=8),
         epochs=st.integers(1, 10),
@@ -88,6 +91,19 @@ def _secagg_params() -> st.SearchStrategy[Any]:
         return SecAggParams(n, k, t, draw(st.integers(1, 10**6)), draw(st.integers(16, 32)), draw(st.integers(1, n)))
 
     return build()
+
+
+def _release_manifest() -> st.SearchStrategy[Any]:
+    """Valid ReleaseManifests: safe versions, hex hash and key id, finite metrics."""
+    from agent.core.release import ReleaseManifest
+
+    version = st.from_regex(r"\A[A-Za-z0-9_.:+-]{1,64}\Z")
+    finite = st.floats(allow_nan=False, allow_infinity=False)
+    return st.builds(
+        ReleaseManifest, version, st.just("") | version, st.text(min_size=1, max_size=16),
+        st.from_regex(r"\A[0-9a-f]{64}\Z"), st.integers(1, 2**31 - 1), st.dictionaries(st.text(max_size=8), finite, max_size=3),
+        st.lists(st.integers(0, 10**6), max_size=4).map(tuple), st.text(max_size=32), st.from_regex(r"\A[0-9a-f]{16}\Z"), finite,
+    )
 
 
 def strategy_for(tp: Any) -> st.SearchStrategy[Any]:

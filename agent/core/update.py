@@ -7,7 +7,8 @@ DP mode, add this client's discrete-Gaussian noise share in the integer ring. Th
 masked for secure aggregation or sent in the clear, so both paths share one arithmetic.
 
 Coordinator side (:func:`decode_aggregate`): dequantize the (unmasked) sum and divide by the
-total weight: FedAvg.
+total weight: FedAvg. With DP on, every weight is 1 and the divisor is the plan's fixed
+``dp_denominator`` (DP-FedAvg), so the released mean does not depend on how many survived.
 """
 
 from __future__ import annotations
@@ -98,4 +99,5 @@ def decode_aggregate(total: np.ndarray, plan: RoundPlan, dimension: int) -> Aggr
     weight = float(s[-1])
     if not (math.isfinite(weight) and weight > 0):
         raise ProtocolError(f"aggregate weight {weight} is not positive")
-    return Aggregate(mean_delta=(s[:-1] / weight).astype(np.float32), total_weight=weight)
+    denominator = plan.dp_denominator if plan.dp_mode != "off" else weight
+    return Aggregate(mean_delta=(s[:-1] / denominator).astype(np.float32), total_weight=weight)

@@ -43,6 +43,10 @@ class RoundPlan:
     sampling_rate: float
     delta: float
     deadline_s: float
+    #: with DP on, FedAvg divides the noised sum by this fixed count (the round's goal) rather
+    #: than by the number of survivors, so the released mean does not reveal that count
+    #: (DP-FedAvg, McMahan et al. 2018); 0 when DP is off
+    dp_denominator: int = 0
 
     def __post_init__(self) -> None:
         if self.dp_mode not in DP_MODES:
@@ -63,6 +67,8 @@ class RoundPlan:
             raise ValueError("sampling_rate must be in (0, 1] and delta in (0, 1)")
         if self.dp_mode == "distributed" and not self.secagg:
             raise ValueError("distributed DP requires secure aggregation")
+        if (self.dp_mode == "off") != (self.dp_denominator == 0) or self.dp_denominator < 0:
+            raise ValueError("dp_denominator must be > 0 exactly when DP is on")
 
 
 @message("round.checkin")
