@@ -33,13 +33,14 @@ class AgentLoop:
 
     def __init__(self, broker: str, device_id: str, x: np.ndarray, y: np.ndarray, *, protocol: str = "5",
                  model: str = "mlp", seed: int = 0, eligible: bool = True,
-                 identity: IdentityKey | None = None, authority: bytes | None = None) -> None:
+                 identity: IdentityKey | None = None, authority: bytes | None = None, delay_s: float = 0.0) -> None:
         self.device_id = device_id
         self.data = (x, y)
         self.trainer = trainer_for(model)
         self.seed = seed
         self.eligible = eligible
         self.identity, self.authority = identity, authority
+        self.delay_s = delay_s  # "training time" before answering a task, to hold a round open
         self.stop = threading.Event()
         self.cfg = TransportConfig(broker_url=broker, client_id=device_id, protocol=protocol)
         self.transport = open_transport(self.cfg)
@@ -79,6 +80,8 @@ class AgentLoop:
             self.ended.add(msg.round_id)
             self.participants.pop(msg.round_id, None)
         elif isinstance(msg, Task):
+            if self.stop.wait(self.delay_s):
+                return
             p = self.participants.get(msg.round_id)
             if p is None:
                 train = make_train_fn(self.trainer, self.data, self.seed)
@@ -108,13 +111,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--identity-seed", default=None, help="hex private seed of the device's identity (SecAgg+)")
     ap.add_argument("--authority", default=None, help="hex public key of the enrollment authority (SecAgg+)")
+    ap.add_argument("--delay", type=float, default=0.0, help="seconds to wait before training a task")
     a = ap.parse_args()
     logs.configure("WARNING")
     with np.load(a.data) as f:
         x, y = f["x"], f["y"]
     identity = IdentityKey.from_private_bytes(bytes.fromhex(a.identity_seed)) if a.identity_seed else None
     authority = bytes.fromhex(a.authority) if a.authority else None
-    loop = AgentLoop(a.broker, a.device_id, x, y, protocol=a.protocol, seed=a.seed, identity=identity, authority=authority)
+    loop = AgentLoop(a.broker, a.device_id, x, y, protocol=a.protocol, seed=a.seed, identity=identity, authority=authority,
+                     delay_s=a.delay)
     signal.signal(signal.SIGTERM, lambda *_: loop.stop.set())
     try:
         loop.run()

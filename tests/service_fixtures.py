@@ -74,8 +74,9 @@ def service_config(fleet: Fleet, broker_url: str | None, **kw: object) -> Servic
 class AgentProcesses:
     """One ``python -m tests.service_agent`` process per device."""
 
-    def __init__(self, fleet: Fleet, url: str, protocol: str, devices: tuple[str, ...] | None = None) -> None:
-        self.fleet, self.url, self.protocol = fleet, url, protocol
+    def __init__(self, fleet: Fleet, url: str, protocol: str, devices: tuple[str, ...] | None = None,
+                 delay_s: float = 0.0) -> None:
+        self.fleet, self.url, self.protocol, self.delay_s = fleet, url, protocol, delay_s
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.devices = devices or fleet.devices
 
@@ -85,7 +86,7 @@ class AgentProcesses:
             self.procs[d] = subprocess.Popen(
                 [sys.executable, "-m", "tests.service_agent", "--broker", self.url, "--device-id", d,
                  "--data", str(self.fleet.data[d]), "--protocol", self.protocol, "--seed", str(i),
-                 "--identity-seed", self.fleet.keys[d].hex(), "--authority", self.fleet.authority.hex()],
+                 "--identity-seed", self.fleet.keys[d].hex(), "--authority", self.fleet.authority.hex(), "--delay", str(self.delay_s)],
                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )
         return self
@@ -114,13 +115,14 @@ class AgentProcesses:
 class AgentThreads:
     """In-process agent loops (one thread each, real MQTT): cheaper than processes for unit-level tests."""
 
-    def __init__(self, fleet: Fleet, url: str, protocol: str, devices: tuple[str, ...] | None = None) -> None:
+    def __init__(self, fleet: Fleet, url: str, protocol: str, devices: tuple[str, ...] | None = None,
+                 delay_s: float = 0.0) -> None:
         self.loops = []
         for i, d in enumerate(devices or fleet.devices):
             with np.load(fleet.data[d]) as f:
                 self.loops.append(AgentLoop(url, d, f["x"], f["y"], protocol=protocol, seed=i,
                                             identity=IdentityKey.from_private_bytes(fleet.keys[d]),
-                                            authority=fleet.authority))
+                                            authority=fleet.authority, delay_s=delay_s))
         self.threads = [threading.Thread(target=lp.run, daemon=True) for lp in self.loops]
 
     def __enter__(self) -> AgentThreads:
