@@ -54,3 +54,22 @@ def load(db: sqlite_utils.Database) -> tuple[str, IdentityKey]:
     if device_id is None:
         raise ConfigError("the store has no identity yet; run `fedge-agent init --profile FILE --device-id ID` first")
     return device_id, load_or_create(db, device_id, create=False)
+
+
+def ensure_authority_schema(db: sqlite_utils.Database) -> None:
+    """Migration: the enrollment authority's public key the device trusts for SecAgg+ peers (optional)."""
+    db.execute(f"alter table {TABLE} add column authority_public blob")
+
+
+def stored_authority(db: sqlite_utils.Database) -> bytes | None:
+    """The enrollment authority's 32-byte public key, or None when the device was not given one."""
+    row = db.execute(f"select authority_public from {TABLE} where id = 1").fetchone()
+    return bytes(row[0]) if row and row[0] is not None else None
+
+
+def set_authority(db: sqlite_utils.Database, public: bytes) -> None:
+    """Trust ``public`` as the enrollment authority (after ``load_or_create``)."""
+    if len(public) != 32:
+        raise ConfigError("authority: expected a 32-byte Ed25519 public key")
+    with db.conn:
+        db.execute(f"update {TABLE} set authority_public = ? where id = 1", [public])

@@ -33,6 +33,7 @@ MIGRATIONS: list[migrations.Migration] = [
     ("005_model_cache", model_cache.ensure_schema),
     ("006_identity", identity.ensure_schema),
     ("007_releases", releases.ensure_schema),
+    ("008_identity_authority", identity.ensure_authority_schema),
 ]
 
 
