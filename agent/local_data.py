@@ -94,7 +94,7 @@ def read_examples(path: str | Path, spec: ModelSpec) -> tuple[np.ndarray, np.nda
     bad = ~np.isfinite(y) | (y != np.round(y)) | (y < 0) | (y >= spec.num_classes)
     if np.any(bad):
         i = int(np.argmax(bad))
-        raise TrainingError(f"{p}: label {y[i]!r} of example {i} is not an integer in [0, {spec.num_classes})")
+        raise TrainingError(f"{p}: label {y[i].item()} of example {i} is not an integer in [0, {spec.num_classes})")
     return x.reshape(len(x), *spec.input_shape).astype(np.float32), y.astype(np.int64)
 
 
