@@ -22,7 +22,7 @@ from simulations.datasets import load_dataset, parse_dataset_spec
 from simulations.engine import RoundEngine
 from simulations.federation import Federation, federate
 from simulations.partition import parse_partition_spec
-from simulations.population import DEFAULT_PROFILE_DIR, Population, RoundBehaviour, draw_round_behaviour, make_population
+from simulations.population import DEFAULT_PROFILE_DIR, Population, draw_round_behaviour, make_population
 from simulations import standin
 from simulations.report import RoundRecord, Summary, progress, write_report
 
