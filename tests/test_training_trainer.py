@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +165,9 @@ def test_cnn_trains_on_flat_rows_too():
 
 
 def test_runtime_selection():
+    """CI runs these tests once per runtime; FEDGE_EXPECT_RUNTIME proves which one ran."""
     assert runtime_name() in {m.split(".")[0] for m in RUNTIMES}
+    assert runtime_name() == os.environ.get("FEDGE_EXPECT_RUNTIME", runtime_name())
     with pytest.raises(TrainingError, match="unknown TFLite runtime"):
         load_interpreter(load_spec("mlp").path, runtime="onnxruntime")
     with pytest.raises(TrainingError, match="num_threads"):
