@@ -87,7 +87,7 @@ def run(config: SimConfig, *, engine: RoundEngine | None = None, profile_dir: Pa
     trainer, model_note = standin.make_trainer(config.model, data, _rng(config.seed, _INIT))
     weights = trainer.initial_weights()
     engine = engine or standin.StandInFedAvg(trainer, config.local_epochs, config.batch_size, config.learning_rate)
-    description = getattr(engine, "description", type(engine).__name__)
+    description = getattr(engine, "description", None) or getattr(engine, "__name__", type(engine).__name__)
     if isinstance(engine, standin.StandInFedAvg) and (config.dp != "off" or config.secagg):
         log.warning("the stand-in engine ignores --dp %s and --secagg: results carry no privacy", config.dp)
     x_test, y_test = federation.test_set()

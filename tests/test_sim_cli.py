@@ -89,3 +89,23 @@ def test_a_small_run_writes_the_report_and_reproduces(tmp_path) -> None:
     assert a["rounds"][-1]["accuracy"] > 0.3  # 10 classes: well above chance after 3 rounds
     for name in ("rounds.csv", "accuracy_vs_round.png", "accuracy_per_group.png"):
         assert (tmp_path / "a" / name).is_file()
+
+
+def test_a_swapped_round_engine_gets_the_cohort_and_reports_its_epsilon(tmp_path) -> None:
+    from simulations.engine import RoundWork
+
+    calls = []
+
+    def engine(round_, weights, behaviour, federation, rng):
+        calls.append((round_, len(behaviour.client_ids), federation.num_clients))
+        return RoundWork(weights, {"protocol": 0.0}, examples=7, epsilon=0.5 * round_)
+
+    config = SimConfig(population=50, per_round=20, rounds=2, model="logreg", dataset="digits",
+                       secagg=True, dp="distributed", noise_multiplier=1.0, out=str(tmp_path))
+    summary = runner.run(config, engine=engine, show_progress=False)
+    assert calls == [(1, 20, 50), (2, 20, 50)]
+    assert [r.epsilon for r in summary.rounds] == [0.5, 1.0]
+    assert [r.examples for r in summary.rounds] == [7, 7]
+    assert "protocol" in summary.rounds[0].seconds_per_stage
+    doc = json.loads((tmp_path / "summary.json").read_text())
+    assert doc["rounds"][1]["epsilon"] == 1.0 and doc["engine"] == "engine"
