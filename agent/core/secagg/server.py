@@ -238,7 +238,12 @@ class SecAggServer:
         self._need("devices shared keys with enough live holders", len(u2), self.params.min_clients)
         self._u2 = u2
         # senders[i]: the neighbours whose shares i holds (and whose pair masks i applies)
-        self._senders = {i: sorted(j for j in u2 if i in sent_to[j]) for i in u2}
+        senders: dict[int, list[int]] = {i: [] for i in u2}
+        for j in sorted(u2):
+            for i in sent_to[j]:
+                if i in u2:
+                    senders[i].append(j)
+        self._senders = senders
         self._holders = {i: [j for j in sent_to[i] if j in u2] for i in u2}
         out = {}
         for i in sorted(u2):
