@@ -135,3 +135,31 @@ class AgentThreads:
             lp.stop.set()
         for t in self.threads:
             t.join(10)
+
+
+def wait_for_row(db: Path, sql: str, args: tuple = (), timeout: float = 60.0) -> dict:
+    """Poll the coordinator's SQLite file (read-only, beside the writer) until ``sql`` returns a row."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+            conn.row_factory = sqlite3.Row
+            try:
+                row = conn.execute(sql, args).fetchone()
+            finally:
+                conn.close()
+            if row is not None:
+                return dict(row)
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"no row for {sql!r} within {timeout} s")
+
+
+def serve_command(fleet: Fleet, url: str, rounds: int, *extra: str) -> list[str]:
+    """``fedge-coordinator serve`` as a subprocess against ``url`` for this fleet."""
+    return [sys.executable, "-c", "from coordinator.cli import main; main()", "--log-level", "INFO", "serve",
+            "--db", str(fleet.db), "--broker", url, "--rounds", str(rounds), "--goal", str(len(fleet.devices)),
+            "--min-cohort", "2", "--checkin-window", "20", "--eval-data", str(fleet.test_data), *extra]
