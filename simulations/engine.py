@@ -21,12 +21,17 @@ class RoundWork:
     """What one round produced: new flat global weights, wall-clock seconds per stage, examples trained on.
 
     ``epsilon`` is the cumulative ε after this round at the run's δ, or None if nothing was accounted.
+    ``participants`` (clients in the aggregate) and ``bytes_up``/``bytes_down`` (measured traffic)
+    left None are estimated by the driver from the behaviour and the model size.
     """
 
     weights: np.ndarray
     seconds_per_stage: dict[str, float]
     examples: int
     epsilon: float | None = None
+    participants: int | None = None
+    bytes_up: int | None = None
+    bytes_down: int | None = None
 
 
 #: (round, flat global weights, cohort behaviour, federation, rng) -> RoundWork.

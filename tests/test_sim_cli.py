@@ -98,7 +98,8 @@ def test_a_swapped_round_engine_gets_the_cohort_and_reports_its_epsilon(tmp_path
 
     def engine(round_, weights, behaviour, federation, rng):
         calls.append((round_, len(behaviour.client_ids), federation.num_clients))
-        return RoundWork(weights, {"protocol": 0.0}, examples=7, epsilon=0.5 * round_)
+        return RoundWork(weights, {"protocol": 0.0}, examples=7, epsilon=0.5 * round_, participants=15,
+                         bytes_up=1234)
 
     config = SimConfig(population=50, per_round=20, rounds=2, model="logreg", dataset="digits",
                        secagg=True, dp="distributed", noise_multiplier=1.0, out=str(tmp_path))
@@ -106,6 +107,8 @@ def test_a_swapped_round_engine_gets_the_cohort_and_reports_its_epsilon(tmp_path
     assert calls == [(1, 20, 50), (2, 20, 50)]
     assert [r.epsilon for r in summary.rounds] == [0.5, 1.0]
     assert [r.examples for r in summary.rounds] == [7, 7]
+    assert [(r.participants, r.dropped, r.bytes_up) for r in summary.rounds] == [(15, 5, 1234)] * 2
+    assert summary.rounds[0].bytes_down == 20 * 4 * summary.extra["model"]["params"]  # estimated: all available
     assert "protocol" in summary.rounds[0].seconds_per_stage
     doc = json.loads((tmp_path / "summary.json").read_text())
     assert doc["rounds"][1]["epsilon"] == 1.0 and doc["engine"] == "engine"
