@@ -72,10 +72,10 @@ Evaluator = Callable[[ReleaseManifest, np.ndarray], "tuple[float, int] | None"]
 class LocalEvaluator:
     """Runs a release in the zoo Trainer (TFLite) on the store's ``test`` split: accuracy, examples."""
 
-    def __init__(self, store: Any, num_threads: int = 1) -> None:
+    def __init__(self, store: Any, num_threads: int = 1, trainers: dict[str, Any] | None = None) -> None:
         self._store = store
         self._threads = num_threads
-        self._trainers: dict[str, Any] = {}
+        self._trainers: dict[str, Any] = {} if trainers is None else trainers  # may be shared in one thread
 
     def __call__(self, manifest: ReleaseManifest, weights: np.ndarray) -> tuple[float, int] | None:
         from agent.local_data import load_examples
@@ -105,6 +105,7 @@ class ReleaseManager:
         self._evaluator = evaluator
         self._clock = clock
         self._extra = {"device": device_id}
+        self._rotations: dict[int, KeyRotation] = {}  # received, not yet applicable (in memory only)
 
     # ------------------------------------------------------------------ trust
 
@@ -130,6 +131,27 @@ class ReleaseManager:
                 self._db.execute("insert into release_keys (key_id, public, added) values (?, ?, ?)", [kid, pub, self._clock()])
             self._db.execute("update release_state set rotation_seq = ? where id = 1", [rotation.sequence])
         log.info("release keys rotated (sequence %d): %s", rotation.sequence, sorted(keys), extra=self._extra)
+
+    def _apply_pending_rotations(self) -> None:
+        """Apply held rotations in sequence order; one signed by a key trusted only after an earlier
+        rotation waits for it (retained rotations may arrive in any order)."""
+        progress = True
+        while progress and self._rotations:
+            progress = False
+            seq = self._db.execute("select rotation_seq from release_state where id = 1").fetchone()[0]
+            for n in sorted(self._rotations):
+                if n <= seq:
+                    del self._rotations[n]
+                    continue
+                try:
+                    self.apply_rotation(self._rotations[n])
+                except SecurityError:
+                    continue
+                del self._rotations[n]
+                progress = True
+                break
+        if self._rotations:
+            log.warning("key rotations %s not (yet) applicable", sorted(self._rotations), extra=self._extra)
 
     # ------------------------------------------------------------------ state
 
@@ -171,10 +193,8 @@ class ReleaseManager:
     def handle(self, msg: Any) -> list[InstallReport]:
         """Apply one fleet message; return the reports to publish on ``device_out``."""
         if isinstance(msg, KeyRotation):
-            try:
-                self.apply_rotation(msg)
-            except SecurityError:
-                log.warning("key rotation refused", extra=self._extra)
+            self._rotations[msg.sequence] = msg
+            self._apply_pending_rotations()
             return []
         if isinstance(msg, SignedRelease):
             return []  # a channel's retained announcement: installs come only with a rollout command

@@ -18,6 +18,9 @@ _DEVICE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 ROUNDS = f"{PREFIX}/rounds"
 #: Coordinator -> all devices: signed model releases (retained per release channel).
 RELEASES = f"{PREFIX}/releases"
+#: Coordinator -> all devices: release-key rotations, one retained topic per sequence number
+#: (:func:`release_key_rotation`); devices subscribe to ``RELEASE_KEYS + "/#"``.
+RELEASE_KEYS = f"{RELEASES}/keys"
 #: Coordinator liveness (retained, with a last will).
 COORDINATOR_STATUS = f"{PREFIX}/coordinator/status"
 #: Coordinator subscribes here to hear every device's uploads.
@@ -59,3 +62,10 @@ def device_of(topic: str) -> str:
     if len(parts) != 5 or "/".join(parts[:3]) != f"{PREFIX}/device" or parts[4] not in ("in", "out", "status"):
         raise ProtocolError(f"not a per-device topic: {topic!r}")
     return check_device_id(parts[3])
+
+
+def release_key_rotation(sequence: int) -> str:
+    """Retained release-key rotation number ``sequence`` (every one is kept: a device may have missed some)."""
+    if type(sequence) is not int or sequence < 1:
+        raise ProtocolError(f"invalid rotation sequence {sequence!r}")
+    return f"{RELEASE_KEYS}/{sequence}"
