@@ -155,15 +155,16 @@ def synthetic_device(alpha: float, beta: float, base_seed: int, k: int,
                      dim: int = SYNTHETIC_DIM, classes: int = SYNTHETIC_CLASSES) -> tuple[np.ndarray, np.ndarray]:
     """All samples of Synthetic(α, β) device ``k``, a pure function of ``(base_seed, k)``.
 
-    Li et al., "Federated Optimization in Heterogeneous Networks" (FedProx, MLSys 2020), §5.1 and
-    appendix C.1, after Shamir et al. (2014): u_k ~ N(0, α), B_k ~ N(0, β); W_k (classes x dim) and
+    Li et al., "Federated Optimization in Heterogeneous Networks" (FedProx, MLSys 2020), experiments
+    section (synthetic data), after Shamir et al. (2014): u_k ~ N(0, α), B_k ~ N(0, β); W_k (classes x dim) and
     b_k with entries ~ N(u_k, 1); x ~ N(v_k, Σ) with v_k entries ~ N(B_k, 1) and Σ diagonal,
     Σ_jj = j^(-1.2); y = argmax(softmax(W_k x + b_k)). Sample counts follow the authors' generator
-    (``litian96/FedProx``, ``data/synthetic_*/generate_niid.py``): lognormal(4, 2) truncated to an
+    (``litian96/FedProx``, ``data/synthetic_*/generate_synthetic.py``): lognormal(4, 2) truncated to an
     integer, plus 50. As in that code, α and β are standard deviations (the paper writes N(0, α);
     identical for the usual α, β ∈ {0, 0.5, 1}). Deviation: draws come from a per-device
     ``default_rng([base_seed, k])`` instead of one global stream, so any device can be generated
-    alone, in any order, and the set of devices is unbounded.
+    alone, in any order, and the set of devices is unbounded. Note: u_k shifts every logit alike,
+    so α changes no label (the procedure's own property, kept).
     """
     rng = np.random.default_rng([base_seed, k])
     u = rng.normal(0.0, alpha)
