@@ -99,5 +99,99 @@ def privacy_status(db: str, delta: float) -> None:
     click.echo(json.dumps(status))
 
 
+#: Exit code when the daemon cannot start (bad profile, store, identity or data): systemd's
+#: unit lists it in RestartPreventExitStatus, so a misconfigured device does not restart-loop.
+EXIT_STARTUP = 78
+
+profile_option = click.option(
+    "--profile", "profile", required=True, type=click.Path(dir_okay=False), help="The device profile (TOML)."
+)
+db_override = click.option(
+    "--db", default=None, type=click.Path(dir_okay=False), help="The agent's SQLite store [default: the profile's storage.db_path]."
+)
+
+
+@cli.command("run")
+@profile_option
+@click.option("--device-id", default=None, help="Device id [default: the one stored by init].")
+@db_override
+@click.option("--broker", default=None, help="Broker URL (mqtt:// or mqtts://) instead of the profile's.")
+@click.option("--data", default=None, type=click.Path(dir_okay=False), help="Train on this .npz/CSV instead of the store's examples.")
+@click.option("--authority", default=None, help="Enrollment authority public key (hex) instead of the stored one.")
+@click.pass_context
+def run_agent(ctx: click.Context, profile: str, device_id: str | None, db: str | None, broker: str | None,
+              data: str | None, authority: str | None) -> None:
+    """Run the agent daemon until SIGTERM/SIGINT: check in, train when eligible, upload exactly once."""
+    import sys
+
+    from agent.core.errors import FedgeError
+
+    # sqlite-utils imports pandas when it is installed; the daemon never uses it (RSS budget).
+    if "pandas" not in sys.modules:
+        sys.modules["pandas"] = None  # type: ignore[assignment]
+    from agent.config import resolve
+    from agent.daemon import AgentDaemon
+
+    try:
+        cfg = resolve(profile, device_id=device_id, db_path=db, broker_url=broker, data_path=data,
+                      log_format=ctx.find_root().meta.get("log_format", "text"), authority_hex=authority)
+        daemon = AgentDaemon(cfg)
+        daemon.startup()
+    except FedgeError as e:
+        click.echo(f"{ctx.find_root().info_name}: startup failed: {e}", err=True)
+        ctx.exit(EXIT_STARTUP)
+    ctx.exit(daemon.serve(started=True))
+
+
+@cli.command("init")
+@profile_option
+@click.option("--device-id", required=True, help="This device's id ([A-Za-z0-9_.-], at most 64).")
+@db_override
+@click.option("--authority", default=None, help="Enrollment authority public key (hex) to trust for SecAgg+ peers.")
+def init(profile: str, device_id: str, db: str | None, authority: str | None) -> None:
+    """Create the store and the device's Ed25519 identity (kept if it exists); print the public key."""
+    from agent.config import resolve
+    from agent.identity import load_or_create, set_authority
+    from agent.store import Store
+
+    cfg = resolve(profile, device_id=device_id, db_path=db, authority_hex=authority)
+    with Store(cfg.db_path) as store:
+        key = load_or_create(store.db, device_id)
+        if authority:
+            set_authority(store.db, bytes.fromhex(authority))
+    click.echo(f"{device_id} {key.public_bytes().hex()}")
+
+
+@cli.command("identity")
+@profile_option
+@db_override
+def identity_cmd(profile: str, db: str | None) -> None:
+    """Print the device id and its identity public key (hex), for enrollment."""
+    from agent.config import resolve
+    from agent.identity import load
+    from agent.store import Store
+
+    cfg = resolve(profile, db_path=db)
+    with Store(cfg.db_path) as store:
+        device_id, key = load(store.db)
+    click.echo(f"{device_id} {key.public_bytes().hex()}")
+
+
+@cli.command("status")
+@profile_option
+@db_override
+def status(profile: str, db: str | None) -> None:
+    """Print the latest round states, the outbox length and the epsilon spent, as JSON."""
+    import json
+
+    from agent.config import resolve
+    from agent.status import agent_status
+    from agent.store import Store
+
+    cfg = resolve(profile, db_path=db)
+    with Store(cfg.db_path) as store:
+        click.echo(json.dumps(agent_status(store, delta=cfg.profile.privacy.delta), indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     raise SystemExit(run(cli, "fedge-agent", argv))

@@ -1,0 +1,104 @@
+"""The agent daemon's one frozen config: resolved once from the device profile and CLI flags.
+
+Nothing reads the environment or the profile later; the daemon and the CLI pass this object down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from urllib.parse import urlsplit
+
+from agent.core.errors import ConfigError
+from agent.core.profiles import DeviceProfile, load_profile
+from agent.core.topics import check_device_id
+from agent.core.transport.base import TransportConfig
+
+LOG_FORMATS = ("text", "json")
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """Everything ``fedge-agent run`` needs; ``device_id`` None means "the id stored by init"."""
+
+    profile: DeviceProfile
+    profile_path: str
+    db_path: str
+    broker_url: str
+    device_id: str | None = None
+    data_path: str | None = None
+    log_format: str = "text"
+    #: hex Ed25519 public key of the enrollment authority (SecAgg+ peers); None: use the stored one
+    authority_hex: str | None = None
+    #: seconds between eligibility re-checks while training
+    recheck_s: float = 1.0
+    #: seconds to wait before retrying the outbox or the broker after a failure (doubles up to 60)
+    retry_s: float = 2.0
+    #: bound on a graceful stop: a publish in flight is given at most this long
+    shutdown_timeout_s: float = 10.0
+    #: per-core 1-minute load average file (tests point it elsewhere)
+    loadavg_path: str = "/proc/loadavg"
+
+    def __post_init__(self) -> None:
+        if self.device_id is not None:
+            check_device_id(self.device_id)
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log format: expected one of {LOG_FORMATS}, got {self.log_format!r}")
+        if urlsplit(self.broker_url).scheme not in ("mqtt", "mqtts"):
+            raise ConfigError(f"broker: expected an mqtt:// or mqtts:// URL, got {self.broker_url!r}")
+        if self.authority_hex is not None:
+            try:
+                if len(bytes.fromhex(self.authority_hex)) != 32:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError("authority: expected 64 hex digits (an Ed25519 public key)") from None
+        for name in ("recheck_s", "retry_s", "shutdown_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: expected a positive number of seconds")
+
+    def transport(self, device_id: str) -> TransportConfig:
+        """The broker connection: a persistent session named after the device."""
+        net = self.profile.network
+        tls = urlsplit(self.broker_url).scheme == "mqtts"
+        return TransportConfig(
+            broker_url=self.broker_url,
+            client_id=device_id,
+            username=net.username,
+            password=None,
+            tls_ca=net.tls_ca if tls else None,
+            tls_cert=net.tls_cert if tls else None,
+            tls_key=net.tls_key if tls else None,
+            keepalive_s=net.keepalive_s,
+            clean_start=False,
+            max_payload_bytes=net.max_payload_bytes,
+            chunk_bytes=min(1024 * 1024, net.max_payload_bytes),
+            max_reassembly_bytes=max(256 * 1024 * 1024, net.max_payload_bytes),
+        )
+
+
+def resolve(
+    profile_path: str | os.PathLike[str],
+    *,
+    device_id: str | None = None,
+    db_path: str | None = None,
+    broker_url: str | None = None,
+    data_path: str | None = None,
+    log_format: str = "text",
+    authority_hex: str | None = None,
+    **overrides: object,
+) -> AgentConfig:
+    """Load the profile and apply the CLI's overrides (flags win over the profile)."""
+    profile = load_profile(profile_path)
+    if data_path is not None and not os.path.isfile(data_path):
+        raise ConfigError(f"data: {data_path}: no such file")
+    return AgentConfig(
+        profile=profile,
+        profile_path=str(profile_path),
+        db_path=db_path or profile.storage.db_path,
+        broker_url=broker_url or profile.network.broker_url,
+        device_id=device_id,
+        data_path=data_path,
+        log_format=log_format,
+        authority_hex=authority_hex,
+        **overrides,  # type: ignore[arg-type]
+    )
