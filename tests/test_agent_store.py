@@ -1,0 +1,101 @@
+"""The agent's store parts on real SQLite files: the outbox survives a reopen and replays in order,
+round state drops unfinished rounds at restart, the model cache checks hashes, identities persist."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent import identity
+from agent.core.errors import ConfigError, TrainingError, TransportError
+from agent.model_cache import ModelCache
+from agent.outbox import Outbox
+from agent.round_state import RoundStates
+from agent.store import Store
+
+
+def test_outbox_survives_a_reopen_and_replays_in_order_once(tmp_path):
+    db = tmp_path / "agent.db"
+    with Store(db) as s:
+        ob = Outbox(s.db)
+        assert ob.put(1, "round.checkin", "t/out", b"a") == (1, True)
+        assert ob.put(1, "round.plain_update", "t/out", b"b")[1]
+        assert ob.put(2, "round.checkin", "t/out", b"c")[1]
+        # a second put of the same (round, stage) keeps the first payload
+        assert ob.put(1, "round.plain_update", "t/out", b"changed") == (2, False)
+    # the process "dies" before any PUBACK; a new one opens the same file
+    with Store(db) as s:
+        ob = Outbox(s.db)
+        assert len(ob) == 3
+        sent = []
+        assert ob.flush(lambda topic, payload: sent.append((topic, payload))) == 3
+        assert sent == [("t/out", b"a"), ("t/out", b"b"), ("t/out", b"c")]
+        assert len(ob) == 0
+        assert ob.flush(lambda *_: pytest.fail("nothing left to send")) == 0
+
+
+def test_outbox_keeps_what_was_not_acknowledged_and_counts_attempts(tmp_path):
+    with Store(tmp_path / "agent.db") as s:
+        ob = Outbox(s.db)
+        for i in range(3):
+            ob.put(7, f"stage{i}", "t", bytes([i]))
+        calls = []
+
+        def flaky(topic, payload):
+            calls.append(payload)
+            if payload == b"\x01":
+                raise TransportError("no PUBACK")
+
+        with pytest.raises(TransportError):
+            ob.flush(flaky)
+        left = ob.pending()
+        assert [i.stage for i in left] == ["stage1", "stage2"]  # order kept, the first one is gone
+        assert [i.attempts for i in left] == [1, 0]
+        ob.flush(lambda *_: None)
+        assert len(ob) == 0 and calls == [b"\x00", b"\x01"]
+
+
+def test_round_state_drops_unfinished_rounds_at_restart(tmp_path):
+    db = tmp_path / "agent.db"
+    with Store(db) as s:
+        rs = RoundStates(s.db, clock=lambda: 5.0)
+        rs.set(1, "round.plain_update", "ended")
+        rs.set(2, "round.plain_update", "uploaded")
+        rs.set(3, "task", "training")
+        rs.set(4, "checkin", "ineligible")
+    with Store(db) as s:
+        rs = RoundStates(s.db)
+        assert rs.drop_unfinished() == [2, 3]
+        assert rs.get(2).stage == "round.plain_update" and rs.get(2).status == "dropped"
+        assert rs.get(3).status == "dropped" and rs.get(1).status == "ended"
+        assert rs.drop_unfinished() == []
+        assert [r.round_id for r in rs.latest(2)] == [4, 3]
+
+
+def test_model_cache_keeps_the_newest_and_detects_corruption(tmp_path):
+    with Store(tmp_path / "agent.db") as s:
+        clock = iter(range(100))
+        mc = ModelCache(s.db, keep=2, clock=lambda: float(next(clock)))
+        w = np.arange(10, dtype=np.float32)
+        for v in ("v1", "v2", "v3"):
+            mc.put(v, w + int(v[1]))
+        assert mc.get("v1") is None and mc.latest_version() == "v3"
+        np.testing.assert_array_equal(mc.get("v3"), w + 3)
+        s.db.execute("update model_cache set weights = ? where version = 'v2'", [b"\0" * 40])
+        with pytest.raises(TrainingError):
+            mc.get("v2")
+
+
+def test_identity_is_created_once_and_bound_to_one_device(tmp_path):
+    db = tmp_path / "agent.db"
+    with Store(db) as s:
+        with pytest.raises(ConfigError):
+            identity.load(s.db)
+        k1 = identity.load_or_create(s.db, "dev-1")
+        identity.set_authority(s.db, bytes(range(32)))
+    with Store(db) as s:
+        dev, k2 = identity.load(s.db)
+        assert dev == "dev-1" and k2.public_bytes() == k1.public_bytes()
+        assert identity.stored_authority(s.db) == bytes(range(32))
+        with pytest.raises(ConfigError):
+            identity.load_or_create(s.db, "dev-2")
