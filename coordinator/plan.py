@@ -42,6 +42,8 @@ class TrainingConfig:
     min_cohort: int = 2
     train_deadline_s: float = 120.0
     stage_timeout_s: float = 30.0
+    #: DP-FedAvg's fixed denominator: the number of reports a round expects (0: the goal)
+    expected_reports: int = 0
 
     def __post_init__(self) -> None:
         if self.dp_mode not in DP_MODES:
@@ -102,6 +104,6 @@ def make_plan(cfg: TrainingConfig, model_version: str, cohort_size: int, populat
         sampling_rate=min(1.0, cohort_size / population),
         delta=cfg.delta,
         deadline_s=cfg.train_deadline_s,
-        dp_denominator=0 if cfg.dp_mode == "off" else min(cfg.goal, cohort_size),
+        dp_denominator=0 if cfg.dp_mode == "off" else min(cfg.expected_reports or cfg.goal, cohort_size),
     )
 
