@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 from agent.core.crypto import derive_key, transcript
@@ -29,9 +31,12 @@ def survivors_payload(digest: bytes, bitmap: bytes) -> bytes:
     return transcript("secagg/survivors", digest, bitmap)
 
 
+_SHARE_AD = struct.Struct(">16s32sii")
+
+
 def share_associated(digest: bytes, sender: int, receiver: int) -> bytes:
-    """AEAD associated data of the sealed shares from ``sender`` to ``receiver``."""
-    return transcript("secagg/share-ad", digest, sender, receiver)
+    """AEAD associated data of the sealed shares from ``sender`` to ``receiver`` (fixed layout)."""
+    return _SHARE_AD.pack(b"fedge/share-ad/1", digest, sender, receiver)
 
 
 def share_key(shared: bytes, round_id: int, i: int, j: int) -> bytes:
