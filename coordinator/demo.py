@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 BASE_PROFILE = ROOT / "firmware_configs" / "pi4.toml"
 TEST_EXAMPLES = 300
+#: Local training of the demo campaign (the rest comes from the command line).
+DEMO_TRAINING = {"epochs": 2, "batch_size": 16, "learning_rate": 0.2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +54,8 @@ class DemoConfig:
     broker_url: str | None = None
     json_path: str | None = None
     workdir: str | None = None
-    epsilon_budget: float = 10.0
-    checkin_window_s: float = 15.0
+    epsilon_budget: float = 50.0
+    checkin_window_s: float = 60.0
     seed: int = 0
     agent_start_timeout_s: float = 60.0
 
@@ -111,12 +113,14 @@ def dump_toml(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def agent_profile(broker_url: str, db_path: Path, training: TrainingConfig) -> dict[str, Any]:
+def agent_profile(broker_url: str, db_path: Path, training: TrainingConfig, protocol: str | None = None) -> dict[str, Any]:
     """The pi4 profile with this demo's broker, store and model, and eligibility that a busy laptop passes."""
     with open(BASE_PROFILE, "rb") as f:
         doc = tomllib.load(f)
     net = {k: v for k, v in doc["network"].items() if not k.startswith("tls_")}
     net["broker_url"] = broker_url
+    if protocol is not None and daemon_available(embedded=True):
+        net["protocol"] = protocol
     doc["network"] = net
     doc["storage"] = {"db_path": str(db_path)}
     doc["model"] = {"name": training.model_name, "input_shape": [64], "num_classes": 10}
@@ -128,9 +132,19 @@ def agent_profile(broker_url: str, db_path: Path, training: TrainingConfig) -> d
     return doc
 
 
-def daemon_available() -> bool:
-    """Whether this install has the agent daemon (``fedge-agent run``)."""
-    return importlib.util.find_spec("agent.daemon") is not None
+def daemon_available(embedded: bool = False) -> bool:
+    """Whether this install has an agent daemon (``fedge-agent run``) that can reach the broker.
+
+    The embedded broker (amqtt) speaks MQTT 3.1.1 only: the daemon can use it once device profiles
+    can say so (``[network] protocol``).
+    """
+    if importlib.util.find_spec("agent.daemon") is None:
+        return False
+    if not embedded:
+        return True
+    from agent.core.profiles import NetworkConfig
+
+    return "protocol" in {f.name for f in dataclasses.fields(NetworkConfig)}
 
 
 def _agent_cli(*args: str) -> list[str]:
@@ -148,7 +162,8 @@ class DemoAgent:
     identity_seed: str = ""
 
 
-def prepare_agents(cfg: DemoConfig, work: Path, broker_url: str) -> tuple[list[DemoAgent], Path]:
+def prepare_agents(cfg: DemoConfig, work: Path, broker_url: str, authority_hex: str, *,
+                   use_daemon: bool, protocol: str) -> tuple[list[DemoAgent], Path]:
     """Data shards, profiles, identities and agent stores; returns the agents and the test split file."""
     from agent.core.crypto import IdentityKey
     from agent.local_data import import_examples
@@ -166,15 +181,15 @@ def prepare_agents(cfg: DemoConfig, work: Path, broker_url: str) -> tuple[list[D
         d.mkdir()
         data, db, profile = d / "digits.npz", d / "agent.db", d / "profile.toml"
         np.savez(data, x=x, y=y)
-        profile.write_text(dump_toml(agent_profile(broker_url, db, cfg.training)))
+        profile.write_text(dump_toml(agent_profile(broker_url, db, cfg.training, protocol)))
         with AgentStore(db) as store:
             import_examples(store, data, spec, split="train", test_fraction=0.0, rng=np.random.default_rng([cfg.seed, i]))
-        if daemon_available():
-            subprocess.run(_agent_cli("init", "--profile", str(profile), "--device-id", dev), check=True,
-                           capture_output=True, timeout=60)
-            out = subprocess.run(_agent_cli("identity", "--profile", str(profile)), check=True, capture_output=True,
-                                 text=True, timeout=60)
-            identity = out.stdout.strip().split()[-1]
+        if use_daemon:
+            out = subprocess.run(_agent_cli("init", "--profile", str(profile), "--device-id", dev, "--authority", authority_hex),
+                                 capture_output=True, text=True, timeout=60)
+            if out.returncode != 0:
+                raise ConfigError(f"fedge-agent init failed for {dev}: {out.stderr.strip()[-500:]}")
+            identity = out.stdout.strip().split()[-1]  # "<device id> <public key hex>"
             seed = ""
         else:
             key = IdentityKey.generate()
@@ -183,9 +198,10 @@ def prepare_agents(cfg: DemoConfig, work: Path, broker_url: str) -> tuple[list[D
     return agents, test_path
 
 
-def agent_command(agent: DemoAgent, broker_url: str, protocol: str, index: int, authority_hex: str) -> list[str]:
-    """``fedge-agent run`` for one agent, or the test suite's stand-in loop where no daemon is installed."""
-    if daemon_available():
+def agent_command(agent: DemoAgent, broker_url: str, protocol: str, index: int, authority_hex: str,
+                  use_daemon: bool) -> list[str]:
+    """``fedge-agent run`` for one agent, or the test suite's stand-in loop where no daemon is usable."""
+    if use_daemon:
         return _agent_cli("--log-level", "WARNING", "run", "--profile", str(agent.profile))
     if not (ROOT / "tests" / "service_agent.py").exists():
         raise ConfigError("this install has no agent daemon (fedge-agent run) to run the demo with")
@@ -241,20 +257,22 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> list[Ro
             broker = EmbeddedBroker().start()
             url = broker.url
         protocol = "3.1.1" if broker is not None else "5"
+        use_daemon = daemon_available(embedded=broker is not None)
         echo(f"demo: {cfg.agents} agents, {cfg.rounds} rounds, broker {url}"
              f"{' (embedded)' if broker else ''}, dp {cfg.training.dp_mode}, secagg {'on' if cfg.training.secagg else 'off'}")
-        agents, test_path = prepare_agents(cfg, work, url)
         db = work / "coordinator.db"
         store = Store(str(db))
         try:
+            authority_hex = authority_public_hex(store)
+            agents, test_path = prepare_agents(cfg, work, url, authority_hex, use_daemon=use_daemon, protocol=protocol)
             for a in agents:
                 enroll(store, a.device_id, a.identity_hex, "pi4", ("demo",))
-            authority_hex = authority_public_hex(store)
         finally:
             store.close()
-        if not daemon_available():
-            echo("demo: fedge-agent run is not installed here; using the test suite's stand-in agent loop")
-        fleet = AgentFleet([agent_command(a, url, protocol, i, authority_hex) for i, a in enumerate(agents)], work).start()
+        if not use_daemon:
+            echo("demo: no fedge-agent run that can reach this broker; using the test suite's stand-in agent loop")
+        commands = [agent_command(a, url, protocol, i, authority_hex, use_daemon) for i, a in enumerate(agents)]
+        fleet = AgentFleet(commands, work).start()
         service_cfg = ServiceConfig(
             db_path=str(db), training=cfg.training, broker_url=url, rounds=cfg.rounds,
             checkin_window_s=cfg.checkin_window_s, population=cfg.agents, epsilon_budget=cfg.epsilon_budget,

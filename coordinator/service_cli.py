@@ -24,14 +24,16 @@ def training_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--model", default="mlp", show_default=True, help="Zoo model to train (logreg, mlp, cnn)."),
         click.option("--goal", type=int, default=None, help="Devices to aggregate per round [serve: 10; demo: --agents]."),
         click.option("--min-cohort", type=int, default=2, show_default=True, help="Fewest reports a round may aggregate."),
-        click.option("--dp", "dp_mode", type=click.Choice(["off", "local", "distributed"]), default="off", show_default=True,
-                     help="Differential privacy: off, local (noise on each device) or distributed (needs SecAgg+)."),
-        click.option("--noise-multiplier", type=float, default=1.0, show_default=True, help="Noise std / clip norm (z)."),
+        click.option("--dp", "dp_mode", type=click.Choice(["off", "local", "distributed"]), default=None,
+                     help="Differential privacy: off, local (noise on each device) or distributed (needs SecAgg+) "
+                          "[serve: off; demo: distributed with SecAgg+, else local]."),
+        click.option("--noise-multiplier", type=float, default=None, help="Noise std / clip norm (z) [serve: 1.0; demo: 0.5]."),
         click.option("--clip", "clip_norm", type=float, default=1.0, show_default=True, help="L2 clip norm of an update."),
         click.option("--secagg/--no-secagg", default=None, help="Secure aggregation (SecAgg+) [default: on when available]."),
-        click.option("--epsilon-budget", type=float, default=10.0, show_default=True,
-                     help="Campaign epsilon budget (DP on): rounds stop before it is exceeded."),
-        click.option("--checkin-window", type=float, default=10.0, show_default=True, help="Seconds devices have to check in."),
+        click.option("--epsilon-budget", type=float, default=None,
+                     help="Campaign epsilon budget (DP on): rounds stop before it is exceeded [serve: 10; demo: 50]."),
+        click.option("--checkin-window", type=float, default=None,
+                     help="Seconds devices have to check in; it closes early once every enrolled device did [serve: 10; demo: 60]."),
         click.option("--broker", "broker_url", default=None, metavar="URL",
                      help="mqtt://HOST:PORT or mqtts://... [default: start the embedded broker on 127.0.0.1]."),
         click.option("--rounds", type=int, default=None, help="Rounds to run."),
@@ -42,7 +44,7 @@ def training_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _training(model: str, goal: int, min_cohort: int, dp_mode: str, noise_multiplier: float, clip_norm: float,
-              secagg: bool | None) -> Any:
+              secagg: bool | None, **kw: Any) -> Any:
     from coordinator.plan import TrainingConfig
     from coordinator.service import secure_available
 
@@ -50,7 +52,7 @@ def _training(model: str, goal: int, min_cohort: int, dp_mode: str, noise_multip
         secagg = secure_available()
     return TrainingConfig(model_name=model, goal=goal, min_cohort=min(min_cohort, goal), dp_mode=dp_mode,
                           noise_multiplier=noise_multiplier if dp_mode != "off" else 0.0, clip_norm=clip_norm,
-                          secagg=secagg)
+                          secagg=secagg, **kw)
 
 
 def _quiet_broker_logs() -> None:
@@ -141,8 +143,8 @@ def devices_revoke(device_id: str, db: str) -> None:
 @click.option("--tls-ca", default=None, help="CA file for mqtts://.")
 @click.option("--tls-cert", default=None, help="Client certificate for mqtts://.")
 @click.option("--tls-key", default=None, help="Client key for mqtts://.")
-def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: str, noise_multiplier: float,
-              clip_norm: float, secagg: bool | None, epsilon_budget: float, checkin_window: float, broker_url: str | None,
+def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: str | None, noise_multiplier: float | None,
+              clip_norm: float, secagg: bool | None, epsilon_budget: float | None, checkin_window: float | None, broker_url: str | None,
               rounds: int | None, population: int | None, pacing_batch: int, eval_data: str | None,
               tls_ca: str | None, tls_cert: str | None, tls_key: str | None) -> None:
     """Run training rounds over MQTT (the embedded broker unless --broker); Ctrl-C stops gracefully."""
@@ -151,9 +153,10 @@ def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: s
 
     _quiet_broker_logs()
     cfg = ServiceConfig(
-        db_path=db, training=_training(model, goal or 10, min_cohort, dp_mode, noise_multiplier, clip_norm, secagg),
-        broker_url=broker_url, rounds=1 if rounds is None else rounds, checkin_window_s=checkin_window,
-        pacing_batch=pacing_batch, population=population, epsilon_budget=epsilon_budget, eval_data=eval_data,
+        db_path=db,
+        training=_training(model, goal or 10, min_cohort, dp_mode or "off", noise_multiplier or 1.0, clip_norm, secagg),
+        broker_url=broker_url, rounds=1 if rounds is None else rounds, checkin_window_s=checkin_window or 10.0,
+        pacing_batch=pacing_batch, population=population, epsilon_budget=epsilon_budget or 10.0, eval_data=eval_data,
         tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
     )
     for r in serve(CoordinatorService(cfg, on_round=lambda r: click.echo(format_round(r)))):
@@ -204,18 +207,24 @@ def rounds_cmd(db: str, as_json: bool) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help='Write {"rounds": [{round, accuracy, loss, participants, dropped, epsilon}, ...]} here.')
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Keep the demo's files here [default: a temp dir, removed].")
-def demo_cmd(agents: int, model: str, goal: int | None, min_cohort: int, dp_mode: str, noise_multiplier: float,
-             clip_norm: float, secagg: bool | None, epsilon_budget: float, checkin_window: float,
+def demo_cmd(agents: int, model: str, goal: int | None, min_cohort: int, dp_mode: str | None, noise_multiplier: float | None,
+             clip_norm: float, secagg: bool | None, epsilon_budget: float | None, checkin_window: float | None,
              broker_url: str | None, rounds: int | None, json_path: str | None, workdir: str | None) -> None:
     """Run a whole federation on this machine: broker, coordinator and AGENTS agent processes on digits."""
-    from coordinator.demo import DemoConfig, run_demo
+    from coordinator.demo import DEMO_TRAINING, DemoConfig, run_demo
+    from coordinator.service import secure_available
 
     _quiet_broker_logs()
+    if secagg is None:
+        secagg = secure_available()
+    if dp_mode is None:
+        dp_mode = "distributed" if secagg else "local"
     cfg = DemoConfig(
         agents=agents, rounds=5 if rounds is None else rounds,
-        training=_training(model, goal or agents, min_cohort, dp_mode, noise_multiplier, clip_norm, secagg),
-        broker_url=broker_url, json_path=json_path, workdir=workdir, epsilon_budget=epsilon_budget,
-        checkin_window_s=checkin_window,
+        training=_training(model, goal or agents, min_cohort, dp_mode, noise_multiplier or 0.5, clip_norm, secagg,
+                           **DEMO_TRAINING),
+        broker_url=broker_url, json_path=json_path, workdir=workdir, epsilon_budget=epsilon_budget or 50.0,
+        checkin_window_s=checkin_window or 60.0,
     )
     run_demo(cfg, echo=click.echo)
 
