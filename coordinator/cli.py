@@ -56,6 +56,11 @@ from coordinator.service_cli import COMMANDS as _SERVICE_COMMANDS  # noqa: E402
 for _command in _SERVICE_COMMANDS:
     cli.add_command(_command)
 
+from coordinator.fleet_cli import COMMANDS as _FLEET_COMMANDS  # noqa: E402
+
+for _command in _FLEET_COMMANDS:
+    cli.add_command(_command)
+
 
 def main(argv: list[str] | None = None) -> None:
     raise SystemExit(run(cli, "fedge-coordinator", argv))
