@@ -1,0 +1,51 @@
+"""Pacing: at most ``batch`` devices owe the coordinator a reply; the service admits the rest as
+slots free up, so a broker's per-client queue cannot overflow (Mosquitto drops silently past it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.core.transport.base import MQTT_311
+from coordinator.engine import Outbound
+from coordinator.pacing import Pacer
+from coordinator.service import CoordinatorService
+from coordinator.store import Store
+from tests.mqtt_fixtures import embedded_broker  # noqa: F401
+from tests.service_fixtures import AgentThreads, make_fleet, service_config
+
+
+def ob(d: str, m: str = "task") -> Outbound:
+    return Outbound(d, m)
+
+
+def test_pacer_admits_in_batches_and_frees_slots_on_replies() -> None:
+    p = Pacer(2)
+    p.push([ob("a"), ob("b"), ob("c"), ob("d")])
+    assert [o.device_id for o in p.admit()] == ["a", "b"]
+    assert p.admit() == [] and p.waiting == 2 and p.owing == 2
+    p.answered("a")
+    assert [o.device_id for o in p.admit()] == ["c"]
+    p.answered("zzz")  # a reply from a device we do not wait on frees nothing
+    assert p.admit() == []
+    p.push([ob("b", "next stage")])  # a device already owing us is never held back behind others
+    p.new_stage()
+    assert [(o.device_id, o.message) for o in p.admit()] == [("d", "task"), ("b", "next stage")]
+    with pytest.raises(ValueError):
+        Pacer(0)
+
+
+@pytest.mark.timeout(120)
+def test_service_with_a_batch_of_one_serialises_uploads(embedded_broker, tmp_path) -> None:  # noqa: F811
+    fleet = make_fleet(tmp_path, 4)
+    cfg = service_config(fleet, embedded_broker.url, rounds=1, mqtt_protocol=MQTT_311, pacing_batch=1)
+    with AgentThreads(fleet, embedded_broker.url, MQTT_311, delay_s=0.3):
+        [report] = CoordinatorService(cfg, rng=np.random.default_rng(0)).run()
+    assert report.status == "completed" and report.participants == 4
+    store = Store(str(fleet.db))
+    try:
+        t = sorted(u["received_at"] for u in store.uploads(1, "round.plain_update"))
+    finally:
+        store.close()
+    # one task at a time: each upload comes at least one "training time" (0.3 s) after the last
+    assert len(t) == 4 and min(np.diff(t)) >= 0.25, np.diff(t)
