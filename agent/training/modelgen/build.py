@@ -20,25 +20,41 @@ METADATA_NAME = "fedge_model"
 
 @dataclass(frozen=True)
 class Recipe:
-    """What defines one zoo model: its graph class, version, seed and weight shapes in order."""
+    """What defines one zoo model: its graph class, input shape, version, seed and weight shapes in order."""
 
     name: str
     architecture: str
     version: int
     seed: int
     model: type[graphs.ZooModel]
+    input_shape: tuple[int, ...]
     weights: tuple[tuple[str, tuple[int, ...]], ...]
 
 
+def logreg(name: str, width: int, seed: int, version: int = 1) -> Recipe:
+    """Multinomial logistic regression taking ``width`` flat features."""
+    return Recipe(name, f"multinomial logistic regression {width}->10", version, seed, graphs.LogReg, (width,),
+                  (("w", (width, 10)), ("b", (10,))))
+
+
+def mlp(name: str, width: int, seed: int, hidden: int = 32, version: int = 1) -> Recipe:
+    """``width`` -> ``hidden`` (ReLU) -> 10."""
+    return Recipe(name, f"mlp {width}->{hidden} relu->10", version, seed, graphs.MLP, (width,),
+                  (("w1", (width, hidden)), ("b1", (hidden,)), ("w2", (hidden, 10)), ("b2", (10,))))
+
+
+#: Every zoo model. Flat families are named ``<family><width>``, except the original 64-input pair.
+#: Seeds are fixed per model: changing one changes that model's bytes (bump its version then).
 RECIPES = {
     r.name: r
     for r in (
-        Recipe("logreg", "multinomial logistic regression 64->10", 1, 101, graphs.LogReg,
-               (("w", (64, 10)), ("b", (10,)))),
-        Recipe("mlp", "mlp 64->32 relu->10", 1, 102, graphs.MLP,
-               (("w1", (64, 32)), ("b1", (32,)), ("w2", (32, 10)), ("b2", (10,)))),
-        Recipe("cnn", "cnn 28x28x1 conv3x3x8 valid relu -> maxpool2x2 -> dense 10", 1, 103, graphs.CNN,
+        logreg("logreg", 64, 101),
+        mlp("mlp", 64, 102),
+        Recipe("cnn", "cnn 28x28x1 conv3x3x8 valid relu -> maxpool2x2 -> dense 10", 1, 103, graphs.CNN, (28, 28, 1),
                (("conv_w", (3, 3, 1, 8)), ("conv_b", (8,)), ("dense_w", (1352, 10)), ("dense_b", (10,)))),
+        # 60 features, 10 classes: Synthetic(α, β) of Li et al. (FedProx, MLSys 2020)
+        logreg("logreg60", 60, 104),
+        mlp("mlp60", 60, 105),
     )
 }
 
@@ -59,13 +75,12 @@ def initial_weights(recipe: Recipe) -> dict[str, np.ndarray]:
 
 def metadata(recipe: Recipe) -> dict:
     """The self-description stored inside the model and beside it as JSON."""
-    module = recipe.model
     return {
         "name": recipe.name,
         "architecture": recipe.architecture,
         "version": recipe.version,
-        "input_shape": [None, *module.input_shape],
-        "num_classes": module.num_classes,
+        "input_shape": [None, *recipe.input_shape],
+        "num_classes": recipe.model.num_classes,
         "weights": [{"name": n, "shape": list(s)} for n, s in recipe.weights],
         "num_params": int(sum(np.prod(s) for _, s in recipe.weights)),
         "signatures": {
@@ -80,7 +95,7 @@ def metadata(recipe: Recipe) -> dict:
 
 def convert(recipe: Recipe) -> bytes:
     """SavedModel -> TFLite with builtin ops only and resource variables; returns the flatbuffer."""
-    module = recipe.model(initial_weights(recipe))
+    module = recipe.model(initial_weights(recipe), recipe.input_shape)
     with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(module, tmp, signatures=module.signatures())
         conv = tf.lite.TFLiteConverter.from_saved_model(
@@ -111,7 +126,7 @@ def verify_gradients(recipe: Recipe, tolerance: float = 1e-5) -> float:
     the backward passes that are converted, max-pool tie-breaking included.
     """
     rng = np.random.default_rng(recipe.seed)
-    module = recipe.model(initial_weights(recipe))
+    module = recipe.model(initial_weights(recipe), recipe.input_shape)
     x = rng.uniform(0, 1, (16, *module.input_shape)).astype(np.float32)
     x[x < 0.5] = 0.0  # blank regions make exact ties in the pool windows
     y = rng.integers(0, module.num_classes, 16).astype(np.int32)

@@ -1,4 +1,4 @@
-"""The three zoo models as TensorFlow modules with hand-written backward passes.
+"""The zoo's model families as TensorFlow modules with hand-written backward passes.
 
 Why by hand: autodiff emits ``ReluGrad``, ``Conv2DBackpropFilter``, ``MaxPoolGrad`` and
 ``BroadcastGradientArgs``, which are Flex ops. The maths here mirrors
@@ -64,13 +64,16 @@ def conv3x3_filter_grad(x: tf.Tensor, dc: tf.Tensor) -> tf.Tensor:
 
 
 class ZooModel(tf.Module):
-    """Variables in a fixed order plus the four signatures; subclasses define forward and grads."""
+    """Variables in a fixed order plus the four signatures; subclasses define forward and grads.
 
-    input_shape: tuple[int, ...] = ()
+    ``input_shape`` is one example's shape (no batch dimension); the flat families take any width.
+    """
+
     num_classes = 10
 
-    def __init__(self, init: dict[str, np.ndarray]):
+    def __init__(self, init: dict[str, np.ndarray], input_shape: tuple[int, ...]):
         super().__init__()
+        self.input_shape = tuple(input_shape)
         self.names = tuple(init)
         self.vars = [tf.Variable(v.astype(np.float32), name=k) for k, v in init.items()]
 
@@ -113,9 +116,7 @@ class ZooModel(tf.Module):
 
 
 class LogReg(ZooModel):
-    """Multinomial logistic regression, 64 inputs, 10 classes."""
-
-    input_shape = (64,)
+    """Multinomial logistic regression: ``input_shape[0]`` inputs, 10 classes."""
 
     def logits(self, x, w):
         return tf.matmul(x, w[0]) + w[1]
@@ -127,9 +128,7 @@ class LogReg(ZooModel):
 
 
 class MLP(ZooModel):
-    """64 -> 32 (ReLU) -> 10."""
-
-    input_shape = (64,)
+    """``input_shape[0]`` -> hidden (ReLU) -> 10; the hidden width comes from the weights."""
 
     def _forward(self, x, w):
         a1 = tf.matmul(x, w[0]) + w[1]
@@ -149,9 +148,12 @@ class MLP(ZooModel):
 
 
 class CNN(ZooModel):
-    """28x28x1 -> conv 3x3x8 VALID (ReLU) -> 2x2 max-pool -> flatten (HWC) -> dense 10."""
+    """28x28x1 -> conv 3x3x8 VALID (ReLU) -> 2x2 max-pool -> flatten (HWC) -> dense 10 (fixed shape)."""
 
-    input_shape = (28, 28, 1)
+    def __init__(self, init: dict[str, np.ndarray], input_shape: tuple[int, ...]):
+        if tuple(input_shape) != (28, 28, 1):
+            raise ValueError(f"CNN takes 28x28x1 inputs, not {input_shape}")
+        super().__init__(init, input_shape)
 
     def _forward(self, x, w):
         c = tf.nn.conv2d(x, w[0], strides=1, padding="VALID") + w[1]
