@@ -127,8 +127,8 @@ def line_chart(chart_id: str, title: str, xs: Sequence[int], series: dict[str, S
     for frac in (0.0, 0.5, 1.0):
         y = lo + frac * (hi - lo)
         parts.append(f'<text x="{pad_l - 6}" y="{py(y) + 4:.1f}" text-anchor="end" class="tick">{_fmt(y)}</text>')
-    for x in sorted({x0, x1}):
-        parts.append(f'<text x="{px(x):.1f}" y="{height - 10}" text-anchor="middle" class="tick">round {x}</text>')
+    for x, anchor in ((x0, "start"), (x1, "end")) if x1 != x0 else ((x0, "middle"),):
+        parts.append(f'<text x="{px(x):.1f}" y="{height - 10}" text-anchor="{anchor}" class="tick">round {x}</text>')
     for i, (name, ys) in enumerate(series.items()):
         segments: list[list[str]] = [[]]
         for x, y in zip(xs, ys):
@@ -184,8 +184,8 @@ body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}h1{font-size:1.4r
 table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}
 th{background:#f3f3f3}.charts{display:flex;flex-wrap:wrap;gap:1rem}.chart{border:1px solid #ddd;background:#fff}
 .title{font-weight:600;font-size:13px}.tick{font-size:10px;fill:#555}.legend{font-size:11px}.axis{stroke:#888}
-polyline.s0,circle.s0{stroke:#1f77b4}polyline.s1,circle.s1{stroke:#d62728}circle.s0{fill:#1f77b4}circle.s1{fill:#d62728}
-polyline{stroke-width:2}rect.s0{fill:#1f77b4}rect.s1{fill:#ff7f0e}text.s0{fill:#1f77b4}text.s1{fill:#d62728}
+polyline.s0,circle.s0{stroke:#1f77b4}polyline.s1,circle.s1{stroke:#ff7f0e}circle.s0{fill:#1f77b4}circle.s1{fill:#ff7f0e}
+polyline{stroke-width:2}rect.s0{fill:#1f77b4}rect.s1{fill:#ff7f0e}text.s0{fill:#1f77b4}text.s1{fill:#ff7f0e}
 .bar{display:inline-block;width:120px;height:10px;background:#eee;vertical-align:middle;margin-right:.3rem}
 .bar span{display:block;height:10px;background:#2ca02c}.status-rolled_back,.status-aborted{color:#b00}
 .status-completed{color:#070}
