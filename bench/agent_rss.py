@@ -1,0 +1,147 @@
+"""The agent daemon's footprint: peak RSS while it trains the MLP in a real round, against a
+process that only imports the TFLite runtime and numpy (and one that also trains the same MLP
+on the same data, without the daemon), plus the CPU seconds it uses idle between rounds.
+
+Everything runs in this machine's same session: Mosquitto (or the embedded broker when no
+mosquitto binary is installed), one ``fedge-agent run`` subprocess, a test-side coordinator
+running the real RoundEngine. Peak RSS is the kernel's VmHWM of each process.
+
+Run: ``.venv/bin/python bench/agent_rss.py [--epochs N]``; the last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+
+from coordinator.broker import EmbeddedBroker, free_port  # noqa: E402
+from tests.agent_fixtures import (  # noqa: E402
+    FakeSysfs, MiniCoordinator, agent_cmd, db_rows, digits_npz, start_agent, stop, wait_for, write_profile,
+)
+
+DEV = "bench-dev"
+_HWM = "import re; print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)))"
+BASELINE = "import numpy, tflite_runtime.interpreter; " + _HWM
+TRAIN_ONLY = (
+    "import sys, numpy as np; from agent.training.models import load_spec; from agent.training.trainer import Trainer; "
+    "d = np.load(sys.argv[1]); t = Trainer(load_spec('mlp'), num_threads=1); "
+    "t.train(t.initial_weights(), d['x'], d['y'].astype(np.int32), epochs=int(sys.argv[2]), batch_size=16, "
+    "learning_rate=0.1, rng=np.random.default_rng(0)); " + _HWM
+)
+
+
+#: What each dependency group adds on top of the baseline (each in its own fresh process).
+IMPORT_GROUPS = {
+    "sqlite_utils (pandas blocked)": "import sys; sys.modules['pandas'] = None; import sqlite_utils",
+    "paho_mqtt": "import paho.mqtt.client",
+    "crypto (cryptography, pynacl)": "import agent.core.crypto",
+    "dp_accounting (scipy), via the privacy ledger": "import dp_accounting",
+    "whole daemon module": "import sys; sys.modules['pandas'] = None; import agent.daemon",
+}
+
+
+def vm_hwm_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM")
+
+
+def run_py(code: str, *args: str) -> int:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def start_broker(tmp: Path):
+    mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if os.path.exists(mosq):
+        from tests.mqtt_fixtures import MosquittoProcess
+
+        port = free_port()
+        conf = tmp / "mosquitto.conf"
+        user = "user root\n" if os.geteuid() == 0 else ""
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{user}persistence false\nlog_dest stderr\n")
+        b = MosquittoProcess(conf, port).start()
+        return b.url, b.kill
+    b = EmbeddedBroker().start()
+    return b.url, b.stop
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--idle-s", type=float, default=3.0)
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="fedge-agent-rss-"))
+    url, stop_broker = start_broker(tmp)
+    try:
+        fs = FakeSysfs(tmp / "sys").supply("AC", "Mains", online=1).zone(0, 40.0).set_metered(False)
+        db = tmp / "agent.db"
+        profile = write_profile(tmp / "profile.toml", url, db, fs)
+        data = digits_npz(tmp / "digits.npz", n=1797)
+        subprocess.run(agent_cmd("init", "--profile", str(profile), "--device-id", DEV), check=True, capture_output=True, cwd=ROOT)
+        baseline = run_py(BASELINE)
+        train_only = run_py(TRAIN_ONLY, str(data), str(a.epochs))
+        breakdown = {
+            name: round((run_py("import numpy, tflite_runtime.interpreter; " + code + "; " + _HWM) - baseline) / 1024, 1)
+            for name, code in IMPORT_GROUPS.items()
+        }
+
+        proc = start_agent(profile, tmp / "agent.log", "--data", str(data), env={"PYTHONPATH": str(ROOT)})
+        try:
+            with MiniCoordinator(url, epochs=a.epochs) as c:
+                c.announce(1)
+                wait_for(lambda: DEV in c.checkins.get(1, {}), 120, "check-in")
+                after_startup = vm_hwm_kib(proc.pid)
+                t0 = time.monotonic()
+                c.start_round(1, [DEV])
+                wait_for(lambda: c.count(1, DEV) == 1, 300, "the upload")
+                round_s = time.monotonic() - t0
+                c.end_round(1)
+                wait_for(lambda: db_rows(db, "select status from round_state where round_id = 1") == [("ended",)], 30, "end")
+                agent_peak = vm_hwm_kib(proc.pid)
+                p = psutil.Process(proc.pid)
+                time.sleep(0.5)
+                cpu0 = sum(p.cpu_times()[:2])
+                time.sleep(a.idle_s)
+                idle_cpu = sum(p.cpu_times()[:2]) - cpu0
+                rc = stop(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    finally:
+        stop_broker()
+        shutil.rmtree(tmp, ignore_errors=True)
+    result = {
+        "baseline_import_tflite_numpy_mib": round(baseline / 1024, 1),
+        "train_only_mib": round(train_only / 1024, 1),
+        "agent_after_startup_mib": round(after_startup / 1024, 1),
+        "agent_peak_training_mib": round(agent_peak / 1024, 1),
+        "agent_peak_vs_baseline": round(agent_peak / baseline, 2),
+        "agent_peak_vs_train_only": round(agent_peak / train_only, 2),
+        "target_ratio": 1.3,
+        "adds_over_baseline_mib": breakdown,
+        "idle_cpu_s": round(idle_cpu, 3),
+        "idle_window_s": a.idle_s,
+        "round_s": round(round_s, 2),
+        "epochs": a.epochs,
+        "exit_code": rc,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
