@@ -12,12 +12,21 @@ import numpy as np
 import pytest
 
 from agent.training import reference
-from agent.training.models import MODELS_DIR, list_models, load_spec
+from agent.core.errors import ConfigError
+from agent.training.models import MODELS_DIR, family_of, list_models, load_spec, model_for
 from agent.training.runtime import load_interpreter
 from agent.training.tflite_file import read_model_file
 from tests.training_fixtures import data_for
 
-MODELS = ["logreg", "mlp", "cnn"]
+MODELS = ["logreg", "mlp", "cnn", "logreg60", "mlp60"]
+#: What each model must say about itself: architecture and one example's shape.
+EXPECTED = {
+    "logreg": ("multinomial logistic regression 64->10", (64,)),
+    "mlp": ("mlp 64->32 relu->10", (64,)),
+    "cnn": ("cnn 28x28x1 conv3x3x8 valid relu -> maxpool2x2 -> dense 10", (28, 28, 1)),
+    "logreg60": ("multinomial logistic regression 60->10", (60,)),
+    "mlp60": ("mlp 60->32 relu->10", (60,)),
+}
 LR = 0.1
 
 
@@ -26,8 +35,8 @@ def runners(name: str):
     return {k: interp.get_signature_runner(k) for k in ("train", "infer", "get_weights", "set_weights")}
 
 
-def test_zoo_lists_the_three_models():
-    assert list_models() == ("cnn", "logreg", "mlp")
+def test_zoo_lists_its_five_models():
+    assert list_models() == ("cnn", "logreg", "logreg60", "mlp", "mlp60")
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -41,7 +50,8 @@ def test_model_has_only_builtin_ops_and_its_metadata(name):
     assert meta["name"] == name and meta["version"] == spec.version == 1
     assert meta["num_classes"] == 10
     assert meta["input_shape"] == [None, *spec.input_shape]
-    assert spec.input_shape == ((28, 28, 1) if name == "cnn" else (64,))
+    assert (spec.architecture, spec.input_shape) == EXPECTED[name]
+    assert spec.weight_shapes[0][0] == spec.input_shape[0] or name == "cnn"
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -173,3 +183,25 @@ def test_sidecar_and_embedded_metadata_are_checked(tmp_path):
         load_spec(model)
     with pytest.raises(TrainingError, match="no model"):
         load_spec("resnet")
+
+
+def test_model_for_picks_the_family_member_of_the_data_width():
+    assert [family_of(n) for n in list_models()] == ["cnn", "logreg", "logreg", "mlp", "mlp"]
+    assert model_for("logreg", 60).name == "logreg60" and model_for("mlp", 60).name == "mlp60"
+    assert model_for("logreg", 64).name == "logreg" and model_for("mlp", 64).name == "mlp"
+    assert model_for("cnn", 784).name == "cnn"
+    assert load_spec("mlp60").family == "mlp"
+    with pytest.raises(ConfigError, match=r"no zoo mlp model takes 61 input features \(mlp60 takes 60, mlp takes 64\)"):
+        model_for("mlp", 61)
+    with pytest.raises(ConfigError, match="no model family 'resnet'.*cnn, logreg, mlp"):
+        model_for("resnet", 60)
+
+
+def test_60_input_models_differ_from_the_64_input_ones_only_in_the_first_layer():
+    """Same family, same layers: only the first weight matrix's rows (and the seed) change."""
+    for small, big in (("logreg60", "logreg"), ("mlp60", "mlp")):
+        a, b = load_spec(small), load_spec(big)
+        assert a.weight_names == b.weight_names
+        assert a.weight_shapes[1:] == b.weight_shapes[1:]
+        assert (a.weight_shapes[0], b.weight_shapes[0]) == ((60, *b.weight_shapes[0][1:]), b.weight_shapes[0])
+        assert b.num_params - a.num_params == 4 * b.weight_shapes[0][1]

@@ -3,6 +3,9 @@
 The sidecar names the architecture, version, input shape, number of classes and the weights in
 the fixed order every flat weight vector uses. :func:`load_spec` checks it against the file's
 sha256 and against the copy embedded in the model's ``fedge_model`` metadata entry.
+
+Names are ``<family><width>`` for flat models of a non-default width (``logreg60``, ``mlp60``);
+:func:`model_for` picks the member of a family that takes a given number of features.
 """
 
 from __future__ import annotations
@@ -10,17 +13,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from agent.core.errors import TrainingError
+from agent.core.errors import ConfigError, TrainingError
 from agent.training.tflite_file import read_model_file
 
 #: Where the committed zoo lives (shipped as package data).
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 METADATA_NAME = "fedge_model"
+_NAME = re.compile(r"(?P<family>.*?)(?P<width>\d*)")
+
+
+def family_of(name: str) -> str:
+    """The architecture family of a zoo model name: ``"mlp60"`` -> ``"mlp"``, ``"cnn"`` -> ``"cnn"``."""
+    m = _NAME.fullmatch(name)
+    return m.group("family") if m and m.group("family") else name
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,11 @@ class ModelSpec:
     weight_shapes: tuple[tuple[int, ...], ...]
     num_params: int
     sha256: str
+
+    @property
+    def family(self) -> str:
+        """The architecture family (``logreg``, ``mlp``, ``cnn``): same layers, any input width."""
+        return family_of(self.name)
 
     @property
     def example_size(self) -> int:
@@ -105,3 +121,23 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
     if spec.num_params != sum(math.prod(s) for s in spec.weight_shapes):
         raise TrainingError(f"{js}: num_params does not match the weight shapes")
     return spec
+
+
+def model_for(family: str, input_width: int) -> ModelSpec:
+    """The zoo model of ``family`` (``"logreg"``, ``"mlp"``, ...) taking ``input_width`` features per example.
+
+    Lets a caller with flat data of some width (Synthetic has 60) pick the TFLite model built for
+    it instead of padding or truncating. Raises :class:`ConfigError` naming the widths the zoo has.
+    """
+    specs = [load_spec(n) for n in list_models() if family_of(n) == family]
+    if not specs:
+        families = ", ".join(sorted({family_of(n) for n in list_models()}))
+        raise ConfigError(f"no model family {family!r} in the zoo (families: {families})")
+    fits = [s for s in specs if s.example_size == input_width]
+    if not fits:
+        have = ", ".join(f"{s.name} takes {s.example_size}" for s in sorted(specs, key=lambda s: s.example_size))
+        raise ConfigError(
+            f"no zoo {family} model takes {input_width} input features ({have}); "
+            "add a recipe to agent/training/modelgen/build.py and regenerate"
+        )
+    return fits[0]

@@ -1,7 +1,8 @@
 """Numpy reference of the zoo models (forward pass and one SGD step), in float32.
 
 It mirrors ``agent/training/modelgen/graphs.py`` formula by formula, so the tests can hold
-the TFLite models to it at 1e-5. Weights are dicts keyed by the spec's weight names.
+the TFLite models to it at 1e-5. Weights are dicts keyed by the spec's weight names. Models are
+looked up by name or family (``mlp60`` runs the ``mlp`` formulas; shapes come from the weights).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
+from agent.training.models import family_of
 
 F32 = np.float32
 Weights = dict[str, np.ndarray]
@@ -102,7 +105,7 @@ _MODELS: dict[str, tuple[Callable[..., np.ndarray], Callable[..., tuple[np.float
 
 def _model(name: str):
     try:
-        return _MODELS[name]
+        return _MODELS[name] if name in _MODELS else _MODELS[family_of(name)]
     except KeyError:
         raise KeyError(f"no numpy reference for model {name!r}; known: {sorted(_MODELS)}") from None
 
