@@ -52,7 +52,7 @@ def patches3x3(x: np.ndarray) -> np.ndarray:
     return np.stack([x[:, i : i + oh, j : j + ow, 0] for i in range(3) for j in range(3)], axis=-1)
 
 
-# ------------------------------------------------------------------ the three models
+# ------------------------------------------------------------------ the model families (any input width)
 
 
 def _logreg_logits(w: Weights, x: np.ndarray) -> np.ndarray:
