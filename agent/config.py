@@ -36,6 +36,8 @@ class AgentConfig:
     retry_s: float = 2.0
     #: bound on a graceful stop: a publish in flight is given at most this long
     shutdown_timeout_s: float = 10.0
+    #: how long one connection attempt may take before it is retried later
+    connect_timeout_s: float = 10.0
     #: per-core 1-minute load average file (tests point it elsewhere)
     loadavg_path: str = "/proc/loadavg"
 
@@ -52,7 +54,7 @@ class AgentConfig:
                     raise ValueError
             except ValueError:
                 raise ConfigError("authority: expected 64 hex digits (an Ed25519 public key)") from None
-        for name in ("recheck_s", "retry_s", "shutdown_timeout_s"):
+        for name in ("recheck_s", "retry_s", "shutdown_timeout_s", "connect_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: expected a positive number of seconds")
 
@@ -73,6 +75,8 @@ class AgentConfig:
             max_payload_bytes=net.max_payload_bytes,
             chunk_bytes=min(1024 * 1024, net.max_payload_bytes),
             max_reassembly_bytes=max(256 * 1024 * 1024, net.max_payload_bytes),
+            connect_timeout_s=self.connect_timeout_s,
+            publish_timeout_s=self.shutdown_timeout_s,
         )
 
 
