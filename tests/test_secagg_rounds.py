@@ -59,11 +59,15 @@ def round_case(draw: st.DrawFn):
     k = draw(st.sampled_from(ks))
     t = draw(st.integers(k // 2 + 1, k))
     bits = draw(st.sampled_from([16, 20, 24, 32]))
-    params = SecAggParams(n, k, t, draw(st.integers(1, 24)), bits, draw(st.integers(1, max(1, n // 2))))
-    rate = draw(st.sampled_from([0.0, 0.02, 0.05, 0.1, 0.3]))
+    params = SecAggParams(n, k, t, draw(st.integers(1, 24)), bits, draw(st.integers(1, max(1, n // 4))))
+    rate = draw(st.sampled_from([0.0, 0.02, 0.05, 0.1, 0.2, 0.4]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32)))
     ids = [f"dev-{i:04d}" for i in range(n)]
-    drop = {s: {d for d in ids if rng.random() < rate / len(STAGES) * 2} for s in STAGES}
+    # the stage where devices drop is drawn per device: late stages see as many as early ones
+    drop = {s: set() for s in STAGES}
+    for d in ids:
+        if rng.random() < rate:
+            drop[STAGES[int(rng.integers(len(STAGES)))]].add(d)
     return params, drop, draw(st.binary(min_size=32, max_size=32)), draw(st.integers(0, 2**31))
 
 
