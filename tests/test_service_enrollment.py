@@ -70,11 +70,11 @@ def test_devices_cli_enroll_list_revoke(tmp_path, isolated_logging) -> None:  # 
     out = r.invoke(cli, ["devices", "enroll", "--device-id", "car-7", "--identity", k, "--class", "car", "--tag", "eu", "--db", db])
     assert out.exit_code == 0, out.output
     assert "enrolled car-7 (car)" in out.output and "enrollment authority" in out.output
-    listed = json.loads(r.invoke(cli, ["devices", "list", "--json", "--db", db]).output)
+    listed = json.loads(r.invoke(cli, ["devices", "list", "--json", "--db", db]).stdout)
     assert listed[0]["device_id"] == "car-7" and listed[0]["identity"] == k and listed[0]["tags"] == ["eu"]
     assert not listed[0]["revoked"]
     assert r.invoke(cli, ["devices", "revoke", "car-7", "--db", db]).exit_code == 0
-    table = r.invoke(cli, ["devices", "list", "--db", db]).output
+    table = r.invoke(cli, ["devices", "list", "--db", db]).stdout
     assert "car-7" in table and "revoked" in table
     bad = r.invoke(cli, ["devices", "enroll", "--device-id", "x", "--identity", "nothex", "--class", "car", "--db", db])
     assert bad.exit_code != 0

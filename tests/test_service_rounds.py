@@ -1,0 +1,89 @@
+"""Round outcomes the service records: revoked devices kept out, too few check-ins, the privacy
+budget, a restart that finds an open round, and ``fedge-coordinator rounds`` over the result."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from agent.core.transport.base import MQTT_311
+from coordinator.cli import cli
+from coordinator.enrollment import revoke
+from coordinator.service import RESTARTED, CoordinatorService
+from coordinator.store import Store
+from tests.cli_fixtures import isolated_logging  # noqa: F401
+from tests.mqtt_fixtures import embedded_broker  # noqa: F401
+from tests.service_fixtures import AgentThreads, make_fleet, service_config
+
+
+@pytest.mark.timeout(120)
+def test_revoked_device_is_rejected_and_never_selected(embedded_broker, tmp_path) -> None:  # noqa: F811
+    fleet = make_fleet(tmp_path, 4)
+    store = Store(str(fleet.db))
+    revoke(store, "dev-03")
+    store.close()
+    cfg = service_config(fleet, embedded_broker.url, rounds=1, mqtt_protocol=MQTT_311)
+    with AgentThreads(fleet, embedded_broker.url, MQTT_311):
+        [report] = CoordinatorService(cfg, rng=np.random.default_rng(0)).run()
+    assert report.status == "completed" and report.participants == 3
+    store = Store(str(fleet.db))
+    try:
+        assert "dev-03" not in store.members(1)
+        rej = [r for r in store.db["rejections"].rows if r["device_id"] == "dev-03"]
+        assert rej and {r["kind"] for r in rej} == {"unknown_device"}
+        assert not list(store.db.query("select * from uploads where device_id = 'dev-03'"))
+    finally:
+        store.close()
+
+
+@pytest.mark.timeout(60)
+def test_too_few_checkins_abandon_with_a_reason(embedded_broker, tmp_path) -> None:  # noqa: F811
+    fleet = make_fleet(tmp_path, 3)
+    cfg = service_config(fleet, embedded_broker.url, rounds=1, mqtt_protocol=MQTT_311, checkin_window_s=1.0,
+                         training=dict(min_cohort=2))
+    with AgentThreads(fleet, embedded_broker.url, MQTT_311, devices=("dev-00",)):
+        [report] = CoordinatorService(cfg).run()
+    assert report.status == "abandoned"
+    assert report.reason == "check-in: 1 eligible devices checked in, minimum cohort is 2"
+
+
+@pytest.mark.timeout(120)
+def test_privacy_budget_records_epsilon_and_stops_the_campaign(embedded_broker, tmp_path) -> None:  # noqa: F811
+    fleet = make_fleet(tmp_path, 4)
+    # local DP, z = 1, all 4 of 4 sampled, delta 1e-6: epsilon 5.22 after one round, 7.77 after two (rdp)
+    cfg = service_config(fleet, embedded_broker.url, rounds=3, mqtt_protocol=MQTT_311, epsilon_budget=6.0,
+                         training=dict(dp_mode="local", noise_multiplier=1.0, clip_norm=1.0))
+    with AgentThreads(fleet, embedded_broker.url, MQTT_311):
+        reports = CoordinatorService(cfg).run()
+    assert [r.status for r in reports] == ["completed", "abandoned"]
+    assert reports[0].epsilon == pytest.approx(5.2215, abs=1e-3)
+    assert reports[1].reason.startswith("privacy budget:") and "7.766" in reports[1].reason and "budget of 6" in reports[1].reason
+    store = Store(str(fleet.db))
+    try:
+        r1 = store.round(1)
+        assert r1["epsilon"] == pytest.approx(reports[0].epsilon) and r1["delta"] == 1e-6
+    finally:
+        store.close()
+
+
+@pytest.mark.timeout(60)
+def test_restart_abandons_the_open_round_and_rounds_cli_shows_it(embedded_broker, tmp_path, isolated_logging) -> None:  # noqa: F811
+    fleet = make_fleet(tmp_path, 2)
+    store = Store(str(fleet.db))
+    store.open_round(1, goal=2, model_in="mlp-0", plan={}, now=1.0)
+    store.add_members(1, ["dev-00", "dev-01"], 1.0)
+    store.close()
+    cfg = service_config(fleet, embedded_broker.url, rounds=1, mqtt_protocol=MQTT_311)
+    with AgentThreads(fleet, embedded_broker.url, MQTT_311):
+        [report] = CoordinatorService(cfg).run()
+    assert report.round_id == 2 and report.status == "completed"
+    out = CliRunner().invoke(cli, ["rounds", "--json", "--db", str(fleet.db)])
+    assert out.exit_code == 0, out.output
+    rounds = json.loads(out.stdout)["rounds"]
+    assert [(r["round"], r["status"], r["reason"]) for r in rounds][0] == (1, "abandoned", RESTARTED)
+    assert rounds[1]["status"] == "completed" and rounds[1]["participants"] == 2 and rounds[1]["accuracy"] > 0
+    table = CliRunner().invoke(cli, ["rounds", "--db", str(fleet.db)]).stdout
+    assert RESTARTED in table and "completed" in table
