@@ -330,15 +330,22 @@ class CoordinatorService:
         extra = {"device": device, "round": rid}
         try:
             self._apply(device, msg)
-        except ProtocolError as e:
+        except FedgeError as e:  # ProtocolError mostly; SecurityError from a bad signature, opaque
+            self._verdict(rid, device, stage, f"{type(e).__name__}: {e}")
             log.warning("rejected %s: %s", stage, e, extra=extra)
-            store.db.execute(
-                "update uploads set status = 'rejected', reason = ? where round_id = ? and device_id = ? and stage = ?",
-                [str(e), rid, device, stage],
-            )
+            return None
+        except Exception as e:  # a bug on a hostile input must not end the round for everyone else
+            self._verdict(rid, device, stage, f"internal error: {type(e).__name__}")
+            log.error("rejected %s after an internal error", stage, exc_info=True, extra=extra)
             return None
         log.debug("stored %s (%d bytes)", stage, size, extra=extra)
         return None
+
+    def _verdict(self, rid: int, device: str, stage: str, reason: str) -> None:
+        self._store().db.execute(
+            "update uploads set status = 'rejected', reason = ? where round_id = ? and device_id = ? and stage = ?",
+            [reason[:500], rid, device, stage],
+        )
 
     def _apply(self, device: str, msg: Any) -> None:
         if self._phase == "checkin":
