@@ -35,7 +35,9 @@ def cli() -> None:
 @click.option("--local-epochs", type=int, default=1, show_default=True, help="Local passes over each client's data.")
 @click.option("--batch-size", type=int, default=10, show_default=True, help="Local minibatch size.")
 @click.option("--learning-rate", type=float, default=0.01, show_default=True, help="Local SGD learning rate.")
-@click.option("--engine", default="local", show_default=True, help="local (one process) or ray.")
+@click.option("--engine", default="local", show_default=True, help="local (this machine) or ray (Ray actors).")
+@click.option("--workers", type=int, default=None,
+              help="Device hosts running the cohort (0: in the driver process; default: 2 for cohorts of 500+).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Write summary.json, rounds.csv and plots to this directory.")
 def run_command(profiles: str, profiles_dir: Path | None, **options: object) -> None:
@@ -47,7 +49,8 @@ def run_command(profiles: str, profiles_dir: Path | None, **options: object) -> 
     config = SimConfig(profiles=parse_profile_mix(profiles) if profiles else (), **options)  # type: ignore[arg-type]
     summary = runner.run(config, profile_dir=profiles_dir or DEFAULT_PROFILE_DIR)
     last = summary.rounds[-1]
-    click.echo(f"round {last.round}: accuracy {last.accuracy:.4f}, loss {last.loss:.4f}"
+    eps = "" if last.epsilon is None else f", ε {last.epsilon:.4g} at δ={last.delta:g}"
+    click.echo(f"round {last.round}: accuracy {last.accuracy:.4f}, loss {last.loss:.4f}{eps}"
                + (f", written to {config.out}" if config.out else ""))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ from simulations.partition import parse_partition_spec
 DP_MODES = ("off", "local", "distributed")
 MODELS = ("logreg", "mlp", "cnn")
 ENGINES = ("local", "ray")
+#: Cohorts from this size on run on worker processes by default (below it, spawning costs more than it saves).
+AUTO_WORKERS_FROM = 500
 #: How the cohort is drawn; the accountant is told this scheme and ``per_round / population``.
 SAMPLING_SCHEME = "uniform_without_replacement"
 
@@ -39,6 +42,9 @@ class SimConfig:
     learning_rate: float = 0.01
     out: str | None = None
     engine: str = "local"
+    #: device hosts (worker processes or Ray actors) running the cohort's devices; 0 = in the driver
+    #: process; None = 2 when the machine has 2 cores and the cohort is large enough to gain from it
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         def need(ok: bool, flag: str, what: str) -> None:
@@ -51,6 +57,7 @@ class SimConfig:
         need(self.rounds >= 1, "--rounds", f"expected >= 1, got {self.rounds}")
         need(self.model in MODELS, "--model", f"expected one of {', '.join(MODELS)}, got {self.model!r}")
         need(self.dp in DP_MODES, "--dp", f"expected one of {', '.join(DP_MODES)}, got {self.dp!r}")
+        need(self.workers is None or self.workers >= 0, "--workers", f"expected >= 0, got {self.workers}")
         need(self.engine in ENGINES, "--engine", f"expected one of {', '.join(ENGINES)}, got {self.engine!r}")
         need(not (self.dp == "distributed" and not self.secagg), "--dp distributed",
              "needs --secagg: each client adds only a share of the noise, so its update must stay masked")
@@ -70,6 +77,14 @@ class SimConfig:
     def sampling_rate(self) -> float:
         """Probability that a given client is in a round's cohort."""
         return self.per_round / self.population
+
+    def host_count(self) -> int:
+        """How many device hosts run the cohort (``workers`` resolved); results do not depend on it."""
+        if self.workers is not None:
+            return self.workers
+        if self.engine == "ray":
+            return 2
+        return min(2, os.cpu_count() or 1) if self.per_round >= AUTO_WORKERS_FROM else 0
 
     def resolved(self) -> dict[str, Any]:
         """The config as written to ``summary.json``, with the sampling the accountant used."""

@@ -2,7 +2,7 @@
 
 The driver samples the cohort and draws its behaviour; a :data:`RoundEngine` does the rest of the
 round (local training, privacy, masking, aggregation, accounting) and returns a :class:`RoundWork`.
-The stand-in of :mod:`simulations.standin` is one engine; the protocol engine is another.
+The protocol engine of :mod:`simulations.protocol` is the default; tests and studies may pass another.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ class RoundWork:
 
     ``epsilon`` is the cumulative ε after this round at the run's δ, or None if nothing was accounted.
     ``participants`` (clients in the aggregate) and ``bytes_up``/``bytes_down`` (measured traffic)
-    left None are estimated by the driver from the behaviour and the model size.
+    left None are estimated by the driver from the behaviour and the model size; so is
+    ``dropped_per_stage`` (what the coordinator observed: ``unavailable`` and each stage it closed).
+    ``status`` is ``completed`` or ``abandoned`` (then ``reason`` says why and the weights are unchanged).
     """
 
     weights: np.ndarray
@@ -32,6 +34,9 @@ class RoundWork:
     participants: int | None = None
     bytes_up: int | None = None
     bytes_down: int | None = None
+    dropped_per_stage: dict[str, int] | None = None
+    status: str = "completed"
+    reason: str = ""
 
 
 #: (round, flat global weights, cohort behaviour, federation, rng) -> RoundWork.

@@ -1,11 +1,13 @@
 """The protocol round engine of the simulator: fedge's own agent and coordinator code, in memory.
 
 Every cohort member is an :class:`agent.participant.Participant` (training, clipping, noise,
-quantization, SecAgg+ client); the coordinator side is :class:`coordinator.engine.RoundEngine`
-with :class:`coordinator.secure.SecureAggregation` (or plain aggregation). Every message goes
-through the real wire codec, so bytes up and down are counted as they would travel on MQTT. There
-is no second implementation of the protocol: only the transport (a queue) and the clock (jumped
-to each stage deadline) are simulated. Client state lives only for its round: memory follows the
+quantization, SecAgg+ client) living on a device host (:mod:`simulations.hosts`: in this
+process, on worker processes, or on Ray actors); the coordinator side, in this process, is
+:class:`coordinator.engine.RoundEngine` with :class:`coordinator.secure.SecureAggregation` (or
+plain aggregation). Every message crosses as real wire bytes, so bytes up and down are counted
+as they would travel on MQTT. There is no second implementation of the protocol: only the
+transport (batches of wire blobs) and the clock (jumped to each stage deadline) are simulated.
+Client state lives only for its round and is freed as each device finishes: memory follows the
 cohort, never the population.
 """
 
@@ -15,39 +17,26 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from agent.core import wire
-from agent.core.crypto import IdentityKey
-from agent.core.errors import ProtocolError, SecurityError
+from agent.core.errors import ProtocolError
 from agent.core.privacy.accounting import PrivacyAccountant, round_event_for
 from agent.core.update import noise_plan, privacy_config
-from agent.participant import LocalResult, Participant
-from agent.secure import PeerDirectory, secagg_factory, trusted_lookup
-from coordinator.engine import PlainAggregation, RoundEngine, RoundSettings, RoundStatus
+from coordinator.engine import Outbound, PlainAggregation, RoundEngine, RoundSettings, RoundStatus
 from coordinator.plan import TrainingConfig, make_plan
 from coordinator.secure import SecureAggregation
 from simulations.engine import RoundWork
 from simulations.federation import Federation
+from simulations.hosts import DeviceHost, HostPool, LocalPool, pack, unpack
 from simulations.population import NO_DROP, STAGES, RoundBehaviour
 
 log = logging.getLogger(__name__)
 
-#: The reply a device sends at each SecAgg+ stage; a device that drops at a stage sends none of
-#: it or anything after. Without secure aggregation the plain upload stands at ``masked_input``.
-_REPLY_STAGE = {
-    "KeyAdvertisement": "advertise_keys",
-    "EncryptedShares": "share_keys",
-    "MaskedInput": "masked_input",
-    "PlainUpdate": "masked_input",
-    "SurvivorSignature": "consistency_check",
-    "UnmaskShares": "unmask",
-}
-_STAGE_INDEX = {s: i for i, s in enumerate(STAGES)}
-
+#: Devices per frame to a host: large enough to amortise a frame, small enough to keep both hosts busy.
+BATCH = 64
 
 @dataclasses.dataclass(frozen=True)
 class ProtocolSettings:
@@ -62,15 +51,30 @@ class ProtocolSettings:
 
 
 class ProtocolEngine:
-    """A :data:`simulations.engine.RoundEngine` that runs the real protocol for each round."""
+    """A :data:`simulations.engine.RoundEngine` that runs the real protocol for each round.
+
+    ``pool`` holds the device hosts (default: one host in this process over ``trainer`` and the
+    round's federation). Results do not depend on the pool: each device's randomness derives from
+    the round's rng and its index, and the coordinator's sums are exact.
+    """
 
     description = "fedge protocol: agent participants + coordinator round engine (SecAgg+, DP) over the wire codec"
 
-    def __init__(self, trainer: Any, settings: ProtocolSettings) -> None:
+    def __init__(self, trainer: Any, settings: ProtocolSettings, pool: HostPool | None = None) -> None:
         self.trainer = trainer
         self.settings = settings
+        self.pool = pool
         self.accountant = PrivacyAccountant("rdp")
         self.last: dict[str, Any] = {}
+
+    def close(self) -> None:
+        """Stop the device hosts (worker processes, actors)."""
+        if self.pool is not None:
+            self.pool.close()
+
+    def _epsilon(self) -> float | None:
+        cfg = self.settings.training
+        return self.accountant.epsilon(cfg.delta) if cfg.dp_mode != "off" and len(self.accountant.events) else None
 
     def __call__(
         self, round_id: int, weights: np.ndarray, behaviour: RoundBehaviour, federation: Federation,
@@ -79,127 +83,140 @@ class ProtocolEngine:
         s = self.settings
         cfg = s.training
         t0 = time.perf_counter()
+        if self.pool is None:
+            self.pool = LocalPool(DeviceHost(federation.client, self.trainer))
+        pool = self.pool
         # unavailable devices never check in, so they are not in the round's roster
         avail = behaviour.available
         clients = behaviour.client_ids[avail]
         ids = [f"c{int(k):07d}" for k in clients]
+        unavailable = int((~avail).sum())
+        root = int(rng.integers(2**63))
         if len(ids) < max(2, cfg.min_cohort):
-            log.warning("only %d of %d sampled devices available: round skipped", len(ids), len(avail), extra={"round": round_id})
-            self.last = {"status": "abandoned", "reason": f"{len(ids)} devices available", "participants": 0,
-                         "dropped": {"unavailable": int((~avail).sum())}, "bytes_up": 0, "bytes_down": 0}
-            return RoundWork(weights, {}, 0, self.accountant.epsilon(cfg.delta) if self.accountant.events else None)
-        client_of = dict(zip(ids, (int(k) for k in clients)))
-        drop_at = {
-            d: (_STAGE_INDEX[STAGES[st]] if st != NO_DROP else len(STAGES))
-            for d, st in zip(ids, behaviour.drop_stage[avail].tolist())
-        }
-        unavailable: set[str] = set()
+            reason = f"{len(ids)} of {len(avail)} sampled devices available, minimum cohort is {max(2, cfg.min_cohort)}"
+            log.warning("round abandoned: %s", reason, extra={"round": round_id})
+            self.last = {"status": "abandoned", "reason": reason, "participants": 0,
+                         "dropped": {"unavailable": unavailable}, "bytes_up": 0, "bytes_down": 0}
+            return RoundWork(weights, {}, 0, self._epsilon(), participants=0, bytes_up=0, bytes_down=0,
+                             dropped_per_stage={"unavailable": unavailable}, status="abandoned", reason=reason)
+        drop_at = [(st if st != NO_DROP else len(STAGES)) for st in behaviour.drop_stage[avail].tolist()]
+        host_of = {d: i % pool.size for i, d in enumerate(ids)}
+        shards: list[list[Any]] = [[] for _ in range(pool.size)]
+        for i, (d, k, st) in enumerate(zip(ids, clients.tolist(), drop_at)):
+            shards[host_of[d]].append([d, k, i, st])
+        begun = pool.exchange([[pack({"kind": "round", "round": round_id, "root": root, "secagg": cfg.secagg,
+                                      "devices": sh})] for sh in shards])
+        roster = {}
+        for _, reply in begun:
+            r = unpack(reply)
+            roster.update(zip(r["ids"], r["keys"]))
+        del shards
+
         plan = make_plan(cfg, f"r{round_id - 1}", len(ids), s.population)
         clock = _Clock()
         settings = RoundSettings(goal=len(ids), min_cohort=min(cfg.min_cohort, len(ids)), stage_timeout_s=cfg.stage_timeout_s)
-        examples = collections.Counter()
-        child = np.random.SeedSequence(int(rng.integers(2**63)))
-        seeds = dict(zip(ids, child.spawn(len(ids))))
-
-        def train_fn(device: str) -> Callable[[Any], LocalResult]:
-            def train(task: Any) -> LocalResult:
-                x, y = federation.client(client_of[device])
-                p = task.plan
-                r = self.trainer.train(task.weights, x, y, epochs=p.epochs, batch_size=p.batch_size,
-                                       learning_rate=p.learning_rate, rng=np.random.default_rng(seeds[device]))
-                examples[device] = r.num_examples
-                return LocalResult(r.delta, r.num_examples, r.loss)
-            return train
-
         if cfg.secagg:
-            keys = {d: IdentityKey.generate() for d in ids}
-            roster = {d: k.public_bytes() for d, k in keys.items()}
-            lookup = trusted_lookup(roster)  # the simulator plays the enrollment authority
+            roster = {d: roster[d] for d in ids}
+            pool.broadcast(pack({"kind": "roster", "ids": list(roster), "keys": list(roster.values())}))
             aggregation: Any = SecureAggregation(
                 plan, round_id, roster, weights.size + 1, clock, min_cohort=settings.min_cohort,
                 dropout_rate=s.dropout_rate, corrupt_fraction=s.corrupt_fraction,
             )
-
-            def make(d: str) -> Participant:
-                return Participant(d, train_fn(d), np.random.default_rng(seeds[d].spawn(1)[0]),
-                                   secagg_factory(d, keys[d], PeerDirectory(trusted=lookup)))
         else:
             aggregation = PlainAggregation(weights.size + 1, plan.quant_bits, len(ids), settings.min_cohort)
-
-            def make(d: str) -> Participant:
-                return Participant(d, train_fn(d), np.random.default_rng(seeds[d].spawn(1)[0]))
-
-        participants = {d: make(d) for d in ids if d not in unavailable}
         engine = RoundEngine(round_id, plan, settings, weights, ids, aggregation, clock)
         stage_seconds: dict[str, float] = collections.defaultdict(float)
-        traffic = {"up": 0, "down": 0}
-        t_setup = time.perf_counter()
-        stage_seconds["setup"] = t_setup - t0
+        traffic = {"up": 0, "down": 0, "examples": 0}
+        stage_seconds["setup"] = time.perf_counter() - t0
 
-        def run(outbound: list[Any]) -> None:
-            queue = collections.deque(outbound)
-            last_msg: Any = None
-            last_blob = b""
-            while queue:
-                out = queue.popleft()
-                if out.device_id not in participants:
-                    continue  # unavailable: never answers
-                started = time.perf_counter()
-                stage = engine.stage
-                if out.message is not last_msg:  # a broadcast (config, survivors) is encoded once
-                    last_msg, last_blob = out.message, wire.encode(out.message)
-                blob = last_blob
+        def frames_for(outbound: list[Outbound]) -> list[list[bytes]]:
+            """Outbound messages as frames per host; a broadcast message is encoded once."""
+            encoded: dict[int, bytes] = {}
+            frames: list[list[bytes]] = [[] for _ in range(pool.size)]
+            open_: list[tuple[list[bytes], dict[int, int], list[Any]] | None] = [None] * pool.size
+
+            def flush(h: int) -> None:
+                f = open_[h]
+                if f is not None:
+                    frames[h].append(pack({"kind": "batch", "blobs": f[0], "items": f[2]}))
+                    open_[h] = None
+
+            for out in outbound:
+                h = host_of.get(out.device_id)
+                if h is None:
+                    continue  # not in this round's roster
+                key = id(out.message)
+                blob = encoded.get(key)
+                if blob is None:
+                    blob = encoded[key] = wire.encode(out.message)
                 traffic["down"] += len(blob)
-                try:
-                    replies = participants[out.device_id].handle(wire.decode(blob))
-                except (ProtocolError, SecurityError) as e:
-                    log.debug("device refused %s: %s", type(out.message).__name__, e, extra={"device": out.device_id, "round": round_id})
-                    replies = []
-                for reply in replies:
-                    st = _REPLY_STAGE.get(type(reply).__name__)
-                    if st is not None and _STAGE_INDEX[st] >= drop_at[out.device_id]:
-                        participants.pop(out.device_id, None)  # dropped: silent from now on
-                        break
-                    rblob = wire.encode(reply)
-                    traffic["up"] += len(rblob)
-                    try:
-                        queue.extend(engine.receive(out.device_id, wire.decode(rblob)))
-                    except ProtocolError as e:
-                        log.debug("coordinator refused %s: %s", type(reply).__name__, e, extra={"device": out.device_id, "round": round_id})
-                stage_seconds[stage] += time.perf_counter() - started
+                f = open_[h]
+                if f is None:
+                    f = open_[h] = ([], {}, [])
+                bi = f[1].get(key)
+                if bi is None:
+                    bi = f[1][key] = len(f[0])
+                    f[0].append(blob)
+                f[2].append([out.device_id, bi])
+                if len(f[2]) >= BATCH:
+                    flush(h)
+            for h in range(pool.size):
+                flush(h)
+            return frames
 
-        run(engine.start())
-        while engine.status is RoundStatus.RUNNING:
+        def deliver(outbound: list[Outbound]) -> list[Outbound]:
+            """Send one wave of messages; feed the replies to the coordinator; return what it sends next."""
+            nxt: list[Outbound] = []
+            for _, frame in pool.exchange(frames_for(outbound)):
+                r = unpack(frame)
+                traffic["examples"] += r["examples"]
+                for device, blobs in r["replies"]:
+                    for rb in blobs:
+                        traffic["up"] += len(rb)
+                        try:
+                            nxt.extend(engine.receive(device, wire.decode(rb)))
+                        except ProtocolError as e:
+                            log.debug("coordinator refused a reply: %s", e, extra={"device": device, "round": round_id})
+            return nxt
+
+        outbound = engine.start()
+        while True:
+            while outbound:
+                stage, started = engine.stage, time.perf_counter()
+                outbound = deliver(outbound)
+                stage_seconds[stage] += time.perf_counter() - started
+            if engine.status is not RoundStatus.RUNNING:
+                break
             clock.t = engine.deadline
-            stage = engine.stage
-            started = time.perf_counter()
-            out = engine.tick()
+            stage, started = engine.stage, time.perf_counter()
+            outbound = engine.tick()
             stage_seconds[stage] += time.perf_counter() - started
-            run(out)
+        pool.broadcast(pack({"kind": "end"}))
 
         outcome = engine.outcome
-        epsilon = None
         if engine.status is RoundStatus.COMPLETED and cfg.dp_mode != "off":
             pc = dataclasses.replace(privacy_config(plan), sampling=s.sampling)
             discrete = noise_plan(plan, weights.size) if cfg.dp_mode == "distributed" else None
+            # the cohort was drawn from the whole population; availability only thins it further
+            drawn = len(behaviour.client_ids)
             self.accountant.record(round_event_for(
-                pc, sampling_rate=plan.sampling_rate, population=s.population, sample_size=len(ids), discrete=discrete,
+                pc, sampling_rate=drawn / s.population, population=s.population, sample_size=drawn, discrete=discrete,
             ))
-        if cfg.dp_mode != "off" and len(self.accountant.events):
-            epsilon = self.accountant.epsilon(cfg.delta)
+        dropped = {"unavailable": unavailable, **(dict(outcome.dropped) if outcome else {})}
+        participants = outcome.participants if outcome else 0
         self.last = {
             "status": engine.status.value,
             "reason": engine.reason,
-            "participants": outcome.participants if outcome else 0,
-            "dropped": {"unavailable": int((~avail).sum()), **(dict(outcome.dropped) if outcome else {})},
+            "participants": participants,
+            "dropped": dropped,
             "bytes_up": traffic["up"],
             "bytes_down": traffic["down"],
             "secagg": dataclasses.asdict(aggregation.params) if cfg.secagg else None,
         }
-        if engine.status is not RoundStatus.COMPLETED:
-            log.warning("round abandoned: %s", engine.reason, extra={"round": round_id})
         new = outcome.new_weights if outcome and outcome.new_weights is not None else weights
-        return RoundWork(new, dict(stage_seconds), int(sum(examples.values())), epsilon)
+        return RoundWork(new, dict(stage_seconds), traffic["examples"], self._epsilon(), participants=participants,
+                         bytes_up=traffic["up"], bytes_down=traffic["down"], dropped_per_stage=dropped,
+                         status=engine.status.value, reason=engine.reason)
 
 
 class _Clock:

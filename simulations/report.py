@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 ROUND_KEYS = ("round", "accuracy", "loss", "epsilon", "delta", "participants", "dropped",
               "bytes_up", "bytes_down", "seconds")
 #: Further plain columns of ``rounds.csv``.
-EXTRA_KEYS = ("examples",)
+EXTRA_KEYS = ("examples", "status", "reason")
 PLOTS = ("accuracy_vs_round.png", "accuracy_vs_epsilon.png", "accuracy_per_group.png")
 T = TypeVar("T")
 
@@ -48,6 +48,9 @@ class RoundRecord:
     dropped_per_stage: dict[str, int] = field(default_factory=dict)
     seconds_per_stage: dict[str, float] = field(default_factory=dict)
     group_accuracy: dict[str, float] = field(default_factory=dict)
+    #: ``completed``, or ``abandoned`` with the coordinator's ``reason`` (the model is then unchanged)
+    status: str = "completed"
+    reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON object: :data:`ROUND_KEYS` first, then the breakdowns."""

@@ -1,30 +1,32 @@
 """The simulation driver: build data, population and model from a :class:`SimConfig`, run the rounds, report.
 
 Each round samples a cohort uniformly without replacement, draws its behaviour (availability,
-drop stage) from the device profiles, and hands the cohort to one :data:`RoundEngine` call. Today
-the only engine is the stand-in of :mod:`simulations.standin` (plain FedAvg, no DP, no SecAgg);
-the real engine runs the agent's and coordinator's protocol code and plugs in at the same call.
-Client data is built per client when the engine asks for it, so memory follows the cohort.
+drop stage) from the device profiles, and hands the cohort to one :data:`RoundEngine` call: by
+default :class:`simulations.protocol.ProtocolEngine`, the agent's and coordinator's own protocol
+code (training, clipping and noise, quantization, SecAgg+, ε accounting) on device hosts in this
+process, on worker processes or on Ray actors. Client data is built per client when a device
+trains, so memory follows the cohort.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from agent.core.errors import ConfigError
+from coordinator.plan import TrainingConfig
 from simulations.config import SimConfig
-from simulations.datasets import load_dataset, parse_dataset_spec
 from simulations.engine import RoundEngine
-from simulations.federation import Federation, federate
-from simulations.partition import parse_partition_spec
-from simulations.population import DEFAULT_PROFILE_DIR, Population, draw_round_behaviour, make_population
-from simulations import standin
+from simulations.federation import Federation
+from simulations.population import DEFAULT_PROFILE_DIR, STAGES, Population, draw_round_behaviour, make_population
 from simulations.report import RoundRecord, Summary, progress, write_report
+from simulations.trainers import evaluate
+from simulations.world import BEHAVIOUR, COHORT, EVAL, POPULATION, TRAIN, build_world, recipe, stream
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +34,9 @@ log = logging.getLogger(__name__)
 EVAL_CLIENTS = 200
 EVAL_SAMPLES_PER_CLIENT = 200
 
-# Independent random streams, each derived from (seed, stream[, round]).
-_DATA, _PARTITION, _POPULATION, _INIT, _EVAL, _COHORT, _BEHAVIOUR, _TRAIN = range(8)
-
-
-def _rng(seed: int, stream: int, *more: int) -> np.random.Generator:
-    return np.random.default_rng([seed, stream, *more])
-
+#: Of the expected survivors, the share a round needs (its minimum cohort, and the clients each
+#: distributed-DP noise share is sized for): rounds losing more are abandoned.
+MIN_COHORT_SHARE = 0.75
 
 @dataclass(frozen=True, eq=False)
 class EvalGroups:
@@ -72,26 +70,85 @@ def eval_groups(federation: Federation, population: Population, rng: np.random.G
     return EvalGroups(np.concatenate(xs), np.concatenate(ys), {g: m for g, m in groups.items() if m.any()})
 
 
+def expected_survivors(config: SimConfig, population: Population) -> tuple[float, float]:
+    """Expected clients per round whose update is sent, and the dropout rate of an available client.
+
+    From the profiles' availability and per-stage dropout, weighted by their share of the population.
+    """
+    share = np.bincount(population.assignment, minlength=len(population.names)) / population.size
+    avail = population.column("availability")
+    table = population.dropout_table()
+    sent = STAGES.index("masked_input")
+    keeps_input = np.prod(1 - table[:, : sent + 1], axis=1)
+    drops = 1 - np.prod(1 - table, axis=1)
+    available = float((share * avail).sum())
+    dropout = float((share * avail * drops).sum() / available) if available > 0 else 0.0
+    return config.per_round * float((share * avail * keeps_input).sum()), dropout
+
+
+def training_config(config: SimConfig, population: Population) -> tuple[TrainingConfig, float]:
+    """The campaign the simulated coordinator runs, and the dropout rate SecAgg+ is sized for."""
+    expected, dropout = expected_survivors(config, population)
+    reports = max(1, round(expected))
+    min_cohort = min(config.per_round, max(2, math.floor(MIN_COHORT_SHARE * expected)))
+    cfg = TrainingConfig(
+        model_name=config.model, epochs=config.local_epochs, batch_size=config.batch_size,
+        learning_rate=config.learning_rate, dp_mode=config.dp, clip_norm=config.clip,
+        noise_multiplier=config.noise_multiplier if config.dp != "off" else 0.0, delta=config.delta,
+        secagg=config.secagg, goal=config.per_round, over_selection=1.0,  # the runner already samples
+        min_cohort=min_cohort, expected_reports=reports,
+    )
+    return cfg, min(0.5, max(0.01, dropout))
+
+
+def protocol_engine(config: SimConfig, population: Population, trainer: object) -> RoundEngine:
+    """The protocol engine of ``config`` with its device hosts (in process, worker processes or Ray actors)."""
+    from simulations.protocol import ProtocolEngine, ProtocolSettings
+
+    cfg, dropout = training_config(config, population)
+    settings = ProtocolSettings(cfg, config.population, dropout_rate=dropout, sampling="fixed")
+    hosts = config.host_count()
+    r = recipe(population=config.population, dataset=config.dataset, partition=config.partition,
+               model=config.model, seed=config.seed)
+    pool = None
+    if config.engine == "ray":
+        from simulations.rayhosts import RayPool
+
+        pool = RayPool(r, max(1, hosts))
+    elif hosts > 0:
+        from simulations.hosts import ProcessPool
+
+        pool = ProcessPool(r, hosts)
+    return ProtocolEngine(trainer, settings, pool)
+
+
 def run(config: SimConfig, *, engine: RoundEngine | None = None, profile_dir: Path = DEFAULT_PROFILE_DIR,
         show_progress: bool = True) -> Summary:
-    """Run every round of ``config``; write the report to ``config.out`` if set; return the summary."""
-    if config.engine == "ray":
-        raise ConfigError("--engine ray: not available yet; use --engine local")
+    """Run every round of ``config``; write the report to ``config.out`` if set; return the summary.
+
+    ``engine`` replaces the protocol engine (studies, tests); the summary names the engine used.
+    """
     t_start = time.perf_counter()
-    spec = parse_dataset_spec(config.dataset)
-    data = load_dataset(spec, config.population, _rng(config.seed, _DATA))
-    federation = federate(data, parse_partition_spec(config.partition), config.population,
-                          _rng(config.seed, _PARTITION))
-    population = make_population(config.population, config.profiles, _rng(config.seed, _POPULATION),
+    world = build_world(recipe(population=config.population, dataset=config.dataset, partition=config.partition,
+                               model=config.model, seed=config.seed))
+    population = make_population(config.population, config.profiles, stream(config.seed, POPULATION),
                                  profile_dir=profile_dir)
-    trainer, model_note = standin.make_trainer(config.model, data, _rng(config.seed, _INIT))
+    owned = engine is None
+    engine = engine or protocol_engine(config, population, world.trainer)
+    try:
+        return _run(config, engine, world, population, t_start, show_progress)
+    finally:
+        if owned:
+            engine.close()  # type: ignore[attr-defined]
+
+
+def _run(config: SimConfig, engine: RoundEngine, world: object, population: Population, t_start: float,
+         show_progress: bool) -> Summary:
+    data, federation, trainer, model_note = world.data, world.federation, world.trainer, world.model_note  # type: ignore[attr-defined]
     weights = trainer.initial_weights()
-    engine = engine or standin.StandInFedAvg(trainer, config.local_epochs, config.batch_size, config.learning_rate)
     description = getattr(engine, "description", None) or getattr(engine, "__name__", type(engine).__name__)
-    if isinstance(engine, standin.StandInFedAvg) and (config.dp != "off" or config.secagg):
-        log.warning("the stand-in engine ignores --dp %s and --secagg: results carry no privacy", config.dp)
     x_test, y_test = federation.test_set()
-    groups = eval_groups(federation, population, _rng(config.seed, _EVAL))
+    groups = eval_groups(federation, population, stream(config.seed, EVAL))
     model_bytes = weights.size * 4
     log.info("simulating %s on %s; %s", config.model, data.name, federation.description)
     setup_seconds = time.perf_counter() - t_start
@@ -100,14 +157,14 @@ def run(config: SimConfig, *, engine: RoundEngine | None = None, profile_dir: Pa
     rounds = range(1, config.rounds + 1)
     for r in progress(rounds, config.rounds) if show_progress else rounds:
         t0 = time.perf_counter()
-        cohort = np.sort(_rng(config.seed, _COHORT, r).choice(config.population, config.per_round, replace=False))
-        behaviour = draw_round_behaviour(population, cohort, r, _rng(config.seed, _BEHAVIOUR, r))
+        cohort = np.sort(stream(config.seed, COHORT, r).choice(config.population, config.per_round, replace=False))
+        behaviour = draw_round_behaviour(population, cohort, r, stream(config.seed, BEHAVIOUR, r))
         t1 = time.perf_counter()
-        work = engine(r, weights, behaviour, federation, _rng(config.seed, _TRAIN, r))
+        work = engine(r, weights, behaviour, federation, stream(config.seed, TRAIN, r))
         weights = work.weights
         t2 = time.perf_counter()
-        correct, loss = standin.evaluate(trainer, weights, x_test, y_test)
-        group_correct, _ = standin.evaluate(trainer, weights, groups.x, groups.y)
+        correct, loss = evaluate(trainer, weights, x_test, y_test)
+        group_correct, _ = evaluate(trainer, weights, groups.x, groups.y)
         t3 = time.perf_counter()
         participants = int(behaviour.submitted_input().sum()) if work.participants is None else work.participants
         seconds = {"sample": t1 - t0, **work.seconds_per_stage, "evaluate": t3 - t2}
@@ -122,15 +179,20 @@ def run(config: SimConfig, *, engine: RoundEngine | None = None, profile_dir: Pa
             bytes_up=participants * model_bytes if work.bytes_up is None else work.bytes_up,
             bytes_down=int(behaviour.available.sum()) * model_bytes if work.bytes_down is None else work.bytes_down,
             seconds=t3 - t0,
-            dropped_per_stage=behaviour.dropped_per_stage(),
+            dropped_per_stage=behaviour.dropped_per_stage() if work.dropped_per_stage is None else work.dropped_per_stage,
             seconds_per_stage=seconds,
             examples=work.examples,
             group_accuracy={g: float(group_correct[m].mean()) for g, m in groups.group_of.items()},
+            status=work.status,
+            reason=work.reason,
         ))
         log.debug("round done: accuracy %.4f", records[-1].accuracy, extra={"round": r})
+        if show_progress and (config.dp != "off" or work.status != "completed"):
+            print(_round_line(records[-1], config.rounds), file=sys.stderr, flush=True)
 
     summary = Summary(config.resolved(), tuple(records), extra={
         "engine": description,
+        "hosts": getattr(getattr(engine, "pool", None), "size", None),
         "data": {"name": data.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
                  "federation": federation.description, "test_samples": int(len(y_test))},
         "model": {"name": config.model, "params": int(weights.size), "trainer": model_note,
@@ -142,3 +204,10 @@ def run(config: SimConfig, *, engine: RoundEngine | None = None, profile_dir: Pa
     if config.out:
         write_report(summary, Path(config.out))
     return summary
+
+
+def _round_line(rec: RoundRecord, total: int) -> str:
+    """One progress line: accuracy, ε when accounted, and why a round was abandoned."""
+    eps = "ε n/a" if rec.epsilon is None else f"ε {rec.epsilon:.4g} (δ={rec.delta:g})"
+    line = f"round {rec.round}/{total}: accuracy {rec.accuracy:.4f}, {eps}, {rec.participants} participants"
+    return line if rec.status == "completed" else f"{line}; abandoned: {rec.reason}"

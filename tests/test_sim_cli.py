@@ -48,7 +48,7 @@ def test_the_researchers_command_parses_into_one_config(monkeypatch, tmp_path) -
     ("--delta 1", "--delta"),
     ("--partition dirichlet:0", "--partition"),
     ("--profiles pi4=0.5", "shares sum to 0.5"),
-    ("--engine ray", "--engine ray: not available yet"),
+    ("--workers -1", "--workers: expected >= 0"),
 ])
 def test_config_errors_are_one_line_and_exit_2(capsys, extra: str, message: str) -> None:
     base = "run --population 10 --per-round 5 --rounds 1 --model logreg --dataset digits"
@@ -74,7 +74,7 @@ def test_a_small_run_writes_the_report_and_reproduces(tmp_path) -> None:
 
     assert a["config"]["sampling"]["rate"] == pytest.approx(40 / 300)
     assert a["config"]["profiles"] == {"pi4": 0.5, "phone": 0.3, "car": 0.2}
-    assert "stand-in" in a["engine"]
+    assert "fedge protocol" in a["engine"]
     for r in a["rounds"]:
         assert set(ROUND_KEYS) <= set(r)
         assert r["participants"] + r["dropped"] == 40

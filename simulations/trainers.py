@@ -1,14 +1,10 @@
-"""STAND-IN round engine: plain FedAvg over the zoo trainer. Not the fedge protocol.
-
-It exists so data sets, partitions, populations and reports run end to end while the real engine
-(the agent's and coordinator's protocol code: DP clipping and noise, SecAgg+ masking, ε
-accounting) is wired in. It applies no DP noise and no masking and accounts no ε, whatever the
-config says; the summary says so. Replace it by passing another :data:`simulations.runner.RoundEngine`.
+"""The simulated devices' local trainer, and evaluation of the global model.
 
 Local training is the zoo's :class:`agent.training.trainer.Trainer` (TFLite) when the data fits a
 zoo model. For flat data of another width (Synthetic has 60 features; the zoo's logreg and mlp
 take 64) :class:`ReferenceTrainer` runs the zoo's numpy reference formulas
-(:mod:`agent.training.reference`) with the first layer sized to the data, and says so.
+(:mod:`agent.training.reference`) with the first layer sized to the data, and says so, unless the
+zoo holds a model of that width (``<model><features>``, e.g. ``mlp60``), which is then used.
 """
 
 from __future__ import annotations
@@ -22,16 +18,12 @@ from typing import Protocol
 import numpy as np
 
 from agent.training import reference
-from agent.training.models import ModelSpec, load_spec
+from agent.training.models import MODELS_DIR, ModelSpec, load_spec
 from agent.training.trainer import Trainer, TrainResult
 from simulations.datasets import Dataset, check_model_fits
-from simulations.engine import RoundWork
-from simulations.federation import Federation
-from simulations.population import RoundBehaviour
 
 log = logging.getLogger(__name__)
 
-DESCRIPTION = "stand-in FedAvg over the zoo trainer: no DP noise, no SecAgg masking, no ε accounting"
 #: Models whose first layer is dense, so a reference copy can take any number of flat features.
 FLAT_MODELS = ("logreg", "mlp")
 
@@ -113,6 +105,8 @@ def make_trainer(model: str, data: Dataset, rng: np.random.Generator) -> tuple[L
     """The trainer for ``model`` on ``data`` and a line saying which one: the zoo's TFLite model if it fits."""
     spec = load_spec(model)
     features = math.prod(data.input_shape)
+    if model in FLAT_MODELS and spec.example_size != features and (MODELS_DIR / f"{model}{features}.tflite").exists():
+        spec = load_spec(f"{model}{features}")  # the zoo's copy for this input width (e.g. mlp60)
     if model in FLAT_MODELS and spec.example_size != features:
         r = resized_spec(spec, features)
         check_model_fits(model, r.input_shape, r.num_classes, data, flat=True)
@@ -131,33 +125,3 @@ def evaluate(trainer: LocalTrainer, weights: np.ndarray, x: np.ndarray, y: np.nd
     m = z.max(axis=1, keepdims=True)
     lse = np.log(np.exp(z - m).sum(axis=1)) + m[:, 0]
     return z.argmax(axis=1) == y, float(np.mean(lse - z[np.arange(len(y)), y]))
-
-
-class StandInFedAvg:
-    """One FedAvg round: every client whose update reaches the server trains locally; sample-weighted mean delta."""
-
-    description = DESCRIPTION
-
-    def __init__(self, trainer: LocalTrainer, epochs: int, batch_size: int, lr: float) -> None:
-        self.trainer, self.epochs, self.batch_size, self.lr = trainer, epochs, batch_size, lr
-
-    def __call__(self, round_: int, weights: np.ndarray, behaviour: RoundBehaviour, federation: Federation,
-                 rng: np.random.Generator) -> RoundWork:
-        """New global weights from the cohort's local updates (no ε: nothing is noised or accounted)."""
-        t0 = time.perf_counter()
-        total = np.zeros(len(weights), np.float64)
-        n_total = 0
-        for k in behaviour.client_ids[behaviour.submitted_input()]:
-            x, y = federation.client(int(k))
-            if len(y) == 0:
-                continue
-            res = self.trainer.train(weights, x, y, epochs=self.epochs, batch_size=self.batch_size,
-                                     learning_rate=self.lr, rng=rng)
-            total += res.num_examples * res.delta.astype(np.float64)
-            n_total += res.num_examples
-        t1 = time.perf_counter()
-        if n_total == 0:
-            log.warning("no client update reached the server; the model is unchanged", extra={"round": round_})
-            return RoundWork(weights, {"train": t1 - t0, "aggregate": 0.0}, 0)
-        new = (weights + total / n_total).astype(np.float32)
-        return RoundWork(new, {"train": t1 - t0, "aggregate": time.perf_counter() - t1}, n_total)

@@ -1,0 +1,281 @@
+"""Device hosts: the simulated devices of a round, a shard per host, talking to the driver in wire bytes.
+
+A :class:`DeviceHost` holds the :class:`agent.participant.Participant` of each device in its
+shard for one round and answers batches of coordinator messages with the devices' replies. Every
+frame between driver and host is msgpack of plain values and raw :mod:`agent.core.wire` blobs:
+nothing is pickled, so a host may live in this process, in a worker process
+(:class:`ProcessPool`) or on a Ray actor (:mod:`simulations.rayhosts`) with identical results.
+
+Each device's randomness comes from ``(round root, device index)`` alone, so which host runs a
+device, and in which order replies reach the coordinator, change no number.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from agent.core import wire
+from agent.core.crypto import IdentityKey
+from agent.core.errors import ConfigError, ProtocolError, SecurityError
+from agent.participant import LocalResult, Participant
+from agent.secure import PeerDirectory, secagg_factory
+
+log = logging.getLogger(__name__)
+
+#: The stage (index into :data:`simulations.population.STAGES`) of each device reply; without secure aggregation the plain upload stands at masked_input.
+REPLY_STAGE = {
+    "KeyAdvertisement": 0,
+    "EncryptedShares": 1,
+    "MaskedInput": 2,
+    "PlainUpdate": 2,
+    "SurvivorSignature": 3,
+    "UnmaskShares": 4,
+}
+
+#: Replies after which a device has nothing left to do in the round.
+_FINAL = frozenset({"PlainUpdate", "UnmaskShares", "Decline"})
+
+
+def pack(obj: Any) -> bytes:
+    """One driver/host frame: msgpack of plain values and bytes."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(frame: bytes) -> Any:
+    return msgpack.unpackb(frame, raw=False, strict_map_key=False)
+
+
+def device_seeds(root: int, index: int) -> tuple[np.random.SeedSequence, np.random.SeedSequence]:
+    """A device's training seed and its participant seed (noise, rounding), from the round root and its index."""
+    return np.random.SeedSequence(root, spawn_key=(index,)), np.random.SeedSequence(root, spawn_key=(index, 0))
+
+
+class DeviceHost:
+    """Runs a shard of a round's devices: frames in (:meth:`handle`), frames out.
+
+    ``client_data(k)`` returns client k's local data; ``trainer`` is the local trainer shared by
+    the shard's devices (one interpreter, reused).
+    """
+
+    def __init__(self, client_data: Callable[[int], tuple[np.ndarray, np.ndarray]], trainer: Any) -> None:
+        self.client_data = client_data
+        self.trainer = trainer
+        self._participants: dict[str, Participant] = {}
+        self._drop_at: dict[str, int] = {}
+        self._keys: dict[str, IdentityKey] = {}
+        self._roster: dict[str, bytes] = {}
+        self._round = 0
+
+    def handle(self, frame: bytes) -> bytes:
+        """Answer one driver frame (``round``, ``roster``, ``batch`` or ``end``)."""
+        req = unpack(frame)
+        kind = req["kind"]
+        if kind == "batch":
+            return pack(self._batch(req["blobs"], req["items"]))
+        if kind == "round":
+            return pack(self._begin(req))
+        if kind == "roster":
+            self._roster = dict(zip(req["ids"], req["keys"]))
+            return pack({})
+        if kind == "end":
+            self._participants, self._drop_at, self._keys, self._roster = {}, {}, {}, {}
+            return pack({})
+        raise ProtocolError(f"unknown host frame {kind!r}")
+
+    def _begin(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Build the shard's participants; return their identity public keys (the simulator enrolls them)."""
+        self._round = rid = req["round"]
+        root, secagg = req["root"], req["secagg"]
+        self._participants, self._drop_at, self._keys = {}, {}, {}
+        self._examples = 0
+        for device, client, index, drop_at in req["devices"]:
+            train_seed, own_seed = device_seeds(root, index)
+            train = self._train_fn(device, client, train_seed)
+            if secagg:
+                key = self._keys[device] = IdentityKey.generate()
+                factory = secagg_factory(device, key, PeerDirectory(trusted=self._peer_key))
+                self._participants[device] = Participant(device, train, np.random.default_rng(own_seed), factory)
+            else:
+                self._participants[device] = Participant(device, train, np.random.default_rng(own_seed))
+            self._drop_at[device] = drop_at
+        log.debug("host holds %d devices", len(self._participants), extra={"round": rid})
+        return {"keys": [k.public_bytes() for k in self._keys.values()], "ids": list(self._keys)}
+
+    def _peer_key(self, device: str) -> bytes | None:
+        """The roster's key of a peer: the simulator plays the enrollment authority."""
+        return self._roster.get(device)
+
+    def _train_fn(self, device: str, client: int, seed: np.random.SeedSequence) -> Callable[[Any], LocalResult]:
+        def train(task: Any) -> LocalResult:
+            x, y = self.client_data(client)
+            p = task.plan
+            r = self.trainer.train(task.weights, x, y, epochs=p.epochs, batch_size=p.batch_size,
+                                   learning_rate=p.learning_rate, rng=np.random.default_rng(seed))
+            self._examples += r.num_examples
+            return LocalResult(r.delta, r.num_examples, r.loss)
+        return train
+
+    def _batch(self, blobs: Sequence[bytes], items: Sequence[tuple[str, int]]) -> dict[str, Any]:
+        """Deliver each (device, blob index); a broadcast blob is decoded once and shared (messages are frozen)."""
+        decoded: dict[int, Any] = {}
+        replies = []
+        self._examples = 0
+        for device, bi in items:
+            p = self._participants.get(device)
+            if p is None:
+                continue  # dropped: silent from now on
+            msg = decoded.get(bi)
+            if msg is None:
+                msg = decoded[bi] = wire.decode(blobs[bi])
+            try:
+                out = p.handle(msg)
+            except (ProtocolError, SecurityError) as e:
+                log.debug("device refused %s: %s", type(msg).__name__, e, extra={"device": device, "round": self._round})
+                out = []
+            sent = []
+            for reply in out:
+                name = type(reply).__name__
+                st = REPLY_STAGE.get(name)
+                if st is not None and st >= self._drop_at[device]:
+                    self._participants.pop(device, None)  # drops here: never answers again
+                    break
+                sent.append(wire.encode(reply))
+                if name in _FINAL:
+                    self._participants.pop(device, None)  # its round is over: free its state
+            if sent:
+                replies.append((device, sent))
+        return {"replies": replies, "examples": self._examples}
+
+
+class HostPool:
+    """A fixed set of device hosts; frames go out one at a time per host and replies come back as they finish."""
+
+    size: int = 1
+
+    def exchange(self, frames: Sequence[Sequence[bytes]]) -> Iterator[tuple[int, bytes]]:
+        """Send ``frames[h]`` in order to host h, yielding (h, reply) as each reply arrives."""
+        raise NotImplementedError
+
+    def broadcast(self, frame: bytes) -> list[bytes]:
+        """The same frame to every host; replies in host order."""
+        out: list[bytes] = [b""] * self.size
+        for h, reply in self.exchange([[frame]] * self.size):
+            out[h] = reply
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class LocalPool(HostPool):
+    """One host in the driver's own process (still speaking bytes)."""
+
+    size = 1
+
+    def __init__(self, host: DeviceHost) -> None:
+        self.host = host
+
+    def exchange(self, frames: Sequence[Sequence[bytes]]) -> Iterator[tuple[int, bytes]]:
+        for f in frames[0]:
+            yield 0, self.host.handle(f)
+
+
+def _host_main(conn: Connection) -> None:
+    """A worker process: build the world from the recipe frame, then answer frames until ``stop``."""
+    from simulations.world import build_host  # late: the worker imports the simulator itself
+
+    try:
+        host = build_host(unpack(conn.recv_bytes()))
+        conn.send_bytes(pack({"ok": True}))
+    except Exception as e:  # the driver turns it into a ConfigError
+        conn.send_bytes(pack({"ok": False, "error": f"{type(e).__name__}: {e}"}))
+        return
+    while True:
+        try:
+            frame = conn.recv_bytes()
+        except EOFError:
+            return
+        if frame == b"stop":
+            return
+        conn.send_bytes(host.handle(frame))
+
+
+class ProcessPool(HostPool):
+    """``workers`` worker processes (fresh interpreters: nothing forked, nothing pickled), each a device host.
+
+    Each worker runs ``python -m simulations.hosts FD`` on one end of a socket pair; ``recipe``
+    (plain values) tells it how to rebuild the federation and the trainer.
+    """
+
+    def __init__(self, recipe: dict[str, Any], workers: int) -> None:
+        self.size = workers
+        self._conns: list[Connection] = []
+        self._procs: list[subprocess.Popen] = []
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        for _ in range(workers):
+            ours, theirs = socket.socketpair()
+            proc = subprocess.Popen([sys.executable, "-m", "simulations.hosts", str(theirs.fileno())],
+                                    pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
+            theirs.close()
+            conn = Connection(ours.detach())
+            conn.send_bytes(pack(recipe))
+            self._conns.append(conn)
+            self._procs.append(proc)
+        for conn in self._conns:
+            try:
+                answer = unpack(conn.recv_bytes())
+            except (EOFError, OSError):
+                answer = {"ok": False, "error": "the worker exited"}
+            if not answer["ok"]:
+                self.close()
+                raise ConfigError(f"device host failed to start: {answer['error']}")
+
+    def exchange(self, frames: Sequence[Sequence[bytes]]) -> Iterator[tuple[int, bytes]]:
+        queues = [deque(f) for f in frames]
+        busy: dict[Connection, int] = {}
+        for h, q in enumerate(queues):
+            if q:
+                self._conns[h].send_bytes(q.popleft())
+                busy[self._conns[h]] = h
+        while busy:
+            for conn in wait(list(busy)):
+                h = busy.pop(conn)  # type: ignore[call-overload]
+                reply = conn.recv_bytes()  # type: ignore[union-attr]
+                if queues[h]:  # keep the host busy while the driver digests this reply
+                    self._conns[h].send_bytes(queues[h].popleft())
+                    busy[self._conns[h]] = h
+                yield h, reply
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send_bytes(b"stop")
+            except OSError:
+                pass
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for conn in self._conns:
+            conn.close()
+        self._conns, self._procs = [], []
+
+
+if __name__ == "__main__":  # a worker of ProcessPool: python -m simulations.hosts FD
+    _host_main(Connection(int(sys.argv[1])))

@@ -1,0 +1,68 @@
+"""Device hosts on Ray actors: the same hosts and frames as worker processes, past one machine.
+
+Each actor rebuilds the world from the recipe and answers wire-byte frames
+(:class:`simulations.hosts.DeviceHost`); only bytes travel, never pickled protocol objects.
+Ray is an optional extra (``pip install fedge[ray]``); results equal the local engine's for the
+same seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from agent.core.errors import ConfigError
+from simulations.hosts import HostPool
+
+log = logging.getLogger(__name__)
+
+
+class _Host:
+    """The actor body: a device host over a rebuilt world."""
+
+    def __init__(self, recipe: dict[str, Any]) -> None:
+        from simulations.world import build_host
+
+        self.host = build_host(recipe)
+
+    def handle(self, frame: bytes) -> bytes:
+        return self.host.handle(frame)
+
+
+class RayPool(HostPool):
+    """``workers`` Ray actors, each a device host; starts a local Ray if none is running."""
+
+    def __init__(self, recipe: dict[str, Any], workers: int) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("--engine ray: Ray is not installed (pip install 'fedge[ray]')") from None
+        self._ray = ray
+        if not ray.is_initialized():
+            ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        actor = ray.remote(num_cpus=1)(_Host)
+        self.size = workers
+        self._actors = [actor.remote(recipe) for _ in range(workers)]
+
+    def exchange(self, frames: Sequence[Sequence[bytes]]) -> Iterator[tuple[int, bytes]]:
+        ray = self._ray
+        queues = [deque(f) for f in frames]
+        busy: dict[Any, int] = {}
+        for h, q in enumerate(queues):
+            if q:
+                busy[self._actors[h].handle.remote(q.popleft())] = h
+        while busy:
+            done, _ = ray.wait(list(busy), num_returns=1)
+            for ref in done:
+                h = busy.pop(ref)
+                if queues[h]:
+                    busy[self._actors[h].handle.remote(queues[h].popleft())] = h
+                yield h, ray.get(ref)
+
+    def close(self) -> None:
+        for a in self._actors:
+            self._ray.kill(a)
+        self._actors = []
