@@ -129,6 +129,13 @@ def test_keystream_paths_agree(dim: int, dtype: type) -> None:
     assert np.array_equal(acc.value(), whole)
     acc.add_mask(key, -1)
     assert not acc.value().any()
+    keys = [bytes([i]) * 16 for i in range(5)]
+    signs = [1, -1, 1, 1, -1]
+    one, many = MaskAccumulator(dim, dtype), MaskAccumulator(dim, dtype)
+    for k_, s_ in zip(keys, signs):
+        one.add_mask(k_, s_)
+    many.add_masks(keys, signs)  # chunk-major order, same wrapping sum
+    assert np.array_equal(one.value(), many.value())
     assert not np.array_equal(whole, expand_into(bytes(15) + b"\x01", np.empty(dim, dtype))) or dim == 0
 
 

@@ -88,9 +88,22 @@ class MaskAccumulator:
             op(part, scratch[:m], out=part)
 
     def add_masks(self, keys: list[bytes], signs: list[int]) -> None:
-        """Several masks at once (same result as calling :meth:`add_mask` for each)."""
-        for key, sign in zip(keys, signs):
-            self.add_mask(key, sign)
+        """Several masks at once, same result as :meth:`add_mask` for each.
+
+        Chunk-major: each chunk of the sum stays in cache while every keystream is added to
+        it, so the sum crosses the memory bus once instead of once per mask.
+        """
+        if len(keys) != len(signs):
+            raise ValueError("one sign per key")
+        plan = [(_encryptor(k).update_into, np.add if s > 0 else np.subtract) for k, s in zip(keys, signs)]
+        acc, items, isz = self.acc, self._items, self.dtype.itemsize
+        zeros, sbytes, scratch = memoryview(_zeros), self._scratch_bytes, self._scratch
+        for start in range(0, self.dim, items):
+            m = min(items, self.dim - start)
+            z, part, ks = zeros[: m * isz], acc[start : start + m], scratch[:m]
+            for update_into, op in plan:
+                update_into(z, sbytes)
+                op(part, ks, out=part)
 
     def value(self) -> np.ndarray:
         """The accumulated vector (not a copy)."""

@@ -208,11 +208,12 @@ class SecAggClient:
             raise RoundFailed(f"masked_input: shares from {len(held)} neighbours, threshold {p.threshold}")
         self._held = held
         acc = MaskAccumulator(p.dim, derive.word_dtype(p), initial=self._input)
-        acc.add_mask(derive.self_mask_key(self._self_seed, rid, me), 1)
+        keys, signs = [derive.self_mask_key(self._self_seed, rid, me)], [1]
         s_sk = self._s_key.private_bytes()
         for j in sorted(held):
-            key = derive.pair_mask_key(agree(s_sk, self._peers[j][1]), rid, me, j)
-            acc.add_mask(key, derive.mask_sign(me, j))
+            keys.append(derive.pair_mask_key(agree(s_sk, self._peers[j][1]), rid, me, j))
+            signs.append(derive.mask_sign(me, j))
+        acc.add_masks(keys, signs)
         vec = derive.reduce_bits(acc.value(), p.bits)
         self._input = None  # the plain vector is no longer needed
         return MaskedInput(self.device_id, rid, vec)

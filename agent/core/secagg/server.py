@@ -327,17 +327,18 @@ class SecAggServer:
             kind = "self-mask seed" if worst[1] in self._u3 else "mask key"
             self.fail(f"the {kind} of {self._ids[worst[1]]} got {worst[0]} shares from {len(self._replies)} unmasking devices, threshold {t}")
         secrets = self._reconstruct(got)
-        acc = self._sum
-        for j in sorted(self._u3):
-            acc.add_mask(derive.self_mask_key(secrets[j], rid, j), -1)
+        keys = [derive.self_mask_key(secrets[j], rid, j) for j in sorted(self._u3)]
+        signs = [-1] * len(keys)
         for j in sorted(self._u2 - self._u3):
             sk = secrets[j]
             if AgreementKey.from_private_bytes(sk).public_bytes() != self._adverts[j].s_public:
                 self.fail(f"the reconstructed mask key of {self._ids[j]} does not match its advertisement")
             for i in self._holders[j]:
                 if i in self._u3 and j in self._senders[i]:
-                    key = derive.pair_mask_key(agree(sk, self._adverts[i].s_public), rid, i, j)
-                    acc.add_mask(key, -derive.mask_sign(i, j))
+                    keys.append(derive.pair_mask_key(agree(sk, self._adverts[i].s_public), rid, i, j))
+                    signs.append(-derive.mask_sign(i, j))
+        acc = self._sum
+        acc.add_masks(keys, signs)  # one pass over the sum for all the masks
         total = derive.reduce_bits(acc.value(), p.bits)
         self._result = SecAggResult(total, tuple(self._ids[i] for i in sorted(self._u3)))
         self.stage = check_transition(self.stage, Stage.DONE)
