@@ -148,7 +148,8 @@ def run_agent(ctx: click.Context, profile: str, device_id: str | None, db: str |
 @click.option("--device-id", required=True, help="This device's id ([A-Za-z0-9_.-], at most 64).")
 @db_override
 @click.option("--authority", default=None, help="Enrollment authority public key (hex) to trust for SecAgg+ peers.")
-def init(profile: str, device_id: str, db: str | None, authority: str | None) -> None:
+@click.option("--release-key", "release_keys", multiple=True, help="Release key (hex) to trust for model releases (repeatable).")
+def init(profile: str, device_id: str, db: str | None, authority: str | None, release_keys: tuple[str, ...] = ()) -> None:
     """Create the store and the device's Ed25519 identity (kept if it exists); print the public key."""
     from agent.config import resolve
     from agent.identity import load_or_create, set_authority
@@ -159,6 +160,10 @@ def init(profile: str, device_id: str, db: str | None, authority: str | None) ->
         key = load_or_create(store.db, device_id)
         if authority:
             set_authority(store.db, bytes.fromhex(authority))
+        if release_keys:
+            from agent.releases import trust_release_keys
+
+            trust_release_keys(store.db, device_id, release_keys)
     click.echo(f"{device_id} {key.public_bytes().hex()}")
 
 

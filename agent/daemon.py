@@ -35,6 +35,7 @@ from agent.core.transport import Inbound, Transport, TransportConfig, open_trans
 from agent.model_cache import ModelCache
 from agent.outbox import Outbox
 from agent.participant import LocalResult, Participant
+from agent.releases import FLEET_COMMANDS, LocalEvaluator, ReleaseManager, outbox_key
 from agent.round_state import RoundStates
 from agent.store import Store
 
@@ -104,6 +105,7 @@ class AgentDaemon:
         self._data: tuple[np.ndarray, np.ndarray] | None = None
         self._abort_reason = ""
         self._last_check = 0.0
+        self._last_status: tuple[str, ...] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -140,6 +142,8 @@ class AgentDaemon:
         self.rounds = RoundStates(db, clock=self._clock)
         self.models = ModelCache(db, clock=self._clock)
         self.ledger = DeviceLedger(db, clock=self._clock)
+        self.releases = ReleaseManager(db, self.device_id, clock=self._clock,
+                                       evaluator=LocalEvaluator(self.store, self.profile.compute.threads))
         self._extra = {"device": self.device_id}
         for rid in self.rounds.drop_unfinished():
             log.warning("dropped out of round %d: the agent restarted mid-round", rid, extra=self._extra | {"round": rid})
@@ -246,7 +250,7 @@ class AgentDaemon:
         try:
             if not t.connected:
                 t.connect()
-            for f in (topics.device_in(self.device_id), topics.ROUNDS, topics.COORDINATOR_STATUS):
+            for f in (topics.device_in(self.device_id), topics.ROUNDS, topics.COORDINATOR_STATUS, topics.RELEASE_KEYS + "/#"):
                 t.subscribe(f)
         except TransportError as e:
             self._connected = False
@@ -258,8 +262,10 @@ class AgentDaemon:
         self._publish_status()
         self._flush()
 
-    def _publish_status(self) -> None:
-        e = self._check_eligibility()
+    def _publish_status(self, e: elig.Eligibility | None = None) -> None:
+        """Retained status; re-published when eligibility changes (checked at each announcement)."""
+        e = e or self._check_eligibility()
+        self._last_status = e.reasons
         with contextlib.suppress(TransportError):
             assert self.transport is not None
             self.transport.publish(topics.device_status(self.device_id), self._status(e.eligible, e.reasons), retain=True)
@@ -313,14 +319,25 @@ class AgentDaemon:
             elif inbound.topic == topics.device_in(self.device_id):
                 if isinstance(msg, Task):
                     self._on_task(msg)
+                elif isinstance(msg, FLEET_COMMANDS):
+                    self._on_fleet(msg)
                 else:
                     self._on_stage(msg)
+            elif inbound.topic.startswith(topics.RELEASE_KEYS + "/"):
+                self._on_fleet(msg)
             elif inbound.topic == topics.COORDINATOR_STATUS:
                 log.debug("coordinator status: %r", msg, extra=self._extra)
         except (WireError, ProtocolError) as e:
             log.warning("ignored a message on %s: %s", inbound.topic, e, extra=self._extra)
         # acknowledged only once its consequences (replies, state) are committed to the store
         self.transport.ack(inbound)
+
+    def _on_fleet(self, msg: Any) -> None:
+        """Release install / rollback / pin / key rotation (agent.releases); reports go through the outbox."""
+        for report in self.releases.handle(msg):
+            self.outbox.put(-1, outbox_key(report), topics.device_out(self.device_id), wire.encode(report))
+        if self._retry_at is None:
+            self._flush()
 
     def _on_announce(self, a: RoundAnnounce) -> None:
         extra = self._extra | {"round": a.round_id}
@@ -331,6 +348,8 @@ class AgentDaemon:
             log.info("announcement missed its check-in deadline", extra=extra)
             return
         e = self._check_eligibility()
+        if e.reasons != self._last_status:
+            self._publish_status(e)
         reasons = list(e.reasons)
         if a.model_name != self.profile.model.name:
             reasons.append(f"model {a.model_name!r} is not this device's {self.profile.model.name!r}")

@@ -303,3 +303,28 @@ class ReleaseManager:
         baseline: float | None = None, evaluated: int = 0, detail: str = "",
     ) -> InstallReport:
         return InstallReport(self.device_id, rollout_id, version, result, self.running(), metric, baseline, evaluated, detail)
+
+
+#: Fleet messages the daemon hands to :meth:`ReleaseManager.handle` (besides rotations on RELEASE_KEYS).
+FLEET_COMMANDS = (InstallCommand, RollbackCommand, PinCommand)
+
+
+def outbox_key(report: InstallReport) -> str:
+    """The outbox stage for a report: unique per rollout (or pin), version and result."""
+    return f"fleet.install_report/{report.rollout_id or 'pin'}/{report.version}/{report.result.value}"
+
+
+def trust_release_keys(db: sqlite_utils.Database, device_id: str, keys_hex: tuple[str, ...] | list[str]) -> list[str]:
+    """Trust release public keys given at enrollment (hex); ConfigError for a malformed one."""
+    from agent.core.errors import ConfigError
+
+    out = []
+    for k in keys_hex:
+        try:
+            raw = bytes.fromhex(k.strip())
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            raise ConfigError("release key: expected 64 hex digits (an Ed25519 public key)")
+        out.append(ReleaseManager(db, device_id).trust_key(raw))
+    return out
