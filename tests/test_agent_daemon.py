@@ -4,7 +4,7 @@ a broker crash, eligibility lost mid-training, idle CPU, and SIGTERM/startup exi
 
 from __future__ import annotations
 
-import os
+import json
 import signal
 import subprocess
 import time
@@ -95,7 +95,11 @@ def test_plain_rounds_idle_cpu_broker_crash_and_sigterm(device, mosquitto):  # n
         if proc.poll() is None:
             proc.kill()
     assert db_rows(device["db"], "select round_id from privacy_ledger order by round_id") == [(1,), (2,)]
-    assert db_rows(device["db"], "select count(*) from outbox") == [(0,)]
+    out = subprocess.run(agent_cmd("status", "--profile", str(device["profile"])), capture_output=True, text=True, timeout=60)
+    st = json.loads(out.stdout)
+    assert st["device_id"] == DEV and st["outbox"] == 0 and st["model_version"] == "v0"
+    assert [(r["round_id"], r["status"]) for r in st["rounds"]] == [(2, "uploaded"), (1, "ended")]
+    assert 0 < st["epsilon_spent"] < 1000
 
 
 def test_killed_mid_upload_and_restarted_counts_the_update_exactly_once(device, mosquitto):  # noqa: F811
