@@ -26,9 +26,9 @@ from agent import eligibility as elig
 from agent import identity as ident
 from agent.config import AgentConfig
 from agent.core import topics, wire
-from agent.core.errors import BudgetExhausted, ConfigError, FedgeError, ProtocolError, TrainingError, TransportError, WireError
+from agent.core.errors import BudgetExhausted, ConfigError, ProtocolError, TrainingError, TransportError, WireError
 from agent.core.messages.device import DeviceStatus
-from agent.core.messages.rounds import CheckIn, Decline, PlainUpdate, RoundAnnounce, RoundEnd, RoundPlan, Task
+from agent.core.messages.rounds import CheckIn, Decline, RoundAnnounce, RoundEnd, RoundPlan, Task
 from agent.core.privacy.ledger import Contribution, DeviceLedger
 from agent.core.privacy.rng import os_generator
 from agent.core.transport import Inbound, Transport, TransportConfig, open_transport
