@@ -55,8 +55,10 @@ class Outbox:
     def put(self, round_id: int, stage: str, topic: str, payload: bytes) -> tuple[int, bool]:
         """Store a message (committed on return); return its id and whether it is new.
 
-        A second put for the same (round, stage) keeps the first payload: what was promised
-        once is what is sent, however often the agent restarts.
+        A second put for the same (round, stage) while the first is unsent keeps the first
+        payload: what was promised once is what is sent, however often the agent restarts. After
+        delivery the row is gone; the daemon's round state keeps it from promising a stage twice,
+        and the coordinator refuses a second copy anyway.
         """
         with self._db.conn:
             cur = self._db.execute(

@@ -3,8 +3,13 @@ round state drops unfinished rounds at restart, the model cache checks hashes, i
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
+
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent import identity
 from agent.core.errors import ConfigError, TrainingError, TransportError
@@ -99,3 +104,45 @@ def test_identity_is_created_once_and_bound_to_one_device(tmp_path):
         assert identity.stored_authority(s.db) == bytes(range(32))
         with pytest.raises(ConfigError):
             identity.load_or_create(s.db, "dev-2")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(1, 3), st.sampled_from(["a", "b", "c"]), st.booleans()), max_size=25),
+       st.integers(0, 2**32 - 1))
+def test_outbox_delivers_every_put_once_in_order_whatever_fails_and_restarts(tmp_path, ops, seed):
+    """Puts (some replayed), flushes that fail at random and reopens: the broker sees each
+    (round, stage) at least once, first copies in put order, and the outbox ends empty."""
+    import random
+
+    rnd = random.Random(seed)
+    path = tmp_path / f"o{seed}-{len(ops)}.db"
+    store = Store(path)
+    received: list[tuple[int, str]] = []
+
+    def publish(topic, payload):
+        if rnd.random() < 0.3:
+            raise TransportError("lost")
+        received.append(tuple(payload.decode().split(":")))  # type: ignore[arg-type]
+
+    promised: list[tuple[int, str]] = []
+    for rid, stage, reopen in ops:
+        Outbox(store.db).put(rid, stage, "t", f"{rid}:{stage}".encode())
+        if (rid, stage) not in promised:
+            promised.append((rid, stage))
+        with contextlib.suppress(TransportError):
+            Outbox(store.db).flush(publish)
+        if reopen:
+            store.close()
+            store = Store(path)
+    while len(Outbox(store.db)):
+        with contextlib.suppress(TransportError):
+            Outbox(store.db).flush(publish)
+    store.close()
+    received = [(int(r), s) for r, s in received]
+    assert list(dict.fromkeys(received)) == promised
+    # a publish either succeeded (then the row is gone) or raised: one copy per put at most, and
+    # a put while the row is still pending adds none (a put after delivery is a new message)
+    puts = Counter((rid, stage) for rid, stage, _ in ops)
+    assert all(n <= puts[k] for k, n in Counter(received).items())
+    if len(set(puts)) == len(ops):
+        assert len(received) == len(promised)
