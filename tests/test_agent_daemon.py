@@ -184,3 +184,23 @@ def test_startup_failure_has_its_own_exit_code(tmp_path, device):
     assert out.returncode == 78 and "no device id" in out.stderr, out.stderr
     out = subprocess.run(agent_cmd("identity", "--profile", str(device["profile"])), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.split() == [DEV, device["public"]]
+
+
+def test_sigterm_during_training_declines_and_exits_cleanly(device, mosquitto):  # noqa: F811
+    db = device["db"]
+    proc = start_agent(device["profile"], device["log"], "--data", str(device["data"]))
+    try:
+        with MiniCoordinator(mosquitto.url, epochs=2000) as c:
+            _round(c, 1)
+            wait_for(lambda: db_rows(db, "select status from round_state where round_id = 1") == [("training",)],
+                     60, "training to start", step=0.005)
+            t = time.monotonic()
+            assert stop(proc, signal.SIGTERM, STOP_BOUND_S) == 0, _log(device)[-3000:]
+            assert time.monotonic() - t < STOP_BOUND_S
+            wait_for(lambda: c.declines, 10, "the decline sent on the way out")
+            assert "the agent is stopping" in c.declines[0].reason
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert db_rows(db, "select count(*) from outbox") == [(0,)]
+    assert db_rows(db, "select count(*) from privacy_ledger") == [(0,)]
