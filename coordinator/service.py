@@ -31,6 +31,7 @@ import numpy as np
 
 from agent.core import topics, wire
 from agent.core.errors import BudgetExhausted, ConfigError, FedgeError, ProtocolError, TransportError, WireError
+from agent.core.messages.fleet import InstallReport
 from agent.core.messages.rounds import CheckIn, RoundAnnounce, RoundEnd, RoundPlan
 from agent.core.privacy.accounting import round_event_for
 from agent.core.transport import Inbound, Transport, open_transport
@@ -39,7 +40,9 @@ from coordinator.broker import EmbeddedBroker
 from coordinator.config import ServiceConfig
 from coordinator.engine import Aggregation, Outbound, PlainAggregation, RoundEngine, RoundSettings, RoundStatus, expected_length
 from coordinator.enrollment import active_ids, certificate, identities
+from coordinator.fleet import FleetController, retained_rotations
 from coordinator.pacing import Pacer
+from coordinator.releases import create_release
 from coordinator.plan import make_plan
 from coordinator.privacy_budget import CampaignBudget
 from coordinator.selection import select_cohort
@@ -153,6 +156,9 @@ class CoordinatorService:
         self.transport = open_transport(cfg.transport(self.broker_url))
         self.transport.connect()
         self.transport.subscribe(topics.ALL_DEVICES_OUT)
+        self.fleet = FleetController(self.store, clock=self.clock)  # releases and rollouts (coordinator/fleet.py)
+        self._fleet_due = 0.0
+        self.publish_key_rotations()
         for rid in recovered:
             self._publish_end(RoundEnd(rid, "abandoned", RESTARTED, ""))
         log.info("coordinator ready on %s (db %s)", self.broker_url, cfg.db_path)
@@ -168,7 +174,7 @@ class CoordinatorService:
                 if self._stop.is_set() or self.budget_spent:
                     break
                 if i and self.config.round_gap_s:
-                    self._stop.wait(self.config.round_gap_s)
+                    self.idle(self.config.round_gap_s)
                 reports.append(self.run_round())
         finally:
             self.shutdown()
@@ -284,6 +290,37 @@ class CoordinatorService:
         assert model is not None, "start() stores the initial model"
         return model
 
+    # ------------------------------------------------------------------ fleet operations
+
+    def idle(self, seconds: float) -> None:
+        """Between rounds: keep serving rollouts (reports in, commands out) for ``seconds`` or until stopped."""
+        end = self.clock() + seconds
+        while not self._stop.is_set() and (left := end - self.clock()) > 0:
+            self._receive_one(min(left, POLL_S))
+
+    def publish_key_rotations(self) -> None:
+        """Every release-key rotation, retained, so devices that missed some can catch up."""
+        for topic, msg in retained_rotations(self._store()):
+            self._publish(topic, msg, retain=True)
+
+    def _fleet_tick(self) -> None:
+        """Advance rollouts at most once a second; publish their commands."""
+        fleet, now = getattr(self, "fleet", None), self.clock()
+        if fleet is None or now < self._fleet_due:
+            return
+        self._fleet_due = now + 1.0
+        for o in fleet.tick():
+            try:
+                self._publish(topics.device_in(o.device_id), o.message)
+            except TransportError as e:
+                log.warning("fleet command not sent: %s", e, extra={"device": o.device_id})
+
+    def _fleet_report(self, topic: str, device: str, msg: InstallReport, size: int) -> None:
+        try:
+            self.fleet.handle(device, msg)
+        except ProtocolError as e:
+            self._reject(topic, device, None, "fleet", str(e), size)
+
     # ------------------------------------------------------------------ inbound
 
     def _receive_one(self, timeout: float) -> None:
@@ -300,6 +337,7 @@ class CoordinatorService:
             self._handle(inbound)
         finally:
             t.ack(inbound)
+            self._fleet_tick()
 
     def _handle(self, inbound: Inbound) -> None:
         """Decode, authenticate, store (exactly once), then apply one inbound message. Never raises FedgeError."""
@@ -322,6 +360,8 @@ class CoordinatorService:
         rid = getattr(msg, "round_id", None)
         if getattr(msg, "device_id", device) != device:
             return self._reject(inbound.topic, device, rid, "spoofed", "message names another device", size)
+        if isinstance(msg, InstallReport):
+            return self._fleet_report(inbound.topic, device, msg, size)
         if rid is None or rid != self._round_id:
             return self._reject(inbound.topic, device, rid, "stale", f"not for the current round {self._round_id}", size)
         stage = wire.type_name(msg)
@@ -421,6 +461,7 @@ class CoordinatorService:
             return
         trainer = self._trainer()
         store.put_model(f"{name}-0", trainer.initial_weights(), architecture=name, now=self.clock())
+        create_release(store, f"{name}-0", clock=self.clock)
 
     def _trainer(self) -> Any:
         if self._evaluator is None:
@@ -474,6 +515,7 @@ class CoordinatorService:
                 parent=model_in.version, metrics=metrics, produced_by_round=rid, now=now,
             )
             fields["model_out"] = version
+            create_release(store, version, clock=self.clock)  # every published global model is a signed release
             if self.budget is not None and event is not None:
                 try:
                     fields["epsilon"] = self.budget.record_round(rid, event)
