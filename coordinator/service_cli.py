@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -85,32 +86,43 @@ def devices_enroll(device_id: str, identity_hex: str, device_class: str, tags: t
     try:
         d = enroll(store, device_id, identity_hex, device_class, tags)
         auth = authority_public_hex(store)
+        from coordinator.releases import release_key
+
+        release_public = release_key(store).public_bytes().hex()
     finally:
         store.close()
     click.echo(f"enrolled {d.device_id} ({d.device_class}) identity {d.identity_hex[:16]}...")
     click.echo(f"enrollment authority {auth}")
+    click.echo(f"release key {release_public}")
 
 
 @devices.command("list")
 @db_option
 @json_option
 def devices_list(db: str, as_json: bool) -> None:
-    """List enrolled devices."""
+    """List enrolled devices: last seen, rounds selected/contributed, epsilon, eligibility history, release."""
+    from coordinator.device_report import activities
     from coordinator.enrollment import list_devices
     from coordinator.store import Store
 
     store = Store(db)
     try:
         rows = list_devices(store)
+        acts = activities(store)
     finally:
         store.close()
     if as_json:
-        click.echo(json.dumps([d.to_dict() for d in rows], indent=2))
+        click.echo(json.dumps([{**d.to_dict(), **acts[d.device_id].to_dict()} for d in rows], indent=2))
         return
-    click.echo(f"{'device':<24} {'class':<8} {'status':<8} {'identity':<18} tags")
+    click.echo(f"{'device':<24} {'class':<8} {'status':<8} {'identity':<18} {'last seen':<17} {'sel/contrib':<11} "
+               f"{'epsilon':>8} {'eligible (old..new)':<19} {'release':<16} tags")
     for d in rows:
         status = "revoked" if d.revoked else "active"
-        click.echo(f"{d.device_id:<24} {d.device_class:<8} {status:<8} {d.identity_hex[:16]:<18} {','.join(d.tags)}")
+        a = acts[d.device_id]
+        seen = "-" if a.last_seen is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(a.last_seen))
+        eps = "-" if a.epsilon_spent is None else f"{a.epsilon_spent:.3g}"
+        click.echo(f"{d.device_id:<24} {d.device_class:<8} {status:<8} {d.identity_hex[:16]:<18} {seen:<17} "
+                   f"{f'{a.selected}/{a.contributed}':<11} {eps:>8} {a.history():<19} {a.release or '-':<16} {','.join(d.tags)}")
 
 
 @devices.command("revoke")
