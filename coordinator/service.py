@@ -332,6 +332,7 @@ class CoordinatorService:
             log.warning("receive failed: %s", e)
             return
         if inbound is None:
+            self._fleet_tick()
             return
         try:
             self._handle(inbound)
