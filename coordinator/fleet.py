@@ -347,6 +347,8 @@ class FleetController:
         if not done:
             return out
         specs = [_load(self.store, r["rollout_id"])[0] for r in done]
+        known = {s.rollout_id: {r["device_id"] for r in db.query(
+            "select device_id from rollout_devices where rollout_id = ?", [s.rollout_id])} for s in specs if s.target.is_cohort}
         covered: set[str] = set()
         for dev in _devices(self.store):
             tags = json.loads(dev["tags"] or "[]")
@@ -356,8 +358,7 @@ class FleetController:
                     continue
                 if d in covered or d in pins:
                     break
-                known = db["rollout_devices"].count_where("rollout_id = ? and device_id = ?", [spec.rollout_id, d])
-                if not known:
+                if d not in known[spec.rollout_id]:
                     db["rollout_devices"].insert({"rollout_id": spec.rollout_id, "device_id": d, "phase": len(spec.phases) - 1,
                                                   "state": DeviceState.SENT.value, "sent_at": now, "late": 1})
                     out.append(Outbound(d, InstallCommand(d, spec.rollout_id, signed_release(self.store, spec.version))))

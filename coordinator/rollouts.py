@@ -242,11 +242,11 @@ def advance(
         return Decision(progress, timed_out=timed_out)
     install: list[str] = []
     skip: list[str] = []
+    chosen: set[str] = set()
     last = len(spec.phases) - 1
+    ordered = order(spec.rollout_id, [d for d, r in devices.items() if r.state is DeviceState.WAITING])
     while True:
-        waiting = [d for d in order(spec.rollout_id, list(devices))
-                   if devices[d].state is DeviceState.WAITING and devices[d].phase <= progress.phase
-                   and d not in install and d not in skip]
+        waiting = [d for d in ordered if devices[d].phase <= progress.phase and d not in chosen]
         budget = len(waiting)
         if spec.rate_per_minute is not None:
             elapsed = max(0.0, now - progress.started - progress.paused_total)
@@ -255,8 +255,10 @@ def advance(
             budget = max(0, min(budget, allowed - sent - len(install)))
         for d in waiting[:budget]:
             (skip if d in pinned else install).append(d)
-        in_phase_pending = [d for d, r in devices.items() if r.phase <= progress.phase and r.state in PENDING
-                            and d not in skip]
+            chosen.add(d)
+        skipped = set(skip)
+        in_phase_pending = any(r.phase <= progress.phase and r.state in PENDING and d not in skipped
+                               for d, r in devices.items())
         if in_phase_pending or now - progress.phase_started < spec.phase_wait_s:
             break
         if progress.phase >= last:
