@@ -227,10 +227,15 @@ class ReleaseManager:
             return self._done(rollout_id, version, InstallResult.INSTALLED, detail="already running")
         try:
             metric = self._evaluate(release.manifest, weights)
-            baseline = self._evaluate(current.manifest, current.weights) if current is not None and metric else None
         except (FedgeError, ValueError, RuntimeError, MemoryError) as e:
             log.warning("release %s failed to install: %s", version, e, extra=self._extra)
             return self._done(rollout_id, version, InstallResult.FAILED, detail=f"install failed: {type(e).__name__}")
+        baseline = None
+        if current is not None and metric is not None:
+            try:  # the release it replaces, on the same data: the coordinator's regression criterion
+                baseline = self._evaluate(current.manifest, current.weights)
+            except (FedgeError, ValueError, RuntimeError, MemoryError) as e:
+                log.info("previous release %s not evaluated: %s", current.manifest.version, e, extra=self._extra)
         with self._db.conn:
             self._db.execute("delete from releases where slot = ?", [PREVIOUS])
             self._db.execute("update releases set slot = ? where slot = ?", [PREVIOUS, CURRENT])

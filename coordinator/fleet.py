@@ -256,7 +256,8 @@ def _apply(store: Store, rollout_id: str, d: Decision, now: float, out: list[Out
         store.db.execute(set_state, [DeviceState.TIMED_OUT.value, None, rollout_id, dev])
     for dev in d.skip:
         store.db.execute(set_state, [DeviceState.SKIPPED.value, None, rollout_id, dev])
-        store.db.execute("update rollout_devices set detail = 'pinned' where rollout_id = ? and device_id = ?", [rollout_id, dev])
+        store.db.execute("update rollout_devices set detail = 'pinned or revoked' where rollout_id = ? and device_id = ?",
+                         [rollout_id, dev])
     release: SignedRelease | None = signed_release(store, spec.version) if d.install else None
     for dev in d.install:
         store.db.execute(set_state, [DeviceState.SENT.value, now, rollout_id, dev])
@@ -293,13 +294,15 @@ class FleetController:
                 db.execute("update pin_deliveries set result = ?, reported_at = ? where device_id = ?",
                            [msg.result.value, now, device_id])
                 return
-            row = next(db.query("select state from rollout_devices where rollout_id = ? and device_id = ?",
-                                [msg.rollout_id, device_id]), None)
+            row = next(db.query("select d.state, r.version from rollout_devices d join rollouts r using (rollout_id)"
+                                " where d.rollout_id = ? and d.device_id = ?", [msg.rollout_id, device_id]), None)
             if row is None:
                 raise ProtocolError(f"device is not in rollout {msg.rollout_id!r}")
             state = DeviceState(row["state"])
             if msg.result in (InstallResult.ROLLED_BACK, InstallResult.UNCHANGED):
                 new = DeviceState.ROLLED_BACK if state is DeviceState.ROLLBACK_SENT else state
+            elif state is DeviceState.ROLLBACK_SENT and msg.result is InstallResult.FAILED and msg.running == row["version"]:
+                new = DeviceState.FAILED  # cannot roll back (no previous release): still runs it; the rollout can end
             elif state in (DeviceState.SENT, DeviceState.TIMED_OUT):
                 new = _REPORTED.get(msg.result, state)
             else:
@@ -316,11 +319,14 @@ class FleetController:
         out: list[Outbound] = []
         now = self.clock()
         pins = pinned_versions(self.store)
+        active = {r["device_id"] for r in _devices(self.store)}
         for r in list(self.store.db.query("select rollout_id from rollouts where status in ('active', 'paused', 'aborted')")):
             rid = r["rollout_id"]
             spec, progress, _ = _load(self.store, rid)
-            pinned = frozenset(d for d, v in pins.items() if v != spec.version)
-            decision = advance(spec, progress, _records(self.store, rid), now, pinned)
+            records = _records(self.store, rid)
+            # pinned elsewhere, or revoked since the rollout was created: skipped, never sent
+            skip = frozenset(d for d, v in pins.items() if v != spec.version) | (records.keys() - active)
+            decision = advance(spec, progress, records, now, skip)
             with self.store.db.conn:
                 _apply(self.store, rid, decision, now, out)
         out += self._deliver_pins(pins, now)

@@ -219,7 +219,7 @@ def abort(progress: Progress, devices: Mapping[str, DeviceRecord], reason: str) 
 def advance(
     spec: Spec, progress: Progress, devices: Mapping[str, DeviceRecord], now: float, pinned: frozenset[str] = frozenset()
 ) -> Decision:
-    """One step of the machine at time ``now``. ``pinned`` devices are skipped instead of sent."""
+    """One step of the machine at time ``now``. ``pinned`` devices (pinned elsewhere, revoked) are skipped, never sent."""
     timed_out = tuple(sorted(
         d for d, r in devices.items()
         if r.state is DeviceState.SENT and r.sent_at is not None and now - r.sent_at > spec.report_timeout_s

@@ -189,3 +189,21 @@ def test_reports_from_strangers_and_redeliveries_change_nothing(fleet):
     agent.transport.publish(topics.device_out("dev-003"), wire.encode(report))
     fleet.pump()
     assert get_rollout(fleet.store, "base").counts == before
+
+
+def test_revoked_devices_are_skipped_and_a_rollback_without_previous_release_ends(fleet):
+    from coordinator.enrollment import revoke
+
+    fresh = fleet.add_agent("car-9", "car", ())  # no release yet: nothing to roll back to
+    create_rollout(fleet.store, Spec("mixed", R2, Target(devices=("car-9", "dev-004", "dev-005"))), clock=fleet.clock)
+    revoke(fleet.store, "dev-004")  # after the cohort was fixed, before anything was sent
+    fleet.pump()
+    view = get_rollout(fleet.store, "mixed")
+    assert view.progress.status is Status.COMPLETED and view.counts["skipped"] == 1
+    assert fleet.agents["dev-004"].manager.running() == R1 and fresh.manager.running() == R2
+    rollback(fleet.store, "mixed", clock=fleet.clock)
+    fleet.pump()
+    view = get_rollout(fleet.store, "mixed")
+    assert view.progress.status is Status.ROLLED_BACK
+    assert (view.counts["rolled_back"], view.counts["failed"]) == (1, 1)  # car-9 cannot go back
+    assert fleet.agents["dev-005"].manager.running() == R1 and fresh.manager.running() == R2
