@@ -16,6 +16,8 @@ import sqlite_utils
 TABLE = "round_state"
 #: Statuses after which the agent has nothing more to do in the round.
 FINAL = frozenset({"ineligible", "declined", "ended", "dropped"})
+#: Statuses whose in-memory part (training, SecAgg+ secrets) dies with the process.
+IN_PROGRESS = frozenset({"training", "uploaded"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +59,12 @@ class RoundStates:
             )
 
     def drop_unfinished(self) -> list[int]:
-        """At startup: mark rounds left in progress as ``dropped``; return their ids."""
-        final = ", ".join(f"'{s}'" for s in sorted(FINAL))
-        ids = [r[0] for r in self._db.execute(f"select round_id from {TABLE} where status not in ({final})")]
+        """At startup: mark rounds that had a task in progress as ``dropped``; return their ids.
+
+        A round the device only checked in to stays open: nothing of it was lost with the process.
+        """
+        busy = ", ".join(f"'{s}'" for s in sorted(IN_PROGRESS))
+        ids = [r[0] for r in self._db.execute(f"select round_id from {TABLE} where status in ({busy})")]
         with self._db.conn:
             for rid in ids:
                 self._db.execute(f"update {TABLE} set status = 'dropped', updated = ? where round_id = ?", [self._clock(), rid])

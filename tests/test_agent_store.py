@@ -68,13 +68,15 @@ def test_round_state_drops_unfinished_rounds_at_restart(tmp_path):
         rs.set(2, "round.plain_update", "uploaded")
         rs.set(3, "task", "training")
         rs.set(4, "checkin", "ineligible")
+        rs.set(5, "checkin", "checked_in")
     with Store(db) as s:
         rs = RoundStates(s.db)
         assert rs.drop_unfinished() == [2, 3]
+        assert rs.get(5).status == "checked_in"  # only checked in: it can still take its task
         assert rs.get(2).stage == "round.plain_update" and rs.get(2).status == "dropped"
         assert rs.get(3).status == "dropped" and rs.get(1).status == "ended"
         assert rs.drop_unfinished() == []
-        assert [r.round_id for r in rs.latest(2)] == [4, 3]
+        assert [r.round_id for r in rs.latest(2)] == [5, 4]
 
 
 def test_model_cache_keeps_the_newest_and_detects_corruption(tmp_path):
