@@ -26,7 +26,7 @@ from agent import eligibility as elig
 from agent import identity as ident
 from agent.config import AgentConfig
 from agent.core import topics, wire
-from agent.core.errors import BudgetExhausted, ConfigError, ProtocolError, TrainingError, TransportError, WireError
+from agent.core.errors import BudgetExhausted, ConfigError, FedgeError, ProtocolError, TrainingError, TransportError, WireError
 from agent.core.messages.device import DeviceStatus
 from agent.core.messages.rounds import CheckIn, Decline, RoundAnnounce, RoundEnd, RoundPlan, Task
 from agent.core.privacy.ledger import Contribution, DeviceLedger
@@ -329,6 +329,8 @@ class AgentDaemon:
                 log.debug("coordinator status: %r", msg, extra=self._extra)
         except (WireError, ProtocolError) as e:
             log.warning("ignored a message on %s: %s", inbound.topic, e, extra=self._extra)
+        except FedgeError as e:  # e.g. a SecAgg+ check failed: that round is over for us, the daemon is not
+            log.warning("message on %s failed: %s: %s", inbound.topic, type(e).__name__, e, extra=self._extra)
         # acknowledged only once its consequences (replies, state) are committed to the store
         self.transport.ack(inbound)
 
@@ -401,7 +403,16 @@ class AgentDaemon:
         rid = getattr(msg, "round_id", None)
         if p is None or rid != p.round_id:
             raise ProtocolError(f"{type(msg).__name__} for a round this device is not in")
-        for reply in p.handle(msg):
+        try:
+            replies = p.handle(msg)
+        except ProtocolError:
+            raise
+        except FedgeError:
+            self.rounds.set(rid, wire.type_name(msg), "dropped")
+            self._participant = None
+            self._round_expiry = None
+            raise
+        for reply in replies:
             self._send(rid, reply)
 
     def _on_end(self, end: RoundEnd) -> None:
