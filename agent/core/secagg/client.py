@@ -230,7 +230,8 @@ class SecAggClient:
         if len(alive_set) < p.min_clients:
             raise RoundFailed(f"consistency_check: {len(alive_set)} survivors, minimum {p.min_clients}")
         self._bitmap = np.asarray(msg.bitmap, np.uint8).tobytes()
-        self._alive = alive_set
+        # only neighbours' liveness is consulted later: keep O(k), not O(n), per client
+        self._alive = alive_set & self._neighbours
         sig = self._identity.sign(derive.survivors_payload(self._digest, self._bitmap))
         return SurvivorSignature(self.device_id, self._round_id, sig)
 
