@@ -1,0 +1,99 @@
+"""The daemon's message handling in this process over the in-memory broker (a real transport
+twin, no MQTT): every message is acknowledged, bad or unexpected ones are ignored and the daemon
+goes on, a SecAgg+ task without an enrollment authority is declined, replays are not answered twice."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from agent.config import resolve
+from agent.core import topics, wire
+from agent.core.messages.rounds import CheckIn, Decline, RoundAnnounce, RoundEnd, Task
+from agent.core.transport import InMemoryBroker, InMemoryTransport, TransportConfig
+from agent.daemon import AgentDaemon
+from coordinator.plan import TrainingConfig, make_plan
+from tests.agent_fixtures import FakeSysfs, digits_npz, write_profile
+
+DEV = "dev-mem"
+
+
+@pytest.fixture
+def setup(tmp_path):
+    broker = InMemoryBroker()
+    fs = FakeSysfs(tmp_path / "sys")
+    profile = write_profile(tmp_path / "p.toml", "mqtt://127.0.0.1:1883", tmp_path / "agent.db", fs)
+    cfg = resolve(profile, device_id=DEV, data_path=str(digits_npz(tmp_path / "d.npz", n=60)))
+
+    def factory(tc: TransportConfig) -> InMemoryTransport:
+        return InMemoryTransport(dataclasses.replace(tc, broker_url="memory://test"), broker)
+
+    d = AgentDaemon(cfg, transport_factory=factory, clock=lambda: 1000.0)
+    d.startup()
+    coord = InMemoryTransport(TransportConfig(broker_url="memory://test", client_id="coord"), broker)
+    coord.connect()
+    coord.subscribe(topics.ALL_DEVICES_OUT)
+    yield d, coord, broker
+    coord.close()
+    d.shutdown()
+
+
+def pump(d: AgentDaemon) -> None:
+    """Handle every queued message, as run() would, without blocking."""
+    while (inbound := d.transport.receive(0)) is not None:
+        d._dispatch(inbound)
+
+
+def replies(coord: InMemoryTransport) -> list:
+    out = []
+    while (inbound := coord.receive(0)) is not None:
+        out.append(wire.decode(inbound.payload))
+        coord.ack(inbound)
+    return out
+
+
+def test_garbage_and_unexpected_messages_are_acked_and_ignored(setup):
+    d, coord, broker = setup
+    coord.publish(topics.device_in(DEV), b"not a fedge message")
+    coord.publish(topics.device_in(DEV), wire.encode(RoundEnd(9, "completed", "", "v1")))  # wrong topic for it
+    coord.publish(topics.device_in(DEV), wire.encode(Decline(3, DEV, "x")))  # a stage for no round
+    pump(d)
+    assert broker.unacked(DEV) == 0
+    coord.publish(topics.ROUNDS, wire.encode(RoundAnnounce(1, "mlp", "v0", 2000.0)), retain=True)
+    pump(d)
+    (checkin,) = replies(coord)
+    assert isinstance(checkin, CheckIn) and checkin.eligible and checkin.num_examples == 60
+    # the retained announcement seen again (a reconnect) is not answered twice
+    coord.publish(topics.ROUNDS, wire.encode(RoundAnnounce(1, "mlp", "v0", 2000.0)), retain=True)
+    pump(d)
+    assert replies(coord) == []
+
+
+def test_announcement_past_its_deadline_or_for_another_model_gets_no_yes(setup):
+    d, coord, _ = setup
+    coord.publish(topics.ROUNDS, wire.encode(RoundAnnounce(1, "mlp", "v0", 999.0)))  # clock is 1000
+    coord.publish(topics.ROUNDS, wire.encode(RoundAnnounce(2, "cnn", "v0", 2000.0)))
+    pump(d)
+    (checkin,) = replies(coord)
+    assert checkin.round_id == 2 and not checkin.eligible
+    assert d.rounds.get(1).status == "ineligible"
+
+
+def test_secagg_task_without_an_enrollment_authority_is_declined(setup):
+    d, coord, _ = setup
+    coord.publish(topics.ROUNDS, wire.encode(RoundAnnounce(1, "mlp", "v0", 2000.0)))
+    plan = make_plan(TrainingConfig(secagg=True, dp_mode="local", noise_multiplier=1.0, train_deadline_s=60.0,
+                                    goal=2, min_cohort=2), "v0", 2, 10)
+    weights = np.zeros(10, np.float32)  # declined before training: the size does not matter
+    coord.publish(topics.device_in(DEV), wire.encode(Task(1, DEV, plan, weights)))
+    pump(d)
+    msgs = replies(coord)
+    assert isinstance(msgs[0], CheckIn)
+    assert isinstance(msgs[1], Decline) and "secure aggregation unavailable" in msgs[1].reason
+    assert d.rounds.get(1).status == "declined"
+    # the task redelivered (QoS 1) is not answered again
+    coord.publish(topics.device_in(DEV), wire.encode(Task(1, DEV, plan, weights)))
+    pump(d)
+    assert replies(coord) == []
