@@ -3,8 +3,8 @@
 For each data set, runs the simulation with the same cohort size over both populations (interleaved,
 ``REPEATS`` times), and reports the ratio of per-round seconds (target <= 1.2), of seconds per
 trained example (Synthetic's device sizes are heavy-tailed, so cohorts of the same size differ in
-work; this ratio removes that), and of setup seconds. Peak RSS of the whole process is printed too. The round engine is the stand-in
-FedAvg of :mod:`simulations.standin` until the protocol engine is wired in.
+work; this ratio removes that), and of setup seconds. Peak RSS of the whole process is printed too. The round engine is the runner's
+default, the protocol engine (SecAgg+ off here: see ``bench/sim.py`` for the secure cases).
 
 Run: ``.venv/bin/python bench/sim_cohort_cost.py``; the last line is JSON.
 """

@@ -77,6 +77,7 @@ class DeviceHost:
         self._keys: dict[str, IdentityKey] = {}
         self._roster: dict[str, bytes] = {}
         self._round = 0
+        self._last: tuple[bytes, Any] = (b"", None)
 
     def handle(self, frame: bytes) -> bytes:
         """Answer one driver frame (``round``, ``roster``, ``batch`` or ``end``)."""
@@ -91,6 +92,7 @@ class DeviceHost:
             return pack({})
         if kind == "end":
             self._participants, self._drop_at, self._keys, self._roster = {}, {}, {}, {}
+            self._last = (b"", None)
             return pack({})
         raise ProtocolError(f"unknown host frame {kind!r}")
 
@@ -127,6 +129,14 @@ class DeviceHost:
             return LocalResult(r.delta, r.num_examples, r.loss)
         return train
 
+    def _decode(self, blob: bytes) -> Any:
+        """Decode a blob; a broadcast seen in the previous batch (round config, survivors) is shared, not re-decoded."""
+        if blob == self._last[0]:
+            return self._last[1]
+        msg = wire.decode(blob)
+        self._last = (blob, msg)
+        return msg
+
     def _batch(self, blobs: Sequence[bytes], items: Sequence[tuple[str, int]]) -> dict[str, Any]:
         """Deliver each (device, blob index); a broadcast blob is decoded once and shared (messages are frozen)."""
         decoded: dict[int, Any] = {}
@@ -138,7 +148,7 @@ class DeviceHost:
                 continue  # dropped: silent from now on
             msg = decoded.get(bi)
             if msg is None:
-                msg = decoded[bi] = wire.decode(blobs[bi])
+                msg = decoded[bi] = self._decode(blobs[bi])
             try:
                 out = p.handle(msg)
             except (ProtocolError, SecurityError) as e:
