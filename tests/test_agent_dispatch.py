@@ -97,3 +97,29 @@ def test_secagg_task_without_an_enrollment_authority_is_declined(setup):
     coord.publish(topics.device_in(DEV), wire.encode(Task(1, DEV, plan, weights)))
     pump(d)
     assert replies(coord) == []
+
+
+def test_a_failing_secagg_stage_drops_the_round_and_the_daemon_goes_on(setup):
+    from agent.core.errors import SecurityError
+    from agent.core.messages.secagg import Survivors
+    from agent.participant import Participant
+
+    d, coord, broker = setup
+
+    class FailingClient:  # stands in for SecAggClient: a peer's signature did not verify
+        def handle(self, msg):
+            raise SecurityError("bad signature")
+
+    p = Participant(DEV, lambda task: None, np.random.default_rng(0))
+    p.round_id, p.client = 4, FailingClient()
+    d._participant = p
+    d.rounds.set(4, "task", "uploaded")
+    msg = Survivors(4, np.packbits(np.ones(3, bool)))
+    coord.publish(topics.device_in(DEV), wire.encode(msg))
+    pump(d)
+    assert broker.unacked(DEV) == 0
+    assert d._participant is None and d.rounds.get(4).status == "dropped"
+    coord.publish(topics.ROUNDS, wire.encode(RoundAnnounce(5, "mlp", "v0", 2000.0)))
+    pump(d)
+    assert [m.round_id for m in replies(coord)] == [5]  # still answering
+
