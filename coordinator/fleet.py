@@ -280,6 +280,15 @@ class FleetController:
     def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
+        self._published_rotation = 0
+
+    def new_rotations(self) -> list[tuple[str, KeyRotation]]:
+        """Key rotations not yet marked published (all of them at first), to publish retained in order.
+        ``releases rotate-key`` may run in another process; the service asks on every tick."""
+        return [(t, r) for t, r in retained_rotations(self.store) if r.sequence > self._published_rotation]
+
+    def rotation_published(self, sequence: int) -> None:
+        self._published_rotation = max(self._published_rotation, sequence)
 
     def handle(self, device_id: str, msg: Any) -> None:
         """Record one device's :class:`InstallReport` (ProtocolError for anything else or a stranger)."""

@@ -40,7 +40,7 @@ from coordinator.broker import EmbeddedBroker
 from coordinator.config import ServiceConfig
 from coordinator.engine import Aggregation, Outbound, PlainAggregation, RoundEngine, RoundSettings, RoundStatus, expected_length
 from coordinator.enrollment import active_ids, certificate, identities
-from coordinator.fleet import FleetController, retained_rotations
+from coordinator.fleet import FleetController
 from coordinator.pacing import Pacer
 from coordinator.releases import create_release
 from coordinator.plan import make_plan
@@ -300,8 +300,9 @@ class CoordinatorService:
 
     def publish_key_rotations(self) -> None:
         """Every release-key rotation, retained, so devices that missed some can catch up."""
-        for topic, msg in retained_rotations(self._store()):
+        for topic, msg in self.fleet.new_rotations():
             self._publish(topic, msg, retain=True)
+            self.fleet.rotation_published(msg.sequence)
 
     def _fleet_tick(self) -> None:
         """Advance rollouts at most once a second; publish their commands."""
@@ -309,6 +310,10 @@ class CoordinatorService:
         if fleet is None or now < self._fleet_due:
             return
         self._fleet_due = now + 1.0
+        try:
+            self.publish_key_rotations()
+        except TransportError as e:
+            log.warning("key rotation not published: %s", e)
         for o in fleet.tick():
             try:
                 self._publish(topics.device_in(o.device_id), o.message)

@@ -13,7 +13,7 @@ from agent.core.transport.mqtt import MqttTransport
 from agent.releases import ReleaseManager
 from agent.store import Store as AgentStore
 from coordinator.fleet import create_rollout, get_rollout
-from coordinator.releases import list_releases, trusted_keys
+from coordinator.releases import create_release, list_releases, rotate_key, trusted_keys
 from coordinator.rollouts import Spec, Status, Target
 from coordinator.service import CoordinatorService
 from coordinator.store import Store
@@ -25,6 +25,7 @@ def _device(url: str, device_id: str, manager: ReleaseManager, stop: threading.E
     t = MqttTransport(TransportConfig(url, device_id, clean_start=True, protocol="3.1.1"))  # amqtt speaks 3.1.1
     t.connect()
     t.subscribe(topics.device_in(device_id))
+    t.subscribe(topics.RELEASE_KEYS + "/#")
     ready.set()
     try:
         while not stop.is_set():
@@ -74,6 +75,21 @@ def test_service_runs_a_rollout_between_rounds(tmp_path):
         assert view.progress.status is Status.COMPLETED and view.counts["installed"] == 2, view.to_dict()
         kinds = [r["kind"] for r in store.db.query("select kind from rejections")]
         assert kinds == ["fleet"]
+
+        # the operator rotates the release key from the CLI while the service runs; devices follow it
+        ops = Store(str(fleet.db))
+        try:
+            rotate_key(ops)
+            ops.put_model("mlp-fix", ops.model("mlp-0").weights + 0.01, architecture="mlp", parent="mlp-0")
+            assert create_release(ops, "mlp-fix").manifest.key_id != initial.manifest.key_id
+            create_rollout(ops, Spec("r2", "mlp-fix", Target(device_class="pi4")))
+        finally:
+            ops.close()
+        deadline = time.monotonic() + 30
+        while get_rollout(store, "r2").progress.status is Status.ACTIVE and time.monotonic() < deadline:
+            service.idle(0.5)
+        view = get_rollout(store, "r2")
+        assert view.progress.status is Status.COMPLETED and view.counts["installed"] == 2, view.to_dict()
     finally:
         stop.set()
         for th in threads:
@@ -81,7 +97,7 @@ def test_service_runs_a_rollout_between_rounds(tmp_path):
         service.shutdown()
     for dev in fleet.devices:
         with AgentStore(tmp_path / f"{dev}-agent.db") as s:
-            assert ReleaseManager(s.db, dev).running() == "mlp-0"
+            assert ReleaseManager(s.db, dev).running() == "mlp-fix"
 
 
 def _run_device(tmp_path, url: str, dev: str, stop: threading.Event, ready: threading.Event) -> None:
