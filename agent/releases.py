@@ -222,7 +222,11 @@ class ReleaseManager:
         except SecurityError:
             log.warning("release %s refused", version, extra=self._extra)
             return self._done(rollout_id, version, InstallResult.REFUSED, detail="release refused")
-        current = self.current()
+        try:
+            current = self.current()
+        except SecurityError:  # the stored copy went bad on disk: replace it, nothing to compare with
+            log.warning("the current release's stored copy is corrupt", extra=self._extra)
+            current = None
         if current is not None and current.manifest.version == version:
             return self._done(rollout_id, version, InstallResult.INSTALLED, detail="already running")
         try:

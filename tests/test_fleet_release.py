@@ -201,3 +201,17 @@ def test_canonical_bytes_cover_every_field():
     assert set(changes) == {f.name for f in dataclasses.fields(ReleaseManifest)}
     for field, value in changes.items():
         assert dataclasses.replace(m, **{field: value}).canonical_bytes() != m.canonical_bytes(), field
+
+
+def test_a_corrupt_stored_release_is_detected_and_replaced(setup):
+    key, dev, r1 = setup
+    blob = bytearray(dev.store.db.execute("select release from releases where slot = 'current'").fetchone()[0])
+    blob[-10] ^= 0xFF  # a weight byte flipped on disk
+    with dev.store.db.conn:
+        dev.store.db.execute("update releases set release = ? where slot = 'current'", [bytes(blob)])
+    with pytest.raises(SecurityError):
+        dev.manager.current()
+    r2 = _release(key, "v2", np.ones(650, np.float32), parent="v1")
+    report = dev.install(r2, "ro-2")
+    assert report.result is InstallResult.INSTALLED and report.baseline is None
+    np.testing.assert_array_equal(dev.manager.current().weights, r2.weights)
