@@ -27,7 +27,7 @@ from dp_accounting import pld, rdp
 
 from agent.core.errors import ConfigError
 from agent.core.privacy.config import PrivacyConfig
-from agent.core.privacy.discrete import DiscreteNoisePlan
+from agent.core.privacy.discrete import DiscreteNoisePlan, accounted_noise  # noqa: F401 (re-exported)
 
 ACCOUNTANTS = ("rdp", "pld")
 EVENT_SAMPLINGS = ("poisson", "fixed", "none")
@@ -252,19 +252,6 @@ class PrivacyAccountant:
             return cls(doc["accountant"], events)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ConfigError(f"privacy accountant JSON: {e}") from None
-
-
-def accounted_noise(config: PrivacyConfig, discrete: DiscreteNoisePlan | None = None) -> tuple[float, float]:
-    """(z, RDP offset) to account for one round run with ``config``.
-
-    Mode off gives z = 0 (non-private). With a distributed discrete plan, z shrinks by the
-    rounding inflation (``scale*C / (scale*C + sqrt(d))``) and the offset is the plan's tau*d.
-    """
-    z = 0.0 if config.mode == "off" else config.noise_multiplier
-    if config.mode == "distributed" and discrete is not None:
-        ratio = discrete.effective_noise_multiplier / (discrete.central_stddev / discrete.clip_norm)
-        return z * ratio, discrete.rdp_offset
-    return z, 0.0
 
 
 def round_event_for(

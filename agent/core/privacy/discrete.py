@@ -29,9 +29,14 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from agent.core.errors import ConfigError, RoundFailed
+
+if TYPE_CHECKING:
+    from agent.core.privacy.config import PrivacyConfig
 
 #: Plans whose tau * d exceeds this are refused: raise the scale (finer quantization).
 MAX_RDP_OFFSET = 1e-6
@@ -144,3 +149,16 @@ def require_min_survivors(survivors: int, plan: DiscreteNoisePlan) -> None:
 def survivor_noise_multiplier(plan: DiscreteNoisePlan, survivors: int) -> float:
     """The effective z if only ``survivors`` shares reached the sum: z_eff * sqrt(survivors/min)."""
     return plan.effective_noise_multiplier * math.sqrt(survivors / plan.min_clients)
+
+
+def accounted_noise(config: PrivacyConfig, discrete: DiscreteNoisePlan | None = None) -> tuple[float, float]:
+    """(z, RDP offset) to account for one round run with ``config``.
+
+    Mode off gives z = 0 (non-private). With a distributed discrete plan, z shrinks by the
+    rounding inflation (``scale*C / (scale*C + sqrt(d))``) and the offset is the plan's tau*d.
+    """
+    z = 0.0 if config.mode == "off" else config.noise_multiplier
+    if config.mode == "distributed" and discrete is not None:
+        ratio = discrete.effective_noise_multiplier / (discrete.central_stddev / discrete.clip_norm)
+        return z * ratio, discrete.rdp_offset
+    return z, 0.0

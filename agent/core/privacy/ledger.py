@@ -6,6 +6,13 @@ its data when sampling does not depend on it, so this is a sound per-device boun
 whoever sees its reports (in local mode, the coordinator). It does not claim amplification by
 sampling, which needs the adversary not to know who took part; the coordinator's campaign
 figure (``coordinator/privacy_budget.py``) is the population-level one that does.
+
+Composing unsampled Gaussian mechanisms is exactly a Gaussian mechanism again: z_i-noised
+reports compose to mu-GDP with mu = sqrt(sum 1/z_i^2) (Dong, Roth, Su 2019, Cor. 3.3), and mu-GDP
+is tight (epsilon, delta(epsilon))-DP with the analytic Gaussian formula (Balle, Wang 2018).
+So the ledger needs no accountant library at run time, which keeps ``dp-accounting`` (and scipy,
+64 MiB) out of the device daemon; ``tests/test_privacy_budget.py`` checks it against
+dp-accounting's PLD accountant.
 """
 
 from __future__ import annotations
@@ -19,9 +26,8 @@ from collections.abc import Callable
 import sqlite_utils
 
 from agent.core.errors import BudgetExhausted, ConfigError, ProtocolError
-from agent.core.privacy.accounting import RoundEvent, accounted_noise, epsilon_of_events
 from agent.core.privacy.config import MODES, PrivacyConfig
-from agent.core.privacy.discrete import DiscreteNoisePlan
+from agent.core.privacy.discrete import DiscreteNoisePlan, accounted_noise
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +69,58 @@ class Contribution:
         return cls(round_id, config.mode, z if config.mode != "off" else config.noise_multiplier,
                    config.clip_norm, sampling_rate, delta, offset)
 
-    def event(self) -> RoundEvent:
-        """The device-level event: unamplified Gaussian, or non-private when mode is off."""
+    def event(self):  # -> accounting.RoundEvent
+        """The device-level event (unamplified Gaussian) for dp-accounting cross-checks."""
+        from agent.core.privacy.accounting import RoundEvent
+
         z = 0.0 if self.mode == "off" else self.noise_multiplier
         return RoundEvent(z, 1.0, "none", rdp_offset=self.rdp_offset)
+
+
+def _phi(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def gdp_delta(mu: float, eps: float) -> float:
+    """delta(epsilon) of mu-GDP: Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)."""
+    a = _phi(-eps / mu + mu / 2)
+    b = _phi(-eps / mu - mu / 2)
+    return a - (math.exp(eps + math.log(b)) if b > 0 else 0.0)
+
+
+def gdp_epsilon(mu: float, delta: float) -> float:
+    """The smallest epsilon with delta(epsilon) <= ``delta`` for mu-GDP (bisection, 1e-10 relative)."""
+    if not 0 < delta < 1:
+        raise ConfigError(f"delta: expected (0, 1), got {delta!r}")
+    if math.isinf(mu):
+        return math.inf
+    if mu <= 0 or gdp_delta(mu, 0.0) <= delta:
+        return 0.0
+    hi = 1.0
+    while gdp_delta(mu, hi) > delta:
+        hi *= 2.0
+        if hi > 1e6:
+            return math.inf
+    lo = 0.0
+    while hi - lo > 1e-10 * max(1.0, hi):
+        mid = (lo + hi) / 2
+        if gdp_delta(mu, mid) > delta:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def composed_epsilon(contributions: list[Contribution], delta: float) -> float:
+    """Epsilon at ``delta`` of the composed unsampled Gaussian contributions, plus RDP offsets."""
+    if not contributions:
+        return 0.0
+    inv = 0.0
+    for c in contributions:
+        if c.mode == "off" or c.noise_multiplier <= 0:
+            return math.inf
+        inv += c.noise_multiplier**-2
+    return gdp_epsilon(math.sqrt(inv), delta) + sum(c.rdp_offset for c in contributions)
 
 
 def ensure_schema(db: sqlite_utils.Database) -> None:
@@ -89,14 +143,11 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
 
 
 class DeviceLedger:
-    """Contributions recorded in ``db`` and the epsilon they add up to (RDP or PLD)."""
+    """Contributions recorded in ``db`` and the epsilon they add up to (exact Gaussian composition)."""
 
-    def __init__(
-        self, db: sqlite_utils.Database, *, accountant: str = "rdp", clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, db: sqlite_utils.Database, *, clock: Callable[[], float] = time.time) -> None:
         ensure_schema(db)
         self._db = db
-        self._accountant = accountant
         self._clock = clock
 
     def contributions(self) -> list[Contribution]:
@@ -122,7 +173,7 @@ class DeviceLedger:
 
     def epsilon_spent(self, delta: float) -> float:
         """Epsilon at ``delta`` over every recorded contribution (infinite after a mode-off one)."""
-        return epsilon_of_events([c.event() for c in self.contributions()], delta, self._accountant)
+        return composed_epsilon(self.contributions(), delta)
 
     def check_can_contribute(self, budget_epsilon: float, next_round_event: Contribution) -> None:
         """Raise :class:`BudgetExhausted` unless ``next_round_event`` keeps epsilon within budget.
@@ -131,8 +182,7 @@ class DeviceLedger:
         """
         if not (budget_epsilon > 0 and not math.isnan(budget_epsilon)):
             raise ConfigError(f"epsilon budget: expected a number > 0, got {budget_epsilon!r}")
-        events = [c.event() for c in self.contributions()] + [next_round_event.event()]
-        eps = epsilon_of_events(events, next_round_event.delta, self._accountant)
+        eps = composed_epsilon(self.contributions() + [next_round_event], next_round_event.delta)
         if eps > budget_epsilon:
             log.warning(
                 "privacy budget spent: epsilon would reach %.4g > budget %.4g", eps, budget_epsilon,
