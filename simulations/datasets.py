@@ -87,11 +87,16 @@ def _split(name: str, x: np.ndarray, y: np.ndarray, input_shape: tuple[int, ...]
 
 def digits(rng: np.random.Generator) -> ArrayDataset:
     """scikit-learn's 1,797 8x8 digits, scaled to [0, 1], 64 features, 10 classes; 20% held out."""
-    from sklearn.datasets import load_digits
+    import importlib.util
 
-    d = load_digits()
-    x = (d.data / 16.0).astype(np.float32)
-    return _split("digits", x, d.target.astype(np.int64), (64,), rng)
+    # read the CSV that load_digits() reads, without importing scikit-learn (~100 MB per process,
+    # paid again by every device-host worker)
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise ConfigError("--dataset digits needs scikit-learn (pip install 'fedge[sim]')")
+    raw = np.loadtxt(Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz", delimiter=",")
+    x = (raw[:, :-1] / 16.0).astype(np.float32)
+    return _split("digits", x, raw[:, -1].astype(np.int64), (64,), rng)
 
 
 @functools.lru_cache(maxsize=1)
