@@ -17,8 +17,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import numpy as np
 
 from agent.core import wire
 from agent.core.crypto import IdentityKey
-from agent.core.errors import ConfigError, ProtocolError, SecurityError
+from agent.core.errors import ConfigError, ProtocolError, SecurityError, TransportError
 from agent.participant import LocalResult, Participant
 from agent.secure import PeerDirectory, secagg_factory
 
@@ -174,7 +173,7 @@ class HostPool:
 
     size: int = 1
 
-    def exchange(self, frames: Sequence[Sequence[bytes]]) -> Iterator[tuple[int, bytes]]:
+    def exchange(self, frames: Sequence[Iterable[bytes]]) -> Iterator[tuple[int, bytes]]:
         """Send ``frames[h]`` in order to host h, yielding (h, reply) as each reply arrives."""
         raise NotImplementedError
 
@@ -197,7 +196,7 @@ class LocalPool(HostPool):
     def __init__(self, host: DeviceHost) -> None:
         self.host = host
 
-    def exchange(self, frames: Sequence[Sequence[bytes]]) -> Iterator[tuple[int, bytes]]:
+    def exchange(self, frames: Sequence[Iterable[bytes]]) -> Iterator[tuple[int, bytes]]:
         for f in frames[0]:
             yield 0, self.host.handle(f)
 
@@ -254,20 +253,25 @@ class ProcessPool(HostPool):
                 self.close()
                 raise ConfigError(f"device host failed to start: {answer['error']}")
 
-    def exchange(self, frames: Sequence[Sequence[bytes]]) -> Iterator[tuple[int, bytes]]:
-        queues = [deque(f) for f in frames]
+    def exchange(self, frames: Sequence[Iterable[bytes]]) -> Iterator[tuple[int, bytes]]:
+        queues = [iter(f) for f in frames]
         busy: dict[Connection, int] = {}
         for h, q in enumerate(queues):
-            if q:
-                self._conns[h].send_bytes(q.popleft())
+            first = next(q, None)
+            if first is not None:
+                self._conns[h].send_bytes(first)
                 busy[self._conns[h]] = h
         while busy:
             for conn in wait(list(busy)):
                 h = busy.pop(conn)  # type: ignore[call-overload]
-                reply = conn.recv_bytes()  # type: ignore[union-attr]
-                if queues[h]:  # keep the host busy while the driver digests this reply
-                    self._conns[h].send_bytes(queues[h].popleft())
-                    busy[self._conns[h]] = h
+                try:
+                    reply = conn.recv_bytes()  # type: ignore[union-attr]
+                    following = next(queues[h], None)
+                    if following is not None:  # keep the host busy while the driver digests this reply
+                        self._conns[h].send_bytes(following)
+                        busy[self._conns[h]] = h
+                except (EOFError, OSError):
+                    raise TransportError(f"device host {h} exited (exit code {self._procs[h].poll()})") from None
                 yield h, reply
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -129,40 +130,36 @@ class ProtocolEngine:
         traffic = {"up": 0, "down": 0, "examples": 0}
         stage_seconds["setup"] = time.perf_counter() - t0
 
-        def frames_for(outbound: list[Outbound]) -> list[list[bytes]]:
-            """Outbound messages as frames per host; a broadcast message is encoded once."""
+        def frames_for(outbound: list[Outbound]) -> list[Iterator[bytes]]:
+            """Outbound messages as lazily built frames per host; a message sent to many is encoded once."""
             encoded: dict[int, bytes] = {}
-            frames: list[list[bytes]] = [[] for _ in range(pool.size)]
-            open_: list[tuple[list[bytes], dict[int, int], list[Any]] | None] = [None] * pool.size
 
-            def flush(h: int) -> None:
-                f = open_[h]
-                if f is not None:
-                    frames[h].append(pack({"kind": "batch", "blobs": f[0], "items": f[2]}))
-                    open_[h] = None
+            def host_frames(h: int) -> Iterator[bytes]:
+                blobs: list[bytes] = []
+                index: dict[int, int] = {}
+                items: list[Any] = []
+                for out in outbound:
+                    if host_of.get(out.device_id) != h:
+                        continue  # another host's device, or not in this round's roster
+                    key = id(out.message)
+                    blob = encoded.get(key)
+                    if blob is None:
+                        blob = encoded[key] = wire.encode(out.message)
+                    traffic["down"] += len(blob)
+                    bi = index.get(key)
+                    if bi is None:
+                        bi = index[key] = len(blobs)
+                        blobs.append(blob)
+                    items.append([out.device_id, bi])
+                    if len(items) >= BATCH:
+                        yield pack({"kind": "batch", "blobs": blobs, "items": items})
+                        blobs, index, items = [], {}, []
+                        # per-device messages are not needed again once framed
+                        encoded.clear()
+                if items:
+                    yield pack({"kind": "batch", "blobs": blobs, "items": items})
 
-            for out in outbound:
-                h = host_of.get(out.device_id)
-                if h is None:
-                    continue  # not in this round's roster
-                key = id(out.message)
-                blob = encoded.get(key)
-                if blob is None:
-                    blob = encoded[key] = wire.encode(out.message)
-                traffic["down"] += len(blob)
-                f = open_[h]
-                if f is None:
-                    f = open_[h] = ([], {}, [])
-                bi = f[1].get(key)
-                if bi is None:
-                    bi = f[1][key] = len(f[0])
-                    f[0].append(blob)
-                f[2].append([out.device_id, bi])
-                if len(f[2]) >= BATCH:
-                    flush(h)
-            for h in range(pool.size):
-                flush(h)
-            return frames
+            return [host_frames(h) for h in range(pool.size)]
 
         def deliver(outbound: list[Outbound]) -> list[Outbound]:
             """Send one wave of messages; feed the replies to the coordinator; return what it sends next."""

@@ -1,7 +1,8 @@
 """Device hosts on Ray actors: the same hosts and frames as worker processes, past one machine.
 
 Each actor rebuilds the world from the recipe and answers wire-byte frames
-(:class:`simulations.hosts.DeviceHost`); only bytes travel, never pickled protocol objects.
+(:class:`simulations.hosts.DeviceHost`). Ray serialises the actor class (by reference), the
+recipe (plain values) and the frames (bytes); protocol objects never cross it.
 Ray is an optional extra (``pip install fedge[ray]``); results equal the local engine's for the
 same seed.
 """
@@ -9,8 +10,8 @@ same seed.
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from agent.core.errors import ConfigError
@@ -40,29 +41,36 @@ class RayPool(HostPool):
         except ImportError:
             raise ConfigError("--engine ray: Ray is not installed (pip install 'fedge[ray]')") from None
         self._ray = ray
-        if not ray.is_initialized():
+        self._started = not ray.is_initialized()
+        if self._started:  # a local Ray; to use a cluster, call ray.init(address=...) first
+            root = str(Path(__file__).resolve().parent.parent)
             ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+                     configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": root}})
         actor = ray.remote(num_cpus=1)(_Host)
         self.size = workers
         self._actors = [actor.remote(recipe) for _ in range(workers)]
 
-    def exchange(self, frames: Sequence[Sequence[bytes]]) -> Iterator[tuple[int, bytes]]:
+    def exchange(self, frames: Sequence[Iterable[bytes]]) -> Iterator[tuple[int, bytes]]:
         ray = self._ray
-        queues = [deque(f) for f in frames]
+        queues = [iter(f) for f in frames]
         busy: dict[Any, int] = {}
         for h, q in enumerate(queues):
-            if q:
-                busy[self._actors[h].handle.remote(q.popleft())] = h
+            first = next(q, None)
+            if first is not None:
+                busy[self._actors[h].handle.remote(first)] = h
         while busy:
             done, _ = ray.wait(list(busy), num_returns=1)
             for ref in done:
                 h = busy.pop(ref)
-                if queues[h]:
-                    busy[self._actors[h].handle.remote(queues[h].popleft())] = h
+                following = next(queues[h], None)
+                if following is not None:
+                    busy[self._actors[h].handle.remote(following)] = h
                 yield h, ray.get(ref)
 
     def close(self) -> None:
         for a in self._actors:
             self._ray.kill(a)
         self._actors = []
+        if self._started:  # a Ray this pool started ends with it
+            self._ray.shutdown()
+            self._started = False
