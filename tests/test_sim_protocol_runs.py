@@ -108,3 +108,12 @@ def test_a_round_that_loses_too_many_devices_is_abandoned_with_a_reason_and_the_
             assert r.accuracy == prev.accuracy and r.loss == prev.loss and r.epsilon == prev.epsilon
     doc = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [r["status"] for r in doc["rounds"]] == status
+
+
+def test_synthetic_trains_the_zoo_model_whose_input_width_fits() -> None:
+    from agent.training.trainer import Trainer
+    from simulations.world import build_world, recipe
+
+    world = build_world(recipe(population=50, dataset="synthetic:1,1", partition="natural", model="mlp", seed=0))
+    assert isinstance(world.trainer, Trainer) and world.trainer.spec.input_shape == (60,)
+    assert "zoo TFLite mlp60" in world.model_note
