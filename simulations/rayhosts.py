@@ -10,6 +10,7 @@ same seed.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,11 @@ class _Host:
 
 
 class RayPool(HostPool):
-    """``workers`` Ray actors, each a device host; starts a local Ray if none is running."""
+    """``workers`` Ray actors, each a device host.
+
+    Uses the Ray this process already initialised, else the cluster named by ``RAY_ADDRESS``,
+    else a local Ray with ``workers`` CPUs; a Ray it started is shut down by :meth:`close`.
+    """
 
     def __init__(self, recipe: dict[str, Any], workers: int) -> None:
         try:
@@ -42,10 +47,14 @@ class RayPool(HostPool):
             raise ConfigError("--engine ray: Ray is not installed (pip install 'fedge[ray]')") from None
         self._ray = ray
         self._started = not ray.is_initialized()
-        if self._started:  # a local Ray; to use a cluster, call ray.init(address=...) first
+        if self._started:
             root = str(Path(__file__).resolve().parent.parent)
-            ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": root}})
+            env = {"env_vars": {"PYTHONPATH": root}}
+            if os.environ.get("RAY_ADDRESS"):  # a cluster: its nodes need fedge installed
+                ray.init(log_to_driver=False, configure_logging=False, runtime_env=env)
+            else:  # a local Ray sized to the hosts
+                ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False,
+                         configure_logging=False, runtime_env=env)
         actor = ray.remote(num_cpus=1)(_Host)
         self.size = workers
         self._actors = [actor.remote(recipe) for _ in range(workers)]
