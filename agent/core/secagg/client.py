@@ -196,14 +196,16 @@ class SecAggClient:
         blobs = derive.chunks(msg.ciphertexts, SEALED_SHARE_BYTES, len(idx))
         rid, me, digest = self._round_id, self._me, self._digest
         held: dict[int, np.ndarray] = {}
-        for j, blob in zip(idx, blobs):
+        rows = np.empty((len(idx), 2, _LIMBS), np.uint32)  # one block for all held shares
+        for pos, (j, blob) in enumerate(zip(idx, blobs)):
             key = self._share_keys.get(j)
             if key is None:
                 raise ProtocolError("shares from a device this one did not share with")
             plain = open_sealed(key, blob, derive.share_associated(digest, j, me))
             if len(plain) != _SHARE_PLAIN or _SHARE_HEAD.unpack_from(plain) != (j, me):
                 raise SecurityError("bad share")
-            held[j] = np.frombuffer(plain, "<u4", offset=_SHARE_HEAD.size).reshape(2, _LIMBS)
+            rows[pos] = np.frombuffer(plain, "<u4", offset=_SHARE_HEAD.size).reshape(2, _LIMBS)
+            held[j] = rows[pos]
         if len(held) < p.threshold:
             raise RoundFailed(f"masked_input: shares from {len(held)} neighbours, threshold {p.threshold}")
         self._held = held
