@@ -229,10 +229,15 @@ class SecAggServer:
         derive.chunks(msg.ciphertexts, SEALED_SHARE_BYTES, len(got))
 
     def _close_share_keys(self) -> dict[str, object]:
-        sent_to = {
-            i: dict(zip(m.recipients.tolist(), derive.chunks(m.ciphertexts, SEALED_SHARE_BYTES, len(m.recipients))))
-            for i, m in self._replies.items()
-        }
+        # sent_to[i][j]: where i's sealed share for j sits in i's reply (no copies of the ciphertexts)
+        sent_to = {i: {j: pos for pos, j in enumerate(m.recipients.tolist())} for i, m in self._replies.items()}
+        replies = self._replies
+        S = SEALED_SHARE_BYTES
+
+        def sealed(j: int, i: int) -> bytes:
+            pos = sent_to[j][i]
+            return replies[j].ciphertexts[pos * S : (pos + 1) * S]
+
         # i's secrets are held by the live neighbours it sent shares to
         u2 = self._prune(set(sent_to), lambda i, a: sum(1 for j in sent_to[i] if j in a))
         self._need("devices shared keys with enough live holders", len(u2), self.params.min_clients)
@@ -248,7 +253,7 @@ class SecAggServer:
         out = {}
         for i in sorted(u2):
             snd = self._senders[i]
-            out[self._ids[i]] = RelayedShares(self.round_id, derive.indices(snd), b"".join(sent_to[j][i] for j in snd))
+            out[self._ids[i]] = RelayedShares(self.round_id, derive.indices(snd), b"".join(sealed(j, i) for j in snd))
         self._sum = MaskAccumulator(self.params.dim, self._dtype)
         self._open(Stage.MASKED_INPUT, u2)
         return out
