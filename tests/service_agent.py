@@ -17,13 +17,14 @@ import threading
 import numpy as np
 
 from agent.core import logs, topics, wire
-from agent.core.errors import FedgeError
+from agent.core.errors import FedgeError, TransportError
 from agent.core.messages.rounds import CheckIn, RoundAnnounce, RoundEnd, Task
 from agent.core.transport import TransportConfig, open_transport
 from agent.core.crypto import IdentityKey
-from agent.participant import Participant
+from agent.participant import LocalResult, Participant
 from agent.secure import PeerDirectory, secagg_factory
-from tests.round_fixtures import make_train_fn, trainer_for
+from agent.training.models import load_spec
+from agent.training.trainer import Trainer
 
 log = logging.getLogger("service_agent")
 
@@ -36,13 +37,13 @@ class AgentLoop:
                  identity: IdentityKey | None = None, authority: bytes | None = None, delay_s: float = 0.0) -> None:
         self.device_id = device_id
         self.data = (x, y)
-        self.trainer = trainer_for(model)
+        self.trainer = Trainer(load_spec(model), num_threads=1)
         self.seed = seed
         self.eligible = eligible
         self.identity, self.authority = identity, authority
         self.delay_s = delay_s  # "training time" before answering a task, to hold a round open
         self.stop = threading.Event()
-        self.cfg = TransportConfig(broker_url=broker, client_id=device_id, protocol=protocol)
+        self.cfg = TransportConfig(broker_url=broker, client_id=device_id, protocol=protocol, publish_timeout_s=10.0)
         self.transport = open_transport(self.cfg)
         self.participants: dict[int, Participant] = {}
         self.checked_in: set[int] = set()
@@ -51,8 +52,8 @@ class AgentLoop:
     def run(self) -> None:
         t = self.transport
         t.connect()
-        t.subscribe(topics.device_in(self.device_id))
-        t.subscribe(topics.ROUNDS)
+        for f in (topics.device_in(self.device_id), topics.ROUNDS):
+            self.subscribe(f)
         try:
             while not self.stop.is_set():
                 inbound = t.receive(timeout=0.2)
@@ -66,6 +67,25 @@ class AgentLoop:
                     t.ack(inbound)
         finally:
             t.close()
+
+    def subscribe(self, topic_filter: str, attempts: int = 5) -> None:
+        """Subscribe, again if the SUBACK never came: a connection lost mid-SUBSCRIBE that comes back
+        with its session present is not subscribed again by the transport (amqtt drops connections
+        when many clients subscribe at once)."""
+        for i in range(attempts):
+            try:
+                self.transport.subscribe(topic_filter)
+                return
+            except TransportError as e:
+                if i == attempts - 1:
+                    raise
+                log.warning("%s: %s; subscribing again", self.device_id, e)
+
+    def train(self, task: Task) -> LocalResult:
+        p = task.plan
+        r = self.trainer.train(task.weights, *self.data, epochs=p.epochs, batch_size=p.batch_size,
+                               learning_rate=p.learning_rate, rng=np.random.default_rng([self.seed, task.round_id]))
+        return LocalResult(r.delta, r.num_examples, r.loss)
 
     def send(self, msg: object) -> None:
         self.transport.publish(topics.device_out(self.device_id), wire.encode(msg))
@@ -84,7 +104,7 @@ class AgentLoop:
                 return
             p = self.participants.get(msg.round_id)
             if p is None:
-                train = make_train_fn(self.trainer, self.data, self.seed)
+                train = self.train
                 factory = directory = None
                 if self.identity is not None and self.authority is not None:
                     directory = PeerDirectory(self.authority)

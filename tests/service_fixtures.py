@@ -82,12 +82,13 @@ class AgentProcesses:
 
     def start(self) -> AgentProcesses:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.log = open(self.fleet.db.parent / "agents.log", "ab")  # never a pipe nobody reads
         for i, d in enumerate(self.devices):
             self.procs[d] = subprocess.Popen(
                 [sys.executable, "-m", "tests.service_agent", "--broker", self.url, "--device-id", d,
                  "--data", str(self.fleet.data[d]), "--protocol", self.protocol, "--seed", str(i),
                  "--identity-seed", self.fleet.keys[d].hex(), "--authority", self.fleet.authority.hex(), "--delay", str(self.delay_s)],
-                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
             )
         return self
 
@@ -102,8 +103,7 @@ class AgentProcesses:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-            if p.stderr:
-                p.stderr.close()
+        self.log.close()
 
     def __enter__(self) -> AgentProcesses:
         return self.start()
