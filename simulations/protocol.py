@@ -131,35 +131,37 @@ class ProtocolEngine:
         stage_seconds["setup"] = time.perf_counter() - t0
 
         def frames_for(outbound: list[Outbound]) -> list[Iterator[bytes]]:
-            """Outbound messages as lazily built frames per host; a message sent to many is encoded once."""
-            encoded: dict[int, bytes] = {}
+            """Outbound messages as lazily built frames per host, consuming (emptying) ``outbound``.
 
-            def host_frames(h: int) -> Iterator[bytes]:
-                blobs: list[bytes] = []
-                index: dict[int, int] = {}
-                items: list[Any] = []
-                for out in outbound:
-                    if host_of.get(out.device_id) != h:
-                        continue  # another host's device, or not in this round's roster
-                    key = id(out.message)
-                    blob = encoded.get(key)
-                    if blob is None:
-                        blob = encoded[key] = wire.encode(out.message)
-                    traffic["down"] += len(blob)
-                    bi = index.get(key)
-                    if bi is None:
-                        bi = index[key] = len(blobs)
-                        blobs.append(blob)
-                    items.append([out.device_id, bi])
-                    if len(items) >= BATCH:
-                        yield pack({"kind": "batch", "blobs": blobs, "items": items})
-                        blobs, index, items = [], {}, []
-                        # per-device messages are not needed again once framed
-                        encoded.clear()
-                if items:
+            A message is released as soon as it is framed; one sent to many is encoded once per frame.
+            """
+            queues: list[collections.deque[Outbound]] = [collections.deque() for _ in range(pool.size)]
+            for out in outbound:
+                h = host_of.get(out.device_id)
+                if h is not None:  # else not in this round's roster
+                    queues[h].append(out)
+            outbound.clear()
+
+            def host_frames(q: collections.deque[Outbound]) -> Iterator[bytes]:
+                while q:
+                    encoded: dict[int, tuple[Any, bytes]] = {}  # id -> (message kept alive, blob)
+                    blobs: list[bytes] = []
+                    index: dict[int, int] = {}
+                    items: list[Any] = []
+                    while q and len(items) < BATCH:
+                        out = q.popleft()
+                        key = id(out.message)
+                        bi = index.get(key)
+                        if bi is None:
+                            blob = wire.encode(out.message)
+                            encoded[key] = (out.message, blob)
+                            bi = index[key] = len(blobs)
+                            blobs.append(blob)
+                        traffic["down"] += len(blobs[bi])
+                        items.append([out.device_id, bi])
                     yield pack({"kind": "batch", "blobs": blobs, "items": items})
 
-            return [host_frames(h) for h in range(pool.size)]
+            return [host_frames(q) for q in queues]
 
         def deliver(outbound: list[Outbound]) -> list[Outbound]:
             """Send one wave of messages; feed the replies to the coordinator; return what it sends next."""
