@@ -6,8 +6,15 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from agent.training.models import load_spec
+from agent.training.trainer import Trainer
+from coordinator.demo import DemoConfig, daemon_available, run_demo
+from coordinator.plan import TrainingConfig
+from coordinator.store import Store
+from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401
 from tests.service_fixtures import ROOT
 
 
@@ -32,3 +39,32 @@ def test_demo_runs_and_writes_the_rounds_json(tmp_path) -> None:
     # every agent process was stopped: none outlives the demo
     ps = subprocess.run(["pgrep", "-f", str(tmp_path / "work")], capture_output=True, text=True)
     assert ps.stdout.strip() == ""
+
+
+@pytest.mark.slow
+@pytest.mark.mosquitto
+@needs_mosquitto
+@pytest.mark.timeout(240)
+def test_ten_fedge_agent_run_processes_on_mosquitto_learn_with_secagg(mosquitto, tmp_path) -> None:  # noqa: F811
+    """The real daemon, not the stand-in: 10 ``fedge-agent run`` processes, 3 SecAgg+ rounds."""
+    if not daemon_available():
+        pytest.skip("no agent daemon in this install")
+    training = TrainingConfig(goal=10, min_cohort=6, secagg=True, dp_mode="off", epochs=2, learning_rate=0.2,
+                              batch_size=16, train_deadline_s=60.0, stage_timeout_s=10.0)
+    cfg = DemoConfig(agents=10, rounds=3, training=training, broker_url=mosquitto.url,
+                     json_path=str(tmp_path / "rounds.json"), workdir=str(tmp_path / "work"), checkin_window_s=120.0)
+    lines: list[str] = []
+    reports = run_demo(cfg, echo=lines.append)
+    assert not any("stand-in" in ln for ln in lines), lines
+    assert [r.status for r in reports] == ["completed"] * 3, [r.reason for r in reports]
+    assert all(r.participants == 10 for r in reports)
+    store = Store(str(tmp_path / "work" / "coordinator.db"))
+    try:
+        w0 = store.model("mlp-0").weights
+        assert all(json.loads(r["plan"])["secagg"] for r in store.rounds())
+        assert store.count_uploads(3, "secagg.masked_input") == 10
+    finally:
+        store.close()
+    with np.load(tmp_path / "work" / "test.npz") as f:
+        acc0 = Trainer(load_spec("mlp")).evaluate(w0, f["x"], f["y"]).accuracy
+    assert reports[-1].accuracy >= acc0 + 0.25, (acc0, [r.accuracy for r in reports])
