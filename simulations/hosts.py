@@ -80,6 +80,7 @@ class DeviceHost:
         self._round = 0
         self._last: tuple[bytes, Any] = (b"", None)
         self._weights: np.ndarray | None = None
+        self._examples = 0  # examples trained on in the current frame
 
     def handle(self, frame: bytes) -> bytes:
         """Answer one driver frame (``round``, ``roster``, ``batch`` or ``end``)."""
