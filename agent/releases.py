@@ -200,12 +200,17 @@ class ReleaseManager:
             return []  # a channel's retained announcement: installs come only with a rollout command
         if getattr(msg, "device_id", None) != self.device_id:
             raise ProtocolError("fleet command for another device")
-        if isinstance(msg, InstallCommand):
-            return [self.install(msg.release, msg.rollout_id)]
-        if isinstance(msg, RollbackCommand):
-            return [self.rollback(msg.rollout_id, msg.version)]
-        if isinstance(msg, PinCommand):
-            return [self.pin(msg.version, msg.release)]
+        try:
+            if isinstance(msg, InstallCommand):
+                return [self.install(msg.release, msg.rollout_id)]
+            if isinstance(msg, RollbackCommand):
+                return [self.rollback(msg.rollout_id, msg.version)]
+            if isinstance(msg, PinCommand):
+                return [self.pin(msg.version, msg.release)]
+        except SecurityError:  # a stored release failed its hash check: say so, keep running
+            log.warning("a stored release is corrupt", extra=self._extra)
+            version = msg.release.manifest.version if isinstance(msg, InstallCommand) else msg.version
+            return [self._report(getattr(msg, "rollout_id", ""), version, InstallResult.FAILED, detail="stored release corrupt")]
         raise ProtocolError(f"not a fleet command: {type(msg).__name__}")
 
     def install(self, release: SignedRelease, rollout_id: str) -> InstallReport:
