@@ -224,7 +224,36 @@ class CoordinatorService:
     # ------------------------------------------------------------------ one round
 
     def run_round(self) -> RoundReport:
-        """One whole round: announce, check-in, select, train and aggregate, record."""
+        """One whole round: announce, check-in, select, train and aggregate, record.
+
+        A FedgeError that ends the round early (broker gone, an unplannable cohort) abandons it with
+        that error as the recorded reason, then propagates.
+        """
+        try:
+            return self._run_round()
+        except FedgeError as e:
+            self._abandon_on_error(f"{type(e).__name__}: {e}")
+            raise
+
+    def _abandon_on_error(self, reason: str) -> None:
+        store, rid = self.store, self._round_id
+        if store is None or rid is None:
+            return
+        engine = self.engine
+        if engine is not None and engine.round_id == rid:
+            engine.abandon(reason)
+            try:
+                self._finish(engine, None)
+                return
+            except FedgeError as e:
+                log.warning("could not finish the round: %s", e, extra={"round": rid})
+        row = store.round(rid)
+        if row and row["status"] == "open":
+            store.finish_round(rid, "abandoned", reason, self.clock())
+            self._publish_end(RoundEnd(rid, "abandoned", reason, ""))
+        self.engine, self._phase, self._round_id = None, "idle", None
+
+    def _run_round(self) -> RoundReport:
         store, cfg = self._store(), self.config
         tcfg = cfg.training
         model = self.current_model()

@@ -87,3 +87,25 @@ def test_restart_abandons_the_open_round_and_rounds_cli_shows_it(embedded_broker
     assert rounds[1]["status"] == "completed" and rounds[1]["participants"] == 2 and rounds[1]["accuracy"] > 0
     table = CliRunner().invoke(cli, ["rounds", "--db", str(fleet.db)]).stdout
     assert RESTARTED in table and "completed" in table
+
+
+@pytest.mark.timeout(60)
+def test_an_error_inside_a_round_abandons_it_with_that_reason(embedded_broker, tmp_path, monkeypatch) -> None:  # noqa: F811
+    import coordinator.service as service_module
+    from agent.core.errors import ConfigError
+
+    fleet = make_fleet(tmp_path, 2)
+    cfg = service_config(fleet, embedded_broker.url, rounds=1, mqtt_protocol=MQTT_311, checkin_window_s=0.5)
+
+    def unplannable(*_a, **_k):
+        raise ConfigError("cohort cannot be planned")
+
+    monkeypatch.setattr(service_module, "select_cohort", unplannable)
+    with pytest.raises(ConfigError):
+        CoordinatorService(cfg).run()
+    store = Store(str(fleet.db))
+    try:
+        [r] = list(store.rounds())
+        assert (r["status"], r["reason"]) == ("abandoned", "ConfigError: cohort cannot be planned")
+    finally:
+        store.close()
