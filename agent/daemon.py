@@ -61,10 +61,11 @@ def contribution_for(round_id: int, plan: RoundPlan, dimension: int) -> Contribu
     """The device-level privacy event of sending this round's update, as the plan privatizes it."""
     z, offset = plan.noise_multiplier, 0.0
     if plan.dp_mode == "distributed":
-        from agent.core.update import noise_plan
+        from agent.core.privacy.discrete import accounted_noise
+        from agent.core.update import noise_plan, privacy_config
 
-        discrete = noise_plan(plan, dimension)
-        z, offset = discrete.effective_noise_multiplier, discrete.rdp_offset
+        # with adaptive clipping: the total z of the update and clip-bit queries, not z_Delta
+        z, offset = accounted_noise(privacy_config(plan), noise_plan(plan, dimension))
     return Contribution(round_id, plan.dp_mode, z if plan.dp_mode != "off" else 0.0, plan.clip_norm,
                         plan.sampling_rate, plan.delta, offset)
 

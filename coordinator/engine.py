@@ -20,7 +20,8 @@ import numpy as np
 
 from agent.core.errors import ProtocolError, RoundFailed
 from agent.core.messages.rounds import Decline, PlainUpdate, RoundPlan, Task
-from agent.core.update import Aggregate, decode_aggregate
+from agent.core.privacy.adaptive import next_clip_norm
+from agent.core.update import Aggregate, decode_aggregate, extra_coordinates
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class RoundOutcome:
     participants: int
     dropped: dict[str, int]
     new_weights: np.ndarray | None
+    #: adaptive clipping: the next round's C from this round's noisy clip-bit sum; None when off
+    next_clip_norm: float | None = None
 
 
 class Aggregation:
@@ -291,10 +294,24 @@ class RoundEngine:
         self._stage = "completed"
         self.reason = f"{len(survivors)} devices aggregated"
         self.outcome = RoundOutcome(
-            RoundStatus.COMPLETED, self.reason, agg, len(survivors), self._dropped(), new
+            RoundStatus.COMPLETED, self.reason, agg, len(survivors), self._dropped(), new,
+            self._next_clip_norm(agg, len(survivors)),
         )
         log.info("round completed: %s", self.reason, extra={"round": self.round_id})
         return []
+
+    def _next_clip_norm(self, agg: Aggregate, contributions: int) -> float | None:
+        """C for the next round (Andrew et al. 2021), from the noisy bit sum over ``contributions``.
+
+        The paper divides by the expected count because the actual one is not privatized; here
+        the un-noised weight coordinate already reveals it (docs/privacy.md, known gaps), and
+        dividing by it keeps b_bar unbiased when devices drop out.
+        """
+        p = self.plan
+        if agg.clip_bit_sum is None or contributions < 1:
+            return None
+        return next_clip_norm(p.clip_norm, agg.clip_bit_sum, contributions, p.adaptive_target_quantile,
+                              p.adaptive_learning_rate)
 
     def _dropped(self) -> dict[str, int]:
         d = dict(self.aggregation.dropped())
@@ -312,9 +329,10 @@ class RoundEngine:
         return []
 
 
-def expected_length(weights: np.ndarray) -> int:
-    """Length of an encoded update: the model's parameters plus the weight coordinate."""
-    return int(weights.size) + 1
+def expected_length(weights: np.ndarray, plan: RoundPlan | None = None) -> int:
+    """Length of an encoded update: the model's parameters plus the weight coordinate, plus the
+    clip-bit coordinate when ``plan`` clips adaptively (see ``agent/core/update.py``)."""
+    return int(weights.size) + (extra_coordinates(plan) if plan is not None else 1)
 
 
 def identities_for(cohort: Sequence[str], lookup: Mapping[str, bytes]) -> dict[str, bytes]:

@@ -8,10 +8,11 @@ of every selected device's vector (plus distributed noise) cannot wrap in Z_2^bi
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from agent.core.errors import ConfigError
 from agent.core.messages.rounds import DP_MODES, RoundPlan
-from agent.core.privacy.config import PrivacyConfig
+from agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
 from agent.core.secagg.quantize import check_no_wrap, choose_scale, max_abs_int
 
 #: Local-mode noise is clipped to this many standard deviations before quantization
@@ -44,6 +45,21 @@ class TrainingConfig:
     stage_timeout_s: float = 30.0
     #: DP-FedAvg's fixed denominator: the number of reports a round expects (0: the goal)
     expected_reports: int = 0
+    #: adaptive clipping (Andrew et al. 2021): the target quantile of the update norms that C
+    #: follows (0: off, C fixed at ``clip_norm``, which is then only the first round's C)
+    adaptive_quantile: float = 0.0
+    #: eta_C of the geometric update C <- C exp(-eta (b_bar - gamma))
+    adaptive_learning_rate: float = 0.2
+    #: sigma_b, the noise on the clip-bit sum (0: the paper's expected_clients / 20)
+    clip_count_stddev: float = 0.0
+
+    @property
+    def adaptive(self) -> AdaptiveClipping | None:
+        """The adaptive-clipping settings, None when C is fixed."""
+        if self.adaptive_quantile == 0:
+            return None
+        sigma_b = self.clip_count_stddev or (self.expected_reports or self.goal) / 20
+        return AdaptiveClipping(self.adaptive_quantile, self.adaptive_learning_rate, sigma_b)
 
     def __post_init__(self) -> None:
         if self.dp_mode not in DP_MODES:
@@ -55,6 +71,15 @@ class TrainingConfig:
             delta=self.delta,
             min_clients=self.min_cohort,
         ).validate(secagg_enabled=self.secagg)
+        if self.adaptive_quantile != 0:
+            if self.dp_mode == "off":
+                raise ConfigError("adaptive_quantile: adaptive clipping needs DP on (dp_mode local or distributed)")
+            if self.clip_count_stddev < 0:
+                raise ConfigError(f"clip_count_stddev: expected >= 0, got {self.clip_count_stddev}")
+            PrivacyConfig(
+                mode=self.dp_mode, clip_norm=self.clip_norm, noise_multiplier=self.noise_multiplier,
+                delta=self.delta, min_clients=self.min_cohort, adaptive=self.adaptive,
+            ).validate(secagg_enabled=self.secagg)
         if not 1 <= self.min_cohort <= self.goal:
             raise ConfigError(f"min_cohort: expected 1 <= min_cohort <= goal ({self.goal}), got {self.min_cohort}")
         if not 16 <= self.quant_bits <= 32:
@@ -65,22 +90,34 @@ class TrainingConfig:
             raise ConfigError(f"weighting: expected 'examples' or 'uniform', got {self.weighting!r}")
 
 
-def quant_range(cfg: TrainingConfig) -> float:
-    """Box every coordinate is clipped to before quantization (covers the weight coordinate 1)."""
-    r = cfg.clip_norm
+def quant_range(cfg: TrainingConfig, clip_norm: float | None = None) -> float:
+    """Box every coordinate is clipped to before quantization (covers the weight coordinate 1
+    and the clip bit +-1/2). ``clip_norm``: the round's C when clipping is adaptive."""
+    r = cfg.clip_norm if clip_norm is None else clip_norm
     if cfg.dp_mode == "local":
-        r = cfg.clip_norm * (1 + LOCAL_NOISE_SIGMAS * cfg.noise_multiplier)
+        r = r * (1 + LOCAL_NOISE_SIGMAS * cfg.noise_multiplier)
     return max(1.0, r)
 
 
-def make_plan(cfg: TrainingConfig, model_version: str, cohort_size: int, population: int) -> RoundPlan:
-    """The plan for a round with ``cohort_size`` selected devices out of ``population``."""
+def make_plan(
+    cfg: TrainingConfig, model_version: str, cohort_size: int, population: int, clip_norm: float | None = None
+) -> RoundPlan:
+    """The plan for a round with ``cohort_size`` selected devices out of ``population``.
+
+    ``clip_norm`` is the round's current C under adaptive clipping (the previous round's
+    ``RoundOutcome.next_clip_norm``); None means ``cfg.clip_norm``.
+    """
     if cohort_size < 1 or population < cohort_size:
         raise ConfigError(f"cohort of {cohort_size} out of a population of {population}")
-    r = quant_range(cfg)
+    c = cfg.clip_norm if clip_norm is None else clip_norm
+    if not (math.isfinite(c) and c > 0):
+        raise ConfigError(f"clip_norm: expected a finite number > 0, got {c!r}")
+    adaptive = cfg.adaptive
+    r = quant_range(cfg, c)
     headroom = 1.0
     if cfg.dp_mode == "distributed":
-        headroom += RING_NOISE_SIGMAS * cfg.noise_multiplier * cfg.clip_norm / (cohort_size * r)
+        central = max(cfg.noise_multiplier * c, adaptive.clip_count_stddev if adaptive else 0.0)
+        headroom += RING_NOISE_SIGMAS * central / (cohort_size * r)
     scale = choose_scale(r, cfg.quant_bits, cohort_size, headroom)
     check_no_wrap(cohort_size, max_abs_int(r, scale), cfg.quant_bits)
     # Under DP every client weighs the same: a data-size weight would change the sensitivity.
@@ -92,7 +129,7 @@ def make_plan(cfg: TrainingConfig, model_version: str, cohort_size: int, populat
         batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
         dp_mode=cfg.dp_mode,
-        clip_norm=cfg.clip_norm,
+        clip_norm=c,
         noise_multiplier=cfg.noise_multiplier,
         noise_clients=min(cfg.min_cohort, cohort_size),
         weighting=weighting,
@@ -105,5 +142,7 @@ def make_plan(cfg: TrainingConfig, model_version: str, cohort_size: int, populat
         delta=cfg.delta,
         deadline_s=cfg.train_deadline_s,
         dp_denominator=0 if cfg.dp_mode == "off" else min(cfg.expected_reports or cfg.goal, cohort_size),
+        adaptive_target_quantile=adaptive.target_quantile if adaptive else 0.0,
+        adaptive_learning_rate=adaptive.learning_rate if adaptive else 0.0,
+        clip_count_stddev=adaptive.clip_count_stddev if adaptive else 0.0,
     )
-

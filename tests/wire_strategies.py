@@ -54,8 +54,16 @@ def _register_overrides() -> None:
         st.integers(0, 10**6),
     )
     pos = st.floats(min_value=1e-6, max_value=1e6)
+    def _plan(adaptive: tuple[float, float, float] | None, **kw: Any) -> RoundPlan:
+        on = adaptive is not None and kw["dp_mode"] != "off"
+        q, eta, extra = adaptive if on else (0.0, 0.0, 0.0)
+        sigma_b = kw["noise_multiplier"] / 2 + extra if on else 0.0
+        return RoundPlan(**kw, dp_denominator=0 if kw["dp_mode"] == "off" else 7, adaptive_target_quantile=q,
+                         adaptive_learning_rate=eta, clip_count_stddev=sigma_b)
+
     OVERRIDES[RoundPlan] = st.builds(
-        lambda **kw: RoundPlan(**kw, dp_denominator=0 if kw["dp_mode"] == "off" else 7),
+        _plan,
+        adaptive=st.none() | st.tuples(st.floats(0.01, 0.99), pos, pos),
         model_name=st.text(max_size=8),
         model_version=st.text(max_size=8),
         epochs=st.integers(1, 10),

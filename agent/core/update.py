@@ -6,6 +6,19 @@ weight), clip to the quantization range, quantize with stochastic rounding and, 
 DP mode, add this client's discrete-Gaussian noise share in the integer ring. The same vector is
 masked for secure aggregation or sent in the clear, so both paths share one arithmetic.
 
+Vector layout (length d + 1, or d + 2 with adaptive clipping):
+
+    [ weight * delta_1 .. weight * delta_d | clip bit (adaptive only) | weight ]
+
+The weight stays last. With adaptive clipping (Andrew et al. 2021) the clip bit b_i - 1/2
+(b_i = [norm before clipping <= the round's C]) is second to last, so under SecAgg+ the
+coordinator learns only the noisy *sum* of bits, never one device's bit. Its noise: in
+distributed mode each device adds a discrete-Gaussian share sigma_b * scale / sqrt(noise_clients)
+(integer units) so the sum carries N_Z(0, (sigma_b * scale)^2); in local mode each device adds
+the whole N(0, sigma_b^2) to its own bit before quantization, so each report alone is the
+accounted Gaussian mechanism (the sum is noisier than central DP needs: local mode's price).
+With adaptive clipping off the vector is exactly d + 1 long, as before.
+
 Coordinator side (:func:`decode_aggregate`): dequantize the (unmasked) sum and divide by the
 total weight: FedAvg. With DP on, every weight is 1 and the divisor is the plan's fixed
 ``dp_denominator`` (DP-FedAvg), so the released mean does not depend on how many survived.
@@ -20,8 +33,8 @@ import numpy as np
 
 from agent.core.errors import ProtocolError
 from agent.core.messages.rounds import RoundPlan
-from agent.core.privacy.config import PrivacyConfig
-from agent.core.privacy.discrete import DiscreteNoisePlan, add_noise_share
+from agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
+from agent.core.privacy.discrete import DiscreteNoisePlan, add_noise_share, bit_noise_plan
 from agent.core.privacy.noise import privatize
 from agent.core.secagg.quantize import dequantize_sum, quantize
 
@@ -34,14 +47,31 @@ def privacy_config(plan: RoundPlan) -> PrivacyConfig:
         noise_multiplier=plan.noise_multiplier if plan.dp_mode != "off" else 1.0,
         delta=plan.delta,
         min_clients=plan.noise_clients,
+        adaptive=adaptive_clipping(plan),
     ).validate(secagg_enabled=plan.secagg)
 
 
+def adaptive_clipping(plan: RoundPlan) -> AdaptiveClipping | None:
+    """The plan's adaptive-clipping settings, or None when C is fixed."""
+    if not plan.adaptive:
+        return None
+    return AdaptiveClipping(plan.adaptive_target_quantile, plan.adaptive_learning_rate, plan.clip_count_stddev)
+
+
+def extra_coordinates(plan: RoundPlan) -> int:
+    """Coordinates after the model's d: the weight, plus the clip bit with adaptive clipping."""
+    return 2 if plan.adaptive else 1
+
+
 def noise_plan(plan: RoundPlan, dimension: int) -> DiscreteNoisePlan:
-    """The distributed discrete-Gaussian plan for a round's ``dimension`` model coordinates."""
+    """The distributed discrete-Gaussian plan for a round's ``dimension`` model coordinates.
+
+    Its noise is z_Delta * C: all of z, or with adaptive clipping what the bit query leaves.
+    """
+    z = privacy_config(plan).update_noise_multiplier if plan.dp_mode != "off" else plan.noise_multiplier
     return DiscreteNoisePlan(
         clip_norm=plan.clip_norm,
-        central_stddev=plan.noise_multiplier * plan.clip_norm,
+        central_stddev=z * plan.clip_norm,
         scale=plan.quant_scale,
         bits=plan.quant_bits,
         min_clients=plan.noise_clients,
@@ -58,12 +88,14 @@ def client_weight(num_examples: int, plan: RoundPlan) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class EncodedUpdate:
-    """The integer vector to upload (length d + 1) and what the device may log about it."""
+    """The integer vector to upload (length d + 1, or d + 2 with adaptive clipping) and what the
+    device may log about it (``clip_bit``: +-1/2 before noise, None when C is fixed)."""
 
     vector: np.ndarray
     weight: float
     norm: float
     was_clipped: bool
+    clip_bit: float | None = None
 
 
 def encode_update(delta: np.ndarray, num_examples: int, plan: RoundPlan, rng: np.random.Generator) -> EncodedUpdate:
@@ -71,33 +103,46 @@ def encode_update(delta: np.ndarray, num_examples: int, plan: RoundPlan, rng: np
     delta = np.asarray(delta, dtype=np.float64)
     if delta.ndim != 1 or not np.all(np.isfinite(delta)):
         raise ProtocolError("update must be a flat vector of finite numbers")
-    priv = privatize(delta, privacy_config(plan), rng, ring=True)
+    cfg = privacy_config(plan)
+    priv = privatize(delta, cfg, rng, ring=True)
     weight = client_weight(num_examples, plan)
-    vec = np.empty(delta.size + 1, dtype=np.float64)
-    vec[:-1] = priv.vector * weight
+    d, extra = delta.size, extra_coordinates(plan)
+    vec = np.empty(d + extra, dtype=np.float64)
+    vec[:d] = priv.vector * weight
     vec[-1] = weight
+    if priv.clip_bit is not None:
+        vec[d] = priv.clip_bit
+        if plan.dp_mode == "local":
+            vec[d] += rng.normal(0.0, plan.clip_count_stddev)
     np.clip(vec, -plan.quant_range, plan.quant_range, out=vec)
     q = quantize(vec, plan.quant_scale, plan.quant_bits, rng)
     if plan.dp_mode == "distributed":
-        q = np.concatenate([add_noise_share(q[:-1], noise_plan(plan, delta.size), rng), q[-1:]])
-    return EncodedUpdate(vector=q, weight=weight, norm=priv.norm, was_clipped=priv.was_clipped)
+        parts = [add_noise_share(q[:d], noise_plan(plan, d), rng)]
+        if priv.clip_bit is not None:
+            parts.append(add_noise_share(q[d : d + 1], bit_noise_plan(plan.clip_count_stddev, noise_plan(plan, d)), rng))
+        q = np.concatenate(parts + [q[-1:]])
+    return EncodedUpdate(vector=q, weight=weight, norm=priv.norm, was_clipped=priv.was_clipped, clip_bit=priv.clip_bit)
 
 
 @dataclasses.dataclass(frozen=True)
 class Aggregate:
-    """FedAvg of one round: the mean delta and the total weight it averaged over."""
+    """FedAvg of one round: the mean delta and the total weight it averaged over, and with
+    adaptive clipping the noisy sum of the clip bits (sum of b_i - 1/2 plus noise)."""
 
     mean_delta: np.ndarray
     total_weight: float
+    clip_bit_sum: float | None = None
 
 
 def decode_aggregate(total: np.ndarray, plan: RoundPlan, dimension: int) -> Aggregate:
     """Dequantize the sum of encoded updates and divide by the summed weight."""
-    if total.ndim != 1 or total.size != dimension + 1:
-        raise ProtocolError(f"aggregate has {total.size} coordinates, expected {dimension + 1}")
+    length = dimension + extra_coordinates(plan)
+    if total.ndim != 1 or total.size != length:
+        raise ProtocolError(f"aggregate has {total.size} coordinates, expected {length}")
     s = dequantize_sum(total, plan.quant_scale, plan.quant_bits)
     weight = float(s[-1])
     if not (math.isfinite(weight) and weight > 0):
         raise ProtocolError(f"aggregate weight {weight} is not positive")
     denominator = plan.dp_denominator if plan.dp_mode != "off" else weight
-    return Aggregate(mean_delta=(s[:-1] / denominator).astype(np.float32), total_weight=weight)
+    bits = float(s[dimension]) if plan.adaptive else None
+    return Aggregate(mean_delta=(s[:dimension] / denominator).astype(np.float32), total_weight=weight, clip_bit_sum=bits)

@@ -47,6 +47,17 @@ class RoundPlan:
     #: than by the number of survivors, so the released mean does not reveal that count
     #: (DP-FedAvg, McMahan et al. 2018); 0 when DP is off
     dp_denominator: int = 0
+    #: adaptive clipping (Andrew et al. 2021), all 0 when off: the target quantile gamma of the
+    #: update norms, the geometric learning rate eta_C, and sigma_b, the noise on the clip-bit sum
+    #: (``noise_multiplier`` stays the accounted total z; the update gets z_Delta)
+    adaptive_target_quantile: float = 0.0
+    adaptive_learning_rate: float = 0.0
+    clip_count_stddev: float = 0.0
+
+    @property
+    def adaptive(self) -> bool:
+        """Adaptive clipping is on: every update vector carries one clip-bit coordinate."""
+        return self.adaptive_target_quantile > 0
 
     def __post_init__(self) -> None:
         if self.dp_mode not in DP_MODES:
@@ -69,6 +80,16 @@ class RoundPlan:
             raise ValueError("distributed DP requires secure aggregation")
         if (self.dp_mode == "off") != (self.dp_denominator == 0) or self.dp_denominator < 0:
             raise ValueError("dp_denominator must be > 0 exactly when DP is on")
+        knobs = (self.adaptive_target_quantile, self.adaptive_learning_rate, self.clip_count_stddev)
+        if not all(math.isfinite(v) for v in knobs):
+            raise ValueError("adaptive clipping settings must be finite")
+        if any(knobs):
+            if not (0 < self.adaptive_target_quantile < 1 and self.adaptive_learning_rate > 0):
+                raise ValueError("adaptive clipping: target quantile in (0, 1) and learning rate > 0")
+            if self.dp_mode == "off":
+                raise ValueError("adaptive clipping requires DP on")
+            if not 2 * self.clip_count_stddev > self.noise_multiplier:
+                raise ValueError("adaptive clipping: 2 * clip_count_stddev must exceed noise_multiplier")
 
 
 @message("round.checkin")

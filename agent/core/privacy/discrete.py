@@ -151,13 +151,36 @@ def survivor_noise_multiplier(plan: DiscreteNoisePlan, survivors: int) -> float:
     return plan.effective_noise_multiplier * math.sqrt(survivors / plan.min_clients)
 
 
+def bit_noise_plan(clip_count_stddev: float, update: DiscreteNoisePlan) -> DiscreteNoisePlan:
+    """The DDG plan of the adaptive-clipping bit coordinate, on the update plan's ring and scale.
+
+    The bit b_i - 1/2 has sensitivity 1/2, so after rounding 0.5*scale + 1 integer units; the
+    summed shares carry sigma_b * scale.
+    """
+    return DiscreteNoisePlan(
+        clip_norm=0.5,
+        central_stddev=clip_count_stddev,
+        scale=update.scale,
+        bits=update.bits,
+        min_clients=update.min_clients,
+        dimension=1,
+    )
+
+
 def accounted_noise(config: PrivacyConfig, discrete: DiscreteNoisePlan | None = None) -> tuple[float, float]:
     """(z, RDP offset) to account for one round run with ``config``.
 
     Mode off gives z = 0 (non-private). With a distributed discrete plan, z shrinks by the
     rounding inflation (``scale*C / (scale*C + sqrt(d))``) and the offset is the plan's tau*d.
+    With adaptive clipping z is the configured total (update and clip-bit queries composed);
+    on the ring, ``discrete`` must carry the update's z_Delta (as ``agent.core.update.noise_plan``
+    builds it) and the two discrete queries are composed with their own rounding inflation.
     """
     z = 0.0 if config.mode == "off" else config.noise_multiplier
+    if config.mode == "distributed" and discrete is not None and config.adaptive is not None:
+        bit = bit_noise_plan(config.adaptive.clip_count_stddev, discrete)
+        z_total = (discrete.effective_noise_multiplier**-2 + bit.effective_noise_multiplier**-2) ** -0.5
+        return z_total, discrete.rdp_offset + bit.rdp_offset
     if config.mode == "distributed" and discrete is not None:
         ratio = discrete.effective_noise_multiplier / (discrete.central_stddev / discrete.clip_norm)
         return z * ratio, discrete.rdp_offset
