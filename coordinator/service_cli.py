@@ -152,13 +152,15 @@ def devices_revoke(device_id: str, db: str) -> None:
               help="At most this many devices owe an upload at once (broker queue limits).")
 @click.option("--eval-data", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Held-out .npz (x, y) to evaluate each new global model on.")
+@click.option("--mqtt-protocol", type=click.Choice(["5", "3.1.1"]), default=None,
+              help="MQTT version [default: 5 for --broker, 3.1.1 for the embedded broker].")
 @click.option("--tls-ca", default=None, help="CA file for mqtts://.")
 @click.option("--tls-cert", default=None, help="Client certificate for mqtts://.")
 @click.option("--tls-key", default=None, help="Client key for mqtts://.")
 def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: str | None, noise_multiplier: float | None,
               clip_norm: float, secagg: bool | None, epsilon_budget: float | None, checkin_window: float | None, broker_url: str | None,
               rounds: int | None, population: int | None, pacing_batch: int, eval_data: str | None,
-              tls_ca: str | None, tls_cert: str | None, tls_key: str | None) -> None:
+              mqtt_protocol: str | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None) -> None:
     """Run training rounds over MQTT (the embedded broker unless --broker); Ctrl-C stops gracefully."""
     from coordinator.config import ServiceConfig
     from coordinator.service import CoordinatorService, serve
@@ -169,7 +171,7 @@ def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: s
         training=_training(model, goal or 10, min_cohort, dp_mode or "off", noise_multiplier or 1.0, clip_norm, secagg),
         broker_url=broker_url, rounds=1 if rounds is None else rounds, checkin_window_s=checkin_window or 10.0,
         pacing_batch=pacing_batch, population=population, epsilon_budget=epsilon_budget or 10.0, eval_data=eval_data,
-        tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+        tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, mqtt_protocol=mqtt_protocol,
     )
     for r in serve(CoordinatorService(cfg, on_round=lambda r: click.echo(format_round(r)))):
         pass
