@@ -281,7 +281,9 @@ class CoordinatorService:
                 rid, model, f"check-in: {len(eligible)} eligible devices checked in, minimum cohort is {tcfg.min_cohort}"
             )
         population = max(cfg.population or len(active), len(cohort))
-        plan = make_plan(tcfg, model.version, len(cohort), population)
+        # adaptive clipping: this round's C is what the last completed round chose (kept in the store)
+        clip = store.latest_next_clip_norm() if tcfg.adaptive is not None else None
+        plan = make_plan(tcfg, model.version, len(cohort), population, clip_norm=clip)
         event = None
         if self.budget is not None:
             event = self._round_event(plan, model.weights.size)
@@ -292,7 +294,7 @@ class CoordinatorService:
                 return self._abandon_early(rid, model, f"privacy budget: {e}")
         now = self.clock()
         store.add_members(rid, cohort, now)
-        store.update_round(rid, plan=dataclasses.asdict(plan), stage="training")
+        store.update_round(rid, plan=dataclasses.asdict(plan), stage="training", clip_norm=plan.clip_norm)
         settings = RoundSettings(min(tcfg.goal, len(cohort)), min(tcfg.min_cohort, len(cohort)), tcfg.stage_timeout_s)
         engine = RoundEngine(rid, plan, settings, model.weights, cohort, self._aggregation(plan, model, cohort, settings), self.clock)
         self.engine, self._phase = engine, "engine"
@@ -511,7 +513,7 @@ class CoordinatorService:
         return round_event_for(privacy_config(plan), sampling_rate=plan.sampling_rate, discrete=discrete)
 
     def _aggregation(self, plan: RoundPlan, model: ModelRecord, cohort: list[str], settings: RoundSettings) -> Aggregation:
-        length = expected_length(model.weights)
+        length = expected_length(model.weights, plan)
         if not plan.secagg:
             return PlainAggregation(length, plan.quant_bits, settings.goal, settings.min_cohort)
         from coordinator.secure import SecureAggregation
@@ -558,6 +560,8 @@ class CoordinatorService:
                 except BudgetExhausted as e:  # checked before the round; only a race could land here
                     self.budget_spent = True
                     log.warning("%s", e, extra={"round": rid})
+            if outcome.next_clip_norm is not None:
+                fields["next_clip_norm"] = outcome.next_clip_norm
             store.finish_round(rid, "completed", outcome.reason, now, **fields)
         else:
             store.finish_round(rid, "abandoned", outcome.reason, now, **fields)

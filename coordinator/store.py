@@ -116,12 +116,19 @@ def _m003_enrollment_authority(db: sqlite_utils.Database) -> None:
     db["devices"].add_column("certificate", bytes)
 
 
+def _m006_round_clip_norm(db: sqlite_utils.Database) -> None:
+    """Adaptive clipping: each round's C, and the C its noisy clip-bit sum set for the next round."""
+    db["rounds"].add_column("clip_norm", float)
+    db["rounds"].add_column("next_clip_norm", float)
+
+
 MIGRATIONS: list[migrations.Migration] = [
     ("001_core", _m001_core),
     ("002_service", _m002_service),
     ("003_enrollment_authority", _m003_enrollment_authority),
     ("004_releases", fleet_schema.releases_schema),
     ("005_rollouts", fleet_schema.rollouts_schema),
+    ("006_round_clip_norm", _m006_round_clip_norm),
 ]
 
 
@@ -273,6 +280,12 @@ class Store:
 
     def rounds(self) -> Iterator[dict[str, Any]]:
         return self.db.query("select * from rounds order by round_id")
+
+    def latest_next_clip_norm(self) -> float | None:
+        """The C the last completed adaptive-clipping round chose for the next one (None: none yet)."""
+        rows = list(self.db.query(
+            "select next_clip_norm from rounds where next_clip_norm is not null order by round_id desc limit 1"))
+        return float(rows[0]["next_clip_norm"]) if rows else None
 
     # ---------------------------------------------------------------- uploads (exactly once)
 
