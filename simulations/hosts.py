@@ -305,4 +305,8 @@ class ProcessPool(HostPool):
 
 
 if __name__ == "__main__":  # a worker of ProcessPool: python -m simulations.hosts FD
+    import signal
+
+    # Ctrl-C reaches the whole process group: the driver stops its workers (or they see EOF)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _host_main(Connection(int(sys.argv[1])))
