@@ -45,6 +45,8 @@ class SimConfig:
     #: device hosts (worker processes or Ray actors) running the cohort's devices; 0 = in the driver
     #: process; None = 2 when the machine has 2 cores and the cohort is large enough to gain from it
     workers: int | None = None
+    #: adaptive clipping (DP on): C follows this quantile of the update norms, ``clip`` is the first C; 0 = off
+    adaptive_clip: float = 0.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, flag: str, what: str) -> None:
@@ -65,6 +67,8 @@ class SimConfig:
              f"expected > 0 with --dp {self.dp}, got {self.noise_multiplier}")
         need(self.noise_multiplier >= 0, "--noise-multiplier", f"expected >= 0, got {self.noise_multiplier}")
         need(self.clip > 0, "--clip", f"expected > 0, got {self.clip}")
+        need(self.adaptive_clip == 0 or (0 < self.adaptive_clip < 1 and self.dp != "off"), "--adaptive-clip",
+             f"expected a quantile in (0, 1) with --dp local or distributed, got {self.adaptive_clip}")
         need(0 < self.delta < 1, "--delta", f"expected 0 < delta < 1, got {self.delta}")
         need(self.seed >= 0, "--seed", f"expected >= 0, got {self.seed}")
         need(self.local_epochs >= 1, "--local-epochs", f"expected >= 1, got {self.local_epochs}")

@@ -26,7 +26,7 @@ from agent.core import wire
 from agent.core.errors import ProtocolError
 from agent.core.privacy.accounting import PrivacyAccountant, round_event_for
 from agent.core.update import noise_plan, privacy_config
-from coordinator.engine import Outbound, PlainAggregation, RoundEngine, RoundSettings, RoundStatus
+from coordinator.engine import Outbound, PlainAggregation, RoundEngine, RoundSettings, RoundStatus, expected_length
 from coordinator.plan import TrainingConfig, make_plan
 from coordinator.secure import SecureAggregation
 from simulations.engine import RoundWork
@@ -67,6 +67,8 @@ class ProtocolEngine:
         self.pool = pool
         self.accountant = PrivacyAccountant("rdp")
         self.last: dict[str, Any] = {}
+        #: adaptive clipping: the C the last completed round chose (None: the config's clip_norm)
+        self.clip_norm: float | None = None
 
     def close(self) -> None:
         """Stop the device hosts (worker processes, actors)."""
@@ -113,18 +115,18 @@ class ProtocolEngine:
             roster.update(zip(r["ids"], r["keys"]))
         del shards
 
-        plan = make_plan(cfg, f"r{round_id - 1}", len(ids), s.population)
+        plan = make_plan(cfg, f"r{round_id - 1}", len(ids), s.population, clip_norm=self.clip_norm)
         clock = _Clock()
         settings = RoundSettings(goal=len(ids), min_cohort=min(cfg.min_cohort, len(ids)), stage_timeout_s=cfg.stage_timeout_s)
         if cfg.secagg:
             roster = {d: roster[d] for d in ids}
             pool.broadcast(pack({"kind": "roster", "ids": list(roster), "keys": list(roster.values())}))
             aggregation: Any = SecureAggregation(
-                plan, round_id, roster, weights.size + 1, clock, min_cohort=settings.min_cohort,
+                plan, round_id, roster, expected_length(weights, plan), clock, min_cohort=settings.min_cohort,
                 dropout_rate=s.dropout_rate, corrupt_fraction=s.corrupt_fraction,
             )
         else:
-            aggregation = PlainAggregation(weights.size + 1, plan.quant_bits, len(ids), settings.min_cohort)
+            aggregation = PlainAggregation(expected_length(weights, plan), plan.quant_bits, len(ids), settings.min_cohort)
         engine = RoundEngine(round_id, plan, settings, weights, ids, aggregation, clock)
         stage_seconds: dict[str, float] = collections.defaultdict(float)
         traffic = {"up": 0, "down": 0, "examples": 0}
@@ -193,6 +195,8 @@ class ProtocolEngine:
         pool.broadcast(pack({"kind": "end"}))
 
         outcome = engine.outcome
+        if outcome is not None and outcome.next_clip_norm is not None:
+            self.clip_norm = outcome.next_clip_norm
         if engine.status is RoundStatus.COMPLETED and cfg.dp_mode != "off":
             pc = dataclasses.replace(privacy_config(plan), sampling=s.sampling)
             discrete = noise_plan(plan, weights.size) if cfg.dp_mode == "distributed" else None
@@ -211,6 +215,8 @@ class ProtocolEngine:
             "bytes_up": traffic["up"],
             "bytes_down": traffic["down"],
             "secagg": dataclasses.asdict(aggregation.params) if cfg.secagg else None,
+            "clip_norm": plan.clip_norm,
+            "next_clip_norm": outcome.next_clip_norm if outcome else None,
         }
         new = outcome.new_weights if outcome and outcome.new_weights is not None else weights
         return RoundWork(new, dict(stage_seconds), traffic["examples"], self._epsilon(), participants=participants,

@@ -96,7 +96,7 @@ def training_config(config: SimConfig, population: Population) -> tuple[Training
         learning_rate=config.learning_rate, dp_mode=config.dp, clip_norm=config.clip,
         noise_multiplier=config.noise_multiplier if config.dp != "off" else 0.0, delta=config.delta,
         secagg=config.secagg, goal=config.per_round, over_selection=1.0,  # the runner already samples
-        min_cohort=min_cohort, expected_reports=reports,
+        min_cohort=min_cohort, expected_reports=reports, adaptive_quantile=config.adaptive_clip,
     )
     return cfg, min(0.5, max(0.01, dropout))
 
