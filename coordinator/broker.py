@@ -86,6 +86,7 @@ class EmbeddedBroker:
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
+        loop.set_exception_handler(_quiet_amqtt_errors)
         self._loop = loop
         try:
             loop.run_until_complete(self._serve())
@@ -120,3 +121,14 @@ def broker_for(url: str | None) -> Iterator[str]:
         return
     with EmbeddedBroker() as b:
         yield b.url
+
+
+def _quiet_amqtt_errors(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """amqtt leaves some per-client task errors unretrieved (a client's PUBACK later than its 5 s
+    wait, a session dict changed while iterating): one warning line each instead of a traceback.
+    amqtt does not redeliver after such a timeout; use Mosquitto where exactly-once matters."""
+    exc = context.get("exception")
+    if isinstance(exc, (TimeoutError, RuntimeError)):
+        log.warning("embedded broker (amqtt): %s: %s", type(exc).__name__, exc)
+        return
+    loop.default_exception_handler(context)
