@@ -67,7 +67,7 @@ def _plain_round(cfg: TrainingConfig, deltas: dict[str, np.ndarray], clip: float
 
 def test_clip_norm_converges_to_the_target_quantile_of_update_norms() -> None:
     """Local DP, plain aggregation, 40 clients whose norms spread log-uniformly over [0.2, 5]:
-    from C = 0.05 (far below) and C = 20 (far above), 50 rounds (eta 0.5) bring C within 25% of the
+    from C = 0.05 (far below) and C = 20 (far above), 50 rounds (eta 0.5) bring C within 12% of the
     empirical quantile (the noisy bit sum has std ~ sigma_b * sqrt(n) / n = 0.05 in b_bar)."""
     n, dim = 40, 16
     norms = np.exp(np.random.default_rng(7).uniform(np.log(0.2), np.log(5.0), n))
@@ -85,7 +85,7 @@ def test_clip_norm_converges_to_the_target_quantile_of_update_norms() -> None:
                 trace.append(nxt)
                 c = nxt
             late = np.array(trace[-10:])
-            assert abs(np.log(np.median(late) / target)) < np.log(1.25), (gamma, start, target, trace[-10:])
+            assert abs(np.log(np.median(late) / target)) < np.log(1.12), (gamma, start, target, trace[-10:])
             # it moved the whole way, not by chance: far from where it started
             assert abs(np.log(c / start)) > 1.5
 
