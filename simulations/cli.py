@@ -30,6 +30,8 @@ def cli() -> None:
 @click.option("--delta", type=float, default=1e-5, show_default=True, help="δ of the (ε, δ) guarantee.")
 @click.option("--adaptive-clip", type=float, default=0.0, metavar="QUANTILE",
               help="Adaptive clipping (with --dp): C follows this quantile of the update norms; --clip is the first C.")
+@click.option("--clip-count-stddev", type=float, default=0.0, metavar="SIGMA",
+              help="Adaptive clipping: noise on the clip-bit sum; 2*SIGMA must exceed z [default: expected reports/20].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same numbers.")
 @click.option("--profiles", default="", help="Device profile mix, e.g. pi4=0.5,phone=0.3,car=0.2 (default: ideal devices).")
 @click.option("--profiles-dir", type=click.Path(file_okay=False, path_type=Path), default=None,

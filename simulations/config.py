@@ -47,6 +47,8 @@ class SimConfig:
     workers: int | None = None
     #: adaptive clipping (DP on): C follows this quantile of the update norms, ``clip`` is the first C; 0 = off
     adaptive_clip: float = 0.0
+    #: adaptive clipping: sigma_b, the noise on the clip-bit sum (0: expected reports / 20)
+    clip_count_stddev: float = 0.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, flag: str, what: str) -> None:
