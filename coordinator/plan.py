@@ -96,6 +96,8 @@ def quant_range(cfg: TrainingConfig, clip_norm: float | None = None) -> float:
     r = cfg.clip_norm if clip_norm is None else clip_norm
     if cfg.dp_mode == "local":
         r = r * (1 + LOCAL_NOISE_SIGMAS * cfg.noise_multiplier)
+        if cfg.adaptive is not None:  # the locally noised clip bit, so its noise is not clipped away
+            r = max(r, 0.5 + LOCAL_NOISE_SIGMAS * cfg.adaptive.clip_count_stddev)
     return max(1.0, r)
 
 
