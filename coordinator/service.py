@@ -44,7 +44,7 @@ from coordinator.fleet import FleetController
 from coordinator.pacing import Pacer
 from coordinator.releases import create_release
 from coordinator.plan import make_plan
-from coordinator.privacy_budget import CampaignBudget
+from coordinator.privacy_budget import CampaignBudget, mark_exhausted, selectable_devices
 from coordinator.selection import select_cohort
 from coordinator.store import ModelRecord, Store
 
@@ -275,6 +275,8 @@ class CoordinatorService:
         if self._stop.is_set():
             return self._abandon_early(rid, model, SHUT_DOWN)
         eligible = sorted(d for d, c in self._checkins.items() if c.eligible and d in active)
+        # devices that declined for lack of privacy budget are never selected again (kept in SQLite)
+        eligible = selectable_devices(store.db, eligible, {}, math.inf)
         cohort = select_cohort(eligible, tcfg.goal, tcfg.over_selection, self.rng)
         if len(cohort) < tcfg.min_cohort:
             return self._abandon_early(
@@ -535,6 +537,9 @@ class CoordinatorService:
         store, rid = self._store(), engine.round_id
         outcome = engine.outcome
         assert outcome is not None
+        for device, reason in engine.declined.items():
+            if reason.startswith("budget"):
+                mark_exhausted(store.db, device, clock=self.clock)
         now = self.clock()
         dropped = dict(outcome.dropped)
         fields: dict[str, Any] = {"participants": outcome.participants, "dropped": dropped, "stage": engine.stage}

@@ -109,3 +109,28 @@ def test_an_error_inside_a_round_abandons_it_with_that_reason(embedded_broker, t
         assert (r["status"], r["reason"]) == ("abandoned", "ConfigError: cohort cannot be planned")
     finally:
         store.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_device_that_declines_for_budget_is_never_selected_again(embedded_broker, tmp_path) -> None:  # noqa: F811
+    from agent.core.errors import BudgetExhausted
+
+    fleet = make_fleet(tmp_path, 3)
+    cfg = service_config(fleet, embedded_broker.url, rounds=2, mqtt_protocol=MQTT_311, checkin_window_s=5.0,
+                         training=dict(secagg=False, goal=3, min_cohort=2))
+    agents = AgentThreads(fleet, embedded_broker.url, MQTT_311)
+    spent = agents.loops[0]
+
+    def over_budget(task):
+        raise BudgetExhausted("epsilon would reach 9.1 > budget 8")
+
+    spent.train = over_budget
+    with agents:
+        reports = CoordinatorService(cfg).run()
+    assert [r.status for r in reports] == ["completed", "completed"], [r.reason for r in reports]
+    store = Store(str(fleet.db))
+    try:
+        assert spent.device_id in store.members(1) and spent.device_id not in store.members(2)
+        assert [r["device_id"] for r in store.db["privacy_exhausted_devices"].rows] == [spent.device_id]
+    finally:
+        store.close()
