@@ -16,6 +16,7 @@ import numpy as np
 
 from agent.core.errors import BudgetExhausted, FedgeError, ProtocolError
 from agent.core.messages.rounds import Decline, Peers, PlainUpdate, Task
+from agent.core.messages.secagg import SecAggConfig
 from agent.core.update import EncodedUpdate, encode_update
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,26 @@ class Participant:
             return []
         if self.client is None or msg.round_id != self.round_id:
             raise ProtocolError(f"unexpected {type(msg).__name__} for round {getattr(msg, 'round_id', '?')}")
+        if isinstance(msg, SecAggConfig):
+            self._check_config(msg)
         reply = self.client.handle(msg)
         if reply is None:
             return []
         return list(reply) if isinstance(reply, (list, tuple)) else [reply]
+
+    def _check_config(self, cfg: SecAggConfig) -> None:
+        """The SecAgg+ parameters must be the ones the task's plan promised: the same ring and
+        length, and (distributed DP) a release floor no lower than the planned number of noise
+        shares, or the sum could carry less noise than this device accounts for."""
+        plan, p = self.task.plan, cfg.params
+        if p.bits != plan.quant_bits or p.dim != self.encoded.vector.size:
+            self.client = None
+            raise ProtocolError("secure aggregation parameters do not match the round plan")
+        if plan.dp_mode == "distributed" and p.min_clients < plan.noise_clients:
+            self.client = None
+            raise ProtocolError(
+                f"secure aggregation would release a sum of {p.min_clients} inputs; the noise was planned for {plan.noise_clients}"
+            )
 
     def _on_task(self, task: Task) -> list[Any]:
         if task.device_id != self.device_id:

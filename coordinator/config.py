@@ -17,7 +17,8 @@ class ServiceConfig:
     ``broker_url`` None starts the embedded broker on loopback (``embedded_port``, 0 = free).
     ``pacing_batch`` bounds how many selected devices may owe us an upload at once, so the broker's
     per-client queue (Mosquitto drops silently past ``max_queued_messages``, 1,000 by default) never
-    overflows. ``population`` is the fleet size used for the sampling rate (None: enrolled devices).
+    overflows.
+    The accountant's sampling rate is the cohort's share of the eligible check-ins of the round.
     """
 
     db_path: str
@@ -28,7 +29,6 @@ class ServiceConfig:
     checkin_window_s: float = 10.0
     round_gap_s: float = 0.0
     pacing_batch: int = 500
-    population: int | None = None
     epsilon_budget: float | None = None
     campaign_id: str = "default"
     eval_data: str | None = None
@@ -53,8 +53,6 @@ class ServiceConfig:
             raise ConfigError(f"round_gap_s: expected >= 0, got {self.round_gap_s}")
         if self.pacing_batch < 1:
             raise ConfigError(f"pacing_batch: expected >= 1, got {self.pacing_batch}")
-        if self.population is not None and self.population < 1:
-            raise ConfigError(f"population: expected >= 1, got {self.population}")
         if self.epsilon_budget is not None and not (self.epsilon_budget > 0 and math.isfinite(self.epsilon_budget)):
             raise ConfigError(f"epsilon_budget: expected a finite number > 0, got {self.epsilon_budget}")
         if self.mqtt_protocol not in (None, MQTT_5, MQTT_311):

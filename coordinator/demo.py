@@ -275,7 +275,7 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> list[Ro
         fleet = AgentFleet(commands, work).start()
         service_cfg = ServiceConfig(
             db_path=str(db), training=cfg.training, broker_url=url, rounds=cfg.rounds,
-            checkin_window_s=cfg.checkin_window_s, population=cfg.agents, epsilon_budget=cfg.epsilon_budget,
+            checkin_window_s=cfg.checkin_window_s, epsilon_budget=cfg.epsilon_budget,
             eval_data=str(test_path), mqtt_protocol=protocol,
         )
 

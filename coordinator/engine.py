@@ -21,6 +21,7 @@ import numpy as np
 from agent.core.errors import ProtocolError, RoundFailed
 from agent.core.messages.rounds import Decline, PlainUpdate, RoundPlan, Task
 from agent.core.privacy.adaptive import next_clip_norm
+from agent.core.secagg.quantize import to_signed
 from agent.core.update import Aggregate, decode_aggregate, extra_coordinates
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,10 @@ class Aggregation:
     def answered_first_stage(self) -> int:
         raise NotImplementedError
 
+    def answered(self) -> set[str]:
+        """Devices that answered the first stage."""
+        raise NotImplementedError
+
     def close_stage(self, now: float) -> list[Outbound]:
         """Proceed with whoever answered; raise RoundFailed when a threshold no longer holds."""
         raise NotImplementedError
@@ -107,8 +112,12 @@ class PlainAggregation(Aggregation):
 
     first_stage = "report"
 
-    def __init__(self, length: int, bits: int, goal: int, min_cohort: int) -> None:
+    def __init__(self, length: int, bits: int, goal: int, min_cohort: int, max_abs: int | None = None) -> None:
+        """``max_abs``: the largest |quantized value| the plan allows (``max_abs_int(range, scale)``);
+        an upload outside it, or with a weight coordinate <= 0, is refused, so one device cannot
+        wrap the sum or outweigh the others. Under SecAgg+ this cannot be checked (inputs are masked)."""
         self.length, self.bits, self.goal, self.min_cohort = length, bits, goal, min_cohort
+        self.max_abs = max_abs
         self._sum = np.zeros(length, dtype=np.uint64)
         self._from: list[str] = []
         self._cohort: set[str] = set()
@@ -138,6 +147,10 @@ class PlainAggregation(Aggregation):
             raise ProtocolError(f"update has shape {v.shape}, expected ({self.length},)")
         if self.bits < 32 and int(v.max(initial=0)) >> self.bits:
             raise ProtocolError(f"update has values outside Z_2^{self.bits}")
+        if self.max_abs is not None:
+            signed = to_signed(v, self.bits)
+            if int(np.abs(signed).max(initial=0)) > self.max_abs or signed[-1] <= 0:
+                raise ProtocolError("update is outside the plan's quantization range or has no positive weight")
         self._sum += v
         self._from.append(device_id)
         if len(self._from) >= self.goal:
@@ -146,6 +159,9 @@ class PlainAggregation(Aggregation):
 
     def answered_first_stage(self) -> int:
         return len(self._from)
+
+    def answered(self) -> set[str]:
+        return set(self._from)
 
     def close_stage(self, now: float) -> list[Outbound]:
         if len(self._from) < self.min_cohort:
@@ -225,9 +241,12 @@ class RoundEngine:
         if getattr(msg, "device_id", device_id) != device_id:
             raise ProtocolError("message names another device")
         if isinstance(msg, Decline):
+            if device_id in self.declined or device_id in self.aggregation.answered():
+                raise ProtocolError("decline from a device that already answered")
             self.declined[device_id] = msg.reason
             log.info("device declined: %s", msg.reason, extra={"round": self.round_id, "device": device_id})
-            return self._maybe_close_early()
+            out = self._maybe_close_early()
+            return out + self._maybe_finish()
         now = self.clock()
         before = self.aggregation.stage
         try:

@@ -129,6 +129,11 @@ class SecureAggregation(Aggregation):
             return self.params.num_clients
         return self.params.num_clients - len(self.server.expected())
 
+    def answered(self) -> set[str]:
+        if self.server.stage is not Stage.ADVERTISE_KEYS:
+            return set(self._roster)
+        return set(self._roster) - self.server.expected()
+
     def close_stage(self, now: float) -> list[Outbound]:
         stage = self.stage
         missing = len(self.server.expected())

@@ -38,6 +38,7 @@ from agent.core.transport import Inbound, Transport, open_transport
 from agent.core.update import noise_plan, privacy_config
 from coordinator.broker import EmbeddedBroker
 from coordinator.config import ServiceConfig
+from agent.core.secagg.quantize import max_abs_int
 from coordinator.engine import Aggregation, Outbound, PlainAggregation, RoundEngine, RoundSettings, RoundStatus, expected_length
 from coordinator.enrollment import active_ids, certificate, identities
 from coordinator.fleet import FleetController
@@ -282,7 +283,9 @@ class CoordinatorService:
             return self._abandon_early(
                 rid, model, f"check-in: {len(eligible)} eligible devices checked in, minimum cohort is {tcfg.min_cohort}"
             )
-        population = max(cfg.population or len(active), len(cohort))
+        # the sampling rate the accountant uses is the cohort's share of the devices it was drawn
+        # from (eligible check-ins), not of the enrolled fleet: only those could have been selected
+        population = max(len(eligible), len(cohort))
         # adaptive clipping: this round's C is what the last completed round chose (kept in the store)
         clip = store.latest_next_clip_norm() if tcfg.adaptive is not None else None
         plan = make_plan(tcfg, model.version, len(cohort), population, clip_norm=clip)
@@ -373,10 +376,12 @@ class CoordinatorService:
             self._fleet_tick()
             return
         try:
-            self._handle(inbound)
-        finally:
-            t.ack(inbound)
+            self._handle(inbound)  # stores before it returns; a storage failure must not be acked
+        except Exception:
             self._fleet_tick()
+            raise
+        t.ack(inbound)
+        self._fleet_tick()
 
     def _handle(self, inbound: Inbound) -> None:
         """Decode, authenticate, store (exactly once), then apply one inbound message. Never raises FedgeError."""
@@ -517,7 +522,8 @@ class CoordinatorService:
     def _aggregation(self, plan: RoundPlan, model: ModelRecord, cohort: list[str], settings: RoundSettings) -> Aggregation:
         length = expected_length(model.weights, plan)
         if not plan.secagg:
-            return PlainAggregation(length, plan.quant_bits, settings.goal, settings.min_cohort)
+            return PlainAggregation(length, plan.quant_bits, settings.goal, settings.min_cohort,
+                                    max_abs=max_abs_int(plan.quant_range, plan.quant_scale))
         from coordinator.secure import SecureAggregation
 
         store = self._store()

@@ -147,7 +147,6 @@ def devices_revoke(device_id: str, db: str) -> None:
 @click.command("serve")
 @db_option
 @training_options
-@click.option("--population", type=int, default=None, help="Fleet size for the sampling rate [default: enrolled devices].")
 @click.option("--pacing-batch", type=int, default=500, show_default=True,
               help="At most this many devices owe an upload at once (broker queue limits).")
 @click.option("--eval-data", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -163,7 +162,7 @@ def devices_revoke(device_id: str, db: str) -> None:
               help="Adaptive clipping: noise on the clip-bit sum; 2*SIGMA must exceed z [default: goal/20].")
 def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: str | None, noise_multiplier: float | None,
               clip_norm: float, secagg: bool | None, epsilon_budget: float | None, checkin_window: float | None, broker_url: str | None,
-              rounds: int | None, population: int | None, pacing_batch: int, eval_data: str | None,
+              rounds: int | None, pacing_batch: int, eval_data: str | None,
               mqtt_protocol: str | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None,
               adaptive_clip: float | None, clip_count_stddev: float) -> None:
     """Run training rounds over MQTT (the embedded broker unless --broker); Ctrl-C stops gracefully."""
@@ -176,7 +175,7 @@ def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: s
         training=_training(model, goal or 10, min_cohort, dp_mode or "off", noise_multiplier or 1.0, clip_norm, secagg,
                            adaptive_quantile=adaptive_clip or 0.0, clip_count_stddev=clip_count_stddev),
         broker_url=broker_url, rounds=1 if rounds is None else rounds, checkin_window_s=checkin_window or 10.0,
-        pacing_batch=pacing_batch, population=population, epsilon_budget=epsilon_budget or 10.0, eval_data=eval_data,
+        pacing_batch=pacing_batch, epsilon_budget=epsilon_budget or 10.0, eval_data=eval_data,
         tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, mqtt_protocol=mqtt_protocol,
     )
     for r in serve(CoordinatorService(cfg, on_round=lambda r: click.echo(format_round(r)))):

@@ -26,6 +26,7 @@ from agent.core import wire
 from agent.core.errors import ProtocolError
 from agent.core.privacy.accounting import PrivacyAccountant, round_event_for
 from agent.core.update import noise_plan, privacy_config
+from agent.core.secagg.quantize import max_abs_int
 from coordinator.engine import Outbound, PlainAggregation, RoundEngine, RoundSettings, RoundStatus, expected_length
 from coordinator.plan import TrainingConfig, make_plan
 from coordinator.secure import SecureAggregation
@@ -126,7 +127,8 @@ class ProtocolEngine:
                 dropout_rate=s.dropout_rate, corrupt_fraction=s.corrupt_fraction,
             )
         else:
-            aggregation = PlainAggregation(expected_length(weights, plan), plan.quant_bits, len(ids), settings.min_cohort)
+            aggregation = PlainAggregation(expected_length(weights, plan), plan.quant_bits, len(ids), settings.min_cohort,
+                                           max_abs=max_abs_int(plan.quant_range, plan.quant_scale))
         engine = RoundEngine(round_id, plan, settings, weights, ids, aggregation, clock)
         stage_seconds: dict[str, float] = collections.defaultdict(float)
         traffic = {"up": 0, "down": 0, "examples": 0}

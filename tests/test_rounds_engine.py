@@ -143,3 +143,45 @@ def test_over_selection_and_sampling() -> None:
     freq = np.bincount([int(d[1:]) for d in itertools.chain(*picks)], minlength=100) / 2000
     assert np.allclose(freq, 0.13, atol=0.035)  # uniform: each device ~13% (4 sigma at n=2000)
     assert sorted(select_cohort(cands[:5], 10, 1.3, rng)) == sorted(cands[:5])
+
+
+def test_plain_uploads_outside_the_quantization_range_are_refused() -> None:
+    """One device sending huge values would wrap the sum or outweigh everyone: refused."""
+    from agent.core.secagg.quantize import max_abs_int
+
+    d = 6
+    cfg = TrainingConfig(secagg=False, goal=3, min_cohort=2, dp_mode="local", noise_multiplier=1.0)
+    plan = make_plan(cfg, "v0", 3, 10)
+    limit = max_abs_int(plan.quant_range, plan.quant_scale)
+    agg = PlainAggregation(d + 1, plan.quant_bits, 3, 2, max_abs=limit)
+    e = RoundEngine(1, plan, RoundSettings(3, 2, 10), np.zeros(d, np.float32), ["a", "b", "c"], agg, FakeClock())
+    e.start()
+    huge = np.full(d + 1, 1 << 30, np.uint32)
+    with pytest.raises(ProtocolError, match="quantization range"):
+        e.receive("a", PlainUpdate(1, "a", huge))
+    no_weight = np.zeros(d + 1, np.uint32)
+    with pytest.raises(ProtocolError, match="positive weight"):
+        e.receive("a", PlainUpdate(1, "a", no_weight))
+    ok = np.zeros(d + 1, np.uint32)
+    ok[-1] = round(plan.quant_scale)
+    e.receive("a", PlainUpdate(1, "a", ok))  # the honest upload of the same device is still taken
+
+
+def test_a_decline_after_uploading_is_refused_and_a_last_decline_finishes_the_round() -> None:
+    d = 4
+    cfg = TrainingConfig(secagg=False, goal=3, min_cohort=1)
+    plan = make_plan(cfg, "v0", 3, 10)
+    clock = FakeClock()
+    e = RoundEngine(1, plan, RoundSettings(3, 1, 10), np.zeros(d, np.float32), ["a", "b", "c"],
+                    PlainAggregation(d + 1, plan.quant_bits, 3, 1), clock)
+    e.start()
+    ok = np.zeros(d + 1, np.uint32)
+    ok[-1] = round(plan.quant_scale)
+    e.receive("a", PlainUpdate(1, "a", ok))
+    with pytest.raises(ProtocolError, match="already answered"):
+        e.receive("a", Decline(1, "a", "changed my mind"))
+    e.receive("b", Decline(1, "b", "budget"))
+    assert e.status is RoundStatus.RUNNING
+    e.receive("c", Decline(1, "c", "not eligible"))
+    # nobody is outstanding: the round completes now, not at the deadline
+    assert e.status is RoundStatus.COMPLETED and e.outcome.participants == 1 and clock.t == 1000.0

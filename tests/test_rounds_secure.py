@@ -8,7 +8,7 @@ import pytest
 from agent.core.certs import issue_certificate
 from agent.core.crypto import IdentityKey
 from agent.core.errors import SecurityError
-from agent.core.messages.rounds import Peers, PlainUpdate
+from agent.core.messages.rounds import Peers
 from agent.core.messages.secagg import KeyAdvertisement, MaskedInput, SurvivorSignature
 from agent.participant import LocalResult, Participant
 from agent.secure import PeerDirectory, secagg_factory, trusted_lookup
@@ -170,4 +170,30 @@ def test_plain_and_secure_rounds_give_the_same_aggregate() -> None:
     assert pe.status is RoundStatus.COMPLETED
     # same rng seeds per device -> identical stochastic rounding -> identical integer sums
     np.testing.assert_array_equal(engine.outcome.aggregate.mean_delta, pe.outcome.aggregate.mean_delta)
-    assert isinstance(PlainUpdate, type)
+
+
+def test_a_device_refuses_secagg_parameters_weaker_than_its_plan() -> None:
+    """Distributed DP: a config that would release a sum of fewer inputs than the noise was
+    planned for (or a different ring or length) is refused before any key is advertised."""
+    import dataclasses
+
+    from agent.core.errors import ProtocolError
+    from agent.core.messages.secagg import SecAggConfig
+
+    n, dim = 8, 5
+    deltas = {f"d{i:03d}": np.full(dim, 0.01, np.float32) for i in range(n)}
+    cfg = TrainingConfig(secagg=True, goal=n, min_cohort=6, dp_mode="distributed", noise_multiplier=0.5)
+    engine, parts, _, _ = _setup(n, cfg, deltas)
+    out = engine.start()
+    dev = "d000"
+    task = next(o.message for o in out if o.device_id == dev and type(o.message).__name__ == "Task")
+    config = next(o.message for o in out if o.device_id == dev and isinstance(o.message, SecAggConfig))
+    assert config.params.min_clients >= task.plan.noise_clients
+    weak = dataclasses.replace(config, params=dataclasses.replace(config.params, min_clients=1))
+    parts[dev].handle(task)
+    with pytest.raises(ProtocolError, match="noise was planned for 6"):
+        parts[dev].handle(weak)
+    # the honest config from the same coordinator would have been taken
+    parts2 = _setup(n, cfg, deltas)[1]
+    parts2[dev].handle(task)
+    assert len(parts2[dev].handle(config)) == 1

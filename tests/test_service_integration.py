@@ -43,8 +43,11 @@ def test_ten_agent_processes_three_secure_rounds_accuracy_improves(broker, reque
     fixture, protocol = broker
     url = request.getfixturevalue(fixture).url
     fleet = make_fleet(tmp_path, AGENTS, seed=1)
-    # check-in closes as soon as all 10 checked in; the long window only covers slow process starts
-    cfg = service_config(fleet, url, rounds=ROUNDS, mqtt_protocol=protocol, checkin_window_s=120.0,
+    # check-in closes as soon as all 10 checked in; the long window only covers slow process starts.
+    # On amqtt a device whose connection the broker dropped may never check in again (see below), so
+    # there the window is shorter: the rounds go on without it instead of outliving the test timeout.
+    window = 120.0 if fixture == "mosquitto" else 40.0
+    cfg = service_config(fleet, url, rounds=ROUNDS, mqtt_protocol=protocol, checkin_window_s=window,
                          training=dict(secagg=True, goal=AGENTS, min_cohort=6, learning_rate=0.2,
                                        train_deadline_s=20.0, stage_timeout_s=5.0))
     with AgentProcesses(fleet, url, protocol):
