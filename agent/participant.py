@@ -58,6 +58,7 @@ class Participant:
         self.encoded: EncodedUpdate | None = None
         self.local: LocalResult | None = None
         self.client: Any = None
+        self._input_size = 0
 
     def handle(self, msg: Any) -> list[Any]:
         """Replies to one coordinator message (ProtocolError when it is illegal here)."""
@@ -82,7 +83,7 @@ class Participant:
         length, and (distributed DP) a release floor no lower than the planned number of noise
         shares, or the sum could carry less noise than this device accounts for."""
         plan, p = self.task.plan, cfg.params
-        if p.bits != plan.quant_bits or p.dim != self.encoded.vector.size:
+        if p.bits != plan.quant_bits or p.dim != self._input_size:
             self.client = None
             raise ProtocolError("secure aggregation parameters do not match the round plan")
         if plan.dp_mode == "distributed" and p.min_clients < plan.noise_clients:
@@ -114,5 +115,6 @@ class Participant:
             return [PlainUpdate(task.round_id, self.device_id, self.encoded.vector)]
         assert self._secagg_factory is not None
         # the SecAgg+ stage requests that follow (config first) go to this client
+        self._input_size = int(self.encoded.vector.size)
         self.client = self._secagg_factory(task, self.encoded.vector)
         return []
