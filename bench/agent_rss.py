@@ -2,6 +2,11 @@
 process that only imports the TFLite runtime and numpy (and one that also trains the same MLP
 on the same data, without the daemon), plus the CPU seconds it uses idle between rounds.
 
+Two floors put the ratio in context: the same training in a process that imports every
+third-party package the daemon imports (``dependency_floor``), and in one that imports only
+the least an MQTT+SecAgg agent needs (paho with ssl, pynacl, sqlite3, msgpack:
+``minimal_floor``). Both are measured in the same run.
+
 Everything runs in this machine's same session: Mosquitto (or the embedded broker when no
 mosquitto binary is installed), one ``fedge-agent run`` subprocess, a test-side coordinator
 running the real RoundEngine. Peak RSS is the kernel's VmHWM of each process.
@@ -41,6 +46,18 @@ TRAIN_ONLY = (
     "learning_rate=0.1, rng=np.random.default_rng(0)); " + _HWM
 )
 
+
+#: Every third-party package the daemon imports, then the same MLP training: the floor that
+#: fedge's own code cannot go below with the chosen dependencies.
+DEPENDENCY_FLOOR = (
+    "import sys; sys.modules['pandas'] = None; import click, msgpack, nacl.bindings, paho.mqtt.client, sqlite_utils; "
+    "import cryptography.hazmat.primitives.ciphers, cryptography.hazmat.primitives.ciphers.aead, "
+    "cryptography.hazmat.primitives.kdf.hkdf; " + TRAIN_ONLY
+)
+
+#: The least any MQTT+SecAgg agent needs on this stack: paho (with ssl, for TLS), pynacl,
+#: stdlib sqlite3 and msgpack, no cryptography and no sqlite-utils, then the same training.
+MINIMAL_FLOOR = "import msgpack, nacl.bindings, paho.mqtt.client, sqlite3, logging; " + TRAIN_ONLY
 
 #: What each dependency group adds on top of the baseline (each in its own fresh process).
 IMPORT_GROUPS = {
@@ -95,6 +112,8 @@ def main() -> None:
         subprocess.run(agent_cmd("init", "--profile", str(profile), "--device-id", DEV), check=True, capture_output=True, cwd=ROOT)
         baseline = run_py(BASELINE)
         train_only = run_py(TRAIN_ONLY, str(data), str(a.epochs))
+        floor = run_py(DEPENDENCY_FLOOR, str(data), str(a.epochs))
+        minimal = run_py(MINIMAL_FLOOR, str(data), str(a.epochs))
         breakdown = {
             name: round((run_py("import numpy, tflite_runtime.interpreter; " + code + "; " + _HWM) - baseline) / 1024, 1)
             for name, code in IMPORT_GROUPS.items()
@@ -132,6 +151,10 @@ def main() -> None:
         "agent_peak_training_mib": round(agent_peak / 1024, 1),
         "agent_peak_vs_baseline": round(agent_peak / baseline, 2),
         "agent_peak_vs_train_only": round(agent_peak / train_only, 2),
+        "dependency_floor_mib": round(floor / 1024, 1),
+        "dependency_floor_vs_baseline": round(floor / baseline, 2),
+        "agent_peak_vs_dependency_floor": round(agent_peak / floor, 2),
+        "minimal_floor_vs_baseline": round(minimal / baseline, 2),
         "target_ratio": 1.3,
         "adds_over_baseline_mib": breakdown,
         "idle_cpu_s": round(idle_cpu, 3),
