@@ -27,7 +27,7 @@ import msgpack
 import numpy as np
 
 from agent.core import wire
-from agent.core.crypto import IdentityKey
+from agent.core.crypto import IdentityKey, SignatureMemo
 from agent.core.errors import ConfigError, ProtocolError, SecurityError, TransportError
 from agent.core.messages.rounds import Task
 from agent.participant import LocalResult, Participant
@@ -81,6 +81,9 @@ class DeviceHost:
         self._last: tuple[bytes, Any] = (b"", None)
         self._weights: np.ndarray | None = None
         self._examples = 0  # examples trained on in the current frame
+        # One memo of accepted signatures for the shard's devices: each device still checks every
+        # peer signature, but the same (key, data, signature) is verified once per host.
+        self._signatures = SignatureMemo()
 
     def handle(self, frame: bytes) -> bytes:
         """Answer one driver frame (``round``, ``roster``, ``batch`` or ``end``)."""
@@ -94,6 +97,9 @@ class DeviceHost:
             self._roster = dict(zip(req["ids"], req["keys"]))
             return pack({})
         if kind == "end":
+            log.debug("signatures: %d verified, %d from the memo", self._signatures.checked, self._signatures.hits,
+                      extra={"round": self._round})
+            self._signatures = SignatureMemo()
             self._participants, self._drop_at, self._keys, self._roster = {}, {}, {}, {}
             self._last, self._weights = (b"", None), None
             return pack({})
@@ -105,12 +111,13 @@ class DeviceHost:
         root, secagg = req["root"], req["secagg"]
         self._participants, self._drop_at, self._keys = {}, {}, {}
         self._examples = 0
+        self._signatures = SignatureMemo()
         for device, client, index, drop_at in req["devices"]:
             train_seed, own_seed = device_seeds(root, index)
             train = self._train_fn(device, client, train_seed)
             if secagg:
                 key = self._keys[device] = IdentityKey.generate()
-                factory = secagg_factory(device, key, PeerDirectory(trusted=self._peer_key))
+                factory = secagg_factory(device, key, PeerDirectory(trusted=self._peer_key), self._signatures)
                 self._participants[device] = Participant(device, train, np.random.default_rng(own_seed), factory)
             else:
                 self._participants[device] = Participant(device, train, np.random.default_rng(own_seed))

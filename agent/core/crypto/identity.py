@@ -70,3 +70,34 @@ def is_valid(public_bytes: bytes, data: bytes, signature: bytes) -> bool:
     except SecurityError:
         return False
     return True
+
+
+class SignatureMemo:
+    """:func:`verify` that remembers signatures it has accepted, for one process that checks the
+    same signature on behalf of many devices (a simulator's device host).
+
+    Ed25519 verification is a pure function of (key, data, signature), so a hit gives exactly the
+    answer a fresh check would; only successes are kept, so a bad signature is checked, and
+    refused, every time. A real device never shares one: each checks its own signatures.
+    """
+
+    __slots__ = ("_accepted", "checked", "hits")
+
+    def __init__(self) -> None:
+        self._accepted: set[tuple[bytes, bytes, bytes]] = set()
+        self.checked = 0  #: signatures actually verified
+        self.hits = 0  #: signatures answered from the memo
+
+    def __call__(self, public_bytes: bytes, data: bytes, signature: bytes) -> None:
+        """Same contract as :func:`verify`."""
+        key = (bytes(public_bytes), bytes(data), bytes(signature))
+        if key in self._accepted:
+            self.hits += 1
+            return
+        self.checked += 1
+        verify(*key)
+        self._accepted.add(key)
+
+    def clear(self) -> None:
+        """Forget every accepted signature (at the end of a round)."""
+        self._accepted.clear()

@@ -80,10 +80,12 @@ class SecAggClient:
         peer_identity: Callable[[str], bytes | None],
         *,
         round_id: int | None = None,
+        verifier: Callable[[bytes, bytes, bytes], None] = verify,
     ) -> None:
         self.device_id = device_id
         self._identity = identity
         self._peer_identity = peer_identity
+        self._verify = verifier  # raises SecurityError; a simulator host may share a SignatureMemo
         self._round_id = round_id
         self.stage: Stage | None = None
         self._input: np.ndarray | None = None
@@ -165,7 +167,7 @@ class SecAggClient:
             if pub is None:
                 raise SecurityError("unknown peer")
             c_pub, s_pub = key[:32], key[32:]
-            verify(pub, derive.advert_payload(self._digest, self._roster[j], c_pub, s_pub), sig)
+            self._verify(pub, derive.advert_payload(self._digest, self._roster[j], c_pub, s_pub), sig)
             if c_pub == my_c or s_pub == my_s:
                 raise SecurityError("reflected key")
             peers[j] = (c_pub, s_pub)
@@ -248,7 +250,7 @@ class SecAggClient:
             pub = self._peer_identity(self._roster[j])
             if pub is None:
                 raise SecurityError("unknown peer")
-            verify(pub, payload, sig)  # a different survivor set fails here
+            self._verify(pub, payload, sig)  # a different survivor set fails here
         if len(idx) < p.threshold:
             raise RoundFailed(f"unmask: {len(idx)} neighbour signatures, threshold {p.threshold}")
         alive_ids, alive_rows, dropped_ids, dropped_rows = [], [], [], []
