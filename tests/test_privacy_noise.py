@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -209,3 +209,18 @@ def test_ring_pipeline_with_real_quantizer_recovers_sum_plus_central_noise():
     # 20,000 draws: relative SE of the std 0.5%; tolerance 3%. Rounding adds ~sqrt(n/6)/scale, negligible.
     assert np.std(noise) == pytest.approx(z * c, rel=0.03)
     assert abs(np.mean(noise)) < 6 * z * c / math.sqrt(d)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sigma=st.floats(1.2, 40.0), n=st.integers(1, 12_000))
+def test_tau_equals_the_ddg_sum_term_by_term(sigma, n):
+    """tau (DDG paper) is the direct sum, also where its terms underflow (sigma_i > ~8.7) and it is skipped."""
+    try:
+        plan = DiscreteNoisePlan(clip_norm=1.0, central_stddev=sigma * math.sqrt(n), scale=1.0, bits=32,
+                                 min_clients=n, dimension=1)
+    except ConfigError:  # sigma_i too small for the plan's own tau*d bound
+        assume(False)
+    s2 = plan.client_sigma**2
+    direct = 10.0 * sum(math.exp(-2.0 * math.pi**2 * s2 * k / (k + 1)) for k in range(1, min(n, 10_000))) + (
+        10.0 * max(0, n - 10_000) * math.exp(-math.pi**2 * s2))
+    assert plan.tau == direct
