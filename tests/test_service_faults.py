@@ -28,12 +28,14 @@ AGENTS = 4
 
 
 def check_exactly_once(store: Store) -> None:
-    """Each completed round: one accepted upload per (device, stage), participants within them."""
+    """Each round ended with a reason; each completed round counted at most its accepted uploads.
+
+    One stored upload per (round, device, stage) is the table's primary key, so it is not asserted
+    here; that nothing was counted twice is shown by the aggregate itself (the broker test
+    rebuilds FedAvg from the stored uploads).
+    """
     for r in store.rounds():
         assert r["status"] in ("completed", "abandoned") and r["reason"], r
-        rows = list(store.db.query(
-            "select device_id, stage, count(*) as n from uploads where round_id = ? group by device_id, stage", [r["round_id"]]))
-        assert all(x["n"] == 1 for x in rows)
         if r["status"] == "completed":
             first = json.loads(r["plan"])["secagg"] and "secagg.masked_input" or "round.plain_update"
             accepted = store.db.execute(
