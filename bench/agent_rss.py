@@ -51,8 +51,7 @@ TRAIN_ONLY = (
 #: fedge's own code cannot go below with the chosen dependencies.
 DEPENDENCY_FLOOR = (
     "import sys; sys.modules['pandas'] = None; import click, msgpack, nacl.bindings, paho.mqtt.client, sqlite_utils; "
-    "import cryptography.hazmat.primitives.ciphers, cryptography.hazmat.primitives.ciphers.aead, "
-    "cryptography.hazmat.primitives.kdf.hkdf; " + TRAIN_ONLY
+    + TRAIN_ONLY
 )
 
 #: The least any MQTT+SecAgg agent needs on this stack: paho (with ssl, for TLS), pynacl,
@@ -63,7 +62,7 @@ MINIMAL_FLOOR = "import msgpack, nacl.bindings, paho.mqtt.client, sqlite3, loggi
 IMPORT_GROUPS = {
     "sqlite_utils (pandas blocked)": "import sys; sys.modules['pandas'] = None; import sqlite_utils",
     "paho_mqtt": "import paho.mqtt.client",
-    "crypto (cryptography, pynacl)": "import agent.core.crypto",
+    "crypto (pynacl)": "import agent.core.crypto",
     "dp_accounting (scipy), via the privacy ledger": "import dp_accounting",
     "whole daemon module": "import sys; sys.modules['pandas'] = None; import agent.daemon",
 }

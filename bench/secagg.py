@@ -1,8 +1,9 @@
 """One full SecAgg+ round in one process (every client and the server), against its primitive floor.
 
 The floor is what the cryptographic primitives alone need on one core, measured in the same run
-(CPU time, best of three samples before and three after the round): AES-128-CTR keystream for (k+1)*n*d*4
-bytes, 2k X25519 agreements and 2k Ed25519 verifications per client. ``ratio`` = seconds (wall) / floor;
+(CPU time, best of three samples before and three after the round): ChaCha20 mask keystream (the
+chunk primitive of ``agent.core.crypto.keystream``) for (k+1)*n*d*4 bytes, 2k X25519 agreements
+and 2k Ed25519 verifications per client. ``ratio`` = seconds (wall) / floor;
 ``cpu_ratio`` = CPU seconds of the round / floor, which other load on the machine does not skew.
 Dropouts are spread evenly over the five stages. Inputs are random quantized vectors (what
 ``quantize`` returns) made just in time per client; their generation time is excluded.
@@ -26,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import nacl.bindings as nb  # noqa: E402
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: E402
 
 from agent.core.crypto import IdentityKey  # noqa: E402
+from agent.core.crypto.keystream import CHUNK_BYTES, keystream_chunk  # noqa: E402
 from agent.core.secagg.client import SecAggClient  # noqa: E402
 from agent.core.secagg.loopback import run_round  # noqa: E402
 from agent.core.secagg.params import derive_params, params_bounds  # noqa: E402
@@ -43,14 +44,17 @@ clock = time.process_time
 
 
 def keystream_rate(dim: int, seconds: float = 0.3) -> float:
-    """Bytes per CPU second of raw AES-128-CTR keystream into one reused buffer of dim uint32."""
+    """Bytes per CPU second of raw mask keystream for dim uint32, one fresh key per vector.
+
+    Calls the chunk primitive directly (no numpy accumulation), as the round's masks need it.
+    """
     nbytes = dim * 4
-    zeros = bytes(nbytes)
-    out = bytearray(nbytes + 16)
+    sizes = [min(CHUNK_BYTES, nbytes - start) for start in range(0, nbytes, CHUNK_BYTES)]
     done, t0 = 0, clock()
     while clock() - t0 < seconds or done < 4:
-        enc = Cipher(algorithms.AES(os.urandom(16)), modes.CTR(bytes(16))).encryptor()
-        enc.update_into(zeros, out)
+        key = os.urandom(32)
+        for index, size in enumerate(sizes):
+            keystream_chunk(key, index, size)
         done += 1
     return done * nbytes / (clock() - t0)
 

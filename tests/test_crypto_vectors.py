@@ -1,6 +1,13 @@
-"""Known-answer tests for agent.core.crypto: RFC 7748, RFC 8032, RFC 5869, AES-128 keystream."""
+"""Known-answer tests for agent.core.crypto: RFC 7748, RFC 8032, RFC 8439, BLAKE2b derivation.
+
+Every vector comes from an RFC or from an independent computation here (stdlib ``hashlib``, a
+pure-Python ChaCha20 block function), never from the implementation's own output.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import struct
 
 import numpy as np
 import pytest
@@ -17,7 +24,7 @@ from agent.core.crypto import (
     transcript,
     verify,
 )
-from agent.core.crypto.agreement import hkdf
+from agent.core.crypto.keystream import CHUNK_BYTES, keystream_chunk
 from agent.core.errors import SecurityError
 
 h = bytes.fromhex
@@ -87,9 +94,20 @@ def test_identity_round_trips_through_raw_bytes() -> None:
         IdentityKey.from_private_bytes(b"short")
 
 
-def test_hkdf_rfc5869_case_1() -> None:
-    okm = hkdf(b"\x0b" * 22, h("000102030405060708090a0b0c"), h("f0f1f2f3f4f5f6f7f8f9"), 42)
-    assert okm == h("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865")
+def test_derive_key_is_the_documented_blake2b_construction() -> None:
+    """Extract with BLAKE2b-256, expand with keyed BLAKE2b, recomputed with stdlib hashlib."""
+    secret = bytes(range(32))
+    info = b"".join(
+        [struct.pack(">I", 21), b"fedge/v1/secagg/label", struct.pack(">I", 8), struct.pack(">q", 7),
+         struct.pack(">I", 3), b"dev", struct.pack(">I", 2), b"\x00\xff"]
+    )
+    prk = hashlib.blake2b(secret, digest_size=32, person=b"fedge/v1/extract").digest()
+    for length in (16, 32, 64):
+        okm = hashlib.blake2b(info, digest_size=length, key=prk, person=b"fedge/v1/expand").digest()
+        assert derive_key(secret, "secagg/label", 7, "dev", b"\x00\xff", length=length) == okm
+    for bad in (0, 15, 65):
+        with pytest.raises(ValueError):
+            derive_key(secret, "a", length=bad)
 
 
 def test_derive_key_separates_labels_and_contexts() -> None:
@@ -102,25 +120,105 @@ def test_derive_key_separates_labels_and_contexts() -> None:
         derive_key(s, "a", b"\x01", b"\x02"),
         derive_key(s, "a", 1),
         derive_key(s, "a", 1, 2, length=16) + bytes(16),
+        derive_key(s, "a", 1, 2, length=64)[:32],
+        derive_key(bytes(31) + b"\x01", "a", 1, 2),
     }
-    assert len(keys) == 7
+    assert len(keys) == 9
     assert derive_key(s, "a", 1, 2) == derive_key(s, "a", 1, 2)
     assert transcript("x", b"ab", b"c") != transcript("x", b"a", b"bc")
 
 
-def test_aes128_ctr_keystream_known_answer() -> None:
-    # AES-128 with the zero key on counter blocks 0, 1, 2 (FIPS-197 / GCM spec test case 1-2 values)
-    out = expand_into(bytes(16), np.empty(12, np.uint32))
-    assert out.tobytes() == h(
-        "66e94bd4ef8a2c3b884cfa59ca342b2e" "58e2fccefa7e3061367f1d57a4e7455a" "0388dace60b6a392f328c2b971b2fe78"
+LADIES = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it."
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b))
+
+
+def test_keystream_chunk_is_rfc8439_chacha20() -> None:
+    """RFC 8439 2.4.2: key 00..1f, nonce 000000000000004a00000000, counter 1 (chunk 0x4a << 56)."""
+    ct = h(
+        "6e2e359a2568f98041ba0728dd0d6981e97e7aec1d4360c20a27afccfd9fae0bf91b65c5524733ab8f593dabcd62b357"
+        "1639d624e65152ab8f530c359f0861d807ca0dbf500d6a6156a38e088a22b65e52bc514d16ccf806818ce91ab7793736"
+        "5af90bbf74a35be6b40b8eedf2785e42874d"
     )
+    index = int.from_bytes(h("000000000000004a00000000"), "little")
+    assert index == 0x4A << 56
+    assert _xor(keystream_chunk(bytes(range(32)), index), LADIES) == ct
+    assert _xor(keystream_chunk(bytes(range(32)), index, len(LADIES)), LADIES) == ct  # short chunk: a prefix
+
+
+def _rotl(x: int, n: int) -> int:
+    return ((x << n) | (x >> (32 - n))) & 0xFFFFFFFF
+
+
+def _chacha20_block(key: bytes, counter: int, nonce: bytes) -> bytes:
+    """RFC 8439 2.3, written out in plain Python as an independent reference."""
+    state = [0x61707865, 0x3320646E, 0x79622D32, 0x6B206574, *struct.unpack("<8I", key), counter,
+             *struct.unpack("<3I", nonce)]
+    x = list(state)
+    for _ in range(10):
+        for a, b, c, d in ((0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15),
+                           (0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14)):
+            x[a] = (x[a] + x[b]) & 0xFFFFFFFF; x[d] = _rotl(x[d] ^ x[a], 16)  # noqa: E702
+            x[c] = (x[c] + x[d]) & 0xFFFFFFFF; x[b] = _rotl(x[b] ^ x[c], 12)  # noqa: E702
+            x[a] = (x[a] + x[b]) & 0xFFFFFFFF; x[d] = _rotl(x[d] ^ x[a], 8)  # noqa: E702
+            x[c] = (x[c] + x[d]) & 0xFFFFFFFF; x[b] = _rotl(x[b] ^ x[c], 7)  # noqa: E702
+    return struct.pack("<16I", *((u + v) & 0xFFFFFFFF for u, v in zip(x, state)))
+
+
+def _reference_stream(key: bytes, nbytes: int) -> bytes:
+    """The documented PRG from the plain-Python block function: chunk i = nonce i, counter 1, 2..."""
+    blocks = CHUNK_BYTES // 64
+    out = bytearray()
+    for b in range(-(-nbytes // 64)):
+        chunk, block = divmod(b, blocks)
+        out += _chacha20_block(key, 1 + block, chunk.to_bytes(12, "little"))
+    return bytes(out[:nbytes])
+
+
+def test_reference_block_function_matches_rfc8439() -> None:
+    ct = _xor(b"".join(_chacha20_block(bytes(range(32)), c, h("000000000000004a00000000")) for c in (1, 2)), LADIES)
+    assert ct.hex().startswith("6e2e359a2568f98041ba0728dd0d6981") and ct.hex().endswith("874d")
+    assert ct == _xor(keystream_chunk(bytes(range(32)), 0x4A << 56), LADIES)
+
+
+def test_mask_words_are_the_documented_prg() -> None:
+    """Words are the little-endian reading of the RFC 8439 stream, chunk i under nonce i."""
+    key = bytes(range(1, 33))
+    ref = _reference_stream(key, 2 * CHUNK_BYTES + 200)
+    u32 = expand_into(key, np.empty(len(ref) // 4, np.uint32))
+    assert u32.tobytes() == ref  # the whole stream, across two chunk boundaries
+    assert int(u32[0]) == int.from_bytes(ref[:4], "little")
+    assert expand_into(key, np.empty(10, np.uint16)).tolist() == [
+        int.from_bytes(ref[i : i + 2], "little") for i in range(0, 20, 2)
+    ]
+    acc = MaskAccumulator(len(ref) // 2, np.uint16)
+    acc.add_mask(key, -1)
+    want = (-np.frombuffer(ref, "<u2").astype(np.int64)) % 65536
+    assert np.array_equal(acc.value().astype(np.int64), want)
+
+
+def test_keystream_across_chunks_equals_one_go() -> None:
+    """A dim that crosses chunk boundaries: chunked sums equal the stream expanded at once."""
+    key = bytes(range(32, 64))
+    dim = (3 * CHUNK_BYTES) // 4 + 5  # uint32: three full chunks and a short fourth
+    whole = expand_into(key, np.empty(dim, np.uint32))
+    parts = b"".join(keystream_chunk(key, i)[:CHUNK_BYTES] for i in range(3)) + keystream_chunk(key, 3, 20)[:20]
+    assert whole.tobytes() == parts
+    acc = MaskAccumulator(dim, np.uint32, initial=np.arange(dim, dtype=np.uint32))
+    acc.add_masks([key, bytes(32)], [1, 1])
+    expected = np.arange(dim, dtype=np.uint32) + whole + expand_into(bytes(32), np.empty(dim, np.uint32))
+    assert np.array_equal(acc.value(), expected)
+    with pytest.raises(SecurityError):
+        expand_into(bytes(16), np.empty(4, np.uint32))  # the old 16-byte keys are refused
 
 
 @pytest.mark.parametrize("dim", [1, 3, 4, 5, 100, 65536 + 7, 300_001])
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
 def test_keystream_paths_agree(dim: int, dtype: type) -> None:
     """Chunked, tail-handled and accumulated expansions give one and the same keystream."""
-    key = bytes(range(16))
+    key = bytes(range(32))
     whole = expand_into(key, np.empty(dim, dtype))
     longer = expand_into(key, np.empty(dim + 9, dtype))
     assert whole.tobytes() == longer[:dim].tobytes()
@@ -129,14 +227,14 @@ def test_keystream_paths_agree(dim: int, dtype: type) -> None:
     assert np.array_equal(acc.value(), whole)
     acc.add_mask(key, -1)
     assert not acc.value().any()
-    keys = [bytes([i]) * 16 for i in range(5)]
+    keys = [bytes([i]) * 32 for i in range(5)]
     signs = [1, -1, 1, 1, -1]
     one, many = MaskAccumulator(dim, dtype), MaskAccumulator(dim, dtype)
     for k_, s_ in zip(keys, signs):
         one.add_mask(k_, s_)
     many.add_masks(keys, signs)  # chunk-major order, same wrapping sum
     assert np.array_equal(one.value(), many.value())
-    assert not np.array_equal(whole, expand_into(bytes(15) + b"\x01", np.empty(dim, dtype))) or dim == 0
+    assert not np.array_equal(whole, expand_into(bytes(31) + b"\x01", np.empty(dim, dtype))) or dim == 0
 
 
 def test_aead_round_trip_and_refusals() -> None:
@@ -152,3 +250,20 @@ def test_aead_round_trip_and_refusals() -> None:
     ]:
         with pytest.raises(SecurityError):
             open_sealed(bad_key, bad_blob, ad)
+
+
+def test_aead_rfc8439_vector(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 8439 2.8.2: the sealed blob is nonce || ciphertext || tag of the RFC's AEAD."""
+    key = bytes(range(0x80, 0xA0))
+    nonce, aad = h("070000004041424344454647"), h("50515253c0c1c2c3c4c5c6c7")
+    ct = h(
+        "d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d63dbea45e8ca9671282fafb69da92728b"
+        "1a71de0a9e060b2905d6a5b67ecd3b3692ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc"
+        "3ff4def08e4b7a9de576d26586cec64b6116"
+    )
+    tag = h("1ae10b594f09e26a7e902ecbd0600691")
+    assert open_sealed(key, nonce + ct + tag, aad) == LADIES
+    monkeypatch.setattr("agent.core.crypto.aead.random_bytes", lambda n: nonce)
+    assert seal(key, LADIES, aad) == nonce + ct + tag
+    with pytest.raises(SecurityError):
+        open_sealed(key, nonce + ct + tag, aad[:-1])

@@ -1,6 +1,6 @@
 """Protocol core shared by agent, coordinator and simulation.
 
 Everything here must run on the most constrained device: it imports only the agent's
-dependencies (numpy, cryptography, pynacl, msgpack, paho-mqtt, sqlite-utils, dp-accounting),
+dependencies (numpy, pynacl, msgpack, paho-mqtt, sqlite-utils, dp-accounting; not `cryptography`),
 never coordinator- or simulation-only packages.
 """

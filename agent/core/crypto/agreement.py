@@ -1,7 +1,8 @@
-"""X25519 key agreement and HKDF-SHA256 key derivation with unambiguous domain separation.
+"""X25519 key agreement and BLAKE2b key derivation with unambiguous domain separation.
 
 A derived key is bound to a purpose label and context parts (round id, pair ids...), each
-length-prefixed, so no two (label, context) tuples ever derive the same key.
+length-prefixed, so no two (label, context) tuples ever derive the same key. The derivation
+is libsodium's style (crypto_kx, crypto_kdf): hash the secret first, then a keyed BLAKE2b.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ import struct
 from collections.abc import Iterable
 
 import nacl.bindings as _nb
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from agent.core.crypto.randomness import random_bytes
 from agent.core.errors import SecurityError
 
 PUBLIC_BYTES = 32
 _DOMAIN = b"fedge/v1/"
+#: BLAKE2b personalisation strings (16 bytes at most, zero-padded by BLAKE2).
+EXTRACT_PERSON = b"fedge/v1/extract"
+EXPAND_PERSON = b"fedge/v1/expand"
+MIN_KEY_BYTES, MAX_KEY_BYTES = 16, 64
 
 
 class AgreementKey:
@@ -85,10 +88,16 @@ def _info(label: str, context: Iterable[bytes | str | int]) -> bytes:
 
 
 def derive_key(secret: bytes, label: str, *context: bytes | str | int, length: int = 32) -> bytes:
-    """HKDF-SHA256 of ``secret`` into ``length`` bytes for ``label`` and ``context``."""
-    return HKDF(hashes.SHA256(), length, None, _info(label, context)).derive(secret)
+    """``length`` (16..64) bytes for ``label`` and ``context`` from ``secret``.
 
-
-def hkdf(ikm: bytes, salt: bytes | None, info: bytes, length: int) -> bytes:
-    """Plain RFC 5869 HKDF-SHA256 (for known-answer tests and raw uses)."""
-    return HKDF(hashes.SHA256(), length, salt, info).derive(ikm)
+    ``prk = BLAKE2b-256(secret, person=EXTRACT_PERSON)``: a raw X25519 output is not uniform,
+    so it is hashed before it keys anything. Then ``BLAKE2b(info, key=prk,
+    digest_size=length, person=EXPAND_PERSON)`` with ``info`` the length-prefixed label and
+    context; BLAKE2b's parameter block holds the length, so lengths never share prefixes.
+    """
+    if not MIN_KEY_BYTES <= length <= MAX_KEY_BYTES:
+        raise ValueError(f"derived keys are {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes")
+    prk = _nb.crypto_generichash_blake2b_salt_personal(bytes(secret), 32, person=EXTRACT_PERSON)
+    return _nb.crypto_generichash_blake2b_salt_personal(
+        _info(label, context), length, key=prk, person=EXPAND_PERSON
+    )

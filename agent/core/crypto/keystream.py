@@ -1,27 +1,44 @@
-"""Mask expansion: AES-128-CTR keystream from a full 16-byte key, straight into numpy buffers.
+"""Mask expansion: a ChaCha20 keystream (RFC 8439) from a full 32-byte key, added into numpy buffers.
 
-Each mask key is used for exactly one vector, so the counter starts at zero. The keystream is
-written by the cipher into the caller's buffer (no intermediate bytes objects) and combined
-with wrapping ``uint16``/``uint32`` arithmetic, chunk by chunk so the sum stays in cache.
+The PRG, fixed forever because both ends of SecAgg must agree on every byte: the stream is cut
+into chunks of ``CHUNK_BYTES`` = 64 KiB; chunk ``i`` is the ChaCha20-Poly1305-IETF ciphertext of
+zero bytes under ``key`` and nonce ``i`` (12 bytes, little-endian), tag dropped. That is exactly
+the RFC 8439 ChaCha20 keystream for that nonce with the block counter starting at 1 (block 0
+keys Poly1305). A short last chunk is a prefix of the full one. Words are read little-endian and
+combined with wrapping ``uint16``/``uint32`` arithmetic, one chunk at a time so the sum stays in
+cache. Each mask key is used for exactly one vector.
 """
 
 from __future__ import annotations
 
+import sys
+
+import nacl.bindings as _nb
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from agent.core.errors import SecurityError
 
-MASK_KEY_BYTES = 16
-_ZERO_IV = bytes(16)
-_CHUNK_BYTES = 1 << 18  # 256 KiB: keystream chunk plus accumulator chunk stay in L2
-_zeros = bytes(_CHUNK_BYTES)
+MASK_KEY_BYTES = 32
+#: Part of the PRG definition: changing it changes every mask.
+CHUNK_BYTES = 1 << 16
+_ZERO_CHUNK = bytes(CHUNK_BYTES)
+_aead = _nb.crypto_aead_chacha20poly1305_ietf_encrypt
+_NATIVE_IS_LITTLE = sys.byteorder == "little"
 
 
-def _encryptor(key: bytes):
+def _checked(key: bytes) -> bytes:
     if len(key) != MASK_KEY_BYTES:
         raise SecurityError("bad mask key")
-    return Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor()
+    return bytes(key)
+
+
+def keystream_chunk(key: bytes, index: int, nbytes: int = CHUNK_BYTES) -> bytes:
+    """The first ``nbytes`` of chunk ``index`` of the keystream of ``key``, plus 16 bytes to ignore.
+
+    The trailing 16 bytes are the Poly1305 tag; returning them spares a copy of the chunk.
+    """
+    zeros = _ZERO_CHUNK if nbytes == CHUNK_BYTES else bytes(nbytes)
+    return _aead(zeros, None, index.to_bytes(12, "little"), key)
 
 
 def expand_into(key: bytes, out: np.ndarray) -> np.ndarray:
@@ -31,18 +48,14 @@ def expand_into(key: bytes, out: np.ndarray) -> np.ndarray:
     """
     if not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError("out must be a writeable contiguous array")
-    buf = memoryview(out.reshape(-1).view(np.uint8))
-    n = len(buf)
-    enc = _encryptor(key)
-    pos = 0
-    # update_into wants 15 spare output bytes: fill all but the last 16 bytes in place,
-    # then the short tail through a 16-byte scratch.
-    while n - pos > 16:
-        step = min(_CHUNK_BYTES, n - pos - 16)
-        enc.update_into(memoryview(_zeros)[:step], buf[pos:])
-        pos += step
-    if pos < n:
-        buf[pos:] = enc.update(bytes(n - pos))
+    key = _checked(key)
+    buf = out.reshape(-1).view(np.uint8)
+    n = buf.size
+    for index, start in enumerate(range(0, n, CHUNK_BYTES)):
+        m = min(CHUNK_BYTES, n - start)
+        buf[start : start + m] = np.frombuffer(keystream_chunk(key, index, m), np.uint8, m)
+    if not _NATIVE_IS_LITTLE and out.dtype.itemsize > 1 and out.dtype.isnative:
+        out.byteswap(inplace=True)
     return out
 
 
@@ -63,10 +76,8 @@ class MaskAccumulator:
             if initial.shape != (self.dim,):
                 raise ValueError("initial vector has the wrong shape")
             self.acc = np.array(initial, dtype=self.dtype, copy=True)
-        self._items = max(1, _CHUNK_BYTES // self.dtype.itemsize)
-        # scratch has 16 spare bytes for update_into.
-        self._scratch = np.empty(min(self._items, self.dim) + 16 // self.dtype.itemsize, self.dtype)
-        self._scratch_bytes = memoryview(self._scratch.view(np.uint8))
+        self._words = self.dtype.newbyteorder("<")  # keystream words, little-endian everywhere
+        self._items = CHUNK_BYTES // self.dtype.itemsize
 
     def add_vector(self, vec: np.ndarray, sign: int = 1) -> None:
         """acc += sign * vec (wrapping); vec is cast to the accumulator dtype."""
@@ -77,15 +88,7 @@ class MaskAccumulator:
 
     def add_mask(self, key: bytes, sign: int = 1) -> None:
         """acc += sign * keystream(key), chunk by chunk (wrapping)."""
-        enc = _encryptor(key)
-        op = np.add if sign > 0 else np.subtract
-        acc, items, isz = self.acc, self._items, self.dtype.itemsize
-        zeros, sbytes, scratch = memoryview(_zeros), self._scratch_bytes, self._scratch
-        for start in range(0, self.dim, items):
-            m = min(items, self.dim - start)
-            enc.update_into(zeros[: m * isz], sbytes)
-            part = acc[start : start + m]
-            op(part, scratch[:m], out=part)
+        self.add_masks([key], [sign])
 
     def add_masks(self, keys: list[bytes], signs: list[int]) -> None:
         """Several masks at once, same result as :meth:`add_mask` for each.
@@ -95,15 +98,13 @@ class MaskAccumulator:
         """
         if len(keys) != len(signs):
             raise ValueError("one sign per key")
-        plan = [(_encryptor(k).update_into, np.add if s > 0 else np.subtract) for k, s in zip(keys, signs)]
-        acc, items, isz = self.acc, self._items, self.dtype.itemsize
-        zeros, sbytes, scratch = memoryview(_zeros), self._scratch_bytes, self._scratch
-        for start in range(0, self.dim, items):
+        plan = [(_checked(k), np.add if s > 0 else np.subtract) for k, s in zip(keys, signs)]
+        acc, items, isz, words = self.acc, self._items, self.dtype.itemsize, self._words
+        for index, start in enumerate(range(0, self.dim, items)):
             m = min(items, self.dim - start)
-            z, part, ks = zeros[: m * isz], acc[start : start + m], scratch[:m]
-            for update_into, op in plan:
-                update_into(z, sbytes)
-                op(part, ks, out=part)
+            part = acc[start : start + m]
+            for key, op in plan:
+                op(part, np.frombuffer(keystream_chunk(key, index, m * isz), words, m), out=part)
 
     def value(self) -> np.ndarray:
         """The accumulated vector (not a copy)."""

@@ -6,7 +6,7 @@ import struct
 
 import numpy as np
 
-from agent.core.crypto import derive_key, transcript
+from agent.core.crypto import MASK_KEY_BYTES, derive_key, transcript
 from agent.core.errors import ProtocolError
 from agent.core.messages.secagg import SecAggConfig
 from agent.core.secagg.params import SecAggParams
@@ -45,13 +45,13 @@ def share_key(shared: bytes, round_id: int, i: int, j: int) -> bytes:
 
 
 def pair_mask_key(shared: bytes, round_id: int, i: int, j: int) -> bytes:
-    """AES-128 mask key for the pair {i, j} from their s-key agreement."""
-    return derive_key(shared, "secagg/pair-mask", round_id, min(i, j), max(i, j), length=16)
+    """Keystream key of the pair {i, j}'s mask from their s-key agreement."""
+    return derive_key(shared, "secagg/pair-mask", round_id, min(i, j), max(i, j), length=MASK_KEY_BYTES)
 
 
 def self_mask_key(seed: bytes, round_id: int, i: int) -> bytes:
-    """AES-128 key of client i's self mask from its 32-byte seed."""
-    return derive_key(seed, "secagg/self-mask", round_id, i, length=16)
+    """Keystream key of client i's self mask from its 32-byte seed."""
+    return derive_key(seed, "secagg/self-mask", round_id, i, length=MASK_KEY_BYTES)
 
 
 def mask_sign(i: int, j: int) -> int:

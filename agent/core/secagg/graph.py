@@ -1,6 +1,6 @@
 """The committed neighbour graph: a Harary ring over a keyed random permutation (Bell et al.).
 
-Clients are roster indices 0..n-1. A 32-byte round seed keys an AES-CTR keystream whose
+Clients are roster indices 0..n-1. A 32-byte round seed keys a ChaCha20 mask keystream whose
 values order the clients on a ring; each client neighbours the k/2 clients on either side
 (every other client when k = n - 1). Everyone recomputes the same graph from the seed that
 the coordinator publishes in the round config, so the graph is fixed for the round.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.core.crypto import derive_key, expand_into
+from agent.core.crypto import MASK_KEY_BYTES, derive_key, expand_into
 from agent.core.errors import ProtocolError
 
 
@@ -18,7 +18,7 @@ def ring_order(seed: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(perm, rank): perm[p] is the client at ring position p, rank[i] the position of client i."""
     if len(seed) != 32:
         raise ProtocolError("graph seed must be 32 bytes")
-    keys = expand_into(derive_key(seed, "secagg/graph", n, length=16), np.empty(n, np.uint64))
+    keys = expand_into(derive_key(seed, "secagg/graph", n, length=MASK_KEY_BYTES), np.empty(n, np.uint64))
     perm = np.argsort(keys, kind="stable")
     rank = np.empty(n, np.int64)
     rank[perm] = np.arange(n)
