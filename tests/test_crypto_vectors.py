@@ -24,7 +24,7 @@ from agent.core.crypto import (
     transcript,
     verify,
 )
-from agent.core.crypto.keystream import CHUNK_BYTES, keystream_chunk
+from agent.core.crypto.keystream import keystream
 from agent.core.errors import SecurityError
 
 h = bytes.fromhex
@@ -135,19 +135,6 @@ def _xor(a: bytes, b: bytes) -> bytes:
     return bytes(x ^ y for x, y in zip(a, b))
 
 
-def test_keystream_chunk_is_rfc8439_chacha20() -> None:
-    """RFC 8439 2.4.2: key 00..1f, nonce 000000000000004a00000000, counter 1 (chunk 0x4a << 56)."""
-    ct = h(
-        "6e2e359a2568f98041ba0728dd0d6981e97e7aec1d4360c20a27afccfd9fae0bf91b65c5524733ab8f593dabcd62b357"
-        "1639d624e65152ab8f530c359f0861d807ca0dbf500d6a6156a38e088a22b65e52bc514d16ccf806818ce91ab7793736"
-        "5af90bbf74a35be6b40b8eedf2785e42874d"
-    )
-    index = int.from_bytes(h("000000000000004a00000000"), "little")
-    assert index == 0x4A << 56
-    assert _xor(keystream_chunk(bytes(range(32)), index), LADIES) == ct
-    assert _xor(keystream_chunk(bytes(range(32)), index, len(LADIES)), LADIES) == ct  # short chunk: a prefix
-
-
 def _rotl(x: int, n: int) -> int:
     return ((x << n) | (x >> (32 - n))) & 0xFFFFFFFF
 
@@ -168,27 +155,28 @@ def _chacha20_block(key: bytes, counter: int, nonce: bytes) -> bytes:
 
 
 def _reference_stream(key: bytes, nbytes: int) -> bytes:
-    """The documented PRG from the plain-Python block function: chunk i = nonce i, counter 1, 2..."""
-    blocks = CHUNK_BYTES // 64
-    out = bytearray()
-    for b in range(-(-nbytes // 64)):
-        chunk, block = divmod(b, blocks)
-        out += _chacha20_block(key, 1 + block, chunk.to_bytes(12, "little"))
-    return bytes(out[:nbytes])
+    """The documented PRG from the plain-Python block function: nonce "LibsodiumDRG", counter 0, 1, ..."""
+    blocks = b"".join(_chacha20_block(key, c, b"LibsodiumDRG") for c in range(-(-nbytes // 64)))
+    return blocks[:nbytes]
 
 
 def test_reference_block_function_matches_rfc8439() -> None:
+    """RFC 8439 2.4.2: key 00..1f, nonce 000000000000004a00000000, counter 1, 2."""
     ct = _xor(b"".join(_chacha20_block(bytes(range(32)), c, h("000000000000004a00000000")) for c in (1, 2)), LADIES)
-    assert ct.hex().startswith("6e2e359a2568f98041ba0728dd0d6981") and ct.hex().endswith("874d")
-    assert ct == _xor(keystream_chunk(bytes(range(32)), 0x4A << 56), LADIES)
+    assert ct == h(
+        "6e2e359a2568f98041ba0728dd0d6981e97e7aec1d4360c20a27afccfd9fae0bf91b65c5524733ab8f593dabcd62b357"
+        "1639d624e65152ab8f530c359f0861d807ca0dbf500d6a6156a38e088a22b65e52bc514d16ccf806818ce91ab7793736"
+        "5af90bbf74a35be6b40b8eedf2785e42874d"
+    )
 
 
 def test_mask_words_are_the_documented_prg() -> None:
-    """Words are the little-endian reading of the RFC 8439 stream, chunk i under nonce i."""
+    """Words are the little-endian reading of the RFC 8439 stream under nonce "LibsodiumDRG"."""
     key = bytes(range(1, 33))
-    ref = _reference_stream(key, 2 * CHUNK_BYTES + 200)
-    u32 = expand_into(key, np.empty(len(ref) // 4, np.uint32))
-    assert u32.tobytes() == ref  # the whole stream, across two chunk boundaries
+    ref = _reference_stream(key, 64 * 40 + 24)  # 40 blocks and a partial one
+    assert keystream(key, len(ref)) == ref  # pynacl's public call
+    u32 = expand_into(key, np.empty(len(ref) // 4, np.uint32))  # the cffi path the rounds use
+    assert u32.tobytes() == ref
     assert int(u32[0]) == int.from_bytes(ref[:4], "little")
     assert expand_into(key, np.empty(10, np.uint16)).tolist() == [
         int.from_bytes(ref[i : i + 2], "little") for i in range(0, 20, 2)
@@ -197,21 +185,26 @@ def test_mask_words_are_the_documented_prg() -> None:
     acc.add_mask(key, -1)
     want = (-np.frombuffer(ref, "<u2").astype(np.int64)) % 65536
     assert np.array_equal(acc.value().astype(np.int64), want)
+    big = expand_into(key, np.empty(len(ref) // 4, ">u4"))  # an explicitly big-endian buffer holds the same values
+    assert big.tolist() == u32.tolist()
 
 
-def test_keystream_across_chunks_equals_one_go() -> None:
-    """A dim that crosses chunk boundaries: chunked sums equal the stream expanded at once."""
+def test_long_masks_and_key_checks() -> None:
+    """A long mask equals pynacl's public stream; sums of masks add; a short key is refused."""
     key = bytes(range(32, 64))
-    dim = (3 * CHUNK_BYTES) // 4 + 5  # uint32: three full chunks and a short fourth
+    dim = 300_001
     whole = expand_into(key, np.empty(dim, np.uint32))
-    parts = b"".join(keystream_chunk(key, i)[:CHUNK_BYTES] for i in range(3)) + keystream_chunk(key, 3, 20)[:20]
-    assert whole.tobytes() == parts
+    assert whole.tobytes() == keystream(key, dim * 4)
     acc = MaskAccumulator(dim, np.uint32, initial=np.arange(dim, dtype=np.uint32))
     acc.add_masks([key, bytes(32)], [1, 1])
     expected = np.arange(dim, dtype=np.uint32) + whole + expand_into(bytes(32), np.empty(dim, np.uint32))
     assert np.array_equal(acc.value(), expected)
+    before = acc.value().copy()
     with pytest.raises(SecurityError):
-        expand_into(bytes(16), np.empty(4, np.uint32))  # the old 16-byte keys are refused
+        acc.add_masks([key, bytes(16)], [1, 1])  # all or nothing
+    assert np.array_equal(acc.value(), before)
+    with pytest.raises(SecurityError):
+        expand_into(bytes(16), np.empty(4, np.uint32))  # 16-byte keys are refused
 
 
 @pytest.mark.parametrize("dim", [1, 3, 4, 5, 100, 65536 + 7, 300_001])
