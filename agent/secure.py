@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from agent.core.certs import verify_certificate
-from agent.core.crypto import IdentityKey, verify
+from agent.core.crypto import AgreementKey, IdentityKey, exchange, verify
 from agent.core.errors import ProtocolError
 from agent.core.messages.rounds import Peers, Task
 from agent.core.secagg.client import SecAggClient
@@ -51,15 +51,18 @@ def secagg_factory(
     identity: IdentityKey,
     directory: PeerDirectory,
     verifier: Callable[[bytes, bytes, bytes], None] = verify,
+    agreement: Callable[[AgreementKey, bytes], bytes] = exchange,
 ) -> Callable[[Task, np.ndarray], SecAggClient]:
     """What a Participant calls to build its SecAgg+ client for a task, with its input set.
 
-    ``verifier`` checks peers' signatures; a simulator host passes one shared
-    :class:`~agent.core.crypto.SignatureMemo` for all of its devices.
+    ``verifier`` checks peers' signatures and ``agreement`` computes X25519 secrets; a simulator
+    host passes one shared :class:`~agent.core.crypto.SignatureMemo` and
+    :class:`~agent.core.crypto.AgreementMemo` for all of its devices.
     """
 
     def build(task: Task, vector: np.ndarray) -> SecAggClient:
-        client = SecAggClient(device_id, identity, directory.lookup, round_id=task.round_id, verifier=verifier)
+        client = SecAggClient(device_id, identity, directory.lookup, round_id=task.round_id, verifier=verifier,
+                              agreement=agreement)
         client.set_input(vector)
         return client
 

@@ -27,7 +27,7 @@ import msgpack
 import numpy as np
 
 from agent.core import wire
-from agent.core.crypto import IdentityKey, SignatureMemo
+from agent.core.crypto import AgreementMemo, IdentityKey, SignatureMemo
 from agent.core.errors import ConfigError, ProtocolError, SecurityError, TransportError
 from agent.core.messages.rounds import Task
 from agent.participant import LocalResult, Participant
@@ -81,9 +81,11 @@ class DeviceHost:
         self._last: tuple[bytes, Any] = (b"", None)
         self._weights: np.ndarray | None = None
         self._examples = 0  # examples trained on in the current frame
-        # One memo of accepted signatures for the shard's devices: each device still checks every
-        # peer signature, but the same (key, data, signature) is verified once per host.
+        # Memos shared by the shard's devices: each device still checks every peer signature and
+        # agrees a secret with every neighbour, but the same (key, data, signature) is verified
+        # once per host, and a pair of devices on the same host computes its X25519 secret once.
         self._signatures = SignatureMemo()
+        self._agreements = AgreementMemo()
 
     def handle(self, frame: bytes) -> bytes:
         """Answer one driver frame (``round``, ``roster``, ``batch`` or ``end``)."""
@@ -97,9 +99,10 @@ class DeviceHost:
             self._roster = dict(zip(req["ids"], req["keys"]))
             return pack({})
         if kind == "end":
-            log.debug("signatures: %d verified, %d from the memo", self._signatures.checked, self._signatures.hits,
-                      extra={"round": self._round})
-            self._signatures = SignatureMemo()
+            log.debug("signatures: %d verified, %d from the memo; X25519: %d computed, %d from the memo",
+                      self._signatures.checked, self._signatures.hits, self._agreements.computed,
+                      self._agreements.hits, extra={"round": self._round})
+            self._signatures, self._agreements = SignatureMemo(), AgreementMemo()
             self._participants, self._drop_at, self._keys, self._roster = {}, {}, {}, {}
             self._last, self._weights = (b"", None), None
             return pack({})
@@ -111,13 +114,14 @@ class DeviceHost:
         root, secagg = req["root"], req["secagg"]
         self._participants, self._drop_at, self._keys = {}, {}, {}
         self._examples = 0
-        self._signatures = SignatureMemo()
+        self._signatures, self._agreements = SignatureMemo(), AgreementMemo()
         for device, client, index, drop_at in req["devices"]:
             train_seed, own_seed = device_seeds(root, index)
             train = self._train_fn(device, client, train_seed)
             if secagg:
                 key = self._keys[device] = IdentityKey.generate()
-                factory = secagg_factory(device, key, PeerDirectory(trusted=self._peer_key), self._signatures)
+                factory = secagg_factory(device, key, PeerDirectory(trusted=self._peer_key), self._signatures,
+                                         self._agreements)
                 self._participants[device] = Participant(device, train, np.random.default_rng(own_seed), factory)
             else:
                 self._participants[device] = Participant(device, train, np.random.default_rng(own_seed))

@@ -11,7 +11,7 @@ keys in a prime field, vectorised). Every failed security check raises an opaque
 """
 
 from agent.core.crypto.aead import AEAD_KEY_BYTES, open_sealed, seal
-from agent.core.crypto.agreement import AgreementKey, agree, derive_key
+from agent.core.crypto.agreement import AgreementKey, AgreementMemo, agree, derive_key, exchange
 from agent.core.crypto.identity import IdentityKey, SignatureMemo, verify
 from agent.core.crypto.keystream import MASK_KEY_BYTES, MaskAccumulator, expand_into
 from agent.core.crypto.randomness import random_bytes
@@ -21,11 +21,13 @@ __all__ = [
     "AEAD_KEY_BYTES",
     "MASK_KEY_BYTES",
     "AgreementKey",
+    "AgreementMemo",
     "IdentityKey",
     "MaskAccumulator",
     "SignatureMemo",
     "agree",
     "derive_key",
+    "exchange",
     "expand_into",
     "open_sealed",
     "random_bytes",

@@ -116,3 +116,44 @@ def _blake2b(data: bytes, size: int, key: bytes, person) -> bytes:
     if _lib.crypto_generichash_blake2b_salt_personal(out, size, data, len(data), key or _ffi.NULL, len(key), _SALT, person):
         raise SecurityError("key derivation failed")
     return _ffi.buffer(out, size)[:]
+
+
+def exchange(own: AgreementKey, peer_public: bytes) -> bytes:
+    """``own.exchange(peer_public)``: the agreement SecAgg clients use unless given another."""
+    return own.exchange(peer_public)
+
+
+class AgreementMemo:
+    """X25519 for the many simulated devices of one process: a pair's shared secret is computed
+    by whichever end asks first and handed to the other end, then forgotten.
+
+    X25519 is symmetric, so for honest key pairs ``agree(a, B) == agree(b, A)``; the memo is keyed
+    by the pair's two public keys, and ``own`` always holds the private half of one of them,
+    so a hit is exactly the secret a fresh agreement would give. Refused keys are never kept.
+    A real device never shares one: it holds only its own keys.
+    """
+
+    __slots__ = ("_pending", "computed", "hits")
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[bytes, bytes], bytes] = {}
+        self.computed = 0  #: agreements actually computed
+        self.hits = 0  #: secrets handed over from the other end
+
+    def __call__(self, own: AgreementKey, peer_public: bytes) -> bytes:
+        """Same contract as :func:`exchange`."""
+        mine, theirs = own.public_bytes(), bytes(peer_public)
+        pair = (mine, theirs) if mine < theirs else (theirs, mine)
+        secret = self._pending.pop(pair, None)
+        if secret is not None:
+            self.hits += 1
+            return secret
+        self.computed += 1
+        secret = own.exchange(theirs)
+        if mine != theirs:
+            self._pending[pair] = secret
+        return secret
+
+    def clear(self) -> None:
+        """Forget every pending secret (at the end of a round)."""
+        self._pending.clear()

@@ -29,7 +29,7 @@ from agent.core.crypto import (
     AgreementKey,
     IdentityKey,
     MaskAccumulator,
-    agree,
+    exchange,
     open_sealed,
     random_bytes,
     seal,
@@ -81,11 +81,13 @@ class SecAggClient:
         *,
         round_id: int | None = None,
         verifier: Callable[[bytes, bytes, bytes], None] = verify,
+        agreement: Callable[[AgreementKey, bytes], bytes] = exchange,
     ) -> None:
         self.device_id = device_id
         self._identity = identity
         self._peer_identity = peer_identity
         self._verify = verifier  # raises SecurityError; a simulator host may share a SignatureMemo
+        self._agree = agreement  # X25519 with one of this client's keys; a host may share an AgreementMemo
         self._round_id = round_id
         self.stage: Stage | None = None
         self._input: np.ndarray | None = None
@@ -177,12 +179,12 @@ class SecAggClient:
         self._self_seed = random_bytes(32)
         secrets = np.frombuffer(self._self_seed + self._s_key.private_bytes(), np.uint8).reshape(2, 32)
         shares = shamir.split(secrets, np.array(order) + 1, t).astype("<u4")  # (k', 2, L)
-        c_sk, rid, me, digest = self._c_key.private_bytes(), self._round_id, self._me, self._digest
+        c_key, rid, me, digest = self._c_key, self._round_id, self._me, self._digest
         head = _SHARE_HEAD.pack
         self._share_keys: dict[int, bytes] = {}
         blobs = []
         for pos, j in enumerate(order):
-            key = derive.share_key(agree(c_sk, peers[j][0]), rid, me, j)
+            key = derive.share_key(self._agree(c_key, peers[j][0]), rid, me, j)
             self._share_keys[j] = key
             blobs.append(seal(key, head(me, j) + shares[pos].tobytes(), derive.share_associated(digest, me, j)))
         self._peers = peers
@@ -213,9 +215,9 @@ class SecAggClient:
         self._held = held
         acc = MaskAccumulator(p.dim, derive.word_dtype(p), initial=self._input)
         keys, signs = [derive.self_mask_key(self._self_seed, rid, me)], [1]
-        s_sk = self._s_key.private_bytes()
+        s_key = self._s_key
         for j in sorted(held):
-            keys.append(derive.pair_mask_key(agree(s_sk, self._peers[j][1]), rid, me, j))
+            keys.append(derive.pair_mask_key(self._agree(s_key, self._peers[j][1]), rid, me, j))
             signs.append(derive.mask_sign(me, j))
         acc.add_masks(keys, signs)
         vec = derive.reduce_bits(acc.value(), p.bits)
