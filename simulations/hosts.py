@@ -86,6 +86,7 @@ class DeviceHost:
         # once per host, and a pair of devices on the same host computes its X25519 secret once.
         self._signatures = SignatureMemo()
         self._agreements = AgreementMemo()
+        self._stage_msg: type | None = None
 
     def handle(self, frame: bytes) -> bytes:
         """Answer one driver frame (``round``, ``roster``, ``batch`` or ``end``)."""
@@ -168,6 +169,11 @@ class DeviceHost:
             msg = decoded.get(bi)
             if msg is None:
                 msg = decoded[bi] = self._decode(blobs[bi])
+                if type(msg) is not self._stage_msg:
+                    # a new stage: secrets pending for a pair whose other end is on another host
+                    # will never be asked for again
+                    self._stage_msg = type(msg)
+                    self._agreements.clear()
             try:
                 out = p.handle(msg)
                 if isinstance(msg, Task):
