@@ -127,7 +127,7 @@ class SecureAggregation(Aggregation):
     def answered_first_stage(self) -> int:
         if self.server.stage is not Stage.ADVERTISE_KEYS:
             return self.params.num_clients
-        return self.params.num_clients - len(self.server.expected())
+        return self.params.num_clients - self.server.outstanding()  # per message: no O(n) set
 
     def answered(self) -> set[str]:
         if self.server.stage is not Stage.ADVERTISE_KEYS:
@@ -136,7 +136,7 @@ class SecureAggregation(Aggregation):
 
     def close_stage(self, now: float) -> list[Outbound]:
         stage = self.stage
-        missing = len(self.server.expected())
+        missing = self.server.outstanding()
         if missing:
             self._dropped[stage] = self._dropped.get(stage, 0) + missing
         requests = self.server.close_stage()  # RoundFailed names the stage and the counts

@@ -8,6 +8,8 @@ the coordinator publishes in the round config, so the graph is fixed for the rou
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from agent.core.crypto import MASK_KEY_BYTES, derive_key, expand_into
@@ -18,10 +20,18 @@ def ring_order(seed: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(perm, rank): perm[p] is the client at ring position p, rank[i] the position of client i."""
     if len(seed) != 32:
         raise ProtocolError("graph seed must be 32 bytes")
+    return _ring(bytes(seed), int(n))
+
+
+@functools.lru_cache(maxsize=2)
+def _ring(seed: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The round's ring, kept (read-only): every client of a round, and every simulated client
+    of a host, would otherwise sort the same n keys again (O(n log n) per client)."""
     keys = expand_into(derive_key(seed, "secagg/graph", n, length=MASK_KEY_BYTES), np.empty(n, np.uint64))
     perm = np.argsort(keys, kind="stable")
     rank = np.empty(n, np.int64)
     rank[perm] = np.arange(n)
+    perm.flags.writeable = rank.flags.writeable = False
     return perm, rank
 
 

@@ -127,6 +127,10 @@ class SecAggServer:
         """Devices whose reply the current stage still waits for."""
         return {self._ids[i] for i in self._expected - set(self._replies)}
 
+    def outstanding(self) -> int:
+        """How many replies the current stage still waits for, in O(1) (replies only come from expected devices)."""
+        return len(self._expected) - len(self._replies)
+
     def ready(self) -> bool:
         """All expected replies are in."""
         return len(self._replies) == len(self._expected)
