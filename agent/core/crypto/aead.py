@@ -1,12 +1,16 @@
 """Authenticated encryption (ChaCha20-Poly1305, RFC 8439) with the nonce chosen here, never by callers.
 
 A sealed blob is ``nonce(12) || ciphertext || tag(16)``. Any failure to open is an opaque
-:class:`SecurityError`. libsodium (through pynacl) does the work.
+:class:`SecurityError`. libsodium does the work, called through pynacl's cffi library: the
+public wrappers spend ~10 us per call on checks and copies, and every SecAgg+ client seals and
+opens one share per neighbour (a simulated 10,000-device round: about a million calls). The
+RFC 8439 vector in the tests pins the bytes.
 """
 
 from __future__ import annotations
 
-import nacl.bindings as _nb
+from nacl._sodium import ffi as _ffi
+from nacl._sodium import lib as _lib
 
 from agent.core.crypto.randomness import random_bytes
 from agent.core.errors import SecurityError
@@ -15,26 +19,37 @@ AEAD_KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
 OVERHEAD = NONCE_BYTES + TAG_BYTES
+#: Far below libsodium's limit; shares and keys are small.
+MAX_PLAINTEXT = 1 << 30
 
 
 def seal(key: bytes, plaintext: bytes, associated: bytes = b"") -> bytes:
     """Encrypt and authenticate ``plaintext``, binding ``associated`` data."""
-    if len(key) != AEAD_KEY_BYTES:
+    key, plaintext, associated = bytes(key), bytes(plaintext), bytes(associated)
+    if len(key) != AEAD_KEY_BYTES or len(plaintext) > MAX_PLAINTEXT:
         raise SecurityError("bad key")
     nonce = random_bytes(NONCE_BYTES)
-    return nonce + _nb.crypto_aead_chacha20poly1305_ietf_encrypt(
-        bytes(plaintext), bytes(associated), nonce, bytes(key)
-    )
+    size = len(plaintext) + TAG_BYTES
+    out = _ffi.new("unsigned char[]", size)
+    written = _ffi.new("unsigned long long *")
+    if _lib.crypto_aead_chacha20poly1305_ietf_encrypt(
+        out, written, plaintext, len(plaintext), associated, len(associated), _ffi.NULL, nonce, key
+    ) or written[0] != size:
+        raise SecurityError("cannot seal")
+    return nonce + _ffi.buffer(out, size)[:]
 
 
 def open_sealed(key: bytes, blob: bytes, associated: bytes = b"") -> bytes:
     """Decrypt a :func:`seal` blob; raise :class:`SecurityError` if anything is off."""
-    if len(key) != AEAD_KEY_BYTES or len(blob) < OVERHEAD:
+    key, blob, associated = bytes(key), bytes(blob), bytes(associated)
+    if len(key) != AEAD_KEY_BYTES or not OVERHEAD <= len(blob) <= MAX_PLAINTEXT + OVERHEAD:
         raise SecurityError("cannot open")
-    blob = bytes(blob)
-    try:
-        return _nb.crypto_aead_chacha20poly1305_ietf_decrypt(
-            blob[NONCE_BYTES:], bytes(associated), blob[:NONCE_BYTES], bytes(key)
-        )
-    except Exception:
-        raise SecurityError("cannot open") from None
+    size = len(blob) - OVERHEAD
+    out = _ffi.new("unsigned char[]", max(size, 1))
+    written = _ffi.new("unsigned long long *")
+    body = blob[NONCE_BYTES:]
+    if _lib.crypto_aead_chacha20poly1305_ietf_decrypt(
+        out, written, _ffi.NULL, body, len(body), associated, len(associated), blob[:NONCE_BYTES], key
+    ) or written[0] != size:
+        raise SecurityError("cannot open")
+    return _ffi.buffer(out, size)[:]
