@@ -63,7 +63,7 @@ IMPORT_GROUPS = {
     "sqlite_utils (pandas blocked)": "import sys; sys.modules['pandas'] = None; import sqlite_utils",
     "paho_mqtt": "import paho.mqtt.client",
     "crypto (pynacl)": "import agent.core.crypto",
-    "dp_accounting (scipy), via the privacy ledger": "import dp_accounting",
+    "dp_accounting (scipy; the daemon never imports it)": "import dp_accounting",
     "whole daemon module": "import sys; sys.modules['pandas'] = None; import agent.daemon",
 }
 
