@@ -167,3 +167,13 @@ def test_from_npz_accepts_good_files_and_names_what_is_wrong(tmp_path) -> None:
             from_npz(path, rng)
     with pytest.raises(ConfigError, match="no such file"):
         from_npz(tmp_path / "absent.npz", rng)
+
+
+def test_pooled_synthetic_is_tested_on_the_devices_it_pooled() -> None:
+    """Re-partitioned Synthetic trains on devices 0..m-1 and tests on their own held-out 20%."""
+    d = synthetic(1.0, 1.0, 100_000, np.random.default_rng(3))
+    pool = d.pooled(12)
+    held = [d.device_test(k) for k in range(12)]
+    np.testing.assert_array_equal(pool.y_test, np.concatenate([h[1] for h in held]))
+    np.testing.assert_array_equal(pool.x_test, np.concatenate([h[0] for h in held]))
+    assert len(pool.y_train) == sum(len(d.device(k)[1]) for k in range(12))
