@@ -242,14 +242,15 @@ class SyntheticDataset:
         inputs with its own random W_k, so devices that gave no training data have labels no
         global model can learn (testing on them measured ~5% accuracy, below chance).
         """
-        ids = range(min(devices, self.num_devices))
-        parts = [self.device(k) for k in ids]
-        held = [self.device_test(k) for k in ids]
-        x_test, y_test = np.concatenate([h[0] for h in held]), np.concatenate([h[1] for h in held])
+        xs, ys, xt, yt = [], [], [], []
+        for k in range(min(devices, self.num_devices)):
+            x, y = synthetic_device(self.alpha, self.beta, self.base_seed, k)  # generated once, split in two
+            cut = _train_test_cut(len(y))
+            xs.append(x[:cut]), ys.append(y[:cut]), xt.append(x[cut:]), yt.append(y[cut:])
         return ArrayDataset(
             f"synthetic({self.alpha:g},{self.beta:g})-pooled",
-            np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-            x_test, y_test, self.input_shape, self.num_classes,
+            np.concatenate(xs), np.concatenate(ys), np.concatenate(xt), np.concatenate(yt),
+            self.input_shape, self.num_classes,
         )
 
 

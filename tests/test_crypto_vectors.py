@@ -24,7 +24,7 @@ from agent.core.crypto import (
     transcript,
     verify,
 )
-from agent.core.crypto.keystream import keystream
+from agent.core.crypto.keystream import CHUNK_BYTES, keystream
 from agent.core.errors import SecurityError
 
 h = bytes.fromhex
@@ -155,9 +155,14 @@ def _chacha20_block(key: bytes, counter: int, nonce: bytes) -> bytes:
 
 
 def _reference_stream(key: bytes, nbytes: int) -> bytes:
-    """The documented PRG from the plain-Python block function: nonce "LibsodiumDRG", counter 0, 1, ..."""
-    blocks = b"".join(_chacha20_block(key, c, b"LibsodiumDRG") for c in range(-(-nbytes // 64)))
-    return blocks[:nbytes]
+    """The documented PRG, from stdlib BLAKE2b and the plain-Python block function: chunk i is the
+    ChaCha20 stream (nonce "LibsodiumDRG", counter 0, 1, ...) under BLAKE2b-256(i, key, "fedge/v1/mask")."""
+    out = bytearray()
+    for index, start in enumerate(range(0, nbytes, CHUNK_BYTES)):
+        k = hashlib.blake2b(index.to_bytes(8, "little"), digest_size=32, key=key, person=b"fedge/v1/mask").digest()
+        m = min(CHUNK_BYTES, nbytes - start)
+        out += b"".join(_chacha20_block(k, c, b"LibsodiumDRG") for c in range(-(-m // 64)))[:m]
+    return bytes(out)
 
 
 def test_reference_block_function_matches_rfc8439() -> None:
@@ -171,10 +176,10 @@ def test_reference_block_function_matches_rfc8439() -> None:
 
 
 def test_mask_words_are_the_documented_prg() -> None:
-    """Words are the little-endian reading of the RFC 8439 stream under nonce "LibsodiumDRG"."""
+    """Words are the little-endian reading of the documented stream, across two chunk boundaries."""
     key = bytes(range(1, 33))
-    ref = _reference_stream(key, 64 * 40 + 24)  # 40 blocks and a partial one
-    assert keystream(key, len(ref)) == ref  # pynacl's public call
+    ref = _reference_stream(key, 2 * CHUNK_BYTES + 200)
+    assert keystream(key, len(ref)) == ref  # pynacl's public calls
     u32 = expand_into(key, np.empty(len(ref) // 4, np.uint32))  # the cffi path the rounds use
     assert u32.tobytes() == ref
     assert int(u32[0]) == int.from_bytes(ref[:4], "little")
@@ -185,8 +190,8 @@ def test_mask_words_are_the_documented_prg() -> None:
     acc.add_mask(key, -1)
     want = (-np.frombuffer(ref, "<u2").astype(np.int64)) % 65536
     assert np.array_equal(acc.value().astype(np.int64), want)
-    big = expand_into(key, np.empty(len(ref) // 4, ">u4"))  # an explicitly big-endian buffer holds the same values
-    assert big.tolist() == u32.tolist()
+    big = expand_into(key, np.empty(64, ">u4"))  # an explicitly big-endian buffer holds the same values
+    assert big.tolist() == u32[:64].tolist()
 
 
 def test_long_masks_and_key_checks() -> None:
@@ -210,7 +215,7 @@ def test_long_masks_and_key_checks() -> None:
 @pytest.mark.parametrize("dim", [1, 3, 4, 5, 100, 65536 + 7, 300_001])
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
 def test_keystream_paths_agree(dim: int, dtype: type) -> None:
-    """Chunked, tail-handled and accumulated expansions give one and the same keystream."""
+    """Expanded, longer, accumulated and chunk-major multi-mask sums give one and the same keystream."""
     key = bytes(range(32))
     whole = expand_into(key, np.empty(dim, dtype))
     longer = expand_into(key, np.empty(dim + 9, dtype))
@@ -260,3 +265,17 @@ def test_aead_rfc8439_vector(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seal(key, LADIES, aad) == nonce + ct + tag
     with pytest.raises(SecurityError):
         open_sealed(key, nonce + ct + tag, aad[:-1])
+
+
+def test_a_number_is_never_taken_for_a_key() -> None:
+    """bytes(32) is 32 zero bytes: primitives refuse ints instead of coercing them into zero keys."""
+    with pytest.raises(SecurityError):
+        seal(32, b"x")  # type: ignore[arg-type]
+    with pytest.raises(SecurityError):
+        open_sealed(32, bytes(40))  # type: ignore[arg-type]
+    with pytest.raises(SecurityError):
+        derive_key(32, "label")  # type: ignore[arg-type]
+    with pytest.raises(SecurityError):
+        expand_into(32, np.empty(4, np.uint32))  # type: ignore[arg-type]
+    key = bytes(range(32))
+    assert open_sealed(bytearray(key), seal(memoryview(key), b"ok")) == b"ok"  # bytes-like is fine

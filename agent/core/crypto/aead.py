@@ -12,6 +12,7 @@ from __future__ import annotations
 from nacl._sodium import ffi as _ffi
 from nacl._sodium import lib as _lib
 
+from agent.core.crypto.bytes_in import as_bytes
 from agent.core.crypto.randomness import random_bytes
 from agent.core.errors import SecurityError
 
@@ -25,9 +26,11 @@ MAX_PLAINTEXT = 1 << 30
 
 def seal(key: bytes, plaintext: bytes, associated: bytes = b"") -> bytes:
     """Encrypt and authenticate ``plaintext``, binding ``associated`` data."""
-    key, plaintext, associated = bytes(key), bytes(plaintext), bytes(associated)
-    if len(key) != AEAD_KEY_BYTES or len(plaintext) > MAX_PLAINTEXT:
+    key, plaintext, associated = as_bytes(key), as_bytes(plaintext), as_bytes(associated)
+    if len(key) != AEAD_KEY_BYTES:
         raise SecurityError("bad key")
+    if len(plaintext) > MAX_PLAINTEXT:
+        raise SecurityError("plaintext too long")
     nonce = random_bytes(NONCE_BYTES)
     size = len(plaintext) + TAG_BYTES
     out = _ffi.new("unsigned char[]", size)
@@ -41,7 +44,10 @@ def seal(key: bytes, plaintext: bytes, associated: bytes = b"") -> bytes:
 
 def open_sealed(key: bytes, blob: bytes, associated: bytes = b"") -> bytes:
     """Decrypt a :func:`seal` blob; raise :class:`SecurityError` if anything is off."""
-    key, blob, associated = bytes(key), bytes(blob), bytes(associated)
+    try:
+        key, blob, associated = as_bytes(key), as_bytes(blob), as_bytes(associated)
+    except SecurityError:
+        raise SecurityError("cannot open") from None
     if len(key) != AEAD_KEY_BYTES or not OVERHEAD <= len(blob) <= MAX_PLAINTEXT + OVERHEAD:
         raise SecurityError("cannot open")
     size = len(blob) - OVERHEAD

@@ -14,6 +14,7 @@ import nacl.bindings as _nb
 from nacl._sodium import ffi as _ffi
 from nacl._sodium import lib as _lib
 
+from agent.core.crypto.bytes_in import as_bytes
 from agent.core.crypto.randomness import random_bytes
 from agent.core.errors import SecurityError
 
@@ -99,7 +100,7 @@ def derive_key(secret: bytes, label: str, *context: bytes | str | int, length: i
     """
     if not MIN_KEY_BYTES <= length <= MAX_KEY_BYTES:
         raise ValueError(f"derived keys are {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes")
-    prk = _blake2b(bytes(secret), 32, b"", _EXTRACT)
+    prk = _blake2b(as_bytes(secret), 32, b"", _EXTRACT)
     return _blake2b(_info(label, context), length, prk, _EXPAND)
 
 

@@ -1,16 +1,20 @@
-"""Mask expansion: libsodium's deterministic ChaCha20 stream from a full 32-byte key, written
-straight into numpy buffers.
+"""Mask expansion: libsodium's deterministic ChaCha20 stream, one derived key per 256 KiB chunk,
+written straight into numpy buffers.
 
-The PRG, fixed forever because both ends of SecAgg must agree on every byte: the mask of ``n``
-bytes under ``key`` is ``randombytes_buf_deterministic(n, key)``, i.e. the RFC 8439 ChaCha20
-keystream with ``key``, the nonce ``b"LibsodiumDRG"`` and the block counter starting at 0
-(documented by libsodium; tied to the RFC by a plain-Python reference in the tests). Words are
-read little-endian and combined with wrapping ``uint16``/``uint32`` arithmetic. Each mask key is
-used for exactly one vector, so the fixed nonce never repeats under one key.
+The PRG, fixed forever because both ends of SecAgg must agree on every byte: the mask under
+``key`` is cut into chunks of ``CHUNK_BYTES``; chunk ``i`` is
+``randombytes_buf_deterministic(len, K_i)`` with ``K_i = BLAKE2b-256(i as 8 bytes little-endian,
+key=key, person="fedge/v1/mask")``, i.e. the RFC 8439 ChaCha20 keystream under ``K_i``, nonce
+``"LibsodiumDRG"``, block counter from 0 (documented by libsodium; tied to the RFC and to stdlib
+BLAKE2b in the tests). A short last chunk is a prefix of the full one. Chunks make the stream
+seekable, so a mask is added chunk by chunk with a 256 KiB scratch buffer whatever the model
+size. Words are read little-endian and combined with wrapping ``uint16``/``uint32`` arithmetic.
+Each mask key expands exactly one vector.
 
-The stream is written by libsodium into the caller's buffer through pynacl's cffi library (the
-public wrapper returns a fresh ``bytes`` object per call: a copy and an allocation per mask that
-a simulated round of 10,000 devices pays 500,000 times); a test pins both paths to one stream.
+libsodium is called through pynacl's cffi library, writing into the caller's buffer (the public
+wrapper returns a fresh ``bytes`` per call: a copy and an allocation that a simulated round of
+10,000 devices pays 500,000 times); :func:`keystream` builds the same stream through pynacl's
+public calls, and a test pins one to the other.
 """
 
 from __future__ import annotations
@@ -20,41 +24,55 @@ import numpy as np
 from nacl._sodium import ffi as _ffi
 from nacl._sodium import lib as _lib
 
+from agent.core.crypto.agreement import _blake2b
+from agent.core.crypto.bytes_in import as_bytes
 from agent.core.errors import SecurityError
 
 MASK_KEY_BYTES = 32
-#: The longest stream libsodium's 32-bit block counter allows (2^32 blocks of 64 bytes).
-MAX_STREAM_BYTES = (1 << 32) * 64
+#: Part of the PRG definition: changing it changes every mask.
+CHUNK_BYTES = 1 << 18
+MASK_PERSON = b"fedge/v1/mask"
+_MASK = _ffi.new("unsigned char[]", MASK_PERSON.ljust(16, b"\0"))
 
 
-def _checked(key: bytes) -> bytes:
+def _checked(key: object) -> bytes:
+    key = as_bytes(key)
     if len(key) != MASK_KEY_BYTES:
         raise SecurityError("bad mask key")
-    return bytes(key)
+    return key
 
 
-def _fill(buf: np.ndarray, key: bytes) -> None:
-    """Write the keystream of ``key`` over the whole contiguous array ``buf``."""
-    n = buf.nbytes
-    if n > MAX_STREAM_BYTES:
-        raise ValueError("mask longer than the keystream allows")
-    if n:
-        _lib.randombytes_buf_deterministic(_ffi.from_buffer(buf, require_writable=True), n, key)
+def _chunk_key(key: bytes, index: int) -> bytes:
+    return _blake2b(index.to_bytes(8, "little"), 32, key, _MASK)
+
+
+def _fill(buf: np.ndarray, chunk_key: bytes) -> None:
+    """Write the stream of ``chunk_key`` over the contiguous array ``buf`` (at most one chunk)."""
+    if buf.nbytes:
+        _lib.randombytes_buf_deterministic(_ffi.from_buffer(buf, require_writable=True), buf.nbytes, chunk_key)
 
 
 def keystream(key: bytes, nbytes: int) -> bytes:
-    """The first ``nbytes`` of the keystream of ``key`` (pynacl's public call; for tests and benches)."""
-    return _nb.randombytes_buf_deterministic(nbytes, _checked(key))
+    """The first ``nbytes`` of the mask stream of ``key``, through pynacl's public calls (tests, benches)."""
+    key = _checked(key)
+    parts = []
+    for index, start in enumerate(range(0, nbytes, CHUNK_BYTES)):
+        k = _nb.crypto_generichash_blake2b_salt_personal(index.to_bytes(8, "little"), 32, key=key, person=MASK_PERSON)
+        parts.append(_nb.randombytes_buf_deterministic(min(CHUNK_BYTES, nbytes - start), k))
+    return b"".join(parts)
 
 
 def expand_into(key: bytes, out: np.ndarray) -> np.ndarray:
-    """Fill the contiguous array ``out`` with the keystream of ``key``; return ``out``.
+    """Fill the contiguous array ``out`` with the mask stream of ``key``; return ``out``.
 
     Bytes are read little-endian, so the mask is the same on every platform.
     """
     if not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError("out must be a writeable contiguous array")
-    _fill(out, _checked(key))
+    key = _checked(key)
+    raw = out.reshape(-1).view(np.uint8)
+    for index, start in enumerate(range(0, raw.size, CHUNK_BYTES)):
+        _fill(raw[start : start + CHUNK_BYTES], _chunk_key(key, index))
     big = out.dtype.byteorder == ">" or (out.dtype.byteorder == "=" and not np.little_endian)
     if out.dtype.itemsize > 1 and big:
         out.byteswap(inplace=True)  # the stream's bytes are little-endian words
@@ -64,8 +82,9 @@ def expand_into(key: bytes, out: np.ndarray) -> np.ndarray:
 class MaskAccumulator:
     """A running wrapping sum of a vector and ± keystream masks, for SecAgg clients and server.
 
-    ``dtype`` is ``uint16`` or ``uint32``; arithmetic wraps modulo 2^(8*itemsize). One scratch
-    vector of ``dim`` words holds each mask while it is added.
+    ``dtype`` is ``uint16`` or ``uint32``; arithmetic wraps modulo 2^(8*itemsize). Masks are
+    added chunk-major through one scratch chunk: each chunk of the sum stays in cache while
+    every mask's chunk is added to it.
     """
 
     def __init__(self, dim: int, dtype: np.dtype | type = np.uint32, initial: np.ndarray | None = None):
@@ -79,8 +98,9 @@ class MaskAccumulator:
             if initial.shape != (self.dim,):
                 raise ValueError("initial vector has the wrong shape")
             self.acc = np.array(initial, dtype=self.dtype, copy=True)
+        self._items = CHUNK_BYTES // self.dtype.itemsize
         # keystream words, little-endian everywhere (numpy converts on big-endian hosts)
-        self._scratch = np.empty(self.dim, self.dtype.newbyteorder("<"))
+        self._scratch = np.empty(min(self._items, self.dim), self.dtype.newbyteorder("<"))
 
     def add_vector(self, vec: np.ndarray, sign: int = 1) -> None:
         """acc += sign * vec (wrapping); vec is cast to the accumulator dtype."""
@@ -97,11 +117,14 @@ class MaskAccumulator:
         """Several masks at once, same result as :meth:`add_mask` for each."""
         if len(keys) != len(signs):
             raise ValueError("one sign per key")
-        checked = [_checked(k) for k in keys]  # all or nothing: a bad key changes no word
-        acc, scratch = self.acc, self._scratch
-        for key, sign in zip(checked, signs):
-            _fill(scratch, key)
-            (np.add if sign > 0 else np.subtract)(acc, scratch, out=acc)
+        plan = [(_checked(k), np.add if s > 0 else np.subtract) for k, s in zip(keys, signs)]  # all or nothing
+        acc, items, scratch = self.acc, self._items, self._scratch
+        for index, start in enumerate(range(0, self.dim, items)):
+            m = min(items, self.dim - start)
+            part, ks = acc[start : start + m], scratch[:m]
+            for key, op in plan:
+                _fill(ks, _chunk_key(key, index))
+                op(part, ks, out=part)
 
     def value(self) -> np.ndarray:
         """The accumulated vector (not a copy)."""
