@@ -217,3 +217,28 @@ def test_the_sum_reveals_no_single_input_and_the_server_only_sees_masked_vectors
         # uniform words: mean of the top byte near 127.5 (sd ~ 1.65 for 2000 samples)
         assert abs(float((v >> 24).mean()) - 127.5) < 10
     assert len(result.survivors) == N
+
+
+def test_a_config_from_another_cipher_suite_is_refused_with_its_reason() -> None:
+    """Peers of different fedge versions fail at the config with a reason, not with masks that do not cancel."""
+    import dataclasses
+
+    from agent.core import wire
+    from agent.core.errors import WireError
+    from agent.core.secagg.params import SUITE
+
+    r = make_round(SecAggParams(6, 5, 3, 4))
+    config = r.server.start()
+    assert config.suite == SUITE
+    d = sorted(r.clients)[0]
+    with pytest.raises(ProtocolError, match="suite"):
+        r.clients[d].handle(dataclasses.replace(config, suite="fedge-secagg+/aes-hkdf"))
+    assert r.clients[d].stage is None  # refused before anything changed
+    r.clients[d].handle(config)  # the right suite goes through
+    # a config from before the suite field (4 fields) does not even decode
+    import msgpack
+
+    old = msgpack.unpackb(wire.encode(config), raw=False, ext_hook=lambda c, b: b)
+    old[3] = old[3][:4]
+    with pytest.raises(WireError, match="fields"):
+        wire.decode(msgpack.packb(old, use_bin_type=True))

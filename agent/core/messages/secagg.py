@@ -17,7 +17,7 @@ from functools import cached_property
 
 import numpy as np
 
-from agent.core.secagg.params import SecAggParams
+from agent.core.secagg.params import SUITE, SecAggParams
 from agent.core.wire import message
 
 #: Sealed share size: nonce 12 + (sender, receiver) 8 + 2 x 11 uint32 field elements + tag 16.
@@ -28,12 +28,14 @@ SIGNATURE_BYTES = 64
 @message("secagg.config")
 @dataclass(frozen=True)
 class SecAggConfig:
-    """The round's parameters, graph seed and ordered roster (device ids joined by newlines)."""
+    """The round's parameters, graph seed, ordered roster (device ids joined by newlines) and the
+    cipher suite the coordinator runs (devices refuse any but their own)."""
 
     round_id: int
     params: SecAggParams
     graph_seed: bytes
     roster: bytes
+    suite: str = SUITE
 
     @cached_property
     def roster_ids(self) -> tuple[str, ...]:

@@ -53,6 +53,7 @@ from agent.core.messages.secagg import (
 )
 from agent.core.secagg import derive
 from agent.core.secagg.graph import neighbours_of
+from agent.core.secagg.params import SUITE
 from agent.core.secagg.stages import Stage, check_transition
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,8 @@ class SecAggClient:
     def _on_advertise_keys(self, cfg: SecAggConfig) -> KeyAdvertisement:
         if self._round_id is not None and cfg.round_id != self._round_id:
             raise ProtocolError("config for another round")
+        if cfg.suite != SUITE:
+            raise ProtocolError(f"SecAgg+ suite {cfg.suite!r} is not this device's {SUITE!r} (different fedge versions)")
         p = cfg.params
         roster = cfg.roster_ids
         if len(cfg.graph_seed) != 32 or len(roster) != p.num_clients or len(set(roster)) != len(roster):

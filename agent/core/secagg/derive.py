@@ -13,11 +13,11 @@ from agent.core.secagg.params import SecAggParams
 
 
 def config_digest(cfg: SecAggConfig) -> bytes:
-    """Binds round, parameters, graph seed and roster; every signature covers it."""
+    """Binds round, parameters, graph seed, roster and suite; every signature covers it."""
     p = cfg.params
     return transcript(
         "secagg/config", cfg.round_id, p.num_clients, p.neighbours, p.threshold, p.dim, p.bits,
-        p.min_clients, cfg.graph_seed, cfg.roster,
+        p.min_clients, cfg.graph_seed, cfg.roster, cfg.suite,
     )
 
 

@@ -23,6 +23,11 @@ from dataclasses import dataclass
 
 from agent.core.errors import ConfigError
 
+#: The SecAgg+ cipher suite both ends must run: X25519 agreement, BLAKE2b key derivation,
+#: ChaCha20-Poly1305 shares, chunked libsodium ChaCha20 masks (docs/secagg.md, "Primitives").
+#: A device refuses a round config that names another suite, so peers of different fedge
+#: versions fail with a clear reason instead of masks that do not cancel.
+SUITE = "fedge-secagg+/x25519-blake2b-chacha20"
 MIN_BITS = 16
 MAX_BITS = 32
 MAX_CLIENTS = 1 << 20
