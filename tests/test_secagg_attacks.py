@@ -242,3 +242,24 @@ def test_a_config_from_another_cipher_suite_is_refused_with_its_reason() -> None
     old[3] = old[3][:4]
     with pytest.raises(WireError, match="fields"):
         wire.decode(msgpack.packb(old, use_bin_type=True))
+
+
+def test_outstanding_counts_what_expected_lists_through_a_round_with_dropouts() -> None:
+    """The server's O(1) count equals the O(n) set the coordinator used to build per message."""
+    r = make_round(SecAggParams(12, 8, 5, 6))
+    for d, c in r.clients.items():
+        c.set_input(r.inputs[d])
+    cfg = r.server.start()
+    out = {d: cfg for d in r.clients}
+    silent = set(sorted(r.clients)[:2])  # drop two devices after the first stage
+    first = True
+    while r.server.stage is not Stage.DONE:
+        assert r.server.outstanding() == len(r.server.expected())
+        for d, m in out.items():
+            if d in silent and not first:
+                continue
+            r.server.receive(r.clients[d].handle(m))
+            assert r.server.outstanding() == len(r.server.expected())
+        assert r.server.outstanding() == (0 if first else len(set(out) & silent))
+        out = r.server.close_stage()
+        first = False

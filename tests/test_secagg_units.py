@@ -143,3 +143,19 @@ def test_wrap_check_and_scale_refusals() -> None:
         quantize(np.array([np.nan], np.float32), 1.0, 16, np.random.default_rng(0))
     with pytest.raises(ConfigError):
         quantize(np.array([1.0], np.float32), 2.0**15, 16, np.random.default_rng(0))
+
+
+def test_the_kept_ring_is_read_only_and_equals_a_fresh_sort() -> None:
+    """The ring order is kept per (seed, n); callers can not change it, and it is the sort it stands for."""
+    from agent.core.crypto import MASK_KEY_BYTES, derive_key, expand_into
+    from agent.core.secagg.graph import ring_order
+
+    seed = bytes(range(32))
+    perm, rank = ring_order(seed, 500)
+    assert ring_order(seed, 500)[0] is perm  # kept, not re-sorted
+    with pytest.raises(ValueError):
+        perm[0] = 1
+    keys = expand_into(derive_key(seed, "secagg/graph", 500, length=MASK_KEY_BYTES), np.empty(500, np.uint64))
+    assert np.array_equal(perm, np.argsort(keys, kind="stable"))
+    assert np.array_equal(rank[perm], np.arange(500))
+    assert not np.array_equal(ring_order(bytes(32), 500)[0], perm)  # another seed, another ring
