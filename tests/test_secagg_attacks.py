@@ -263,3 +263,50 @@ def test_outstanding_counts_what_expected_lists_through_a_round_with_dropouts() 
         assert r.server.outstanding() == (0 if first else len(set(out) & silent))
         out = r.server.close_stage()
         first = False
+
+
+def _to_unmask_with_five_answering(tamper: bool):
+    """n = 8, complete graph, t = 4; five devices answer UNMASK, so each of them has exactly t shares."""
+    import dataclasses
+
+    from tests.secagg_fixtures import plain_sum
+
+    r = make_round(SecAggParams(8, 7, 4, 6), seed=3)
+    for d, c in r.clients.items():
+        c.set_input(r.inputs[d])
+    cfg = r.server.start()
+    out = {d: cfg for d in r.clients}
+    while r.server.stage is not Stage.UNMASK:
+        for d, m in out.items():
+            r.server.receive(r.clients[d].handle(m))
+        out = r.server.close_stage()
+    ids = sorted(r.clients)
+    answering, victim, liar = ids[:5], ids[1], ids[0]
+    for d in answering:
+        reply = r.clients[d].handle(out[d])
+        if tamper and d == liar:
+            # Shamir is linear: shifting the liar's share by 1/lambda shifts the reconstructed seed by
+            # exactly 1 in its first limb, still a well-formed seed that no range check can catch
+            xs = [ids.index(a) + 1 for a in answering if a != victim]
+            x0 = ids.index(liar) + 1
+            lam = 1
+            for x in xs:
+                if x != x0:
+                    lam = lam * x * pow(x - x0, -1, shamir.PRIME) % shamir.PRIME
+            rows = np.array(reply.self_mask_shares, copy=True)
+            row = reply.alive.tolist().index(ids.index(victim))
+            rows[row, 0] = (int(rows[row, 0]) + pow(lam, -1, shamir.PRIME)) % shamir.PRIME
+            reply = dataclasses.replace(reply, self_mask_shares=rows)
+        r.server.receive(reply)
+    return r, plain_sum(r.inputs, ids, 32)
+
+
+def test_a_forged_self_mask_share_among_exactly_t_is_caught_by_the_seed_commitment() -> None:
+    """With exactly t shares there is no spare one to cross-check: only the commitment tells."""
+    r, want = _to_unmask_with_five_answering(tamper=False)
+    r.server.close_stage()
+    assert np.array_equal(r.server.result().total.astype(np.uint64), want)  # the setup itself is sound
+    r, _ = _to_unmask_with_five_answering(tamper=True)
+    with pytest.raises(RoundFailed, match="does not match its commitment"):
+        r.server.close_stage()
+    assert r.server.stage is Stage.FAILED

@@ -74,12 +74,14 @@ class NeighbourKeys:
 @dataclass(frozen=True)
 class EncryptedShares:
     """A device's AEAD-sealed shares, one per neighbour (roster ``recipients``, uint32), each
-    :data:`SEALED_SHARE_BYTES` long and concatenated; the coordinator only relays them."""
+    :data:`SEALED_SHARE_BYTES` long and concatenated; the coordinator only relays them. With them
+    the device commits to its self-mask seed (32 bytes), which the coordinator checks at unmask."""
 
     device_id: str
     round_id: int
     recipients: np.ndarray
     ciphertexts: bytes
+    seed_commitment: bytes
 
 
 @message("secagg.relayed_shares")

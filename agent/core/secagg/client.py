@@ -191,7 +191,8 @@ class SecAggClient:
             self._share_keys[j] = key
             blobs.append(seal(key, head(me, j) + shares[pos].tobytes(), derive.share_associated(digest, me, j)))
         self._peers = peers
-        return EncryptedShares(self.device_id, rid, derive.indices(order), b"".join(blobs))
+        commitment = derive.seed_commitment(self._self_seed, rid, me)
+        return EncryptedShares(self.device_id, rid, derive.indices(order), b"".join(blobs), commitment)
 
     def _on_masked_input(self, msg: RelayedShares) -> MaskedInput:
         p = self._params

@@ -54,6 +54,14 @@ def self_mask_key(seed: bytes, round_id: int, i: int) -> bytes:
     return derive_key(seed, "secagg/self-mask", round_id, i, length=MASK_KEY_BYTES)
 
 
+def seed_commitment(seed: bytes, round_id: int, i: int) -> bytes:
+    """Client i's commitment to its self-mask seed, sent with its shares: the coordinator checks
+    the seed it reconstructs against it, so a neighbour's forged share can not slip a wrong self
+    mask into the sum even when only t shares came back. Hiding: the seed is 32 random bytes and
+    a separate derivation label keeps it independent of the mask key."""
+    return derive_key(seed, "secagg/seed-commitment", round_id, i, length=32)
+
+
 def mask_sign(i: int, j: int) -> int:
     """Client i adds the pair mask for j > i and subtracts it for j < i, so pairs cancel."""
     return 1 if i < j else -1

@@ -231,12 +231,15 @@ class SecAggServer:
         if not set(got) <= (self._nbr_sets[i] & self._u1) or len(got) < self.params.threshold:
             raise ProtocolError("shares addressed to non-neighbours or too few")
         derive.chunks(msg.ciphertexts, SEALED_SHARE_BYTES, len(got))
+        if len(msg.seed_commitment) != 32:
+            raise ProtocolError("seed commitment must be 32 bytes")
 
     def _close_share_keys(self) -> dict[str, object]:
         # sent_to[i][j]: where i's sealed share for j sits in i's reply (no copies of the ciphertexts)
         sent_to = {i: {j: pos for pos, j in enumerate(m.recipients.tolist())} for i, m in self._replies.items()}
         replies = self._replies
         S = SEALED_SHARE_BYTES
+        self._commitments = {i: m.seed_commitment for i, m in replies.items()}
 
         def sealed(j: int, i: int) -> bytes:
             pos = sent_to[j][i]
@@ -336,6 +339,9 @@ class SecAggServer:
             kind = "self-mask seed" if worst[1] in self._u3 else "mask key"
             self.fail(f"the {kind} of {self._ids[worst[1]]} got {worst[0]} shares from {len(self._replies)} unmasking devices, threshold {t}")
         secrets = self._reconstruct(got)
+        for j in sorted(self._u3):
+            if derive.seed_commitment(secrets[j], rid, j) != self._commitments[j]:
+                self.fail(f"the reconstructed self-mask seed of {self._ids[j]} does not match its commitment")
         keys = [derive.self_mask_key(secrets[j], rid, j) for j in sorted(self._u3)]
         signs = [-1] * len(keys)
         for j in sorted(self._u2 - self._u3):
