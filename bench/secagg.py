@@ -1,8 +1,8 @@
 """One full SecAgg+ round in one process (every client and the server), against its primitive floor.
 
 The floor is what the cryptographic primitives alone need on one core, measured in the same run
-(CPU time, best of three samples before and three after the round): ChaCha20 mask keystream (the
-chunk primitive of ``agent.core.crypto.keystream``) for (k+1)*n*d*4 bytes, 2k X25519 agreements
+(CPU time, best of three samples before and three after the round): ChaCha20 mask keystream
+(``agent.core.crypto.keystream.expand_into``) for (k+1)*n*d*4 bytes, 2k X25519 agreements
 and 2k Ed25519 verifications per client. ``ratio`` = seconds (wall) / floor;
 ``cpu_ratio`` = CPU seconds of the round / floor, which other load on the machine does not skew.
 Dropouts are spread evenly over the five stages. Inputs are random quantized vectors (what

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import nacl.bindings as _nb
 
+from agent.core.crypto.bytes_in import as_bytes
 from agent.core.crypto.randomness import random_bytes
 from agent.core.errors import SecurityError
 
@@ -90,7 +91,7 @@ class SignatureMemo:
 
     def __call__(self, public_bytes: bytes, data: bytes, signature: bytes) -> None:
         """Same contract as :func:`verify`."""
-        key = (bytes(public_bytes), bytes(data), bytes(signature))
+        key = (as_bytes(public_bytes), as_bytes(data), as_bytes(signature))
         if key in self._accepted:
             self.hits += 1
             return
