@@ -90,12 +90,13 @@ def privacy_status(db: str, delta: float) -> None:
     """Print the number of contributions and the epsilon spent so far, as JSON."""
     import json
 
-    from agent.core.privacy.ledger import DeviceLedger
+    from agent.core.privacy.ledger import LEDGER_RELATION, DeviceLedger
     from agent.store import Store
 
     with Store(db) as store:
         ledger = DeviceLedger(store.db)
-        status = {"contributions": len(ledger.contributions()), "epsilon_spent": ledger.epsilon_spent(delta), "delta": delta}
+        status = {"contributions": len(ledger.contributions()), "epsilon_spent": ledger.epsilon_spent(delta), "delta": delta,
+                  "relation": LEDGER_RELATION}
     click.echo(json.dumps(status))
 
 

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from agent import identity
-from agent.core.privacy.ledger import DeviceLedger
+from agent.core.privacy.ledger import LEDGER_RELATION, DeviceLedger
 from agent.model_cache import ModelCache
 from agent.outbox import Outbox
 from agent.round_state import RoundStates
@@ -26,4 +26,5 @@ def agent_status(store: Store, *, delta: float, rounds: int = 5) -> dict[str, An
         "model_version": ModelCache(db).latest_version() or None,
         "epsilon_spent": eps if math.isfinite(eps) else "inf",
         "delta": delta,
+        "relation": LEDGER_RELATION,
     }

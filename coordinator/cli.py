@@ -30,11 +30,12 @@ def privacy() -> None:
 def privacy_epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: float,
                     sampling: str, population: int | None, accountant: str) -> None:
     """Print the epsilon (dp-accounting) of ROUNDS sampled Gaussian rounds."""
-    from agent.core.privacy.accounting import epsilon
+    from agent.core.privacy.accounting import RELATION_NAMES, epsilon
 
     eps = epsilon(noise_multiplier, sampling_rate, rounds, delta, sampling=sampling, population=population,
                   accountant=accountant)
-    click.echo(f"epsilon {eps:.6g} at delta {delta:g} ({accountant}, {sampling} sampling, {rounds} rounds)")
+    click.echo(f"epsilon {eps:.6g} at delta {delta:g} ({accountant}, {sampling} sampling, {RELATION_NAMES[sampling]}, "
+               f"{rounds} rounds)")
 
 
 @privacy.command("history")

@@ -52,7 +52,8 @@ def test_poisson_pld_matches_dp_accounting(z, q, rounds, delta):
 def test_fixed_size_rdp_matches_dp_accounting(z, q, rounds, delta):
     population = 10_000
     m = round(q * population)
-    event = dp_accounting.SampledWithoutReplacementDpEvent(population, m, dp_accounting.GaussianDpEvent(z))
+    # replace-one moves the clipped sum by 2C: the Gaussian carries sigma / 2C = z / 2
+    event = dp_accounting.SampledWithoutReplacementDpEvent(population, m, dp_accounting.GaussianDpEvent(z / 2))
     want = _independent_rdp(z, q, rounds, delta, dp_accounting.NeighboringRelation.REPLACE_ONE, event)
     got = epsilon(z, q, rounds, delta, sampling="fixed", population=population)
     assert got == pytest.approx(want, rel=0.01)

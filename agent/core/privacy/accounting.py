@@ -4,8 +4,10 @@ Neighbouring relations (dp-accounting's names), the unit being one device's whol
 - ``poisson`` sampling (each device joins a round independently with probability q):
   ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` under ADD_OR_REMOVE_ONE.
 - ``fixed`` sampling (exactly m of N devices, uniformly without replacement):
-  ``SampledWithoutReplacementDpEvent(N, m, GaussianDpEvent(z))`` under REPLACE_ONE, which is the
-  only relation dp-accounting supports for it, and only in its RDP accountant.
+  ``SampledWithoutReplacementDpEvent(N, m, GaussianDpEvent(z / 2))`` under REPLACE_ONE, which is
+  the only relation dp-accounting supports for it, and only in its RDP accountant. Replacing one
+  device's clipped update by another's moves the sum by up to 2C, not C, so the Gaussian the
+  accountant sees has noise sigma / 2C = z / 2 (z = sigma / C is what the plan states).
 - ``none`` (the device's own ledger, which knows it took part): ``GaussianDpEvent(z)``.
 Both RDP and PLD accountants are available for ``poisson`` and ``none``. A round with z = 0
 is non-private and makes epsilon infinite. Each event may carry ``rdp_offset``, an additive
@@ -30,6 +32,8 @@ from agent.core.privacy.config import PrivacyConfig
 from agent.core.privacy.discrete import DiscreteNoisePlan, accounted_noise  # noqa: F401 (re-exported)
 
 ACCOUNTANTS = ("rdp", "pld")
+#: The neighbouring relation each sampling is accounted under, as printed beside every epsilon.
+RELATION_NAMES = {"poisson": "add-or-remove-one", "fixed": "replace-one", "none": "add-or-remove-one"}
 EVENT_SAMPLINGS = ("poisson", "fixed", "none")
 #: PLD discretization: epsilon is over-estimated by at most about this much per composition.
 PLD_DISCRETIZATION = 1e-4
@@ -81,11 +85,21 @@ class RoundEvent:
             return dp_accounting.NeighboringRelation.REPLACE_ONE
         return dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
 
+    @property
+    def relation(self) -> str:
+        """The neighbouring relation's printed name (``replace-one`` or ``add-or-remove-one``)."""
+        return RELATION_NAMES[self.sampling]
+
+    @property
+    def sensitivity_multiple(self) -> int:
+        """How many clip norms one neighbouring change moves the sum by: 2 under replace-one."""
+        return 2 if self.sampling == "fixed" else 1
+
     def dp_event(self) -> dp_accounting.DpEvent:
-        """The dp-accounting event for this round."""
+        """The dp-accounting event for this round (the Gaussian's z over the relation's sensitivity)."""
         if self.noise_multiplier == 0:
             return dp_accounting.NonPrivateDpEvent()
-        gauss = dp_accounting.GaussianDpEvent(self.noise_multiplier)
+        gauss = dp_accounting.GaussianDpEvent(self.noise_multiplier / self.sensitivity_multiple)
         if self.sampling == "none" or (self.sampling == "poisson" and self.sampling_rate == 1):
             return gauss
         if self.sampling == "poisson":
@@ -190,6 +204,11 @@ class PrivacyAccountant:
     def events(self) -> tuple[RoundEvent, ...]:
         """The recorded rounds, oldest first."""
         return tuple(self._events)
+
+    @property
+    def relation(self) -> str:
+        """The neighbouring relation every recorded round is accounted under (printed name)."""
+        return self._events[-1].relation if self._events else RELATION_NAMES["poisson"]
 
     def record(self, event: RoundEvent) -> None:
         """Add one round; refuses an event that cannot compose with those already recorded."""

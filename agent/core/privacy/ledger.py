@@ -32,6 +32,9 @@ from agent.core.privacy.discrete import DiscreteNoisePlan, accounted_noise
 log = logging.getLogger(__name__)
 
 TABLE = "privacy_ledger"
+#: The ledger's figure is for adding or removing this device's data: one local report still tells
+#: +u from -u beyond it (a replace-one pair moves the report by 2C; see docs/privacy.md).
+LEDGER_RELATION = "add-or-remove-one"
 
 
 @dataclasses.dataclass(frozen=True)
