@@ -102,12 +102,14 @@ def quant_range(cfg: TrainingConfig, clip_norm: float | None = None) -> float:
 
 
 def make_plan(
-    cfg: TrainingConfig, model_version: str, cohort_size: int, population: int, clip_norm: float | None = None
+    cfg: TrainingConfig, model_version: str, cohort_size: int, population: int, clip_norm: float | None = None,
+    sampling_rate: float | None = None,
 ) -> RoundPlan:
     """The plan for a round with ``cohort_size`` selected devices out of ``population``.
 
     ``clip_norm`` is the round's current C under adaptive clipping (the previous round's
-    ``RoundOutcome.next_clip_norm``); None means ``cfg.clip_norm``.
+    ``RoundOutcome.next_clip_norm``); None means ``cfg.clip_norm``. ``sampling_rate`` is the
+    Poisson rate the cohort was drawn with; None means a fixed-size draw, ``cohort_size / population``.
     """
     if cohort_size < 1 or population < cohort_size:
         raise ConfigError(f"cohort of {cohort_size} out of a population of {population}")
@@ -140,7 +142,7 @@ def make_plan(
         quant_scale=scale,
         quant_range=r,
         secagg=cfg.secagg,
-        sampling_rate=min(1.0, cohort_size / population),
+        sampling_rate=min(1.0, cohort_size / population) if sampling_rate is None else sampling_rate,
         delta=cfg.delta,
         deadline_s=cfg.train_deadline_s,
         dp_denominator=0 if cfg.dp_mode == "off" else min(cfg.expected_reports or cfg.goal, cohort_size),

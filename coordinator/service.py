@@ -278,17 +278,23 @@ class CoordinatorService:
         eligible = sorted(d for d, c in self._checkins.items() if c.eligible and d in active)
         # devices that declined for lack of privacy budget are never selected again (kept in SQLite)
         eligible = selectable_devices(store.db, eligible, {}, math.inf)
-        cohort = select_cohort(eligible, tcfg.goal, tcfg.over_selection, self.rng)
-        if len(cohort) < tcfg.min_cohort:
+        # Poisson sampling among the eligible check-ins: the accountant's rate is the rate each of
+        # them was drawn with (only they could have been selected), not a share of the enrolled fleet
+        drawn = select_cohort(eligible, tcfg.goal, tcfg.over_selection, self.rng)
+        cohort = list(drawn.members)
+        if len(eligible) < tcfg.min_cohort:
             return self._abandon_early(
                 rid, model, f"check-in: {len(eligible)} eligible devices checked in, minimum cohort is {tcfg.min_cohort}"
             )
-        # the sampling rate the accountant uses is the cohort's share of the devices it was drawn
-        # from (eligible check-ins), not of the enrolled fleet: only those could have been selected
-        population = max(len(eligible), len(cohort))
+        if len(cohort) < tcfg.min_cohort:
+            return self._abandon_early(
+                rid, model, f"selection: {len(cohort)} of {len(eligible)} eligible devices drawn at rate "
+                f"{drawn.sampling_rate:.3g}, minimum cohort is {tcfg.min_cohort}",
+            )
         # adaptive clipping: this round's C is what the last completed round chose (kept in the store)
         clip = store.latest_next_clip_norm() if tcfg.adaptive is not None else None
-        plan = make_plan(tcfg, model.version, len(cohort), population, clip_norm=clip)
+        plan = make_plan(tcfg, model.version, len(cohort), drawn.population, clip_norm=clip,
+                         sampling_rate=drawn.sampling_rate)
         event = None
         if self.budget is not None:
             event = self._round_event(plan, model.weights.size)

@@ -138,11 +138,20 @@ def test_over_selection_and_sampling() -> None:
     assert over_selected(10, 1.3) == 13 and over_selected(1, 1.0) == 1
     rng = np.random.default_rng(0)
     cands = [f"d{i}" for i in range(100)]
-    picks = [select_cohort(cands, 10, 1.3, rng) for _ in range(2000)]
-    assert all(len(p) == 13 and len(set(p)) == 13 for p in picks)
+    drawn = [select_cohort(cands, 10, 1.3, rng) for _ in range(2000)]
+    assert all(c.sampling_rate == 0.13 and c.population == 100 for c in drawn)
+    picks = [c.members for c in drawn]
+    assert all(len(set(p)) == len(p) for p in picks)
     freq = np.bincount([int(d[1:]) for d in itertools.chain(*picks)], minlength=100) / 2000
-    assert np.allclose(freq, 0.13, atol=0.035)  # uniform: each device ~13% (4 sigma at n=2000)
-    assert sorted(select_cohort(cands[:5], 10, 1.3, rng)) == sorted(cands[:5])
+    assert np.allclose(freq, 0.13, atol=0.035)  # each device ~13% (4 sigma at n=2000)
+    # Poisson, not fixed-size: the cohort size is Binomial(100, 0.13) (mean 13, variance 11.3),
+    # and two devices join independently (P(both) = q^2 within 4 sigma)
+    sizes = np.array([len(p) for p in picks])
+    assert abs(sizes.mean() - 13) < 0.3 and 9.5 < sizes.var() < 13.5
+    both = np.mean([("d0" in p) and ("d1" in p) for p in picks])
+    assert abs(both - 0.13**2) < 4 * np.sqrt(0.13**2 / 2000)
+    small = select_cohort(cands[:5], 10, 1.3, rng)
+    assert sorted(small.members) == sorted(cands[:5]) and small.sampling_rate == 1.0
 
 
 def test_plain_uploads_outside_the_quantization_range_are_refused() -> None:
