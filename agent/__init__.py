@@ -1,4 +1,7 @@
-"""fedge agent: the on-device daemon and the protocol core both sides speak (``agent.core``)."""
+"""fedge agent: the on-device daemon and the protocol core both sides speak (``fedge.agent.core``)."""
+
+if __name__ != "fedge.agent":  # one module, one name: the repository folder is never a top-level package
+    raise ImportError(f"import fedge.agent, not {__name__}: fedge installs one top-level name, fedge")
 
 
 def __getattr__(name: str) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from agent.core.cliutil import logging_options, run
-from agent.core.errors import ConfigError
-from agent.core.profiles import load_profile
+from fedge.agent.core.cliutil import logging_options, run
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.profiles import load_profile
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,9 +56,9 @@ def data_import(file: str, model: str, split: str, test_fraction: float, db: str
     """Import FILE (.npz with arrays x, y; or .csv/.csv.gz with the label last) into the store."""
     import numpy as np
 
-    from agent.local_data import import_examples
-    from agent.store import Store
-    from agent.training.models import load_spec
+    from fedge.agent.local_data import import_examples
+    from fedge.agent.store import Store
+    from fedge.agent.training.models import load_spec
 
     with Store(db) as store:
         r = import_examples(store, file, load_spec(model), split=split, test_fraction=test_fraction, rng=np.random.default_rng())
@@ -71,8 +71,8 @@ def data_stats(db: str) -> None:
     """Print the number of examples, shapes and label counts per split, as JSON."""
     import json
 
-    from agent.local_data import example_stats
-    from agent.store import Store
+    from fedge.agent.local_data import example_stats
+    from fedge.agent.store import Store
 
     with Store(db) as store:
         click.echo(json.dumps(example_stats(store), indent=2))
@@ -90,8 +90,8 @@ def privacy_status(db: str, delta: float) -> None:
     """Print the number of contributions and the epsilon spent so far, as JSON."""
     import json
 
-    from agent.core.privacy.ledger import LEDGER_RELATION, DeviceLedger
-    from agent.store import Store
+    from fedge.agent.core.privacy.ledger import LEDGER_RELATION, DeviceLedger
+    from fedge.agent.store import Store
 
     with Store(db) as store:
         ledger = DeviceLedger(store.db)
@@ -125,13 +125,13 @@ def run_agent(ctx: click.Context, profile: str, device_id: str | None, db: str |
     """Run the agent daemon until SIGTERM/SIGINT: check in, train when eligible, upload exactly once."""
     import sys
 
-    from agent.core.errors import FedgeError
+    from fedge.agent.core.errors import FedgeError
 
     # sqlite-utils imports pandas when it is installed; the daemon never uses it (RSS budget).
     if "pandas" not in sys.modules:
         sys.modules["pandas"] = None  # type: ignore[assignment]
-    from agent.config import resolve
-    from agent.daemon import AgentDaemon
+    from fedge.agent.config import resolve
+    from fedge.agent.daemon import AgentDaemon
 
     try:
         cfg = resolve(profile, device_id=device_id, db_path=db, broker_url=broker, data_path=data,
@@ -152,9 +152,9 @@ def run_agent(ctx: click.Context, profile: str, device_id: str | None, db: str |
 @click.option("--release-key", "release_keys", multiple=True, help="Release key (hex) to trust for model releases (repeatable).")
 def init(profile: str, device_id: str, db: str | None, authority: str | None, release_keys: tuple[str, ...] = ()) -> None:
     """Create the store and the device's Ed25519 identity (kept if it exists); print the public key."""
-    from agent.config import resolve
-    from agent.identity import load_or_create, set_authority
-    from agent.store import Store
+    from fedge.agent.config import resolve
+    from fedge.agent.identity import load_or_create, set_authority
+    from fedge.agent.store import Store
 
     cfg = resolve(profile, device_id=device_id, db_path=db, authority_hex=authority)
     with Store(cfg.db_path) as store:
@@ -162,7 +162,7 @@ def init(profile: str, device_id: str, db: str | None, authority: str | None, re
         if authority:
             set_authority(store.db, bytes.fromhex(authority))
         if release_keys:
-            from agent.releases import trust_release_keys
+            from fedge.agent.releases import trust_release_keys
 
             trust_release_keys(store.db, device_id, release_keys)
     click.echo(f"{device_id} {key.public_bytes().hex()}")
@@ -173,9 +173,9 @@ def init(profile: str, device_id: str, db: str | None, authority: str | None, re
 @db_override
 def identity_cmd(profile: str, db: str | None) -> None:
     """Print the device id and its identity public key (hex), for enrollment."""
-    from agent.config import resolve
-    from agent.identity import load
-    from agent.store import Store
+    from fedge.agent.config import resolve
+    from fedge.agent.identity import load
+    from fedge.agent.store import Store
 
     cfg = resolve(profile, db_path=db)
     with Store(cfg.db_path) as store:
@@ -190,9 +190,9 @@ def status(profile: str, db: str | None) -> None:
     """Print the latest round states, the outbox length and the epsilon spent, as JSON."""
     import json
 
-    from agent.config import resolve
-    from agent.status import agent_status
-    from agent.store import Store
+    from fedge.agent.config import resolve
+    from fedge.agent.status import agent_status
+    from fedge.agent.store import Store
 
     cfg = resolve(profile, db_path=db)
     with Store(cfg.db_path) as store:

@@ -9,10 +9,10 @@ import dataclasses
 import os
 from urllib.parse import urlsplit
 
-from agent.core.errors import ConfigError
-from agent.core.profiles import DeviceProfile, load_profile
-from agent.core.topics import check_device_id
-from agent.core.transport.base import MQTT_5, TransportConfig
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.profiles import DeviceProfile, load_profile
+from fedge.agent.core.topics import check_device_id
+from fedge.agent.core.transport.base import MQTT_5, TransportConfig
 
 LOG_FORMATS = ("text", "json")
 

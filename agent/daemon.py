@@ -22,22 +22,22 @@ from typing import Any
 
 import numpy as np
 
-from agent import eligibility as elig
-from agent import identity as ident
-from agent.config import AgentConfig
-from agent.core import topics, wire
-from agent.core.errors import BudgetExhausted, ConfigError, FedgeError, ProtocolError, TrainingError, TransportError, WireError
-from agent.core.messages.device import DeviceStatus
-from agent.core.messages.rounds import CheckIn, Decline, RoundAnnounce, RoundEnd, RoundPlan, Task
-from agent.core.privacy.ledger import Contribution, DeviceLedger
-from agent.core.privacy.rng import os_generator
-from agent.core.transport import Inbound, Transport, TransportConfig, open_transport
-from agent.model_cache import ModelCache
-from agent.outbox import Outbox
-from agent.participant import LocalResult, Participant
-from agent.releases import FLEET_COMMANDS, LocalEvaluator, ReleaseManager, outbox_key
-from agent.round_state import RoundStates
-from agent.store import Store
+from fedge.agent import eligibility as elig
+from fedge.agent import identity as ident
+from fedge.agent.config import AgentConfig
+from fedge.agent.core import topics, wire
+from fedge.agent.core.errors import BudgetExhausted, ConfigError, FedgeError, ProtocolError, TrainingError, TransportError, WireError
+from fedge.agent.core.messages.device import DeviceStatus
+from fedge.agent.core.messages.rounds import CheckIn, Decline, RoundAnnounce, RoundEnd, RoundPlan, Task
+from fedge.agent.core.privacy.ledger import Contribution, DeviceLedger
+from fedge.agent.core.privacy.rng import os_generator
+from fedge.agent.core.transport import Inbound, Transport, TransportConfig, open_transport
+from fedge.agent.model_cache import ModelCache
+from fedge.agent.outbox import Outbox
+from fedge.agent.participant import LocalResult, Participant
+from fedge.agent.releases import FLEET_COMMANDS, LocalEvaluator, ReleaseManager, outbox_key
+from fedge.agent.round_state import RoundStates
+from fedge.agent.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def contribution_for(round_id: int, plan: RoundPlan, dimension: int) -> Contribu
     """The device-level privacy event of sending this round's update, as the plan privatizes it."""
     z, offset = plan.noise_multiplier, 0.0
     if plan.dp_mode == "distributed":
-        from agent.core.privacy.discrete import accounted_noise
-        from agent.core.update import noise_plan, privacy_config
+        from fedge.agent.core.privacy.discrete import accounted_noise
+        from fedge.agent.core.update import noise_plan, privacy_config
 
         # with adaptive clipping: the total z of the update and clip-bit queries, not z_Delta
         z, offset = accounted_noise(privacy_config(plan), noise_plan(plan, dimension))
@@ -384,7 +384,7 @@ class AgentDaemon:
             return
         factory = directory = None
         if task.plan.secagg and self.authority is not None:
-            from agent.secure import PeerDirectory, secagg_factory
+            from fedge.agent.secure import PeerDirectory, secagg_factory
 
             directory = PeerDirectory(self.authority)
             factory = secagg_factory(self.device_id, self.identity, directory)
@@ -435,15 +435,15 @@ class AgentDaemon:
     # ------------------------------------------------------------------ training
 
     def _load_data(self) -> None:
-        from agent.training.models import load_spec
+        from fedge.agent.training.models import load_spec
 
         self.spec = load_spec(self.profile.model.name)
         if self.config.data_path:
-            from agent.local_data import read_examples
+            from fedge.agent.local_data import read_examples
 
             x, y = read_examples(self.config.data_path, self.spec)
         else:
-            from agent.local_data import load_examples
+            from fedge.agent.local_data import load_examples
 
             x, y = load_examples(self.store, "train", self.spec)
         self._data = (x, y.astype(np.int32))
@@ -477,7 +477,7 @@ class AgentDaemon:
             raise TrainingError("not eligible: " + "; ".join(e.reasons))
         self.models.put(plan.model_version, task.weights)
         if self._trainer is None:
-            from agent.training.trainer import Trainer
+            from fedge.agent.training.trainer import Trainer
 
             self._trainer = Trainer(self.spec, num_threads=self.profile.compute.threads)
         x, y = self._data

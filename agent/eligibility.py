@@ -12,7 +12,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from agent.core.profiles import Eligibility as EligibilityRules
+from fedge.agent.core.profiles import Eligibility as EligibilityRules
 
 _LINE_POWER = {"Mains", "USB", "USB_C", "USB_PD", "USB_DCP", "USB_CDP", "USB_ACA", "Wireless"}
 _CHARGING = {"Charging", "Full"}

@@ -6,9 +6,9 @@ import time
 
 import sqlite_utils
 
-from agent.core.crypto.identity import IdentityKey
-from agent.core.errors import ConfigError
-from agent.core.topics import check_device_id
+from fedge.agent.core.crypto.identity import IdentityKey
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.topics import check_device_id
 
 TABLE = "identity"
 

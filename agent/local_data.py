@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.core.errors import ConfigError, TrainingError
-from agent.store import Store
-from agent.training.models import ModelSpec
+from fedge.agent.core.errors import ConfigError, TrainingError
+from fedge.agent.store import Store
+from fedge.agent.training.models import ModelSpec
 
 SPLITS = ("train", "test")
 _BATCH = 1000

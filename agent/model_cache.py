@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import sqlite_utils
 
-from agent.core.errors import TrainingError
+from fedge.agent.core.errors import TrainingError
 
 TABLE = "model_cache"
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-from agent.core.errors import TransportError
+from fedge.agent.core.errors import TransportError
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from agent.core.errors import BudgetExhausted, FedgeError, ProtocolError
-from agent.core.messages.rounds import Decline, Peers, PlainUpdate, Task
-from agent.core.messages.secagg import SecAggConfig
-from agent.core.update import EncodedUpdate, encode_update
+from fedge.agent.core.errors import BudgetExhausted, FedgeError, ProtocolError
+from fedge.agent.core.messages.rounds import Decline, Peers, PlainUpdate, Task
+from fedge.agent.core.messages.secagg import SecAggConfig
+from fedge.agent.core.update import EncodedUpdate, encode_update
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
-from agent.core import wire
-from agent.core.errors import FedgeError, ProtocolError, SecurityError
-from agent.core.messages.fleet import (
+from fedge.agent.core import wire
+from fedge.agent.core.errors import FedgeError, ProtocolError, SecurityError
+from fedge.agent.core.messages.fleet import (
     InstallCommand,
     InstallReport,
     InstallResult,
@@ -31,7 +31,7 @@ from agent.core.messages.fleet import (
     RollbackCommand,
     SignedRelease,
 )
-from agent.core.release import ReleaseManifest, apply_rotation, key_id, verify_signed
+from fedge.agent.core.release import ReleaseManifest, apply_rotation, key_id, verify_signed
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,9 @@ class LocalEvaluator:
         self._trainers: dict[str, Any] = {} if trainers is None else trainers  # may be shared in one thread
 
     def __call__(self, manifest: ReleaseManifest, weights: np.ndarray) -> tuple[float, int] | None:
-        from agent.local_data import load_examples
-        from agent.training.models import load_spec
-        from agent.training.trainer import Trainer
+        from fedge.agent.local_data import load_examples
+        from fedge.agent.training.models import load_spec
+        from fedge.agent.training.trainer import Trainer
 
         trainer = self._trainers.get(manifest.architecture)
         if trainer is None:
@@ -161,7 +161,7 @@ class ReleaseManager:
             return None
         rel = wire.decode(bytes(row[0]), expect=SignedRelease)
         # re-check the stored bytes against the signed hash (not the key: it may have been retired since)
-        from agent.core.release import weights_sha256
+        from fedge.agent.core.release import weights_sha256
 
         if weights_sha256(rel.weights) != rel.manifest.sha256:
             raise SecurityError("stored release is corrupt")
@@ -330,7 +330,7 @@ def outbox_key(report: InstallReport) -> str:
 
 def trust_release_keys(db: sqlite_utils.Database, device_id: str, keys_hex: tuple[str, ...] | list[str]) -> list[str]:
     """Trust release public keys given at enrollment (hex); ConfigError for a malformed one."""
-    from agent.core.errors import ConfigError
+    from fedge.agent.core.errors import ConfigError
 
     out = []
     for k in keys_hex:

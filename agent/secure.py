@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from agent.core.certs import verify_certificate
-from agent.core.crypto import AgreementKey, IdentityKey, exchange, verify
-from agent.core.errors import ProtocolError
-from agent.core.messages.rounds import Peers, Task
-from agent.core.secagg.client import SecAggClient
+from fedge.agent.core.certs import verify_certificate
+from fedge.agent.core.crypto import AgreementKey, IdentityKey, exchange, verify
+from fedge.agent.core.errors import ProtocolError
+from fedge.agent.core.messages.rounds import Peers, Task
+from fedge.agent.core.secagg.client import SecAggClient
 
 log = logging.getLogger(__name__)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from agent import identity
-from agent.core.privacy.ledger import LEDGER_RELATION, DeviceLedger
-from agent.model_cache import ModelCache
-from agent.outbox import Outbox
-from agent.round_state import RoundStates
-from agent.store import Store
+from fedge.agent import identity
+from fedge.agent.core.privacy.ledger import LEDGER_RELATION, DeviceLedger
+from fedge.agent.model_cache import ModelCache
+from fedge.agent.outbox import Outbox
+from fedge.agent.round_state import RoundStates
+from fedge.agent.store import Store
 
 
 def agent_status(store: Store, *, delta: float, rounds: int = 5) -> dict[str, Any]:

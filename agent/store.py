@@ -10,9 +10,9 @@ from pathlib import Path
 
 import sqlite_utils
 
-from agent import identity, model_cache, outbox, releases, round_state
-from agent.core import migrations
-from agent.core.privacy import ledger as privacy_ledger
+from fedge.agent import identity, model_cache, outbox, releases, round_state
+from fedge.agent.core import migrations
+from fedge.agent.core.privacy import ledger as privacy_ledger
 
 
 def _m001_examples(db: sqlite_utils.Database) -> None:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from coordinator.broker import EmbeddedBroker, free_port  # noqa: E402
+from fedge.coordinator.service.broker import EmbeddedBroker, free_port  # noqa: E402
 from tests.agent_fixtures import (  # noqa: E402
     FakeSysfs, MiniCoordinator, agent_cmd, db_rows, digits_npz, start_agent, stop, wait_for, write_profile,
 )
@@ -40,7 +40,7 @@ DEV = "bench-dev"
 _HWM = "import re; print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)))"
 BASELINE = "import numpy, tflite_runtime.interpreter; " + _HWM
 TRAIN_ONLY = (
-    "import sys, numpy as np; from agent.training.models import load_spec; from agent.training.trainer import Trainer; "
+    "import sys, numpy as np; from fedge.agent.training.models import load_spec; from fedge.agent.training.trainer import Trainer; "
     "d = np.load(sys.argv[1]); t = Trainer(load_spec('mlp'), num_threads=1); "
     "t.train(t.initial_weights(), d['x'], d['y'].astype(np.int32), epochs=int(sys.argv[2]), batch_size=16, "
     "learning_rate=0.1, rng=np.random.default_rng(0)); " + _HWM
@@ -62,9 +62,9 @@ MINIMAL_FLOOR = "import msgpack, nacl.bindings, paho.mqtt.client, sqlite3, loggi
 IMPORT_GROUPS = {
     "sqlite_utils (pandas blocked)": "import sys; sys.modules['pandas'] = None; import sqlite_utils",
     "paho_mqtt": "import paho.mqtt.client",
-    "crypto (pynacl)": "import agent.core.crypto",
+    "crypto (pynacl)": "import fedge.agent.core.crypto",
     "dp_accounting (scipy; the daemon never imports it)": "import dp_accounting",
-    "whole daemon module": "import sys; sys.modules['pandas'] = None; import agent.daemon",
+    "whole daemon module": "import sys; sys.modules['pandas'] = None; import fedge.agent.daemon",
 }
 
 

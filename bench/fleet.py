@@ -19,15 +19,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.core.crypto import IdentityKey  # noqa: E402
-from agent.core.messages.fleet import InstallReport, InstallResult  # noqa: E402
-from agent.training.models import load_spec  # noqa: E402
-from agent.training.trainer import Trainer  # noqa: E402
-from coordinator.enrollment import list_devices  # noqa: E402
-from coordinator.fleet import FleetController, create_rollout  # noqa: E402
-from coordinator.releases import create_release  # noqa: E402
-from coordinator.rollouts import Spec, Target  # noqa: E402
-from coordinator.store import Store  # noqa: E402
+from fedge.agent.core.crypto import IdentityKey  # noqa: E402
+from fedge.agent.core.messages.fleet import InstallReport, InstallResult  # noqa: E402
+from fedge.agent.training.models import load_spec  # noqa: E402
+from fedge.agent.training.trainer import Trainer  # noqa: E402
+from fedge.coordinator.service.enrollment import list_devices  # noqa: E402
+from fedge.coordinator.fleet.controller import FleetController, create_rollout  # noqa: E402
+from fedge.coordinator.fleet.releases import create_release  # noqa: E402
+from fedge.coordinator.fleet.rollouts import Spec, Target  # noqa: E402
+from fedge.coordinator.store import Store  # noqa: E402
 
 
 def best_of(f, n: int = 3) -> float:

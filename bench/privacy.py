@@ -20,10 +20,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.core.privacy.accounting import PrivacyAccountant, RoundEvent, epsilon, epsilon_of_events  # noqa: E402
-from agent.core.privacy.config import PrivacyConfig  # noqa: E402
-from agent.core.privacy.discrete import DiscreteNoisePlan, add_noise_share  # noqa: E402
-from agent.core.privacy.noise import privatize  # noqa: E402
+from fedge.coordinator.rounds.accounting import PrivacyAccountant, RoundEvent, epsilon, epsilon_of_events  # noqa: E402
+from fedge.agent.core.privacy.config import PrivacyConfig  # noqa: E402
+from fedge.agent.core.privacy.discrete import DiscreteNoisePlan, add_noise_share  # noqa: E402
+from fedge.agent.core.privacy.noise import privatize  # noqa: E402
 
 D = 100_000
 

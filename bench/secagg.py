@@ -28,14 +28,14 @@ sys.path.insert(0, str(ROOT))
 
 import nacl.bindings as nb  # noqa: E402
 
-from agent.core.crypto import IdentityKey  # noqa: E402
-from agent.core.crypto.keystream import expand_into  # noqa: E402
-from agent.core.secagg.client import SecAggClient  # noqa: E402
-from agent.core.secagg.loopback import run_round  # noqa: E402
-from agent.core.secagg.params import derive_params, params_bounds  # noqa: E402
-from agent.core.secagg.quantize import check_no_wrap  # noqa: E402
-from agent.core.secagg.server import SecAggServer  # noqa: E402
-from agent.core.secagg.stages import ORDER  # noqa: E402
+from fedge.agent.core.crypto import IdentityKey  # noqa: E402
+from fedge.agent.core.crypto.keystream import expand_into  # noqa: E402
+from fedge.agent.core.secagg.client import SecAggClient  # noqa: E402
+from fedge.agent.core.secagg.loopback import run_round  # noqa: E402
+from fedge.agent.core.secagg.params import derive_params, params_bounds  # noqa: E402
+from fedge.agent.core.secagg.quantize import check_no_wrap  # noqa: E402
+from fedge.agent.core.secagg.server import SecAggServer  # noqa: E402
+from fedge.agent.core.secagg.stages import ORDER  # noqa: E402
 
 
 # Primitive rates use CPU time of this (single-threaded) process, the best of several samples:

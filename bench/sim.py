@@ -30,8 +30,8 @@ def _case(population: int, per_round: int, rounds: int, secure: bool, workers: i
     """Run one configuration in this process; seconds per round and the process tree's peak RSS."""
     import psutil
 
-    from simulations import runner
-    from simulations.config import SimConfig
+    from fedge.simulations import runner
+    from fedge.simulations.config import SimConfig
 
     me = psutil.Process()
     peak = [0]

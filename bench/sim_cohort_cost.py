@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simulations import runner  # noqa: E402
-from simulations.config import SimConfig  # noqa: E402
+from fedge.simulations import runner  # noqa: E402
+from fedge.simulations.config import SimConfig  # noqa: E402
 
 COHORT = 1000
 ROUNDS = 4

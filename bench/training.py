@@ -22,9 +22,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.training.models import load_spec  # noqa: E402
-from agent.training.runtime import load_interpreter, runtime_name  # noqa: E402
-from agent.training.trainer import Trainer  # noqa: E402
+from fedge.agent.training.models import load_spec  # noqa: E402
+from fedge.agent.training.runtime import load_interpreter, runtime_name  # noqa: E402
+from fedge.agent.training.trainer import Trainer  # noqa: E402
 
 BATCH = 32
 STEPS = 300
@@ -63,8 +63,8 @@ BASE_PROC = "import numpy, {mod}\n" + PEAK
 TRAIN_PROC = """
 import sys, numpy as np
 sys.path.insert(0, {root!r})
-from agent.training.models import load_spec
-from agent.training.trainer import Trainer
+from fedge.agent.training.models import load_spec
+from fedge.agent.training.trainer import Trainer
 spec = load_spec({name!r}); rng = np.random.default_rng(0)
 x = rng.uniform(0, 1, (2000, *spec.input_shape)).astype(np.float32); y = rng.integers(0, 10, 2000)
 t = Trainer(spec); r = t.train(t.initial_weights(), x, y, epochs=2, batch_size=32, learning_rate=0.01, rng=rng)

@@ -15,11 +15,11 @@ import threading
 import time
 from pathlib import Path
 
-from agent.core import topics
-from agent.core.transport import InMemoryBroker, InMemoryTransport, TransportConfig
-from agent.core.transport.base import MQTT_311
-from agent.core.transport.mqtt import MqttTransport
-from coordinator.broker import EmbeddedBroker, free_port
+from fedge.agent.core import topics
+from fedge.agent.core.transport import InMemoryBroker, InMemoryTransport, TransportConfig
+from fedge.agent.core.transport.base import MQTT_311
+from fedge.agent.core.transport.mqtt import MqttTransport
+from fedge.coordinator.service.broker import EmbeddedBroker, free_port
 from tests.transport_fixtures import payload
 
 

@@ -1,6 +1,6 @@
 """Coordinator store migrations for fleet operations: releases and their keys, rollouts, pins.
 
-Kept apart from the modules that use the tables so :mod:`coordinator.store` can list them
+Kept apart from the modules that use the tables so :mod:`fedge.coordinator.store` can list them
 without importing release or rollout code.
 """
 

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
-from agent.core import migrations
-from agent.core.errors import ProtocolError
-from coordinator import fleet_schema
+from fedge.agent.core import migrations
+from fedge.agent.core.errors import ProtocolError
+from fedge.coordinator import fleet_schema
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from agent.core.cliutil import logging_options, run
+from fedge.agent.core.cliutil import logging_options, run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,9 +46,9 @@ def cli() -> None:
               help="Write summary.json, rounds.csv and plots to this directory.")
 def run_command(profiles: str, profiles_dir: Path | None, **options: object) -> None:
     """Simulate federated training of a fleet and report accuracy, privacy and cost per round."""
-    from simulations import runner
-    from simulations.config import SimConfig
-    from simulations.population import DEFAULT_PROFILE_DIR, parse_profile_mix
+    from fedge.simulations import runner
+    from fedge.simulations.config import SimConfig
+    from fedge.simulations.population import DEFAULT_PROFILE_DIR, parse_profile_mix
 
     config = SimConfig(profiles=parse_profile_mix(profiles) if profiles else (), **options)  # type: ignore[arg-type]
     summary = runner.run(config, profile_dir=profiles_dir or DEFAULT_PROFILE_DIR)

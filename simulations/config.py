@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from agent.core.errors import ConfigError
-from simulations.datasets import parse_dataset_spec
-from simulations.partition import parse_partition_spec
+from fedge.agent.core.errors import ConfigError
+from fedge.simulations.datasets import parse_dataset_spec
+from fedge.simulations.partition import parse_partition_spec
 
 DP_MODES = ("off", "local", "distributed")
 MODELS = ("logreg", "mlp", "cnn")

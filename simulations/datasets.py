@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.core.errors import ConfigError
+from fedge.agent.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The driver samples the cohort and draws its behaviour; a :data:`RoundEngine` does the rest of the
 round (local training, privacy, masking, aggregation, accounting) and returns a :class:`RoundWork`.
-The protocol engine of :mod:`simulations.protocol` is the default; tests and studies may pass another.
+The protocol engine of :mod:`fedge.simulations.protocol` is the default; tests and studies may pass another.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulations.federation import Federation
-from simulations.population import RoundBehaviour
+from fedge.simulations.federation import Federation
+from fedge.simulations.population import RoundBehaviour
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulations.datasets import ArrayDataset, Dataset, SyntheticDataset
-from simulations.partition import Partition, PartitionSpec, SplitPartition, make_partition
+from fedge.simulations.datasets import ArrayDataset, Dataset, SyntheticDataset
+from fedge.simulations.partition import Partition, PartitionSpec, SplitPartition, make_partition
 
 log = logging.getLogger(__name__)
 

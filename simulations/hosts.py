@@ -2,9 +2,9 @@
 
 A :class:`DeviceHost` holds the :class:`agent.participant.Participant` of each device in its
 shard for one round and answers batches of coordinator messages with the devices' replies. Every
-frame between driver and host is msgpack of plain values and raw :mod:`agent.core.wire` blobs:
+frame between driver and host is msgpack of plain values and raw :mod:`fedge.agent.core.wire` blobs:
 nothing is pickled, so a host may live in this process, in a worker process
-(:class:`ProcessPool`) or on a Ray actor (:mod:`simulations.rayhosts`) with identical results.
+(:class:`ProcessPool`) or on a Ray actor (:mod:`fedge.simulations.rayhosts`) with identical results.
 
 Each device's randomness comes from ``(round root, device index)`` alone, so which host runs a
 device, and in which order replies reach the coordinator, change no number.
@@ -26,12 +26,12 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from agent.core import wire
-from agent.core.crypto import AgreementMemo, IdentityKey, SignatureMemo
-from agent.core.errors import ConfigError, ProtocolError, SecurityError, TransportError
-from agent.core.messages.rounds import Task
-from agent.participant import LocalResult, Participant
-from agent.secure import PeerDirectory, secagg_factory
+from fedge.agent.core import wire
+from fedge.agent.core.crypto import AgreementMemo, IdentityKey, SignatureMemo
+from fedge.agent.core.errors import ConfigError, ProtocolError, SecurityError, TransportError
+from fedge.agent.core.messages.rounds import Task
+from fedge.agent.participant import LocalResult, Participant
+from fedge.agent.secure import PeerDirectory, secagg_factory
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class LocalPool(HostPool):
 
 def _host_main(conn: Connection) -> None:
     """A worker process: build the world from the recipe frame, then answer frames until ``stop``."""
-    from simulations.world import build_host  # late: the worker imports the simulator itself
+    from fedge.simulations.world import build_host  # late: the worker imports the simulator itself
 
     try:
         host = build_host(unpack(conn.recv_bytes()))
@@ -254,7 +254,7 @@ def _host_main(conn: Connection) -> None:
 class ProcessPool(HostPool):
     """``workers`` worker processes (fresh interpreters: nothing forked, nothing pickled), each a device host.
 
-    Each worker runs ``python -m simulations.hosts FD`` on one end of a socket pair; ``recipe``
+    Each worker runs ``python -m fedge.simulations.hosts FD`` on one end of a socket pair; ``recipe``
     (plain values) tells it how to rebuild the federation and the trainer.
     """
 
@@ -267,7 +267,7 @@ class ProcessPool(HostPool):
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
         for _ in range(workers):
             ours, theirs = socket.socketpair()
-            proc = subprocess.Popen([sys.executable, "-m", "simulations.hosts", str(theirs.fileno())],
+            proc = subprocess.Popen([sys.executable, "-m", "fedge.simulations.hosts", str(theirs.fileno())],
                                     pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
             theirs.close()
             conn = Connection(ours.detach())
@@ -321,7 +321,7 @@ class ProcessPool(HostPool):
         self._conns, self._procs = [], []
 
 
-if __name__ == "__main__":  # a worker of ProcessPool: python -m simulations.hosts FD
+if __name__ == "__main__":  # a worker of ProcessPool: python -m fedge.simulations.hosts FD
     import signal
 
     # Ctrl-C reaches the whole process group: the driver stops its workers (or they see EOF)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.core.errors import ConfigError
+from fedge.agent.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.core.errors import ConfigError
-from agent.core.profiles import SimulationTraits, load_profile
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.profiles import SimulationTraits, load_profile
 
 log = logging.getLogger(__name__)
 

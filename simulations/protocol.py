@@ -1,7 +1,7 @@
 """The protocol round engine of the simulator: fedge's own agent and coordinator code, in memory.
 
 Every cohort member is an :class:`agent.participant.Participant` (training, clipping, noise,
-quantization, SecAgg+ client) living on a device host (:mod:`simulations.hosts`: in this
+quantization, SecAgg+ client) living on a device host (:mod:`fedge.simulations.hosts`: in this
 process, on worker processes, or on Ray actors); the coordinator side, in this process, is
 :class:`coordinator.engine.RoundEngine` with :class:`coordinator.secure.SecureAggregation` (or
 plain aggregation). Every message crosses as real wire bytes, so bytes up and down are counted
@@ -22,18 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from agent.core import wire
-from agent.core.errors import ProtocolError
-from agent.core.privacy.accounting import PrivacyAccountant, round_event_for
-from agent.core.update import noise_plan, privacy_config
-from agent.core.secagg.quantize import max_abs_int
-from coordinator.engine import Outbound, PlainAggregation, RoundEngine, RoundSettings, RoundStatus, expected_length
-from coordinator.plan import TrainingConfig, make_plan
-from coordinator.secure import SecureAggregation
-from simulations.engine import RoundWork
-from simulations.federation import Federation
-from simulations.hosts import DeviceHost, HostPool, LocalPool, pack, unpack
-from simulations.population import NO_DROP, STAGES, RoundBehaviour
+from fedge.agent.core import wire
+from fedge.agent.core.errors import ProtocolError
+from fedge.coordinator.rounds.accounting import PrivacyAccountant
+from fedge.agent.core.messages.common import Outbound
+from fedge.coordinator.rounds.engine import RoundStatus
+from fedge.coordinator.rounds.builder import Draw, SecureRisk, build_round
+from fedge.coordinator.rounds.plan import TrainingConfig
+from fedge.coordinator.rounds.secure import SecureAggregation
+from fedge.simulations.engine import RoundWork
+from fedge.simulations.federation import Federation
+from fedge.simulations.hosts import DeviceHost, HostPool, LocalPool, pack, unpack
+from fedge.simulations.population import NO_DROP, STAGES, RoundBehaviour
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ class ProtocolSettings:
     #: expected dropout and assumed corrupt fraction, from which SecAgg+ derives k and t
     dropout_rate: float = 0.05
     corrupt_fraction: float = 0.02
-    sampling: str = "fixed"
 
 
 class ProtocolEngine:
@@ -116,20 +115,17 @@ class ProtocolEngine:
             roster.update(zip(r["ids"], r["keys"]))
         del shards
 
-        plan = make_plan(cfg, f"r{round_id - 1}", len(ids), s.population, clip_norm=self.clip_norm)
         clock = _Clock()
-        settings = RoundSettings(goal=len(ids), min_cohort=min(cfg.min_cohort, len(ids)), stage_timeout_s=cfg.stage_timeout_s)
         if cfg.secagg:
             roster = {d: roster[d] for d in ids}
             pool.broadcast(pack({"kind": "roster", "ids": list(roster), "keys": list(roster.values())}))
-            aggregation: Any = SecureAggregation(
-                plan, round_id, roster, expected_length(weights, plan), clock, min_cohort=settings.min_cohort,
-                dropout_rate=s.dropout_rate, corrupt_fraction=s.corrupt_fraction,
-            )
-        else:
-            aggregation = PlainAggregation(expected_length(weights, plan), plan.quant_bits, len(ids), settings.min_cohort,
-                                           max_abs=max_abs_int(plan.quant_range, plan.quant_scale))
-        engine = RoundEngine(round_id, plan, settings, weights, ids, aggregation, clock)
+        # the cohort was drawn from the whole population; availability only thins it further
+        draw = Draw.fixed(s.population, len(behaviour.client_ids))
+        built = build_round(
+            round_id, cfg, f"r{round_id - 1}", weights, ids, draw, clock, clip_norm=self.clip_norm,
+            roster=roster if cfg.secagg else None, risk=SecureRisk(s.dropout_rate, s.corrupt_fraction),
+        )
+        plan, aggregation, engine = built.plan, built.aggregation, built.engine
         stage_seconds: dict[str, float] = collections.defaultdict(float)
         traffic = {"up": 0, "down": 0, "examples": 0}
         stage_seconds["setup"] = time.perf_counter() - t0
@@ -199,14 +195,8 @@ class ProtocolEngine:
         outcome = engine.outcome
         if outcome is not None and outcome.next_clip_norm is not None:
             self.clip_norm = outcome.next_clip_norm
-        if engine.status is RoundStatus.COMPLETED and cfg.dp_mode != "off":
-            pc = dataclasses.replace(privacy_config(plan), sampling=s.sampling)
-            discrete = noise_plan(plan, weights.size) if cfg.dp_mode == "distributed" else None
-            # the cohort was drawn from the whole population; availability only thins it further
-            drawn = len(behaviour.client_ids)
-            self.accountant.record(round_event_for(
-                pc, sampling_rate=drawn / s.population, population=s.population, sample_size=drawn, discrete=discrete,
-            ))
+        if engine.status is RoundStatus.COMPLETED and built.event is not None:
+            self.accountant.record(built.event)
         dropped = {"unavailable": unavailable, **(dict(outcome.dropped) if outcome else {})}
         participants = outcome.participants if outcome else 0
         self.last = {
@@ -216,7 +206,7 @@ class ProtocolEngine:
             "dropped": dropped,
             "bytes_up": traffic["up"],
             "bytes_down": traffic["down"],
-            "secagg": dataclasses.asdict(aggregation.params) if cfg.secagg else None,
+            "secagg": dataclasses.asdict(aggregation.params) if isinstance(aggregation, SecureAggregation) else None,
             "clip_norm": plan.clip_norm,
             "next_clip_norm": outcome.next_clip_norm if outcome else None,
         }

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.core.errors import ConfigError
-from simulations.hosts import HostPool
+from fedge.agent.core.errors import ConfigError
+from fedge.simulations.hosts import HostPool
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class _Host:
     """The actor body: a device host over a rebuilt world."""
 
     def __init__(self, recipe: dict[str, Any]) -> None:
-        from simulations.world import build_host
+        from fedge.simulations.world import build_host
 
         self.host = build_host(recipe)
 

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from coordinator.plan import TrainingConfig
-from simulations.config import SimConfig
-from simulations.engine import RoundEngine
-from simulations.federation import Federation
-from simulations.population import DEFAULT_PROFILE_DIR, STAGES, Population, draw_round_behaviour, make_population
-from simulations.report import RoundRecord, Summary, progress, write_report
-from simulations.trainers import evaluate
-from simulations.world import BEHAVIOUR, COHORT, EVAL, POPULATION, TRAIN, build_world, recipe, stream
+from fedge.coordinator.rounds.plan import TrainingConfig
+from fedge.simulations.config import SimConfig
+from fedge.simulations.engine import RoundEngine
+from fedge.simulations.federation import Federation
+from fedge.simulations.population import DEFAULT_PROFILE_DIR, STAGES, Population, draw_round_behaviour, make_population
+from fedge.simulations.report import RoundRecord, Summary, progress, write_report
+from fedge.simulations.trainers import evaluate
+from fedge.simulations.world import BEHAVIOUR, COHORT, EVAL, POPULATION, TRAIN, build_world, recipe, stream
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +104,20 @@ def training_config(config: SimConfig, population: Population) -> tuple[Training
 
 def protocol_engine(config: SimConfig, population: Population, trainer: object) -> RoundEngine:
     """The protocol engine of ``config`` with its device hosts (in process, worker processes or Ray actors)."""
-    from simulations.protocol import ProtocolEngine, ProtocolSettings
+    from fedge.simulations.protocol import ProtocolEngine, ProtocolSettings
 
     cfg, dropout = training_config(config, population)
-    settings = ProtocolSettings(cfg, config.population, dropout_rate=dropout, sampling="fixed")
+    settings = ProtocolSettings(cfg, config.population, dropout_rate=dropout)
     hosts = config.host_count()
     r = recipe(population=config.population, dataset=config.dataset, partition=config.partition,
                model=config.model, seed=config.seed)
     pool = None
     if config.engine == "ray":
-        from simulations.rayhosts import RayPool
+        from fedge.simulations.rayhosts import RayPool
 
         pool = RayPool(r, max(1, hosts))
     elif hosts > 0:
-        from simulations.hosts import ProcessPool
+        from fedge.simulations.hosts import ProcessPool
 
         pool = ProcessPool(r, hosts)
     return ProtocolEngine(trainer, settings, pool)

@@ -3,7 +3,7 @@
 Local training is the zoo's :class:`agent.training.trainer.Trainer` (TFLite) when the data fits a
 zoo model. For flat data of another width (Synthetic has 60 features; the zoo's logreg and mlp
 take 64) :class:`ReferenceTrainer` runs the zoo's numpy reference formulas
-(:mod:`agent.training.reference`) with the first layer sized to the data, and says so, unless the
+(:mod:`fedge.agent.training.reference`) with the first layer sized to the data, and says so, unless the
 zoo holds a model of that width (``<model><features>``, e.g. ``mlp60``), which is then used.
 """
 
@@ -17,10 +17,10 @@ from typing import Protocol
 
 import numpy as np
 
-from agent.training import reference
-from agent.training.models import MODELS_DIR, ModelSpec, load_spec
-from agent.training.trainer import Trainer, TrainResult
-from simulations.datasets import Dataset, check_model_fits
+from fedge.agent.training import reference
+from fedge.agent.training.models import MODELS_DIR, ModelSpec, load_spec
+from fedge.agent.training.trainer import Trainer, TrainResult
+from fedge.simulations.datasets import Dataset, check_model_fits
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from simulations.datasets import Dataset, load_dataset, parse_dataset_spec
-from simulations.federation import Federation, federate
-from simulations.partition import parse_partition_spec
-from simulations.trainers import LocalTrainer, make_trainer
+from fedge.simulations.datasets import Dataset, load_dataset, parse_dataset_spec
+from fedge.simulations.federation import Federation, federate
+from fedge.simulations.partition import parse_partition_spec
+from fedge.simulations.trainers import LocalTrainer, make_trainer
 
 # Independent random streams, each derived from (seed, stream[, round]).
 DATA, PARTITION, POPULATION, INIT, EVAL, COHORT, BEHAVIOUR, TRAIN = range(8)
@@ -52,7 +52,7 @@ def build_world(r: dict[str, Any]) -> World:
 
 def build_host(r: dict[str, Any]) -> Any:
     """A device host over a rebuilt world (what a worker process or Ray actor runs)."""
-    from simulations.hosts import DeviceHost
+    from fedge.simulations.hosts import DeviceHost
 
     world = build_world(r)
     return DeviceHost(world.federation.client, world.trainer)

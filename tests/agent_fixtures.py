@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.core import topics, wire
-from agent.core.errors import ProtocolError
-from agent.core.messages.device import DeviceStatus
-from agent.core.messages.rounds import CheckIn, Decline, PlainUpdate, RoundAnnounce, RoundEnd
-from agent.core.transport.base import TransportConfig
-from agent.core.transport.mqtt import MqttTransport
-from coordinator.engine import PlainAggregation, RoundEngine, RoundSettings, RoundStatus
-from coordinator.plan import TrainingConfig, make_plan
+from fedge.agent.core import topics, wire
+from fedge.agent.core.errors import ProtocolError
+from fedge.agent.core.messages.device import DeviceStatus
+from fedge.agent.core.messages.rounds import CheckIn, Decline, PlainUpdate, RoundAnnounce, RoundEnd
+from fedge.agent.core.transport.base import TransportConfig
+from fedge.agent.core.transport.mqtt import MqttTransport
+from fedge.coordinator.rounds.engine import PlainAggregation, RoundEngine, RoundSettings, RoundStatus
+from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,7 +123,7 @@ def digits_npz(path: Path, n: int = 400, seed: int = 0) -> Path:
 
 
 def agent_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from agent.cli import main; main()", *args]
+    return [sys.executable, "-c", "from fedge.agent.cli import main; main()", *args]
 
 
 def start_agent(profile: Path, log: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

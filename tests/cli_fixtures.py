@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.core import logs
+from fedge.agent.core import logs
 
 
 @pytest.fixture

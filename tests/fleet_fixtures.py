@@ -15,20 +15,20 @@ from typing import Any
 
 import numpy as np
 
-from agent.core import topics, wire
-from agent.core.crypto import IdentityKey
-from agent.core.errors import TrainingError
-from agent.core.release import ReleaseManifest
-from agent.core.transport.base import TransportConfig
-from agent.core.transport.memory import InMemoryBroker, InMemoryTransport
-from agent.local_data import import_examples
-from agent.releases import LocalEvaluator, ReleaseManager
-from agent.store import Store as AgentStore
-from agent.training.models import load_spec
-from coordinator.enrollment import enroll
-from coordinator.fleet import FleetController, retained_rotations
-from coordinator.releases import create_release, release_key, trusted_keys
-from coordinator.store import Store
+from fedge.agent.core import topics, wire
+from fedge.agent.core.crypto import IdentityKey
+from fedge.agent.core.errors import TrainingError
+from fedge.agent.core.release import ReleaseManifest
+from fedge.agent.core.transport.base import TransportConfig
+from fedge.agent.core.transport.memory import InMemoryBroker, InMemoryTransport
+from fedge.agent.local_data import import_examples
+from fedge.agent.releases import LocalEvaluator, ReleaseManager
+from fedge.agent.store import Store as AgentStore
+from fedge.agent.training.models import load_spec
+from fedge.coordinator.service.enrollment import enroll
+from fedge.coordinator.fleet.controller import FleetController, retained_rotations
+from fedge.coordinator.fleet.releases import create_release, release_key, trusted_keys
+from fedge.coordinator.store import Store
 
 ARCH = "logreg"
 FEATURES, CLASSES = 64, 10

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.transport.base import TransportConfig
-from coordinator.broker import EmbeddedBroker, free_port
-from coordinator.pki import make_broker_pki
+from fedge.agent.core.transport.base import TransportConfig
+from fedge.coordinator.service.broker import EmbeddedBroker, free_port
+from fedge.coordinator.service.pki import make_broker_pki
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"

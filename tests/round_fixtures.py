@@ -10,11 +10,11 @@ import logging
 import numpy as np
 from sklearn.datasets import load_digits
 
-from agent.core import wire
-from agent.core.errors import ProtocolError
-from agent.participant import LocalResult, Participant
-from agent.training.models import load_spec
-from agent.training.trainer import Trainer
+from fedge.agent.core import wire
+from fedge.agent.core.errors import ProtocolError
+from fedge.agent.participant import LocalResult, Participant
+from fedge.agent.training.models import load_spec
+from fedge.agent.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.core.crypto import IdentityKey
-from agent.core.secagg.client import SecAggClient
-from agent.core.secagg.params import SecAggParams
-from agent.core.secagg.server import SecAggServer
+from fedge.agent.core.crypto import IdentityKey
+from fedge.agent.core.secagg.client import SecAggClient
+from fedge.agent.core.secagg.params import SecAggParams
+from fedge.agent.core.secagg.server import SecAggServer
 
 
 @dataclass

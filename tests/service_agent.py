@@ -16,15 +16,15 @@ import threading
 
 import numpy as np
 
-from agent.core import logs, topics, wire
-from agent.core.errors import FedgeError, TransportError
-from agent.core.messages.rounds import CheckIn, RoundAnnounce, RoundEnd, Task
-from agent.core.transport import TransportConfig, open_transport
-from agent.core.crypto import IdentityKey
-from agent.participant import LocalResult, Participant
-from agent.secure import PeerDirectory, secagg_factory
-from agent.training.models import load_spec
-from agent.training.trainer import Trainer
+from fedge.agent.core import logs, topics, wire
+from fedge.agent.core.errors import FedgeError, TransportError
+from fedge.agent.core.messages.rounds import CheckIn, RoundAnnounce, RoundEnd, Task
+from fedge.agent.core.transport import TransportConfig, open_transport
+from fedge.agent.core.crypto import IdentityKey
+from fedge.agent.participant import LocalResult, Participant
+from fedge.agent.secure import PeerDirectory, secagg_factory
+from fedge.agent.training.models import load_spec
+from fedge.agent.training.trainer import Trainer
 
 log = logging.getLogger("service_agent")
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.core.crypto import IdentityKey
-from coordinator.config import ServiceConfig
-from coordinator.enrollment import authority, enroll
-from coordinator.plan import TrainingConfig
-from coordinator.store import Store
+from fedge.agent.core.crypto import IdentityKey
+from fedge.coordinator.service.config import ServiceConfig
+from fedge.coordinator.service.enrollment import authority, enroll
+from fedge.coordinator.rounds.plan import TrainingConfig
+from fedge.coordinator.store import Store
 from tests.round_fixtures import digits_split
 from tests.service_agent import AgentLoop
 
@@ -160,6 +160,6 @@ def wait_for_row(db: Path, sql: str, args: tuple = (), timeout: float = 60.0) ->
 
 def serve_command(fleet: Fleet, url: str, rounds: int, *extra: str) -> list[str]:
     """``fedge-coordinator serve`` as a subprocess against ``url`` for this fleet."""
-    return [sys.executable, "-c", "from coordinator.cli import main; main()", "--log-level", "INFO", "serve",
+    return [sys.executable, "-c", "from fedge.coordinator.service.cli import main; main()", "--log-level", "INFO", "serve",
             "--db", str(fleet.db), "--broker", url, "--rounds", str(rounds), "--goal", str(len(fleet.devices)),
             "--min-cohort", "2", "--checkin-window", "20", "--eval-data", str(fleet.test_data), *extra]

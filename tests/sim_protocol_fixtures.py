@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from simulations.config import SimConfig
-from simulations.population import DEFAULT_PROFILE_DIR
+from fedge.simulations.config import SimConfig
+from fedge.simulations.population import DEFAULT_PROFILE_DIR
 
 #: Dropout large enough that every round sees some, small enough that SecAgg+ rounds complete.
 FLAKY = """

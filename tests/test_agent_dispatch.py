@@ -9,12 +9,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from agent.config import resolve
-from agent.core import topics, wire
-from agent.core.messages.rounds import CheckIn, Decline, RoundAnnounce, RoundEnd, Task
-from agent.core.transport import InMemoryBroker, InMemoryTransport, TransportConfig
-from agent.daemon import AgentDaemon
-from coordinator.plan import TrainingConfig, make_plan
+from fedge.agent.config import resolve
+from fedge.agent.core import topics, wire
+from fedge.agent.core.messages.rounds import CheckIn, Decline, RoundAnnounce, RoundEnd, Task
+from fedge.agent.core.transport import InMemoryBroker, InMemoryTransport, TransportConfig
+from fedge.agent.daemon import AgentDaemon
+from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
 from tests.agent_fixtures import FakeSysfs, digits_npz, write_profile
 
 DEV = "dev-mem"
@@ -100,9 +100,9 @@ def test_secagg_task_without_an_enrollment_authority_is_declined(setup):
 
 
 def test_a_failing_secagg_stage_drops_the_round_and_the_daemon_goes_on(setup):
-    from agent.core.errors import SecurityError
-    from agent.core.messages.secagg import Survivors
-    from agent.participant import Participant
+    from fedge.agent.core.errors import SecurityError
+    from fedge.agent.core.messages.secagg import Survivors
+    from fedge.agent.participant import Participant
 
     d, coord, broker = setup
 

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from agent.core.profiles import Eligibility as Rules
-from agent.eligibility import check, read_load_per_core, read_max_temperature, read_power
+from fedge.agent.core.profiles import Eligibility as Rules
+from fedge.agent.eligibility import check, read_load_per_core, read_max_temperature, read_power
 from tests.agent_fixtures import FakeSysfs
 
 

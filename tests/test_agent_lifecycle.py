@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from agent.config import resolve
-from agent.daemon import AgentDaemon, _ForceExit, _Wakeup
+from fedge.agent.config import resolve
+from fedge.agent.daemon import AgentDaemon, _ForceExit, _Wakeup
 from tests.agent_fixtures import FakeSysfs, digits_npz, write_profile
 from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401
 
@@ -61,7 +61,7 @@ def test_sigterm_stops_an_idle_daemon_in_this_process(tmp_path, mosquitto):  # n
 
 @needs_mosquitto
 def test_broker_down_at_startup_is_retried_not_fatal(tmp_path):
-    from coordinator.broker import free_port
+    from fedge.coordinator.service.broker import free_port
     from tests.mqtt_fixtures import MosquittoProcess
 
     port = free_port()

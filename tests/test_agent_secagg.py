@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from coordinator.demo import DEMO_TRAINING, DemoConfig, daemon_available, run_demo
-from coordinator.plan import TrainingConfig
+from fedge.coordinator.service.demo import DEMO_TRAINING, DemoConfig, daemon_available, run_demo
+from fedge.coordinator.rounds.plan import TrainingConfig
 from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401
 
 pytestmark = [needs_mosquitto, pytest.mark.mosquitto]

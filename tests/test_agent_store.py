@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import identity
-from agent.core.errors import ConfigError, TrainingError, TransportError
-from agent.model_cache import ModelCache
-from agent.outbox import Outbox
-from agent.round_state import RoundStates
-from agent.store import Store
+from fedge.agent import identity
+from fedge.agent.core.errors import ConfigError, TrainingError, TransportError
+from fedge.agent.model_cache import ModelCache
+from fedge.agent.outbox import Outbox
+from fedge.agent.round_state import RoundStates
+from fedge.agent.store import Store
 
 
 def test_outbox_survives_a_reopen_and_replays_in_order_once(tmp_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import cli
-from agent.core.cliutil import run
+from fedge.agent.cli import cli
+from fedge.agent.core.cliutil import run
 from tests.cli_fixtures import isolated_logging
 from tests.profiles_fixtures import BROKEN, ROOT, SHIPPED, write_broken
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.logs import JsonFormatter, TextFormatter
+from fedge.agent.core.logs import JsonFormatter, TextFormatter
 
 BIN = Path(sys.executable).parent
 COMMANDS = ["fedge-agent", "fedge-coordinator", "fedge-sim"]
@@ -46,7 +46,7 @@ _PROBE = textwrap.dedent(
     """
     import logging, sys
     import click
-    from agent.core.cliutil import logging_options, run
+    from fedge.agent.core.cliutil import logging_options, run
 
     @click.group()
     @logging_options
@@ -59,7 +59,7 @@ _PROBE = textwrap.dedent(
         log.info("upload stored", extra={"device": "pi-7", "round": 12})
         log.debug("hidden at INFO")
         log.warning("no ids")
-        from agent.core import logs
+        from fedge.agent.core import logs
         logs.configure(logging.getLogger().level, "text")  # must not add a second handler
         log.info("after reconfigure", extra={"device": "pi-7", "round": 13, "stage": "unmask"})
 

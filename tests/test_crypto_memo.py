@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.crypto import AgreementKey, AgreementMemo, IdentityKey, SignatureMemo, verify
-from agent.core.errors import SecurityError
+from fedge.agent.core.crypto import AgreementKey, AgreementMemo, IdentityKey, SignatureMemo, verify
+from fedge.agent.core.errors import SecurityError
 
 
 def test_memo_accepts_once_then_answers_from_memory():

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.crypto import shamir
-from agent.core.errors import SecurityError
+from fedge.agent.core.crypto import shamir
+from fedge.agent.core.errors import SecurityError
 
 
 @st.composite

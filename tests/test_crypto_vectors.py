@@ -12,7 +12,7 @@ import struct
 import numpy as np
 import pytest
 
-from agent.core.crypto import (
+from fedge.agent.core.crypto import (
     AgreementKey,
     IdentityKey,
     MaskAccumulator,
@@ -24,8 +24,8 @@ from agent.core.crypto import (
     transcript,
     verify,
 )
-from agent.core.crypto.keystream import CHUNK_BYTES, keystream
-from agent.core.errors import SecurityError
+from fedge.agent.core.crypto.keystream import CHUNK_BYTES, keystream
+from fedge.agent.core.errors import SecurityError
 
 h = bytes.fromhex
 
@@ -261,7 +261,7 @@ def test_aead_rfc8439_vector(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     tag = h("1ae10b594f09e26a7e902ecbd0600691")
     assert open_sealed(key, nonce + ct + tag, aad) == LADIES
-    monkeypatch.setattr("agent.core.crypto.aead.random_bytes", lambda n: nonce)
+    monkeypatch.setattr("fedge.agent.core.crypto.aead.random_bytes", lambda n: nonce)
     assert seal(key, LADIES, aad) == nonce + ct + tag
     with pytest.raises(SecurityError):
         open_sealed(key, nonce + ct + tag, aad[:-1])

@@ -11,9 +11,9 @@ from pathlib import Path
 import click
 import pytest
 
-from agent.cli import cli as agent_cli
-from coordinator.cli import cli as coordinator_cli
-from simulations.cli import cli as sim_cli
+from fedge.agent.cli import cli as agent_cli
+from fedge.coordinator.service.cli import cli as coordinator_cli
+from fedge.simulations.cli import cli as sim_cli
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 CLIS = {"fedge-agent": agent_cli, "fedge-coordinator": coordinator_cli, "fedge-sim": sim_cli}

@@ -7,13 +7,13 @@ import json
 import numpy as np
 from click.testing import CliRunner
 
-from agent.core.cliutil import run
-from agent.core.crypto import IdentityKey
-from agent.core.release import verify_release
-from coordinator.cli import cli
-from coordinator.enrollment import enroll
-from coordinator.releases import signed_release, trusted_keys
-from coordinator.store import Store
+from fedge.agent.core.cliutil import run
+from fedge.agent.core.crypto import IdentityKey
+from fedge.agent.core.release import verify_release
+from fedge.coordinator.service.cli import cli
+from fedge.coordinator.service.enrollment import enroll
+from fedge.coordinator.fleet.releases import signed_release, trusted_keys
+from fedge.coordinator.store import Store
 from tests.cli_fixtures import isolated_logging  # noqa: F401
 
 

@@ -7,25 +7,25 @@ import time
 
 import numpy as np
 
-from agent.cli import main as agent_main
-from agent.config import resolve
-from agent.core import topics, wire
-from agent.core.crypto import IdentityKey
-from agent.core.messages.common import Ack
-from agent.core.messages.fleet import InstallReport, InstallResult
-from agent.core.release import key_id
-from agent.core.transport.base import TransportConfig
-from agent.core.transport.memory import InMemoryBroker, InMemoryTransport
-from agent.daemon import AgentDaemon
-from agent.local_data import import_examples
-from agent.store import Store as AgentStore
-from agent.training.models import load_spec
-from agent.training.trainer import Trainer
-from coordinator.enrollment import enroll
-from coordinator.fleet import FleetController, create_rollout, get_rollout, retained_rotations
-from coordinator.releases import create_release, release_key, rotate_key
-from coordinator.rollouts import Spec, Status, Target
-from coordinator.store import Store
+from fedge.agent.cli import main as agent_main
+from fedge.agent.config import resolve
+from fedge.agent.core import topics, wire
+from fedge.agent.core.crypto import IdentityKey
+from fedge.agent.core.messages.common import Ack
+from fedge.agent.core.messages.fleet import InstallReport, InstallResult
+from fedge.agent.core.release import key_id
+from fedge.agent.core.transport.base import TransportConfig
+from fedge.agent.core.transport.memory import InMemoryBroker, InMemoryTransport
+from fedge.agent.daemon import AgentDaemon
+from fedge.agent.local_data import import_examples
+from fedge.agent.store import Store as AgentStore
+from fedge.agent.training.models import load_spec
+from fedge.agent.training.trainer import Trainer
+from fedge.coordinator.service.enrollment import enroll
+from fedge.coordinator.fleet.controller import FleetController, create_rollout, get_rollout, retained_rotations
+from fedge.coordinator.fleet.releases import create_release, release_key, rotate_key
+from fedge.coordinator.fleet.rollouts import Spec, Status, Target
+from fedge.coordinator.store import Store
 from tests.agent_fixtures import FakeSysfs, digits_npz, write_profile
 
 
@@ -106,7 +106,7 @@ def test_daemon_installs_evaluates_and_follows_a_key_rotation(tmp_path):
         store.close()
     assert not thread.is_alive()
     with AgentStore(db) as s:
-        from agent.releases import ReleaseManager
+        from fedge.agent.releases import ReleaseManager
 
         m = ReleaseManager(s.db, "pi-1")
         assert m.running() == "mlp-b" and m.previous().manifest.version == "mlp-a"

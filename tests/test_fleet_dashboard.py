@@ -11,9 +11,9 @@ import urllib.request
 
 import pytest
 
-from coordinator.dashboard import Dashboard, DashboardConfig, line_chart, render_page
-from coordinator.fleet import create_rollout
-from coordinator.rollouts import Criteria, Spec, Target
+from fedge.coordinator.fleet.dashboard import Dashboard, DashboardConfig, line_chart, render_page
+from fedge.coordinator.fleet.controller import create_rollout
+from fedge.coordinator.fleet.rollouts import Criteria, Spec, Target
 from tests.fleet_fixtures import Fleet, put_release, truth
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -7,13 +7,13 @@ import json
 import numpy as np
 from click.testing import CliRunner
 
-from agent.core import wire
-from agent.core.crypto import IdentityKey
-from agent.core.messages.rounds import CheckIn
-from coordinator.cli import cli
-from coordinator.device_report import activity
-from coordinator.enrollment import enroll
-from coordinator.store import Store
+from fedge.agent.core import wire
+from fedge.agent.core.crypto import IdentityKey
+from fedge.agent.core.messages.rounds import CheckIn
+from fedge.coordinator.service.cli import cli
+from fedge.coordinator.service.device_report import activity
+from fedge.coordinator.service.enrollment import enroll
+from fedge.coordinator.store import Store
 
 
 def _populate(path: str) -> None:

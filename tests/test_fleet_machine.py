@@ -1,4 +1,4 @@
-"""Properties of the pure rollout state machine (coordinator/rollouts.py), driven with random outcomes."""
+"""Properties of the pure rollout state machine (coordinator/fleet/rollouts.py), driven with random outcomes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.rollouts import (
+from fedge.coordinator.fleet.rollouts import (
     Criteria,
     DeviceRecord,
     DeviceState,

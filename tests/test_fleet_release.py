@@ -8,11 +8,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from agent.core import wire
-from agent.core.crypto import IdentityKey
-from agent.core.errors import SecurityError
-from agent.core.messages.fleet import InstallCommand, InstallResult, SignedRelease
-from agent.core.release import (
+from fedge.agent.core import wire
+from fedge.agent.core.crypto import IdentityKey
+from fedge.agent.core.errors import SecurityError
+from fedge.agent.core.messages.fleet import InstallCommand, InstallResult, SignedRelease
+from fedge.agent.core.release import (
     ReleaseManifest,
     apply_rotation,
     key_id,
@@ -21,10 +21,10 @@ from agent.core.release import (
     verify_release,
     weights_sha256,
 )
-from agent.releases import ReleaseManager
-from agent.store import Store as AgentStore
-from coordinator import releases as coord_releases
-from coordinator.store import Store
+from fedge.agent.releases import ReleaseManager
+from fedge.agent.store import Store as AgentStore
+from fedge.coordinator.fleet import releases as coord_releases
+from fedge.coordinator.store import Store
 
 DEVICE = "dev-1"
 

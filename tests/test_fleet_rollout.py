@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.core import topics, wire
-from agent.core.errors import ConfigError
-from agent.core.messages.fleet import InstallCommand, InstallResult
-from coordinator.fleet import create_rollout, get_rollout, pause, pin, resume, rollback
-from coordinator.rollouts import Criteria, Spec, Status, Target, assign_phases, phase_sizes
+from fedge.agent.core import topics, wire
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.messages.fleet import InstallCommand, InstallResult
+from fedge.coordinator.fleet.controller import create_rollout, get_rollout, pause, pin, resume, rollback
+from fedge.coordinator.fleet.rollouts import Criteria, Spec, Status, Target, assign_phases, phase_sizes
 from tests.fleet_fixtures import Fleet, put_release, truth
 
 N = 50
@@ -192,7 +192,7 @@ def test_reports_from_strangers_and_redeliveries_change_nothing(fleet):
 
 
 def test_revoked_devices_are_skipped_and_a_rollback_without_previous_release_ends(fleet):
-    from coordinator.enrollment import revoke
+    from fedge.coordinator.service.enrollment import revoke
 
     fresh = fleet.add_agent("car-9", "car", ())  # no release yet: nothing to roll back to
     create_rollout(fleet.store, Spec("mixed", R2, Target(devices=("car-9", "dev-004", "dev-005"))), clock=fleet.clock)

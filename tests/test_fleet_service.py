@@ -6,17 +6,17 @@ from __future__ import annotations
 import threading
 import time
 
-from agent.core import topics, wire
-from agent.core.messages.fleet import InstallReport, InstallResult
-from agent.core.transport.base import TransportConfig
-from agent.core.transport.mqtt import MqttTransport
-from agent.releases import ReleaseManager
-from agent.store import Store as AgentStore
-from coordinator.fleet import create_rollout, get_rollout
-from coordinator.releases import create_release, list_releases, rotate_key, trusted_keys
-from coordinator.rollouts import Spec, Status, Target
-from coordinator.service import CoordinatorService
-from coordinator.store import Store
+from fedge.agent.core import topics, wire
+from fedge.agent.core.messages.fleet import InstallReport, InstallResult
+from fedge.agent.core.transport.base import TransportConfig
+from fedge.agent.core.transport.mqtt import MqttTransport
+from fedge.agent.releases import ReleaseManager
+from fedge.agent.store import Store as AgentStore
+from fedge.coordinator.fleet.controller import create_rollout, get_rollout
+from fedge.coordinator.fleet.releases import create_release, list_releases, rotate_key, trusted_keys
+from fedge.coordinator.fleet.rollouts import Spec, Status, Target
+from fedge.coordinator.service.service import CoordinatorService
+from fedge.coordinator.store import Store
 from tests.service_fixtures import make_fleet, service_config
 
 

@@ -21,30 +21,41 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("agent", "coordinator", "simulations")
+#: The one top-level import name: the repository's folders install as fedge.agent, fedge.coordinator...
+TOP = "fedge"
 
 #: ``cryptography`` costs the agent 8.7 MiB of RSS at import; pynacl does the agent's crypto.
-AGENT_FORBIDDEN = {"coordinator", "simulations", "tensorflow", "keras", "ray", "matplotlib", "amqtt", "cryptography"}
+AGENT_FORBIDDEN = {"tensorflow", "keras", "ray", "matplotlib", "amqtt", "cryptography", "dp_accounting", "scipy"}
 #: TensorFlow is allowed here and nowhere else in agent/: it only regenerates the committed models.
 MODELGEN_ALLOWED = {"tensorflow", "keras"}
 #: The agent's runtime dependencies (pyproject ``dependencies``), as import names.
 AGENT_DEPENDENCIES = {
     "numpy", "tflite_runtime", "ai_edge_litert", "paho", "nacl",
-    "sqlite_utils", "msgpack", "click", "dp_accounting",
+    "sqlite_utils", "msgpack", "click",
 }  # fmt: skip
 CRYPTO_LIBS = {"cryptography", "nacl"}
-CRYPTO_PACKAGE = ("agent", "core", "crypto")
+CRYPTO_PACKAGE = (TOP, "agent", "core", "crypto")
 #: Modules outside agent/core/crypto/ allowed to import a crypto library, each with its reason.
 #: Keep this list short; protocol keys, seeds, nonces, AEAD and signatures stay in agent.core.crypto.
 CRYPTO_EXCEPTIONS = {
-    ("coordinator", "pki"): "X.509 certificates for the broker's TLS only, not protocol crypto",
+    (TOP, "coordinator", "service", "pki"): "X.509 certificates for the broker's TLS only, not protocol crypto",
 }
 PICKLERS = {"pickle", "_pickle", "cPickle", "marshal", "shelve", "dill", "cloudpickle"}
+#: The coordinator's rooms. rounds/: pure code (fedge.agent.core and itself only; no SQLite, no
+#: transport, no default clock); fleet/: never rounds/ or service/; service/: the process.
+ROUNDS = (TOP, "coordinator", "rounds")
+FLEET = (TOP, "coordinator", "fleet")
+SERVICE = (TOP, "coordinator", "service")
+#: Only the service room has a loop, a transport or signals.
+PROCESS_ONLY = {"signal", "threading", "paho", "fedge.agent.core.transport", "amqtt", "asyncio"}
+ROUNDS_FORBIDDEN = {"sqlite3", "sqlite_utils", "time", "datetime"} | PROCESS_ONLY
+#: The only module (tests aside) that constructs a RoundEngine.
+ROUND_BUILDER = (TOP, "coordinator", "rounds", "builder")
 
 
 def module_name(path: Path) -> tuple[str, ...]:
     parts = path.relative_to(ROOT).with_suffix("").parts
-    return parts[:-1] if parts[-1] == "__init__" else parts
-
+    return (TOP, *(parts[:-1] if parts[-1] == "__init__" else parts))
 
 def imports(tree: ast.AST, module: tuple[str, ...], is_package: bool) -> list[tuple[int, str]]:
     """(line, absolute dotted name) of everything a module imports, wherever in the module."""
@@ -80,22 +91,45 @@ def pickle_loads(tree: ast.AST) -> list[int]:
     ]
 
 
+def _under(name: str, prefix: tuple[str, ...]) -> bool:
+    return name == ".".join(prefix) or name.startswith(".".join(prefix) + ".")
+
+
+def _in(module: tuple[str, ...], room: tuple[str, ...]) -> bool:
+    return module[: len(room)] == room
+
+
+def round_engine_calls(tree: ast.AST) -> list[int]:
+    """Lines that construct a ``RoundEngine``."""
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (getattr(node.func, "id", None) == "RoundEngine" or getattr(node.func, "attr", None) == "RoundEngine")
+    ]
+
+
 def violations(path_parts: tuple[str, ...], source: str, is_package: bool = False) -> list[str]:
-    """Every layering rule broken by one module, as ``module:line: why``."""
+    """Every layering rule broken by one module (``("fedge", "agent", ...)``), as ``module:line: why``."""
     tree = ast.parse(source)
     module = path_parts
     where = ".".join(module)
-    in_agent = module[0] == "agent"
+    area = module[1]
+    in_agent = area == "agent"
     in_modelgen = "modelgen" in module
-    in_crypto = module[: len(CRYPTO_PACKAGE)] == CRYPTO_PACKAGE or module in CRYPTO_EXCEPTIONS
+    in_crypto = _in(module, CRYPTO_PACKAGE) or module in CRYPTO_EXCEPTIONS
     out = []
     for line, name in imports(tree, module, is_package):
         root = name.split(".")[0]
-        if in_agent and root in AGENT_FORBIDDEN and not (in_modelgen and root in MODELGEN_ALLOWED):
+        if root in PACKAGES:
+            out.append(f"{where}:{line}: import fedge.{name}, not {name}: one module, one name")
+        if in_agent and (_under(name, (TOP, "coordinator")) or _under(name, (TOP, "simulations"))):
+            out.append(f"{where}:{line}: agent/ must not import {name}")
+        elif in_agent and root in AGENT_FORBIDDEN and not (in_modelgen and root in MODELGEN_ALLOWED):
             out.append(f"{where}:{line}: agent/ must not import {name}")
         elif (
             in_agent
-            and root not in AGENT_DEPENDENCIES | {"agent", ""}
+            and root not in AGENT_DEPENDENCIES | {TOP, ""}
             and root not in sys.stdlib_module_names
             and not (in_modelgen and root in MODELGEN_ALLOWED)
         ):
@@ -104,7 +138,22 @@ def violations(path_parts: tuple[str, ...], source: str, is_package: bool = Fals
             out.append(f"{where}:{line}: only agent/core/crypto/ may import {name}")
         if root in PICKLERS:
             out.append(f"{where}:{line}: nothing is pickled, yet it imports {name}")
+        if _in(module, ROUNDS):
+            if root == TOP and not (_under(name, (TOP, "agent", "core")) or _under(name, ROUNDS)):
+                out.append(f"{where}:{line}: coordinator/rounds/ imports fedge.agent.core and itself only, not {name}")
+            if root in ROUNDS_FORBIDDEN or any(_under(name, tuple(f.split("."))) for f in ROUNDS_FORBIDDEN if "." in f):
+                out.append(f"{where}:{line}: coordinator/rounds/ is pure: no SQLite, transport or clock ({name})")
+        if _in(module, FLEET) and (_under(name, ROUNDS) or _under(name, SERVICE)):
+            out.append(f"{where}:{line}: coordinator/fleet/ never imports rounds/ or service/ ({name})")
+        if area == "coordinator" and not _in(module, SERVICE) and (
+            root in PROCESS_ONLY or any(_under(name, tuple(f.split("."))) for f in PROCESS_ONLY if "." in f)
+        ) and not (_in(module, FLEET) and root == "threading"):
+            out.append(f"{where}:{line}: only coordinator/service/ has a loop, a transport or signals ({name})")
+        if area == "simulations" and (_under(name, SERVICE) or _under(name, FLEET)):
+            out.append(f"{where}:{line}: simulations/ may import coordinator.rounds, never {name}")
     out += [f"{where}:{line}: allow_pickle must stay False" for line in pickle_loads(tree)]
+    if module != ROUND_BUILDER:
+        out += [f"{where}:{line}: only coordinator/rounds/builder.py constructs a RoundEngine" for line in round_engine_calls(tree)]
     return out
 
 
@@ -113,7 +162,7 @@ MODULES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
 
 def test_modules_are_found():
     names = {".".join(module_name(p)) for p in MODULES}
-    assert {"agent.cli", "agent.core.wire", "coordinator.cli", "simulations.cli"} <= names
+    assert {"fedge.agent.cli", "fedge.agent.core.wire", "fedge.coordinator.service.cli", "fedge.simulations.cli"} <= names
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -121,24 +170,41 @@ def test_module_respects_layering(path):
     assert violations(module_name(path), path.read_text(), path.name == "__init__.py") == []
 
 
+F = TOP
+
+
 @pytest.mark.parametrize(
     "module,source,expected",
     [
-        (("agent", "x"), "import coordinator.store", "must not import coordinator.store"),
-        (("agent", "x"), "from simulations import driver", "must not import simulations"),
-        (("agent", "x"), "def f():\n    import tensorflow as tf", "must not import tensorflow"),
-        (("agent", "x"), "import importlib\nimportlib.import_module('ray')", "must not import ray"),
-        (("agent", "core", "x"), "from matplotlib import pyplot", "must not import matplotlib"),
-        (("agent", "x"), "from amqtt.broker import Broker", "must not import amqtt"),
-        (("agent", "x"), "import sklearn", "sklearn is not an agent dependency"),
-        (("agent", "training", "modelgen", "build"), "import coordinator", "must not import coordinator"),
-        (("agent", "core", "secagg", "x"), "import nacl.bindings", "only agent/core/crypto/"),
-        (("agent", "core", "crypto", "aead"), "from cryptography.hazmat import primitives", "must not import"),
-        (("coordinator", "x"), "import nacl.signing", "only agent/core/crypto/"),
-        (("simulations", "x"), "import pickle", "nothing is pickled"),
-        (("coordinator", "x"), "from marshal import dumps", "nothing is pickled"),
-        (("agent", "x"), "import shelve", "nothing is pickled"),
-        (("simulations", "x"), "import numpy as np\nnp.load('a.npy', allow_pickle=True)", "allow_pickle"),
+        ((F, "agent", "x"), "import fedge.coordinator.store", "must not import fedge.coordinator.store"),
+        ((F, "agent", "x"), "from fedge.simulations import driver", "must not import fedge.simulations"),
+        ((F, "agent", "x"), "import agent.core", "one module, one name"),
+        ((F, "simulations", "x"), "from coordinator.rounds import plan", "one module, one name"),
+        ((F, "agent", "x"), "def f():\n    import tensorflow as tf", "must not import tensorflow"),
+        ((F, "agent", "x"), "import importlib\nimportlib.import_module('ray')", "must not import ray"),
+        ((F, "agent", "core", "x"), "from matplotlib import pyplot", "must not import matplotlib"),
+        ((F, "agent", "x"), "from amqtt.broker import Broker", "must not import amqtt"),
+        ((F, "agent", "core", "privacy", "x"), "import dp_accounting", "must not import dp_accounting"),
+        ((F, "agent", "x"), "import sklearn", "sklearn is not an agent dependency"),
+        ((F, "agent", "training", "modelgen", "build"), "import fedge.coordinator", "must not import fedge.coordinator"),
+        ((F, "agent", "core", "secagg", "x"), "import nacl.bindings", "only agent/core/crypto/"),
+        ((F, "agent", "core", "crypto", "aead"), "from cryptography.hazmat import primitives", "must not import"),
+        ((F, "coordinator", "service", "x"), "import nacl.signing", "only agent/core/crypto/"),
+        ((F, "simulations", "x"), "import pickle", "nothing is pickled"),
+        ((F, "coordinator", "x"), "from marshal import dumps", "nothing is pickled"),
+        ((F, "agent", "x"), "import shelve", "nothing is pickled"),
+        ((F, "simulations", "x"), "import numpy as np\nnp.load('a.npy', allow_pickle=True)", "allow_pickle"),
+        ((F, "coordinator", "rounds", "x"), "import sqlite_utils", "is pure"),
+        ((F, "coordinator", "rounds", "x"), "import time", "is pure"),
+        ((F, "coordinator", "rounds", "x"), "from fedge.agent.core.transport import open_transport", "is pure"),
+        ((F, "coordinator", "rounds", "x"), "from fedge.coordinator.store import Store", "itself only"),
+        ((F, "coordinator", "rounds", "x"), "from fedge.coordinator.fleet import releases", "itself only"),
+        ((F, "coordinator", "fleet", "x"), "from fedge.coordinator.rounds.engine import RoundStatus", "never imports rounds/"),
+        ((F, "coordinator", "fleet", "x"), "import fedge.coordinator.service.config", "never imports rounds/"),
+        ((F, "coordinator", "fleet", "x"), "import signal", "only coordinator/service/"),
+        ((F, "simulations", "x"), "from fedge.coordinator.service.service import serve", "never fedge.coordinator.service"),
+        ((F, "simulations", "x"), "e = RoundEngine(1, plan, s, w, ids, agg, clock)", "constructs a RoundEngine"),
+        ((F, "coordinator", "service", "service"), "e = engine.RoundEngine(1)", "constructs a RoundEngine"),
     ],
 )
 def test_checker_catches_violations(module, source, expected):
@@ -149,11 +215,15 @@ def test_checker_catches_violations(module, source, expected):
 @pytest.mark.parametrize(
     "module,source",
     [
-        (("agent", "training", "modelgen", "build"), "import tensorflow as tf"),
-        (("agent", "core", "crypto", "aead"), "import nacl.bindings as _nb"),
-        (("coordinator", "pki"), "from cryptography import x509"),
-        (("agent", "core", "x"), "from . import wire\nfrom ..core import errors\nimport sqlite3, numpy"),
-        (("simulations", "x"), "import matplotlib\nimport numpy as np\nnp.load('a.npz', allow_pickle=False)"),
+        ((F, "agent", "training", "modelgen", "build"), "import tensorflow as tf"),
+        ((F, "agent", "core", "crypto", "aead"), "import nacl.bindings as _nb"),
+        ((F, "coordinator", "service", "pki"), "from cryptography import x509"),
+        ((F, "agent", "core", "x"), "from . import wire\nfrom ..core import errors\nimport sqlite3, numpy"),
+        ((F, "simulations", "x"), "import matplotlib\nimport numpy as np\nnp.load('a.npz', allow_pickle=False)"),
+        ((F, "simulations", "x"), "from fedge.coordinator.rounds.builder import build_round"),
+        ((F, "coordinator", "rounds", "x"), "import numpy\nfrom fedge.agent.core.update import decode_aggregate\nfrom . import plan"),
+        ((F, "coordinator", "rounds", "builder"), "e = RoundEngine(1, plan, s, w, ids, agg, clock)"),
+        ((F, "coordinator", "service", "service"), "import signal, threading, time\nimport sqlite_utils"),
     ],
 )
 def test_checker_allows_what_is_allowed(module, source):
@@ -164,7 +234,7 @@ def test_agent_never_loads_cryptography_or_scipy():
     """The daemon and CLI, imported as the CLI does (pandas blocked), leave out ``cryptography``
     (8.7 MiB), ``dp_accounting`` and scipy (64+ MiB): the device ledger composes Gaussians itself."""
     code = (
-        "import sys; sys.modules['pandas'] = None; import agent.daemon, agent.cli; "
+        "import sys; sys.modules['pandas'] = None; import fedge.agent.daemon, fedge.agent.cli; "
         "print(sorted(m for m in ('cryptography', 'dp_accounting', 'scipy', 'pandas') if sys.modules.get(m)))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

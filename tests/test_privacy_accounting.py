@@ -9,8 +9,8 @@ import dp_accounting
 import pytest
 from dp_accounting import pld, rdp
 
-from agent.core.errors import ConfigError
-from agent.core.privacy.accounting import PrivacyAccountant, RoundEvent, epsilon, epsilon_of_events
+from fedge.agent.core.errors import ConfigError
+from fedge.coordinator.rounds.accounting import PrivacyAccountant, RoundEvent, epsilon, epsilon_of_events
 
 # (noise multiplier, sampling rate, rounds, delta)
 TABLE = [
@@ -136,9 +136,9 @@ def test_incremental_accountant_equals_batch_and_preview():
 
 
 def test_round_event_for_each_mode():
-    from agent.core.privacy.accounting import local_report_epsilon, round_event_for
-    from agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
-    from agent.core.privacy.discrete import DiscreteNoisePlan
+    from fedge.coordinator.rounds.accounting import local_report_epsilon, round_event_for
+    from fedge.agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
+    from fedge.agent.core.privacy.discrete import DiscreteNoisePlan
 
     local = PrivacyConfig(mode="local", noise_multiplier=1.3)
     assert round_event_for(local, sampling_rate=0.1) == RoundEvent(1.3, 0.1)
@@ -160,7 +160,7 @@ def test_round_event_for_each_mode():
 
 
 def test_adaptive_split_equals_composing_both_gaussian_events():
-    from agent.core.privacy.adaptive import update_noise_multiplier
+    from fedge.agent.core.privacy.adaptive import update_noise_multiplier
 
     z, sb, q = 1.0, 4.0, 0.05
     zd = update_noise_multiplier(z, sb)
@@ -171,7 +171,7 @@ def test_adaptive_split_equals_composing_both_gaussian_events():
 
 
 def test_calibrated_noise_multiplier_meets_target_tightly():
-    from agent.core.privacy.accounting import calibrate_noise_multiplier
+    from fedge.coordinator.rounds.accounting import calibrate_noise_multiplier
 
     z = calibrate_noise_multiplier(2.0, 0.01, 500, 1e-6)
     assert epsilon(z, 0.01, 500, 1e-6) <= 2.0

@@ -4,7 +4,7 @@ Each test runs ``encode_update`` (clip, noise, quantize; in distributed mode the
 Gaussian share in the ring) on one of two neighbouring updates many times, decodes what the
 coordinator would see, and scores the projection on the update direction in units of the noise
 std. A threshold fixed before sampling turns the counts into a Clopper-Pearson lower bound on
-epsilon at 95% confidence (``coordinator.audit_stats``). The bound must stay at or below
+epsilon at 95% confidence (``fedge.coordinator.rounds.audit_stats``). The bound must stay at or below
 the epsilon fedge prints for the relation it names; where fedge once printed too small a figure,
 the same bound is shown to exceed that old figure, so the attack is strong enough to catch it.
 Every device is sampled (q = 1): amplification by sampling is the accountant's to add.
@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from dp_accounting import rdp
 
-from agent.core.privacy.accounting import RoundEvent, epsilon, epsilon_of_events, local_report_epsilon
-from coordinator.audit_stats import threshold_test
-from agent.core.update import decode_aggregate, encode_update
-from coordinator.config import TrainingConfig
-from coordinator.plan import make_plan
+from fedge.coordinator.rounds.accounting import RoundEvent, epsilon, epsilon_of_events, local_report_epsilon
+from fedge.coordinator.rounds.audit_stats import threshold_test
+from fedge.agent.core.update import decode_aggregate, encode_update
+from fedge.coordinator.service.config import TrainingConfig
+from fedge.coordinator.rounds.plan import make_plan
 
 DELTA = 1e-5
 TRIALS = 50_000  # per neighbour

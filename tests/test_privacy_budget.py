@@ -7,11 +7,11 @@ import math
 import pytest
 import sqlite_utils
 
-from agent.core.errors import BudgetExhausted, ProtocolError
-from agent.core.privacy.accounting import RoundEvent, epsilon_of_events
-from agent.core.privacy.ledger import Contribution, DeviceLedger, ensure_schema
-from coordinator.privacy_budget import CampaignBudget, mark_exhausted, selectable_devices
-from coordinator.privacy_budget import ensure_schema as ensure_coordinator_schema
+from fedge.agent.core.errors import BudgetExhausted, ProtocolError
+from fedge.coordinator.rounds.accounting import RoundEvent, epsilon_of_events
+from fedge.agent.core.privacy.ledger import Contribution, DeviceLedger, ensure_schema
+from fedge.coordinator.service.privacy_budget import CampaignBudget, mark_exhausted, selectable_devices
+from fedge.coordinator.service.privacy_budget import ensure_schema as ensure_coordinator_schema
 
 
 def _contribution(round_id: int, z: float = 2.0, mode: str = "local") -> Contribution:
@@ -124,8 +124,8 @@ def test_device_and_coordinator_agree_end_to_end(tmp_path):
 
 
 def test_contribution_of_config_uses_the_accounted_noise():
-    from agent.core.privacy.config import PrivacyConfig
-    from agent.core.privacy.discrete import DiscreteNoisePlan
+    from fedge.agent.core.privacy.config import PrivacyConfig
+    from fedge.agent.core.privacy.discrete import DiscreteNoisePlan
 
     local = Contribution.of(PrivacyConfig(mode="local", noise_multiplier=1.5, clip_norm=0.3), 4, sampling_rate=0.1, delta=1e-6)
     assert local == Contribution(4, "local", 1.5, 0.3, 0.1, 1e-6, 0.0)
@@ -139,7 +139,7 @@ def test_contribution_of_config_uses_the_accounted_noise():
 @pytest.mark.parametrize("zs,delta", [([3.0], 1e-5), ([1.0] * 10, 1e-6), ([5.0] * 50, 1e-5), ([0.8, 2.0, 4.0], 1e-5)])
 def test_ledger_closed_form_matches_dp_accounting_pld(zs, delta):
     """The ledger's exact Gaussian composition (mu-GDP) equals dp-accounting's PLD within 0.1%."""
-    from agent.core.privacy.ledger import composed_epsilon
+    from fedge.agent.core.privacy.ledger import composed_epsilon
 
     cs = [Contribution(i, "local", z, 1.0, 0.1, delta) for i, z in enumerate(zs)]
     pld = epsilon_of_events([RoundEvent(z, 1.0, "none") for z in zs], delta, "pld")
@@ -153,6 +153,6 @@ def test_device_daemon_does_not_load_dp_accounting():
     import subprocess
     import sys
 
-    code = "import sys, agent.daemon; print('dp_accounting' in sys.modules or 'scipy' in sys.modules)"
+    code = "import sys, fedge.agent.daemon; print('dp_accounting' in sys.modules or 'scipy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -7,12 +7,12 @@ import json
 import pytest
 import sqlite_utils
 
-from agent.cli import main as agent_main
-from agent.core.privacy.accounting import RoundEvent, epsilon
-from agent.core.privacy.ledger import Contribution, DeviceLedger
-from agent.store import Store
-from coordinator.cli import main as coordinator_main
-from coordinator.privacy_budget import CampaignBudget
+from fedge.agent.cli import main as agent_main
+from fedge.coordinator.rounds.accounting import RoundEvent, epsilon
+from fedge.agent.core.privacy.ledger import Contribution, DeviceLedger
+from fedge.agent.store import Store
+from fedge.coordinator.service.cli import main as coordinator_main
+from fedge.coordinator.service.privacy_budget import CampaignBudget
 
 
 def _run(main, argv, capsys):

@@ -10,19 +10,19 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from agent.core.errors import ConfigError, RoundFailed
-from agent.core.privacy import adaptive
-from agent.core.privacy.clip import clip_l2, l2_norm
-from agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
-from agent.core.privacy.discrete import (
+from fedge.agent.core.errors import ConfigError, RoundFailed
+from fedge.agent.core.privacy import adaptive
+from fedge.agent.core.privacy.clip import clip_l2, l2_norm
+from fedge.agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
+from fedge.agent.core.privacy.discrete import (
     DiscreteNoisePlan,
     add_noise_share,
     require_min_survivors,
     sample_discrete_gaussian,
     survivor_noise_multiplier,
 )
-from agent.core.privacy.noise import privatize, share_stddev
-from agent.core.privacy.rng import os_generator
+from fedge.agent.core.privacy.noise import privatize, share_stddev
+from fedge.agent.core.privacy.rng import os_generator
 
 # Standard deviations are estimated from n draws; the relative standard error of a std estimate
 # is about 1/sqrt(2n), i.e. 0.16% for n = 200,000. Tolerances below are >= 6 standard errors.
@@ -192,7 +192,7 @@ def test_adaptive_privatize_reports_clip_bit():
 
 def test_ring_pipeline_with_real_quantizer_recovers_sum_plus_central_noise():
     """clip -> secagg.quantize -> discrete share -> sum mod 2^bits -> dequantize_sum."""
-    from agent.core.secagg.quantize import dequantize_sum, quantize
+    from fedge.agent.core.secagg.quantize import dequantize_sum, quantize
 
     rng = np.random.default_rng(8)
     n, z, c, d, bits = 20, 1.0, 1.0, 20_000, 32

@@ -6,8 +6,8 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from agent.core.profiles import DeviceProfile
-from agent.core.schema import describe, rule_of, show
+from fedge.agent.core.profiles import DeviceProfile
+from fedge.agent.core.schema import describe, rule_of, show
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "profiles.md"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from agent.core.errors import ConfigError
-from agent.core.profiles import DeviceProfile, load_profile, parse_profile
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.profiles import DeviceProfile, load_profile, parse_profile
 from tests.profiles_fixtures import BASE, BROKEN, SHIPPED, line_of, write_broken
 
 

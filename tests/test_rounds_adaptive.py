@@ -10,20 +10,20 @@ import dp_accounting
 import numpy as np
 import pytest
 
-from agent.core import wire
-from agent.core.crypto import IdentityKey
-from agent.core.errors import ConfigError
-from agent.core.messages.rounds import PlainUpdate, Task
-from agent.core.messages.secagg import MaskedInput
-from agent.core.privacy.accounting import PrivacyAccountant, round_event_for
-from agent.core.secagg.quantize import dequantize_sum, quantize
-from agent.core.update import encode_update, noise_plan, privacy_config
-from agent.daemon import contribution_for
-from agent.participant import LocalResult, Participant
-from agent.secure import PeerDirectory, secagg_factory, trusted_lookup
-from coordinator.engine import PlainAggregation, RoundEngine, RoundSettings, RoundStatus, expected_length
-from coordinator.plan import TrainingConfig, make_plan
-from coordinator.secure import SecureAggregation
+from fedge.agent.core import wire
+from fedge.agent.core.crypto import IdentityKey
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.messages.rounds import PlainUpdate, Task
+from fedge.agent.core.messages.secagg import MaskedInput
+from fedge.coordinator.rounds.accounting import PrivacyAccountant, round_event_for
+from fedge.agent.core.secagg.quantize import dequantize_sum, quantize
+from fedge.agent.core.update import encode_update, noise_plan, privacy_config
+from fedge.agent.daemon import contribution_for
+from fedge.agent.participant import LocalResult, Participant
+from fedge.agent.secure import PeerDirectory, secagg_factory, trusted_lookup
+from fedge.coordinator.rounds.engine import PlainAggregation, RoundEngine, RoundSettings, RoundStatus, expected_length
+from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
+from fedge.coordinator.rounds.secure import SecureAggregation
 from tests.round_fixtures import deliver
 
 

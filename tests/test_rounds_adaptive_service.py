@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from agent.core.transport.base import MQTT_311
-from coordinator.service import CoordinatorService
-from coordinator.store import Store
+from fedge.agent.core.transport.base import MQTT_311
+from fedge.coordinator.service.service import CoordinatorService
+from fedge.coordinator.store import Store
 from tests.mqtt_fixtures import embedded_broker  # noqa: F401
 from tests.service_fixtures import AgentThreads, make_fleet, service_config
 

@@ -7,10 +7,10 @@ import dp_accounting
 import numpy as np
 import pytest
 
-from simulations import runner
-from simulations.population import DEFAULT_PROFILE_DIR, draw_round_behaviour, make_population
-from simulations.protocol import ProtocolEngine, ProtocolSettings
-from simulations.world import BEHAVIOUR, COHORT, POPULATION, TRAIN, build_world, recipe, stream
+from fedge.simulations import runner
+from fedge.simulations.population import DEFAULT_PROFILE_DIR, draw_round_behaviour, make_population
+from fedge.simulations.protocol import ProtocolEngine, ProtocolSettings
+from fedge.simulations.world import BEHAVIOUR, COHORT, POPULATION, TRAIN, build_world, recipe, stream
 from tests.sim_protocol_fixtures import small_config
 
 

@@ -7,12 +7,12 @@ import itertools
 import numpy as np
 import pytest
 
-from agent.core.errors import ConfigError, ProtocolError
-from agent.core.messages.rounds import Decline, PlainUpdate
-from agent.participant import LocalResult, Participant
-from coordinator.engine import PlainAggregation, RoundEngine, RoundSettings, RoundStatus
-from coordinator.plan import TrainingConfig, make_plan
-from coordinator.selection import over_selected, select_cohort
+from fedge.agent.core.errors import ConfigError, ProtocolError
+from fedge.agent.core.messages.rounds import Decline, PlainUpdate
+from fedge.agent.participant import LocalResult, Participant
+from fedge.coordinator.rounds.engine import PlainAggregation, RoundEngine, RoundSettings, RoundStatus
+from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
+from fedge.coordinator.rounds.selection import over_selected, select_cohort
 from tests.round_fixtures import deliver, digits_split, make_train_fn, trainer_for
 
 
@@ -156,7 +156,7 @@ def test_over_selection_and_sampling() -> None:
 
 def test_plain_uploads_outside_the_quantization_range_are_refused() -> None:
     """One device sending huge values would wrap the sum or outweigh everyone: refused."""
-    from agent.core.secagg.quantize import max_abs_int
+    from fedge.agent.core.secagg.quantize import max_abs_int
 
     d = 6
     cfg = TrainingConfig(secagg=False, goal=3, min_cohort=2, dp_mode="local", noise_multiplier=1.0)

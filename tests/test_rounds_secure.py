@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.core.certs import issue_certificate
-from agent.core.crypto import IdentityKey
-from agent.core.errors import SecurityError
-from agent.core.messages.rounds import Peers
-from agent.core.messages.secagg import KeyAdvertisement, MaskedInput, SurvivorSignature
-from agent.participant import LocalResult, Participant
-from agent.secure import PeerDirectory, secagg_factory, trusted_lookup
-from coordinator.engine import PlainAggregation, RoundEngine, RoundSettings, RoundStatus
-from coordinator.plan import TrainingConfig, make_plan
-from coordinator.secure import SecureAggregation
+from fedge.agent.core.certs import issue_certificate
+from fedge.agent.core.crypto import IdentityKey
+from fedge.agent.core.errors import SecurityError
+from fedge.agent.core.messages.rounds import Peers
+from fedge.agent.core.messages.secagg import KeyAdvertisement, MaskedInput, SurvivorSignature
+from fedge.agent.participant import LocalResult, Participant
+from fedge.agent.secure import PeerDirectory, secagg_factory, trusted_lookup
+from fedge.coordinator.rounds.engine import PlainAggregation, RoundEngine, RoundSettings, RoundStatus
+from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
+from fedge.coordinator.rounds.secure import SecureAggregation
 from tests.round_fixtures import deliver, digits_split, make_train_fn, trainer_for
 
 
@@ -177,8 +177,8 @@ def test_a_device_refuses_secagg_parameters_weaker_than_its_plan() -> None:
     planned for (or a different ring or length) is refused before any key is advertised."""
     import dataclasses
 
-    from agent.core.errors import ProtocolError
-    from agent.core.messages.secagg import SecAggConfig
+    from fedge.agent.core.errors import ProtocolError
+    from fedge.agent.core.messages.secagg import SecAggConfig
 
     n, dim = 8, 5
     deltas = {f"d{i:03d}": np.full(dim, 0.01, np.float32) for i in range(n)}

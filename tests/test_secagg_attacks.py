@@ -9,13 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.core.crypto import AgreementKey, IdentityKey, shamir
-from agent.core.errors import ProtocolError, RoundFailed, SecurityError
-from agent.core.messages.secagg import NeighbourKeys, RelayedShares, Survivors, UnmaskRequest, UnmaskShares
-from agent.core.secagg import derive
-from agent.core.secagg.loopback import run_round
-from agent.core.secagg.params import SecAggParams
-from agent.core.secagg.stages import Stage
+from fedge.agent.core.crypto import AgreementKey, IdentityKey, shamir
+from fedge.agent.core.errors import ProtocolError, RoundFailed, SecurityError
+from fedge.agent.core.messages.secagg import NeighbourKeys, RelayedShares, Survivors, UnmaskRequest, UnmaskShares
+from fedge.agent.core.secagg import derive
+from fedge.agent.core.secagg.loopback import run_round
+from fedge.agent.core.secagg.params import SecAggParams
+from fedge.agent.core.secagg.stages import Stage
 from tests.secagg_fixtures import make_round
 
 N = 10
@@ -223,9 +223,9 @@ def test_a_config_from_another_cipher_suite_is_refused_with_its_reason() -> None
     """Peers of different fedge versions fail at the config with a reason, not with masks that do not cancel."""
     import dataclasses
 
-    from agent.core import wire
-    from agent.core.errors import WireError
-    from agent.core.secagg.params import SUITE
+    from fedge.agent.core import wire
+    from fedge.agent.core.errors import WireError
+    from fedge.agent.core.secagg.params import SUITE
 
     r = make_round(SecAggParams(6, 5, 3, 4))
     config = r.server.start()

@@ -7,13 +7,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from agent.core.crypto import IdentityKey
-from agent.core.errors import ConfigError, ProtocolError, RoundFailed
-from agent.core.secagg.graph import neighbour_table
-from agent.core.secagg.loopback import run_round
-from agent.core.secagg.params import SecAggParams
-from agent.core.secagg.server import SecAggServer
-from agent.core.secagg.stages import ORDER, Stage
+from fedge.agent.core.crypto import IdentityKey
+from fedge.agent.core.errors import ConfigError, ProtocolError, RoundFailed
+from fedge.agent.core.secagg.graph import neighbour_table
+from fedge.agent.core.secagg.loopback import run_round
+from fedge.agent.core.secagg.params import SecAggParams
+from fedge.agent.core.secagg.server import SecAggServer
+from fedge.agent.core.secagg.stages import ORDER, Stage
 from tests.secagg_fixtures import make_round, plain_sum
 
 STAGES = ORDER[:-1]

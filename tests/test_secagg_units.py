@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.errors import ConfigError, ProtocolError
-from agent.core.secagg.graph import neighbour_table, neighbours_of
-from agent.core.secagg.params import SecAggParams, bounds, derive_params, params_bounds
-from agent.core.secagg.quantize import (
+from fedge.agent.core.errors import ConfigError, ProtocolError
+from fedge.agent.core.secagg.graph import neighbour_table, neighbours_of
+from fedge.agent.core.secagg.params import SecAggParams, bounds, derive_params, params_bounds
+from fedge.agent.core.secagg.quantize import (
     check_no_wrap,
     choose_scale,
     dequantize_sum,
@@ -18,7 +18,7 @@ from agent.core.secagg.quantize import (
     quantize,
     to_signed,
 )
-from agent.core.secagg.stages import ORDER, Stage, check_transition, next_stage
+from fedge.agent.core.secagg.stages import ORDER, Stage, check_transition, next_stage
 
 
 def test_stages_move_forward_one_at_a_time_or_fail() -> None:
@@ -147,8 +147,8 @@ def test_wrap_check_and_scale_refusals() -> None:
 
 def test_the_kept_ring_is_read_only_and_equals_a_fresh_sort() -> None:
     """The ring order is kept per (seed, n); callers can not change it, and it is the sort it stands for."""
-    from agent.core.crypto import MASK_KEY_BYTES, derive_key, expand_into
-    from agent.core.secagg.graph import ring_order
+    from fedge.agent.core.crypto import MASK_KEY_BYTES, derive_key, expand_into
+    from fedge.agent.core.secagg.graph import ring_order
 
     seed = bytes(range(32))
     perm, rank = ring_order(seed, 500)

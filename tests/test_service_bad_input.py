@@ -10,15 +10,15 @@ import threading
 import numpy as np
 import pytest
 
-from agent.core import topics, wire
-from agent.core.crypto import IdentityKey
-from agent.core.messages.rounds import CheckIn, PlainUpdate, RoundAnnounce, RoundEnd, Task
-from agent.core.transport import TransportConfig, open_transport
-from agent.core.transport.base import MQTT_311
-from agent.core.transport.chunks import ENVELOPE_PREFIX
-from coordinator.enrollment import enroll
-from coordinator.service import CoordinatorService
-from coordinator.store import Store
+from fedge.agent.core import topics, wire
+from fedge.agent.core.crypto import IdentityKey
+from fedge.agent.core.messages.rounds import CheckIn, PlainUpdate, RoundAnnounce, RoundEnd, Task
+from fedge.agent.core.transport import TransportConfig, open_transport
+from fedge.agent.core.transport.base import MQTT_311
+from fedge.agent.core.transport.chunks import ENVELOPE_PREFIX
+from fedge.coordinator.service.enrollment import enroll
+from fedge.coordinator.service.service import CoordinatorService
+from fedge.coordinator.store import Store
 from tests.mqtt_fixtures import embedded_broker  # noqa: F401
 from tests.service_fixtures import AgentThreads, make_fleet, service_config
 

@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from agent.training.models import load_spec
-from agent.training.trainer import Trainer
-from coordinator.demo import DemoConfig, daemon_available, run_demo
-from coordinator.plan import TrainingConfig
-from coordinator.store import Store
+from fedge.agent.training.models import load_spec
+from fedge.agent.training.trainer import Trainer
+from fedge.coordinator.service.demo import DemoConfig, daemon_available, run_demo
+from fedge.coordinator.rounds.plan import TrainingConfig
+from fedge.coordinator.store import Store
 from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401
 from tests.service_fixtures import ROOT
 
@@ -23,7 +23,7 @@ from tests.service_fixtures import ROOT
 def test_demo_runs_and_writes_the_rounds_json(tmp_path) -> None:
     out = tmp_path / "rounds.json"
     proc = subprocess.run(
-        [sys.executable, "-c", "from coordinator.cli import main; main()", "--log-level", "WARNING", "demo",
+        [sys.executable, "-c", "from fedge.coordinator.service.cli import main; main()", "--log-level", "WARNING", "demo",
          "--agents", "4", "--rounds", "2", "--json", str(out), "--workdir", str(tmp_path / "work")],
         cwd=ROOT, capture_output=True, text=True, timeout=220,
     )

@@ -7,12 +7,12 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from agent.core.certs import verify_certificate
-from agent.core.crypto import IdentityKey
-from agent.core.errors import ConfigError, ProtocolError, SecurityError
-from coordinator.cli import cli
-from coordinator.enrollment import authority, certificate, enroll, list_devices, revoke
-from coordinator.store import Store
+from fedge.agent.core.certs import verify_certificate
+from fedge.agent.core.crypto import IdentityKey
+from fedge.agent.core.errors import ConfigError, ProtocolError, SecurityError
+from fedge.coordinator.service.cli import cli
+from fedge.coordinator.service.enrollment import authority, certificate, enroll, list_devices, revoke
+from fedge.coordinator.store import Store
 from tests.cli_fixtures import isolated_logging  # noqa: F401
 
 

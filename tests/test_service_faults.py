@@ -14,12 +14,12 @@ import time
 import numpy as np
 import pytest
 
-from agent.core import wire
-from agent.core.messages.rounds import RoundPlan
-from agent.core.transport.base import MQTT_5
-from agent.core.update import decode_aggregate
-from coordinator.service import RESTARTED, CoordinatorService
-from coordinator.store import Store
+from fedge.agent.core import wire
+from fedge.agent.core.messages.rounds import RoundPlan
+from fedge.agent.core.transport.base import MQTT_5
+from fedge.agent.core.update import decode_aggregate
+from fedge.coordinator.service.service import RESTARTED, CoordinatorService
+from fedge.coordinator.store import Store
 from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401
 from tests.service_fixtures import ROOT, AgentThreads, make_fleet, serve_command, service_config, wait_for_row
 

@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from agent.core.transport.base import MQTT_5, MQTT_311
-from agent.training.models import load_spec
-from agent.training.trainer import Trainer
-from coordinator.service import CoordinatorService
-from coordinator.store import Store
+from fedge.agent.core.transport.base import MQTT_5, MQTT_311
+from fedge.agent.training.models import load_spec
+from fedge.agent.training.trainer import Trainer
+from fedge.coordinator.service.service import CoordinatorService
+from fedge.coordinator.store import Store
 from tests.mqtt_fixtures import embedded_broker, mosquitto, needs_mosquitto  # noqa: F401
 from tests.service_fixtures import AgentProcesses, make_fleet, service_config
 

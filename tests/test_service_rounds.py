@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from agent.core.transport.base import MQTT_311
-from coordinator.cli import cli
-from coordinator.enrollment import revoke
-from coordinator.service import RESTARTED, CoordinatorService
-from coordinator.store import Store
+from fedge.agent.core.transport.base import MQTT_311
+from fedge.coordinator.service.cli import cli
+from fedge.coordinator.service.enrollment import revoke
+from fedge.coordinator.service.service import RESTARTED, CoordinatorService
+from fedge.coordinator.store import Store
 from tests.cli_fixtures import isolated_logging  # noqa: F401
 from tests.mqtt_fixtures import embedded_broker  # noqa: F401
 from tests.service_fixtures import AgentThreads, make_fleet, service_config
@@ -91,8 +91,8 @@ def test_restart_abandons_the_open_round_and_rounds_cli_shows_it(embedded_broker
 
 @pytest.mark.timeout(60)
 def test_an_error_inside_a_round_abandons_it_with_that_reason(embedded_broker, tmp_path, monkeypatch) -> None:  # noqa: F811
-    import coordinator.service as service_module
-    from agent.core.errors import ConfigError
+    import fedge.coordinator.service.service as service_module
+    from fedge.agent.core.errors import ConfigError
 
     fleet = make_fleet(tmp_path, 2)
     cfg = service_config(fleet, embedded_broker.url, rounds=1, mqtt_protocol=MQTT_311, checkin_window_s=0.5)
@@ -113,7 +113,7 @@ def test_an_error_inside_a_round_abandons_it_with_that_reason(embedded_broker, t
 
 @pytest.mark.timeout(120)
 def test_a_device_that_declines_for_budget_is_never_selected_again(embedded_broker, tmp_path) -> None:  # noqa: F811
-    from agent.core.errors import BudgetExhausted
+    from fedge.agent.core.errors import BudgetExhausted
 
     fleet = make_fleet(tmp_path, 3)
     cfg = service_config(fleet, embedded_broker.url, rounds=2, mqtt_protocol=MQTT_311, checkin_window_s=5.0,

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from agent.core.cliutil import run as run_cli
-from simulations import runner
-from simulations.cli import cli
-from simulations.config import SimConfig
-from simulations.report import ROUND_KEYS, RoundRecord, Summary
+from fedge.agent.core.cliutil import run as run_cli
+from fedge.simulations import runner
+from fedge.simulations.cli import cli
+from fedge.simulations.config import SimConfig
+from fedge.simulations.report import ROUND_KEYS, RoundRecord, Summary
 
 RESEARCHER = (
     "run --population 100000 --per-round 10000 --rounds 50 --model mlp --dataset synthetic:1,1 "
@@ -92,7 +92,7 @@ def test_a_small_run_writes_the_report_and_reproduces(tmp_path) -> None:
 
 
 def test_a_swapped_round_engine_gets_the_cohort_and_reports_its_epsilon(tmp_path) -> None:
-    from simulations.engine import RoundWork
+    from fedge.simulations.engine import RoundWork
 
     calls = []
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.core.errors import ConfigError
-from simulations.datasets import (
+from fedge.agent.core.errors import ConfigError
+from fedge.simulations.datasets import (
     DatasetSpec,
     check_model_fits,
     digits,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.core.errors import ConfigError
-from simulations.datasets import digits, synthetic
-from simulations.federation import federate
-from simulations.partition import (
+from fedge.agent.core.errors import ConfigError
+from fedge.simulations.datasets import digits, synthetic
+from fedge.simulations.federation import federate
+from fedge.simulations.partition import (
     DrawPartition,
     PartitionSpec,
     SplitPartition,

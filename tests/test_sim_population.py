@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.core.errors import ConfigError
-from agent.core.profiles import DropoutRates, SimulationTraits
-from simulations.population import (
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.profiles import DropoutRates, SimulationTraits
+from fedge.simulations.population import (
     NO_DROP,
     STAGES,
     draw_round_behaviour,

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from simulations import runner
+from fedge.simulations import runner
 from tests.sim_protocol_fixtures import numbers, small_config
 
 pytestmark = pytest.mark.skipif(

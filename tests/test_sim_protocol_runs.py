@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from simulations import runner
+from fedge.simulations import runner
 from tests.sim_protocol_fixtures import FLAKY, numbers, small_config, write_profile
 
 ROUND_STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
@@ -79,9 +79,9 @@ SHAKY = FLAKY.replace("availability = 0.9", "availability = 1.0").replace("= 0.0
 def test_a_round_that_loses_too_many_devices_is_abandoned_with_a_reason_and_the_run_goes_on(tmp_path) -> None:
     import dataclasses
 
-    from simulations.population import make_population
-    from simulations.protocol import ProtocolEngine, ProtocolSettings
-    from simulations.world import POPULATION, build_world, recipe, stream
+    from fedge.simulations.population import make_population
+    from fedge.simulations.protocol import ProtocolEngine, ProtocolSettings
+    from fedge.simulations.world import POPULATION, build_world, recipe, stream
 
     write_profile(tmp_path, "shaky", SHAKY)
     config = small_config(rounds=5, profiles=(("shaky", 1.0),), out=str(tmp_path / "out"))
@@ -111,8 +111,8 @@ def test_a_round_that_loses_too_many_devices_is_abandoned_with_a_reason_and_the_
 
 
 def test_synthetic_trains_the_zoo_model_whose_input_width_fits() -> None:
-    from agent.training.trainer import Trainer
-    from simulations.world import build_world, recipe
+    from fedge.agent.training.trainer import Trainer
+    from fedge.simulations.world import build_world, recipe
 
     world = build_world(recipe(population=50, dataset="synthetic:1,1", partition="natural", model="mlp", seed=0))
     assert isinstance(world.trainer, Trainer) and world.trainer.spec.input_shape == (60,)

@@ -7,12 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from coordinator.plan import make_plan
-from simulations import runner
-from simulations.hosts import device_seeds
-from simulations.population import make_population, draw_round_behaviour
-from simulations.protocol import ProtocolEngine, ProtocolSettings
-from simulations.world import BEHAVIOUR, COHORT, POPULATION, TRAIN, build_world, recipe, stream
+from fedge.coordinator.rounds.plan import make_plan
+from fedge.simulations import runner
+from fedge.simulations.hosts import device_seeds
+from fedge.simulations.population import make_population, draw_round_behaviour
+from fedge.simulations.protocol import ProtocolEngine, ProtocolSettings
+from fedge.simulations.world import BEHAVIOUR, COHORT, POPULATION, TRAIN, build_world, recipe, stream
 from tests.sim_protocol_fixtures import FLAKY, small_config, write_profile
 
 

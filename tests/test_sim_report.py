@@ -7,7 +7,7 @@ import io
 import json
 import math
 
-from simulations.report import PLOTS, ROUND_KEYS, RoundRecord, Summary, progress, write_report
+from fedge.simulations.report import PLOTS, ROUND_KEYS, RoundRecord, Summary, progress, write_report
 
 
 def _record(r: int, epsilon: float | None) -> RoundRecord:

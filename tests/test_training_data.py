@@ -8,14 +8,14 @@ import json
 import numpy as np
 import pytest
 
-from agent.cli import cli
-from agent.core import migrations
-from agent.core.cliutil import run
-from agent.core.errors import ConfigError, TrainingError
-from agent.local_data import example_stats, import_examples, load_examples
-from agent.store import MIGRATIONS, Store
-from agent.training.models import load_spec
-from agent.training.tflite_file import read_model_file
+from fedge.agent.cli import cli
+from fedge.agent.core import migrations
+from fedge.agent.core.cliutil import run
+from fedge.agent.core.errors import ConfigError, TrainingError
+from fedge.agent.local_data import example_stats, import_examples, load_examples
+from fedge.agent.store import MIGRATIONS, Store
+from fedge.agent.training.models import load_spec
+from fedge.agent.training.tflite_file import read_model_file
 from tests.training_fixtures import digits
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.core.errors import ConfigError, TrainingError
-from agent.core.profiles import load_profile
-from agent.training import reference
-from agent.training.models import load_spec
-from agent.training.runtime import RUNTIMES, load_interpreter, runtime_name
-from agent.training.trainer import STOP_ABORTED, STOP_TIME_CAP, Trainer, train_with_limits
+from fedge.agent.core.errors import ConfigError, TrainingError
+from fedge.agent.core.profiles import load_profile
+from fedge.agent.training import reference
+from fedge.agent.training.models import load_spec
+from fedge.agent.training.runtime import RUNTIMES, load_interpreter, runtime_name
+from fedge.agent.training.trainer import STOP_ABORTED, STOP_TIME_CAP, Trainer, train_with_limits
 from tests.training_fixtures import digits
 
 ROOT = Path(__file__).resolve().parent.parent

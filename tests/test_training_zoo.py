@@ -11,11 +11,11 @@ import json
 import numpy as np
 import pytest
 
-from agent.training import reference
-from agent.core.errors import ConfigError
-from agent.training.models import MODELS_DIR, family_of, list_models, load_spec, model_for
-from agent.training.runtime import load_interpreter
-from agent.training.tflite_file import read_model_file
+from fedge.agent.training import reference
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.training.models import MODELS_DIR, family_of, list_models, load_spec, model_for
+from fedge.agent.training.runtime import load_interpreter
+from fedge.agent.training.tflite_file import read_model_file
 from tests.training_fixtures import data_for
 
 MODELS = ["logreg", "mlp", "cnn", "logreg60", "mlp60"]
@@ -174,7 +174,7 @@ def test_sidecar_and_embedded_metadata_are_checked(tmp_path):
     (tmp_path / "logreg.json").write_text(json.dumps(meta))
     assert load_spec(model).weight_names == ("w", "b")
     (tmp_path / "logreg.json").write_text(json.dumps({**meta, "num_classes": 11}))
-    from agent.core.errors import TrainingError
+    from fedge.agent.core.errors import TrainingError
 
     with pytest.raises(TrainingError, match="embedded metadata"):
         load_spec(model)

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.core import topics
-from agent.core.errors import TransportError
-from agent.core.transport.base import MQTT_5, MQTT_311, TransportConfig
-from agent.core.transport.mqtt import MqttTransport
+from fedge.agent.core import topics
+from fedge.agent.core.errors import TransportError
+from fedge.agent.core.transport.base import MQTT_5, MQTT_311, TransportConfig
+from fedge.agent.core.transport.mqtt import MqttTransport
 from tests.mqtt_fixtures import (  # noqa: F401
     PASSWORDS,
     MosquittoProcess,

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core import wire
-from agent.core.errors import ConfigError
-from agent.core.messages.transport import Chunk
-from agent.core.transport.base import TransportConfig
-from agent.core.transport.chunks import Inbox, split
+from fedge.agent.core import wire
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.messages.transport import Chunk
+from fedge.agent.core.transport.base import TransportConfig
+from fedge.agent.core.transport.chunks import Inbox, split
 from tests.transport_fixtures import GARBAGE, corrupt, payload
 
 CFG = TransportConfig(
@@ -66,7 +66,7 @@ def test_plain_message_delivered_and_acked_on_release() -> None:
 @pytest.mark.parametrize("bad", GARBAGE)
 def test_garbage_dropped_logged_and_acked(bad: bytes, caplog: pytest.LogCaptureFixture) -> None:
     inbox = Inbox(CFG)
-    with caplog.at_level(logging.WARNING, logger="agent.core.transport.chunks"):
+    with caplog.at_level(logging.WARNING, logger="fedge.agent.core.transport.chunks"):
         got, acked = feed(inbox, [bad, payload(10)])
     assert len(got) == 1 and acked == [0] and inbox.dropped == 1
     assert "dropped input" in caplog.text

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from agent.core.errors import ConfigError
-from agent.core.transport.base import MQTT_311, TransportConfig
-from agent.core.transport.mqtt import MqttTransport
-from coordinator.broker import EmbeddedBroker, broker_for
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.transport.base import MQTT_311, TransportConfig
+from fedge.agent.core.transport.mqtt import MqttTransport
+from fedge.coordinator.service.broker import EmbeddedBroker, broker_for
 from tests.transport_fixtures import payload
 
 pytestmark = pytest.mark.timeout(60)

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.core import topics
-from agent.core.errors import ProtocolError
-from agent.core.transport.filters import check_filter, check_topic, matches
+from fedge.agent.core import topics
+from fedge.agent.core.errors import ProtocolError
+from fedge.agent.core.transport.filters import check_filter, check_topic, matches
 
 CASES = [
     ("a/b", "a/b", True),

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from agent.core import topics
-from agent.core.errors import TransportError
-from agent.core.transport import InMemoryBroker, InMemoryTransport, TransportConfig, open_transport
-from agent.core.transport.chunks import split
+from fedge.agent.core import topics
+from fedge.agent.core.errors import TransportError
+from fedge.agent.core.transport import InMemoryBroker, InMemoryTransport, TransportConfig, open_transport
+from fedge.agent.core.transport.chunks import split
 from tests.transport_fixtures import GARBAGE, corrupt, payload
 
 

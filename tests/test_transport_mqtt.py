@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.core import topics
-from agent.core.errors import TransportError
-from agent.core.transport.base import MQTT_5, MQTT_311, Inbound, TransportConfig
-from agent.core.transport.chunks import split
-from agent.core.transport.mqtt import MqttTransport
-from coordinator.broker import free_port
+from fedge.agent.core import topics
+from fedge.agent.core.errors import TransportError
+from fedge.agent.core.transport.base import MQTT_5, MQTT_311, Inbound, TransportConfig
+from fedge.agent.core.transport.chunks import split
+from fedge.agent.core.transport.mqtt import MqttTransport
+from fedge.coordinator.service.broker import free_port
 from tests.mqtt_fixtures import MosquittoProcess, embedded_broker, mosquitto, needs_mosquitto  # noqa: F401
 from tests.transport_fixtures import GARBAGE, corrupt, payload
 
@@ -96,7 +96,7 @@ def test_bad_inputs_dropped_logged_and_receiver_goes_on(clients: Clients, caplog
     dev = clients("dev-a", chunk_bytes=50_000)
     coord.subscribe(topics.ALL_DEVICES_OUT)
     t = topics.device_out("dev-a")
-    with caplog.at_level(logging.WARNING, logger="agent.core.transport.chunks"):
+    with caplog.at_level(logging.WARNING, logger="fedge.agent.core.transport.chunks"):
         for g in GARBAGE[1:]:  # an empty payload would clear nothing here but is legal MQTT too
             dev.publish(t, g)
         for c in corrupt(split(payload(30_000), 5_000, "evil.1"), 1):
@@ -196,9 +196,9 @@ def test_publish_over_limit_raises_before_sending() -> None:
 
 _WILL_CHILD = """
 import sys, time
-from agent.core import topics
-from agent.core.transport.base import TransportConfig
-from agent.core.transport.mqtt import MqttTransport
+from fedge.agent.core import topics
+from fedge.agent.core.transport.base import TransportConfig
+from fedge.agent.core.transport.mqtt import MqttTransport
 t = MqttTransport(TransportConfig(sys.argv[1], "dev-a", protocol=sys.argv[2]))
 t.set_will(topics.device_status("dev-a"), bytes.fromhex(sys.argv[3]))
 t.connect()

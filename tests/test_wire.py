@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.core import wire
-from agent.core.errors import WireError
-from agent.core.messages.common import Ack
+from fedge.agent.core import wire
+from fedge.agent.core.errors import WireError
+from fedge.agent.core.messages.common import Ack
 from tests.wire_strategies import array_strategy, dataclass_strategy, equal
 
 MESSAGES = sorted(wire.registered().items())

@@ -41,7 +41,7 @@ def synthetic60() -> tuple[np.ndarray, np.ndarray]:
     (x float32 [9458, 60], unscaled as in the paper, y int32 in 0..9). Shuffled with a fixed seed
     because the pool is in device order and devices differ (each has its own labelling model).
     """
-    from simulations.datasets import synthetic
+    from fedge.simulations.datasets import synthetic
 
     pool = synthetic(1.0, 1.0, 30, np.random.default_rng(0)).pooled(30)
     order = np.random.default_rng(0).permutation(len(pool.y_train))
@@ -50,7 +50,7 @@ def synthetic60() -> tuple[np.ndarray, np.ndarray]:
 
 def data_for(model: str) -> tuple[np.ndarray, np.ndarray]:
     """The data set that fits zoo model ``model``: MNIST for the CNN, Synthetic for 60 inputs, else digits."""
-    from agent.training.models import load_spec
+    from fedge.agent.training.models import load_spec
 
     shape = load_spec(model).input_shape
     return mnist() if shape == (28, 28, 1) else synthetic60() if shape == (60,) else digits()

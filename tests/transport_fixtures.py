@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.core import wire
-from agent.core.messages.common import Reject
-from agent.core.messages.transport import Chunk
+from fedge.agent.core import wire
+from fedge.agent.core.messages.common import Reject
+from fedge.agent.core.messages.transport import Chunk
 
 
 def payload(size: int, seed: int = 0, device: str = "dev-a") -> bytes:

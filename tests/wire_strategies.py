@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from agent.core import wire
+from fedge.agent.core import wire
 
 _INT = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 _DTYPES = list(wire.ARRAY_DTYPES.values())
@@ -34,14 +34,14 @@ OVERRIDES: dict[type, st.SearchStrategy[Any]] = {}
 
 
 def _register_overrides() -> None:
-    from agent.core.messages.rounds import DP_MODES, WEIGHTINGS, RoundPlan
+    from fedge.agent.core.messages.rounds import DP_MODES, WEIGHTINGS, RoundPlan
 
-    from agent.core.messages.transport import Chunk
+    from fedge.agent.core.messages.transport import Chunk
 
-    from agent.core.secagg.params import SecAggParams
+    from fedge.agent.core.secagg.params import SecAggParams
 
     OVERRIDES[SecAggParams] = _secagg_params()
-    from agent.core.release import ReleaseManifest
+    from fedge.agent.core.release import ReleaseManifest
 
     OVERRIDES[ReleaseManifest] = _release_manifest()
     OVERRIDES[Chunk] = st.builds(
@@ -88,7 +88,7 @@ def _register_overrides() -> None:
 
 def _secagg_params() -> st.SearchStrategy[Any]:
     """Valid SecAggParams: k even (or n - 1), k/2 < t <= k."""
-    from agent.core.secagg.params import SecAggParams
+    from fedge.agent.core.secagg.params import SecAggParams
 
     @st.composite
     def build(draw: st.DrawFn) -> Any:
@@ -103,7 +103,7 @@ def _secagg_params() -> st.SearchStrategy[Any]:
 
 def _release_manifest() -> st.SearchStrategy[Any]:
     """Valid ReleaseManifests: safe versions, hex hash and key id, finite metrics."""
-    from agent.core.release import ReleaseManifest
+    from fedge.agent.core.release import ReleaseManifest
 
     version = st.from_regex(r"\A[A-Za-z0-9_.:+-]{1,64}\Z")
     finite = st.floats(allow_nan=False, allow_infinity=False)

@@ -7,7 +7,7 @@ the authority key it received when it was enrolled. Trust rests on that key, not
 
 from __future__ import annotations
 
-from agent.core.crypto import IdentityKey, transcript, verify
+from fedge.agent.core.crypto import IdentityKey, transcript, verify
 
 
 def certificate_payload(device_id: str, identity_public: bytes) -> bytes:

@@ -7,11 +7,37 @@ from typing import Any
 
 import click
 
-from agent.core import logs
-from agent.core.errors import FedgeError
+from fedge.agent.core import logs
+from fedge.agent.core.errors import FedgeError
 
 #: Exit code for an unexpected crash (a bug): distinct from every FedgeError code.
 EXIT_INTERNAL = 70
+#: Exit code when a command needs an optional extra that is not installed (EX_UNAVAILABLE).
+EXIT_MISSING_EXTRA = 69
+#: Import names of optional dependencies, and the install extra that brings each.
+EXTRA_OF_MODULE = {
+    "dp_accounting": "coordinator", "scipy": "coordinator", "cryptography": "coordinator", "amqtt": "coordinator",
+    "matplotlib": "sim", "sklearn": "sim", "mlxtend": "sim", "tqdm": "sim", "ray": "ray", "tensorflow": "modelgen",
+}  # fmt: skip
+
+
+def missing_extra_line(prog: str, module: str) -> str | None:
+    """The one line naming the extra to install for a missing ``module``, or None if none brings it."""
+    extra = EXTRA_OF_MODULE.get(module.split(".")[0])
+    if extra is None:
+        return None
+    return f"{prog}: error: this needs the '{extra}' extra ({module} is not installed): pip install 'fedge[{extra}]'"
+
+
+def require_extra(prog: str, modules: tuple[str, ...]) -> int | None:
+    """Print the missing-extra line and return its exit code if any of ``modules`` is absent."""
+    import importlib.util
+
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            click.echo(missing_extra_line(prog, module) or f"{prog}: error: {module} is not installed", err=True)
+            return EXIT_MISSING_EXTRA
+    return None
 
 
 def logging_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -63,6 +89,12 @@ def run(group: click.Command, prog: str, argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as e:
+        line = missing_extra_line(prog, e.name or "")
+        if line is None:
+            raise
+        click.echo(line, err=True)
+        return EXIT_MISSING_EXTRA
     except Exception as e:  # a bug: still one line, with the type, and a hint for details
         click.echo(f"{prog}: internal error: {type(e).__name__}: {e} (run with --log-level DEBUG)", err=True)
         import logging

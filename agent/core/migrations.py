@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import sqlite_utils
 
-from agent.core.errors import ConfigError
+from fedge.agent.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

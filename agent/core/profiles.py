@@ -16,8 +16,8 @@ from os import PathLike
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.core.errors import ConfigError
-from agent.core.schema import build, rule, show
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.schema import build, rule, show
 
 PRIVACY_MODES = ("off", "local", "distributed")
 MODEL_NAMES = ("logreg", "mlp", "cnn")

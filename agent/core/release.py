@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.core.crypto import IdentityKey, transcript, verify
-from agent.core.errors import SecurityError
-from agent.core.wire import message
+from fedge.agent.core.crypto import IdentityKey, transcript, verify
+from fedge.agent.core.errors import SecurityError
+from fedge.agent.core.wire import message
 
 _VERSION = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

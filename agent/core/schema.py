@@ -20,7 +20,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from agent.core.errors import ConfigError
+from fedge.agent.core.errors import ConfigError
 
 T = TypeVar("T")
 _RULE = "fedge.rule"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from agent.core.errors import ProtocolError
+from fedge.agent.core.errors import ProtocolError
 
 PREFIX = "fedge/v1"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

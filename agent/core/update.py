@@ -1,6 +1,6 @@
 """From a trained delta to the integer vector a device uploads, and from their sum back to FedAvg.
 
-Device side (:func:`encode_update`): clip and noise the delta (:mod:`agent.core.privacy`),
+Device side (:func:`encode_update`): clip and noise the delta (:mod:`fedge.agent.core.privacy`),
 weight it, append the weight as one extra coordinate (so the coordinator learns only the total
 weight), clip to the quantization range, quantize with stochastic rounding and, in distributed
 DP mode, add this client's discrete-Gaussian noise share in the integer ring. The same vector is
@@ -31,12 +31,12 @@ import math
 
 import numpy as np
 
-from agent.core.errors import ProtocolError
-from agent.core.messages.rounds import RoundPlan
-from agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
-from agent.core.privacy.discrete import DiscreteNoisePlan, add_noise_share, bit_noise_plan
-from agent.core.privacy.noise import privatize
-from agent.core.secagg.quantize import dequantize_sum, quantize
+from fedge.agent.core.errors import ProtocolError
+from fedge.agent.core.messages.rounds import RoundPlan
+from fedge.agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
+from fedge.agent.core.privacy.discrete import DiscreteNoisePlan, add_noise_share, bit_noise_plan
+from fedge.agent.core.privacy.noise import privatize
+from fedge.agent.core.secagg.quantize import dequantize_sum, quantize
 
 
 def privacy_config(plan: RoundPlan) -> PrivacyConfig:

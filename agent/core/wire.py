@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import msgpack
 import numpy as np
 
-from agent.core.errors import WireError
+from fedge.agent.core.errors import WireError
 
 MAGIC = "fedge"
 WIRE_VERSION = 1
@@ -81,7 +81,7 @@ def _ensure_loaded() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        importlib.import_module("agent.core.messages")
+        importlib.import_module("fedge.agent.core.messages")
 
 
 def registered() -> dict[str, type]:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.core.errors import ConfigError, TrainingError
-from agent.training.tflite_file import read_model_file
+from fedge.agent.core.errors import ConfigError, TrainingError
+from fedge.agent.training.tflite_file import read_model_file
 
 #: Where the committed zoo lives (shipped as package data).
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from agent.training.models import family_of
+from fedge.agent.training.models import family_of
 
 F32 = np.float32
 Weights = dict[str, np.ndarray]

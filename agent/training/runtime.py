@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from agent.core.errors import TrainingError
+from fedge.agent.core.errors import TrainingError
 
 #: Interpreter modules in order of preference; the first importable one is used.
 RUNTIMES = ("tflite_runtime.interpreter", "ai_edge_litert.interpreter")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from agent.core.errors import TrainingError
+from fedge.agent.core.errors import TrainingError
 
 _IDENTIFIER = b"TFL3"
 #: ``BuiltinOperator.CUSTOM``: custom (and Flex) ops use it with a ``custom_code`` name.

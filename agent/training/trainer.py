@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.core.errors import ConfigError, TrainingError
-from agent.core.profiles import ComputeLimits
-from agent.training.models import ModelSpec
-from agent.training.runtime import load_interpreter
+from fedge.agent.core.errors import ConfigError, TrainingError
+from fedge.agent.core.profiles import ComputeLimits
+from fedge.agent.training.models import ModelSpec
+from fedge.agent.training.runtime import load_interpreter
 
 log = logging.getLogger(__name__)
 

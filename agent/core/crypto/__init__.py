@@ -10,12 +10,12 @@ keys in a prime field, vectorised). Every failed security check raises an opaque
 8.7 MiB of RSS (the coordinator still uses it for X.509).
 """
 
-from agent.core.crypto.aead import AEAD_KEY_BYTES, open_sealed, seal
-from agent.core.crypto.agreement import AgreementKey, AgreementMemo, agree, derive_key, exchange
-from agent.core.crypto.identity import IdentityKey, SignatureMemo, verify
-from agent.core.crypto.keystream import MASK_KEY_BYTES, MaskAccumulator, expand_into
-from agent.core.crypto.randomness import random_bytes
-from agent.core.crypto.transcript import transcript
+from fedge.agent.core.crypto.aead import AEAD_KEY_BYTES, open_sealed, seal
+from fedge.agent.core.crypto.agreement import AgreementKey, AgreementMemo, agree, derive_key, exchange
+from fedge.agent.core.crypto.identity import IdentityKey, SignatureMemo, verify
+from fedge.agent.core.crypto.keystream import MASK_KEY_BYTES, MaskAccumulator, expand_into
+from fedge.agent.core.crypto.randomness import random_bytes
+from fedge.agent.core.crypto.transcript import transcript
 
 __all__ = [
     "AEAD_KEY_BYTES",

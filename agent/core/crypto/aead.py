@@ -12,9 +12,9 @@ from __future__ import annotations
 from nacl._sodium import ffi as _ffi
 from nacl._sodium import lib as _lib
 
-from agent.core.crypto.bytes_in import as_bytes
-from agent.core.crypto.randomness import random_bytes
-from agent.core.errors import SecurityError
+from fedge.agent.core.crypto.bytes_in import as_bytes
+from fedge.agent.core.crypto.randomness import random_bytes
+from fedge.agent.core.errors import SecurityError
 
 AEAD_KEY_BYTES = 32
 NONCE_BYTES = 12

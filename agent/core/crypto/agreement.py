@@ -14,9 +14,9 @@ import nacl.bindings as _nb
 from nacl._sodium import ffi as _ffi
 from nacl._sodium import lib as _lib
 
-from agent.core.crypto.bytes_in import as_bytes
-from agent.core.crypto.randomness import random_bytes
-from agent.core.errors import SecurityError
+from fedge.agent.core.crypto.bytes_in import as_bytes
+from fedge.agent.core.crypto.randomness import random_bytes
+from fedge.agent.core.errors import SecurityError
 
 PUBLIC_BYTES = 32
 _DOMAIN = b"fedge/v1/"

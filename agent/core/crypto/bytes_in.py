@@ -6,7 +6,7 @@ key; primitives call :func:`as_bytes` instead of ``bytes()``.
 
 from __future__ import annotations
 
-from agent.core.errors import SecurityError
+from fedge.agent.core.errors import SecurityError
 
 
 def as_bytes(value: object) -> bytes:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import nacl.bindings as _nb
 
-from agent.core.crypto.bytes_in import as_bytes
-from agent.core.crypto.randomness import random_bytes
-from agent.core.errors import SecurityError
+from fedge.agent.core.crypto.bytes_in import as_bytes
+from fedge.agent.core.crypto.randomness import random_bytes
+from fedge.agent.core.errors import SecurityError
 
 PUBLIC_BYTES = 32
 PRIVATE_BYTES = 32

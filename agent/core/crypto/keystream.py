@@ -24,9 +24,9 @@ import numpy as np
 from nacl._sodium import ffi as _ffi
 from nacl._sodium import lib as _lib
 
-from agent.core.crypto.agreement import _blake2b
-from agent.core.crypto.bytes_in import as_bytes
-from agent.core.errors import SecurityError
+from fedge.agent.core.crypto.agreement import _blake2b
+from fedge.agent.core.crypto.bytes_in import as_bytes
+from fedge.agent.core.errors import SecurityError
 
 MASK_KEY_BYTES = 32
 #: Part of the PRG definition: changing it changes every mask.

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.core.crypto.randomness import random_bytes
-from agent.core.errors import SecurityError
+from fedge.agent.core.crypto.randomness import random_bytes
+from fedge.agent.core.errors import SecurityError
 
 PRIME = 2**31 - 1
 SECRET_BYTES = 32

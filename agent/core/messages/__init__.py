@@ -1,12 +1,12 @@
 """Every wire message type, one module per protocol area; importing this registers them all.
 
-Add a module here (and import it below) for a new area; :mod:`agent.core.wire` loads this
+Add a module here (and import it below) for a new area; :mod:`fedge.agent.core.wire` loads this
 package before its first encode or decode, so the registry is always complete.
 """
 
-from agent.core.messages import common  # noqa: F401
-from agent.core.messages import transport  # noqa: F401
-from agent.core.messages import rounds  # noqa: F401
-from agent.core.messages import secagg  # noqa: F401
-from agent.core.messages import device  # noqa: F401
-from agent.core.messages import fleet  # noqa: F401
+from fedge.agent.core.messages import common  # noqa: F401
+from fedge.agent.core.messages import transport  # noqa: F401
+from fedge.agent.core.messages import rounds  # noqa: F401
+from fedge.agent.core.messages import secagg  # noqa: F401
+from fedge.agent.core.messages import device  # noqa: F401
+from fedge.agent.core.messages import fleet  # noqa: F401

@@ -1,10 +1,11 @@
-"""Messages every protocol area uses: acknowledgements and refusals."""
+"""Messages every protocol area uses: acknowledgements and refusals, and a message addressed to one device."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from agent.core.wire import message
+from fedge.agent.core.wire import message
 
 
 @message("common.ack")
@@ -27,3 +28,11 @@ class Reject:
     round_id: int
     stage: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """A message for one device (not itself on the wire: the sender publishes ``message`` to it)."""
+
+    device_id: str
+    message: Any

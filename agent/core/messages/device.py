@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.core.wire import message
+from fedge.agent.core.wire import message
 
 
 @message("device.status")

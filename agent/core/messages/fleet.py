@@ -2,7 +2,7 @@
 
 The release itself (:class:`~agent.core.release.SignedRelease`, ``fleet.release``) and key
 rotations (:class:`~agent.core.release.KeyRotation`, ``fleet.key_rotation``) are registered in
-:mod:`agent.core.release` next to the code that signs and verifies them; importing this module
+:mod:`fedge.agent.core.release` next to the code that signs and verifies them; importing this module
 registers all of them. Commands go to ``device_in(id)``, reports come back on ``device_out(id)``.
 """
 
@@ -12,8 +12,8 @@ import enum
 import math
 from dataclasses import dataclass
 
-from agent.core.release import KeyRotation, ReleaseManifest, SignedRelease, check_version
-from agent.core.wire import message
+from fedge.agent.core.release import KeyRotation, ReleaseManifest, SignedRelease, check_version
+from fedge.agent.core.wire import message
 
 __all__ = [
     "InstallCommand",

@@ -1,6 +1,6 @@
 """Round-level messages: check-in, the task a selected device receives, plain uploads, round end.
 
-Secure-aggregation stage messages live in :mod:`agent.core.messages.secagg`; with secure
+Secure-aggregation stage messages live in :mod:`fedge.agent.core.messages.secagg`; with secure
 aggregation off, a device answers its task with one :class:`PlainUpdate` holding the same
 quantized vector it would otherwise mask, so both paths aggregate with the same arithmetic.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.core.wire import message
+from fedge.agent.core.wire import message
 
 DP_MODES = ("off", "local", "distributed")
 WEIGHTINGS = ("examples", "uniform")

@@ -1,4 +1,4 @@
-"""SecAgg+ wire messages, one pair per stage (see :mod:`agent.core.secagg.stages`).
+"""SecAgg+ wire messages, one pair per stage (see :mod:`fedge.agent.core.secagg.stages`).
 
 Coordinator -> device: :class:`SecAggConfig` (broadcast, ADVERTISE_KEYS), :class:`NeighbourKeys`
 (SHARE_KEYS), :class:`RelayedShares` (MASKED_INPUT), :class:`Survivors` (CONSISTENCY_CHECK),
@@ -17,8 +17,8 @@ from functools import cached_property
 
 import numpy as np
 
-from agent.core.secagg.params import SUITE, SecAggParams
-from agent.core.wire import message
+from fedge.agent.core.secagg.params import SUITE, SecAggParams
+from fedge.agent.core.wire import message
 
 #: Sealed share size: nonce 12 + (sender, receiver) 8 + 2 x 11 uint32 field elements + tag 16.
 SEALED_SHARE_BYTES = 12 + 8 + 88 + 16
@@ -141,7 +141,7 @@ class UnmaskShares:
     """Self-mask shares of surviving neighbours and key shares of dropped ones, never both.
 
     ``alive`` and ``dropped`` are roster indices (uint32); the share arrays are
-    (len(ids), 11) uint32 field elements (see :mod:`agent.core.crypto.shamir`).
+    (len(ids), 11) uint32 field elements (see :mod:`fedge.agent.core.crypto.shamir`).
     """
 
     device_id: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.core.wire import message
+from fedge.agent.core.wire import message
 
 SHA256_BYTES = 32
 MAX_TRANSFER_ID = 128

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from agent.core.errors import ConfigError
+from fedge.agent.core.errors import ConfigError
 
 
 def update_noise_multiplier(total_noise_multiplier: float, clip_count_stddev: float) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from agent.core.errors import ConfigError
+from fedge.agent.core.errors import ConfigError
 
 MODES = ("off", "local", "distributed")
 ACCOUNTANTS = ("rdp", "pld")
@@ -113,6 +113,6 @@ class PrivacyConfig:
         """The z applied to the update itself: all of z, or z_Delta when clipping is adaptive."""
         if self.adaptive is None:
             return self.noise_multiplier
-        from agent.core.privacy.adaptive import update_noise_multiplier
+        from fedge.agent.core.privacy.adaptive import update_noise_multiplier
 
         return update_noise_multiplier(self.noise_multiplier, self.adaptive.clip_count_stddev)

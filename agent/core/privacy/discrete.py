@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agent.core.errors import ConfigError, RoundFailed
+from fedge.agent.core.errors import ConfigError, RoundFailed
 
 if TYPE_CHECKING:
-    from agent.core.privacy.config import PrivacyConfig
+    from fedge.agent.core.privacy.config import PrivacyConfig
 
 #: Plans whose tau * d exceeds this are refused: raise the scale (finer quantization).
 MAX_RDP_OFFSET = 1e-6

@@ -5,7 +5,7 @@ The ledger composes one unsampled Gaussian event per contribution (``RoundEvent`
 its data when sampling does not depend on it, so this is a sound per-device bound against
 whoever sees its reports (in local mode, the coordinator). It does not claim amplification by
 sampling, which needs the adversary not to know who took part; the coordinator's campaign
-figure (``coordinator/privacy_budget.py``) is the population-level one that does.
+figure (``coordinator/service/privacy_budget.py``) is the population-level one that does.
 
 Composing unsampled Gaussian mechanisms is exactly a Gaussian mechanism again: z_i-noised
 reports compose to mu-GDP with mu = sqrt(sum 1/z_i^2) (Dong, Roth, Su 2019, Cor. 3.3), and mu-GDP
@@ -25,9 +25,9 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-from agent.core.errors import BudgetExhausted, ConfigError, ProtocolError
-from agent.core.privacy.config import MODES, PrivacyConfig
-from agent.core.privacy.discrete import DiscreteNoisePlan, accounted_noise
+from fedge.agent.core.errors import BudgetExhausted, ConfigError, ProtocolError
+from fedge.agent.core.privacy.config import MODES, PrivacyConfig
+from fedge.agent.core.privacy.discrete import DiscreteNoisePlan, accounted_noise
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,6 @@ class Contribution:
         z, offset = accounted_noise(config, discrete)
         return cls(round_id, config.mode, z if config.mode != "off" else config.noise_multiplier,
                    config.clip_norm, sampling_rate, delta, offset)
-
-    def event(self):  # -> accounting.RoundEvent
-        """The device-level event (unamplified Gaussian) for dp-accounting cross-checks."""
-        from agent.core.privacy.accounting import RoundEvent
-
-        z = 0.0 if self.mode == "off" else self.noise_multiplier
-        return RoundEvent(z, 1.0, "none", rdp_offset=self.rdp_offset)
 
 
 def _phi(x: float) -> float:

@@ -3,7 +3,7 @@
 Local mode: every report carries N(0, (z C)^2) per coordinate, so each report alone is
 (epsilon, delta)-DP. Distributed mode: each of at least ``min_clients`` clients adds a share
 N(0, (z C)^2 / min_clients) so the securely aggregated sum carries N(0, (z C)^2). In the SecAgg
-integer ring the share is discrete instead (:mod:`agent.core.privacy.discrete`).
+integer ring the share is discrete instead (:mod:`fedge.agent.core.privacy.discrete`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import math
 
 import numpy as np
 
-from agent.core.privacy.adaptive import clip_bit
-from agent.core.privacy.clip import clip_l2
-from agent.core.privacy.config import PrivacyConfig
+from fedge.agent.core.privacy.adaptive import clip_bit
+from fedge.agent.core.privacy.clip import clip_l2
+from fedge.agent.core.privacy.config import PrivacyConfig
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Pure state machines, no I/O: :class:`~agent.core.secagg.client.SecAggClient` and
 :class:`~agent.core.secagg.server.SecAggServer` consume wire messages
-(:mod:`agent.core.messages.secagg`) and return the messages to send. Stages are named once in
+(:mod:`fedge.agent.core.messages.secagg`) and return the messages to send. Stages are named once in
 :mod:`.stages`; parameters are derived and validated in :mod:`.params`; the neighbour graph is
 in :mod:`.graph`; fixed-point quantization in :mod:`.quantize`.
 """

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from agent.core.crypto import (
+from fedge.agent.core.crypto import (
     AgreementKey,
     IdentityKey,
     MaskAccumulator,
@@ -35,9 +35,9 @@ from agent.core.crypto import (
     seal,
     verify,
 )
-from agent.core.crypto import shamir
-from agent.core.errors import ProtocolError, RoundFailed, SecurityError
-from agent.core.messages.secagg import (
+from fedge.agent.core.crypto import shamir
+from fedge.agent.core.errors import ProtocolError, RoundFailed, SecurityError
+from fedge.agent.core.messages.secagg import (
     SEALED_SHARE_BYTES,
     SIGNATURE_BYTES,
     EncryptedShares,
@@ -51,10 +51,10 @@ from agent.core.messages.secagg import (
     UnmaskRequest,
     UnmaskShares,
 )
-from agent.core.secagg import derive
-from agent.core.secagg.graph import neighbours_of
-from agent.core.secagg.params import SUITE
-from agent.core.secagg.stages import Stage, check_transition
+from fedge.agent.core.secagg import derive
+from fedge.agent.core.secagg.graph import neighbours_of
+from fedge.agent.core.secagg.params import SUITE
+from fedge.agent.core.secagg.stages import Stage, check_transition
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ import struct
 
 import numpy as np
 
-from agent.core.crypto import MASK_KEY_BYTES, derive_key, transcript
-from agent.core.errors import ProtocolError
-from agent.core.messages.secagg import SecAggConfig
-from agent.core.secagg.params import SecAggParams
+from fedge.agent.core.crypto import MASK_KEY_BYTES, derive_key, transcript
+from fedge.agent.core.errors import ProtocolError
+from fedge.agent.core.messages.secagg import SecAggConfig
+from fedge.agent.core.secagg.params import SecAggParams
 
 
 def config_digest(cfg: SecAggConfig) -> bytes:

@@ -12,8 +12,8 @@ import functools
 
 import numpy as np
 
-from agent.core.crypto import MASK_KEY_BYTES, derive_key, expand_into
-from agent.core.errors import ProtocolError
+from fedge.agent.core.crypto import MASK_KEY_BYTES, derive_key, expand_into
+from fedge.agent.core.errors import ProtocolError
 
 
 def ring_order(seed: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:

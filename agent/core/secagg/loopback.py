@@ -12,10 +12,10 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from agent.core import wire
-from agent.core.secagg.client import SecAggClient
-from agent.core.secagg.server import SecAggResult, SecAggServer
-from agent.core.secagg.stages import ORDER, Stage
+from fedge.agent.core import wire
+from fedge.agent.core.secagg.client import SecAggClient
+from fedge.agent.core.secagg.server import SecAggResult, SecAggServer
+from fedge.agent.core.secagg.stages import ORDER, Stage
 
 
 def run_round(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from agent.core.errors import ConfigError
+from fedge.agent.core.errors import ConfigError
 
 #: The SecAgg+ cipher suite both ends must run: X25519 agreement, BLAKE2b key derivation,
 #: ChaCha20-Poly1305 shares, chunked libsodium ChaCha20 masks (docs/secagg.md, "Primitives").

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from agent.core.errors import ConfigError
+from fedge.agent.core.errors import ConfigError
 
 
 def _check_bits(bits: int) -> None:

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.core.crypto import MaskAccumulator, agree, random_bytes, verify
-from agent.core.crypto import shamir
-from agent.core.crypto.agreement import AgreementKey
-from agent.core.errors import ProtocolError, RoundFailed, SecurityError
-from agent.core.messages.secagg import (
+from fedge.agent.core.crypto import MaskAccumulator, agree, random_bytes, verify
+from fedge.agent.core.crypto import shamir
+from fedge.agent.core.crypto.agreement import AgreementKey
+from fedge.agent.core.errors import ProtocolError, RoundFailed, SecurityError
+from fedge.agent.core.messages.secagg import (
     SEALED_SHARE_BYTES,
     EncryptedShares,
     KeyAdvertisement,
@@ -41,11 +41,11 @@ from agent.core.messages.secagg import (
     UnmaskRequest,
     UnmaskShares,
 )
-from agent.core.secagg import derive
-from agent.core.secagg.graph import neighbour_table
-from agent.core.secagg.params import SecAggParams
-from agent.core.secagg.quantize import check_no_wrap
-from agent.core.secagg.stages import Stage, check_transition
+from fedge.agent.core.secagg import derive
+from fedge.agent.core.secagg.graph import neighbour_table
+from fedge.agent.core.secagg.params import SecAggParams
+from fedge.agent.core.secagg.quantize import check_no_wrap
+from fedge.agent.core.secagg.stages import Stage, check_transition
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from agent.core.errors import ProtocolError
+from fedge.agent.core.errors import ProtocolError
 
 
 class Stage(enum.Enum):

@@ -6,8 +6,8 @@ implementation from the URL (``mqtt://``, ``mqtts://`` or ``memory://`` with a b
 
 from __future__ import annotations
 
-from agent.core.transport.base import Inbound, Transport, TransportConfig
-from agent.core.transport.memory import InMemoryBroker, InMemoryTransport
+from fedge.agent.core.transport.base import Inbound, Transport, TransportConfig
+from fedge.agent.core.transport.memory import InMemoryBroker, InMemoryTransport
 
 __all__ = ["Inbound", "InMemoryBroker", "InMemoryTransport", "Transport", "TransportConfig", "open_transport"]
 
@@ -18,6 +18,6 @@ def open_transport(config: TransportConfig, *, memory_broker: InMemoryBroker | N
         if memory_broker is None:
             raise ValueError("a memory:// transport needs the InMemoryBroker to attach to")
         return InMemoryTransport(config, memory_broker)
-    from agent.core.transport.mqtt import MqttTransport
+    from fedge.agent.core.transport.mqtt import MqttTransport
 
     return MqttTransport(config)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from agent.core.errors import ConfigError
+from fedge.agent.core.errors import ConfigError
 
 MQTT_311 = "3.1.1"
 MQTT_5 = "5"

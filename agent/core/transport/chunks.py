@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from agent.core import wire
-from agent.core.errors import WireError
-from agent.core.messages.transport import Chunk
-from agent.core.transport.base import Inbound, TransportConfig
+from fedge.agent.core import wire
+from fedge.agent.core.errors import WireError
+from fedge.agent.core.messages.transport import Chunk
+from fedge.agent.core.transport.base import Inbound, TransportConfig
 
 log = logging.getLogger(__name__)
 

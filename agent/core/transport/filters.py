@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from agent.core.errors import ProtocolError
+from fedge.agent.core.errors import ProtocolError
 
 
 def check_topic(topic: str) -> str:

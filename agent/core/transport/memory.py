@@ -16,10 +16,10 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.core.errors import TransportError
-from agent.core.transport.base import Inbound, TransportConfig
-from agent.core.transport.chunks import Inbox, split
-from agent.core.transport.filters import check_filter, check_topic, matches
+from fedge.agent.core.errors import TransportError
+from fedge.agent.core.transport.base import Inbound, TransportConfig
+from fedge.agent.core.transport.chunks import Inbox, split
+from fedge.agent.core.transport.filters import check_filter, check_topic, matches
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent.core.errors import TransportError
-from agent.core.transport.base import MQTT_5, Inbound, TransportConfig
-from agent.core.transport.chunks import Inbox, split
-from agent.core.transport.filters import check_filter, check_topic
+from fedge.agent.core.errors import TransportError
+from fedge.agent.core.transport.base import MQTT_5, Inbound, TransportConfig
+from fedge.agent.core.transport.chunks import Inbox, split
+from fedge.agent.core.transport.filters import check_filter, check_topic
 
 log = logging.getLogger(__name__)
 _SELECT_LIMIT = 1024

@@ -1,4 +1,4 @@
-"""``python -m agent.training.modelgen [--out DIR] [--check] [NAME...]``: rebuild the model zoo."""
+"""``python -m fedge.agent.training.modelgen [--out DIR] [--check] [NAME...]``: rebuild the model zoo."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from agent.training.modelgen.build import RECIPES, build  # noqa: E402
+from fedge.agent.training.modelgen.build import RECIPES, build  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "models"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m agent.training.modelgen", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m fedge.agent.training.modelgen", description=__doc__)
     p.add_argument("names", nargs="*", default=sorted(RECIPES))
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--check", action="store_true", help="rebuild and compare with the files in --out")

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorflow.lite.tools import flatbuffer_utils
 from tensorflow.lite.python import schema_py_generated as schema
 
-from agent.training.modelgen import graphs
+from fedge.agent.training.modelgen import graphs
 
 #: Name of the metadata entry embedded in every .tflite file (JSON, UTF-8).
 METADATA_NAME = "fedge_model"

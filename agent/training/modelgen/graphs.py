@@ -2,7 +2,7 @@
 
 Why by hand: autodiff emits ``ReluGrad``, ``Conv2DBackpropFilter``, ``MaxPoolGrad`` and
 ``BroadcastGradientArgs``, which are Flex ops. The maths here mirrors
-:mod:`agent.training.reference` line for line; the tests hold them to 1e-5.
+:mod:`fedge.agent.training.reference` line for line; the tests hold them to 1e-5.
 """
 
 from __future__ import annotations

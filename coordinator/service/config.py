@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from agent.core.errors import ConfigError
-from agent.core.transport.base import MQTT_5, MQTT_311, TransportConfig
-from coordinator.plan import TrainingConfig
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.transport.base import MQTT_5, MQTT_311, TransportConfig
+from fedge.coordinator.rounds.plan import TrainingConfig
 
 
 @dataclasses.dataclass(frozen=True)

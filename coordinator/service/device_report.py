@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from agent.core import wire
-from agent.core.errors import WireError
-from agent.core.messages.rounds import CheckIn
-from coordinator.store import Store
+from fedge.agent.core import wire
+from fedge.agent.core.errors import WireError
+from fedge.agent.core.messages.rounds import CheckIn
+from fedge.coordinator.store import Store
 
 #: Upload stages that carry a device's update.
 UPDATE_STAGES = ("round.plain_update", "secagg.masked_input")

@@ -2,7 +2,7 @@
 certificate per device (its common name is the device id, which Mosquitto's
 ``use_identity_as_username`` turns into the username the ACL patterns match).
 
-Only for the broker's transport security; protocol keys live in ``agent.core.crypto``.
+Only for the broker's transport security; protocol keys live in ``fedge.agent.core.crypto``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.core.errors import ConfigError
-from agent.core.topics import check_device_id
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.topics import check_device_id
 
 COORDINATOR_CN = "coordinator"
 

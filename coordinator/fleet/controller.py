@@ -18,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent.core import topics
-from agent.core.errors import ConfigError, ProtocolError
-from agent.core.release import KeyRotation
-from agent.core.messages.fleet import InstallCommand, InstallReport, InstallResult, PinCommand, RollbackCommand, SignedRelease
-from coordinator.engine import Outbound
-from coordinator.releases import get_release, rotations, signed_release
-from coordinator.rollouts import (
+from fedge.agent.core import topics
+from fedge.agent.core.errors import ConfigError, ProtocolError
+from fedge.agent.core.release import KeyRotation
+from fedge.agent.core.messages.fleet import InstallCommand, InstallReport, InstallResult, PinCommand, RollbackCommand, SignedRelease
+from fedge.agent.core.messages.common import Outbound
+from fedge.coordinator.fleet.releases import get_release, rotations, signed_release
+from fedge.coordinator.fleet.rollouts import (
     Criteria,
     Decision,
     DeviceRecord,
@@ -38,7 +38,7 @@ from coordinator.rollouts import (
     check_transition,
     phase_sizes,
 )
-from coordinator.store import Store
+from fedge.coordinator.store import Store
 
 log = logging.getLogger(__name__)
 

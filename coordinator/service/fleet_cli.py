@@ -1,5 +1,5 @@
-"""``fedge-coordinator releases|rollouts|dashboard``: thin commands over :mod:`coordinator.releases`,
-:mod:`coordinator.fleet` and :mod:`coordinator.dashboard`; tables for people, ``--json`` for scripts."""
+"""``fedge-coordinator releases|rollouts|dashboard``: thin commands over :mod:`fedge.coordinator.fleet.releases`,
+:mod:`fedge.coordinator.fleet.controller` and :mod:`fedge.coordinator.fleet.dashboard`; tables for people, ``--json`` for scripts."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Any
 
 import click
 
-from coordinator.service_cli import db_option, json_option
+from fedge.coordinator.service.service_cli import db_option, json_option
 
 
 @contextmanager
 def _store(db: str) -> Iterator[Any]:
-    from coordinator.store import Store
+    from fedge.coordinator.store import Store
 
     store = Store(db)
     try:
@@ -55,7 +55,7 @@ def _release_row(d: dict[str, Any]) -> list[str]:
 @json_option
 def releases_list(db: str, as_json: bool) -> None:
     """List releases: version, parent, architecture, hash, accuracy, origin, signing key."""
-    from coordinator.releases import list_releases
+    from fedge.coordinator.fleet.releases import list_releases
 
     with _store(db) as store:
         rows = [r.to_dict() for r in list_releases(store)]
@@ -72,7 +72,7 @@ def releases_list(db: str, as_json: bool) -> None:
 @json_option
 def releases_show(version: str, db: str, as_json: bool) -> None:
     """Show one release's manifest."""
-    from coordinator.releases import get_release
+    from fedge.coordinator.fleet.releases import get_release
 
     with _store(db) as store:
         d = get_release(store, version).to_dict()
@@ -91,7 +91,7 @@ def releases_show(version: str, db: str, as_json: bool) -> None:
 @db_option
 def releases_import(path: str, version: str, architecture: str, parent: str | None, db: str) -> None:
     """Import flat float32 weights (.npz with array 'weights', or .npy) as a signed release."""
-    from coordinator.releases import import_release
+    from fedge.coordinator.fleet.releases import import_release
 
     with _store(db) as store:
         rel = import_release(store, path, version=version, architecture=architecture, parent=parent)
@@ -103,7 +103,7 @@ def releases_import(path: str, version: str, architecture: str, parent: str | No
 @db_option
 def releases_sign(version: str, db: str) -> None:
     """Make stored model VERSION a release, or re-sign release VERSION with the current key."""
-    from coordinator.releases import create_release, sign_release_version
+    from fedge.coordinator.fleet.releases import create_release, sign_release_version
 
     with _store(db) as store:
         exists = store.db["releases"].count_where("version = ?", [version])
@@ -116,8 +116,8 @@ def releases_sign(version: str, db: str) -> None:
 @db_option
 def releases_rotate_key(keep_old: bool, db: str) -> None:
     """New release key, announced to devices signed by the old one (no re-enrollment)."""
-    from agent.core.release import key_id
-    from coordinator.releases import rotate_key
+    from fedge.agent.core.release import key_id
+    from fedge.coordinator.fleet.releases import rotate_key
 
     with _store(db) as store:
         rot = rotate_key(store, retire_old=not keep_old)
@@ -159,8 +159,8 @@ def rollouts_create(version: str, device_class: str, tags: tuple[str, ...], devi
                     rate: float | None, max_failure_pct: float, min_executed: int, max_metric_drop: float,
                     min_evaluated: int, phase_wait: float, report_timeout: float, rollout_id: str | None, db: str) -> None:
     """Create a rollout; the serving coordinator sends it."""
-    from coordinator.fleet import create_rollout
-    from coordinator.rollouts import Criteria, Spec, Target
+    from fedge.coordinator.fleet.controller import create_rollout
+    from fedge.coordinator.fleet.rollouts import Criteria, Spec, Target
 
     with _store(db) as store:
         rid = rollout_id or f"r{store.db['rollouts'].count + 1}"
@@ -183,7 +183,7 @@ def _rollout_row(d: dict[str, Any]) -> list[str]:
 @json_option
 def rollouts_list(db: str, as_json: bool) -> None:
     """List rollouts with status, phase and device counts."""
-    from coordinator.fleet import list_rollouts
+    from fedge.coordinator.fleet.controller import list_rollouts
 
     with _store(db) as store:
         rows = [v.to_dict() for v in list_rollouts(store)]
@@ -200,7 +200,7 @@ def rollouts_list(db: str, as_json: bool) -> None:
 @json_option
 def rollouts_show(rollout_id: str, db: str, as_json: bool) -> None:
     """One rollout, phase by phase."""
-    from coordinator.fleet import get_rollout
+    from fedge.coordinator.fleet.controller import get_rollout
 
     with _store(db) as store:
         d = get_rollout(store, rollout_id).to_dict()
@@ -219,7 +219,7 @@ def _transition(name: str, fn_name: str, doc: str) -> click.Command:
     @click.argument("rollout_id")
     @db_option
     def command(rollout_id: str, db: str) -> None:
-        from coordinator import fleet
+        from fedge.coordinator.fleet import controller as fleet
 
         fn: Callable[..., Any] = getattr(fleet, fn_name)
         with _store(db) as store:
@@ -242,7 +242,7 @@ _transition("rollback", "rollback", "Abort ROLLOUT_ID: devices that got it go ba
 @db_option
 def rollouts_pin(selector: str, version: str | None, unpin: bool, db: str) -> None:
     """Pin SELECTOR (device:ID, class:CLASS or tag:TAG) to release VERSION; rollouts skip it."""
-    from coordinator.fleet import pin
+    from fedge.coordinator.fleet.controller import pin
 
     if not unpin and not version:
         raise click.UsageError("give a VERSION, or --unpin")
@@ -260,7 +260,7 @@ def rollouts_pin(selector: str, version: str | None, unpin: bool, db: str) -> No
 @click.option("--port", type=int, default=8765, show_default=True, help="Port (0: any free port).")
 def dashboard_cmd(db: str, host: str, port: int) -> None:
     """Serve a read-only web page: round charts, releases, rollout progress by phase (Ctrl-C stops)."""
-    from coordinator.dashboard import Dashboard, DashboardConfig
+    from fedge.coordinator.fleet.dashboard import Dashboard, DashboardConfig
 
     dash = Dashboard(DashboardConfig(db_path=db, host=host, port=port)).start()
     click.echo(f"dashboard on {dash.url} (Ctrl-C to stop)")

@@ -1,7 +1,7 @@
 """The rollout state machine: which devices get a release next, when a phase is done, when to abort.
 
 Pure: :func:`advance` takes a rollout's spec, its progress and every targeted device's record
-plus the time, and returns the next progress and what to send. :mod:`coordinator.fleet` persists
+plus the time, and returns the next progress and what to send. :mod:`fedge.coordinator.fleet.controller` persists
 both and turns the decisions into wire messages. Devices are ordered by a hash of (rollout,
 device), so phases are a stable, spread-out sample of the cohort without a random generator.
 
@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from agent.core.errors import ConfigError
+from fedge.agent.core.errors import ConfigError
 
 
 class Status(str, enum.Enum):

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from agent.core.errors import ConfigError, TransportError
+from fedge.agent.core.errors import ConfigError, TransportError
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"

@@ -23,7 +23,7 @@ from typing import Any
 
 import sqlite_utils
 
-from agent.core.errors import ConfigError
+from fedge.agent.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def rounds_data(store: Any) -> list[dict[str, Any]]:
 
 
 def releases_data(store: Any) -> list[dict[str, Any]]:
-    from coordinator.releases import list_releases
+    from fedge.coordinator.fleet.releases import list_releases
 
     if "releases" not in store.db.table_names():
         return []
@@ -84,7 +84,7 @@ def releases_data(store: Any) -> list[dict[str, Any]]:
 
 
 def rollouts_data(store: Any) -> list[dict[str, Any]]:
-    from coordinator.fleet import list_rollouts
+    from fedge.coordinator.fleet.controller import list_rollouts
 
     if "rollouts" not in store.db.table_names():
         return []

@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from agent.core.messages.rounds import Peers, RoundPlan
-from agent.core.secagg.graph import neighbour_table
-from agent.core.secagg.params import InvalidParams, SecAggParams, derive_params, params_bounds
-from agent.core.secagg.quantize import max_abs_int
-from agent.core.secagg.server import SecAggServer
-from agent.core.secagg.stages import Stage
-from coordinator.engine import Aggregation, Outbound
+from fedge.agent.core.messages.rounds import Peers, RoundPlan
+from fedge.agent.core.secagg.graph import neighbour_table
+from fedge.agent.core.secagg.params import InvalidParams, SecAggParams, derive_params, params_bounds
+from fedge.agent.core.secagg.quantize import max_abs_int
+from fedge.agent.core.secagg.server import SecAggServer
+from fedge.agent.core.secagg.stages import Stage
+from fedge.agent.core.messages.common import Outbound
+from fedge.coordinator.rounds.engine import Aggregation
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
-from coordinator.engine import Outbound
+from fedge.agent.core.messages.common import Outbound
 
 
 class Pacer:

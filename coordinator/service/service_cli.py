@@ -1,5 +1,5 @@
 """The service's commands of ``fedge-coordinator``: devices, serve, rounds, demo. Thin: options become
-one frozen config, then one library call; named errors become one line (``agent.core.cliutil``)."""
+one frozen config, then one library call; named errors become one line (``fedge.agent.core.cliutil``)."""
 
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ def training_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _training(model: str, goal: int, min_cohort: int, dp_mode: str, noise_multiplier: float, clip_norm: float,
               secagg: bool | None, **kw: Any) -> Any:
-    from coordinator.plan import TrainingConfig
-    from coordinator.service import secure_available
+    from fedge.coordinator.rounds.plan import TrainingConfig
+    from fedge.coordinator.service.service import secure_available
 
     if secagg is None:
         secagg = secure_available()
@@ -79,14 +79,14 @@ def devices() -> None:
 @db_option
 def devices_enroll(device_id: str, identity_hex: str, device_class: str, tags: tuple[str, ...], db: str) -> None:
     """Enroll a device with its identity key; prints the enrollment authority key the device must trust."""
-    from coordinator.enrollment import authority_public_hex, enroll
-    from coordinator.store import Store
+    from fedge.coordinator.service.enrollment import authority_public_hex, enroll
+    from fedge.coordinator.store import Store
 
     store = Store(db)
     try:
         d = enroll(store, device_id, identity_hex, device_class, tags)
         auth = authority_public_hex(store)
-        from coordinator.releases import release_key
+        from fedge.coordinator.fleet.releases import release_key
 
         release_public = release_key(store).public_bytes().hex()
     finally:
@@ -101,9 +101,9 @@ def devices_enroll(device_id: str, identity_hex: str, device_class: str, tags: t
 @json_option
 def devices_list(db: str, as_json: bool) -> None:
     """List enrolled devices: last seen, rounds selected/contributed, epsilon, eligibility history, release."""
-    from coordinator.device_report import activities
-    from coordinator.enrollment import list_devices
-    from coordinator.store import Store
+    from fedge.coordinator.service.device_report import activities
+    from fedge.coordinator.service.enrollment import list_devices
+    from fedge.coordinator.store import Store
 
     store = Store(db)
     try:
@@ -130,8 +130,8 @@ def devices_list(db: str, as_json: bool) -> None:
 @db_option
 def devices_revoke(device_id: str, db: str) -> None:
     """Revoke DEVICE_ID: its messages are rejected from now on."""
-    from coordinator.enrollment import revoke
-    from coordinator.store import Store
+    from fedge.coordinator.service.enrollment import revoke
+    from fedge.coordinator.store import Store
 
     store = Store(db)
     try:
@@ -166,8 +166,8 @@ def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: s
               mqtt_protocol: str | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None,
               adaptive_clip: float | None, clip_count_stddev: float) -> None:
     """Run training rounds over MQTT (the embedded broker unless --broker); Ctrl-C stops gracefully."""
-    from coordinator.config import ServiceConfig
-    from coordinator.service import CoordinatorService, serve
+    from fedge.coordinator.service.config import ServiceConfig
+    from fedge.coordinator.service.service import CoordinatorService, serve
 
     _quiet_broker_logs()
     cfg = ServiceConfig(
@@ -200,8 +200,8 @@ def format_round(r: Any) -> str:
 @json_option
 def rounds_cmd(db: str, as_json: bool) -> None:
     """Table of rounds: status, reason, participants, dropped, accuracy, epsilon."""
-    from coordinator.service import round_report
-    from coordinator.store import Store
+    from fedge.coordinator.service.service import round_report
+    from fedge.coordinator.store import Store
 
     store = Store(db)
     try:
@@ -230,8 +230,8 @@ def demo_cmd(agents: int, model: str, goal: int | None, min_cohort: int, dp_mode
              clip_norm: float, secagg: bool | None, epsilon_budget: float | None, checkin_window: float | None,
              broker_url: str | None, rounds: int | None, json_path: str | None, workdir: str | None) -> None:
     """Run a whole federation on this machine: broker, coordinator and AGENTS agent processes on digits."""
-    from coordinator.demo import DEMO_TRAINING, DemoConfig, run_demo
-    from coordinator.service import secure_available
+    from fedge.coordinator.service.demo import DEMO_TRAINING, DemoConfig, run_demo
+    from fedge.coordinator.service.service import secure_available
 
     _quiet_broker_logs()
     if secagg is None:

@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from agent.core.errors import ProtocolError, RoundFailed
-from agent.core.messages.rounds import Decline, PlainUpdate, RoundPlan, Task
-from agent.core.privacy.adaptive import next_clip_norm
-from agent.core.secagg.quantize import to_signed
-from agent.core.update import Aggregate, decode_aggregate, extra_coordinates
+from fedge.agent.core.messages.common import Outbound
+from fedge.agent.core.errors import ProtocolError, RoundFailed
+from fedge.agent.core.messages.rounds import Decline, PlainUpdate, RoundPlan, Task
+from fedge.agent.core.privacy.adaptive import next_clip_norm
+from fedge.agent.core.secagg.quantize import to_signed
+from fedge.agent.core.update import Aggregate, decode_aggregate, extra_coordinates
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,6 @@ class RoundStatus(enum.Enum):
     RUNNING = "running"
     COMPLETED = "completed"
     ABANDONED = "abandoned"
-
-
-@dataclasses.dataclass(frozen=True)
-class Outbound:
-    """A message for one device."""
-
-    device_id: str
-    message: Any
 
 
 @dataclasses.dataclass(frozen=True)

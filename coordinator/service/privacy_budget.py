@@ -2,7 +2,7 @@
 
 A campaign's epsilon is the population-level, user-level guarantee: one sampled Gaussian event
 per round (as the coordinator actually samples), composed with ``dp-accounting``
-(:mod:`agent.core.privacy.accounting`). A round whose epsilon would exceed the budget is
+(:mod:`fedge.coordinator.rounds.accounting`). A round whose epsilon would exceed the budget is
 refused with :class:`BudgetExhausted` and the campaign is marked stopped; both the rounds and
 the stop survive a restart because they live in SQLite (sqlite-utils).
 """
@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 import sqlite_utils
 
-from agent.core.errors import BudgetExhausted, ConfigError, ProtocolError
-from agent.core.privacy.accounting import ACCOUNTANTS, PrivacyAccountant, RoundEvent
+from fedge.agent.core.errors import BudgetExhausted, ConfigError, ProtocolError
+from fedge.coordinator.rounds.accounting import ACCOUNTANTS, PrivacyAccountant, RoundEvent
 
 log = logging.getLogger(__name__)
 

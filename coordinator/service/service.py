@@ -29,25 +29,23 @@ from typing import Any
 
 import numpy as np
 
-from agent.core import topics, wire
-from agent.core.errors import BudgetExhausted, ConfigError, FedgeError, ProtocolError, TransportError, WireError
-from agent.core.messages.fleet import InstallReport
-from agent.core.messages.rounds import CheckIn, RoundAnnounce, RoundEnd, RoundPlan
-from agent.core.privacy.accounting import round_event_for
-from agent.core.transport import Inbound, Transport, open_transport
-from agent.core.update import noise_plan, privacy_config
-from coordinator.broker import EmbeddedBroker
-from coordinator.config import ServiceConfig
-from agent.core.secagg.quantize import max_abs_int
-from coordinator.engine import Aggregation, Outbound, PlainAggregation, RoundEngine, RoundSettings, RoundStatus, expected_length
-from coordinator.enrollment import active_ids, certificate, identities
-from coordinator.fleet import FleetController
-from coordinator.pacing import Pacer
-from coordinator.releases import create_release
-from coordinator.plan import make_plan
-from coordinator.privacy_budget import CampaignBudget, mark_exhausted, selectable_devices
-from coordinator.selection import select_cohort
-from coordinator.store import ModelRecord, Store
+from fedge.agent.core import topics, wire
+from fedge.agent.core.errors import BudgetExhausted, ConfigError, FedgeError, ProtocolError, TransportError, WireError
+from fedge.agent.core.messages.fleet import InstallReport
+from fedge.agent.core.messages.rounds import CheckIn, RoundAnnounce, RoundEnd
+from fedge.agent.core.transport import Inbound, Transport, open_transport
+from fedge.coordinator.service.broker import EmbeddedBroker
+from fedge.coordinator.service.config import ServiceConfig
+from fedge.agent.core.messages.common import Outbound
+from fedge.coordinator.rounds.engine import RoundEngine, RoundStatus
+from fedge.coordinator.service.enrollment import active_ids, certificate, identities
+from fedge.coordinator.fleet.controller import FleetController
+from fedge.coordinator.service.pacing import Pacer
+from fedge.coordinator.fleet.releases import create_release
+from fedge.coordinator.rounds.builder import Draw, build_round
+from fedge.coordinator.service.privacy_budget import CampaignBudget, mark_exhausted, selectable_devices
+from fedge.coordinator.rounds.selection import select_cohort
+from fedge.coordinator.store import ModelRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +84,9 @@ class RoundReport:
 
 
 def secure_available() -> bool:
-    """Whether SecAgg+ on the coordinator (``coordinator/secure.py``) is installed."""
+    """Whether SecAgg+ on the coordinator (``coordinator/rounds/secure.py``) is installed."""
     try:
-        from coordinator import secure
+        from fedge.coordinator.rounds import secure
     except ImportError:
         return False
     return hasattr(secure, "SecureAggregation")
@@ -148,7 +146,7 @@ class CoordinatorService:
                 delta=cfg.training.delta, clock=self.clock,
             )
         if cfg.training.secagg and not secure_available():
-            raise ConfigError("secure aggregation on the coordinator (coordinator/secure.py) is not available; use --no-secagg")
+            raise ConfigError("secure aggregation on the coordinator (coordinator/rounds/secure.py) is not available; use --no-secagg")
         self._ensure_model()
         if cfg.embedded:
             self.broker = EmbeddedBroker(cfg.embedded_port).start()
@@ -157,7 +155,7 @@ class CoordinatorService:
         self.transport = open_transport(cfg.transport(self.broker_url))
         self.transport.connect()
         self.transport.subscribe(topics.ALL_DEVICES_OUT)
-        self.fleet = FleetController(self.store, clock=self.clock)  # releases and rollouts (coordinator/fleet.py)
+        self.fleet = FleetController(self.store, clock=self.clock)  # releases and rollouts (coordinator/fleet/controller.py)
         self._fleet_due = 0.0
         self.publish_key_rotations()
         for rid in recovered:
@@ -293,11 +291,14 @@ class CoordinatorService:
             )
         # adaptive clipping: this round's C is what the last completed round chose (kept in the store)
         clip = store.latest_next_clip_norm() if tcfg.adaptive is not None else None
-        plan = make_plan(tcfg, model.version, len(cohort), drawn.population, clip_norm=clip,
-                         sampling_rate=drawn.sampling_rate)
-        event = None
-        if self.budget is not None:
-            event = self._round_event(plan, model.weights.size)
+        built = build_round(
+            rid, tcfg, model.version, model.weights, cohort, Draw.poisson(drawn.population, drawn.sampling_rate),
+            self.clock, clip_norm=clip, roster=identities(store, cohort) if tcfg.secagg else None,
+            certificates=lambda d: certificate(store, d),
+        )
+        plan, engine = built.plan, built.engine
+        event = built.event if self.budget is not None else None
+        if event is not None:
             try:
                 self.budget.check_round(event, rid)
             except BudgetExhausted as e:
@@ -306,8 +307,6 @@ class CoordinatorService:
         now = self.clock()
         store.add_members(rid, cohort, now)
         store.update_round(rid, plan=dataclasses.asdict(plan), stage="training", clip_norm=plan.clip_norm)
-        settings = RoundSettings(min(tcfg.goal, len(cohort)), min(tcfg.min_cohort, len(cohort)), tcfg.stage_timeout_s)
-        engine = RoundEngine(rid, plan, settings, model.weights, cohort, self._aggregation(plan, model, cohort, settings), self.clock)
         self.engine, self._phase = engine, "engine"
         self._pacer.clear()
         self._pacer.push(engine.start())
@@ -515,28 +514,11 @@ class CoordinatorService:
 
     def _trainer(self) -> Any:
         if self._evaluator is None:
-            from agent.training.models import load_spec
-            from agent.training.trainer import Trainer
+            from fedge.agent.training.models import load_spec
+            from fedge.agent.training.trainer import Trainer
 
             self._evaluator = Trainer(load_spec(self.config.training.model_name), num_threads=1)
         return self._evaluator
-
-    def _round_event(self, plan: RoundPlan, dimension: int) -> Any:
-        discrete = noise_plan(plan, dimension) if plan.dp_mode == "distributed" else None
-        return round_event_for(privacy_config(plan), sampling_rate=plan.sampling_rate, discrete=discrete)
-
-    def _aggregation(self, plan: RoundPlan, model: ModelRecord, cohort: list[str], settings: RoundSettings) -> Aggregation:
-        length = expected_length(model.weights, plan)
-        if not plan.secagg:
-            return PlainAggregation(length, plan.quant_bits, settings.goal, settings.min_cohort,
-                                    max_abs=max_abs_int(plan.quant_range, plan.quant_scale))
-        from coordinator.secure import SecureAggregation
-
-        store = self._store()
-        return SecureAggregation(
-            plan, self._round_id or 0, identities(store, cohort), length, self.clock,
-            min_cohort=settings.min_cohort, certificates=lambda d: certificate(store, d),
-        )
 
     def _abandon_early(self, rid: int, model: ModelRecord, reason: str) -> RoundReport:
         store = self._store()

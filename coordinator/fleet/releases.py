@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from agent.core import wire
-from agent.core.crypto import IdentityKey
-from agent.core.errors import ConfigError
-from agent.core.release import (
+from fedge.agent.core import wire
+from fedge.agent.core.crypto import IdentityKey
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.release import (
     KeyRotation,
     ReleaseManifest,
     SignedRelease,
@@ -30,7 +30,7 @@ from agent.core.release import (
     sign_release,
     sign_rotation,
 )
-from coordinator.store import Store
+from fedge.coordinator.store import Store
 
 log = logging.getLogger(__name__)
 

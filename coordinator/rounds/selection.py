@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agent.core.errors import ConfigError
+from fedge.agent.core.errors import ConfigError
 
 
 def over_selected(goal: int, over_selection: float) -> int:

@@ -27,9 +27,9 @@ from typing import Any
 import dp_accounting
 from dp_accounting import pld, rdp
 
-from agent.core.errors import ConfigError
-from agent.core.privacy.config import PrivacyConfig
-from agent.core.privacy.discrete import DiscreteNoisePlan, accounted_noise  # noqa: F401 (re-exported)
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.privacy.config import PrivacyConfig
+from fedge.agent.core.privacy.discrete import DiscreteNoisePlan, accounted_noise  # noqa: F401 (re-exported)
 
 ACCOUNTANTS = ("rdp", "pld")
 #: The neighbouring relation each sampling is accounted under, as printed beside every epsilon.

@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from agent.core.errors import ConfigError
-from agent.core.messages.rounds import DP_MODES, RoundPlan
-from agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
-from agent.core.secagg.quantize import check_no_wrap, choose_scale, max_abs_int
+from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.messages.rounds import DP_MODES, RoundPlan
+from fedge.agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
+from fedge.agent.core.secagg.quantize import check_no_wrap, choose_scale, max_abs_int
 
 #: Local-mode noise is clipped to this many standard deviations before quantization
 #: (post-processing: it cannot weaken the guarantee).

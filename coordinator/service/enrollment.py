@@ -2,7 +2,7 @@
 
 The service rejects every message from a device that is not enrolled here or was revoked
 (:meth:`coordinator.store.Store.require_device`). Enrolling also issues the device a certificate
-from the enrollment authority (:mod:`agent.core.certs`): SecAgg+ peers check each other's keys
+from the enrollment authority (:mod:`fedge.agent.core.certs`): SecAgg+ peers check each other's keys
 against the authority's public key, which a device receives when it is enrolled. The authority's
 key is generated on first use and kept in the coordinator's store (one row); a deployment that
 does not trust its coordinator should keep it elsewhere. Fleet operations build on these calls.
@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from agent.core.certs import issue_certificate
-from agent.core.crypto import IdentityKey
-from agent.core.crypto.identity import PUBLIC_BYTES
-from agent.core.errors import ConfigError, ProtocolError
-from agent.core.topics import check_device_id
-from coordinator.store import Store
+from fedge.agent.core.certs import issue_certificate
+from fedge.agent.core.crypto import IdentityKey
+from fedge.agent.core.crypto.identity import PUBLIC_BYTES
+from fedge.agent.core.errors import ConfigError, ProtocolError
+from fedge.agent.core.topics import check_device_id
+from fedge.coordinator.store import Store
 
 log = logging.getLogger(__name__)
 

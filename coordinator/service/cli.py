@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
-from agent.core.cliutil import logging_options, run
+from fedge.agent.core.cliutil import logging_options, require_extra, run
+
+#: What every coordinator command imports from the ``coordinator`` extra.
+COORDINATOR_EXTRA = ("dp_accounting", "cryptography")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,7 +33,7 @@ def privacy() -> None:
 def privacy_epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: float,
                     sampling: str, population: int | None, accountant: str) -> None:
     """Print the epsilon (dp-accounting) of ROUNDS sampled Gaussian rounds."""
-    from agent.core.privacy.accounting import RELATION_NAMES, epsilon
+    from fedge.coordinator.rounds.accounting import RELATION_NAMES, epsilon
 
     eps = epsilon(noise_multiplier, sampling_rate, rounds, delta, sampling=sampling, population=population,
                   accountant=accountant)
@@ -46,22 +49,23 @@ def privacy_history(db: str, campaign: str) -> None:
     """Print epsilon so far after each accounted round of a campaign."""
     import sqlite_utils
 
-    from coordinator.privacy_budget import campaign_history
+    from fedge.coordinator.service.privacy_budget import campaign_history
 
     for round_id, eps in campaign_history(sqlite_utils.Database(db), campaign):
         click.echo(f"round {round_id} epsilon {eps:.6g}")
 
 
-from coordinator.service_cli import COMMANDS as _SERVICE_COMMANDS  # noqa: E402
+from fedge.coordinator.service.service_cli import COMMANDS as _SERVICE_COMMANDS  # noqa: E402
 
 for _command in _SERVICE_COMMANDS:
     cli.add_command(_command)
 
-from coordinator.fleet_cli import COMMANDS as _FLEET_COMMANDS  # noqa: E402
+from fedge.coordinator.service.fleet_cli import COMMANDS as _FLEET_COMMANDS  # noqa: E402
 
 for _command in _FLEET_COMMANDS:
     cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:
-    raise SystemExit(run(cli, "fedge-coordinator", argv))
+    missing = require_extra("fedge-coordinator", COORDINATOR_EXTRA)
+    raise SystemExit(missing if missing is not None else run(cli, "fedge-coordinator", argv))

@@ -27,17 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from agent.core.errors import ConfigError, RoundFailed
-from coordinator.broker import EmbeddedBroker
-from coordinator.config import ServiceConfig
-from coordinator.enrollment import authority_public_hex, enroll
-from coordinator.plan import TrainingConfig
-from coordinator.service import CoordinatorService, RoundReport, serve
-from coordinator.store import Store
+from fedge.agent.core.errors import ConfigError, RoundFailed
+from fedge.coordinator.service.broker import EmbeddedBroker
+from fedge.coordinator.service.config import ServiceConfig
+from fedge.coordinator.service.enrollment import authority_public_hex, enroll
+from fedge.coordinator.rounds.plan import TrainingConfig
+from fedge.coordinator.service.service import CoordinatorService, RoundReport, serve
+from fedge.coordinator.store import Store
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BASE_PROFILE = ROOT / "firmware_configs" / "pi4.toml"
 TEST_EXAMPLES = 300
 #: Local training of the demo campaign (the rest comes from the command line).
@@ -138,17 +138,17 @@ def daemon_available(embedded: bool = False) -> bool:
     The embedded broker (amqtt) speaks MQTT 3.1.1 only: the daemon can use it once device profiles
     can say so (``[network] protocol``).
     """
-    if importlib.util.find_spec("agent.daemon") is None:
+    if importlib.util.find_spec("fedge.agent.daemon") is None:
         return False
     if not embedded:
         return True
-    from agent.core.profiles import NetworkConfig
+    from fedge.agent.core.profiles import NetworkConfig
 
     return "protocol" in {f.name for f in dataclasses.fields(NetworkConfig)}
 
 
 def _agent_cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from agent.cli import main; main()", *args]
+    return [sys.executable, "-c", "from fedge.agent.cli import main; main()", *args]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,10 +165,10 @@ class DemoAgent:
 def prepare_agents(cfg: DemoConfig, work: Path, broker_url: str, authority_hex: str, *,
                    use_daemon: bool, protocol: str) -> tuple[list[DemoAgent], Path]:
     """Data shards, profiles, identities and agent stores; returns the agents and the test split file."""
-    from agent.core.crypto import IdentityKey
-    from agent.local_data import import_examples
-    from agent.store import Store as AgentStore
-    from agent.training.models import load_spec
+    from fedge.agent.core.crypto import IdentityKey
+    from fedge.agent.local_data import import_examples
+    from fedge.agent.store import Store as AgentStore
+    from fedge.agent.training.models import load_spec
 
     parts, test = split_digits(cfg.agents, cfg.seed)
     test_path = work / "test.npz"
@@ -244,7 +244,7 @@ class AgentFleet:
 
 def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> list[RoundReport]:
     """Run the demo end to end; return the round reports (also written to ``cfg.json_path``)."""
-    for name in ("agent.core.migrations", "coordinator.enrollment", "agent.local_data"):
+    for name in ("fedge.agent.core.migrations", "fedge.coordinator.service.enrollment", "fedge.agent.local_data"):
         logging.getLogger(name).setLevel(logging.WARNING)
     work = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="fedge-demo-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,116 @@
+"""One round, assembled once: plan, settings, plain or secure aggregation, the engine and its privacy event.
+
+The service and the simulator both call :func:`build_round`, so the simulator runs what the
+service runs by construction. What differs between them arrives as data: who was drawn and how
+(:class:`Draw`), which keys the cohort holds, and the SecAgg+ risk assumptions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from fedge.agent.core.messages.rounds import RoundPlan
+from fedge.agent.core.secagg.quantize import max_abs_int
+from fedge.agent.core.update import noise_plan, privacy_config
+from fedge.coordinator.rounds.accounting import RoundEvent, round_event_for
+from fedge.coordinator.rounds.engine import Aggregation, PlainAggregation, RoundEngine, RoundSettings, expected_length
+from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
+from fedge.coordinator.rounds.secure import CertificateLookup, SecureAggregation
+
+
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    """How a round's cohort was drawn, as the accountant must be told.
+
+    ``poisson``: each of ``population`` candidates joined independently with ``sampling_rate``.
+    ``fixed``: exactly ``sample_size`` of ``population`` uniformly without replacement (the
+    cohort may then be thinned by availability, which only removes devices).
+    """
+
+    sampling: str
+    population: int
+    sampling_rate: float
+    sample_size: int | None = None
+
+    @classmethod
+    def poisson(cls, population: int, sampling_rate: float) -> Draw:
+        return cls("poisson", population, sampling_rate)
+
+    @classmethod
+    def fixed(cls, population: int, sample_size: int) -> Draw:
+        return cls("fixed", population, sample_size / population, sample_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class SecureRisk:
+    """What SecAgg+ derives its graph degree and threshold from."""
+
+    dropout_rate: float = 0.1
+    corrupt_fraction: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltRound:
+    """Everything a driver needs to run one round and to account it."""
+
+    plan: RoundPlan
+    settings: RoundSettings
+    aggregation: Aggregation
+    engine: RoundEngine
+    #: the accountant's event for this round, or None with DP off
+    event: RoundEvent | None
+
+
+def round_event(plan: RoundPlan, dimension: int, draw: Draw) -> RoundEvent | None:
+    """The privacy event of a round run with ``plan`` over a cohort drawn as ``draw`` (None: DP off)."""
+    if plan.dp_mode == "off":
+        return None
+    config = dataclasses.replace(privacy_config(plan), sampling=draw.sampling)
+    discrete = noise_plan(plan, dimension) if plan.dp_mode == "distributed" else None
+    return round_event_for(
+        config, sampling_rate=draw.sampling_rate, population=draw.population, sample_size=draw.sample_size,
+        discrete=discrete,
+    )
+
+
+def build_round(
+    round_id: int,
+    training: TrainingConfig,
+    model_version: str,
+    weights: np.ndarray,
+    cohort: Sequence[str],
+    draw: Draw,
+    clock: Callable[[], float],
+    *,
+    clip_norm: float | None = None,
+    roster: Mapping[str, bytes] | None = None,
+    certificates: CertificateLookup | None = None,
+    risk: SecureRisk = SecureRisk(),
+) -> BuiltRound:
+    """Plan, settings, aggregation and engine of one round over ``cohort``, and its privacy event.
+
+    ``roster`` maps each cohort member to its identity key (needed with SecAgg+); ``clip_norm``
+    is the round's C under adaptive clipping (None: the config's).
+    """
+    n = len(cohort)
+    rate = draw.sampling_rate if draw.sampling == "poisson" else None
+    plan = make_plan(training, model_version, n, max(draw.population, n), clip_norm=clip_norm, sampling_rate=rate)
+    settings = RoundSettings(min(training.goal, n), min(training.min_cohort, n), training.stage_timeout_s)
+    length = expected_length(weights, plan)
+    aggregation: Aggregation
+    if plan.secagg:
+        if roster is None:
+            raise ValueError("secure aggregation needs the cohort's identity keys (roster)")
+        aggregation = SecureAggregation(
+            plan, round_id, {d: roster[d] for d in cohort}, length, clock, min_cohort=settings.min_cohort,
+            dropout_rate=risk.dropout_rate, corrupt_fraction=risk.corrupt_fraction, certificates=certificates,
+        )
+    else:
+        aggregation = PlainAggregation(
+            length, plan.quant_bits, settings.goal, settings.min_cohort, max_abs=max_abs_int(plan.quant_range, plan.quant_scale)
+        )
+    engine = RoundEngine(round_id, plan, settings, weights, list(cohort), aggregation, clock)
+    return BuiltRound(plan, settings, aggregation, engine, round_event(plan, weights.size, draw))
