@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import math
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from fedge.agent.core import topics, wire
+from fedge.agent.core.lifecycle import stop_signals
 from fedge.agent.core.errors import BudgetExhausted, ConfigError, FedgeError, ProtocolError, TransportError, WireError
 from fedge.agent.core.messages.fleet import InstallReport
 from fedge.agent.core.messages.rounds import CheckIn, RoundAnnounce, RoundEnd
@@ -603,19 +603,5 @@ def round_report(row: dict[str, Any], version: str | None = None) -> RoundReport
 
 def serve(service: CoordinatorService) -> list[RoundReport]:
     """Run a service in the foreground: SIGINT/SIGTERM stop it gracefully, a second SIGINT forces exit."""
-    previous: dict[int, Any] = {}
-
-    def handle(signum: int, _frame: Any) -> None:
-        if service.stopping and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        log.info("stopping (signal %d); press Ctrl-C again to force", signum)
-        service.request_stop()
-
-    if threading.current_thread() is threading.main_thread():
-        for s in (signal.SIGINT, signal.SIGTERM):
-            previous[s] = signal.signal(s, handle)
-    try:
+    with stop_signals(lambda _signum: service.request_stop(), lambda: service.stopping):
         return service.run()
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
