@@ -134,7 +134,7 @@ def check_value(value: Any, tp: Any, r: Rule, source: str, where: str) -> Any:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return check_value(value, _non_none(tp), r, source, where)
     bad = fail(source, where, describe(tp, r), value)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise bad
         return build(tp, value, source, where)
@@ -184,6 +184,8 @@ def _defaultable(f: dataclasses.Field[Any], tp: Any) -> bool:
 def build(cls: type[T], table: Mapping[str, Any], source: str, where: str = "") -> T:
     """Build the frozen dataclass ``cls`` from ``table`` or raise ConfigError naming the field."""
     hints = typing.get_type_hints(cls)
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
     fields = {f.name.rstrip("_"): f for f in dataclasses.fields(cls)}  # "class_" is spelt "class"
     prefix = f"{where}." if where else ""
     for key in table:

@@ -79,14 +79,15 @@ def _info(label: str, context: Iterable[bytes | str | int]) -> bytes:
     head = _DOMAIN + label.encode()
     parts = [_I.pack(len(head)), head]
     for c in context:
-        if type(c) is int:
+        if isinstance(c, bytes | str):
+            b = c.encode() if isinstance(c, str) else c
+            parts.append(_I.pack(len(b)))
+            parts.append(b)
+        elif type(c) is int:  # never a bool
             parts.append(_INT_PART)
             parts.append(_Q.pack(c))
-            continue
-        if type(c) is str:
-            c = c.encode()
-        parts.append(_I.pack(len(c)))
-        parts.append(c)
+        else:
+            raise TypeError(f"context part must be bytes, str or int, got {type(c).__name__}")
     return b"".join(parts)
 
 
