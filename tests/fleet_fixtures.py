@@ -29,22 +29,12 @@ from fedge.coordinator.service.enrollment import enroll
 from fedge.coordinator.fleet.controller import FleetController, retained_rotations
 from fedge.coordinator.fleet.releases import create_release, release_key, trusted_keys
 from fedge.coordinator.store import Store
+from tests.fakes import FakeClock
 
 ARCH = "logreg"
 FEATURES, CLASSES = 64, 10
 
 
-class Clock:
-    """A settable clock."""
-
-    def __init__(self, t: float = 1_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, s: float) -> None:
-        self.t += s
 
 
 def truth(seed: int = 7) -> np.ndarray:
@@ -62,7 +52,7 @@ def held_out(path: Path, n: int, seed: int) -> Path:
     return path
 
 
-def put_release(store: Store, version: str, weights: np.ndarray, parent: str | None, clock: Clock) -> None:
+def put_release(store: Store, version: str, weights: np.ndarray, parent: str | None, clock: FakeClock) -> None:
     store.put_model(version, weights, architecture=ARCH, parent=parent, now=clock())
     create_release(store, version, clock=clock)
 
@@ -70,7 +60,7 @@ def put_release(store: Store, version: str, weights: np.ndarray, parent: str | N
 class SimAgent:
     """One device: its own agent store with held-out data, a ReleaseManager, and a transport."""
 
-    def __init__(self, broker: InMemoryBroker, workdir: Path, device_id: str, clock: Clock, *,
+    def __init__(self, broker: InMemoryBroker, workdir: Path, device_id: str, clock: FakeClock, *,
                  trainers: dict[str, Any], fail_versions: Iterable[str] = ()) -> None:
         self.device_id = device_id
         self.store = AgentStore(workdir / f"{device_id}.db")
@@ -113,7 +103,7 @@ class Fleet:
 
     def __init__(self, workdir: Path, n: int, *, device_class: str = "pi4", tags: tuple[str, ...] = ("lab",)) -> None:
         self.workdir = workdir
-        self.clock = Clock()
+        self.clock = FakeClock(1_000_000.0)
         self.broker = InMemoryBroker()
         self.store = Store(str(workdir / "coordinator.db"))
         self.controller = FleetController(self.store, clock=self.clock)

@@ -25,13 +25,9 @@ from fedge.coordinator.rounds.engine import PlainAggregation, RoundEngine, Round
 from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
 from fedge.coordinator.rounds.secure import SecureAggregation
 from tests.round_fixtures import deliver
+from tests.fakes import FakeClock
 
 
-class Clock:
-    t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _finish(engine, clock, parts, drop=lambda d, m: False):
@@ -53,7 +49,7 @@ def _deltas_with_norms(norms: np.ndarray, dim: int, seed: int) -> dict[str, np.n
 def _plain_round(cfg: TrainingConfig, deltas: dict[str, np.ndarray], clip: float, round_id: int, seed: int):
     n, dim = len(deltas), next(iter(deltas.values())).size
     plan = make_plan(cfg, "v", n, n, clip_norm=clip)
-    clock = Clock()
+    clock = FakeClock()
     agg = PlainAggregation(expected_length(np.zeros(dim), plan), plan.quant_bits, n, cfg.min_cohort)
     engine = RoundEngine(round_id, plan, RoundSettings(n, cfg.min_cohort, 10.0), np.zeros(dim, np.float32),
                          list(deltas), agg, clock)
@@ -118,7 +114,7 @@ def test_secagg_round_shows_the_coordinator_only_the_noisy_bit_sum() -> None:
     for r in range(1, 4):
         ids = {d: IdentityKey.generate() for d in deltas}
         roster = {d: k.public_bytes() for d, k in ids.items()}
-        clock = Clock()
+        clock = FakeClock()
         plan = make_plan(cfg, "v", n, 100, clip_norm=1.0)
         assert plan.adaptive and plan.clip_count_stddev == 0.15
         agg = SecureAggregation(plan, r, roster, expected_length(np.zeros(dim), plan), clock, min_cohort=10)

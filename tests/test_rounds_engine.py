@@ -14,14 +14,9 @@ from fedge.coordinator.rounds.engine import PlainAggregation, RoundEngine, Round
 from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
 from fedge.coordinator.rounds.selection import over_selected, select_cohort
 from tests.round_fixtures import deliver, digits_split, make_train_fn, trainer_for
+from tests.fakes import FakeClock
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _round(cfg, weights, cohort, participants, clock, round_id=1, drop=lambda d, m: False):
@@ -43,7 +38,7 @@ def test_plain_fedavg_improves_accuracy_on_real_digits() -> None:
     cfg = TrainingConfig(epochs=2, batch_size=16, learning_rate=0.2, secagg=False, goal=8, min_cohort=4)
     w = trainer.initial_weights()
     acc0 = trainer.evaluate(w, xt, yt).accuracy
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     for r in range(1, 4):
         participants = {
             d: Participant(d, make_train_fn(trainer, parts[i], i), np.random.default_rng([7, r, i]))
@@ -68,7 +63,7 @@ def test_aggregate_equals_weighted_mean_of_deltas_up_to_quantization() -> None:
         return lambda task: LocalResult(deltas[dev], counts[dev])
 
     parts = {k: Participant(k, fn(k), np.random.default_rng(i)) for i, k in enumerate(deltas)}
-    engine = _round(cfg, np.zeros(d, np.float32), list(deltas), parts, FakeClock())
+    engine = _round(cfg, np.zeros(d, np.float32), list(deltas), parts, FakeClock(1000.0))
     assert engine.status is RoundStatus.COMPLETED
     wts = np.array([counts[k] / 100 for k in deltas])
     expect = sum(wts[i] * deltas[k] for i, k in enumerate(deltas)) / wts.sum()
@@ -84,12 +79,12 @@ def test_round_goes_on_with_whoever_reported_and_abandons_below_minimum() -> Non
     devs = [f"d{i}" for i in range(6)]
     # two silent devices: the deadline closes the stage with four
     parts = {k: mk(k) for k in devs}
-    e = _round(cfg, np.zeros(d, np.float32), devs, parts, FakeClock(), drop=lambda dev, m: dev in ("d0", "d1"))
+    e = _round(cfg, np.zeros(d, np.float32), devs, parts, FakeClock(1000.0), drop=lambda dev, m: dev in ("d0", "d1"))
     assert e.status is RoundStatus.COMPLETED and e.outcome.participants == 4
     assert e.outcome.dropped["report"] == 2
     # four silent devices: below the minimum cohort, abandoned with the counts in the reason
     parts = {k: mk(k) for k in devs}
-    e = _round(cfg, np.zeros(d, np.float32), devs, parts, FakeClock(), drop=lambda dev, m: dev not in ("d0", "d1"))
+    e = _round(cfg, np.zeros(d, np.float32), devs, parts, FakeClock(1000.0), drop=lambda dev, m: dev not in ("d0", "d1"))
     assert e.status is RoundStatus.ABANDONED
     assert "2 of 6" in e.reason and "minimum cohort is 3" in e.reason
 
@@ -98,7 +93,7 @@ def test_bad_uploads_are_refused_and_the_round_goes_on() -> None:
     d = 10
     cfg = TrainingConfig(secagg=False, goal=3, min_cohort=2)
     plan = make_plan(cfg, "v0", 3, 10)
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     agg = PlainAggregation(d + 1, plan.quant_bits, 3, 2)
     e = RoundEngine(1, plan, RoundSettings(3, 2, 10), np.zeros(d, np.float32), ["a", "b", "c"], agg, clock)
     e.start()
@@ -124,7 +119,7 @@ def test_bad_uploads_are_refused_and_the_round_goes_on() -> None:
 def test_participant_declines_instead_of_sending_non_finite_updates() -> None:
     cfg = TrainingConfig(secagg=False, goal=2, min_cohort=1)
     bad = Participant("x", lambda t: LocalResult(np.array([np.nan, 1], np.float32), 3), np.random.default_rng(0))
-    e = _round(cfg, np.zeros(2, np.float32), ["x"], {"x": bad}, FakeClock())
+    e = _round(cfg, np.zeros(2, np.float32), ["x"], {"x": bad}, FakeClock(1000.0))
     assert e.declined == {"x": "update must be a flat vector of finite numbers"}
     assert e.status is RoundStatus.ABANDONED
 
@@ -163,7 +158,7 @@ def test_plain_uploads_outside_the_quantization_range_are_refused() -> None:
     plan = make_plan(cfg, "v0", 3, 10)
     limit = max_abs_int(plan.quant_range, plan.quant_scale)
     agg = PlainAggregation(d + 1, plan.quant_bits, 3, 2, max_abs=limit)
-    e = RoundEngine(1, plan, RoundSettings(3, 2, 10), np.zeros(d, np.float32), ["a", "b", "c"], agg, FakeClock())
+    e = RoundEngine(1, plan, RoundSettings(3, 2, 10), np.zeros(d, np.float32), ["a", "b", "c"], agg, FakeClock(1000.0))
     e.start()
     huge = np.full(d + 1, 1 << 30, np.uint32)
     with pytest.raises(ProtocolError, match="quantization range"):
@@ -180,7 +175,7 @@ def test_a_decline_after_uploading_is_refused_and_a_last_decline_finishes_the_ro
     d = 4
     cfg = TrainingConfig(secagg=False, goal=3, min_cohort=1)
     plan = make_plan(cfg, "v0", 3, 10)
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     e = RoundEngine(1, plan, RoundSettings(3, 1, 10), np.zeros(d, np.float32), ["a", "b", "c"],
                     PlainAggregation(d + 1, plan.quant_bits, 3, 1), clock)
     e.start()

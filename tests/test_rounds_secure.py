@@ -16,13 +16,9 @@ from fedge.coordinator.rounds.engine import PlainAggregation, RoundEngine, Round
 from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
 from fedge.coordinator.rounds.secure import SecureAggregation
 from tests.round_fixtures import deliver, digits_split, make_train_fn, trainer_for
+from tests.fakes import FakeClock
 
 
-class Clock:
-    t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _setup(n, cfg, deltas, *, certified=False, authority=None, clock=None, round_id=1, population=1000):
@@ -30,7 +26,7 @@ def _setup(n, cfg, deltas, *, certified=False, authority=None, clock=None, round
     roster = {d: k.public_bytes() for d, k in ids.items()}
     authority = authority or IdentityKey.generate()
     certs = {d: issue_certificate(authority, d, pk) for d, pk in roster.items()}
-    clock = clock or Clock()
+    clock = clock or FakeClock()
     dim = next(iter(deltas.values())).size
     plan = make_plan(cfg, "v0", n, population)
     agg = SecureAggregation(plan, round_id, roster, dim + 1, clock, min_cohort=cfg.min_cohort,
@@ -135,7 +131,7 @@ def test_secure_fedavg_with_distributed_dp_learns_real_digits() -> None:
     for r in range(1, 5):
         ids = {f"d{i:03d}": IdentityKey.generate() for i in range(n)}
         roster = {d: k.public_bytes() for d, k in ids.items()}
-        clock = Clock()
+        clock = FakeClock()
         plan = make_plan(cfg, "v", n, n)
         agg = SecureAggregation(plan, r, roster, w.size + 1, clock, min_cohort=cfg.min_cohort)
         engine = RoundEngine(r, plan, RoundSettings(n, cfg.min_cohort, 10), w, list(roster), agg, clock)
@@ -163,7 +159,7 @@ def test_plain_and_secure_rounds_give_the_same_aggregate() -> None:
     cfg_p = TrainingConfig(secagg=False, goal=n, min_cohort=5)
     plan = make_plan(cfg_p, "v0", n, 1000)
     pe = RoundEngine(1, plan, RoundSettings(n, 5, 10), np.zeros(dim, np.float32), list(deltas),
-                     PlainAggregation(dim + 1, plan.quant_bits, n, 5), Clock())
+                     PlainAggregation(dim + 1, plan.quant_bits, n, 5), FakeClock())
     pparts = {d: Participant(d, (lambda dd: lambda t: LocalResult(deltas[dd], 10))(d), np.random.default_rng(i))
               for i, d in enumerate(deltas)}
     deliver(pe, pparts, pe.start())

@@ -15,6 +15,7 @@ from fedge.agent.core.messages.transport import Chunk
 from fedge.agent.core.transport.base import TransportConfig
 from fedge.agent.core.transport.chunks import Inbox, split
 from tests.transport_fixtures import GARBAGE, corrupt, payload
+from tests.fakes import FakeClock
 
 CFG = TransportConfig(
     "memory://", "rx", chunk_bytes=1024, max_payload_bytes=64 * 1024, max_reassembly_bytes=128 * 1024,
@@ -22,12 +23,6 @@ CFG = TransportConfig(
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def feed(inbox: Inbox, msgs: list[bytes], topic: str = "t", start: int = 0):
@@ -118,7 +113,7 @@ def test_duplicate_chunk_joins_the_payload_ack() -> None:
 
 
 def test_stale_transfer_expires() -> None:
-    clock = Clock()
+    clock = FakeClock()
     inbox = Inbox(CFG, clock)
     chunks = split(payload(5000), 1024, "x.6")
     feed(inbox, chunks[:2])
