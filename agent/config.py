@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from fedge.agent.core.errors import ConfigError
 from fedge.agent.core.profiles import DeviceProfile, load_profile
 from fedge.agent.core.topics import check_device_id
-from fedge.agent.core.transport.base import MQTT_5, TransportConfig
+from fedge.agent.core.transport.base import TransportConfig
 
 LOG_FORMATS = ("text", "json")
 
@@ -72,8 +72,7 @@ class AgentConfig:
             tls_key=net.tls_key if tls else None,
             keepalive_s=net.keepalive_s,
             clean_start=False,
-            # profiles may name the MQTT version (an MQTT 3.1.1-only broker); MQTT 5 otherwise
-            protocol=str(getattr(net, "protocol", MQTT_5)),
+            protocol=net.protocol,
             max_payload_bytes=net.max_payload_bytes,
             chunk_bytes=min(1024 * 1024, net.max_payload_bytes),
             max_reassembly_bytes=max(256 * 1024 * 1024, net.max_payload_bytes),

@@ -73,8 +73,9 @@ class NetworkConfig:
     keepalive_s: int = rule(60, lo=5, hi=65535)
     max_payload_bytes: int = rule(4 << 20, lo=1024, hi=268_435_455)  # MQTT's own ceiling
     username: str | None = rule(None, min_len=1)
-    #: MQTT protocol version: "5" (default), or "3.1.1" for brokers that speak only that (amqtt)
-    protocol: str = rule("5", choices=("5", "3.1.1"))
+    #: MQTT protocol version: "auto" (default: 5, else 3.1.1 when the broker refuses 5 or never
+    #: answers it, as the embedded amqtt broker does), or pinned to "5" or "3.1.1"
+    protocol: str = rule("auto", choices=("auto", "5", "3.1.1"))
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.broker_url)

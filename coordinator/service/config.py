@@ -6,7 +6,7 @@ import dataclasses
 import math
 
 from fedge.agent.core.errors import ConfigError
-from fedge.agent.core.transport.base import MQTT_5, MQTT_311, TransportConfig
+from fedge.agent.core.transport.base import MQTT_5, MQTT_311, MQTT_AUTO, TransportConfig
 from fedge.coordinator.rounds.plan import TrainingConfig
 
 
@@ -55,8 +55,8 @@ class ServiceConfig:
             raise ConfigError(f"pacing_batch: expected >= 1, got {self.pacing_batch}")
         if self.epsilon_budget is not None and not (self.epsilon_budget > 0 and math.isfinite(self.epsilon_budget)):
             raise ConfigError(f"epsilon_budget: expected a finite number > 0, got {self.epsilon_budget}")
-        if self.mqtt_protocol not in (None, MQTT_5, MQTT_311):
-            raise ConfigError(f"mqtt_protocol: expected '3.1.1' or '5', got {self.mqtt_protocol!r}")
+        if self.mqtt_protocol not in (None, MQTT_5, MQTT_311, MQTT_AUTO):
+            raise ConfigError(f"mqtt_protocol: expected '3.1.1', '5' or 'auto', got {self.mqtt_protocol!r}")
         if self.broker_url is not None:
             self.transport(self.broker_url)  # validates the URL and TLS options
 
@@ -65,8 +65,9 @@ class ServiceConfig:
         return self.broker_url is None
 
     def transport(self, url: str) -> TransportConfig:
-        """The transport config for the broker at ``url`` (the embedded one speaks MQTT 3.1.1 only)."""
-        protocol = self.mqtt_protocol or (MQTT_311 if self.embedded else MQTT_5)
+        """The transport config for the broker at ``url`` (the embedded amqtt speaks MQTT 3.1.1 only;
+        elsewhere MQTT 5, falling back to 3.1.1 when the broker does not take it)."""
+        protocol = self.mqtt_protocol or (MQTT_311 if self.embedded else MQTT_AUTO)
         return TransportConfig(
             broker_url=url,
             client_id=self.client_id,

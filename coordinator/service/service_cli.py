@@ -151,8 +151,8 @@ def devices_revoke(device_id: str, db: str) -> None:
               help="At most this many devices owe an upload at once (broker queue limits).")
 @click.option("--eval-data", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Held-out .npz (x, y) to evaluate each new global model on.")
-@click.option("--mqtt-protocol", type=click.Choice(["5", "3.1.1"]), default=None,
-              help="MQTT version [default: 5 for --broker, 3.1.1 for the embedded broker].")
+@click.option("--mqtt-protocol", type=click.Choice(["auto", "5", "3.1.1"]), default=None,
+              help="MQTT version [default: auto (5, else 3.1.1) for --broker, 3.1.1 for the embedded amqtt broker].")
 @click.option("--tls-ca", default=None, help="CA file for mqtts://.")
 @click.option("--tls-cert", default=None, help="Client certificate for mqtts://.")
 @click.option("--tls-key", default=None, help="Client key for mqtts://.")

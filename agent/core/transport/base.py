@@ -10,6 +10,8 @@ from fedge.agent.core.errors import ConfigError
 
 MQTT_311 = "3.1.1"
 MQTT_5 = "5"
+#: MQTT 5, falling back to 3.1.1 when the broker refuses it or never answers its CONNECT
+MQTT_AUTO = "auto"
 _SCHEMES = {"mqtt": 1883, "mqtts": 8883, "memory": 0}
 
 
@@ -50,8 +52,8 @@ class TransportConfig:
         scheme = urlsplit(self.broker_url).scheme
         if scheme not in _SCHEMES:
             raise ConfigError(f"broker_url {self.broker_url!r}: expected mqtt://, mqtts:// or memory://")
-        if self.protocol not in (MQTT_311, MQTT_5):
-            raise ConfigError(f"protocol {self.protocol!r}: expected '3.1.1' or '5'")
+        if self.protocol not in (MQTT_311, MQTT_5, MQTT_AUTO):
+            raise ConfigError(f"protocol {self.protocol!r}: expected '3.1.1', '5' or 'auto'")
         if not self.client_id or len(self.client_id) > 128:
             raise ConfigError("client_id must be 1-128 characters")
         if not 1024 <= self.chunk_bytes <= self.max_payload_bytes:

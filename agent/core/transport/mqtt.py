@@ -9,6 +9,7 @@ keep few transports per process; :meth:`connect` warns when the socket number is
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import queue
@@ -25,12 +26,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fedge.agent.core.errors import TransportError
-from fedge.agent.core.transport.base import MQTT_5, Inbound, TransportConfig
+from fedge.agent.core.transport.base import MQTT_311, MQTT_AUTO, Inbound, TransportConfig
 from fedge.agent.core.transport.chunks import Inbox, split
 from fedge.agent.core.transport.filters import check_filter, check_topic
 
 log = logging.getLogger(__name__)
 _SELECT_LIMIT = 1024
+#: paho's name for CONNACK return code 1 (MQTT 3.1.1) / 0x84 (MQTT 5)
+_UNSUPPORTED = "Unsupported protocol version"
 
 
 class MqttTransport:
@@ -38,16 +41,36 @@ class MqttTransport:
 
     def __init__(self, config: TransportConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
-        v5 = config.protocol == MQTT_5
+        #: "auto": MQTT 5 first, MQTT 3.1.1 when the broker refuses it or never answers its CONNECT
+        self._auto = config.protocol == MQTT_AUTO
+        self._will: tuple[str, bytes, bool] | None = None
+        self._client = self._new_client(v5=config.protocol != MQTT_311)
+        self._raw: queue.SimpleQueue[tuple[str, bytes, bool, bool, tuple[int, int]]] = queue.SimpleQueue()
+        self._inbox = Inbox(config, clock)
+        self._inbox_lock = threading.Lock()
+        self._up = threading.Event()
+        self._state_lock = threading.Lock()
+        self._generation = 0
+        self._refused: str | None = None
+        self._failed: dict[int, str] = {}
+        self._subacks: dict[int, threading.Event] = {}
+        self._resubscribing: set[int] = set()
+        self._failed_subs: dict[int, str] = {}
+        self._filters: list[str] = []
+        self._started = False
+        self._seq = itertools.count()
+        self._transfer_prefix = f"{config.client_id[:64]}.{time.time_ns():x}"
+
+    def _new_client(self, *, v5: bool) -> paho.Client:
+        config = self.config
         self._v5 = v5
-        self._client = paho.Client(
+        c = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
             clean_session=None if v5 else config.clean_start,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             manual_ack=True,
         )
-        c = self._client
         if config.username is not None:
             c.username_pw_set(config.username, config.password)
         if config.tls:
@@ -66,30 +89,45 @@ class MqttTransport:
         c.on_message = self._on_message
         c.on_publish = self._on_publish
         c.on_subscribe = self._on_subscribe
-        self._raw: queue.SimpleQueue[tuple[str, bytes, bool, bool, tuple[int, int]]] = queue.SimpleQueue()
-        self._inbox = Inbox(config, clock)
-        self._inbox_lock = threading.Lock()
-        self._up = threading.Event()
-        self._state_lock = threading.Lock()
-        self._generation = 0
-        self._refused: str | None = None
-        self._failed: dict[int, str] = {}
-        self._subacks: dict[int, threading.Event] = {}
-        self._resubscribing: set[int] = set()
-        self._failed_subs: dict[int, str] = {}
-        self._filters: list[str] = []
-        self._started = False
-        self._seq = itertools.count()
-        self._transfer_prefix = f"{config.client_id[:64]}.{time.time_ns():x}"
+        if self._will is not None:
+            topic, payload, retain = self._will
+            c.will_set(topic, payload, qos=1, retain=retain)
+        return c
 
     # ------------------------------------------------------------ lifecycle
 
     def set_will(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
         if self._started:
             raise TransportError("set the will before connect()")
-        self._client.will_set(check_topic(topic), bytes(payload), qos=1, retain=retain)
+        self._will = (check_topic(topic), bytes(payload), retain)
+        self._client.will_set(self._will[0], self._will[1], qos=1, retain=retain)
 
     def connect(self) -> None:
+        cfg = self.config
+        # amqtt never answers an MQTT 5 CONNECT: in auto mode wait for it at most 5 s
+        why, tcp_up = self._connect_once(min(cfg.connect_timeout_s, 5.0) if self._auto else cfg.connect_timeout_s)
+        if why is not None and self._v5 and (why == _UNSUPPORTED or tcp_up):
+            if self._auto:
+                # An MQTT 3.1.1-only broker refuses the MQTT 5 CONNECT, or (amqtt) never answers it.
+                log.info("%s: %s:%d %s to MQTT 5; trying MQTT 3.1.1", cfg.client_id, cfg.host, cfg.port,
+                         "refused" if why == _UNSUPPORTED else "did not answer")
+                self._client = self._new_client(v5=False)
+                why, tcp_up = self._connect_once(cfg.connect_timeout_s)
+                if why is not None:
+                    why = f"neither MQTT 5 nor MQTT 3.1.1 was accepted ({why})"
+            else:
+                why = (f"{why}; the broker does not take MQTT 5 (an MQTT 3.1.1-only broker such as the embedded one?): "
+                       'set [network] protocol = "3.1.1" or "auto"')
+        if why is not None:
+            raise TransportError(f"cannot connect {cfg.client_id} to {cfg.host}:{cfg.port}: {why}")
+        if not self._v5 and self._auto:
+            log.info("%s: connected to %s:%d with MQTT 3.1.1", cfg.client_id, cfg.host, cfg.port)
+        sock = self._client.socket()
+        if sock is not None and sock.fileno() >= _SELECT_LIMIT:
+            log.warning("socket number %d is past select()'s limit; paho may lose this connection", sock.fileno())
+
+    def _connect_once(self, timeout_s: float) -> tuple[str | None, bool]:
+        """One connection attempt: (None, True) when up, else (why, whether TCP was connected)."""
         cfg = self.config
         props = None
         if self._v5:
@@ -102,15 +140,17 @@ class MqttTransport:
         )
         self._client.loop_start()
         self._started = True
-        deadline = time.monotonic() + cfg.connect_timeout_s
+        deadline = time.monotonic() + timeout_s
         while not self._up.wait(0.05):
             if self._refused is not None or time.monotonic() > deadline:
-                why = self._refused or f"no acknowledgement within {cfg.connect_timeout_s:g} s"
+                why = self._refused or f"no acknowledgement within {timeout_s:g} s"
+                tcp_up = self._client.socket() is not None
+                self._client.disconnect()
                 self._stop_loop()
-                raise TransportError(f"cannot connect {cfg.client_id} to {cfg.host}:{cfg.port}: {why}")
-        sock = self._client.socket()
-        if sock is not None and sock.fileno() >= _SELECT_LIMIT:
-            log.warning("socket number %d is past select()'s limit; paho may lose this connection", sock.fileno())
+                with contextlib.suppress(Exception):
+                    self._client._sock_close()  # a broker that never answered: do not leave it a half-open session
+                return why, tcp_up
+        return None, True
 
     def close(self) -> None:
         if self._started:
