@@ -32,6 +32,9 @@ def cli() -> None:
               help="Adaptive clipping (with --dp): C follows this quantile of the update norms; --clip is the first C.")
 @click.option("--clip-count-stddev", type=float, default=0.0, metavar="SIGMA",
               help="Adaptive clipping: noise on the clip-bit sum; 2*SIGMA must exceed z [default: expected reports/20].")
+@click.option("--audit-canaries", type=int, default=0, show_default=True, metavar="M",
+              help="Canary audit: M canary clients take part (never counted as devices), M more are withheld; "
+                   "reports an empirical ε and a 95% lower bound beside the accountant's.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same numbers.")
 @click.option("--profiles", default="", help="Device profile mix, e.g. pi4=0.5,phone=0.3,car=0.2 (default: ideal devices).")
 @click.option("--profiles-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -54,6 +57,8 @@ def run_command(profiles: str, profiles_dir: Path | None, **options: object) -> 
     summary = runner.run(config, profile_dir=profiles_dir or DEFAULT_PROFILE_DIR)
     last = summary.rounds[-1]
     eps = "" if last.epsilon is None else f", ε {last.epsilon:.4g} at δ={last.delta:g}"
+    if last.epsilon_lower_bound is not None:
+        eps += f" (audit: estimate {last.epsilon_empirical:.4g}, lower bound {last.epsilon_lower_bound:.4g})"
     click.echo(f"round {last.round}: accuracy {last.accuracy:.4f}, loss {last.loss:.4f}{eps}"
                + (f", written to {config.out}" if config.out else ""))
 

@@ -49,6 +49,8 @@ class SimConfig:
     adaptive_clip: float = 0.0
     #: adaptive clipping: sigma_b, the noise on the clip-bit sum (0: expected reports / 20)
     clip_count_stddev: float = 0.0
+    #: canary audit (coordinator/rounds/audit.py): M canaries inserted and M withheld; 0 = no audit
+    audit_canaries: int = 0
 
     def __post_init__(self) -> None:
         def need(ok: bool, flag: str, what: str) -> None:
@@ -73,6 +75,8 @@ class SimConfig:
              f"expected a quantile in (0, 1) with --dp local or distributed, got {self.adaptive_clip}")
         need(0 < self.delta < 1, "--delta", f"expected 0 < delta < 1, got {self.delta}")
         need(self.seed >= 0, "--seed", f"expected >= 0, got {self.seed}")
+        need(self.audit_canaries == 0 or self.audit_canaries >= 2, "--audit-canaries",
+             f"expected 0 (no audit) or >= 2, got {self.audit_canaries}")
         need(self.local_epochs >= 1, "--local-epochs", f"expected >= 1, got {self.local_epochs}")
         need(self.batch_size >= 1, "--batch-size", f"expected >= 1, got {self.batch_size}")
         need(self.learning_rate > 0, "--learning-rate", f"expected > 0, got {self.learning_rate}")

@@ -8,6 +8,7 @@ The protocol engine of :mod:`fedge.simulations.protocol` is the default; tests a
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,7 @@ class RoundWork:
     left None are estimated by the driver from the behaviour and the model size; so is
     ``dropped_per_stage`` (what the coordinator observed: ``unavailable`` and each stage it closed).
     ``status`` is ``completed`` or ``abandoned`` (then ``reason`` says why and the weights are unchanged).
+    Canary clients of an audit are never counted in ``participants``, ``examples`` or bytes.
     """
 
     weights: np.ndarray
@@ -37,6 +39,8 @@ class RoundWork:
     dropped_per_stage: dict[str, int] | None = None
     status: str = "completed"
     reason: str = ""
+    #: the canary audit after this round (:class:`coordinator.rounds.audit.AuditResult`), None without one
+    audit: Any = None
 
 
 #: (round, flat global weights, cohort behaviour, federation, rng) -> RoundWork.

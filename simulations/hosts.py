@@ -32,6 +32,7 @@ from fedge.agent.core.errors import ConfigError, ProtocolError, SecurityError, T
 from fedge.agent.core.messages.rounds import Task
 from fedge.agent.participant import LocalResult, Participant
 from fedge.agent.secure import PeerDirectory, secagg_factory
+from fedge.coordinator.rounds.audit import canary_update
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class DeviceHost:
         self._signatures = SignatureMemo()
         self._agreements = AgreementMemo()
         self._stage_msg: type | None = None
+        self._audit_seed = 0
 
     def handle(self, frame: bytes) -> bytes:
         """Answer one driver frame (``round``, ``roster``, ``batch`` or ``end``)."""
@@ -113,6 +115,7 @@ class DeviceHost:
         """Build the shard's participants; return their identity public keys (the simulator enrolls them)."""
         self._round = rid = req["round"]
         root, secagg = req["root"], req["secagg"]
+        self._audit_seed = req.get("audit_seed", 0)
         self._participants, self._drop_at, self._keys = {}, {}, {}
         self._examples = 0
         self._signatures, self._agreements = SignatureMemo(), AgreementMemo()
@@ -135,6 +138,9 @@ class DeviceHost:
         return self._roster.get(device)
 
     def _train_fn(self, device: str, client: int, seed: np.random.SeedSequence) -> Callable[[Any], LocalResult]:
+        if client < 0:
+            return self._canary_fn(-client - 1)
+
         def train(task: Any) -> LocalResult:
             x, y = self.client_data(client)
             p = task.plan
@@ -142,6 +148,15 @@ class DeviceHost:
                                    learning_rate=p.learning_rate, rng=np.random.default_rng(seed))
             self._examples += r.num_examples
             return LocalResult(r.delta, r.num_examples, r.loss)
+        return train
+
+    def _canary_fn(self, index: int) -> Callable[[Any], LocalResult]:
+        """A canary client (:mod:`fedge.coordinator.rounds.audit`): no data, no training; its delta is its
+        direction at the round's clip norm, at full weight. Clipping, noise, quantization and masking are
+        the participant's own, as for any device."""
+        def train(task: Any) -> LocalResult:
+            p = task.plan
+            return LocalResult(canary_update(self._audit_seed, index, task.weights.size, p.clip_norm), p.example_cap, 0.0)
         return train
 
     def _decode(self, blob: bytes) -> Any:

@@ -25,6 +25,7 @@ import numpy as np
 from fedge.agent.core import wire
 from fedge.agent.core.errors import ProtocolError
 from fedge.coordinator.rounds.accounting import PrivacyAccountant
+from fedge.coordinator.rounds.audit import CanaryAudit, canary_index, is_canary
 from fedge.agent.core.messages.common import Outbound
 from fedge.coordinator.rounds.engine import RoundStatus
 from fedge.coordinator.rounds.builder import Draw, SecureRisk, build_round
@@ -49,6 +50,9 @@ class ProtocolSettings:
     #: expected dropout and assumed corrupt fraction, from which SecAgg+ derives k and t
     dropout_rate: float = 0.05
     corrupt_fraction: float = 0.02
+    #: canary audit: pairs of canary directions (one of each inserted), 0 = no audit
+    audit_canaries: int = 0
+    audit_seed: int = 0
 
 
 class ProtocolEngine:
@@ -69,6 +73,8 @@ class ProtocolEngine:
         self.last: dict[str, Any] = {}
         #: adaptive clipping: the C the last completed round chose (None: the config's clip_norm)
         self.clip_norm: float | None = None
+        #: the canary audit (built at the first round, when the model's dimension is known)
+        self.audit: CanaryAudit | None = None
 
     def close(self) -> None:
         """Stop the device hosts (worker processes, actors)."""
@@ -78,6 +84,10 @@ class ProtocolEngine:
     def _epsilon(self) -> float | None:
         cfg = self.settings.training
         return self.accountant.epsilon(cfg.delta) if cfg.dp_mode != "off" and len(self.accountant.events) else None
+
+    def _audit_result(self) -> Any:
+        """The audit over the rounds completed so far (None: no audit, or no round completed yet)."""
+        return self.audit.result() if self.audit is not None and self.audit.rounds else None
 
     def __call__(
         self, round_id: int, weights: np.ndarray, behaviour: RoundBehaviour, federation: Federation,
@@ -101,14 +111,24 @@ class ProtocolEngine:
             self.last = {"status": "abandoned", "reason": reason, "participants": 0,
                          "dropped": {"unavailable": unavailable}, "bytes_up": 0, "bytes_down": 0}
             return RoundWork(weights, {}, 0, self._epsilon(), participants=0, bytes_up=0, bytes_down=0,
-                             dropped_per_stage={"unavailable": unavailable}, status="abandoned", reason=reason)
+                             dropped_per_stage={"unavailable": unavailable}, status="abandoned", reason=reason,
+                             audit=self._audit_result())
         drop_at = [(st if st != NO_DROP else len(STAGES)) for st in behaviour.drop_stage[avail].tolist()]
+        canaries: list[str] = []
+        if s.audit_canaries:
+            if self.audit is None:
+                self.audit = CanaryAudit(s.audit_canaries, weights.size, s.audit_seed, cfg.delta)
+            # canaries join each round with the rate real clients have; they never drop and never train
+            canaries = self.audit.takes_part(round_id, len(behaviour.client_ids) / s.population)
+            clients = np.concatenate([clients, [-1 - canary_index(c) for c in canaries]]).astype(np.int64)
+            ids = ids + canaries
+            drop_at = drop_at + [len(STAGES)] * len(canaries)
         host_of = {d: i % pool.size for i, d in enumerate(ids)}
         shards: list[list[Any]] = [[] for _ in range(pool.size)]
         for i, (d, k, st) in enumerate(zip(ids, clients.tolist(), drop_at)):
             shards[host_of[d]].append([d, k, i, st])
         begun = pool.exchange([[pack({"kind": "round", "round": round_id, "root": root, "secagg": cfg.secagg,
-                                      "devices": sh})] for sh in shards])
+                                      "audit_seed": s.audit_seed, "devices": sh})] for sh in shards])
         roster = {}
         for _, reply in begun:
             r = unpack(reply)
@@ -121,8 +141,10 @@ class ProtocolEngine:
             pool.broadcast(pack({"kind": "roster", "ids": list(roster), "keys": list(roster.values())}))
         # the cohort was drawn from the whole population; availability only thins it further
         draw = Draw.fixed(s.population, len(behaviour.client_ids))
+        # the canaries are extra clients of the round (the goal waits for them), outside the drawn cohort
+        round_cfg = dataclasses.replace(cfg, goal=cfg.goal + len(canaries)) if canaries else cfg
         built = build_round(
-            round_id, cfg, f"r{round_id - 1}", weights, ids, draw, clock, clip_norm=self.clip_norm,
+            round_id, round_cfg, f"r{round_id - 1}", weights, ids, draw, clock, clip_norm=self.clip_norm,
             roster=roster if cfg.secagg else None, risk=SecureRisk(s.dropout_rate, s.corrupt_fraction),
         )
         plan, aggregation, engine = built.plan, built.aggregation, built.engine
@@ -157,7 +179,8 @@ class ProtocolEngine:
                             encoded[key] = (out.message, blob)
                             bi = index[key] = len(blobs)
                             blobs.append(blob)
-                        traffic["down"] += len(blobs[bi])
+                        if not is_canary(out.device_id):
+                            traffic["down"] += len(blobs[bi])
                         items.append([out.device_id, bi])
                     yield pack({"kind": "batch", "blobs": blobs, "items": items})
 
@@ -171,7 +194,8 @@ class ProtocolEngine:
                 traffic["examples"] += r["examples"]
                 for device, blobs in r["replies"]:
                     for rb in blobs:
-                        traffic["up"] += len(rb)
+                        if not is_canary(device):
+                            traffic["up"] += len(rb)
                         try:
                             nxt.extend(engine.receive(device, wire.decode(rb)))
                         except ProtocolError as e:
@@ -198,7 +222,14 @@ class ProtocolEngine:
         if engine.status is RoundStatus.COMPLETED and built.event is not None:
             self.accountant.record(built.event)
         dropped = {"unavailable": unavailable, **(dict(outcome.dropped) if outcome else {})}
-        participants = outcome.participants if outcome else 0
+        participants = outcome.participants - len(canaries) if outcome else 0
+        audit = None
+        if self.audit is not None:
+            started = time.perf_counter()
+            if engine.status is RoundStatus.COMPLETED and outcome is not None and outcome.new_weights is not None:
+                self.audit.observe(outcome.new_weights.astype(np.float64) - weights.astype(np.float64))
+            audit = self._audit_result()
+            stage_seconds["audit"] = time.perf_counter() - started
         self.last = {
             "status": engine.status.value,
             "reason": engine.reason,
@@ -213,7 +244,7 @@ class ProtocolEngine:
         new = outcome.new_weights if outcome and outcome.new_weights is not None else weights
         return RoundWork(new, dict(stage_seconds), traffic["examples"], self._epsilon(), participants=participants,
                          bytes_up=traffic["up"], bytes_down=traffic["down"], dropped_per_stage=dropped,
-                         status=engine.status.value, reason=engine.reason)
+                         status=engine.status.value, reason=engine.reason, audit=audit)
 
 
 class _Clock:

@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 
 #: The keys every round of ``summary.json`` carries, in this order (more may follow).
-ROUND_KEYS = ("round", "accuracy", "loss", "epsilon", "delta", "participants", "dropped",
-              "bytes_up", "bytes_down", "seconds")
+ROUND_KEYS = ("round", "accuracy", "loss", "epsilon", "epsilon_empirical", "epsilon_lower_bound", "delta",
+              "participants", "dropped", "bytes_up", "bytes_down", "seconds")
 #: Further plain columns of ``rounds.csv``.
 EXTRA_KEYS = ("examples", "status", "reason")
-PLOTS = ("accuracy_vs_round.png", "accuracy_vs_epsilon.png", "accuracy_per_group.png")
+PLOTS = ("accuracy_vs_round.png", "accuracy_vs_epsilon.png", "accuracy_per_group.png", "epsilon_audit.png")
 T = TypeVar("T")
 
 
@@ -32,6 +32,9 @@ class RoundRecord:
     ``dropped_per_stage`` counts ``unavailable`` and each SecAgg+ stage; ``seconds_per_stage``
     is wall-clock time of the simulator; ``group_accuracy`` maps a client group
     (``profile:pi4``, ``size:q1``) to the global model's accuracy on that group's clients.
+    ``epsilon_empirical`` and ``epsilon_lower_bound`` are the canary audit's Gaussian-fit estimate
+    and one-run lower bound over the rounds so far (every round's aggregate seen), None without
+    ``--audit-canaries``; ``audit`` holds its full figures (:class:`coordinator.rounds.audit.AuditResult`).
     """
 
     round: int
@@ -51,10 +54,14 @@ class RoundRecord:
     #: ``completed``, or ``abandoned`` with the coordinator's ``reason`` (the model is then unchanged)
     status: str = "completed"
     reason: str = ""
+    epsilon_empirical: float | None = None
+    epsilon_lower_bound: float | None = None
+    audit: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON object: :data:`ROUND_KEYS` first, then the breakdowns."""
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        return {**{k: d.pop(k) for k in ROUND_KEYS}, **d}
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,8 @@ def write_plots(summary: Summary, out: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     paths.append(_save(fig, out / PLOTS[1]))
 
+    paths_tail = [_audit_plot(summary, out / PLOTS[3], plt)]
+
     fig, ax = plt.subplots(figsize=(7, 4))
     last = summary.rounds[-1].group_accuracy if summary.rounds else {}
     names = sorted(last)
@@ -148,7 +157,31 @@ def write_plots(summary: Summary, out: Path) -> list[Path]:
     ax.set(ylabel="accuracy", title="Accuracy per client group (last round)", ylim=(0, 1))
     fig.tight_layout()
     paths.append(_save(fig, out / PLOTS[2]))
-    return paths
+    return paths + paths_tail
+
+
+def _audit_plot(summary: Summary, path: Path, plt: Any) -> Path:
+    """Accountant ε against the canary audit's estimate and lower bound, over rounds."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rounds = [r.round for r in summary.rounds]
+    series = [("epsilon", "accountant ε", "-"), ("epsilon_empirical", "audit estimate (Gaussian fit)", "--"),
+              ("epsilon_lower_bound", "audit lower bound (95%)", ":")]
+    drawn = False
+    for key, label, style in series:
+        values = [getattr(r, key) for r in summary.rounds]
+        if any(v is not None and math.isfinite(v) for v in values):
+            ax.plot(rounds, [math.nan if v is None or not math.isfinite(v) else v for v in values],
+                    style, marker=".", label=label)
+            drawn = True
+    if drawn:
+        ax.set(xlabel="round", ylabel="ε (δ = %g)" % summary.rounds[-1].delta)
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no ε and no audit in this run (--dp off, no --audit-canaries)", ha="center",
+                va="center", transform=ax.transAxes)
+    ax.set_title("Accountant ε against the canary audit")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -26,7 +26,7 @@ from fedge.simulations.federation import Federation
 from fedge.simulations.population import DEFAULT_PROFILE_DIR, STAGES, Population, draw_round_behaviour, make_population
 from fedge.simulations.report import RoundRecord, Summary, progress, write_report
 from fedge.simulations.trainers import evaluate
-from fedge.simulations.world import BEHAVIOUR, COHORT, EVAL, POPULATION, TRAIN, build_world, recipe, stream
+from fedge.simulations.world import AUDIT, BEHAVIOUR, COHORT, EVAL, POPULATION, TRAIN, build_world, recipe, stream
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ def protocol_engine(config: SimConfig, population: Population, trainer: object) 
     from fedge.simulations.protocol import ProtocolEngine, ProtocolSettings
 
     cfg, dropout = training_config(config, population)
-    settings = ProtocolSettings(cfg, config.population, dropout_rate=dropout)
+    settings = ProtocolSettings(cfg, config.population, dropout_rate=dropout, audit_canaries=config.audit_canaries,
+                                audit_seed=int(stream(config.seed, AUDIT).integers(2**63)))
     hosts = config.host_count()
     r = recipe(population=config.population, dataset=config.dataset, partition=config.partition,
                model=config.model, seed=config.seed)
@@ -186,6 +187,9 @@ def _run(config: SimConfig, engine: RoundEngine, world: object, population: Popu
             group_accuracy={g: float(group_correct[m].mean()) for g, m in groups.group_of.items()},
             status=work.status,
             reason=work.reason,
+            epsilon_empirical=None if work.audit is None else work.audit.all_rounds.epsilon_empirical,
+            epsilon_lower_bound=None if work.audit is None else work.audit.all_rounds.epsilon_lower_bound,
+            audit=None if work.audit is None else work.audit.to_dict(),
         ))
         log.debug("round done: accuracy %.4f", records[-1].accuracy, extra={"round": r})
         if show_progress and (config.dp != "off" or work.status != "completed"):
