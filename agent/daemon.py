@@ -36,6 +36,7 @@ from fedge.agent.model_cache import ModelCache
 from fedge.agent.outbox import Outbox
 from fedge.agent.participant import LocalResult, Participant
 from fedge.agent.releases import FLEET_COMMANDS, LocalEvaluator, ReleaseManager, outbox_key
+from fedge.agent.replies import Answered, Replies, Reply
 from fedge.agent.round_state import RoundStates
 from fedge.agent.store import Store
 
@@ -141,6 +142,7 @@ class AgentDaemon:
         self.authority = bytes.fromhex(cfg.authority_hex) if cfg.authority_hex else ident.stored_authority(db)
         self.outbox = Outbox(db, clock=self._clock)
         self.rounds = RoundStates(db, clock=self._clock)
+        self.replies = Replies(db)
         self.models = ModelCache(db, clock=self._clock)
         self.ledger = DeviceLedger(db, clock=self._clock)
         self.releases = ReleaseManager(db, self.device_id, clock=self._clock,
@@ -290,10 +292,10 @@ class AgentDaemon:
         if n:
             log.debug("outbox flushed: %d sent", n, extra=self._extra)
 
-    def _send(self, round_id: int, msg: Any) -> None:
+    def _send(self, round_id: int, msg: Any, payload: bytes | None = None) -> None:
         """Put a reply in the outbox (budget recorded with an upload), then flush in order."""
         stage = wire.type_name(msg)
-        payload = wire.encode(msg)
+        payload = wire.encode(msg) if payload is None else payload
         if stage in UPLOAD_STAGES and self._participant is not None and self._participant.task is not None:
             task = self._participant.task
             with contextlib.suppress(ProtocolError):  # already recorded for this round
@@ -318,12 +320,10 @@ class AgentDaemon:
                 elif isinstance(msg, RoundEnd):
                     self._on_end(msg)
             elif inbound.topic == topics.device_in(self.device_id):
-                if isinstance(msg, Task):
-                    self._on_task(msg)
-                elif isinstance(msg, FLEET_COMMANDS):
+                if isinstance(msg, FLEET_COMMANDS):
                     self._on_fleet(msg)
                 else:
-                    self._on_stage(msg)
+                    self._on_request(msg, inbound.payload)
             elif inbound.topic.startswith(topics.RELEASE_KEYS + "/"):
                 self._on_fleet(msg)
             elif inbound.topic == topics.COORDINATOR_STATUS:
@@ -373,15 +373,45 @@ class AgentDaemon:
             eligible, int(len(self._data[1])), float(self.ledger.epsilon_spent(self.profile.privacy.delta)),
         ))
 
-    def _on_task(self, task: Task) -> None:
+    def _on_request(self, msg: Any, payload: bytes) -> None:
+        """A Task or stage request: answered once; a repeat gets the stored answer and changes nothing."""
+        rid = getattr(msg, "round_id", None)
+        if not isinstance(rid, int):
+            raise ProtocolError(f"{type(msg).__name__} is not a round request")
+        request = wire.type_name(msg)
+        seen = self.replies.get(rid, request)
+        if seen is not None:
+            self._repeat(rid, request, seen, payload)
+            return
+        out = self._on_task(msg) if isinstance(msg, Task) else self._on_stage(msg)
+        encoded = [Reply(wire.type_name(r), wire.encode(r)) for r in out]
+        self.replies.put(rid, request, payload, encoded)  # before the outbox: a repeat after a crash still finds it
+        for reply, blob in zip(out, encoded):
+            self._send(rid, reply, blob.payload)
+        if isinstance(msg, Task) and self._participant is not None and self._participant.round_id == rid:
+            self._after_task(msg, out)
+
+    def _repeat(self, rid: int, request: str, seen: Answered, payload: bytes) -> None:
+        extra = self._extra | {"round": rid}
+        if not seen.matches(payload):
+            log.warning("a different %s for round %d than the one answered; ignored", request, rid, extra=extra)
+            return
+        log.info("%s for round %d again: %d stored repl%s sent again", request, rid, len(seen.replies),
+                 "y" if len(seen.replies) == 1 else "ies", extra=extra)
+        for r in seen.replies:
+            self.outbox.put(rid, r.stage, topics.device_out(self.device_id), r.payload)
+        if seen.replies and self._retry_at is None:
+            self._flush()
+
+    def _on_task(self, task: Task) -> list[Any]:
         rid = task.round_id
         extra = self._extra | {"round": rid}
         rec = self.rounds.get(rid)
-        if rec is not None and rec.status in ("dropped", "uploaded", "declined", "ended"):
-            if rec.status == "dropped" and rec.stage not in UPLOAD_STAGES and rec.stage != "round.decline":
-                self._send(rid, Decline(rid, self.device_id, "the agent restarted during the round"))
+        if rec is not None and rec.status in ("dropped", "uploaded", "declined", "ended", "training"):
             log.info("task for a round already %s; not training again", rec.status, extra=extra)
-            return
+            if rec.status == "dropped" and rec.stage not in UPLOAD_STAGES and rec.stage != "round.decline":
+                return [Decline(rid, self.device_id, "the agent restarted during the round")]
+            return []
         factory = directory = None
         if task.plan.secagg and self.authority is not None:
             from fedge.agent.secure import PeerDirectory, secagg_factory
@@ -390,16 +420,17 @@ class AgentDaemon:
             factory = secagg_factory(self.device_id, self.identity, directory)
         self._participant = Participant(self.device_id, self._train, self._rng, factory, peers=directory)
         self.rounds.set(rid, "task", "training")
-        replies = self._participant.handle(task)
-        for reply in replies:
-            self._send(rid, reply)
+        return self._participant.handle(task)
+
+    def _after_task(self, task: Task, replies: list[Any]) -> None:
+        """Once the task's replies are in the outbox: keep the participant only for SecAgg+ stages."""
         if not task.plan.secagg or any(isinstance(r, Decline) for r in replies):
             self._participant = None
             self._round_expiry = None
         else:
             self._round_expiry = self._mono() + ROUND_EXPIRY_DEADLINES * task.plan.deadline_s
 
-    def _on_stage(self, msg: Any) -> None:
+    def _on_stage(self, msg: Any) -> list[Any]:
         p = self._participant
         rid = getattr(msg, "round_id", None)
         if p is None or rid != p.round_id:
@@ -413,10 +444,10 @@ class AgentDaemon:
             self._participant = None
             self._round_expiry = None
             raise
-        for reply in replies:
-            self._send(rid, reply)
+        return replies
 
     def _on_end(self, end: RoundEnd) -> None:
+        self.replies.prune()
         rec = self.rounds.get(end.round_id)
         if rec is not None and rec.status != "ended":
             self.rounds.set(end.round_id, rec.stage, "ended")

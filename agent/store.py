@@ -10,7 +10,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from fedge.agent import identity, model_cache, outbox, releases, round_state
+from fedge.agent import identity, model_cache, outbox, releases, replies, round_state
 from fedge.agent.core import migrations
 from fedge.agent.core.privacy import ledger as privacy_ledger
 
@@ -34,6 +34,7 @@ MIGRATIONS: list[migrations.Migration] = [
     ("006_identity", identity.ensure_schema),
     ("007_releases", releases.ensure_schema),
     ("008_identity_authority", identity.ensure_authority_schema),
+    ("009_round_replies", replies.ensure_schema),
 ]
 
 

@@ -93,10 +93,11 @@ def test_secagg_task_without_an_enrollment_authority_is_declined(setup):
     assert isinstance(msgs[0], CheckIn)
     assert isinstance(msgs[1], Decline) and "secure aggregation unavailable" in msgs[1].reason
     assert d.rounds.get(1).status == "declined"
-    # the task redelivered (QoS 1) is not answered again
+    # the task redelivered (QoS 1) gets the stored answer again, and nothing changes
     coord.publish(topics.device_in(DEV), wire.encode(Task(1, DEV, plan, weights)))
     pump(d)
-    assert replies(coord) == []
+    assert replies(coord) == [msgs[1]]
+    assert d.rounds.get(1).status == "declined"
 
 
 def test_a_failing_secagg_stage_drops_the_round_and_the_daemon_goes_on(setup):
@@ -123,3 +124,25 @@ def test_a_failing_secagg_stage_drops_the_round_and_the_daemon_goes_on(setup):
     pump(d)
     assert [m.round_id for m in replies(coord)] == [5]  # still answering
 
+
+
+def test_a_repeat_after_a_restart_gets_the_stored_answer_and_a_different_request_none(setup, tmp_path):
+    d, coord, broker = setup
+    coord.publish(topics.ROUNDS, wire.encode(RoundAnnounce(1, "mlp", "v0", 2000.0)))
+    plan = make_plan(TrainingConfig(secagg=True, dp_mode="local", noise_multiplier=1.0, train_deadline_s=60.0,
+                                    goal=2, min_cohort=2), "v0", 2, 10)
+    task = Task(1, DEV, plan, np.zeros(10, np.float32))
+    coord.publish(topics.device_in(DEV), wire.encode(task))
+    pump(d)
+    answer = replies(coord)[1]
+    d.shutdown()
+    again = AgentDaemon(d.config, transport_factory=d._transport_factory, clock=lambda: 1000.0)
+    again.startup()
+    try:
+        coord.publish(topics.device_in(DEV), wire.encode(task))
+        coord.publish(topics.device_in(DEV), wire.encode(dataclasses.replace(task, weights=np.ones(10, np.float32))))
+        pump(again)
+        assert replies(coord) == [answer]  # the same bytes once; the forged twin is not answered
+        assert again.rounds.get(1).status == "declined"
+    finally:
+        again.shutdown()

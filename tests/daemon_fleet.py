@@ -1,0 +1,98 @@
+"""Real ``fedge-agent run`` daemons (enrolled, with their own stores) and the real coordinator
+service in this process, over a real broker, for fault tests. Each daemon can reach the broker
+through its own :class:`~tests.mqtt_proxy.MqttProxy`, so one device's link can be broken.
+
+Import explicitly: ``from tests.daemon_fleet import DaemonFleet``.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from fedge.coordinator.rounds.plan import TrainingConfig
+from fedge.coordinator.service.config import ServiceConfig
+from fedge.coordinator.service.demo import DemoConfig, prepare_agents
+from fedge.coordinator.service.enrollment import authority_public_hex, enroll
+from fedge.coordinator.service.service import CoordinatorService, RoundReport
+from fedge.coordinator.store import Store
+from tests.agent_fixtures import start_agent, stop
+from tests.mqtt_proxy import MqttProxy
+
+
+def secagg_training(agents: int, **kw: object) -> TrainingConfig:
+    """SecAgg+ with distributed DP, every device in the cohort, short local training."""
+    args: dict[str, object] = dict(goal=agents, min_cohort=2, dp_mode="distributed", noise_multiplier=0.5, secagg=True,
+                                   epochs=2, batch_size=16, learning_rate=0.2, train_deadline_s=60.0,
+                                   stage_timeout_s=20.0)
+    args.update(kw)
+    return TrainingConfig(**args)  # type: ignore[arg-type]
+
+
+class DaemonFleet:
+    """``agents`` enrolled daemons; ``url_for(i)`` is the broker URL daemon ``i`` is given."""
+
+    def __init__(self, work: Path, agents: int, broker_url: str, training: TrainingConfig,
+                 url_for: Callable[[int], str] | None = None) -> None:
+        self.work, self.training, self.broker_url = work, training, broker_url
+        work.mkdir(parents=True, exist_ok=True)
+        self.db = work / "coordinator.db"
+        store = Store(str(self.db))
+        try:
+            authority = authority_public_hex(store)
+            demo = DemoConfig(agents=agents, rounds=1, training=training, broker_url=broker_url, workdir=str(work))
+            self.agents, self.test_data = prepare_agents(demo, work, broker_url, authority, use_daemon=True, protocol="5")
+            for a in self.agents:
+                enroll(store, a.device_id, a.identity_hex, "pi4", ("test",))
+        finally:
+            store.close()
+        for i, a in enumerate(self.agents):
+            url = url_for(i) if url_for else broker_url
+            text = a.profile.read_text()
+            a.profile.write_text(re.sub(r'^broker_url = ".*"$', f'broker_url = "{url}"', text, flags=re.M))
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def devices(self) -> list[str]:
+        return [a.device_id for a in self.agents]
+
+    def start(self) -> DaemonFleet:
+        for a in self.agents:
+            self.procs.append(start_agent(a.profile, self.work / f"{a.device_id}.log"))
+        return self
+
+    def stop(self) -> None:
+        for p in self.procs:
+            stop(p)
+
+    def __enter__(self) -> DaemonFleet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def serve(self, rounds: int = 1, **kw: object) -> list[RoundReport]:
+        cfg = ServiceConfig(db_path=str(self.db), training=self.training, broker_url=self.broker_url, rounds=rounds,
+                            checkin_window_s=60.0, eval_data=str(self.test_data), mqtt_protocol="5", epsilon_budget=1000.0, **kw)  # type: ignore[arg-type]
+        return CoordinatorService(cfg).run()
+
+    def log(self, i: int) -> str:
+        return (self.work / f"{self.agents[i].device_id}.log").read_text()
+
+    def trained(self, i: int, round_id: int) -> int:
+        """How often daemon ``i`` trained in a round (its own INFO lines)."""
+        return sum(1 for line in self.log(i).splitlines() if f"round={round_id}] trained " in line)
+
+    def agent_rows(self, i: int, sql: str) -> list[tuple]:
+        con = sqlite3.connect(f"file:{self.agents[i].db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute(sql).fetchall()
+        finally:
+            con.close()
+
+
+def proxies_for(broker_port: int, agents: int, **kw: object) -> list[MqttProxy]:
+    return [MqttProxy(broker_port, **kw) for _ in range(agents)]  # type: ignore[arg-type]
