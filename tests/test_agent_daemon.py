@@ -23,7 +23,7 @@ from tests.agent_fixtures import (
     wait_for,
     write_profile,
 )
-from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401
+from tests.mqtt_fixtures import needs_mosquitto
 
 pytestmark = [needs_mosquitto, pytest.mark.mosquitto]
 
@@ -35,7 +35,7 @@ STOP_BOUND_S = 10.0
 
 
 @pytest.fixture
-def device(tmp_path, mosquitto):  # noqa: F811
+def device(tmp_path, mosquitto):
     """An initialised device: fake sysfs (on mains, cool, unmetered), profile, store, data."""
     fs = FakeSysfs(tmp_path / "sys").supply("AC", "Mains", online=1).zone(0, 40.0).set_metered(False)
     db = tmp_path / "agent.db"
@@ -59,7 +59,7 @@ def _round(c: MiniCoordinator, rid: int, timeout: float = 60) -> None:
     c.start_round(rid, [DEV])
 
 
-def test_plain_rounds_idle_cpu_broker_crash_and_sigterm(device, mosquitto):  # noqa: F811
+def test_plain_rounds_idle_cpu_broker_crash_and_sigterm(device, mosquitto):
     proc = start_agent(device["profile"], device["log"], "--data", str(device["data"]))
     try:
         with MiniCoordinator(mosquitto.url) as c:
@@ -102,7 +102,7 @@ def test_plain_rounds_idle_cpu_broker_crash_and_sigterm(device, mosquitto):  # n
     assert 0 < st["epsilon_spent"] < 1000
 
 
-def test_killed_mid_upload_and_restarted_counts_the_update_exactly_once(device, mosquitto):  # noqa: F811
+def test_killed_mid_upload_and_restarted_counts_the_update_exactly_once(device, mosquitto):
     db = device["db"]
     proc = start_agent(device["profile"], device["log"], "--data", str(device["data"]))
     broker = psutil.Process(mosquitto._proc.pid)
@@ -137,7 +137,7 @@ def test_killed_mid_upload_and_restarted_counts_the_update_exactly_once(device, 
     assert "dropped out of round 1" in _log(device)
 
 
-def test_training_aborts_cleanly_when_the_device_stops_being_eligible(device, mosquitto):  # noqa: F811
+def test_training_aborts_cleanly_when_the_device_stops_being_eligible(device, mosquitto):
     db = device["db"]
     proc = start_agent(device["profile"], device["log"], "--data", str(device["data"]))
     try:
@@ -159,7 +159,7 @@ def test_training_aborts_cleanly_when_the_device_stops_being_eligible(device, mo
     assert db_rows(db, "select count(*) from privacy_ledger") == [(0,)]
 
 
-def test_ineligible_device_checks_in_as_ineligible(device, mosquitto):  # noqa: F811
+def test_ineligible_device_checks_in_as_ineligible(device, mosquitto):
     device["fs"].supply("AC", "Mains", online=0).supply("BAT0", "Battery", status="Discharging", capacity=50)
     proc = start_agent(device["profile"], device["log"], "--data", str(device["data"]))
     try:
@@ -186,7 +186,7 @@ def test_startup_failure_has_its_own_exit_code(tmp_path, device):
     assert out.returncode == 0 and out.stdout.split() == [DEV, device["public"]]
 
 
-def test_sigterm_during_training_declines_and_exits_cleanly(device, mosquitto):  # noqa: F811
+def test_sigterm_during_training_declines_and_exits_cleanly(device, mosquitto):
     db = device["db"]
     proc = start_agent(device["profile"], device["log"], "--data", str(device["data"]))
     try:

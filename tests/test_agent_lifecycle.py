@@ -14,7 +14,7 @@ import pytest
 from fedge.agent.config import resolve
 from fedge.agent.daemon import AgentDaemon, _ForceExit, _Wakeup
 from tests.agent_fixtures import FakeSysfs, digits_npz, write_profile
-from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401
+from tests.mqtt_fixtures import needs_mosquitto
 
 
 def _daemon(tmp_path, broker_url: str, **kw) -> AgentDaemon:
@@ -45,7 +45,7 @@ def test_first_signal_asks_to_stop_and_wakes_a_wait_second_sigint_forces(tmp_pat
 
 
 @needs_mosquitto
-def test_sigterm_stops_an_idle_daemon_in_this_process(tmp_path, mosquitto):  # noqa: F811
+def test_sigterm_stops_an_idle_daemon_in_this_process(tmp_path, mosquitto):
     d = _daemon(tmp_path, mosquitto.url)
     d.startup()
     assert d.transport is not None and d.transport.connected

@@ -9,12 +9,12 @@ import pytest
 
 from fedge.coordinator.service.demo import DEMO_TRAINING, DemoConfig, daemon_available, run_demo
 from fedge.coordinator.rounds.plan import TrainingConfig
-from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401
+from tests.mqtt_fixtures import needs_mosquitto
 
 pytestmark = [needs_mosquitto, pytest.mark.mosquitto]
 
 
-def test_three_daemons_complete_a_secagg_round_with_distributed_dp(tmp_path, mosquitto):  # noqa: F811
+def test_three_daemons_complete_a_secagg_round_with_distributed_dp(tmp_path, mosquitto):
     assert daemon_available()
     training = TrainingConfig(goal=3, min_cohort=2, dp_mode="distributed", noise_multiplier=0.5, secagg=True,
                               **DEMO_TRAINING)

@@ -10,11 +10,10 @@ import pytest
 
 from fedge.agent.cli import cli
 from fedge.agent.core.cliutil import run
-from tests.cli_fixtures import isolated_logging
 from tests.profiles_fixtures import BROKEN, ROOT, SHIPPED, write_broken
 
 FEDGE_AGENT = Path(sys.executable).parent / "fedge-agent"
-pytestmark = pytest.mark.usefixtures(isolated_logging.__name__)
+pytestmark = pytest.mark.usefixtures("isolated_logging")
 
 
 def check(capsys, *files) -> tuple[int, str, str]:

@@ -14,7 +14,6 @@ from fedge.coordinator.service.cli import cli
 from fedge.coordinator.service.enrollment import enroll
 from fedge.coordinator.fleet.releases import signed_release, trusted_keys
 from fedge.coordinator.store import Store
-from tests.cli_fixtures import isolated_logging  # noqa: F401
 
 
 def _run(*args: str) -> tuple[int, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent_fixtures import FakeSysfs, MiniCoordinator, db_rows, digits_npz, stop, wait_for, write_profile
-from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401
+from tests.mqtt_fixtures import needs_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV = "dev-install"
@@ -66,7 +66,7 @@ def test_a_coordinator_command_names_its_extra(device_venv, tmp_path) -> None:
 
 
 @needs_mosquitto
-def test_fedge_agent_run_from_the_device_install_takes_part_in_a_round(device_venv, tmp_path, mosquitto) -> None:  # noqa: F811
+def test_fedge_agent_run_from_the_device_install_takes_part_in_a_round(device_venv, tmp_path, mosquitto) -> None:
     fs = FakeSysfs(tmp_path / "sys").supply("AC", "Mains", online=1).zone(0, 40.0).set_metered(False)
     db = tmp_path / "agent.db"
     profile = write_profile(tmp_path / "profile.toml", mosquitto.url, db, fs)

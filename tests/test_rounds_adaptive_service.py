@@ -11,12 +11,11 @@ import pytest
 from fedge.agent.core.transport.base import MQTT_311
 from fedge.coordinator.service.service import CoordinatorService
 from fedge.coordinator.store import Store
-from tests.mqtt_fixtures import embedded_broker  # noqa: F401
 from tests.service_fixtures import AgentThreads, make_fleet, service_config
 
 
 @pytest.mark.timeout(180)
-def test_service_carries_next_clip_norm_into_the_next_plan(embedded_broker, tmp_path) -> None:  # noqa: F811
+def test_service_carries_next_clip_norm_into_the_next_plan(embedded_broker, tmp_path) -> None:
     fleet = make_fleet(tmp_path, 4)
     cfg = service_config(fleet, embedded_broker.url, rounds=3, mqtt_protocol=MQTT_311, epsilon_budget=1e6,
                          training=dict(dp_mode="local", noise_multiplier=0.5, clip_norm=50.0,

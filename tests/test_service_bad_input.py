@@ -19,7 +19,6 @@ from fedge.agent.core.transport.chunks import ENVELOPE_PREFIX
 from fedge.coordinator.service.enrollment import enroll
 from fedge.coordinator.service.service import CoordinatorService
 from fedge.coordinator.store import Store
-from tests.mqtt_fixtures import embedded_broker  # noqa: F401
 from tests.service_fixtures import AgentThreads, make_fleet, service_config
 
 HONEST = 5
@@ -79,7 +78,7 @@ class Attacker:
 
 
 @pytest.mark.timeout(120)
-def test_bad_input_is_rejected_logged_and_rounds_go_on(embedded_broker, tmp_path, caplog) -> None:  # noqa: F811
+def test_bad_input_is_rejected_logged_and_rounds_go_on(embedded_broker, tmp_path, caplog) -> None:
     caplog.set_level(logging.WARNING)
     url = embedded_broker.url
     fleet = make_fleet(tmp_path, HONEST)

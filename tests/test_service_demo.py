@@ -14,7 +14,7 @@ from fedge.agent.training.trainer import Trainer
 from fedge.coordinator.service.demo import DemoConfig, daemon_available, run_demo
 from fedge.coordinator.rounds.plan import TrainingConfig
 from fedge.coordinator.store import Store
-from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401
+from tests.mqtt_fixtures import needs_mosquitto
 from tests.service_fixtures import ROOT
 
 
@@ -45,7 +45,7 @@ def test_demo_runs_and_writes_the_rounds_json(tmp_path) -> None:
 @pytest.mark.mosquitto
 @needs_mosquitto
 @pytest.mark.timeout(240)
-def test_ten_fedge_agent_run_processes_on_mosquitto_learn_with_secagg(mosquitto, tmp_path) -> None:  # noqa: F811
+def test_ten_fedge_agent_run_processes_on_mosquitto_learn_with_secagg(mosquitto, tmp_path) -> None:
     """The real daemon, not the stand-in: 10 ``fedge-agent run`` processes, 3 SecAgg+ rounds."""
     if not daemon_available():
         pytest.skip("no agent daemon in this install")

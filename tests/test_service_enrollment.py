@@ -13,7 +13,6 @@ from fedge.agent.core.errors import ConfigError, ProtocolError, SecurityError
 from fedge.coordinator.service.cli import cli
 from fedge.coordinator.service.enrollment import authority, certificate, enroll, list_devices, revoke
 from fedge.coordinator.store import Store
-from tests.cli_fixtures import isolated_logging  # noqa: F401
 
 
 @pytest.fixture
@@ -63,7 +62,7 @@ def test_revoked_devices_are_rejected_and_may_reenroll_with_a_new_key(store) -> 
         revoke(store, "nobody")
 
 
-def test_devices_cli_enroll_list_revoke(tmp_path, isolated_logging) -> None:  # noqa: F811
+def test_devices_cli_enroll_list_revoke(tmp_path, isolated_logging) -> None:
     db = str(tmp_path / "c.db")
     r = CliRunner()
     k = key_hex()

@@ -20,7 +20,7 @@ from fedge.agent.core.transport.base import MQTT_5
 from fedge.agent.core.update import decode_aggregate
 from fedge.coordinator.service.service import RESTARTED, CoordinatorService
 from fedge.coordinator.store import Store
-from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401
+from tests.mqtt_fixtures import needs_mosquitto
 from tests.service_fixtures import ROOT, AgentThreads, make_fleet, serve_command, service_config, wait_for_row
 
 pytestmark = [needs_mosquitto, pytest.mark.mosquitto]
@@ -46,7 +46,7 @@ def check_exactly_once(store: Store) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_coordinator_killed_mid_round_and_restarted(mosquitto, tmp_path) -> None:  # noqa: F811
+def test_coordinator_killed_mid_round_and_restarted(mosquitto, tmp_path) -> None:
     fleet = make_fleet(tmp_path, AGENTS)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with AgentThreads(fleet, mosquitto.url, MQTT_5, delay_s=1.5), open(tmp_path / "coordinator.log", "wb") as log:
@@ -82,7 +82,7 @@ def test_coordinator_killed_mid_round_and_restarted(mosquitto, tmp_path) -> None
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_broker_killed_mid_round_and_restarted(mosquitto, tmp_path) -> None:  # noqa: F811
+def test_broker_killed_mid_round_and_restarted(mosquitto, tmp_path) -> None:
     fleet = make_fleet(tmp_path, AGENTS)
     cfg = service_config(fleet, mosquitto.url, rounds=2, mqtt_protocol=MQTT_5, checkin_window_s=20.0,
                          training=dict(secagg=False, train_deadline_s=40.0))

@@ -14,7 +14,7 @@ from fedge.agent.training.models import load_spec
 from fedge.agent.training.trainer import Trainer
 from fedge.coordinator.service.service import CoordinatorService
 from fedge.coordinator.store import Store
-from tests.mqtt_fixtures import embedded_broker, mosquitto, needs_mosquitto  # noqa: F401
+from tests.mqtt_fixtures import needs_mosquitto
 from tests.service_fixtures import AgentProcesses, make_fleet, service_config
 
 AGENTS = 10

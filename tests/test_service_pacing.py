@@ -11,7 +11,6 @@ from fedge.agent.core.messages.common import Outbound
 from fedge.coordinator.service.pacing import Pacer
 from fedge.coordinator.service.service import CoordinatorService
 from fedge.coordinator.store import Store
-from tests.mqtt_fixtures import embedded_broker  # noqa: F401
 from tests.service_fixtures import AgentThreads, make_fleet, service_config
 
 
@@ -36,7 +35,7 @@ def test_pacer_admits_in_batches_and_frees_slots_on_replies() -> None:
 
 
 @pytest.mark.timeout(120)
-def test_service_with_a_batch_of_one_serialises_uploads(embedded_broker, tmp_path) -> None:  # noqa: F811
+def test_service_with_a_batch_of_one_serialises_uploads(embedded_broker, tmp_path) -> None:
     fleet = make_fleet(tmp_path, 4)
     cfg = service_config(fleet, embedded_broker.url, rounds=1, mqtt_protocol=MQTT_311, pacing_batch=1)
     with AgentThreads(fleet, embedded_broker.url, MQTT_311, delay_s=0.3):

@@ -14,13 +14,11 @@ from fedge.coordinator.service.cli import cli
 from fedge.coordinator.service.enrollment import revoke
 from fedge.coordinator.service.service import RESTARTED, CoordinatorService
 from fedge.coordinator.store import Store
-from tests.cli_fixtures import isolated_logging  # noqa: F401
-from tests.mqtt_fixtures import embedded_broker  # noqa: F401
 from tests.service_fixtures import AgentThreads, make_fleet, service_config
 
 
 @pytest.mark.timeout(120)
-def test_revoked_device_is_rejected_and_never_selected(embedded_broker, tmp_path) -> None:  # noqa: F811
+def test_revoked_device_is_rejected_and_never_selected(embedded_broker, tmp_path) -> None:
     fleet = make_fleet(tmp_path, 4)
     store = Store(str(fleet.db))
     revoke(store, "dev-03")
@@ -40,7 +38,7 @@ def test_revoked_device_is_rejected_and_never_selected(embedded_broker, tmp_path
 
 
 @pytest.mark.timeout(60)
-def test_too_few_checkins_abandon_with_a_reason(embedded_broker, tmp_path) -> None:  # noqa: F811
+def test_too_few_checkins_abandon_with_a_reason(embedded_broker, tmp_path) -> None:
     fleet = make_fleet(tmp_path, 3)
     cfg = service_config(fleet, embedded_broker.url, rounds=1, mqtt_protocol=MQTT_311, checkin_window_s=1.0,
                          training=dict(min_cohort=2))
@@ -51,7 +49,7 @@ def test_too_few_checkins_abandon_with_a_reason(embedded_broker, tmp_path) -> No
 
 
 @pytest.mark.timeout(120)
-def test_privacy_budget_records_epsilon_and_stops_the_campaign(embedded_broker, tmp_path) -> None:  # noqa: F811
+def test_privacy_budget_records_epsilon_and_stops_the_campaign(embedded_broker, tmp_path) -> None:
     fleet = make_fleet(tmp_path, 4)
     # local DP, z = 1, all 4 of 4 sampled, delta 1e-6: epsilon 5.22 after one round, 7.77 after two (rdp)
     cfg = service_config(fleet, embedded_broker.url, rounds=3, mqtt_protocol=MQTT_311, epsilon_budget=6.0,
@@ -70,7 +68,7 @@ def test_privacy_budget_records_epsilon_and_stops_the_campaign(embedded_broker, 
 
 
 @pytest.mark.timeout(60)
-def test_restart_abandons_the_open_round_and_rounds_cli_shows_it(embedded_broker, tmp_path, isolated_logging) -> None:  # noqa: F811
+def test_restart_abandons_the_open_round_and_rounds_cli_shows_it(embedded_broker, tmp_path, isolated_logging) -> None:
     fleet = make_fleet(tmp_path, 2)
     store = Store(str(fleet.db))
     store.open_round(1, goal=2, model_in="mlp-0", plan={}, now=1.0)
@@ -90,7 +88,7 @@ def test_restart_abandons_the_open_round_and_rounds_cli_shows_it(embedded_broker
 
 
 @pytest.mark.timeout(60)
-def test_an_error_inside_a_round_abandons_it_with_that_reason(embedded_broker, tmp_path, monkeypatch) -> None:  # noqa: F811
+def test_an_error_inside_a_round_abandons_it_with_that_reason(embedded_broker, tmp_path, monkeypatch) -> None:
     import fedge.coordinator.service.service as service_module
     from fedge.agent.core.errors import ConfigError
 
@@ -112,7 +110,7 @@ def test_an_error_inside_a_round_abandons_it_with_that_reason(embedded_broker, t
 
 
 @pytest.mark.timeout(120)
-def test_a_device_that_declines_for_budget_is_never_selected_again(embedded_broker, tmp_path) -> None:  # noqa: F811
+def test_a_device_that_declines_for_budget_is_never_selected_again(embedded_broker, tmp_path) -> None:
     from fedge.agent.core.errors import BudgetExhausted
 
     fleet = make_fleet(tmp_path, 3)

@@ -12,14 +12,7 @@ from fedge.agent.core import topics
 from fedge.agent.core.errors import TransportError
 from fedge.agent.core.transport.base import MQTT_5, MQTT_311, TransportConfig
 from fedge.agent.core.transport.mqtt import MqttTransport
-from tests.mqtt_fixtures import (  # noqa: F401
-    PASSWORDS,
-    MosquittoProcess,
-    TlsBroker,
-    mosquitto_passwords,
-    mosquitto_tls,
-    needs_mosquitto,
-)
+from tests.mqtt_fixtures import PASSWORDS, MosquittoProcess, TlsBroker, needs_mosquitto
 from tests.transport_fixtures import payload
 
 pytestmark = [needs_mosquitto, pytest.mark.mosquitto, pytest.mark.timeout(60)]
@@ -87,7 +80,7 @@ def test_device_reads_only_its_own_inbox_and_fleet_topics(
     assert got == [(topics.ROUNDS, announcement), (topics.device_in("dev-a"), for_a)]
 
 
-def test_client_id_is_the_certificate_identity(mosquitto_tls: TlsBroker, made: list[MqttTransport]) -> None:  # noqa: F811
+def test_client_id_is_the_certificate_identity(mosquitto_tls: TlsBroker, made: list[MqttTransport]) -> None:
     dev_b = connect(made, mosquitto_tls.config("dev-b"))
     connect(made, mosquitto_tls.config("dev-a", client_id="dev-b"))  # would take over dev-b's session
     time.sleep(0.5)
@@ -95,7 +88,7 @@ def test_client_id_is_the_certificate_identity(mosquitto_tls: TlsBroker, made: l
 
 
 @pytest.mark.parametrize("plain", [False, True], ids=["tls-without-client-cert", "plain-mqtt-on-tls-port"])
-def test_connect_without_client_certificate_times_out(mosquitto_tls: TlsBroker, plain: bool) -> None:  # noqa: F811
+def test_connect_without_client_certificate_times_out(mosquitto_tls: TlsBroker, plain: bool) -> None:
     pki = mosquitto_tls.pki
     if plain:  # TLS port spoken to in plain MQTT
         cfg = TransportConfig(mosquitto_tls.url.replace("mqtts", "mqtt"), "dev-a", connect_timeout_s=2.0)
@@ -108,7 +101,7 @@ def test_connect_without_client_certificate_times_out(mosquitto_tls: TlsBroker, 
 
 
 @pytest.mark.parametrize("protocol", [MQTT_5, MQTT_311])
-def test_per_device_password_credentials(mosquitto_passwords: MosquittoProcess, made: list[MqttTransport], protocol: str) -> None:  # noqa: F811
+def test_per_device_password_credentials(mosquitto_passwords: MosquittoProcess, made: list[MqttTransport], protocol: str) -> None:
     url = mosquitto_passwords.url
     ok = connect(made, TransportConfig(url, "dev-a", username="dev-a", password=PASSWORDS["dev-a"], protocol=protocol))
     ok.publish(topics.device_out("dev-a"), payload(10))

@@ -18,7 +18,7 @@ from fedge.agent.core.transport.base import MQTT_5, MQTT_311, Inbound, Transport
 from fedge.agent.core.transport.chunks import split
 from fedge.agent.core.transport.mqtt import MqttTransport
 from fedge.coordinator.service.broker import free_port
-from tests.mqtt_fixtures import MosquittoProcess, embedded_broker, mosquitto, needs_mosquitto  # noqa: F401
+from tests.mqtt_fixtures import MosquittoProcess, needs_mosquitto
 from tests.transport_fixtures import GARBAGE, corrupt, payload
 
 pytestmark = pytest.mark.timeout(60)
@@ -113,7 +113,7 @@ def test_bad_inputs_dropped_logged_and_receiver_goes_on(clients: Clients, caplog
 @needs_mosquitto
 @pytest.mark.mosquitto
 @pytest.mark.parametrize("protocol", [MQTT_5, MQTT_311])
-def test_unacked_message_redelivered_after_reconnect(mosquitto: MosquittoProcess, protocol: str) -> None:  # noqa: F811
+def test_unacked_message_redelivered_after_reconnect(mosquitto: MosquittoProcess, protocol: str) -> None:
     c = Clients(mosquitto.url, protocol)
     try:
         coord = c("coordinator", chunk_bytes=64 * 1024)
@@ -138,7 +138,7 @@ def test_unacked_message_redelivered_after_reconnect(mosquitto: MosquittoProcess
 @needs_mosquitto
 @pytest.mark.mosquitto
 @pytest.mark.parametrize("sessions_kept", [True, False], ids=["sessions-kept", "sessions-lost"])
-def test_broker_killed_and_restarted_client_reconnects(mosquitto: MosquittoProcess, sessions_kept: bool) -> None:  # noqa: F811
+def test_broker_killed_and_restarted_client_reconnects(mosquitto: MosquittoProcess, sessions_kept: bool) -> None:
     c = Clients(mosquitto.url, MQTT_5)
     try:
         coord, dev = c("coordinator"), c("dev-a")
@@ -210,7 +210,7 @@ time.sleep(60)
 @needs_mosquitto
 @pytest.mark.mosquitto
 @pytest.mark.parametrize("protocol", [MQTT_5, MQTT_311])
-def test_last_will_published_when_a_device_process_dies(mosquitto: MosquittoProcess, protocol: str) -> None:  # noqa: F811
+def test_last_will_published_when_a_device_process_dies(mosquitto: MosquittoProcess, protocol: str) -> None:
     c = Clients(mosquitto.url, protocol)
     will = payload(40, seed=7)
     try:
