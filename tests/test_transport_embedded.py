@@ -61,3 +61,48 @@ def test_broker_for_embedded_and_external() -> None:
         assert url == "mqtts://broker.example:8883"
     with pytest.raises(ConfigError), broker_for("http://x"):
         pass
+
+
+def test_clients_subscribing_together_all_get_their_messages_and_no_broker_error(caplog) -> None:
+    """amqtt awaits while iterating its subscription table: clients connecting and subscribing at
+    once used to raise "dictionary changed size during iteration", killing a session being set up."""
+    import threading
+
+    caplog.set_level("WARNING", logger="fedge.coordinator.service.broker")
+    with EmbeddedBroker() as b:
+        sender = MqttTransport(TransportConfig(b.url, "coordinator", protocol=MQTT_311, connect_timeout_s=10))
+        sender.connect()
+        # a retained message under a filter someone holds: each new session is sent it while
+        # amqtt walks the subscription table, and the others subscribe meanwhile
+        sender.subscribe("fedge/v1/rounds/#")
+        sender.publish("fedge/v1/rounds/current", payload(50), retain=True)
+        clients = [MqttTransport(TransportConfig(b.url, f"dev-{i}", protocol=MQTT_311, connect_timeout_s=10)) for i in range(12)]
+        errors: list[BaseException] = []
+
+        def up(t: MqttTransport, i: int) -> None:
+            try:
+                t.connect()
+                for k in range(4):
+                    t.subscribe(f"fedge/v1/devices/dev-{i}/t{k}")
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=up, args=(t, i)) for i, t in enumerate(clients)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        assert not errors, errors
+        for i in range(len(clients)):
+            sender.publish(f"fedge/v1/devices/dev-{i}/t3", payload(100, seed=i))
+        got = []
+        for i, t in enumerate(clients):
+            ok = False
+            while not ok and (m := t.receive(10)) is not None:  # amqtt also sends others' retained messages
+                ok = m.topic.endswith(f"dev-{i}/t3") and m.payload == payload(100, seed=i)
+                t.ack(m)
+            got.append(ok)
+            t.close()
+        sender.close()
+    assert all(got), got
+    assert not [r.getMessage() for r in caplog.records if "RuntimeError" in r.getMessage()]

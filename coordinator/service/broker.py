@@ -1,9 +1,13 @@
-"""The embedded broker: amqtt (pure Python, MQTT 3.1.1 only) on 127.0.0.1, in its own thread.
+"""The local broker ``serve`` and ``demo`` start when they get no ``--broker``, on 127.0.0.1 only.
 
-Used when ``fedge-coordinator serve`` gets no ``--broker``. It binds to loopback only (amqtt
-would listen on every interface by default), so anonymous access is never offered beyond this
-machine. A background thread runs its own asyncio loop; :meth:`EmbeddedBroker.start` returns
-once the listener accepts connections. For fleets use Mosquitto (``deploy/mosquitto/``).
+:func:`local_broker` picks Mosquitto whenever it is installed (:class:`MosquittoBroker`, a child
+process with a generated config: MQTT 5, queues offline sessions, redelivers unacknowledged
+messages) and otherwise the embedded amqtt broker (:class:`EmbeddedBroker`, pure Python, in its
+own thread). amqtt speaks MQTT 3.1.1 only, waits 5 s for a PUBACK and then forgets the message
+(fedge devices acknowledge after handling, which can take longer), and queues nothing for an
+offline anonymous session: good for a quick look, not for rollouts to devices that come and go.
+Both bind to loopback only, so anonymous access is never offered beyond this machine. For fleets
+use Mosquitto with TLS and the ACL (``deploy/mosquitto/``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +42,9 @@ def free_port(host: str = LOOPBACK) -> int:
 class EmbeddedBroker:
     """An amqtt broker on ``127.0.0.1:port`` (a free port if 0). Use ``with EmbeddedBroker() as b``."""
 
+    #: the MQTT version clients must speak to it
+    protocol = "3.1.1"
+
     def __init__(self, port: int = 0, *, host: str = LOOPBACK, start_timeout_s: float = 10.0) -> None:
         if host not in (LOOPBACK, "localhost", "::1"):
             raise ConfigError(f"the embedded broker allows anonymous clients and binds to loopback only, not {host!r}")
@@ -48,6 +60,10 @@ class EmbeddedBroker:
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def description(self) -> str:
+        return "embedded amqtt, MQTT 3.1.1; install mosquitto for a broker that redelivers"
 
     def start(self) -> EmbeddedBroker:
         """Start the broker thread; return when it listens, or raise TransportError."""
@@ -101,6 +117,9 @@ class EmbeddedBroker:
 
         self._stop_event = asyncio.Event()
         broker = Broker(self._config(), loop=asyncio.get_running_loop())
+        # amqtt awaits while iterating its subscription table, so a client subscribing meanwhile
+        # raised "dictionary changed size during iteration" and killed the session being set up.
+        broker._subscriptions = _SnapshotDict(broker._subscriptions)
         await broker.start()
         self._broker = broker
         self._ready.set()
@@ -108,9 +127,110 @@ class EmbeddedBroker:
         await broker.shutdown()
 
 
+class _SnapshotDict(dict):
+    """A dict whose iteration walks a copy of its keys, so awaiting inside the loop is safe."""
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(dict.keys(self)))
+
+    def items(self) -> Any:  # type: ignore[override]
+        return list(dict.items(self))
+
+
+#: Where Mosquitto is looked for besides $PATH (Debian installs it in /usr/sbin).
+MOSQUITTO_PLACES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
+def find_mosquitto() -> str | None:
+    """The mosquitto executable, or None when it is not installed."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return next((p for p in MOSQUITTO_PLACES if os.access(p, os.X_OK)), None)
+
+
+class MosquittoBroker:
+    """A Mosquitto child process on ``127.0.0.1:port``, anonymous, no persistence, generous queues."""
+
+    protocol = "5"
+
+    def __init__(self, port: int = 0, *, executable: str | None = None, start_timeout_s: float = 10.0) -> None:
+        exe = executable or find_mosquitto()
+        if exe is None:
+            raise ConfigError("mosquitto is not installed")
+        self.executable, self.host = exe, LOOPBACK
+        self.port = port or free_port(self.host)
+        self._timeout = start_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self.version = ""
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def description(self) -> str:
+        return f"Mosquitto {self.version}".rstrip() + " started for this process"
+
+    def start(self) -> MosquittoBroker:
+        if self._proc is not None:
+            return self
+        t0 = time.monotonic()
+        self._dir = tempfile.TemporaryDirectory(prefix="fedge-mosquitto-")
+        conf = os.path.join(self._dir.name, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
+                    "max_queued_messages 20000\nmax_inflight_messages 1000\nlog_dest stderr\n"
+                    "log_type error\nlog_type warning\n")
+        self._log = os.path.join(self._dir.name, "mosquitto.log")
+        with open(self._log, "wb") as out:
+            self._proc = subprocess.Popen([self.executable, "-c", conf], stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + self._timeout
+        while True:
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                tail = open(self._log, errors="replace").read()[-500:].strip()
+                self.stop()
+                raise TransportError(f"mosquitto did not start on {self.url}: {tail or 'timeout'}")
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.02)
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([self.executable, "-h"], capture_output=True, text=True, timeout=5).stdout
+            self.version = out.split("version", 1)[1].split()[0] if "version" in out else ""
+        log.info("%s listening on %s (started in %.2f s)", self.description, self.url, time.monotonic() - t0)
+        return self
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self._timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> MosquittoBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def local_broker(port: int = 0) -> MosquittoBroker | EmbeddedBroker:
+    """Mosquitto on loopback when it is installed, else the embedded amqtt broker (not started)."""
+    return MosquittoBroker(port) if find_mosquitto() else EmbeddedBroker(port)
+
+
 @contextlib.contextmanager
 def broker_for(url: str | None) -> Iterator[str]:
-    """The broker URL to use: ``url`` itself (an external broker), or an embedded one when None.
+    """The broker URL to use: ``url`` itself (an external broker), or a local one when None.
 
     For ``fedge-coordinator serve [--broker URL]``: ``with broker_for(opt) as url: ...``.
     """
@@ -119,7 +239,7 @@ def broker_for(url: str | None) -> Iterator[str]:
             raise ConfigError(f"--broker {url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
         yield url
         return
-    with EmbeddedBroker() as b:
+    with local_broker() as b:
         yield b.url
 
 

@@ -64,10 +64,10 @@ class ServiceConfig:
     def embedded(self) -> bool:
         return self.broker_url is None
 
-    def transport(self, url: str) -> TransportConfig:
-        """The transport config for the broker at ``url`` (the embedded amqtt speaks MQTT 3.1.1 only;
-        elsewhere MQTT 5, falling back to 3.1.1 when the broker does not take it)."""
-        protocol = self.mqtt_protocol or (MQTT_311 if self.embedded else MQTT_AUTO)
+    def transport(self, url: str, broker_protocol: str | None = None) -> TransportConfig:
+        """The transport config for the broker at ``url``: ``mqtt_protocol`` if set, else the one the
+        local broker speaks (``broker_protocol``; amqtt: 3.1.1 only), else MQTT 5 falling back to 3.1.1."""
+        protocol = self.mqtt_protocol or broker_protocol or (MQTT_311 if self.embedded else MQTT_AUTO)
         return TransportConfig(
             broker_url=url,
             client_id=self.client_id,

@@ -3,7 +3,8 @@
 :func:`run_demo` makes a working directory, splits scikit-learn's digits across the agents (each
 agent's shard imported into its own SQLite store, a held-out test split kept for the
 coordinator), gives each agent a profile derived from ``firmware_configs/pi4.toml`` and an
-identity, enrolls them, starts the embedded broker (unless a URL is given), the coordinator
+identity, enrolls them, starts a local broker (Mosquitto when installed, else the embedded amqtt;
+unless a URL is given), the coordinator
 service in this process and the agents as subprocesses, prints one line per round and with
 ``json_path`` writes ``{"rounds": [...]}``. Every process is stopped on the way out, Ctrl-C too.
 """
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from fedge.agent.core.errors import ConfigError, RoundFailed
-from fedge.coordinator.service.broker import EmbeddedBroker
+from fedge.coordinator.service.broker import EmbeddedBroker, MosquittoBroker, local_broker
 from fedge.coordinator.service.config import ServiceConfig
 from fedge.coordinator.service.enrollment import authority_public_hex, enroll
 from fedge.coordinator.rounds.plan import TrainingConfig
@@ -248,18 +249,19 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> list[Ro
         logging.getLogger(name).setLevel(logging.WARNING)
     work = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="fedge-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    broker: EmbeddedBroker | None = None
+    broker: EmbeddedBroker | MosquittoBroker | None = None
     fleet: AgentFleet | None = None
     reports: list[RoundReport] = []
     try:
         url = cfg.broker_url
         if url is None:
-            broker = EmbeddedBroker().start()
+            broker = local_broker().start()  # Mosquitto when installed, else the embedded amqtt
             url = broker.url
-        protocol = "3.1.1" if broker is not None else "5"
-        use_daemon = daemon_available(embedded=broker is not None)
-        echo(f"demo: {cfg.agents} agents, {cfg.rounds} rounds, broker {url}"
-             f"{' (embedded)' if broker else ''}, dp {cfg.training.dp_mode}, secagg {'on' if cfg.training.secagg else 'off'}")
+        protocol = broker.protocol if broker is not None else "5"
+        use_daemon = daemon_available(embedded=protocol != "5")
+        echo(f"demo: {cfg.agents} agents, {cfg.rounds} rounds, broker {url} "
+             f"({broker.description if broker else 'given by --broker'}), dp {cfg.training.dp_mode}, "
+             f"secagg {'on' if cfg.training.secagg else 'off'}")
         db = work / "coordinator.db"
         store = Store(str(db))
         try:

@@ -34,7 +34,7 @@ from fedge.agent.core.errors import BudgetExhausted, ConfigError, FedgeError, Pr
 from fedge.agent.core.messages.fleet import InstallReport
 from fedge.agent.core.messages.rounds import CheckIn, RoundAnnounce, RoundEnd
 from fedge.agent.core.transport import Inbound, Transport, open_transport
-from fedge.coordinator.service.broker import EmbeddedBroker
+from fedge.coordinator.service.broker import EmbeddedBroker, MosquittoBroker, local_broker
 from fedge.coordinator.service.config import ServiceConfig
 from fedge.agent.core.messages.common import Outbound
 from fedge.coordinator.rounds.engine import RoundEngine, RoundStatus
@@ -118,7 +118,7 @@ class CoordinatorService:
         self.on_round = on_round
         self.store: Store | None = None
         self.transport: Transport | None = None
-        self.broker: EmbeddedBroker | None = None
+        self.broker: EmbeddedBroker | MosquittoBroker | None = None
         self.broker_url: str | None = config.broker_url
         self.budget: CampaignBudget | None = None
         self.engine: RoundEngine | None = None
@@ -149,10 +149,10 @@ class CoordinatorService:
             raise ConfigError("secure aggregation on the coordinator (coordinator/rounds/secure.py) is not available; use --no-secagg")
         self._ensure_model()
         if cfg.embedded:
-            self.broker = EmbeddedBroker(cfg.embedded_port).start()
+            self.broker = local_broker(cfg.embedded_port).start()  # Mosquitto when installed, else amqtt
             self.broker_url = self.broker.url
         assert self.broker_url is not None
-        self.transport = open_transport(cfg.transport(self.broker_url))
+        self.transport = open_transport(cfg.transport(self.broker_url, self.broker.protocol if self.broker else None))
         self.transport.connect()
         self.transport.subscribe(topics.ALL_DEVICES_OUT)
         self.fleet = FleetController(self.store, clock=self.clock)  # releases and rollouts (coordinator/fleet/controller.py)
@@ -160,7 +160,8 @@ class CoordinatorService:
         self.publish_key_rotations()
         for rid in recovered:
             self._publish_end(RoundEnd(rid, "abandoned", RESTARTED, ""))
-        log.info("coordinator ready on %s (db %s)", self.broker_url, cfg.db_path)
+        log.info("coordinator ready on %s (%s, db %s)", self.broker_url,
+                 self.broker.description if self.broker else "external broker", cfg.db_path)
         return self
 
     def run(self) -> list[RoundReport]:
