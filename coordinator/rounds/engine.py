@@ -60,6 +60,8 @@ class RoundOutcome:
     new_weights: np.ndarray | None
     #: adaptive clipping: the next round's C from this round's noisy clip-bit sum; None when off
     next_clip_norm: float | None = None
+    #: devices caught misbehaving in this round (e.g. a forged share at unmask), with the reason
+    flagged: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 class Aggregation:
@@ -98,6 +100,10 @@ class Aggregation:
 
     def dropped(self) -> dict[str, int]:
         raise NotImplementedError
+
+    def flagged(self) -> dict[str, str]:
+        """Devices caught misbehaving so far, with the reason."""
+        return {}
 
 
 class PlainAggregation(Aggregation):
@@ -307,7 +313,7 @@ class RoundEngine:
         self.reason = f"{len(survivors)} devices aggregated"
         self.outcome = RoundOutcome(
             RoundStatus.COMPLETED, self.reason, agg, len(survivors), self._dropped(), new,
-            self._next_clip_norm(agg, len(survivors)),
+            self._next_clip_norm(agg, len(survivors)), self.aggregation.flagged(),
         )
         log.info("round completed: %s", self.reason, extra={"round": self.round_id})
         return []
@@ -336,7 +342,8 @@ class RoundEngine:
             self.status = RoundStatus.ABANDONED
             self._stage = "abandoned"
             self.reason = reason
-            self.outcome = RoundOutcome(RoundStatus.ABANDONED, reason, None, 0, self._dropped(), None)
+            self.outcome = RoundOutcome(RoundStatus.ABANDONED, reason, None, 0, self._dropped(), None,
+                                        flagged=self.aggregation.flagged())
             log.warning("round abandoned: %s", reason, extra={"round": self.round_id})
         return []
 

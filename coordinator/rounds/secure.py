@@ -149,3 +149,6 @@ class SecureAggregation(Aggregation):
 
     def dropped(self) -> dict[str, int]:
         return dict(self._dropped)
+
+    def flagged(self) -> dict[str, str]:
+        return {d: "forged Shamir share at unmask (corrected)" for d in self.server.bad_share_senders}

@@ -168,3 +168,97 @@ def _weights_at(x: np.ndarray, at: np.ndarray) -> np.ndarray:
         num = np.where(mask, _mulmod(num, np.broadcast_to((at + _P - xj) % _P, (r, t))), num)
         den = np.where(mask, _mulmod(den, (x + _P - xj) % _P), den)
     return _mulmod(num, _inv(den))
+
+
+def decode(xs: np.ndarray, shares: np.ndarray, t: int) -> tuple[bytes, tuple[int, ...]]:
+    """Reconstruct one secret from s >= t shares, correcting up to ``(s - t) // 2`` wrong ones.
+
+    Berlekamp–Welch per limb in GF(p): ``xs`` is (s,) and ``shares`` (s, 11). Returns the
+    32-byte secret and the x-coordinates of the shares found wrong (in any limb). Raises
+    :class:`SecurityError` when more shares are wrong than can be corrected.
+    """
+    x = [int(v) for v in np.asarray(xs, dtype=np.int64).reshape(-1)]
+    y = np.asarray(shares, dtype=np.uint64)
+    s = len(x)
+    if y.shape != (s, LIMBS) or s < t or t < 1:
+        raise SecurityError("too few shares")
+    if min(x) <= 0 or max(x) >= PRIME or len(set(x)) != s or (y >= _P).any():
+        raise SecurityError("inconsistent shares")
+    e = (s - t) // 2
+    limbs, bad = [], set()
+    for limb in range(LIMBS):
+        poly = _welch(x, [int(v) for v in y[:, limb]], t, e)
+        limbs.append(poly[0])
+        bad.update(xi for xi, yi in zip(x, y[:, limb]) if _eval(poly, xi) != int(yi))
+    if len(bad) > e:
+        raise SecurityError("inconsistent shares")
+    secret = from_limbs(np.array([limbs], np.uint64))[0].tobytes()
+    return secret, tuple(sorted(bad))
+
+
+def _eval(poly: list[int], x: int) -> int:
+    acc = 0
+    for c in reversed(poly):
+        acc = (acc * x + c) % PRIME
+    return acc
+
+
+def _welch(x: list[int], y: list[int], t: int, e: int) -> list[int]:
+    """The polynomial of degree < t through all but at most e of the points (x, y), or SecurityError.
+
+    Solve Q(x_i) = y_i E(x_i) for Q of degree < t + e and monic E of degree e; then P = Q / E.
+    """
+    p, nq = PRIME, t + e
+    rows = []
+    for xi, yi in zip(x, y):
+        pw = [1]
+        for _ in range(nq + e):
+            pw.append(pw[-1] * xi % p)
+        rows.append(pw[:nq] + [(-yi * pw[j]) % p for j in range(e)] + [yi * pw[e] % p])
+    sol = _solve(rows, nq + e)
+    q, err = sol[:nq], sol[nq:] + [1]
+    quotient, remainder = _divide(q, err)
+    if any(remainder) or any(quotient[t:]):
+        raise SecurityError("inconsistent shares")
+    return (quotient + [0] * t)[:t]
+
+
+def _solve(rows: list[list[int]], n: int) -> list[int]:
+    """One solution of the linear system (augmented rows) mod p, free variables 0; SecurityError if none."""
+    p = PRIME
+    m = [r[:] for r in rows]
+    pivots, r = [], 0
+    for c in range(n):
+        piv = next((i for i in range(r, len(m)) if m[i][c]), None)
+        if piv is None:
+            continue
+        m[r], m[piv] = m[piv], m[r]
+        inv = pow(m[r][c], p - 2, p)
+        m[r] = [v * inv % p for v in m[r]]
+        for i in range(len(m)):
+            if i != r and m[i][c]:
+                f = m[i][c]
+                m[i] = [(a - f * b) % p for a, b in zip(m[i], m[r])]
+        pivots.append(c)
+        r += 1
+    if any(row[n] for row in m[r:]):
+        raise SecurityError("inconsistent shares")
+    out = [0] * n
+    for i, c in enumerate(pivots):
+        out[c] = m[i][n]
+    return out
+
+
+def _divide(num: list[int], den: list[int]) -> tuple[list[int], list[int]]:
+    """Polynomial division mod p (coefficients lowest first; ``den`` monic)."""
+    p = PRIME
+    rem = num[:]
+    dq = len(den) - 1
+    quo = [0] * max(1, len(num) - dq)
+    for k in range(len(num) - 1, dq - 1, -1):
+        c = rem[k]
+        if c:
+            quo[k - dq] = c
+            for j in range(dq + 1):
+                rem[k - dq + j] = (rem[k - dq + j] - c * den[j]) % p
+    return quo, rem[:dq]

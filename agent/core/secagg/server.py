@@ -64,6 +64,8 @@ class SecAggResult:
 
     total: np.ndarray
     survivors: tuple[str, ...]
+    #: devices that sent wrong Shamir shares at unmask (corrected by decoding)
+    bad_share_senders: tuple[str, ...] = ()
 
 
 class SecAggServer:
@@ -103,6 +105,8 @@ class SecAggServer:
         self._expected: set[int] = set()
         self._replies: dict[int, object] = {}
         self._result: SecAggResult | None = None
+        #: devices whose Shamir shares at unmask were wrong and corrected (attributed by decoding)
+        self.bad_share_senders: tuple[str, ...] = ()
         self._dtype = derive.word_dtype(params)
 
     # ------------------------------------------------------------------ driving
@@ -339,15 +343,19 @@ class SecAggServer:
             kind = "self-mask seed" if worst[1] in self._u3 else "mask key"
             self.fail(f"the {kind} of {self._ids[worst[1]]} got {worst[0]} shares from {len(self._replies)} unmasking devices, threshold {t}")
         secrets = self._reconstruct(got)
-        for j in sorted(self._u3):
-            if derive.seed_commitment(secrets[j], rid, j) != self._commitments[j]:
-                self.fail(f"the reconstructed self-mask seed of {self._ids[j]} does not match its commitment")
+        for j in sorted(self._u2):
+            if not self._secret_ok(j, secrets[j]):
+                secrets[j] = self._correct(j, got[j])  # a forged share slipped past the quick check
+            if not self._secret_ok(j, secrets[j]):
+                what = "self-mask seed" if j in self._u3 else "mask key"
+                against = "its commitment" if j in self._u3 else "its advertisement"
+                self.fail(f"the reconstructed {what} of {self._ids[j]} does not match {against}")
+        if self.bad_share_senders:
+            log.warning("corrected forged shares from %s", ", ".join(self.bad_share_senders), extra=self._extra())
         keys = [derive.self_mask_key(secrets[j], rid, j) for j in sorted(self._u3)]
         signs = [-1] * len(keys)
         for j in sorted(self._u2 - self._u3):
             sk = secrets[j]
-            if AgreementKey.from_private_bytes(sk).public_bytes() != self._adverts[j].s_public:
-                self.fail(f"the reconstructed mask key of {self._ids[j]} does not match its advertisement")
             for i in self._holders[j]:
                 if i in self._u3 and j in self._senders[i]:
                     keys.append(derive.pair_mask_key(agree(sk, self._adverts[i].s_public), rid, i, j))
@@ -355,25 +363,53 @@ class SecAggServer:
         acc = self._sum
         acc.add_masks(keys, signs)  # one pass over the sum for all the masks
         total = derive.reduce_bits(acc.value(), p.bits)
-        self._result = SecAggResult(total, tuple(self._ids[i] for i in sorted(self._u3)))
+        self._result = SecAggResult(total, tuple(self._ids[i] for i in sorted(self._u3)), self.bad_share_senders)
         self.stage = check_transition(self.stage, Stage.DONE)
         log.info("secagg round done: %d survivors of %d", len(self._u3), p.num_clients, extra=self._extra())
         return {}
 
-    def _reconstruct(self, got: dict[int, list[tuple[int, np.ndarray]]]) -> dict[int, bytes]:
-        """Batched Shamir: t shares per secret, plus one more to check them when available."""
+    def _secret_ok(self, j: int, secret: bytes | None) -> bool:
+        """A reconstructed secret is the one device j committed to (seed) or advertised (mask key)."""
+        if secret is None:
+            return False
+        if j in self._u3:
+            return derive.seed_commitment(secret, self.round_id, j) == self._commitments[j]
+        return AgreementKey.from_private_bytes(secret).public_bytes() == self._adverts[j].s_public
+
+    def _correct(self, j: int, shares: list[tuple[int, np.ndarray]]) -> bytes | None:
+        """Decode j's secret from all its shares with error correction; record who sent bad ones."""
+        xs = np.array([i + 1 for i, _ in shares], np.int64)
+        ys = np.array([row for _, row in shares], np.uint64)
+        try:
+            secret, bad = shamir.decode(xs, ys, self.params.threshold)
+        except SecurityError:
+            return None
+        senders = {self._ids[x - 1] for x in bad}
+        self.bad_share_senders = tuple(sorted(set(self.bad_share_senders) | senders))
+        return secret
+
+    def _reconstruct(self, got: dict[int, list[tuple[int, np.ndarray]]]) -> dict[int, bytes | None]:
+        """Batched Shamir: t shares per secret, plus one more to check them when available.
+
+        A batch with an inconsistent share is decoded secret by secret; a secret whose quick check
+        fails is left None, for :meth:`_correct` to decode from all its shares."""
         t = self.params.threshold
         groups: dict[int, list[int]] = {}
         for j, v in got.items():
             groups.setdefault(min(len(v), t + 1), []).append(j)
-        out: dict[int, bytes] = {}
+        out: dict[int, bytes | None] = {}
         for s, js in groups.items():
             xs = np.array([[i + 1 for i, _ in got[j][:s]] for j in js], np.int64)
             ys = np.array([[row for _, row in got[j][:s]] for j in js], np.uint32)
             try:
                 rec = shamir.combine(xs, ys, t)
             except SecurityError:
-                self.fail("inconsistent shares")
+                rec = []
+                for row_x, row_y in zip(xs, ys):
+                    try:
+                        rec.append(shamir.combine(row_x[None], row_y[None], t)[0])
+                    except SecurityError:
+                        rec.append(None)
             for j, r in zip(js, rec):
-                out[j] = r.tobytes()
+                out[j] = None if r is None else r.tobytes()
         return out
