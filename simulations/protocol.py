@@ -141,8 +141,11 @@ class ProtocolEngine:
             pool.broadcast(pack({"kind": "roster", "ids": list(roster), "keys": list(roster.values())}))
         # the cohort was drawn from the whole population; availability only thins it further
         draw = Draw.fixed(s.population, len(behaviour.client_ids))
-        # the canaries are extra clients of the round (the goal waits for them), outside the drawn cohort
-        round_cfg = dataclasses.replace(cfg, goal=cfg.goal + len(canaries)) if canaries else cfg
+        # The canaries are extra clients of the round, outside the drawn cohort: the goal waits for them, and
+        # in distributed mode the noise is planned over min_cohort + k shares (canaries never drop), so the
+        # sum carries the planned noise, not k canaries' worth more, which would blunt the audit.
+        k = len(canaries)
+        round_cfg = dataclasses.replace(cfg, goal=cfg.goal + k, min_cohort=cfg.min_cohort + k) if k else cfg
         built = build_round(
             round_id, round_cfg, f"r{round_id - 1}", weights, ids, draw, clock, clip_norm=self.clip_norm,
             roster=roster if cfg.secagg else None, risk=SecureRisk(s.dropout_rate, s.corrupt_fraction),

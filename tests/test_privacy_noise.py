@@ -54,8 +54,9 @@ def test_local_noise_std_is_z_times_c():
     rng = np.random.default_rng(1)
     cfg = PrivacyConfig(mode="local", clip_norm=0.5, noise_multiplier=1.3).validate(secagg_enabled=False)
     update = np.zeros(N, dtype=np.float32)
-    out = privatize(update, cfg, rng)
+    out = privatize(update, cfg, rng, ring=False)  # the float-only path; the pipeline noises on the grid
     assert out.noise_stddev == pytest.approx(0.65)
+    assert privatize(update, cfg, rng).noise_stddev == 0
     assert np.std(out.vector) == pytest.approx(0.65, rel=STD_TOL)
     assert abs(np.mean(out.vector)) < 6 * 0.65 / math.sqrt(N)
 

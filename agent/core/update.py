@@ -1,10 +1,13 @@
 """From a trained delta to the integer vector a device uploads, and from their sum back to FedAvg.
 
-Device side (:func:`encode_update`): clip and noise the delta (:mod:`fedge.agent.core.privacy`),
-weight it, append the weight as one extra coordinate (so the coordinator learns only the total
-weight), clip to the quantization range, quantize with stochastic rounding and, in distributed
-DP mode, add this client's discrete-Gaussian noise share in the integer ring. The same vector is
-masked for secure aggregation or sent in the clear, so both paths share one arithmetic.
+Device side (:func:`encode_update`): clip the delta (:mod:`fedge.agent.core.privacy`), weight
+it, append the weight as one extra coordinate (so the coordinator learns only the total
+weight), clip to the quantization range, quantize with stochastic rounding and add discrete
+Gaussian noise on the integer grid: in distributed DP mode this client's share, in local mode
+the whole N_Z(0, (z C scale)^2), after which a local report is clamped to the plan's box (post-
+processing). No float noise is ever added, so the floating-point attacks on Gaussian samplers
+(Mironov 2012) do not apply. The same vector is masked for secure aggregation or sent in the
+clear, so both paths share one arithmetic.
 
 Vector layout (length d + 1, or d + 2 with adaptive clipping):
 
@@ -15,8 +18,8 @@ The weight stays last. With adaptive clipping (Andrew et al. 2021) the clip bit 
 coordinator learns only the noisy *sum* of bits, never one device's bit. Its noise: in
 distributed mode each device adds a discrete-Gaussian share sigma_b * scale / sqrt(noise_clients)
 (integer units) so the sum carries N_Z(0, (sigma_b * scale)^2); in local mode each device adds
-the whole N(0, sigma_b^2) to its own bit before quantization, so each report alone is the
-accounted Gaussian mechanism (the sum is noisier than central DP needs: local mode's price).
+the whole N_Z(0, (sigma_b * scale)^2) to its own quantized bit, so each report alone is the
+accounted mechanism (the sum is noisier than central DP needs: local mode's price).
 With adaptive clipping off the vector is exactly d + 1 long, as before.
 
 Coordinator side (:func:`decode_aggregate`): dequantize the (unmasked) sum and divide by the
@@ -36,7 +39,7 @@ from fedge.agent.core.messages.rounds import RoundPlan
 from fedge.agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
 from fedge.agent.core.privacy.discrete import DiscreteNoisePlan, add_noise_share, bit_noise_plan
 from fedge.agent.core.privacy.noise import privatize
-from fedge.agent.core.secagg.quantize import dequantize_sum, quantize
+from fedge.agent.core.secagg.quantize import dequantize_sum, max_abs_int, quantize, to_signed
 
 
 def privacy_config(plan: RoundPlan) -> PrivacyConfig:
@@ -64,9 +67,12 @@ def extra_coordinates(plan: RoundPlan) -> int:
 
 
 def noise_plan(plan: RoundPlan, dimension: int) -> DiscreteNoisePlan:
-    """The distributed discrete-Gaussian plan for a round's ``dimension`` model coordinates.
+    """The discrete-Gaussian plan for a round's ``dimension`` model coordinates.
 
     Its noise is z_Delta * C: all of z, or with adaptive clipping what the bit query leaves.
+    Distributed mode splits it over ``plan.noise_clients`` shares; local mode puts all of it on
+    each report (one "share": ``min_clients`` 1, so tau = 0 and the report alone is a discrete
+    Gaussian mechanism with the same sensitivity bound, scale*C + sqrt(d)).
     """
     z = privacy_config(plan).update_noise_multiplier if plan.dp_mode != "off" else plan.noise_multiplier
     return DiscreteNoisePlan(
@@ -74,7 +80,7 @@ def noise_plan(plan: RoundPlan, dimension: int) -> DiscreteNoisePlan:
         central_stddev=z * plan.clip_norm,
         scale=plan.quant_scale,
         bits=plan.quant_bits,
-        min_clients=plan.noise_clients,
+        min_clients=plan.noise_clients if plan.dp_mode == "distributed" else 1,
         dimension=dimension,
     )
 
@@ -112,16 +118,25 @@ def encode_update(delta: np.ndarray, num_examples: int, plan: RoundPlan, rng: np
     vec[-1] = weight
     if priv.clip_bit is not None:
         vec[d] = priv.clip_bit
-        if plan.dp_mode == "local":
-            vec[d] += rng.normal(0.0, plan.clip_count_stddev)
     np.clip(vec, -plan.quant_range, plan.quant_range, out=vec)
     q = quantize(vec, plan.quant_scale, plan.quant_bits, rng)
-    if plan.dp_mode == "distributed":
-        parts = [add_noise_share(q[:d], noise_plan(plan, d), rng)]
+    if plan.dp_mode != "off":
+        update_plan = noise_plan(plan, d)
+        parts = [add_noise_share(q[:d], update_plan, rng)]
         if priv.clip_bit is not None:
-            parts.append(add_noise_share(q[d : d + 1], bit_noise_plan(plan.clip_count_stddev, noise_plan(plan, d)), rng))
+            parts.append(add_noise_share(q[d : d + 1], bit_noise_plan(plan.clip_count_stddev, update_plan), rng))
         q = np.concatenate(parts + [q[-1:]])
+        if plan.dp_mode == "local":
+            q = clamp_to_box(q, plan)
     return EncodedUpdate(vector=q, weight=weight, norm=priv.norm, was_clipped=priv.was_clipped, clip_bit=priv.clip_bit)
+
+
+def clamp_to_box(q: np.ndarray, plan: RoundPlan) -> np.ndarray:
+    """A locally noised report clamped to the plan's integer box +-ceil(range * scale), so the
+    coordinator's range check accepts it (post-processing of the noised report: no privacy cost)."""
+    bound = max_abs_int(plan.quant_range, plan.quant_scale)
+    signed = np.clip(to_signed(q, plan.quant_bits), -bound, bound)
+    return (signed & np.int64((1 << plan.quant_bits) - 1)).astype(q.dtype)
 
 
 @dataclasses.dataclass(frozen=True)

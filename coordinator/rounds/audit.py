@@ -19,8 +19,9 @@ vector and a uniform unit vector ((1 + s)/2 ~ Beta((d-1)/2, (d-1)/2), about N(0,
 
 Two numbers, each per threat model (:class:`AuditResult`):
 
-- ``epsilon_empirical``: the paper's Gaussian fit (:func:`audit_stats.gaussian_fit_epsilon`).
-  An *estimate* that assumes the scores are Gaussian with equal spread, and a replace-one
+- ``epsilon_empirical``: the paper's Gaussian fit (:func:`audit_stats.gaussian_fit_epsilon`):
+  N(m, s1^2) fitted to the inserted canaries' scores against the exact null (mean 0, variance 1/d,
+  as in the paper for large d). An *estimate* that assumes the scores are Gaussian with equal spread, and a replace-one
   relation (the simulator's accountant: one device replaced by another) whose worst pair moves
   the sum twice as far as one canary does. Not a bound; it can be above or below the truth.
 - ``epsilon_lower_bound``: rigorous at the stated confidence, with no distributional
@@ -159,7 +160,8 @@ class CanaryAudit:
 
     def _figures(self, v: np.ndarray) -> AuditFigures:
         s = self._cosines(v)
-        fit = gaussian_fit_epsilon(s[self.inserted], s[self.withheld], self.delta, REPLACE_ONE_MULTIPLE)
+        fit = gaussian_fit_epsilon(s[self.inserted], s[self.withheld], self.delta, REPLACE_ONE_MULTIPLE,
+                                   null_stddev=self.dimension**-0.5)
         bound = paired_lower_bound(s[self.inserted], s[self.withheld], self.delta, self.confidence)
         return AuditFigures(fit.epsilon, bound.epsilon_lower_bound, fit.mean_inserted, fit.mean_withheld,
                             fit.stddev, bound.guesses, bound.correct)

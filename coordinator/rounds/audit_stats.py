@@ -115,10 +115,15 @@ class GaussianFit:
 
 
 def gaussian_fit_epsilon(
-    inserted: np.ndarray, withheld: np.ndarray, delta: float, relation_multiple: float = 1.0
+    inserted: np.ndarray, withheld: np.ndarray, delta: float, relation_multiple: float = 1.0,
+    null_stddev: float | None = None,
 ) -> GaussianFit:
-    """Fit N(m1, s^2) to ``inserted`` and N(m0, s^2) to ``withheld`` scores (s pooled) and return the
-    epsilon at ``delta`` of the Gaussian mechanism with mu = relation_multiple * (m1 - m0) / s.
+    """Fit N(m1, s1^2) to ``inserted`` and N(m0, s0^2) to ``withheld`` scores and return the epsilon at
+    ``delta`` of the Gaussian mechanism with mu = relation_multiple * (m1 - m0) / s, s^2 = (s1^2 + s0^2)/2.
+
+    ``null_stddev``: the withheld scores' law is known exactly (a cosine with a uniform direction
+    has mean 0 and variance 1/d), so m0 = 0 and s0 = ``null_stddev`` instead of fitted ones; the
+    withheld scores' own mean is still returned as a check.
 
     ``relation_multiple`` is 1 for add-or-remove (one canary is present or not) and 2 for
     replace-one (its worst pair is a canary against its negation, moving the sum twice as far;
@@ -128,8 +133,10 @@ def gaussian_fit_epsilon(
     if a.size < 2 or b.size < 2:
         raise ValueError("the Gaussian fit needs at least two inserted and two withheld canaries")
     m1, m0 = float(a.mean()), float(b.mean())
-    s = math.sqrt((float(a.var(ddof=1)) + float(b.var(ddof=1))) / 2)
-    mu = relation_multiple * (m1 - m0) / s if s > 0 else (math.inf if m1 > m0 else 0.0)
+    null_mean, null_var = (m0, float(b.var(ddof=1))) if null_stddev is None else (0.0, null_stddev**2)
+    s = math.sqrt((float(a.var(ddof=1)) + null_var) / 2)
+    shift = m1 - null_mean
+    mu = relation_multiple * shift / s if s > 0 else (math.inf if shift > 0 else 0.0)
     return GaussianFit(m1, m0, s, mu, gdp_epsilon(mu, delta))
 
 

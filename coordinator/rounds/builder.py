@@ -69,7 +69,7 @@ def round_event(plan: RoundPlan, dimension: int, draw: Draw) -> RoundEvent | Non
     if plan.dp_mode == "off":
         return None
     config = dataclasses.replace(privacy_config(plan), sampling=draw.sampling)
-    discrete = noise_plan(plan, dimension) if plan.dp_mode == "distributed" else None
+    discrete = noise_plan(plan, dimension)  # local and distributed: both noise on the integer grid
     return round_event_for(
         config, sampling_rate=draw.sampling_rate, population=draw.population, sample_size=draw.sample_size,
         discrete=discrete,

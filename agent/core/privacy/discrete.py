@@ -174,18 +174,19 @@ def bit_noise_plan(clip_count_stddev: float, update: DiscreteNoisePlan) -> Discr
 def accounted_noise(config: PrivacyConfig, discrete: DiscreteNoisePlan | None = None) -> tuple[float, float]:
     """(z, RDP offset) to account for one round run with ``config``.
 
-    Mode off gives z = 0 (non-private). With a distributed discrete plan, z shrinks by the
-    rounding inflation (``scale*C / (scale*C + sqrt(d))``) and the offset is the plan's tau*d.
+    Mode off gives z = 0 (non-private). With a discrete plan (distributed: shares; local: one
+    whole discrete Gaussian per report, ``min_clients`` 1), z shrinks by the rounding inflation (``scale*C / (scale*C + sqrt(d))``) and the offset is the plan's tau*d.
     With adaptive clipping z is the configured total (update and clip-bit queries composed);
     on the ring, ``discrete`` must carry the update's z_Delta (as ``agent.core.update.noise_plan``
     builds it) and the two discrete queries are composed with their own rounding inflation.
     """
     z = 0.0 if config.mode == "off" else config.noise_multiplier
-    if config.mode == "distributed" and discrete is not None and config.adaptive is not None:
+    on_grid = config.mode in ("local", "distributed") and discrete is not None
+    if on_grid and config.adaptive is not None:
         bit = bit_noise_plan(config.adaptive.clip_count_stddev, discrete)
         z_total = (discrete.effective_noise_multiplier**-2 + bit.effective_noise_multiplier**-2) ** -0.5
         return z_total, discrete.rdp_offset + bit.rdp_offset
-    if config.mode == "distributed" and discrete is not None:
+    if on_grid:
         ratio = discrete.effective_noise_multiplier / (discrete.central_stddev / discrete.clip_norm)
         return z * ratio, discrete.rdp_offset
     return z, 0.0

@@ -1,9 +1,12 @@
-"""Gaussian noise on float updates, and the device step that clips then noises one update.
+"""The device step that clips one update, and float Gaussian noise for float-only simulations.
 
-Local mode: every report carries N(0, (z C)^2) per coordinate, so each report alone is
+Local mode: every report carries noise of std z C per coordinate, so each report alone is
 (epsilon, delta)-DP. Distributed mode: each of at least ``min_clients`` clients adds a share
-N(0, (z C)^2 / min_clients) so the securely aggregated sum carries N(0, (z C)^2). In the SecAgg
-integer ring the share is discrete instead (:mod:`fedge.agent.core.privacy.discrete`).
+of variance (z C)^2 / min_clients so the securely aggregated sum carries (z C)^2. In the real
+pipeline (``ring=True``) both modes add *discrete* Gaussian noise on the quantized integer grid
+(:mod:`fedge.agent.core.privacy.discrete`, called by ``agent/core/update.py``), never float noise:
+the float samplers here leak through their floating-point outputs (Mironov, CCS 2012) and are
+only for ``ring=False`` float-only studies.
 """
 
 from __future__ import annotations
@@ -70,9 +73,9 @@ def privatize(
     """Clip ``update`` to L2 norm C, then add this mode's noise (none when mode is off).
 
     ``clip_norm`` overrides ``config.clip_norm`` (adaptive clipping sends the round's C).
-    In distributed mode with ``ring=True`` (the real pipeline) no float noise is added: the
+    With ``ring=True`` (the real pipeline, local and distributed) no float noise is added: the
     caller quantizes and then calls :func:`agent.core.privacy.discrete.add_noise_share`;
-    ``ring=False`` adds the float share instead (float-only simulations).
+    ``ring=False`` adds float noise instead (float-only studies).
     """
     c = config.clip_norm if clip_norm is None else clip_norm
     if config.mode == "off":
@@ -80,10 +83,10 @@ def privatize(
     clipped = clip_l2(update, c)
     bit = clip_bit(clipped.norm, c) if config.adaptive is not None else None
     z = config.update_noise_multiplier
-    if config.mode == "local":
-        stddev = local_stddev(z, c)
-    elif ring:
+    if ring:
         stddev = 0.0
+    elif config.mode == "local":
+        stddev = local_stddev(z, c)
     else:
         stddev = share_stddev(z, c, config.min_clients)
     vec = clipped.vector

@@ -1,0 +1,139 @@
+"""The one-run canary audit (coordinator/rounds/audit.py) on the simulator's real protocol path.
+
+Every run has fixed seeds and every cohort is the whole population (q = 1), so a canary's event
+is exactly the accounted one (no sampling amplification): an honest accountant can never report
+less than the audit's 95% lower bound proves, and the audit must find the canaries when the
+noise is gone or deliberately too small.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fedge.agent.core.privacy import discrete
+from fedge.agent.core.privacy.ledger import gdp_epsilon as ledger_gdp_epsilon
+from fedge.coordinator.rounds.audit import CanaryAudit, canary_direction, canary_id, canary_index
+from fedge.coordinator.rounds.audit_stats import (
+    gaussian_fit_epsilon,
+    gdp_epsilon,
+    one_run_epsilon_lower_bound,
+    one_run_p_value,
+    paired_lower_bound,
+)
+from fedge.simulations import runner
+from fedge.simulations.config import SimConfig
+
+PAIRS = 64
+#: With 64 pairs every guess right proves 2.64 at 95% (Bonferroni over 4 guess counts); the most there is.
+MAX_BOUND = one_run_epsilon_lower_bound(PAIRS, PAIRS, PAIRS, 1e-5, 1 - 0.05 / 4)
+
+
+def audited(dp: str, z: float, rounds: int = 2, **overrides) -> object:
+    """A seconds-long audited run: 10 devices all in every round, mlp (d = 2282) on Synthetic(1,1)."""
+    base = dict(population=10, per_round=10, rounds=rounds, model="mlp", dataset="synthetic:1,1",
+                secagg=dp == "distributed", dp=dp, noise_multiplier=z, seed=1, workers=0,
+                audit_canaries=PAIRS, learning_rate=0.05)
+    base.update(overrides)
+    return runner.run(SimConfig(**base), show_progress=False)
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+def test_gdp_epsilon_agrees_with_the_ledgers_exact_formula():
+    for mu in (0.1, 0.5, 1.0, 3.0):
+        assert gdp_epsilon(mu, 1e-5) == pytest.approx(ledger_gdp_epsilon(mu, 1e-5), rel=1e-6)
+    assert gdp_epsilon(0.0, 1e-5) == 0.0 and gdp_epsilon(40.0, 1e-5) > 700
+
+
+def test_one_run_bound_is_monotone_and_zero_without_evidence():
+    assert one_run_epsilon_lower_bound(64, 64, 32, 1e-5, 0.95) == 0.0  # a coin's accuracy proves nothing
+    assert one_run_epsilon_lower_bound(64, 64, 50, 1e-5, 0.95) < one_run_epsilon_lower_bound(64, 64, 60, 1e-5, 0.95)
+    assert MAX_BOUND == pytest.approx(2.643, abs=1e-3)
+    # the p-value is a valid p-value: all right at epsilon = MAX_BOUND happens with probability 0.05/4
+    assert one_run_p_value(64, 64, 64, MAX_BOUND, 1e-5) == pytest.approx(0.05 / 4, rel=1e-3)
+
+
+def test_the_one_run_bound_holds_for_randomized_response_at_its_epsilon():
+    """A mechanism that is exactly eps-DP in each coin (randomized response): over 400 seeded audits
+    the bound exceeds eps at most as often as 5% allows (binomial 99.9% upper limit: 35 of 400)."""
+    eps, m, rng = 1.0, 200, np.random.default_rng(5)
+    p = math.exp(eps) / (1 + math.exp(eps))
+    over = 0
+    for _ in range(400):
+        right = rng.random(m) < p  # score gap positive iff randomized response told the truth
+        gap = np.where(right, 1.0, -1.0) * rng.random(m)
+        over += paired_lower_bound(gap, np.zeros(m), 0.0).epsilon_lower_bound > eps
+    assert over <= 35
+
+
+def test_gaussian_fit_recovers_the_mechanisms_mu():
+    rng = np.random.default_rng(2)
+    fit = gaussian_fit_epsilon(rng.normal(1.0, 1.0, 20000), rng.normal(0.0, 1.0, 20000), 1e-5)
+    assert fit.mu == pytest.approx(1.0, abs=0.03) and fit.epsilon == pytest.approx(gdp_epsilon(1.0, 1e-5), rel=0.05)
+
+
+def test_canaries_are_unit_directions_and_ids_round_trip():
+    c = canary_direction(7, 3, 1000)
+    assert np.linalg.norm(c) == pytest.approx(1.0) and np.array_equal(c, canary_direction(7, 3, 1000))
+    assert canary_index(canary_id(12)) == 12 and canary_index("c0000012") is None
+    audit = CanaryAudit(8, 50, seed=7, delta=1e-5)
+    assert sorted(np.concatenate([audit.inserted, audit.withheld]).tolist()) == list(range(16))
+    assert len(audit.takes_part(1, 1.0)) == 8 and 0 < len(audit.takes_part(1, 0.5)) < 8
+
+
+# --- the audit on the simulator ------------------------------------------------------------------
+
+
+def test_with_dp_off_the_audit_finds_every_canary():
+    run = audited("off", 0.0)
+    for r in run.rounds:
+        assert r.epsilon is None and r.participants == 10  # canaries are never devices
+        assert r.audit["all_rounds"]["correct"] == r.audit["all_rounds"]["guesses"] == PAIRS
+        assert r.epsilon_lower_bound == pytest.approx(MAX_BOUND) and r.epsilon_empirical > 50
+
+
+@pytest.mark.parametrize("dp", ["local", "distributed"])
+@pytest.mark.parametrize("z", [0.5, 1.0, 2.0])
+def test_with_dp_on_the_lower_bound_never_exceeds_the_reported_epsilon(dp, z):
+    run = audited(dp, z)
+    for r in run.rounds:
+        assert r.participants == 10
+        assert r.epsilon_lower_bound <= r.epsilon, (r.round, r.epsilon_lower_bound, r.epsilon)
+
+
+@pytest.mark.parametrize("dp", ["local", "distributed"])
+def test_with_the_noise_scaled_down_the_audit_fails_the_accountant(dp, monkeypatch):
+    """A test-only mechanism: every discrete Gaussian draw uses 1/1000 of the planned sigma, while
+    the accountant is told the plan. The audit must prove more than the reported epsilon."""
+    real = discrete.sample_discrete_gaussian
+    monkeypatch.setattr(discrete, "sample_discrete_gaussian", lambda sigma, size, rng: real(sigma * 1e-3, size, rng))
+    run = audited(dp, 8.0)
+    last = run.rounds[-1]
+    assert last.epsilon == pytest.approx(1.478, abs=0.01)
+    assert last.epsilon_lower_bound > last.epsilon + 1.0, (last.epsilon_lower_bound, last.epsilon)
+
+
+def test_the_audit_is_written_beside_epsilon_and_plotted(tmp_path):
+    run = audited("distributed", 1.0, rounds=2, out=str(tmp_path))
+    doc = json.loads((tmp_path / "summary.json").read_text())
+    keys = list(doc["rounds"][0])
+    assert keys[keys.index("epsilon") + 1 : keys.index("epsilon") + 3] == ["epsilon_empirical", "epsilon_lower_bound"]
+    assert doc["rounds"][-1]["audit"]["pairs"] == PAIRS and doc["config"]["audit_canaries"] == PAIRS
+    with (tmp_path / "rounds.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert float(rows[-1]["epsilon_lower_bound"]) == pytest.approx(run.rounds[-1].epsilon_lower_bound)
+    assert (tmp_path / "epsilon_audit.png").stat().st_size > 1000
+
+
+def test_canaries_change_no_device_count():
+    plain = audited("off", 0.0, audit_canaries=0)
+    audit = audited("off", 0.0)
+    for a, b in zip(plain.rounds, audit.rounds):
+        assert (a.participants, a.dropped, a.examples, a.bytes_up) == (b.participants, b.dropped, b.examples, b.bytes_up)
+        assert a.epsilon_lower_bound is None and b.epsilon_lower_bound is not None
