@@ -234,6 +234,11 @@ class ReleaseManager:
             current = None
         if current is not None and current.manifest.version == version:
             return self._done(rollout_id, version, InstallResult.INSTALLED, detail="already running")
+        if current is not None and is_older(release.manifest, current.manifest):
+            # anti-rollback: going back is only the signed rollback of a rollout this device took
+            log.warning("release %s is older than the running %s on model line %s; refused", version,
+                        current.manifest.version, current.manifest.architecture, extra=self._extra)
+            return self._done(rollout_id, version, InstallResult.REFUSED, detail="older than the running release")
         try:
             metric = self._evaluate(release.manifest, weights)
         except (FedgeError, ValueError, RuntimeError, MemoryError) as e:
@@ -265,6 +270,8 @@ class ReleaseManager:
         """Leave ``version`` for the previous release; UNCHANGED when ``version`` is not running."""
         if self.running() != version:
             return self._report(rollout_id, version, InstallResult.UNCHANGED, detail="not running that version")
+        if rollout_id and self.taken(rollout_id) != InstallResult.INSTALLED.value:
+            return self._report(rollout_id, version, InstallResult.UNCHANGED, detail="not a rollout this device took")
         if self.previous() is None:
             return self._report(rollout_id, version, InstallResult.FAILED, detail="no previous release")
         with self._db.conn:
@@ -321,6 +328,14 @@ class ReleaseManager:
 
 #: Fleet messages the daemon hands to :meth:`ReleaseManager.handle` (besides rotations on RELEASE_KEYS).
 FLEET_COMMANDS = (InstallCommand, RollbackCommand, PinCommand)
+
+
+def is_older(candidate: ReleaseManifest, running: ReleaseManifest) -> bool:
+    """Whether ``candidate`` is older than ``running`` on the same model line (architecture): signed
+    earlier, or the running release's own parent."""
+    if candidate.architecture != running.architecture:
+        return False
+    return candidate.created < running.created or candidate.version == running.parent
 
 
 def outbox_key(report: InstallReport) -> str:
