@@ -48,27 +48,37 @@ def mlp(name: str, width: int, seed: int, hidden: int = 32, version: int = 1) ->
 RECIPES = {
     r.name: r
     for r in (
-        logreg("logreg", 64, 101),
-        mlp("mlp", 64, 102),
-        Recipe("cnn", "cnn 28x28x1 conv3x3x8 valid relu -> maxpool2x2 -> dense 10", 1, 103, graphs.CNN, (28, 28, 1),
+        logreg("logreg", 64, 101, version=2),
+        mlp("mlp", 64, 102, version=2),
+        Recipe("cnn", "cnn 28x28x1 conv3x3x8 valid relu -> maxpool2x2 -> dense 10", 2, 103, graphs.CNN, (28, 28, 1),
                (("conv_w", (3, 3, 1, 8)), ("conv_b", (8,)), ("dense_w", (1352, 10)), ("dense_b", (10,)))),
         # 60 features, 10 classes: Synthetic(α, β) of Li et al. (FedProx, MLSys 2020)
-        logreg("logreg60", 60, 104),
-        mlp("mlp60", 60, 105),
+        logreg("logreg60", 60, 104, version=2),
+        mlp("mlp60", 60, 105, version=2),
     )
 }
 
 
+def initialisers(recipe: Recipe) -> dict[str, str]:
+    """How each weight starts, as the field does: the linear head (the last kernel) and every bias
+    at zero, hidden kernels He-uniform (they feed ReLUs). Recorded in the model's metadata."""
+    kernels = [name for name, shape in recipe.weights if len(shape) > 1]
+    return {
+        name: "zeros" if len(shape) == 1 or name == kernels[-1] else "he_uniform"
+        for name, shape in recipe.weights
+    }
+
+
 def initial_weights(recipe: Recipe) -> dict[str, np.ndarray]:
-    """Glorot-uniform kernels and zero biases from the recipe's fixed seed."""
+    """The recipe's initial weights (:func:`initialisers`) from its fixed seed."""
     rng = np.random.default_rng(recipe.seed)
     out = {}
     for name, shape in recipe.weights:
-        if len(shape) == 1:
+        if initialisers(recipe)[name] == "zeros":
             out[name] = np.zeros(shape, np.float32)
         else:
             fan_in = int(np.prod(shape[:-1]))
-            limit = np.sqrt(6.0 / (fan_in + shape[-1]))
+            limit = np.sqrt(6.0 / fan_in)
             out[name] = rng.uniform(-limit, limit, size=shape).astype(np.float32)
     return out
 
@@ -81,7 +91,7 @@ def metadata(recipe: Recipe) -> dict:
         "version": recipe.version,
         "input_shape": [None, *recipe.input_shape],
         "num_classes": recipe.model.num_classes,
-        "weights": [{"name": n, "shape": list(s)} for n, s in recipe.weights],
+        "weights": [{"name": n, "shape": list(s), "init": initialisers(recipe)[n]} for n, s in recipe.weights],
         "num_params": int(sum(np.prod(s) for _, s in recipe.weights)),
         "signatures": {
             "train": "x float32[batch,...], y int32[batch], lr float32 scalar -> loss (one SGD step)",
