@@ -21,7 +21,7 @@ def cli() -> None:
 @click.option("--per-round", type=int, required=True, help="Clients sampled into each round's cohort.")
 @click.option("--rounds", type=int, required=True, help="Rounds to run.")
 @click.option("--model", required=True, help="Zoo model: logreg, mlp or cnn.")
-@click.option("--dataset", required=True, help="synthetic:ALPHA,BETA, digits, mnist or a path to an .npz (x, y).")
+@click.option("--dataset", required=True, help="synthetic:ALPHA,BETA, digits, mnist, har (UCI HAPT, 30 users) or a path to an .npz (x, y).")
 @click.option("--partition", default="iid", show_default=True, help="iid, dirichlet:ALPHA, quantity:EXPONENT or natural.")
 @click.option("--secagg/--no-secagg", default=False, show_default=True, help="Mask updates with SecAgg+.")
 @click.option("--dp", default="off", show_default=True, help="Differential privacy: off, local or distributed.")

