@@ -64,16 +64,16 @@ def test_even_and_odd_counts_are_fine(n: int) -> None:
 def test_derive_params_meets_its_bounds_and_grows_with_risk() -> None:
     p = derive_params(1000, 0.05, 0.01, 100)
     b = params_bounds(p, 0.05, 0.01)
-    assert b.failure <= 2**-20 and b.privacy <= 2**-40 and b.partition <= 2**-40
+    assert b.failure <= 2**-20 and b.privacy + b.partition <= 2**-40  # one budget for both bad events
     assert 2 * p.threshold > p.neighbours and p.neighbours % 2 == 0
     smaller = bounds(1000, p.neighbours - 2, p.threshold - 1, 0.05, 0.01)
-    assert smaller.failure > 2**-20 or smaller.privacy > 2**-40 or smaller.partition > 2**-40
+    assert smaller.failure > 2**-20 or smaller.security > 2**-40
     riskier = derive_params(1000, 0.1, 0.05, 100)
     assert riskier.neighbours > p.neighbours
     complete = derive_params(60, 0.01, 0.0, 10)
     assert complete.complete or complete.neighbours < 59
     with pytest.raises(ConfigError):
-        derive_params(10, 0.05, 0.01, 10)  # 10 devices cannot promise 2^-20 failure at 5% dropout
+        derive_params(10, 0.3, 0.3, 10)  # 3 corrupt, 3 dropped: no t above (k + 3)/2 and within k - 3
     with pytest.raises(ConfigError):
         derive_params(100, 1.2, 0.0, 10)
 

@@ -1,24 +1,44 @@
 """SecAgg+ parameters: validated up front, derived from n, dropout and corruption, with bounds.
 
-Security model (Bell et al. 2020, sec. 3-4). Client j's secrets are shared t-of-k among its k
-neighbours. An honest neighbour reveals at most one of j's two secrets (self-mask seed if j
-survived, mask key if it dropped); a corrupt one reveals both. A server lying about who dropped
-therefore needs ``c + h >= 2t`` with c corrupt and h honest neighbours, i.e. ``c >= 2t - k``.
-So :class:`SecAggParams` requires ``2t > k`` always, and :func:`derive_params` picks k and t so
-that, with a union bound over the n clients,
+Security model (Bell et al. 2020, sec. 3-4; sized as Google's federated-compute SecAgg server
+does, ``fcp/secagg/server/graph_parameter_finder.cc``, semi-malicious server). Client j's
+secrets are shared t-of-k among its k neighbours. An honest neighbour reveals at most one of
+j's two secrets (self-mask seed if j survived, mask key if it dropped); a corrupt one reveals
+both. A server lying about who dropped therefore needs ``c + h >= 2t`` with c corrupt and h
+honest neighbours, i.e. ``c >= 2t - k``. So :class:`SecAggParams` requires ``2t > k`` always.
 
-* failure:  ``2n * P[Binomial(k, 1 - dropout) < t]``  <= 2^-correctness_bits
-  (a secret lacks t surviving holders, or a revealer lacks t neighbour signatures);
-* privacy:  ``n * P[Binomial(k, corrupt) >= 2t - k]`` <= 2^-security_bits
-  (the server gets both secrets of one client);
-* partition: ``n * (corrupt + dropout)^(k/2)``          <= 2^-security_bits
-  (a run of k/2 bad clients on the permuted ring cuts the honest survivors' graph, which
-  would let the server learn sums over parts of the survivors). Not needed when k = n - 1.
+The rates are caps: at most ``C = ceil(corrupt * n)`` clients are corrupt and at most
+``D = ceil(dropout * n)`` drop out (rounded up, against us; the deployed finder rounds down). The graph is a ring over a uniformly random permutation, so
+a client's k neighbours are a uniform k-subset of the other n - 1 clients and the number of
+corrupt (dropped) ones is hypergeometric: drawn without replacement, not binomial. With union
+bounds, :func:`derive_params` picks k and t so that
+
+* failure:   ``n * P[Hyp(n-1, D, k) >= k - t + 1]`` <= 2^-correctness_bits
+  (some client has fewer than t surviving neighbours: a secret lacks t holders, or a revealer
+  lacks t neighbour signatures; both are that event for one client);
+* privacy:   ``(n - C) * P[Hyp(n-1, C, k) >= 2t - k]`` (an honest client loses both secrets);
+* partition: ``n (n-k-1) / 2 * (B)_k / (n)_k`` with ``B = C + D`` (the honest survivors' graph
+  is cut only by two disjoint runs of k/2 bad clients on the ring: ``n (n-k-1)/2`` pairs of
+  places, and k given places all bad with probability ``B (B-1)...(B-k+1) / n (n-1)...(n-k+1)``);
+  0 for the complete graph;
+
+and ``privacy + partition <= 2^-security_bits``: one budget for the two bad events, as in the
+deployed finder (which gives each half; here partition takes what it needs and privacy the rest).
+
+Tails are summed exactly in log space from the probability mass at the starting point (lgamma),
+term ratios after it, and a geometric bound on the remainder (the hypergeometric is log-concave,
+so the ratios only fall past the mode): an upper bound within 2^-56 of the exact tail. The
+search bisects on k, then tries the 16 even degrees below what it found (feasibility is monotone
+in k up to lattice effects in t), so it evaluates some 60 degrees, not thousands; results are
+cached per (n, rates, bits), and :func:`prewarm` fills the cache off the round's path.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fedge.agent.core.errors import ConfigError
@@ -86,26 +106,103 @@ class SecAggParams:
         return 16 if self.bits <= 16 else 32
 
 
+
 @dataclass(frozen=True)
 class SecAggBounds:
-    """Union bounds (probabilities) for a parameter choice; see the module docstring."""
+    """Union bounds (probabilities) for a parameter choice; see the module docstring.
+
+    ``security`` = privacy + partition, the total chance of a privacy breach.
+    """
 
     failure: float
     privacy: float
     partition: float
+
+    @property
+    def security(self) -> float:
+        """Total probability of either bad event (what the 2^-security_bits budget covers)."""
+        return self.privacy + self.partition
 
     def as_dict(self) -> dict[str, float]:
         """For reports and JSON."""
         return {"failure": self.failure, "privacy": self.privacy, "partition": self.partition}
 
 
-def _binom_tail_ge(k: int, p: float, m: int) -> float:
-    """P[Binomial(k, p) >= m]."""
-    if m <= 0:
-        return 1.0
-    if m > k:
+_NEG_INF = float("-inf")
+#: Relative size of the last summed term at which a tail sum stops (the rest is bounded).
+_TAIL_EPS = 2.0**-56
+#: Even degrees below the bisection's answer that are tried too (lattice effects in t).
+_WINDOW = 16
+
+
+def _log_comb(a: int, b: int) -> float:
+    return math.lgamma(a + 1) - math.lgamma(b + 1) - math.lgamma(a - b + 1)
+
+
+def _log_sum_up(pop: int, marked: int, drawn: int, m: int, hi: int) -> float:
+    """log sum_{x=m}^{hi} P[X = x], X ~ Hyp(pop, marked, drawn); m at or past the mode.
+
+    Terms after the first come from the pmf ratio; once a term is below ``_TAIL_EPS`` of the
+    sum, the rest is bounded by the geometric series of the current ratio (log-concavity: the
+    ratios only fall), so the result is an upper bound within a factor 1 + 2^-56."""
+    log_first = _log_comb(marked, m) + _log_comb(pop - marked, drawn - m) - _log_comb(pop, drawn)
+    base = pop - marked - drawn + 1
+    total, term, x = 1.0, 1.0, m
+    while x < hi:
+        r = (marked - x) * (drawn - x) / ((x + 1) * (base + x))
+        term *= r
+        total += term
+        x += 1
+        if r < 1.0 and term < total * _TAIL_EPS:
+            total += term * r / (1.0 - r)
+            break
+    return log_first + math.log(total)
+
+
+def log_tail_ge(pop: int, marked: int, drawn: int, m: int) -> float:
+    """log P[X >= m] for X ~ Hypergeometric(pop, marked, drawn): ``drawn`` items drawn without
+    replacement from ``pop`` of which ``marked`` are marked, X the marked ones drawn."""
+    lo, hi = max(0, drawn - (pop - marked)), min(drawn, marked)
+    if m <= lo:
         return 0.0
-    return min(1.0, math.fsum(math.comb(k, i) * p**i * (1 - p) ** (k - i) for i in range(m, k + 1)))
+    if m > hi:
+        return _NEG_INF
+    mode = (drawn + 1) * (marked + 1) // (pop + 2)
+    if m > mode:
+        return _log_sum_up(pop, marked, drawn, m, hi)
+    # P[X >= m] = 1 - P[drawn - X >= drawn - m + 1], and drawn - X ~ Hyp(pop, pop - marked, drawn)
+    lower = _log_sum_up(pop, pop - marked, drawn, drawn - m + 1, drawn - lo)
+    return math.log1p(-math.exp(lower)) if lower < 0.0 else _NEG_INF
+
+
+def _quantile(pop: int, marked: int, drawn: int, log_q: float) -> int:
+    """The smallest m with P[X >= m] <= e^log_q, for log_q < -log(drawn + 1) (so m is past the
+    mode, where P[X = mode] >= 1/(drawn + 1) already exceeds the budget)."""
+    lo = (drawn + 1) * (marked + 1) // (pop + 2) + 1  # P[X >= lo - 1] > q
+    hi = min(drawn, marked) + 1  # P[X >= hi] = 0
+    lo = min(lo, hi)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if log_tail_ge(pop, marked, drawn, mid) <= log_q:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _counts(n: int, dropout_rate: float, corrupt_fraction: float) -> tuple[int, int]:
+    """(corrupt C, dropped D): the caps the rates put on n clients, rounded against us."""
+    return math.ceil(corrupt_fraction * n - 1e-9), math.ceil(dropout_rate * n - 1e-9)
+
+
+def _log_partition(n: int, k: int, bad: int) -> float:
+    """log of the partition bound (module docstring); -inf when it cannot happen."""
+    if k >= n - 1 or k > bad:
+        return _NEG_INF
+    return (
+        math.log(n) + math.log(n - k - 1) - math.log(2)
+        + math.lgamma(bad + 1) - math.lgamma(bad - k + 1) + math.lgamma(n - k + 1) - math.lgamma(n + 1)
+    )  # fmt: skip
 
 
 def _check_rates(dropout_rate: float, corrupt_fraction: float) -> None:
@@ -115,18 +212,95 @@ def _check_rates(dropout_rate: float, corrupt_fraction: float) -> None:
         raise InvalidParams(f"corrupt_fraction {corrupt_fraction} must be in [0, 0.5)")
 
 
+def _exp(x: float) -> float:
+    return min(1.0, math.exp(x)) if x > _NEG_INF else 0.0
+
+
 def bounds(n: int, k: int, t: int, dropout_rate: float, corrupt_fraction: float) -> SecAggBounds:
     """Failure, privacy and partition bounds for n clients, k neighbours, threshold t."""
     _check_rates(dropout_rate, corrupt_fraction)
-    failure = min(1.0, 2 * n * (1.0 - _binom_tail_ge(k, 1 - dropout_rate, t)))
-    privacy = min(1.0, n * _binom_tail_ge(k, corrupt_fraction, 2 * t - k))
-    partition = 0.0 if k >= n - 1 else min(1.0, n * (dropout_rate + corrupt_fraction) ** (k // 2))
+    c, d = _counts(n, dropout_rate, corrupt_fraction)
+    honest = n - c
+    failure = _exp(math.log(n) + log_tail_ge(n - 1, d, k, k - t + 1))
+    privacy = _exp(math.log(honest) + log_tail_ge(n - 1, c, k, 2 * t - k)) if honest else 0.0
+    partition = _exp(_log_partition(n, k, c + d))
     return SecAggBounds(failure, privacy, partition)
 
 
 def params_bounds(params: SecAggParams, dropout_rate: float, corrupt_fraction: float) -> SecAggBounds:
     """:func:`bounds` for a :class:`SecAggParams`."""
     return bounds(params.num_clients, params.neighbours, params.threshold, dropout_rate, corrupt_fraction)
+
+
+def _threshold_for(
+    n: int, k: int, c: int, d: int, log_sec: float, log_cor: float,
+) -> int | None:
+    """The smallest threshold meeting both budgets at degree k, or None if none does."""
+    log_part = _log_partition(n, k, c + d)
+    if log_part > log_sec:
+        return None
+    # privacy gets what partition leaves of the one budget
+    room = math.exp(log_sec) - (math.exp(log_part) if log_part > _NEG_INF else 0.0)
+    if room <= 0.0:
+        return None
+    honest = n - c
+    m = _quantile(n - 1, c, k, math.log(room) - math.log(honest)) if honest else 1
+    t = max(k // 2 + 1, -(-(m + k) // 2))  # 2t - k >= m
+    if t > k or math.log(n) + log_tail_ge(n - 1, d, k, k - t + 1) > log_cor:
+        return None
+    return t
+
+
+@functools.lru_cache(maxsize=256)
+def _degree_threshold(
+    n: int, dropout_rate: float, corrupt_fraction: float, security_bits: int, correctness_bits: int,
+) -> tuple[int, int] | None:
+    """(k, t) for :func:`derive_params`, cached: the search is pure in its arguments."""
+    c, d = _counts(n, dropout_rate, corrupt_fraction)
+    log_sec, log_cor = -security_bits * math.log(2), -correctness_bits * math.log(2)
+
+    def t_at(k: int) -> int | None:
+        return _threshold_for(n, k, c, d, log_sec, log_cor)
+
+    top = n - 2 if n % 2 == 0 else n - 3  # largest even degree below the complete graph
+    if top >= 2:
+        # partition falls with k: the smallest even degree it allows, by bisection
+        lo, hi = 1, top // 2 + 1  # in units of 2
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _log_partition(n, 2 * mid, c + d) <= log_sec:
+                hi = mid
+            else:
+                lo = mid + 1
+        start = 2 * lo
+        found: int | None = None
+        bad_below = start - 2
+        step, k = 2, start
+        while k <= top:  # gallop up to a feasible degree
+            if t_at(k) is not None:
+                found = k
+                break
+            bad_below = k
+            k, step = k + step, step * 2
+        if found is None and bad_below < top and t_at(top) is not None:
+            found = top
+        if found is not None:
+            lo_k, hi_k = bad_below, found  # infeasible at lo_k (or below start), feasible at hi_k
+            while hi_k - lo_k > 2:
+                mid = lo_k + ((hi_k - lo_k) // 4) * 2
+                if t_at(mid) is not None:
+                    hi_k = mid
+                else:
+                    lo_k = mid
+            best = hi_k
+            for k in range(hi_k - 2, max(start, hi_k - 2 * _WINDOW) - 1, -2):
+                if t_at(k) is not None:
+                    best = k
+            t = t_at(best)
+            assert t is not None
+            return best, t
+    t = t_at(n - 1)
+    return (n - 1, t) if t is not None else None
 
 
 def derive_params(
@@ -140,28 +314,39 @@ def derive_params(
     correctness_bits: int = 20,
     min_clients: int | None = None,
 ) -> SecAggParams:
-    """The smallest k (then smallest t) meeting all three bounds; k = n - 1 if nothing smaller does.
+    """The smallest k (then smallest t) meeting the bounds of the module docstring: privacy and
+    partition together <= 2^-security_bits, failure <= 2^-correctness_bits; k = n - 1 if nothing
+    smaller does. Cached per (n, rates, bits): a repeat costs a dictionary lookup.
 
     Raises :class:`ConfigError` when even the complete graph cannot meet them.
     """
     _check_rates(dropout_rate, corrupt_fraction)
     if type(n) is not int or n < 2:
         raise InvalidParams(f"secagg needs at least 2 clients, got {n}")
-    sec, cor = 2.0**-security_bits, 2.0**-correctness_bits
-    candidates = list(range(2, n - 1, 2)) + [n - 1]
-    for k in candidates:
-        b = bounds(n, k, k, dropout_rate, corrupt_fraction)
-        if b.partition > sec:
-            continue
-        for t in range(k // 2 + 1, k + 1):
-            b = bounds(n, k, t, dropout_rate, corrupt_fraction)
-            if b.privacy > sec:
-                continue
-            if b.failure <= cor:
-                floor = min_clients if min_clients is not None else max(2, min(n, t + 1))
-                return SecAggParams(n, k, t, dim, bits, floor)
-            break  # a larger t only makes failure likelier
-    raise InvalidParams(
-        f"no SecAgg+ parameters for n={n}, dropout={dropout_rate}, corrupt={corrupt_fraction} "
-        f"meet 2^-{security_bits} privacy and 2^-{correctness_bits} failure"
-    )
+    if n > MAX_CLIENTS:
+        raise InvalidParams(f"secagg num_clients {n} must be at most {MAX_CLIENTS}")
+    kt = _degree_threshold(n, float(dropout_rate), float(corrupt_fraction), int(security_bits), int(correctness_bits))
+    if kt is None:
+        raise InvalidParams(
+            f"no SecAgg+ parameters for n={n}, dropout={dropout_rate}, corrupt={corrupt_fraction} "
+            f"meet 2^-{security_bits} privacy and 2^-{correctness_bits} failure"
+        )
+    k, t = kt
+    floor = min_clients if min_clients is not None else max(2, min(n, t + 1))
+    return SecAggParams(n, k, t, dim, bits, floor)
+
+
+def prewarm(sizes: Iterable[int], dropout_rate: float, corrupt_fraction: float, **kw: int) -> threading.Thread:
+    """Derive (k, t) for every cohort size in ``sizes`` on a daemon thread, so a round that
+    starts later finds them cached (the coordinator calls this when it knows the cohort)."""
+
+    def work() -> None:
+        for n in sizes:
+            try:
+                derive_params(n, dropout_rate, corrupt_fraction, 1, **kw)
+            except InvalidParams:
+                pass
+
+    th = threading.Thread(target=work, name="secagg-params-prewarm", daemon=True)
+    th.start()
+    return th
