@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from fedge.coordinator.rounds.server_opt import ServerOptConfig, ServerOptKind
+
 from fedge.agent.core.cliutil import logging_options, run
 
 
@@ -35,6 +37,10 @@ def cli() -> None:
 @click.option("--audit-canaries", type=int, default=0, show_default=True, metavar="M",
               help="Canary audit: M canary clients take part (never counted as devices), M more are withheld; "
                    "reports an empirical ε and a 95% lower bound beside the accountant's.")
+@click.option("--server-opt", type=click.Choice([k.value for k in ServerOptKind]), default="fedavg", show_default=True,
+              help="Server update on each round's mean delta (Reddi et al. 2021); post-processing, DP and SecAgg+ untouched.")
+@click.option("--server-lr", type=float, default=1.0, show_default=True,
+              help="Server learning rate (FedAdam/FedYogi: try 0.01 to 0.1).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same numbers.")
 @click.option("--profiles", default="", help="Device profile mix, e.g. pi4=0.5,phone=0.3,car=0.2 (default: ideal devices).")
 @click.option("--profiles-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -47,13 +53,15 @@ def cli() -> None:
               help="Device hosts running the cohort (0: in the driver process; default: 2 for cohorts of 500+).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Write summary.json, rounds.csv and plots to this directory.")
-def run_command(profiles: str, profiles_dir: Path | None, **options: object) -> None:
+def run_command(profiles: str, profiles_dir: Path | None, server_opt: str, server_lr: float, **options: object) -> None:
     """Simulate federated training of a fleet and report accuracy, privacy and cost per round."""
     from fedge.simulations import runner
     from fedge.simulations.config import SimConfig
     from fedge.simulations.population import DEFAULT_PROFILE_DIR, parse_profile_mix
 
-    config = SimConfig(profiles=parse_profile_mix(profiles) if profiles else (), **options)  # type: ignore[arg-type]
+    opt = ServerOptConfig(ServerOptKind(server_opt), learning_rate=server_lr)
+    config = SimConfig(profiles=parse_profile_mix(profiles) if profiles else (), server_opt=opt,
+                       **options)  # type: ignore[arg-type]
     summary = runner.run(config, profile_dir=profiles_dir or DEFAULT_PROFILE_DIR)
     last = summary.rounds[-1]
     eps = "" if last.epsilon is None else f", ε {last.epsilon:.4g} at δ={last.delta:g}"

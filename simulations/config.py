@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedge.agent.core.errors import ConfigError
+from fedge.coordinator.rounds.server_opt import ServerOptConfig
 from fedge.simulations.datasets import parse_dataset_spec
 from fedge.simulations.partition import parse_partition_spec
 
@@ -51,6 +52,8 @@ class SimConfig:
     clip_count_stddev: float = 0.0
     #: canary audit (coordinator/rounds/audit.py): M canaries inserted and M withheld; 0 = no audit
     audit_canaries: int = 0
+    #: the server's update rule on each round's mean delta (FedAvg at rate 1: plain FedAvg)
+    server_opt: ServerOptConfig = ServerOptConfig()
 
     def __post_init__(self) -> None:
         def need(ok: bool, flag: str, what: str) -> None:

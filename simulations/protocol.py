@@ -30,6 +30,7 @@ from fedge.agent.core.messages.common import Outbound
 from fedge.coordinator.rounds.engine import RoundStatus
 from fedge.coordinator.rounds.builder import Draw, SecureRisk, build_round
 from fedge.coordinator.rounds.plan import TrainingConfig
+from fedge.coordinator.rounds.server_opt import ServerOptConfig, ServerOptimizer
 from fedge.coordinator.rounds.secure import SecureAggregation
 from fedge.simulations.engine import RoundWork
 from fedge.simulations.federation import Federation
@@ -53,6 +54,8 @@ class ProtocolSettings:
     #: canary audit: pairs of canary directions (one of each inserted), 0 = no audit
     audit_canaries: int = 0
     audit_seed: int = 0
+    #: the server's update rule on each completed round's mean delta
+    server_opt: ServerOptConfig = ServerOptConfig()
 
 
 class ProtocolEngine:
@@ -70,6 +73,7 @@ class ProtocolEngine:
         self.settings = settings
         self.pool = pool
         self.accountant = PrivacyAccountant("rdp")
+        self.server_opt = ServerOptimizer(settings.server_opt)
         self.last: dict[str, Any] = {}
         #: adaptive clipping: the C the last completed round chose (None: the config's clip_norm)
         self.clip_norm: float | None = None
@@ -244,7 +248,9 @@ class ProtocolEngine:
             "clip_norm": plan.clip_norm,
             "next_clip_norm": outcome.next_clip_norm if outcome else None,
         }
-        new = outcome.new_weights if outcome and outcome.new_weights is not None else weights
+        new = weights
+        if engine.status is RoundStatus.COMPLETED and outcome is not None and outcome.aggregate is not None:
+            new = self.server_opt.apply(weights, outcome.aggregate.mean_delta)
         return RoundWork(new, dict(stage_seconds), traffic["examples"], self._epsilon(), participants=participants,
                          bytes_up=traffic["up"], bytes_down=traffic["down"], dropped_per_stage=dropped,
                          status=engine.status.value, reason=engine.reason, audit=audit)

@@ -73,8 +73,11 @@ class ServerOptimizer:
         if x.shape != d.shape or not np.all(np.isfinite(d)):
             raise ConfigError(f"server optimizer: delta of shape {d.shape} (finite?) for weights of shape {x.shape}")
         if c.kind is ServerOptKind.FEDAVG:
-            step = d
-        elif c.kind is ServerOptKind.FEDAVGM:
+            self.steps += 1
+            # in float32, as the round engine adds: at rate 1 this is exactly its new weights
+            return (np.asarray(weights, np.float32) + np.float32(c.learning_rate) * np.asarray(mean_delta, np.float32)
+                    ).astype(np.float32)
+        if c.kind is ServerOptKind.FEDAVGM:
             self._m = d if self._m is None else c.momentum * self._m + d
             step = self._m
         else:
