@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING
+
 import click
 
 from fedge.agent.core.cliutil import logging_options, run
 from fedge.agent.core.errors import ConfigError
 from fedge.agent.core.profiles import load_profile
+
+if TYPE_CHECKING:
+    from fedge.agent.store import Store
+
+#: The one place every command's help names for the default store.
+STORE_DEFAULT = "the profile's storage.db_path, else $STATE_DIRECTORY/agent.db under systemd, else ~/.local/state/fedge/agent.db"
+
+
+def open_store(path: str, *, create: bool) -> Store:
+    """The device's store at ``path``; a missing one is created only when ``create`` (init, data import)."""
+    from fedge.agent.store import Store, StoreError
+
+    if not os.path.exists(path):
+        if not create:
+            raise StoreError(f"{path}: no agent store there; create it with `fedge-agent init` or `fedge-agent data import`, "
+                             "or name the right one with --db/--profile")
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"{path}: cannot create its directory: {e.strerror or e}") from None
+    return Store(path)
+
+
+def device_store_path(profile: str | None, db: str | None) -> str:
+    """``--db``, else the store the profile names, else the default one (as ``run`` resolves it)."""
+    from fedge.agent.config import store_path
+
+    return store_path(load_profile(profile) if profile and not db else None, db)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,7 +73,10 @@ def data() -> None:
 
 
 db_option = click.option(
-    "--db", default="./fedge-agent.db", show_default=True, type=click.Path(dir_okay=False), help="The agent's SQLite store."
+    "--db", default=None, type=click.Path(dir_okay=False), help=f"The agent's SQLite store [default: {STORE_DEFAULT}]."
+)
+optional_profile = click.option(
+    "--profile", "profile", default=None, type=click.Path(dir_okay=False), help="The device profile (TOML), for its store."
 )
 
 
@@ -51,30 +85,31 @@ db_option = click.option(
 @click.option("--model", "model", required=True, help="Zoo model name (logreg, mlp, cnn) or a .tflite path the data must fit.")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--test-fraction", type=float, default=0.0, show_default=True, help="Hold out this share at random as test data.")
+@optional_profile
 @db_option
-def data_import(file: str, model: str, split: str, test_fraction: float, db: str) -> None:
+def data_import(file: str, model: str, split: str, test_fraction: float, profile: str | None, db: str | None) -> None:
     """Import FILE (.npz with arrays x, y; or .csv/.csv.gz with the label last) into the store."""
     import numpy as np
 
     from fedge.agent.local_data import import_examples
-    from fedge.agent.store import Store
     from fedge.agent.training.models import load_spec
 
-    with Store(db) as store:
+    db = device_store_path(profile, db)
+    with open_store(db, create=True) as store:
         r = import_examples(store, file, load_spec(model), split=split, test_fraction=test_fraction, rng=np.random.default_rng())
     click.echo(f"imported {r.train + r.test} examples from {file} ({r.train} train, {r.test} test) into {db}")
 
 
 @data.command("stats")
+@optional_profile
 @db_option
-def data_stats(db: str) -> None:
+def data_stats(profile: str | None, db: str | None) -> None:
     """Print the number of examples, shapes and label counts per split, as JSON."""
     import json
 
     from fedge.agent.local_data import example_stats
-    from fedge.agent.store import Store
 
-    with Store(db) as store:
+    with open_store(device_store_path(profile, db), create=False) as store:
         click.echo(json.dumps(example_stats(store), indent=2))
 
 
@@ -84,16 +119,16 @@ def privacy() -> None:
 
 
 @privacy.command("status")
+@optional_profile
 @db_option
 @click.option("--delta", type=float, default=1e-5, show_default=True, help="Delta at which epsilon is reported.")
-def privacy_status(db: str, delta: float) -> None:
+def privacy_status(profile: str | None, db: str | None, delta: float) -> None:
     """Print the number of contributions and the epsilon spent so far, as JSON."""
     import json
 
     from fedge.agent.core.privacy.ledger import LEDGER_RELATION, DeviceLedger
-    from fedge.agent.store import Store
 
-    with Store(db) as store:
+    with open_store(device_store_path(profile, db), create=False) as store:
         ledger = DeviceLedger(store.db)
         status = {"contributions": len(ledger.contributions()), "epsilon_spent": ledger.epsilon_spent(delta), "delta": delta,
                   "relation": LEDGER_RELATION}
@@ -107,9 +142,7 @@ EXIT_STARTUP = 78
 profile_option = click.option(
     "--profile", "profile", required=True, type=click.Path(dir_okay=False), help="The device profile (TOML)."
 )
-db_override = click.option(
-    "--db", default=None, type=click.Path(dir_okay=False), help="The agent's SQLite store [default: the profile's storage.db_path]."
-)
+db_override = db_option
 
 
 @cli.command("run")
@@ -136,6 +169,7 @@ def run_agent(ctx: click.Context, profile: str, device_id: str | None, db: str |
     try:
         cfg = resolve(profile, device_id=device_id, db_path=db, broker_url=broker, data_path=data,
                       log_format=ctx.find_root().meta.get("log_format", "text"), authority_hex=authority)
+        open_store(cfg.db_path, create=False).close()  # a missing, corrupt or foreign store: one line, 78
         daemon = AgentDaemon(cfg)
         daemon.startup()
     except FedgeError as e:
@@ -154,10 +188,9 @@ def init(profile: str, device_id: str, db: str | None, authority: str | None, re
     """Create the store and the device's Ed25519 identity (kept if it exists); print the public key."""
     from fedge.agent.config import resolve
     from fedge.agent.identity import load_or_create, set_authority
-    from fedge.agent.store import Store
 
     cfg = resolve(profile, device_id=device_id, db_path=db, authority_hex=authority)
-    with Store(cfg.db_path) as store:
+    with open_store(cfg.db_path, create=True) as store:
         key = load_or_create(store.db, device_id)
         if authority:
             set_authority(store.db, bytes.fromhex(authority))
@@ -165,6 +198,7 @@ def init(profile: str, device_id: str, db: str | None, authority: str | None, re
             from fedge.agent.releases import trust_release_keys
 
             trust_release_keys(store.db, device_id, release_keys)
+    click.echo(f"store {cfg.db_path}", err=True)
     click.echo(f"{device_id} {key.public_bytes().hex()}")
 
 
@@ -175,10 +209,9 @@ def identity_cmd(profile: str, db: str | None) -> None:
     """Print the device id and its identity public key (hex), for enrollment."""
     from fedge.agent.config import resolve
     from fedge.agent.identity import load
-    from fedge.agent.store import Store
 
     cfg = resolve(profile, db_path=db)
-    with Store(cfg.db_path) as store:
+    with open_store(cfg.db_path, create=False) as store:
         device_id, key = load(store.db)
     click.echo(f"{device_id} {key.public_bytes().hex()}")
 
@@ -192,10 +225,9 @@ def status(profile: str, db: str | None) -> None:
 
     from fedge.agent.config import resolve
     from fedge.agent.status import agent_status
-    from fedge.agent.store import Store
 
     cfg = resolve(profile, db_path=db)
-    with Store(cfg.db_path) as store:
+    with open_store(cfg.db_path, create=False) as store:
         click.echo(json.dumps(agent_status(store, delta=cfg.profile.privacy.delta), indent=2))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from fedge.agent.core.errors import ConfigError
@@ -15,6 +16,34 @@ from fedge.agent.core.topics import check_device_id
 from fedge.agent.core.transport.base import TransportConfig
 
 LOG_FORMATS = ("text", "json")
+#: The store's file name in the state directory.
+STORE_NAME = "agent.db"
+
+
+def default_db_path(env: Mapping[str, str] | None = None) -> str:
+    """Where the device's store lives when neither ``--db`` nor ``[storage] db_path`` says.
+
+    Under systemd, ``$STATE_DIRECTORY`` (the shipped unit's ``StateDirectory=fedge``:
+    /var/lib/fedge); otherwise the user's state directory per the XDG base directories,
+    ``$XDG_STATE_HOME/fedge`` (``~/.local/state/fedge``), writable without root.
+    """
+    env = os.environ if env is None else env
+    systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return os.path.join(systemd, STORE_NAME)
+    xdg = env.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(xdg):  # the spec says: ignore a relative value
+        xdg = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(xdg, "fedge", STORE_NAME)
+
+
+def store_path(profile: DeviceProfile | None = None, db_path: str | None = None) -> str:
+    """The one store of this device: ``--db``, else the profile's ``[storage] db_path``, else the default."""
+    if db_path:
+        return db_path
+    if profile is not None and profile.storage.db_path:
+        return profile.storage.db_path
+    return default_db_path()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +128,7 @@ def resolve(
     return AgentConfig(
         profile=profile,
         profile_path=str(profile_path),
-        db_path=db_path or profile.storage.db_path,
+        db_path=store_path(profile, db_path),
         broker_url=broker_url or profile.network.broker_url,
         device_id=device_id,
         data_path=data_path,

@@ -6,12 +6,14 @@ rename or reorder an applied one. :class:`Store` applies pending migrations when
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import sqlite_utils
 
 from fedge.agent import identity, model_cache, outbox, releases, replies, round_state
 from fedge.agent.core import migrations
+from fedge.agent.core.errors import ConfigError
 from fedge.agent.core.privacy import ledger as privacy_ledger
 
 
@@ -38,13 +40,30 @@ MIGRATIONS: list[migrations.Migration] = [
 ]
 
 
+class StoreError(ConfigError):
+    """The store cannot be opened, is corrupt, or belongs to another program: bad local state that
+    a restart will not fix, so it exits 78 like any startup failure (systemd does not restart it)."""
+
+    exit_code = 78
+
+
 class Store:
     """One device database file; open once per process (``with Store(path) as s: ...``)."""
 
     def __init__(self, path: str | Path, extra_migrations: list[migrations.Migration] | None = None) -> None:
         self.path = str(path)
-        self.db = migrations.open_database(self.path)
-        migrations.apply(self.db, MIGRATIONS + list(extra_migrations or []))
+        known = MIGRATIONS + list(extra_migrations or [])
+        try:
+            self.db = migrations.open_database(self.path)
+            tables = set(self.db.table_names())
+            foreign = sorted(set(migrations.applied(self.db)) - {name for name, _ in known})
+            if foreign or (tables and "_migrations" not in tables):
+                raise StoreError(f"{self.path}: not a fedge agent store (unknown migrations or tables: "
+                                 f"{', '.join(foreign or sorted(tables))[:120]})")
+            migrations.apply(self.db, known)
+        except sqlite3.DatabaseError as e:
+            what = "cannot open it (does its directory exist, and is it writable?)" if "unable to open" in str(e) else str(e)
+            raise StoreError(f"{self.path}: not a usable fedge agent store: {what}") from None
 
     def close(self) -> None:
         self.db.conn.close()

@@ -86,7 +86,7 @@ MINIMAL = {
 def test_minimal_profile_gets_the_documented_defaults():
     p = parse_profile(MINIMAL, source="minimal")
     assert p.compute.threads == 1 and p.compute.epochs == 1
-    assert p.storage.db_path == "fedge-agent.db"
+    assert p.storage.db_path is None  # the state directory's agent.db (fedge.agent.config.default_db_path)
     assert p.eligibility.power_supply_dir == "/sys/class/power_supply"
     assert p.eligibility.thermal_dir == "/sys/class/thermal"
     assert p.eligibility.metered_flag_file is None

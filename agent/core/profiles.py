@@ -10,6 +10,8 @@ directory of the process that uses them); files are not opened here.
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from os import PathLike
@@ -153,9 +155,13 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class StorageConfig:
-    """``[storage]``: where the agent keeps its SQLite database."""
+    """``[storage]``: where the agent keeps its SQLite database.
 
-    db_path: str = rule("fedge-agent.db", min_len=1)
+    None (the default): ``$STATE_DIRECTORY/agent.db`` under systemd (the shipped unit's
+    ``StateDirectory=fedge`` gives /var/lib/fedge), else ``$XDG_STATE_HOME/fedge/agent.db``
+    (``~/.local/state/fedge/agent.db``); see :func:`fedge.agent.config.default_db_path`."""
+
+    db_path: str | None = rule(None, min_len=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,14 +209,25 @@ def parse_profile(mapping: Mapping[str, Any], source: str = "<profile>") -> Devi
     return build(DeviceProfile, mapping, source)
 
 
+#: A profile is a page of TOML; anything larger is not one (and is never read whole).
+MAX_PROFILE_BYTES = 64 * 1024
+
+
 def load_profile(path: str | PathLike[str]) -> DeviceProfile:
-    """Read and validate one profile file; a missing file or bad TOML is a ConfigError too."""
+    """Read and validate one profile file; a missing, non-regular (``/dev/zero``, a FIFO) or
+    oversized file, or bad TOML, is a ConfigError too."""
     source = str(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused right after.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise ConfigError(f"{source}: not a regular file")
+            raw = fh.read(MAX_PROFILE_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"{source}: cannot read: {e.strerror or e}") from None
+    if len(raw) > MAX_PROFILE_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_PROFILE_BYTES // 1024} KiB; not a device profile")
     try:
         mapping = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:

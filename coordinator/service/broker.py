@@ -225,6 +225,10 @@ class MosquittoBroker:
 
 def local_broker(port: int = 0) -> MosquittoBroker | EmbeddedBroker:
     """Mosquitto on loopback when it is installed, else the embedded amqtt broker (not started)."""
+    if port:
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.5):
+            raise TransportError(f"{LOOPBACK}:{port} is already in use (a broker running there? use it with "
+                                 f"--broker mqtt://{LOOPBACK}:{port}, or start this one elsewhere with --local-port)")
     return MosquittoBroker(port) if find_mosquitto() else EmbeddedBroker(port)
 
 

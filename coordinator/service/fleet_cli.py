@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from fedge.coordinator.service.service_cli import db_option, json_option
+from fedge.coordinator.service.service_cli import db_option, json_option, new_db_option
 
 
 @contextmanager
@@ -88,7 +88,7 @@ def releases_show(version: str, db: str, as_json: bool) -> None:
 @click.option("--version", "version", required=True, help="Release version to give it.")
 @click.option("--architecture", required=True, help="Zoo model it is for (logreg, mlp, cnn).")
 @click.option("--parent", default=None, help="The release it derives from.")
-@db_option
+@new_db_option
 def releases_import(path: str, version: str, architecture: str, parent: str | None, db: str) -> None:
     """Import flat float32 weights (.npz with array 'weights', or .npy) as a signed release."""
     from fedge.coordinator.fleet.releases import import_release

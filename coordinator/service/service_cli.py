@@ -13,8 +13,23 @@ import click
 
 DEFAULT_DB = "./fedge-coordinator.db"
 
+def _existing_db(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    import os
+
+    if not os.path.isfile(value):
+        raise click.BadParameter(f"{value}: no coordinator store there (`serve` and `devices enroll` create one)")
+    return value
+
+
+#: ``--db`` of a command that reads or changes a store: a mistyped path is an error, not a new empty store.
 db_option = click.option(
-    "--db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False), help="The coordinator's SQLite store."
+    "--db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False), callback=_existing_db,
+    help="The coordinator's SQLite store (must exist).",
+)
+#: ``--db`` of a command that may start a store: serve, devices enroll, releases import.
+new_db_option = click.option(
+    "--db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False),
+    help="The coordinator's SQLite store (created if missing).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
@@ -36,7 +51,8 @@ def training_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--checkin-window", type=float, default=None,
                      help="Seconds devices have to check in; it closes early once every enrolled device did [serve: 10; demo: 60]."),
         click.option("--broker", "broker_url", default=None, metavar="URL",
-                     help="mqtt://HOST:PORT or mqtts://... [default: start the embedded broker on 127.0.0.1]."),
+                     help="mqtt://HOST:PORT or mqtts://... [default: start a local broker on 127.0.0.1: Mosquitto "
+                          "when installed, else the embedded amqtt]."),
         click.option("--rounds", type=int, default=None, help="Rounds to run."),
     ]
     for o in reversed(opts):
@@ -76,7 +92,7 @@ def devices() -> None:
 @click.option("--identity", "identity_hex", required=True, help="Its Ed25519 identity public key, hex (fedge-agent identity).")
 @click.option("--class", "device_class", required=True, help="Device class, e.g. pi4, phone, car.")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
-@db_option
+@new_db_option
 def devices_enroll(device_id: str, identity_hex: str, device_class: str, tags: tuple[str, ...], db: str) -> None:
     """Enroll a device with its identity key; prints the enrollment authority key the device must trust."""
     from fedge.coordinator.service.enrollment import authority_public_hex, enroll
@@ -145,12 +161,14 @@ def devices_revoke(device_id: str, db: str) -> None:
 
 
 @click.command("serve")
-@db_option
+@new_db_option
 @training_options
 @click.option("--pacing-batch", type=int, default=500, show_default=True,
               help="At most this many devices owe an upload at once (broker queue limits).")
 @click.option("--eval-data", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Held-out .npz (x, y) to evaluate each new global model on.")
+@click.option("--local-port", type=int, default=1883, show_default=True,
+              help="Without --broker: the port of the local broker on 127.0.0.1 (0: any free port).")
 @click.option("--mqtt-protocol", type=click.Choice(["auto", "5", "3.1.1"]), default=None,
               help="MQTT version [default: auto (5, else 3.1.1) for --broker, 3.1.1 for the embedded amqtt broker].")
 @click.option("--tls-ca", default=None, help="CA file for mqtts://.")
@@ -162,10 +180,11 @@ def devices_revoke(device_id: str, db: str) -> None:
               help="Adaptive clipping: noise on the clip-bit sum; 2*SIGMA must exceed z [default: goal/20].")
 def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: str | None, noise_multiplier: float | None,
               clip_norm: float, secagg: bool | None, epsilon_budget: float | None, checkin_window: float | None, broker_url: str | None,
-              rounds: int | None, pacing_batch: int, eval_data: str | None,
+              rounds: int | None, pacing_batch: int, eval_data: str | None, local_port: int,
               mqtt_protocol: str | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None,
               adaptive_clip: float | None, clip_count_stddev: float) -> None:
-    """Run training rounds over MQTT (the embedded broker unless --broker); Ctrl-C stops gracefully."""
+    """Run training rounds over MQTT (a local broker on 127.0.0.1 unless --broker: Mosquitto when installed,
+    else the embedded amqtt); Ctrl-C stops gracefully."""
     from fedge.coordinator.service.config import ServiceConfig
     from fedge.coordinator.service.service import CoordinatorService, serve
 
@@ -174,7 +193,8 @@ def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: s
         db_path=db,
         training=_training(model, goal or 10, min_cohort, dp_mode or "off", noise_multiplier or 1.0, clip_norm, secagg,
                            adaptive_quantile=adaptive_clip or 0.0, clip_count_stddev=clip_count_stddev),
-        broker_url=broker_url, rounds=1 if rounds is None else rounds, checkin_window_s=checkin_window or 10.0,
+        broker_url=broker_url, embedded_port=local_port, rounds=1 if rounds is None else rounds,
+        checkin_window_s=checkin_window or 10.0,
         pacing_batch=pacing_batch, epsilon_budget=epsilon_budget or 10.0, eval_data=eval_data,
         tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, mqtt_protocol=mqtt_protocol,
     )
