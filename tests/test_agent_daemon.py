@@ -143,8 +143,11 @@ def test_training_aborts_cleanly_when_the_device_stops_being_eligible(device, mo
     try:
         with MiniCoordinator(mosquitto.url, epochs=2000) as c:
             _round(c, 1)
-            wait_for(lambda: db_rows(db, "select status from round_state where round_id = 1") == [("training",)],
-                     60, "training to start", step=0.005)
+            # The round's status says "training" before the daemon's start-of-training eligibility check;
+            # the model is cached only after that check, right before the trainer runs. Flipping at
+            # "training" raced that check ("not eligible" instead of "no longer eligible").
+            wait_for(lambda: db_rows(db, "select count(*) from model_cache") == [(1,)], 60, "training to start", step=0.005)
+            assert db_rows(db, "select status from round_state where round_id = 1") == [("training",)]
             device["fs"].set_metered(True)  # the device moved to a metered network
             t = time.monotonic()
             wait_for(lambda: c.declines, 30, "a decline")
