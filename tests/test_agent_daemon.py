@@ -184,6 +184,12 @@ def test_startup_failure_has_its_own_exit_code(tmp_path, device):
     other = tmp_path / "other.db"
     out = subprocess.run(agent_cmd("run", "--profile", str(device["profile"]), "--db", str(other)),
                          capture_output=True, text=True, timeout=60)
+    assert out.returncode == 78 and f"{other}: no agent store there" in out.stderr, out.stderr  # never created by run
+    from fedge.agent.store import Store
+
+    Store(other).close()  # a store without an identity
+    out = subprocess.run(agent_cmd("run", "--profile", str(device["profile"]), "--db", str(other)),
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 78 and "no device id" in out.stderr, out.stderr
     out = subprocess.run(agent_cmd("identity", "--profile", str(device["profile"])), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.split() == [DEV, device["public"]]
