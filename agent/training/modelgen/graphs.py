@@ -83,9 +83,13 @@ class ZooModel(tf.Module):
     def loss_and_grads(self, x: tf.Tensor, y: tf.Tensor, w: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
         raise NotImplementedError
 
+    def target_spec(self) -> tf.TensorSpec:
+        """The ``y`` input of ``train``: class ids (models built from a spec may take float targets)."""
+        return tf.TensorSpec([None], tf.int32, name="y")
+
     def signatures(self) -> dict[str, object]:
         xs = tf.TensorSpec([None, *self.input_shape], FLOAT, name="x")
-        ys = tf.TensorSpec([None], tf.int32, name="y")
+        ys = self.target_spec()
         lrs = tf.TensorSpec([], FLOAT, name="lr")
 
         @tf.function(input_signature=[xs, ys, lrs])
