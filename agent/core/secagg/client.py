@@ -53,7 +53,7 @@ from fedge.agent.core.messages.secagg import (
 )
 from fedge.agent.core.secagg import derive
 from fedge.agent.core.secagg.graph import neighbours_of
-from fedge.agent.core.secagg.params import SUITE
+from fedge.agent.core.secagg.params import mask_stream
 from fedge.agent.core.secagg.stages import Stage, check_transition
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,7 @@ class SecAggClient:
     def _on_advertise_keys(self, cfg: SecAggConfig) -> KeyAdvertisement:
         if self._round_id is not None and cfg.round_id != self._round_id:
             raise ProtocolError("config for another round")
-        if cfg.suite != SUITE:
-            raise ProtocolError(f"SecAgg+ suite {cfg.suite!r} is not this device's {SUITE!r} (different fedge versions)")
+        self._stream = mask_stream(cfg.suite)  # ProtocolError for a suite this device does not run
         p = cfg.params
         roster = cfg.roster_ids
         if len(cfg.graph_seed) != 32 or len(roster) != p.num_clients or len(set(roster)) != len(roster):
@@ -217,7 +216,7 @@ class SecAggClient:
         if len(held) < p.threshold:
             raise RoundFailed(f"masked_input: shares from {len(held)} neighbours, threshold {p.threshold}")
         self._held = held
-        acc = MaskAccumulator(p.dim, derive.word_dtype(p), initial=self._input)
+        acc = MaskAccumulator(p.dim, derive.word_dtype(p), initial=self._input, stream=self._stream)
         keys, signs = [derive.self_mask_key(self._self_seed, rid, me)], [1]
         s_key = self._s_key
         for j in sorted(held):

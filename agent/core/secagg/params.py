@@ -41,13 +41,19 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.crypto.keystream import AES256_CTR, CHACHA20, aes_available
+from fedge.agent.core.errors import ConfigError, ProtocolError
 
 #: The SecAgg+ cipher suite both ends must run: X25519 agreement, BLAKE2b key derivation,
 #: ChaCha20-Poly1305 shares, chunked libsodium ChaCha20 masks (docs/secagg.md, "Primitives").
 #: A device refuses a round config that names another suite, so peers of different fedge
 #: versions fail with a clear reason instead of masks that do not cancel.
 SUITE = "fedge-secagg+/x25519-blake2b-chacha20"
+#: The same with AES-256-CTR masks (shares stay ChaCha20-Poly1305), for rounds where every device
+#: reported it at check-in: only devices whose CPU has AES instructions support it.
+SUITE_AES = "fedge-secagg+/x25519-blake2b-aes256ctr"
+#: Suite -> mask stream (``agent.core.crypto.keystream``).
+MASK_STREAMS = {SUITE: CHACHA20, SUITE_AES: AES256_CTR}
 MIN_BITS = 16
 MAX_BITS = 32
 MAX_CLIENTS = 1 << 20
@@ -56,6 +62,28 @@ MAX_DIM = 1 << 28
 
 class InvalidParams(ConfigError, ValueError):
     """A SecAgg parameter is out of range (a ConfigError; a WireError when it arrives decoded)."""
+
+
+def supported_suites() -> tuple[str, ...]:
+    """The suites this device can run, as it reports them at check-in (ChaCha20 always; AES where
+    libsodium has AES instructions to run it)."""
+    return (SUITE, SUITE_AES) if aes_available() else (SUITE,)
+
+
+def mask_stream(suite: str) -> str:
+    """The mask stream of ``suite``; ProtocolError for a suite this device cannot run."""
+    if suite not in supported_suites():
+        raise ProtocolError(f"SecAgg+ suite {suite!r} is not one this device runs {supported_suites()!r}")
+    return MASK_STREAMS[suite]
+
+
+def choose_suite(reports: Iterable[Iterable[str]]) -> str:
+    """The coordinator's pick for a round from what each device reported at check-in: AES when
+    every device (and the coordinator, which masks too) supports it, else ChaCha20."""
+    every = [set(r) for r in reports]
+    if every and all(SUITE_AES in r for r in every) and SUITE_AES in supported_suites():
+        return SUITE_AES
+    return SUITE
 
 
 @dataclass(frozen=True)

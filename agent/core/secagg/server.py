@@ -43,7 +43,7 @@ from fedge.agent.core.messages.secagg import (
 )
 from fedge.agent.core.secagg import derive
 from fedge.agent.core.secagg.graph import neighbour_table
-from fedge.agent.core.secagg.params import SecAggParams
+from fedge.agent.core.secagg.params import SUITE, SecAggParams, mask_stream
 from fedge.agent.core.secagg.quantize import check_no_wrap
 from fedge.agent.core.secagg.stages import Stage, check_transition
 
@@ -85,6 +85,7 @@ class SecAggServer:
         clock: Callable[[], float],
         stage_timeout: float = 60.0,
         graph_seed: bytes | None = None,
+        suite: str = SUITE,
     ) -> None:
         if len(roster) != params.num_clients:
             raise ProtocolError(f"roster has {len(roster)} devices, params say {params.num_clients}")
@@ -96,7 +97,8 @@ class SecAggServer:
         self._index = {d: i for i, d in enumerate(self._ids)}
         self._identity = [roster[d] for d in self._ids]
         seed = graph_seed if graph_seed is not None else random_bytes(32)
-        self.config = SecAggConfig(round_id, params, seed, "\n".join(self._ids).encode())
+        self._stream = mask_stream(suite)  # the coordinator masks too: a suite it cannot run is refused
+        self.config = SecAggConfig(round_id, params, seed, "\n".join(self._ids).encode(), suite)
         self._digest = derive.config_digest(self.config)
         self._table = neighbour_table(seed, params.num_clients, params.neighbours)
         self._nbr_sets = [set(row.tolist()) for row in self._table]
@@ -265,7 +267,7 @@ class SecAggServer:
         for i in sorted(u2):
             snd = self._senders[i]
             out[self._ids[i]] = RelayedShares(self.round_id, derive.indices(snd), b"".join(sealed(j, i) for j in snd))
-        self._sum = MaskAccumulator(self.params.dim, self._dtype)
+        self._sum = MaskAccumulator(self.params.dim, self._dtype, stream=self._stream)
         self._open(Stage.MASKED_INPUT, u2)
         return out
 
