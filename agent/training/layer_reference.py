@@ -4,8 +4,8 @@ Written independently of the TensorFlow graph (``modelgen/layers.py``): convolut
 explicit patches (im2col) with a scatter-add backward, where the graph uses builtin convolutions
 and a transposed convolution. Works in the dtype of its inputs, so the gradients can be checked
 against finite differences in float64 and the .tflite against the same code in float32.
-Dropout is the identity here (the reference is deterministic); a spec with dropout is checked
-with its rate set to zero and separately for its train-time mask (see ``acceptance``).
+Dropout is the identity here unless its mask is given (the model draws its own at random); see
+``acceptance`` for how a spec with dropout is checked.
 """
 
 from __future__ import annotations
@@ -110,8 +110,9 @@ def _act_backward(kind: str, a: np.ndarray, h: np.ndarray, dh: np.ndarray) -> np
     return dh * h * (one - h)
 
 
-def forward(net: Network, w: Weights, x: np.ndarray) -> tuple[np.ndarray, list]:
-    """The logits and every layer's cache for :func:`backward` (dropout: identity)."""
+def forward(net: Network, w: Weights, x: np.ndarray, masks: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, list]:
+    """The logits and every layer's cache for :func:`backward`. Dropout is the identity unless
+    ``masks`` gives its layer's mask (already scaled by 1/(1 - rate), as the model applies it)."""
     caches = []
     h = x
     for layer in net.layers:
@@ -131,7 +132,9 @@ def forward(net: Network, w: Weights, x: np.ndarray) -> tuple[np.ndarray, list]:
             caches.append(None)
             h = h.reshape(len(h), -1)
         elif layer.kind == "dropout":
-            caches.append(None)
+            mask = None if masks is None else masks.get(layer.name)
+            caches.append(mask)
+            h = h if mask is None else h * mask
         else:
             a = h
             h = _act(layer.kind, a)
@@ -179,7 +182,7 @@ def backward(net: Network, w: Weights, caches: list, dz: np.ndarray) -> Weights:
         elif layer.kind == "flatten":
             d = d.reshape(len(d), *layer.in_shape)
         elif layer.kind == "dropout":
-            pass
+            d = d if cache is None else d * cache
         else:
             d = _act_backward(layer.kind, cache[0], cache[1], d)
     return grads
@@ -195,10 +198,11 @@ def logits(net: Network, w: Weights, x: np.ndarray, dtype=np.float32) -> np.ndar
     return forward(net, w, x)[0]
 
 
-def loss_and_grads(net: Network, w: Weights, x: np.ndarray, y: np.ndarray, dtype=np.float32) -> tuple[float, Weights]:
-    """The batch-mean loss and its gradient for every weight, computed in ``dtype``."""
+def loss_and_grads(net: Network, w: Weights, x: np.ndarray, y: np.ndarray, dtype=np.float32,
+                   masks: dict[str, np.ndarray] | None = None) -> tuple[float, Weights]:
+    """The batch-mean loss and its gradient for every weight, computed in ``dtype`` (``masks``: see :func:`forward`)."""
     w, x = _cast(w, x, dtype)
-    z, caches = forward(net, w, x)
+    z, caches = forward(net, w, x, None if masks is None else {k: np.asarray(m, dtype) for k, m in masks.items()})
     loss, dz = loss_and_dlogits(net, z, np.asarray(y))
     return float(loss), {k: g.astype(dtype) for k, g in backward(net, w, caches, dz).items()}
 

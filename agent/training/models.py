@@ -48,6 +48,13 @@ class ModelSpec:
     weight_shapes: tuple[tuple[int, ...], ...]
     num_params: int
     sha256: str
+    #: Built models (``fedge-coordinator models build``) record their loss; the zoo's is softmax.
+    loss: str = "softmax_cross_entropy"
+
+    @property
+    def class_labels(self) -> bool:
+        """True when ``train`` takes class ids (softmax); else float targets ``[batch, num_classes]``."""
+        return self.loss == "softmax_cross_entropy"
 
     @property
     def family(self) -> str:
@@ -111,6 +118,7 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
             weight_shapes=tuple(tuple(int(d) for d in w["shape"]) for w in meta["weights"]),
             num_params=int(meta["num_params"]),
             sha256=str(meta["sha256"]),
+            loss=str(meta.get("loss", "softmax_cross_entropy")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise TrainingError(f"{js}: malformed model metadata ({type(e).__name__}: {e})") from None

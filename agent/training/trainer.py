@@ -48,7 +48,7 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean cross-entropy and accuracy over held-out examples."""
+    """Mean loss and accuracy over held-out examples (a regression's accuracy is NaN)."""
 
     loss: float
     accuracy: float
@@ -94,6 +94,11 @@ class Trainer:
             x = x.reshape(len(x), *shape)
         if x.shape[1:] != shape:
             raise TrainingError(f"{self.spec.name}: examples have shape {x.shape[1:]}, the model takes {shape}")
+        if not self.spec.class_labels:  # a built model with float targets (binary cross-entropy, MSE)
+            if y.shape != (len(x), self.spec.num_classes):
+                raise TrainingError(f"{self.spec.name}: {len(x)} examples need targets of shape "
+                                    f"{(len(x), self.spec.num_classes)}, got {y.shape}")
+            return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.float32)
         if y.shape != (len(x),):
             raise TrainingError(f"{self.spec.name}: {len(x)} examples but labels of shape {y.shape}")
         if len(y) and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= self.spec.num_classes):
@@ -162,7 +167,9 @@ class Trainer:
 
     def logits(self, weights: np.ndarray, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Logits of ``x`` under ``weights`` (flat), computed in batches."""
-        x, _ = self._check_data(x, np.zeros(len(x), np.int32))
+        x = np.asarray(x)
+        x, _ = self._check_data(x, np.zeros(len(x), np.int32) if self.spec.class_labels
+                                else np.zeros((len(x), self.spec.num_classes), np.float32))
         self.set_flat_weights(weights)
         out = [self._infer(x=x[lo : lo + batch_size])["logits"] for lo in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.spec.num_classes), np.float32)
@@ -175,6 +182,11 @@ class Trainer:
         if len(x) == 0:
             raise TrainingError(f"{self.spec.name}: no examples to evaluate")
         z = self.logits(weights, x, batch_size).astype(np.float64)
+        if self.spec.loss == "binary_cross_entropy":  # accuracy: share of outputs on the right side of 0.5
+            loss = float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
+            return EvalResult(loss, float(np.mean((z > 0) == (y > 0.5))), len(y))
+        if self.spec.loss == "mean_squared_error":  # no accuracy for a regression
+            return EvalResult(float(np.mean((z - y) ** 2)), math.nan, len(y))
         m = z.max(axis=1, keepdims=True)
         lse = np.log(np.exp(z - m).sum(axis=1)) + m[:, 0]
         loss = float(np.mean(lse - z[np.arange(len(y)), y]))
