@@ -53,7 +53,8 @@ def training_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--broker", "broker_url", default=None, metavar="URL",
                      help="mqtt://HOST:PORT or mqtts://... [default: start a local broker on 127.0.0.1: Mosquitto "
                           "when installed, else the embedded amqtt]."),
-        click.option("--rounds", type=int, default=None, help="Rounds to run."),
+        click.option("--rounds", type=int, default=None,
+                     help="Rounds to run [serve: 1; 0: no training, keep serving releases, rollouts and enrollment; demo: 5]."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -198,8 +199,26 @@ def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: s
         pacing_batch=pacing_batch, epsilon_budget=epsilon_budget or 10.0, eval_data=eval_data,
         tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, mqtt_protocol=mqtt_protocol,
     )
-    for r in serve(CoordinatorService(cfg, on_round=lambda r: click.echo(format_round(r)))):
+    service = CoordinatorService(cfg, on_round=lambda r: click.echo(format_round(r)))
+    if cfg.rounds == 0:
+        serve_fleet(service, echo=click.echo)
+        return
+    for r in serve(service):
         pass
+
+
+def serve_fleet(service: Any, *, echo: Callable[[str], None]) -> None:
+    """``serve --rounds 0``: no training, only the fleet (releases, rollouts, enrollment) until SIGINT/SIGTERM."""
+    from fedge.agent.core.lifecycle import stop_signals
+
+    with stop_signals(lambda _signum: service.request_stop(), lambda: service.stopping):
+        try:
+            service.start()
+            echo(f"serving releases, rollouts and enrollment on {service.broker_url}, no training rounds (Ctrl-C stops)")
+            while not service.stopping:
+                service.idle(1.0)
+        finally:
+            service.shutdown()
 
 
 def _num(v: float | None, fmt: str) -> str:
