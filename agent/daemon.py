@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import signal
 import threading
 import time
@@ -48,6 +49,11 @@ UPLOAD_STAGES = frozenset({"round.plain_update", "secagg.masked_input"})
 #: A SecAgg+ round is forgotten this many training deadlines after its task if no RoundEnd came.
 ROUND_EXPIRY_DEADLINES = 4.0
 _MAX_RETRY_S = 60.0
+#: a measured offset from the coordinator's clock above this is worth a WARNING (deadlines are
+#: read as durations, so it costs nothing until something still compares wall clocks)
+SKEW_WARN_S = 60.0
+#: a round missed with a measured offset above this is blamed on the clock (WARNING with the offset)
+SKEW_MISS_S = 1.0
 
 
 class _Wakeup(Exception):
@@ -108,6 +114,11 @@ class AgentDaemon:
         self._abort_reason = ""
         self._last_check = 0.0
         self._last_status: tuple[str, ...] | None = None
+        #: random per process: a clone of this device (same identity and store) has another one
+        self.session = secrets.token_hex(8)
+        #: coordinator clock minus this device's, measured from the last live announcement (None: not yet)
+        self.clock_offset: float | None = None
+        self._skew_warned = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -316,7 +327,7 @@ class AgentDaemon:
             msg = wire.decode(inbound.payload, max_bytes=self.profile.network.max_payload_bytes)
             if inbound.topic == topics.ROUNDS:
                 if isinstance(msg, RoundAnnounce):
-                    self._on_announce(msg)
+                    self._on_announce(msg, retained=inbound.retain)
                 elif isinstance(msg, RoundEnd):
                     self._on_end(msg)
             elif inbound.topic == topics.device_in(self.device_id):
@@ -342,13 +353,40 @@ class AgentDaemon:
         if self._retry_at is None:
             self._flush()
 
-    def _on_announce(self, a: RoundAnnounce) -> None:
+    def _measure_skew(self, a: RoundAnnounce, now: float) -> None:
+        """A live announcement (not a retained copy) carries the coordinator's clock at sending."""
+        self.clock_offset = a.sent_at - now
+        if abs(self.clock_offset) > SKEW_WARN_S and not self._skew_warned:
+            self._skew_warned = True
+            log.warning("this device's clock is %+.1f s off the coordinator's (measured); deadlines are read as durations "
+                        "from receipt", -self.clock_offset, extra=self._extra | {"skew_s": -self.clock_offset})
+
+    def _missed_checkin(self, a: RoundAnnounce, now: float, retained: bool) -> bool:
+        """Whether the check-in window is over, read so that a skewed clock cannot misread it."""
+        window = a.window_s
+        if window is None:  # an older coordinator: only its wall-clock deadline
+            return a.checkin_deadline < now
+        if not retained:  # just published: the whole window is ahead
+            return window <= 0
+        if self.clock_offset is not None:  # a retained copy: its deadline on the coordinator's clock
+            return a.checkin_deadline < now + self.clock_offset
+        return False  # nothing measured yet: check in, the coordinator refuses a late check-in
+
+    def _on_announce(self, a: RoundAnnounce, *, retained: bool = False) -> None:
         extra = self._extra | {"round": a.round_id}
         if self.rounds.get(a.round_id) is not None:
             return  # already answered (a retained announcement seen again, or a redelivery)
-        if a.checkin_deadline < self._clock():
+        now = self._clock()
+        if a.sent_at > 0 and not retained:
+            self._measure_skew(a, now)
+        if self._missed_checkin(a, now, retained):
             self.rounds.set(a.round_id, "announce", "ineligible")
-            log.info("announcement missed its check-in deadline", extra=extra)
+            off = self.clock_offset
+            if off is not None and abs(off) > SKEW_MISS_S:
+                log.warning("announcement missed its check-in deadline; this device's clock is %+.1f s off the "
+                            "coordinator's (measured)", -off, extra=extra | {"skew_s": -off})
+            else:
+                log.info("announcement missed its check-in deadline", extra=extra)
             return
         e = self._check_eligibility()
         if e.reasons != self._last_status:
@@ -371,6 +409,7 @@ class AgentDaemon:
         self._send(a.round_id, CheckIn(
             self.device_id, a.round_id, self.profile.device.class_, self.models.latest_version() or a.model_version,
             eligible, int(len(self._data[1])), float(self.ledger.epsilon_spent(self.profile.privacy.delta)),
+            self.session,
         ))
 
     def _on_request(self, msg: Any, payload: bytes) -> None:

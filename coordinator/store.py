@@ -122,6 +122,13 @@ def _m006_round_clip_norm(db: sqlite_utils.Database) -> None:
     db["rounds"].add_column("next_clip_norm", float)
 
 
+def _m007_quarantine(db: sqlite_utils.Database) -> None:
+    """Quarantine: a device caught as a clone (two sessions, two different messages for one round
+    and stage) or sending forged shares is never selected again until the operator lifts it."""
+    db["devices"].add_column("quarantined_at", float)
+    db["devices"].add_column("quarantine_reason", str)
+
+
 MIGRATIONS: list[migrations.Migration] = [
     ("001_core", _m001_core),
     ("002_service", _m002_service),
@@ -129,6 +136,7 @@ MIGRATIONS: list[migrations.Migration] = [
     ("004_releases", fleet_schema.releases_schema),
     ("005_rollouts", fleet_schema.rollouts_schema),
     ("006_round_clip_norm", _m006_round_clip_norm),
+    ("007_quarantine", _m007_quarantine),
 ]
 
 
@@ -171,6 +179,31 @@ class Store:
         if row is None or row["revoked"]:
             raise ProtocolError(f"unknown or revoked device {device_id!r}")
         return row
+
+    def quarantine(self, device_id: str, reason: str, now: float) -> bool:
+        """Mark a device quarantined (the first reason is kept); False if it already was."""
+        with self.db.conn:
+            cur = self.db.execute(
+                "update devices set quarantined_at = ?, quarantine_reason = ? where device_id = ? and quarantined_at is null",
+                [now, reason[:500], device_id],
+            )
+        return cur.rowcount > 0
+
+    def lift_quarantine(self, device_id: str) -> bool:
+        """Lift a quarantine; False if the device was not quarantined."""
+        with self.db.conn:
+            cur = self.db.execute(
+                "update devices set quarantined_at = null, quarantine_reason = null"
+                " where device_id = ? and quarantined_at is not null",
+                [device_id],
+            )
+        return cur.rowcount > 0
+
+    def quarantined(self, device_id: str) -> str | None:
+        """The quarantine reason of a device, or None when it is not quarantined."""
+        row = self.db.execute(
+            "select quarantine_reason, quarantined_at from devices where device_id = ?", [device_id]).fetchone()
+        return (row[0] or "quarantined") if row is not None and row[1] is not None else None
 
     def touch(self, device_id: str, now: float) -> None:
         self.db.execute("update devices set last_seen = ? where device_id = ?", [now, device_id])
@@ -309,6 +342,13 @@ class Store:
             log.info("duplicate %s upload ignored", stage, extra={"round": round_id, "device": device_id})
             return False
         return True
+
+    def stored_payload(self, round_id: int, device_id: str, stage: str) -> bytes | None:
+        """The payload stored for (round, device, stage), or None."""
+        row = self.db.execute(
+            "select payload from uploads where round_id = ? and device_id = ? and stage = ?", [round_id, device_id, stage]
+        ).fetchone()
+        return None if row is None else bytes(row[0])
 
     def uploads(self, round_id: int, stage: str | None = None) -> Iterator[dict[str, Any]]:
         if stage is None:

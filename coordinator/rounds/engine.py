@@ -105,6 +105,15 @@ class Aggregation:
         """Devices caught misbehaving so far, with the reason."""
         return {}
 
+    def exclude(self, device_id: str, now: float) -> bool:
+        """Leave ``device_id`` out from the current stage on, as if it had dropped out; False when its
+        input can no longer be taken out (already in the sum)."""
+        raise NotImplementedError
+
+    def ready_to_close(self, now: float) -> list[Outbound]:
+        """After an exclusion: close the stage when every reply it still waits for is in."""
+        return []
+
 
 class PlainAggregation(Aggregation):
     """Secure aggregation off: sum the quantized vectors as they arrive (wrapping uint arithmetic)."""
@@ -178,6 +187,12 @@ class PlainAggregation(Aggregation):
     def dropped(self) -> dict[str, int]:
         return {"report": len(self._cohort) - len(self._from)}
 
+    def exclude(self, device_id: str, now: float) -> bool:
+        if device_id in self._from:
+            return False  # already summed
+        self._cohort.discard(device_id)
+        return True
+
 
 class RoundEngine:
     """One round: tasks out, uploads in, deadlines, then FedAvg of the unmasked sum."""
@@ -206,6 +221,10 @@ class RoundEngine:
         self.reason = ""
         self.outcome: RoundOutcome | None = None
         self.declined: dict[str, str] = {}
+        #: devices left out mid-round (a cloned device), with the reason
+        self.excluded: dict[str, str] = {}
+        #: devices caught when they could no longer be left out (they finish the round), with the reason
+        self.flagged_late: dict[str, str] = {}
         self._deadline = 0.0
         self._stage = "training"
 
@@ -239,6 +258,8 @@ class RoundEngine:
             raise ProtocolError(f"message for round {msg.round_id} in round {self.round_id}")
         if getattr(msg, "device_id", device_id) != device_id:
             raise ProtocolError("message names another device")
+        if device_id in self.excluded:
+            raise ProtocolError(f"device is excluded from round {self.round_id}: {self.excluded[device_id]}")
         if isinstance(msg, Decline):
             if device_id in self.declined or device_id in self.aggregation.answered():
                 raise ProtocolError("decline from a device that already answered")
@@ -274,6 +295,32 @@ class RoundEngine:
         """Abandon from outside (operator, shutdown, restart without state)."""
         return self._abandon(reason)
 
+    def exclude(self, device_id: str, reason: str) -> list[Outbound]:
+        """Leave a device out of this round from now on (a cloned device): its messages are refused,
+        and the aggregation drops it at the current stage when its input is not yet in the sum.
+        The round goes on; a stage that now has every reply it waits for closes at once."""
+        if (self.status is not RoundStatus.RUNNING or device_id not in self._members or device_id in self.excluded
+                or device_id in self.flagged_late):
+            return []
+        now = self.clock()
+        before = self.aggregation.stage
+        if not self.aggregation.exclude(device_id, now):
+            # too late to leave it out (its input is in the sum, or its shares are needed): it finishes
+            # the round, flagged, and is quarantined with the outcome
+            self.flagged_late[device_id] = reason
+            log.warning("device flagged too late to leave it out of this round",
+                        extra={"round": self.round_id, "device": device_id})
+            return []
+        self.excluded[device_id] = reason
+        try:
+            out = self.aggregation.ready_to_close(now)
+        except RoundFailed as e:
+            return self._abandon(str(e))
+        out += self._maybe_close_early()
+        if self.aggregation.stage != before:
+            self._enter_stage(now)
+        return out + self._maybe_finish()
+
     # -------------------------------------------------------------- internals
 
     def _enter_stage(self, now: float) -> None:
@@ -286,7 +333,8 @@ class RoundEngine:
         if agg.stage != agg.first_stage or agg.finished:
             return []
         answered = agg.answered_first_stage()
-        outstanding = len(self._members) - answered - len(self.declined)
+        gone = len(self.declined) + sum(1 for d in self.excluded if d not in self.declined)
+        outstanding = len(self._members) - answered - gone
         if answered >= self.settings.goal or outstanding <= 0:
             now = self.clock()
             try:
@@ -313,7 +361,7 @@ class RoundEngine:
         self.reason = f"{len(survivors)} devices aggregated"
         self.outcome = RoundOutcome(
             RoundStatus.COMPLETED, self.reason, agg, len(survivors), self._dropped(), new,
-            self._next_clip_norm(agg, len(survivors)), self.aggregation.flagged(),
+            self._next_clip_norm(agg, len(survivors)), self._flagged(),
         )
         log.info("round completed: %s", self.reason, extra={"round": self.round_id})
         return []
@@ -335,7 +383,12 @@ class RoundEngine:
         d = dict(self.aggregation.dropped())
         if self.declined:
             d["declined"] = len(self.declined)
+        if self.excluded:
+            d["excluded"] = len(self.excluded)
         return d
+
+    def _flagged(self) -> dict[str, str]:
+        return {**self.flagged_late, **self.excluded, **self.aggregation.flagged()}
 
     def _abandon(self, reason: str) -> list[Outbound]:
         if self.status is RoundStatus.RUNNING:
@@ -343,7 +396,7 @@ class RoundEngine:
             self._stage = "abandoned"
             self.reason = reason
             self.outcome = RoundOutcome(RoundStatus.ABANDONED, reason, None, 0, self._dropped(), None,
-                                        flagged=self.aggregation.flagged())
+                                        flagged=self._flagged())
             log.warning("round abandoned: %s", reason, extra={"round": self.round_id})
         return []
 

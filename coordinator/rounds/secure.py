@@ -128,7 +128,7 @@ class SecureAggregation(Aggregation):
     def answered_first_stage(self) -> int:
         if self.server.stage is not Stage.ADVERTISE_KEYS:
             return self.params.num_clients
-        return self.params.num_clients - self.server.outstanding()  # per message: no O(n) set
+        return self.server.replied()  # per message: no O(n) set
 
     def answered(self) -> set[str]:
         if self.server.stage is not Stage.ADVERTISE_KEYS:
@@ -149,6 +149,14 @@ class SecureAggregation(Aggregation):
 
     def dropped(self) -> dict[str, int]:
         return dict(self._dropped)
+
+    def exclude(self, device_id: str, now: float) -> bool:
+        return self.server.exclude(device_id)
+
+    def ready_to_close(self, now: float) -> list[Outbound]:
+        if not self.finished and self.server.stage is not None and self.server.ready():
+            return self.close_stage(now)
+        return []
 
     def flagged(self) -> dict[str, str]:
         return {d: "forged Shamir share at unmask (corrected)" for d in self.server.bad_share_senders}

@@ -60,6 +60,8 @@ from fedge.coordinator.service.service_cli import COMMANDS as _SERVICE_COMMANDS 
 for _command in _SERVICE_COMMANDS:
     cli.add_command(_command)
 
+import fedge.coordinator.service.quarantine_cli  # noqa: E402,F401  (devices unquarantine)
+
 from fedge.coordinator.service.fleet_cli import COMMANDS as _FLEET_COMMANDS  # noqa: E402
 
 for _command in _FLEET_COMMANDS:

@@ -37,6 +37,13 @@ class Device:
     enrolled_at: float
     revoked: bool
     last_seen: float | None
+    #: why the device is quarantined (never selected until the operator lifts it), or None
+    quarantine_reason: str | None = None
+
+    @property
+    def status(self) -> str:
+        """revoked, quarantined or active."""
+        return "revoked" if self.revoked else "quarantined" if self.quarantine_reason is not None else "active"
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -47,6 +54,7 @@ class Device:
             "enrolled_at": self.enrolled_at,
             "revoked": self.revoked,
             "last_seen": self.last_seen,
+            "quarantined": self.quarantine_reason,
         }
 
 
@@ -59,6 +67,7 @@ def _device(row: dict) -> Device:
         enrolled_at=row["enrolled_at"],
         revoked=bool(row["revoked"]),
         last_seen=row["last_seen"],
+        quarantine_reason=(row.get("quarantine_reason") or "quarantined") if row.get("quarantined_at") is not None else None,
     )
 
 
@@ -164,5 +173,6 @@ def list_devices(store: Store, *, include_revoked: bool = True) -> list[Device]:
 
 
 def active_ids(store: Store) -> list[str]:
-    """Ids of enrolled, unrevoked devices."""
-    return [r["device_id"] for r in store.db.query("select device_id from devices where revoked = 0 order by device_id")]
+    """Ids of enrolled, unrevoked devices that are not quarantined: the ones a round may select."""
+    return [r["device_id"] for r in store.db.query(
+        "select device_id from devices where revoked = 0 and quarantined_at is null order by device_id")]

@@ -44,6 +44,7 @@ from fedge.coordinator.service.pacing import Pacer
 from fedge.coordinator.fleet.releases import create_release
 from fedge.coordinator.rounds.builder import Draw, build_round
 from fedge.coordinator.service.privacy_budget import CampaignBudget, mark_exhausted, selectable_devices
+from fedge.coordinator.service.quarantine import conflict_reason, quarantine
 from fedge.coordinator.rounds.selection import select_cohort
 from fedge.coordinator.store import ModelRecord, Store
 
@@ -126,6 +127,8 @@ class CoordinatorService:
         self._round_id: int | None = None
         self._phase = "idle"
         self._checkins: dict[str, CheckIn] = {}
+        #: devices quarantined during the running round (their messages are refused)
+        self._quarantined_now: set[str] = set()
         self._pacer = Pacer(config.pacing_batch)
         self._evaluator: Any = None
         self._eval: tuple[np.ndarray, np.ndarray] | None = None
@@ -264,17 +267,20 @@ class CoordinatorService:
         extra = {"round": rid}
         store.set_stage(rid, "checkin")
         deadline = now + cfg.checkin_window_s
-        self._publish(topics.ROUNDS, RoundAnnounce(rid, tcfg.model_name, model.version, deadline), retain=True)
+        self._publish(topics.ROUNDS, RoundAnnounce(rid, tcfg.model_name, model.version, deadline, now), retain=True)
         log.info("round announced; check-in until +%.1f s", cfg.checkin_window_s, extra=extra)
         active = set(active_ids(store))
+        self._quarantined_now = set()
         while not self._stop.is_set():
             left = deadline - self.clock()
-            if left <= 0 or (active and active <= set(self._checkins)):
+            if left <= 0 or (active and active - self._quarantined_now <= set(self._checkins)):
                 break
             self._receive_one(min(left, POLL_S))
         if self._stop.is_set():
             return self._abandon_early(rid, model, SHUT_DOWN)
-        eligible = sorted(d for d, c in self._checkins.items() if c.eligible and d in active)
+        # a device quarantined during check-in (a clone answering twice) is not drawn
+        eligible = sorted(d for d, c in self._checkins.items()
+                          if c.eligible and d in active and d not in self._quarantined_now)
         # devices that declined for lack of privacy budget are never selected again (kept in SQLite)
         eligible = selectable_devices(store.db, eligible, {}, math.inf)
         # Poisson sampling among the eligible check-ins: the accountant's rate is the rate each of
@@ -412,10 +418,20 @@ class CoordinatorService:
             return self._reject(inbound.topic, device, rid, "spoofed", "message names another device", size)
         if isinstance(msg, InstallReport):
             return self._fleet_report(inbound.topic, device, msg, size)
-        if rid is None or rid != self._round_id:
-            return self._reject(inbound.topic, device, rid, "stale", f"not for the current round {self._round_id}", size)
         stage = wire.type_name(msg)
+        if rid is None or rid != self._round_id:
+            if isinstance(rid, int) and store.stored_payload(rid, device, stage) not in (None, inbound.payload):
+                # a late second, different message for a past round: two processes hold this identity
+                self._reject(inbound.topic, device, rid, "conflict", f"a second, different {stage}", size)
+                return self._quarantine(device, rid, conflict_reason(rid, stage))
+            return self._reject(inbound.topic, device, rid, "stale", f"not for the current round {self._round_id}", size)
+        if device in self._quarantined_now or (self._phase == "checkin" and store.quarantined(device) is not None):
+            return self._reject(inbound.topic, device, rid, "quarantined", f"{stage} from a quarantined device", size)
         if not store.record_upload(rid, device, stage, inbound.payload, now):
+            if store.stored_payload(rid, device, stage) != inbound.payload:
+                # the same device said two different things at one stage: two processes hold its identity
+                self._reject(inbound.topic, device, rid, "conflict", f"a second, different {stage}", size)
+                return self._quarantine(device, rid, conflict_reason(rid, stage))
             return self._reject(inbound.topic, device, rid, "duplicate", f"{stage} already stored", size)
         extra = {"device": device, "round": rid}
         try:
@@ -430,6 +446,21 @@ class CoordinatorService:
             return None
         log.debug("stored %s (%d bytes)", stage, size, extra=extra)
         return None
+
+    def _quarantine(self, device: str, rid: int | None, reason: str) -> None:
+        """Quarantine a device and leave it out of the running round; the round goes on without it."""
+        quarantine(self._store(), device, reason, now=self.clock(), round_id=rid)
+        if rid != self._round_id:
+            return  # caught after its round: never selected again
+        if self._phase == "checkin":
+            self._quarantined_now.add(device)
+            self._checkins.pop(device, None)
+        elif self.engine is not None and self._phase == "engine":
+            out = self.engine.exclude(device, reason)
+            if device in self.engine.excluded:  # else too late to leave out: it finishes this round
+                self._quarantined_now.add(device)
+                self._pacer.answered(device)
+            self._pacer.push(out)
 
     def _verdict(self, rid: int, device: str, stage: str, reason: str) -> None:
         self._store().db.execute(
@@ -536,6 +567,8 @@ class CoordinatorService:
             if reason.startswith("budget"):
                 mark_exhausted(store.db, device, clock=self.clock)
         now = self.clock()
+        for device, reason in sorted(outcome.flagged.items()):  # e.g. forged shares corrected at unmask
+            quarantine(store, device, reason, now=now, round_id=rid)
         dropped = dict(outcome.dropped)
         fields: dict[str, Any] = {"participants": outcome.participants, "dropped": dropped, "stage": engine.stage}
         model_in = self.current_model()

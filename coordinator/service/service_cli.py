@@ -134,12 +134,13 @@ def devices_list(db: str, as_json: bool) -> None:
     click.echo(f"{'device':<24} {'class':<8} {'status':<8} {'identity':<18} {'last seen':<17} {'sel/contrib':<11} "
                f"{'epsilon':>8} {'eligible (old..new)':<19} {'release':<16} tags")
     for d in rows:
-        status = "revoked" if d.revoked else "active"
+        status = d.status
         a = acts[d.device_id]
         seen = "-" if a.last_seen is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(a.last_seen))
         eps = "-" if a.epsilon_spent is None else f"{a.epsilon_spent:.3g}"
         click.echo(f"{d.device_id:<24} {d.device_class:<8} {status:<8} {d.identity_hex[:16]:<18} {seen:<17} "
-                   f"{f'{a.selected}/{a.contributed}':<11} {eps:>8} {a.history():<19} {a.release or '-':<16} {','.join(d.tags)}")
+                   f"{f'{a.selected}/{a.contributed}':<11} {eps:>8} {a.history():<19} {a.release or '-':<16} {','.join(d.tags)}"
+                   + (f"  ({d.quarantine_reason})" if d.quarantine_reason else ""))
 
 
 @devices.command("revoke")

@@ -104,17 +104,32 @@ class CheckIn:
     eligible: bool
     num_examples: int
     epsilon_spent: float
+    #: random per agent process: two processes claiming one identity (a cloned device) send two
+    #: different check-ins for one round, which the coordinator quarantines
+    session: str = ""
 
 
 @message("round.announce")
 @dataclass(frozen=True)
 class RoundAnnounce:
-    """A new round is open for check-in until ``checkin_deadline`` (coordinator clock, unix s)."""
+    """A new round is open for check-in until ``checkin_deadline`` (coordinator clock, unix s).
+
+    ``sent_at`` is the coordinator's clock when it was published: a device reads the deadline as
+    the duration ``checkin_deadline - sent_at`` from receipt, and measures its clock's offset from
+    the coordinator's as ``sent_at`` minus its own clock at receipt, so a skewed device clock
+    cannot misread the deadline (0: an older coordinator that sent no timestamp).
+    """
 
     round_id: int
     model_name: str
     model_version: str
     checkin_deadline: float
+    sent_at: float = 0.0
+
+    @property
+    def window_s(self) -> float | None:
+        """The check-in window as a duration (None without ``sent_at``)."""
+        return self.checkin_deadline - self.sent_at if self.sent_at > 0 else None
 
 
 @message("round.task")

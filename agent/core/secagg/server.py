@@ -137,6 +137,10 @@ class SecAggServer:
         """How many replies the current stage still waits for, in O(1) (replies only come from expected devices)."""
         return len(self._expected) - len(self._replies)
 
+    def replied(self) -> int:
+        """How many replies the current stage holds."""
+        return len(self._replies)
+
     def ready(self) -> bool:
         """All expected replies are in."""
         return len(self._replies) == len(self._expected)
@@ -174,6 +178,25 @@ class SecAggServer:
         getattr(self, "_check_" + stage.value)(i, msg)
         # masked vectors are summed on arrival and not kept
         self._replies[i] = True if stage is Stage.MASKED_INPUT else msg
+
+    def exclude(self, device_id: str) -> bool:
+        """Treat ``device_id`` as dropped from the current stage on (a cloned device). Its reply to
+        this stage is discarded too while that is still sound (ADVERTISE_KEYS, SHARE_KEYS: nothing
+        derived from it has left the server). False when it cannot be left out: its masked input
+        is already in the sum, or the round is past MASKED_INPUT (its shares are needed to unmask)."""
+        i = self._index.get(device_id)
+        if i is None or self.stage not in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT):
+            return False  # from the consistency check on, its shares of the others' secrets are needed
+        if i not in self._expected:
+            return True
+        if i in self._replies:
+            if self.stage is Stage.MASKED_INPUT:
+                return False  # already in the sum
+            del self._replies[i]
+        self._expected = self._expected - {i}
+        log.warning("device excluded at %s", self.stage.value if self.stage else "none",
+                    extra={**self._extra(), "device": device_id})
+        return True
 
     def close_stage(self) -> dict[str, object]:
         """Proceed with whoever answered: the requests of the next stage by device id ({} at DONE)."""
