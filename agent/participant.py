@@ -47,8 +47,12 @@ class Participant:
         rng: np.random.Generator,
         secagg_factory: SecAggFactory | None = None,
         peers: Any = None,
+        staleness_weight: float = 1.0,
     ) -> None:
+        """``staleness_weight``: buffered aggregation's s(tau) for this device's update in this round
+        (sent with the group's configuration; 1 in synchronous rounds)."""
         self.device_id = device_id
+        self.staleness_weight = staleness_weight
         self._train = train
         self._rng = rng
         self._secagg_factory = secagg_factory
@@ -104,7 +108,8 @@ class Participant:
         extra = {"device": self.device_id, "round": task.round_id}
         try:
             self.local = self._train(task)
-            self.encoded = encode_update(self.local.delta, self.local.num_examples, task.plan, self._rng)
+            self.encoded = encode_update(self.local.delta, self.local.num_examples, task.plan, self._rng,
+                                         self.staleness_weight)
         except BudgetExhausted as e:
             log.info("declining: %s", e, extra=extra)
             return [Decline(task.round_id, self.device_id, f"budget: {e}")]

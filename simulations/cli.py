@@ -40,7 +40,19 @@ def cli() -> None:
 @click.option("--server-opt", type=click.Choice([k.value for k in ServerOptKind]), default="fedavg", show_default=True,
               help="Server update on each round's mean delta (Reddi et al. 2021); post-processing, DP and SecAgg+ untouched.")
 @click.option("--server-lr", type=float, default=1.0, show_default=True,
-              help="Server learning rate (FedAdam/FedYogi: try 0.01 to 0.1).")
+              help="Server learning rate (FedAdam/FedYogi: try 0.01 to 0.1); buffered: applied to each group's update.")
+@click.option("--mode", type=click.Choice(["sync", "buffered"]), default="sync", show_default=True,
+              help="sync: rounds of --per-round clients; buffered: FedBuff groups of --buffer, --rounds groups.")
+@click.option("--buffer", type=int, default=10, show_default=True, metavar="K",
+              help="Buffered: devices per SecAgg+ group; each group's sum is one model version.")
+@click.option("--concurrency", type=int, default=0, metavar="C",
+              help="Buffered: devices training at any time [default: --per-round].")
+@click.option("--max-staleness", type=int, default=10, show_default=True, metavar="S",
+              help="Buffered: refuse an update more than S model versions old.")
+@click.option("--staleness", default="poly:0.5", show_default=True,
+              help="Buffered: staleness weight, poly:A (1/(1+tau)^A), constant or hinge:A,B.")
+@click.option("--max-contributions", type=int, default=0, show_default=True, metavar="M",
+              help="Buffered: updates a device may contribute per campaign (0: no cap; DP composes M groups).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same numbers.")
 @click.option("--profiles", default="", help="Device profile mix, e.g. pi4=0.5,phone=0.3,car=0.2 (default: ideal devices).")
 @click.option("--profiles-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -67,7 +79,8 @@ def run_command(profiles: str, profiles_dir: Path | None, server_opt: str, serve
     eps = "" if last.epsilon is None else f", ε {last.epsilon:.4g} at δ={last.delta:g}"
     if last.epsilon_lower_bound is not None:
         eps += f" (audit: estimate {last.epsilon_empirical:.4g}, lower bound {last.epsilon_lower_bound:.4g})"
-    click.echo(f"round {last.round}: accuracy {last.accuracy:.4f}, loss {last.loss:.4f}{eps}"
+    click.echo(f"round {last.round}: accuracy {last.accuracy:.4f}, loss {last.loss:.4f}{eps}, "
+               f"{last.uploads} uploads, {last.sim_seconds:.0f} simulated s"
                + (f", written to {config.out}" if config.out else ""))
 
 

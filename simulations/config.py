@@ -9,12 +9,14 @@ from typing import Any
 
 from fedge.agent.core.errors import ConfigError
 from fedge.coordinator.rounds.server_opt import ServerOptConfig
+from fedge.coordinator.rounds.staleness import parse_staleness
 from fedge.simulations.datasets import parse_dataset_spec
 from fedge.simulations.partition import parse_partition_spec
 
 DP_MODES = ("off", "local", "distributed")
 MODELS = ("logreg", "mlp", "cnn")
 ENGINES = ("local", "ray")
+MODES = ("sync", "buffered")
 #: Cohorts from this size on run on worker processes by default (below it, spawning costs more than it saves).
 AUTO_WORKERS_FROM = 500
 #: How the cohort is drawn; the accountant is told this scheme and ``per_round / population``.
@@ -54,6 +56,18 @@ class SimConfig:
     audit_canaries: int = 0
     #: the server's update rule on each round's mean delta (FedAvg at rate 1: plain FedAvg)
     server_opt: ServerOptConfig = ServerOptConfig()
+    #: ``sync``: rounds of ``per_round`` sampled clients; ``buffered``: FedBuff groups (``rounds`` groups)
+    mode: str = "sync"
+    #: buffered: K, devices per SecAgg+ group (one model version each)
+    buffer: int = 10
+    #: buffered: C, devices training at any time (0: ``per_round``)
+    concurrency: int = 0
+    #: buffered: S, an update more than S versions behind its group's target is refused
+    max_staleness: int = 10
+    #: buffered: the staleness weight s(tau) (poly:A, constant, hinge:A,B)
+    staleness: str = "poly:0.5"
+    #: buffered: updates a device may contribute per campaign (0: no cap); DP accounting composes this many
+    max_contributions: int = 0
 
     def __post_init__(self) -> None:
         def need(ok: bool, flag: str, what: str) -> None:
@@ -85,6 +99,24 @@ class SimConfig:
         need(self.learning_rate > 0, "--learning-rate", f"expected > 0, got {self.learning_rate}")
         parse_dataset_spec(self.dataset)
         parse_partition_spec(self.partition)
+        need(self.mode in MODES, "--mode", f"expected one of {', '.join(MODES)}, got {self.mode!r}")
+        parse_staleness(self.staleness)
+        need(self.buffer >= 2, "--buffer", f"expected >= 2 (a SecAgg+ group needs two devices), got {self.buffer}")
+        need(0 <= self.concurrency <= self.population, "--concurrency",
+             f"expected 0 (= --per-round) .. population ({self.population}), got {self.concurrency}")
+        need(self.max_staleness >= 0, "--max-staleness", f"expected >= 0, got {self.max_staleness}")
+        need(self.max_contributions >= 0, "--max-contributions", f"expected >= 0 (0: no cap), got {self.max_contributions}")
+        if self.mode == "buffered":
+            need(self.buffer <= self.training_slots, "--buffer",
+                 f"expected at most --concurrency ({self.training_slots}), got {self.buffer}")
+            need(self.audit_canaries == 0, "--audit-canaries", "not available with --mode buffered")
+            need(self.adaptive_clip == 0, "--adaptive-clip",
+                 "not available with --mode buffered (every group must have the same privacy event)")
+
+    @property
+    def training_slots(self) -> int:
+        """Buffered mode's C: devices training at any time."""
+        return self.concurrency or self.per_round
 
     @property
     def sampling_rate(self) -> float:

@@ -41,6 +41,8 @@ class RoundWork:
     reason: str = ""
     #: the canary audit after this round (:class:`coordinator.rounds.audit.AuditResult`), None without one
     audit: Any = None
+    #: how long the round lasted on the simulated clock (None: the driver estimates it from the behaviour)
+    sim_seconds: float | None = None
 
 
 #: (round, flat global weights, cohort behaviour, federation, rng) -> RoundWork.

@@ -89,6 +89,8 @@ class DeviceHost:
         self._agreements = AgreementMemo()
         self._stage_msg: type | None = None
         self._audit_seed = 0
+        #: buffered mode: the model versions this round's devices trained on (empty: they train on the task's)
+        self._bases: list[np.ndarray] = []
 
     def handle(self, frame: bytes) -> bytes:
         """Answer one driver frame (``round``, ``roster``, ``batch`` or ``end``)."""
@@ -107,7 +109,7 @@ class DeviceHost:
                       self._agreements.hits, extra={"round": self._round})
             self._signatures, self._agreements = SignatureMemo(), AgreementMemo()
             self._participants, self._drop_at, self._keys, self._roster = {}, {}, {}, {}
-            self._last, self._weights = (b"", None), None
+            self._last, self._weights, self._bases = (b"", None), None, []
             return pack({})
         raise ProtocolError(f"unknown host frame {kind!r}")
 
@@ -116,19 +118,21 @@ class DeviceHost:
         self._round = rid = req["round"]
         root, secagg = req["root"], req["secagg"]
         self._audit_seed = req.get("audit_seed", 0)
+        self._bases = [np.frombuffer(b, dtype=np.float32) for b in req.get("bases", [])]
         self._participants, self._drop_at, self._keys = {}, {}, {}
         self._examples = 0
         self._signatures, self._agreements = SignatureMemo(), AgreementMemo()
-        for device, client, index, drop_at in req["devices"]:
+        for device, client, index, drop_at, *extra in req["devices"]:
+            base, weight = extra if extra else (-1, 1.0)  # buffered mode: the version trained on, s(tau)
             train_seed, own_seed = device_seeds(root, index)
-            train = self._train_fn(device, client, train_seed)
+            train = self._train_fn(device, client, train_seed, self._bases[base] if base >= 0 else None)
+            factory = None
             if secagg:
                 key = self._keys[device] = IdentityKey.generate()
                 factory = secagg_factory(device, key, PeerDirectory(trusted=self._peer_key), self._signatures,
                                          self._agreements)
-                self._participants[device] = Participant(device, train, np.random.default_rng(own_seed), factory)
-            else:
-                self._participants[device] = Participant(device, train, np.random.default_rng(own_seed))
+            self._participants[device] = Participant(device, train, np.random.default_rng(own_seed), factory,
+                                                     staleness_weight=weight)
             self._drop_at[device] = drop_at
         log.debug("host holds %d devices", len(self._participants), extra={"round": rid})
         return {"keys": [k.public_bytes() for k in self._keys.values()], "ids": list(self._keys)}
@@ -137,14 +141,17 @@ class DeviceHost:
         """The roster's key of a peer: the simulator plays the enrollment authority."""
         return self._roster.get(device)
 
-    def _train_fn(self, device: str, client: int, seed: np.random.SeedSequence) -> Callable[[Any], LocalResult]:
+    def _train_fn(self, device: str, client: int, seed: np.random.SeedSequence,
+                  base: np.ndarray | None = None) -> Callable[[Any], LocalResult]:
+        """Client ``client``'s training: from the task's weights, or (buffered mode) from ``base``, the
+        version it was sent when it started, its delta taken against that version."""
         if client < 0:
             return self._canary_fn(-client - 1)
 
         def train(task: Any) -> LocalResult:
             x, y = self.client_data(client)
             p = task.plan
-            r = self.trainer.train(task.weights, x, y, epochs=p.epochs, batch_size=p.batch_size,
+            r = self.trainer.train(task.weights if base is None else base, x, y, epochs=p.epochs, batch_size=p.batch_size,
                                    learning_rate=p.learning_rate, rng=np.random.default_rng(seed))
             self._examples += r.num_examples
             return LocalResult(r.delta, r.num_examples, r.loss)

@@ -108,11 +108,17 @@ def make_population(size: int, mix: tuple[tuple[str, float], ...], rng: np.rando
 
 @dataclass(frozen=True, eq=False)
 class RoundBehaviour:
-    """What a cohort does in one round: ``available`` per client and ``drop_stage`` (index into STAGES or NO_DROP)."""
+    """What a cohort does in one round: ``available`` per client and ``drop_stage`` (index into STAGES or NO_DROP).
+
+    On the simulated clock (:mod:`fedge.simulations.clock`): ``seconds`` from being sent the model
+    to having the update ready, and ``upload_seconds`` to send it, per client (None: not timed).
+    """
 
     client_ids: np.ndarray
     available: np.ndarray
     drop_stage: np.ndarray
+    seconds: np.ndarray | None = None
+    upload_seconds: np.ndarray | None = None
 
     def completed(self) -> np.ndarray:
         """Clients that are available and never drop."""

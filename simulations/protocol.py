@@ -24,14 +24,17 @@ import numpy as np
 
 from fedge.agent.core import wire
 from fedge.agent.core.errors import ProtocolError
+from fedge.agent.core.secagg.params import supported_suites
 from fedge.coordinator.rounds.accounting import PrivacyAccountant
 from fedge.coordinator.rounds.audit import CanaryAudit, canary_index, is_canary
 from fedge.agent.core.messages.common import Outbound
 from fedge.coordinator.rounds.engine import RoundStatus
 from fedge.coordinator.rounds.builder import Draw, SecureRisk, build_round
+from fedge.coordinator.rounds.buffered import GroupLedger, group_event
 from fedge.coordinator.rounds.plan import TrainingConfig
 from fedge.coordinator.rounds.server_opt import ServerOptConfig, ServerOptimizer
 from fedge.coordinator.rounds.secure import SecureAggregation
+from fedge.simulations.clock import STAGE_SECONDS
 from fedge.simulations.engine import RoundWork
 from fedge.simulations.federation import Federation
 from fedge.simulations.hosts import DeviceHost, HostPool, LocalPool, pack, unpack
@@ -58,6 +61,20 @@ class ProtocolSettings:
     server_opt: ServerOptConfig = ServerOptConfig()
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class GroupSpec:
+    """Buffered mode: one SecAgg+ group of devices that already trained, each on its own model version.
+
+    ``bases`` are the versions the members trained on, ``base_of`` each member's index into it and
+    ``weights`` each member's staleness weight s(tau), both aligned with the behaviour's clients.
+    The round's weights are the group's target version; its first stage carries no training.
+    """
+
+    bases: tuple[np.ndarray, ...]
+    base_of: np.ndarray
+    weights: np.ndarray
+
+
 class ProtocolEngine:
     """A :data:`simulations.engine.RoundEngine` that runs the real protocol for each round.
 
@@ -79,6 +96,8 @@ class ProtocolEngine:
         self.clip_norm: float | None = None
         #: the canary audit (built at the first round, when the model's dimension is known)
         self.audit: CanaryAudit | None = None
+        #: buffered mode: each group accounted unamplified, capped per device (None: synchronous rounds)
+        self.ledger: GroupLedger | None = None
 
     def close(self) -> None:
         """Stop the device hosts (worker processes, actors)."""
@@ -87,6 +106,8 @@ class ProtocolEngine:
 
     def _epsilon(self) -> float | None:
         cfg = self.settings.training
+        if self.ledger is not None:
+            return self.ledger.epsilon(cfg.delta) if cfg.dp_mode != "off" else None
         return self.accountant.epsilon(cfg.delta) if cfg.dp_mode != "off" and len(self.accountant.events) else None
 
     def _audit_result(self) -> Any:
@@ -95,10 +116,13 @@ class ProtocolEngine:
 
     def __call__(
         self, round_id: int, weights: np.ndarray, behaviour: RoundBehaviour, federation: Federation,
-        rng: np.random.Generator,
+        rng: np.random.Generator, group: GroupSpec | None = None,
     ) -> RoundWork:
+        """Run one round (or, with ``group``, one buffered group) over the available clients of ``behaviour``."""
         s = self.settings
         cfg = s.training
+        if group is not None:  # the members trained already: the first stage is as short as any other
+            cfg = dataclasses.replace(cfg, train_deadline_s=cfg.stage_timeout_s)
         t0 = time.perf_counter()
         if self.pool is None:
             self.pool = LocalPool(DeviceHost(federation.client, self.trainer))
@@ -118,6 +142,14 @@ class ProtocolEngine:
                              dropped_per_stage={"unavailable": unavailable}, status="abandoned", reason=reason,
                              audit=self._audit_result())
         drop_at = [(st if st != NO_DROP else len(STAGES)) for st in behaviour.drop_stage[avail].tolist()]
+        first_reply = 0 if cfg.secagg else STAGES.index("masked_input")  # the stage of the first answer
+        task_s = None if behaviour.seconds is None else behaviour.seconds[avail]
+        if task_s is not None and group is None:
+            # a device still training at the first deadline misses the round, as if it dropped there
+            drop_at = [first_reply if t > cfg.train_deadline_s else st for st, t in zip(drop_at, task_s.tolist())]
+        extras: list[list[Any]] = [[-1, 1.0]] * len(ids)
+        if group is not None:
+            extras = [[int(b), float(w)] for b, w in zip(group.base_of[avail].tolist(), group.weights[avail].tolist())]
         canaries: list[str] = []
         if s.audit_canaries:
             if self.audit is None:
@@ -129,10 +161,12 @@ class ProtocolEngine:
             drop_at = drop_at + [len(STAGES)] * len(canaries)
         host_of = {d: i % pool.size for i, d in enumerate(ids)}
         shards: list[list[Any]] = [[] for _ in range(pool.size)]
-        for i, (d, k, st) in enumerate(zip(ids, clients.tolist(), drop_at)):
-            shards[host_of[d]].append([d, k, i, st])
+        extras = extras + [[-1, 1.0]] * len(canaries)
+        for i, (d, k, st, ex) in enumerate(zip(ids, clients.tolist(), drop_at, extras)):
+            shards[host_of[d]].append([d, k, i, st, *ex])
+        bases = [] if group is None else [np.ascontiguousarray(b, dtype=np.float32).tobytes() for b in group.bases]
         begun = pool.exchange([[pack({"kind": "round", "round": round_id, "root": root, "secagg": cfg.secagg,
-                                      "audit_seed": s.audit_seed, "devices": sh})] for sh in shards])
+                                      "audit_seed": s.audit_seed, "devices": sh, "bases": bases})] for sh in shards])
         roster = {}
         for _, reply in begun:
             r = unpack(reply)
@@ -143,8 +177,9 @@ class ProtocolEngine:
         if cfg.secagg:
             roster = {d: roster[d] for d in ids}
             pool.broadcast(pack({"kind": "roster", "ids": list(roster), "keys": list(roster.values())}))
-        # the cohort was drawn from the whole population; availability only thins it further
-        draw = Draw.fixed(s.population, len(behaviour.client_ids))
+        # the cohort was drawn from the whole population; availability only thins it further. A buffered
+        # group is no sample the coordinator drew: its plan and event claim no amplification.
+        draw = Draw.fixed(s.population, len(behaviour.client_ids)) if group is None else Draw.fixed(len(ids), len(ids))
         # The canaries are extra clients of the round, outside the drawn cohort: the goal waits for them, and
         # in distributed mode the noise is planned over min_cohort + k shares (canaries never drop), so the
         # sum carries the planned noise, not k canaries' worth more, which would blunt the audit.
@@ -153,6 +188,7 @@ class ProtocolEngine:
         built = build_round(
             round_id, round_cfg, f"r{round_id - 1}", weights, ids, draw, clock, clip_norm=self.clip_norm,
             roster=roster if cfg.secagg else None, risk=SecureRisk(s.dropout_rate, s.corrupt_fraction),
+            suites=dict.fromkeys(ids, supported_suites()),
         )
         plan, aggregation, engine = built.plan, built.aggregation, built.engine
         stage_seconds: dict[str, float] = collections.defaultdict(float)
@@ -210,23 +246,33 @@ class ProtocolEngine:
             return nxt
 
         outbound = engine.start()
+        ran, timed_out = [engine.stage], set()  # stages in order, and those closed by their deadline
         while True:
             while outbound:
                 stage, started = engine.stage, time.perf_counter()
                 outbound = deliver(outbound)
                 stage_seconds[stage] += time.perf_counter() - started
+                if engine.stage != ran[-1]:
+                    ran.append(engine.stage)
             if engine.status is not RoundStatus.RUNNING:
                 break
+            timed_out.add(engine.stage)
             clock.t = engine.deadline
             stage, started = engine.stage, time.perf_counter()
             outbound = engine.tick()
             stage_seconds[stage] += time.perf_counter() - started
+            if engine.stage != ran[-1]:
+                ran.append(engine.stage)
         pool.broadcast(pack({"kind": "end"}))
 
         outcome = engine.outcome
         if outcome is not None and outcome.next_clip_norm is not None:
             self.clip_norm = outcome.next_clip_norm
-        if engine.status is RoundStatus.COMPLETED and built.event is not None:
+        if engine.status is RoundStatus.COMPLETED and self.ledger is not None:
+            event = group_event(plan, weights.size)
+            if event is not None:
+                self.ledger.record(event)
+        elif engine.status is RoundStatus.COMPLETED and built.event is not None:
             self.accountant.record(built.event)
         dropped = {"unavailable": unavailable, **(dict(outcome.dropped) if outcome else {})}
         participants = outcome.participants - len(canaries) if outcome else 0
@@ -251,9 +297,38 @@ class ProtocolEngine:
         new = weights
         if engine.status is RoundStatus.COMPLETED and outcome is not None and outcome.aggregate is not None:
             new = self.server_opt.apply(weights, outcome.aggregate.mean_delta)
+        sim = None
+        if task_s is not None:
+            answered = [t for t, st in zip(task_s.tolist(), drop_at) if st > first_reply]
+            upload = behaviour.upload_seconds[avail] if behaviour.upload_seconds is not None else np.zeros(len(task_s))
+            sim = sim_duration(ran, timed_out, first=plan.deadline_s, timeout=built.settings.stage_timeout_s,
+                               train=0.0 if group is not None else max(answered, default=0.0),
+                               upload=float(upload.max(initial=0.0)), carries_update=aggregation.first_stage == "report")
         return RoundWork(new, dict(stage_seconds), traffic["examples"], self._epsilon(), participants=participants,
                          bytes_up=traffic["up"], bytes_down=traffic["down"], dropped_per_stage=dropped,
-                         status=engine.status.value, reason=engine.reason, audit=audit)
+                         status=engine.status.value, reason=engine.reason, audit=audit, sim_seconds=sim)
+
+
+def sim_duration(ran: list[str], timed_out: set[str], *, first: float, timeout: float, train: float, upload: float,
+                 carries_update: bool) -> float:
+    """A round's length on the simulated clock (:mod:`fedge.simulations.clock`).
+
+    ``ran``: the stages in order (the first includes training), then the final state; a stage in
+    ``timed_out`` lasted its deadline (``first`` for the first, else ``timeout``); any other lasted
+    STAGE_SECONDS, plus ``train`` (the slowest answering device) for the first, plus ``upload`` (the
+    slowest uplink) for the stage that carries the update (masked_input, or a plain first stage).
+    """
+    total = 0.0
+    for i, stage in enumerate(ran):
+        if stage in ("completed", "abandoned", "done"):
+            break
+        if stage in timed_out:
+            total += first if i == 0 else timeout
+            continue
+        total += STAGE_SECONDS + (train if i == 0 else 0.0)
+        if stage == "masked_input" or (i == 0 and carries_update):
+            total += upload
+    return total
 
 
 class _Clock:

@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 
 #: The keys every round of ``summary.json`` carries, in this order (more may follow).
 ROUND_KEYS = ("round", "accuracy", "loss", "epsilon", "epsilon_empirical", "epsilon_lower_bound", "delta",
-              "participants", "dropped", "bytes_up", "bytes_down", "seconds")
+              "participants", "dropped", "bytes_up", "bytes_down", "seconds", "sim_seconds", "uploads")
 #: Further plain columns of ``rounds.csv``.
-EXTRA_KEYS = ("examples", "status", "reason")
+EXTRA_KEYS = ("examples", "status", "reason", "refused", "staleness_mean", "staleness_max")
 PLOTS = ("accuracy_vs_round.png", "accuracy_vs_epsilon.png", "accuracy_per_group.png", "epsilon_audit.png")
 T = TypeVar("T")
 
@@ -35,6 +35,10 @@ class RoundRecord:
     ``epsilon_empirical`` and ``epsilon_lower_bound`` are the canary audit's Gaussian-fit estimate
     and one-run lower bound over the rounds so far (every round's aggregate seen), None without
     ``--audit-canaries``; ``audit`` holds its full figures (:class:`coordinator.rounds.audit.AuditResult`).
+    ``sim_seconds`` is the simulated time (:mod:`fedge.simulations.clock`) when this model version
+    was made (or the round ended), ``uploads`` the updates aggregated into the model so far. Buffered
+    mode: ``refused`` updates since the last version (too stale), and the staleness of this group's
+    members (mean, max; 0 in synchronous rounds).
     """
 
     round: int
@@ -57,6 +61,11 @@ class RoundRecord:
     epsilon_empirical: float | None = None
     epsilon_lower_bound: float | None = None
     audit: dict[str, Any] | None = None
+    sim_seconds: float = 0.0
+    uploads: int = 0
+    refused: int = 0
+    staleness_mean: float = 0.0
+    staleness_max: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON object: :data:`ROUND_KEYS` first, then the breakdowns."""

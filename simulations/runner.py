@@ -10,6 +10,7 @@ trains, so memory follows the cohort.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import sys
@@ -20,13 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from fedge.coordinator.rounds.plan import TrainingConfig
+from fedge.simulations.clock import DeviceClock, example_counts
 from fedge.simulations.config import SimConfig
-from fedge.simulations.engine import RoundEngine
+from fedge.simulations.engine import RoundEngine, RoundWork
 from fedge.simulations.federation import Federation
-from fedge.simulations.population import DEFAULT_PROFILE_DIR, STAGES, Population, draw_round_behaviour, make_population
+from fedge.simulations.population import (DEFAULT_PROFILE_DIR, STAGES, Population, RoundBehaviour, draw_round_behaviour,
+                                          make_population)
 from fedge.simulations.report import RoundRecord, Summary, progress, write_report
 from fedge.simulations.trainers import evaluate
-from fedge.simulations.world import AUDIT, BEHAVIOUR, COHORT, EVAL, POPULATION, TRAIN, build_world, recipe, stream
+from fedge.simulations.world import AUDIT, BEHAVIOUR, CLOCK, COHORT, EVAL, POPULATION, TRAIN, build_world, recipe, stream
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +105,22 @@ def training_config(config: SimConfig, population: Population) -> tuple[Training
     return cfg, min(0.5, max(0.01, dropout))
 
 
+def group_config(config: SimConfig, population: Population) -> tuple[TrainingConfig, float]:
+    """Buffered mode: the campaign of each SecAgg+ group of ``--buffer`` devices that finished training.
+
+    They are all there (availability was drawn when they started), so the group's goal is K, its
+    minimum cohort :data:`MIN_COHORT_SHARE` of K and DP-FedAvg's fixed denominator K.
+    """
+    cfg, dropout = training_config(config, population)
+    k = config.buffer
+    return dataclasses.replace(cfg, goal=k, min_cohort=max(2, math.floor(MIN_COHORT_SHARE * k)), expected_reports=k), dropout
+
+
 def protocol_engine(config: SimConfig, population: Population, trainer: object) -> RoundEngine:
     """The protocol engine of ``config`` with its device hosts (in process, worker processes or Ray actors)."""
     from fedge.simulations.protocol import ProtocolEngine, ProtocolSettings
 
-    cfg, dropout = training_config(config, population)
+    cfg, dropout = (group_config if config.mode == "buffered" else training_config)(config, population)
     settings = ProtocolSettings(cfg, config.population, dropout_rate=dropout, audit_canaries=config.audit_canaries,
                                 server_opt=config.server_opt,
                                 audit_seed=int(stream(config.seed, AUDIT).integers(2**63)))
@@ -156,32 +170,28 @@ def _run(config: SimConfig, engine: RoundEngine, world: object, population: Popu
     log.info("simulating %s on %s; %s", config.model, data.name, federation.description)
     setup_seconds = time.perf_counter() - t_start
 
-    records = []
-    rounds = range(1, config.rounds + 1)
-    for r in progress(rounds, config.rounds) if show_progress else rounds:
-        t0 = time.perf_counter()
-        cohort = np.sort(stream(config.seed, COHORT, r).choice(config.population, config.per_round, replace=False))
-        behaviour = draw_round_behaviour(population, cohort, r, stream(config.seed, BEHAVIOUR, r))
-        t1 = time.perf_counter()
-        work = engine(r, weights, behaviour, federation, stream(config.seed, TRAIN, r))
-        weights = work.weights
+    clock = DeviceClock(population, model_bytes, config.local_epochs)
+
+    def record(r: int, weights: np.ndarray, behaviour: RoundBehaviour, work: RoundWork, started: float,
+               **extra: object) -> RoundRecord:
+        """Evaluate ``weights`` and make round (or version) ``r``'s record."""
         t2 = time.perf_counter()
         correct, loss = evaluate(trainer, weights, x_test, y_test)
         group_correct, _ = evaluate(trainer, weights, groups.x, groups.y)
         t3 = time.perf_counter()
         participants = int(behaviour.submitted_input().sum()) if work.participants is None else work.participants
-        seconds = {"sample": t1 - t0, **work.seconds_per_stage, "evaluate": t3 - t2}
-        records.append(RoundRecord(
+        seconds = {**work.seconds_per_stage, "evaluate": t3 - t2}
+        rec = RoundRecord(
             round=r,
             accuracy=float(correct.mean()),
             loss=loss,
             epsilon=work.epsilon,
             delta=config.delta,
             participants=participants,
-            dropped=len(cohort) - participants,
+            dropped=len(behaviour.client_ids) - participants,
             bytes_up=participants * model_bytes if work.bytes_up is None else work.bytes_up,
             bytes_down=int(behaviour.available.sum()) * model_bytes if work.bytes_down is None else work.bytes_down,
-            seconds=t3 - t0,
+            seconds=t3 - started,
             dropped_per_stage=behaviour.dropped_per_stage() if work.dropped_per_stage is None else work.dropped_per_stage,
             seconds_per_stage=seconds,
             examples=work.examples,
@@ -191,10 +201,20 @@ def _run(config: SimConfig, engine: RoundEngine, world: object, population: Popu
             epsilon_empirical=None if work.audit is None else work.audit.all_rounds.epsilon_empirical,
             epsilon_lower_bound=None if work.audit is None else work.audit.all_rounds.epsilon_lower_bound,
             audit=None if work.audit is None else work.audit.to_dict(),
-        ))
-        log.debug("round done: accuracy %.4f", records[-1].accuracy, extra={"round": r})
+            **extra,  # type: ignore[arg-type]
+        )
+        log.debug("model version done: accuracy %.4f", rec.accuracy, extra={"round": r})
         if show_progress and (config.dp != "off" or work.status != "completed"):
-            print(_round_line(records[-1], config.rounds), file=sys.stderr, flush=True)
+            print(_round_line(rec, config.rounds), file=sys.stderr, flush=True)
+        return rec
+
+    if config.mode == "buffered":
+        from fedge.simulations.buffered import run_buffered
+
+        ticks = progress(range(config.rounds), config.rounds, desc="groups") if show_progress else None
+        records = run_buffered(config, engine, federation, population, clock, weights, record, ticks)
+    else:
+        records = _run_sync(config, engine, federation, population, clock, weights, record, show_progress)
 
     summary = Summary(config.resolved(), tuple(records), extra={
         "engine": description,
@@ -210,6 +230,39 @@ def _run(config: SimConfig, engine: RoundEngine, world: object, population: Popu
     if config.out:
         write_report(summary, Path(config.out))
     return summary
+
+
+def _run_sync(config: SimConfig, engine: RoundEngine, federation: Federation, population: Population,
+              clock: DeviceClock, weights: np.ndarray, record: object, show_progress: bool) -> list[RoundRecord]:
+    """Synchronous rounds: each lasts as long as its slowest answering device, or its deadline."""
+    records: list[RoundRecord] = []
+    sim_now, uploads = 0.0, 0
+    rounds = range(1, config.rounds + 1)
+    for r in progress(rounds, config.rounds) if show_progress else rounds:
+        t0 = time.perf_counter()
+        cohort = np.sort(stream(config.seed, COHORT, r).choice(config.population, config.per_round, replace=False))
+        behaviour = draw_round_behaviour(population, cohort, r, stream(config.seed, BEHAVIOUR, r))
+        behaviour = dataclasses.replace(
+            behaviour, seconds=clock.task_seconds(cohort, example_counts(federation, cohort), stream(config.seed, CLOCK, r)),
+            upload_seconds=clock.upload_seconds(cohort))
+        t1 = time.perf_counter()
+        work = engine(r, weights, behaviour, federation, stream(config.seed, TRAIN, r))
+        weights = work.weights
+        work = dataclasses.replace(work, seconds_per_stage={"sample": t1 - t0, **work.seconds_per_stage})
+        sim_now += work.sim_seconds if work.sim_seconds is not None else _estimated_seconds(behaviour)
+        participants = int(behaviour.submitted_input().sum()) if work.participants is None else work.participants
+        uploads += participants if work.status == "completed" else 0
+        records.append(record(r, weights, behaviour, work, t0, sim_seconds=sim_now, uploads=uploads))  # type: ignore[operator]
+    return records
+
+
+def _estimated_seconds(behaviour: RoundBehaviour) -> float:
+    """A custom engine's round on the simulated clock: its slowest device that sent an update."""
+    sent = behaviour.submitted_input()
+    if behaviour.seconds is None or not sent.any():
+        return 0.0
+    up = behaviour.upload_seconds[sent] if behaviour.upload_seconds is not None else 0.0
+    return float(np.max(behaviour.seconds[sent] + up))
 
 
 def _round_line(rec: RoundRecord, total: int) -> str:

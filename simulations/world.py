@@ -18,7 +18,7 @@ from fedge.simulations.partition import parse_partition_spec
 from fedge.simulations.trainers import LocalTrainer, make_trainer
 
 # Independent random streams, each derived from (seed, stream[, round]).
-DATA, PARTITION, POPULATION, INIT, EVAL, COHORT, BEHAVIOUR, TRAIN, AUDIT = range(9)
+DATA, PARTITION, POPULATION, INIT, EVAL, COHORT, BEHAVIOUR, TRAIN, AUDIT, CLOCK, ARRIVALS = range(11)
 
 
 def stream(seed: int, kind: int, *more: int) -> np.random.Generator:

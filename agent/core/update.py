@@ -104,8 +104,16 @@ class EncodedUpdate:
     clip_bit: float | None = None
 
 
-def encode_update(delta: np.ndarray, num_examples: int, plan: RoundPlan, rng: np.random.Generator) -> EncodedUpdate:
-    """Clip, noise, weight, quantize (and in distributed mode noise in the ring) one delta."""
+def encode_update(delta: np.ndarray, num_examples: int, plan: RoundPlan, rng: np.random.Generator,
+                  staleness_weight: float = 1.0) -> EncodedUpdate:
+    """Clip, noise, weight, quantize (and in distributed mode noise in the ring) one delta.
+
+    ``staleness_weight`` s in (0, 1] (buffered aggregation, ``coordinator/rounds/staleness.py``)
+    scales the clipped delta only, not the weight coordinate: the mean becomes sum(s w delta) / sum(w),
+    FedBuff's sum(s delta) / K with uniform weights, and a scaled update stays within C.
+    """
+    if not 0 < staleness_weight <= 1:
+        raise ProtocolError(f"staleness weight must be in (0, 1], got {staleness_weight!r}")
     delta = np.asarray(delta, dtype=np.float64)
     if delta.ndim != 1 or not np.all(np.isfinite(delta)):
         raise ProtocolError("update must be a flat vector of finite numbers")
@@ -114,7 +122,7 @@ def encode_update(delta: np.ndarray, num_examples: int, plan: RoundPlan, rng: np
     weight = client_weight(num_examples, plan)
     d, extra = delta.size, extra_coordinates(plan)
     vec = np.empty(d + extra, dtype=np.float64)
-    vec[:d] = priv.vector * weight
+    vec[:d] = priv.vector * (weight * staleness_weight)
     vec[-1] = weight
     if priv.clip_bit is not None:
         vec[d] = priv.clip_bit
