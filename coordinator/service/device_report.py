@@ -8,6 +8,7 @@ its update was accepted in; the release is the last one a rollout or pin reporte
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,8 @@ class DeviceActivity:
     epsilon_spent: float | None
     eligibility: tuple[tuple[int, bool], ...]
     release: str | None
+    #: why the coordinator no longer selects it (None: it is selectable)
+    not_selected: str | None = None
 
     def history(self) -> str:
         """Eligibility of the last check-ins as a compact string, e.g. ``YYNY`` (Y eligible, N not)."""
@@ -43,6 +46,7 @@ class DeviceActivity:
             "last_seen": self.last_seen, "rounds_selected": self.selected, "rounds_contributed": self.contributed,
             "epsilon_spent": self.epsilon_spent,
             "eligibility": [{"round": r, "eligible": ok} for r, ok in self.eligibility], "release": self.release,
+            "not_selected": self.not_selected,
         }
 
 
@@ -73,7 +77,20 @@ def activity(store: Store, device_id: str) -> DeviceActivity:
             " where d.device_id = ? and d.state = 'installed' order by d.reported_at desc limit 1", [device_id]), None)
         release = last["version"] if last else None
     return DeviceActivity(device_id, row.get("last_seen"), int(selected), int(contributed), eps,
-                          tuple((c.round_id, c.eligible) for c in checkins), release)
+                          tuple((c.round_id, c.eligible) for c in checkins), release, not_selected(store, device_id))
+
+
+def not_selected(store: Store, device_id: str) -> str | None:
+    """Why rounds skip ``device_id`` for good, or None: today, a decline for lack of privacy budget."""
+    from fedge.coordinator.service.privacy_budget import EXHAUSTED
+
+    if EXHAUSTED not in store.db.table_names():
+        return None
+    row = next(store.db.query(f"select marked_at from {EXHAUSTED} where device_id = ?", [device_id]), None)
+    if row is None:
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(row["marked_at"]))
+    return f"privacy budget spent (declined for it {when} UTC)"
 
 
 def activities(store: Store) -> dict[str, DeviceActivity]:

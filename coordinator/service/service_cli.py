@@ -117,7 +117,8 @@ def devices_enroll(device_id: str, identity_hex: str, device_class: str, tags: t
 @db_option
 @json_option
 def devices_list(db: str, as_json: bool) -> None:
-    """List enrolled devices: last seen, rounds selected/contributed, epsilon, eligibility history, release."""
+    """List enrolled devices: last seen, rounds selected/contributed, epsilon, eligibility history, release,
+    and why rounds no longer select a device."""
     from fedge.coordinator.service.device_report import activities
     from fedge.coordinator.service.enrollment import list_devices
     from fedge.coordinator.store import Store
@@ -140,7 +141,8 @@ def devices_list(db: str, as_json: bool) -> None:
         eps = "-" if a.epsilon_spent is None else f"{a.epsilon_spent:.3g}"
         click.echo(f"{d.device_id:<24} {d.device_class:<8} {status:<8} {d.identity_hex[:16]:<18} {seen:<17} "
                    f"{f'{a.selected}/{a.contributed}':<11} {eps:>8} {a.history():<19} {a.release or '-':<16} {','.join(d.tags)}"
-                   + (f"  ({d.quarantine_reason})" if d.quarantine_reason else ""))
+                   + (f"  ({d.quarantine_reason})" if d.quarantine_reason else "")
+                   + (f"  not selected: {a.not_selected}" if a.not_selected else ""))
 
 
 @devices.command("revoke")

@@ -1,0 +1,37 @@
+"""Devices the coordinator stops selecting are listed with the reason: a device that declined for lack
+of privacy budget is skipped by every later round (kept in SQLite), and ``devices list`` says so
+instead of leaving the operator with "0 eligible devices" while the device reports itself eligible."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import sqlite_utils
+
+from fedge.coordinator.service.privacy_budget import mark_exhausted, selectable_devices
+
+COORD = [sys.executable, "-c", "from fedge.coordinator.service.cli import main; main()", "--log-level", "WARNING"]
+
+
+def _cli(tmp_path, *args: str) -> str:
+    out = subprocess.run([*COORD, *args, "--db", "c.db"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_a_device_out_of_budget_is_listed_as_not_selected_with_the_reason(tmp_path) -> None:
+    for dev in ("pi-1", "pi-2"):
+        _cli(tmp_path, "devices", "enroll", "--device-id", dev, "--identity", dev[-1] * 64, "--class", "pi4")
+    db = sqlite_utils.Database(tmp_path / "c.db")
+    mark_exhausted(db, "pi-2", clock=lambda: 1_800_000_000.0)
+    assert selectable_devices(db, ["pi-1", "pi-2"], {}, float("inf")) == ["pi-1"]  # what rounds do with it
+    db.conn.close()
+    rows = {d["device_id"]: d for d in json.loads(_cli(tmp_path, "devices", "list", "--json"))}
+    assert rows["pi-1"]["not_selected"] is None
+    assert rows["pi-2"]["not_selected"] == "privacy budget spent (declined for it 2027-01-15 08:00 UTC)"
+    table = _cli(tmp_path, "devices", "list")
+    line = next(ln for ln in table.splitlines() if ln.startswith("pi-2"))
+    assert "not selected: privacy budget spent" in line
+    assert "not selected" not in next(ln for ln in table.splitlines() if ln.startswith("pi-1"))
