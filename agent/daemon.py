@@ -32,6 +32,7 @@ from fedge.agent.core.messages.device import DeviceStatus
 from fedge.agent.core.messages.rounds import CheckIn, Decline, RoundAnnounce, RoundEnd, RoundPlan, Task
 from fedge.agent.core.privacy.ledger import Contribution, DeviceLedger
 from fedge.agent.core.privacy.rng import os_generator
+from fedge.agent.core.secagg.params import supported_suites
 from fedge.agent.core.transport import Inbound, Transport, TransportConfig, open_transport
 from fedge.agent.model_cache import ModelCache
 from fedge.agent.outbox import Outbox
@@ -409,7 +410,7 @@ class AgentDaemon:
         self._send(a.round_id, CheckIn(
             self.device_id, a.round_id, self.profile.device.class_, self.models.latest_version() or a.model_version,
             eligible, int(len(self._data[1])), float(self.ledger.epsilon_spent(self.profile.privacy.delta)),
-            self.session,
+            self.session, secagg_suites=supported_suites(),
         ))
 
     def _on_request(self, msg: Any, payload: bytes) -> None:

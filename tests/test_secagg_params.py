@@ -150,3 +150,21 @@ def test_search_finds_the_smallest_degree_a_full_scan_finds(n: int) -> None:
                 continue
             p = derive_params(n, d, c, 1)
             assert (p.neighbours, p.threshold) == want, (n, d, c)
+
+
+@pytest.mark.parametrize("n,rate", [(16, 0.1), (60, 0.18), (1000, 0.05), (1000, 0.33), (100000, 0.05)])
+def test_dropout_cap_is_the_binomial_quantile(n: int, rate: float) -> None:
+    from scipy.stats import binom
+
+    d = math.ceil(P.dropout_cap(n, rate) * n - 1e-9)
+    assert binom.sf(d, n, rate) <= 2.0**-21 < binom.sf(d - 1, n, rate)
+
+
+def test_the_coordinator_sizes_for_the_cap_and_refuses_to_finish_beyond_it() -> None:
+    from fedge.coordinator.rounds.secure import choose_params
+
+    p = choose_params(1000, 0.05, 0.01, 10, 32, 2)
+    cap = P.dropout_cap(1000, 0.05)
+    assert p.min_clients == 1000 - math.ceil(cap * 1000 - 1e-9) == 913
+    b = params_bounds(p, cap, 0.01)
+    assert b.failure <= 2.0**-21 and b.security <= SEC

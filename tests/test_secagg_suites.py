@@ -107,3 +107,35 @@ def test_the_coordinator_picks_aes_only_when_every_device_reports_it(monkeypatch
     assert choose_suite([]) == SUITE
     monkeypatch.setattr(P, "aes_available", lambda: False)
     assert choose_suite([[SUITE, SUITE_AES]] * 3) == SUITE  # the coordinator masks too
+
+
+def test_devices_report_their_suites_at_check_in() -> None:
+    from fedge.agent.core import wire
+    from fedge.agent.core.messages.rounds import CheckIn
+
+    msg = CheckIn("d1", 3, "pi4", "v1", True, 10, 0.5, secagg_suites=P.supported_suites())
+    back = wire.decode(wire.encode(msg), expect=CheckIn)
+    assert back.secagg_suites == P.supported_suites() and SUITE in back.secagg_suites
+    assert CheckIn("d1", 3, "pi4", "v1", True, 10, 0.5).secagg_suites == ()  # reports nothing: ChaCha20
+
+
+@needs_aes
+def test_the_round_builder_runs_aes_only_when_every_member_reported_it() -> None:
+    from fedge.coordinator.rounds.builder import Draw, build_round
+    from fedge.coordinator.rounds.plan import TrainingConfig
+    from tests.fakes import FakeClock
+
+    cohort = sorted(_KEYS)[:10]
+    roster = {d: _KEYS[d].public_bytes() for d in cohort}
+    cfg = TrainingConfig(secagg=True, goal=10, min_cohort=5)
+
+    def suite_of(suites):
+        built = build_round(1, cfg, "v0", np.zeros(8, np.float32), cohort, Draw.fixed(100, 10), FakeClock(),
+                            roster=roster, suites=suites)
+        return built.aggregation.server.config.suite  # type: ignore[attr-defined]
+
+    both = (SUITE, SUITE_AES)
+    assert suite_of(dict.fromkeys(cohort, both)) == SUITE_AES
+    assert suite_of({**dict.fromkeys(cohort, both), cohort[4]: (SUITE,)}) == SUITE  # a Pi 4 in the cohort
+    assert suite_of({d: both for d in cohort[1:]}) == SUITE  # one device reported nothing
+    assert suite_of(None) == SUITE

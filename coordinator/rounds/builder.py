@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from fedge.agent.core.messages.rounds import RoundPlan
+from fedge.agent.core.secagg.params import SUITE, choose_suite
 from fedge.agent.core.secagg.quantize import max_abs_int
 from fedge.agent.core.update import noise_plan, privacy_config
 from fedge.coordinator.rounds.accounting import RoundEvent, round_event_for
@@ -89,11 +90,14 @@ def build_round(
     roster: Mapping[str, bytes] | None = None,
     certificates: CertificateLookup | None = None,
     risk: SecureRisk = SecureRisk(),
+    suites: Mapping[str, Sequence[str]] | None = None,
 ) -> BuiltRound:
     """Plan, settings, aggregation and engine of one round over ``cohort``, and its privacy event.
 
     ``roster`` maps each cohort member to its identity key (needed with SecAgg+); ``clip_norm``
-    is the round's C under adaptive clipping (None: the config's).
+    is the round's C under adaptive clipping (None: the config's); ``suites`` the SecAgg+ cipher
+    suites each member reported at check-in (AES masks when every member runs them; None or a
+    missing member: ChaCha20).
     """
     n = len(cohort)
     rate = draw.sampling_rate if draw.sampling == "poisson" else None
@@ -107,6 +111,7 @@ def build_round(
         aggregation = SecureAggregation(
             plan, round_id, {d: roster[d] for d in cohort}, length, clock, min_cohort=settings.min_cohort,
             dropout_rate=risk.dropout_rate, corrupt_fraction=risk.corrupt_fraction, certificates=certificates,
+            suite=choose_suite([suites.get(d, ()) for d in cohort]) if suites is not None else SUITE,
         )
     else:
         aggregation = PlainAggregation(

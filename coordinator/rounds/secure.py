@@ -10,6 +10,7 @@ planned.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,7 +18,14 @@ import numpy as np
 
 from fedge.agent.core.messages.rounds import Peers, RoundPlan
 from fedge.agent.core.secagg.graph import neighbour_table
-from fedge.agent.core.secagg.params import InvalidParams, SecAggParams, derive_params, params_bounds
+from fedge.agent.core.secagg.params import (
+    SUITE,
+    InvalidParams,
+    SecAggParams,
+    derive_params,
+    dropout_cap,
+    params_bounds,
+)
 from fedge.agent.core.secagg.quantize import max_abs_int
 from fedge.agent.core.secagg.server import SecAggServer
 from fedge.agent.core.secagg.stages import Stage
@@ -33,19 +41,24 @@ CertificateLookup = Callable[[str], bytes]
 def choose_params(n: int, dropout_rate: float, corrupt_fraction: float, dim: int, bits: int, minimum: int) -> SecAggParams:
     """SecAgg+ parameters meeting 2^-40 privacy and 2^-20 failure bounds; for cohorts too small
     for any sparse graph to meet them, the complete graph with an honest-majority threshold
-    (classic SecAgg), with its weaker bounds logged."""
+    (classic SecAgg), with its weaker bounds logged.
+
+    ``dropout_rate`` is what devices are expected to drop at, independently; the graph is sized
+    for a cap that more dropouts than the cap exceed with probability 2^-21 (``dropout_cap``), the
+    round refuses to finish beyond the cap (``min_clients``), and the rest of the 2^-20 goes to the
+    graph's own failure bound."""
+    cap = dropout_cap(n, dropout_rate)
+    floor = max(minimum, n - math.ceil(cap * n - 1e-9))
     try:
-        return derive_params(n, dropout_rate, corrupt_fraction, dim, bits=bits, min_clients=minimum)
+        return derive_params(n, cap, corrupt_fraction, dim, bits=bits, correctness_bits=21, min_clients=floor)
     except InvalidParams:
         k = n - 1
-        # the largest threshold whose failure bound stays under 2^-10: privacy grows with t
-        t = k // 2 + 1
-        for cand in range(k, k // 2, -1):
-            if params_bounds(SecAggParams(n, k, cand, dim, bits, 1), dropout_rate, corrupt_fraction).failure <= 2**-10:
-                t = cand
-                break
+        # the largest threshold that more dropouts than expected break with probability <= 2^-10
+        # (privacy grows with t)
+        loose = dropout_cap(n, dropout_rate, bits=10)
+        t = max(k // 2 + 1, k - math.ceil(loose * n - 1e-9))
         p = SecAggParams(n, k, t, dim, bits, max(minimum, 1))
-        b = params_bounds(p, dropout_rate, corrupt_fraction)
+        b = params_bounds(p, loose, corrupt_fraction)
         log.warning(
             "cohort of %d is too small for the 2^-40 bound: complete graph, t=%d (failure<=%.2g, privacy<=%.2g)",
             n, p.threshold, b.failure, b.privacy,
@@ -71,6 +84,7 @@ class SecureAggregation(Aggregation):
         corrupt_fraction: float = 0.05,
         certificates: CertificateLookup | None = None,
         params: SecAggParams | None = None,
+        suite: str = SUITE,
     ) -> None:
         n = len(roster)
         minimum = min(n, max(min_cohort, plan.noise_clients if plan.dp_mode == "distributed" else 1, 2))
@@ -81,6 +95,7 @@ class SecureAggregation(Aggregation):
             roster,
             max_abs_int=max_abs_int(plan.quant_range, plan.quant_scale),
             clock=clock,
+            suite=suite,
         )
         self.round_id = round_id
         self._roster = dict(roster)

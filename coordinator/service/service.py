@@ -302,6 +302,7 @@ class CoordinatorService:
             rid, tcfg, model.version, model.weights, cohort, Draw.poisson(drawn.population, drawn.sampling_rate),
             self.clock, clip_norm=clip, roster=identities(store, cohort) if tcfg.secagg else None,
             certificates=lambda d: certificate(store, d),
+            suites={d: self._checkins[d].secagg_suites for d in cohort},
         )
         plan, engine = built.plan, built.engine
         event = built.event if self.budget is not None else None

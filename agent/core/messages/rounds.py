@@ -95,7 +95,8 @@ class RoundPlan:
 @message("round.checkin")
 @dataclass(frozen=True)
 class CheckIn:
-    """A device is eligible (or not) for the announced round and says what it holds."""
+    """A device is eligible (or not) for the announced round and says what it holds, and which
+    SecAgg+ cipher suites it runs (``agent.core.secagg.params.supported_suites``)."""
 
     device_id: str
     round_id: int
@@ -107,6 +108,7 @@ class CheckIn:
     #: random per agent process: two processes claiming one identity (a cloned device) send two
     #: different check-ins for one round, which the coordinator quarantines
     session: str = ""
+    secagg_suites: tuple[str, ...] = ()
 
 
 @message("round.announce")

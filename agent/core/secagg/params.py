@@ -233,6 +233,44 @@ def _log_partition(n: int, k: int, bad: int) -> float:
     )  # fmt: skip
 
 
+def _log_binom_tail_ge(n: int, p: float, m: int) -> float:
+    """log P[Binomial(n, p) >= m], summed as :func:`log_tail_ge` sums (m past the mode)."""
+    if m <= 0:
+        return 0.0
+    if m > n or p <= 0.0:
+        return _NEG_INF
+    total, term, x = 1.0, 1.0, m
+    odds = p / (1.0 - p)
+    while x < n:
+        r = (n - x) / (x + 1) * odds
+        term *= r
+        total += term
+        x += 1
+        if r < 1.0 and term < total * _TAIL_EPS:
+            total += term * r / (1.0 - r)
+            break
+    return _log_comb(n, m) + m * math.log(p) + (n - m) * math.log1p(-p) + math.log(total)
+
+
+def dropout_cap(n: int, expected_rate: float, bits: int = 21) -> float:
+    """The dropout cap to derive with when devices drop independently at ``expected_rate``: the
+    smallest fraction D/n with ``P[Binomial(n, expected_rate) > D] <= 2^-bits``. A round that
+    refuses to finish with more than D dropped (``min_clients = n - D``) keeps the partition bound
+    for every sum it releases, and fails this way with probability at most 2^-bits."""
+    if not 0.0 <= expected_rate < 1.0:
+        raise InvalidParams(f"dropout_rate {expected_rate} must be in [0, 1)")
+    log_q = -bits * math.log(2)
+    lo = max(0, math.floor(expected_rate * n))  # at or below the mean: never enough
+    hi = n
+    while lo < hi:  # the smallest D with P[X >= D + 1] <= q
+        mid = (lo + hi) // 2
+        if _log_binom_tail_ge(n, expected_rate, mid + 1) <= log_q:
+            hi = mid
+        else:
+            lo = mid + 1
+    return min(lo / n, 1.0 - 1.0 / n) if n > 1 else 0.0
+
+
 def _check_rates(dropout_rate: float, corrupt_fraction: float) -> None:
     if not 0.0 <= dropout_rate < 1.0:
         raise InvalidParams(f"dropout_rate {dropout_rate} must be in [0, 1)")
