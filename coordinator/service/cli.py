@@ -67,6 +67,11 @@ from fedge.coordinator.service.fleet_cli import COMMANDS as _FLEET_COMMANDS  # n
 for _command in _FLEET_COMMANDS:
     cli.add_command(_command)
 
+from fedge.coordinator.service.models_cli import COMMANDS as _MODELS_COMMANDS  # noqa: E402
+
+for _command in _MODELS_COMMANDS:
+    cli.add_command(_command)
+
 
 def main(argv: list[str] | None = None) -> None:
     missing = require_extra("fedge-coordinator", COORDINATOR_EXTRA)
