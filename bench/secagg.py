@@ -1,7 +1,9 @@
 """One full SecAgg+ round in one process (every client and the server), against its primitive floor.
 
-The floor is what the cryptographic primitives alone need on one core, measured in the same run
-(CPU time, best of three samples before and three after the round): ChaCha20 mask keystream
+Runs one round per cipher suite (``--suite``, default every suite this machine supports: ChaCha20
+masks, and AES-256-CTR masks where libsodium has AES instructions). The floor is what the
+cryptographic primitives alone need on one core, measured in the same run (CPU time, best of three
+samples before and three after the rounds): the suite's mask keystream
 (``agent.core.crypto.keystream.expand_into``) for (k+1)*n*d*4 bytes, 2k X25519 agreements
 and 2k Ed25519 verifications per client. ``ratio`` = seconds (wall) / floor;
 ``cpu_ratio`` = CPU seconds of the round / floor, which other load on the machine does not skew.
@@ -9,7 +11,7 @@ Dropouts are spread evenly over the five stages. Inputs are random quantized vec
 ``quantize`` returns) made just in time per client; their generation time is excluded.
 
 Run: ``.venv/bin/python bench/secagg.py --clients 1000 --dim 100000 --dropout 0.05``; the last
-line is one JSON object.
+lines are one JSON object per suite.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 import nacl.bindings as nb  # noqa: E402
 
 from fedge.agent.core.crypto import IdentityKey  # noqa: E402
-from fedge.agent.core.crypto.keystream import expand_into  # noqa: E402
+from fedge.agent.core.crypto.keystream import CHACHA20, expand_into  # noqa: E402
 from fedge.agent.core.secagg.client import SecAggClient  # noqa: E402
 from fedge.agent.core.secagg.loopback import run_round  # noqa: E402
-from fedge.agent.core.secagg.params import derive_params, params_bounds  # noqa: E402
+from fedge.agent.core.secagg.params import MASK_STREAMS, derive_params, params_bounds, supported_suites  # noqa: E402
 from fedge.agent.core.secagg.quantize import check_no_wrap  # noqa: E402
 from fedge.agent.core.secagg.server import SecAggServer  # noqa: E402
 from fedge.agent.core.secagg.stages import ORDER  # noqa: E402
@@ -43,7 +45,7 @@ from fedge.agent.core.secagg.stages import ORDER  # noqa: E402
 clock = time.process_time
 
 
-def keystream_rate(dim: int, seconds: float = 0.3) -> float:
+def keystream_rate(dim: int, seconds: float = 0.3, stream: str = CHACHA20) -> float:
     """Bytes per CPU second of raw mask keystream for dim uint32, one fresh key per vector.
 
     Writes the stream into one reused buffer (no accumulation), as the round's masks need it.
@@ -51,7 +53,7 @@ def keystream_rate(dim: int, seconds: float = 0.3) -> float:
     out = np.empty(dim, np.uint32)
     done, t0 = 0, clock()
     while clock() - t0 < seconds or done < 4:
-        expand_into(os.urandom(32), out)
+        expand_into(os.urandom(32), out, stream)
         done += 1
     return done * out.nbytes / (clock() - t0)
 
@@ -74,9 +76,9 @@ def ed25519_verify_rate(count: int = 1500) -> float:
     return count / (clock() - t0)
 
 
-def primitive_rates(dim: int, repeats: int = 3) -> dict[str, float]:
+def primitive_rates(dim: int, stream: str, repeats: int = 3) -> dict[str, float]:
     return {
-        "keystream": max(keystream_rate(dim) for _ in range(repeats)),
+        "keystream": max(keystream_rate(dim, stream=stream) for _ in range(repeats)),
         "x25519": max(x25519_rate() for _ in range(repeats)),
         "ed25519_verify": max(ed25519_verify_rate() for _ in range(repeats)),
     }
@@ -90,7 +92,14 @@ def main() -> None:
     ap.add_argument("--corrupt", type=float, default=0.01, help="assumed corrupt fraction for k, t")
     ap.add_argument("--bits", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--suite", action="append", choices=sorted(MASK_STREAMS), help="repeatable; default: all supported")
     args = ap.parse_args()
+    for suite in args.suite or supported_suites():
+        run(args, suite)
+
+
+def run(args: argparse.Namespace, suite: str) -> None:
+    stream = MASK_STREAMS[suite]
     n, d = args.clients, args.dim
     rng = np.random.default_rng(args.seed)
 
@@ -120,14 +129,14 @@ def main() -> None:
         gen_time[1] += time.process_time() - c0
         return v
 
-    rates_before = primitive_rates(d)
-    server = SecAggServer(params, 1, roster, max_abs_int=max_abs, clock=time.monotonic, stage_timeout=1e9)
+    rates_before = primitive_rates(d, stream)
+    server = SecAggServer(params, 1, roster, max_abs_int=max_abs, clock=time.monotonic, stage_timeout=1e9, suite=suite)
     clients = {dev: SecAggClient(dev, key, roster.get, round_id=1) for dev, key in idents.items()}
     cpu0, t0 = time.process_time(), time.perf_counter()
     result, uploaded = run_round(server, clients, make_input, drop)
     wall = time.perf_counter() - t0 - gen_time[0]
     cpu = time.process_time() - cpu0 - gen_time[1]
-    rates_after = primitive_rates(d)
+    rates_after = primitive_rates(d, stream)
     rates = {key: max(rates_before[key], rates_after[key]) for key in rates_before}
 
     expect = np.zeros(d, np.uint64)
@@ -145,6 +154,7 @@ def main() -> None:
     survivors_up = [uploaded[dev] for dev in ids if dev in set(result.survivors) and dev not in drop[ORDER[-2]]]
     up = float(np.mean(survivors_up)) if survivors_up else 0.0
     out = {
+        "suite": suite,
         "clients": n,
         "dim": d,
         "dropout": args.dropout,
