@@ -129,6 +129,12 @@ def _m007_quarantine(db: sqlite_utils.Database) -> None:
     db["devices"].add_column("quarantine_reason", str)
 
 
+def _m008_round_audit(db: sqlite_utils.Database) -> None:
+    """The live privacy audit (``serve --audit-canaries``): its estimate and lower bound after each round."""
+    db["rounds"].add_column("epsilon_empirical", float)
+    db["rounds"].add_column("epsilon_lower_bound", float)
+
+
 MIGRATIONS: list[migrations.Migration] = [
     ("001_core", _m001_core),
     ("002_service", _m002_service),
@@ -137,6 +143,7 @@ MIGRATIONS: list[migrations.Migration] = [
     ("005_rollouts", fleet_schema.rollouts_schema),
     ("006_round_clip_norm", _m006_round_clip_norm),
     ("007_quarantine", _m007_quarantine),
+    ("008_round_audit", _m008_round_audit),
 ]
 
 

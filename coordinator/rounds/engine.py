@@ -62,6 +62,8 @@ class RoundOutcome:
     next_clip_norm: float | None = None
     #: devices caught misbehaving in this round (e.g. a forged share at unmask), with the reason
     flagged: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: the devices whose inputs are in the aggregate (empty when abandoned)
+    survivors: tuple[str, ...] = ()
 
 
 class Aggregation:
@@ -361,7 +363,7 @@ class RoundEngine:
         self.reason = f"{len(survivors)} devices aggregated"
         self.outcome = RoundOutcome(
             RoundStatus.COMPLETED, self.reason, agg, len(survivors), self._dropped(), new,
-            self._next_clip_norm(agg, len(survivors)), self._flagged(),
+            self._next_clip_norm(agg, len(survivors)), self._flagged(), tuple(survivors),
         )
         log.info("round completed: %s", self.reason, extra={"round": self.round_id})
         return []

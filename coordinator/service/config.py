@@ -40,6 +40,8 @@ class ServiceConfig:
     username: str | None = None
     password: str | None = None
     max_message_bytes: int = 16 * 1024 * 1024
+    #: live privacy audit: M canary pairs (M inserted as in-process clients, M withheld); 0 = none
+    audit_canaries: int = 0
     shutdown_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:

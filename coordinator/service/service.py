@@ -38,7 +38,9 @@ from fedge.coordinator.service.broker import EmbeddedBroker, MosquittoBroker, lo
 from fedge.coordinator.service.config import ServiceConfig
 from fedge.agent.core.messages.common import Outbound
 from fedge.coordinator.rounds.engine import RoundEngine, RoundStatus
-from fedge.coordinator.service.enrollment import active_ids, certificate, identities
+from fedge.coordinator.rounds.audit import is_canary
+from fedge.coordinator.service.canaries import LiveCanaries
+from fedge.coordinator.service.enrollment import active_ids, authority, certificate, identities
 from fedge.coordinator.fleet.controller import FleetController
 from fedge.coordinator.service.pacing import Pacer
 from fedge.coordinator.fleet.releases import create_release
@@ -70,6 +72,9 @@ class RoundReport:
     loss: float | None
     epsilon: float | None
     model_version: str
+    #: the live privacy audit after this round (``serve --audit-canaries``), None without one
+    epsilon_empirical: float | None = None
+    epsilon_lower_bound: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +86,8 @@ class RoundReport:
             "participants": self.participants,
             "dropped": self.dropped,
             "epsilon": self.epsilon,
+            "epsilon_empirical": self.epsilon_empirical,
+            "epsilon_lower_bound": self.epsilon_lower_bound,
         }
 
 
@@ -133,6 +140,8 @@ class CoordinatorService:
         self._evaluator: Any = None
         self._eval: tuple[np.ndarray, np.ndarray] | None = None
         self.budget_spent = False
+        #: the live privacy audit's canary clients (``audit_canaries``), made when the model is known
+        self.canaries: LiveCanaries | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -298,11 +307,20 @@ class CoordinatorService:
             )
         # adaptive clipping: this round's C is what the last completed round chose (kept in the store)
         clip = store.latest_next_clip_norm() if tcfg.adaptive is not None else None
+        # the audit's canaries join with the rate real devices were drawn with; they are extra clients
+        # of the round (the goal waits for them, distributed noise is planned over min_cohort + k shares)
+        canaries = self._canaries(model).join(rid, drawn.sampling_rate) if cfg.audit_canaries else []
+        round_cfg = dataclasses.replace(tcfg, goal=tcfg.goal + len(canaries),
+                                        min_cohort=tcfg.min_cohort + len(canaries)) if canaries else tcfg
+        roster = identities(store, cohort) if tcfg.secagg else None
+        if roster is not None and self.canaries is not None:
+            roster.update({c: self.canaries.identity(c) for c in canaries})
+        suites = {d: self._checkins[d].secagg_suites for d in cohort}
+        suites.update(dict.fromkeys(canaries, LiveCanaries.suites()))
         built = build_round(
-            rid, tcfg, model.version, model.weights, cohort, Draw.poisson(drawn.population, drawn.sampling_rate),
-            self.clock, clip_norm=clip, roster=identities(store, cohort) if tcfg.secagg else None,
-            certificates=lambda d: certificate(store, d),
-            suites={d: self._checkins[d].secagg_suites for d in cohort},
+            rid, round_cfg, model.version, model.weights, cohort + canaries,
+            Draw.poisson(drawn.population, drawn.sampling_rate), self.clock, clip_norm=clip, roster=roster,
+            certificates=self._certificate, suites=suites,
         )
         plan, engine = built.plan, built.engine
         event = built.event if self.budget is not None else None
@@ -508,6 +526,10 @@ class CoordinatorService:
     def _send(self, outbound: list[Outbound]) -> None:
         sent = 0
         for o in outbound:
+            if is_canary(o.device_id):
+                if self.canaries is not None:
+                    self.canaries.deliver(o, self._from_canary)
+                continue
             try:
                 sent += self._publish(topics.device_in(o.device_id), o.message)
             except TransportError as e:
@@ -517,6 +539,37 @@ class CoordinatorService:
             self._store().db.execute(
                 "update rounds set bytes_down = coalesce(bytes_down, 0) + ? where round_id = ?", [sent, self._round_id]
             )
+
+    def _from_canary(self, canary: str, msg: Any) -> None:
+        """A canary's reply goes to the engine as a device's would (it is never stored as an upload)."""
+        if self.engine is not None and self._phase == "engine":
+            self._pacer.answered(canary)
+            self._pacer.push(self.engine.receive(canary, msg))
+
+    def _canaries(self, model: ModelRecord) -> LiveCanaries:
+        if self.canaries is None:
+            store = self._store()
+            self.canaries = LiveCanaries(self.config.audit_canaries, int(model.weights.size),
+                                         self.config.training.delta, authority(store, self.clock), self.rng)
+            log.info("privacy audit: %d canary pairs (never counted as devices)", self.config.audit_canaries)
+        return self.canaries
+
+    def _audit(self, model_delta: np.ndarray | None) -> dict[str, float]:
+        """The audit's figures after a round (every round's aggregate seen), for the rounds table."""
+        if self.canaries is None:
+            return {}
+        result = self.canaries.end_round(model_delta)
+        if result is None:
+            return {}
+        log.info("privacy audit after %d rounds: estimate %.3g, %.0f%% lower bound %.3g", result.rounds,
+                 result.all_rounds.epsilon_empirical, 100 * result.confidence, result.all_rounds.epsilon_lower_bound)
+        return {"epsilon_empirical": result.all_rounds.epsilon_empirical,
+                "epsilon_lower_bound": result.all_rounds.epsilon_lower_bound}
+
+    def _certificate(self, device: str) -> bytes:
+        if is_canary(device) and self.canaries is not None:
+            return self.canaries.certificate(device)
+        return certificate(self._store(), device)
 
     # ------------------------------------------------------------------ helpers
 
@@ -571,7 +624,13 @@ class CoordinatorService:
         for device, reason in sorted(outcome.flagged.items()):  # e.g. forged shares corrected at unmask
             quarantine(store, device, reason, now=now, round_id=rid)
         dropped = dict(outcome.dropped)
-        fields: dict[str, Any] = {"participants": outcome.participants, "dropped": dropped, "stage": engine.stage}
+        canaries = [d for d in engine.cohort if is_canary(d)]
+        # canaries are never devices: not in the participant count, nor in the reason's count
+        participants = sum(1 for d in outcome.survivors if not is_canary(d)) if canaries else outcome.participants
+        reason = outcome.reason
+        if canaries and outcome.status is RoundStatus.COMPLETED:
+            reason = f"{participants} devices aggregated (and {len(outcome.survivors) - participants} audit canaries)"
+        fields: dict[str, Any] = {"participants": participants, "dropped": dropped, "stage": engine.stage}
         model_in = self.current_model()
         version = model_in.version
         if outcome.status is RoundStatus.COMPLETED and outcome.new_weights is not None:
@@ -596,10 +655,12 @@ class CoordinatorService:
                     log.warning("%s", e, extra={"round": rid})
             if outcome.next_clip_norm is not None:
                 fields["next_clip_norm"] = outcome.next_clip_norm
-            store.finish_round(rid, "completed", outcome.reason, now, **fields)
+            fields.update(self._audit(outcome.new_weights - model_in.weights))
+            store.finish_round(rid, "completed", reason, now, **fields)
         else:
-            store.finish_round(rid, "abandoned", outcome.reason, now, **fields)
-        members = set(engine.cohort)
+            fields.update(self._audit(None))
+            store.finish_round(rid, "abandoned", reason, now, **fields)
+        members = {d for d in engine.cohort if not is_canary(d)}
         counted = {r["device_id"] for r in store.db.query(
             "select device_id from round_members where round_id = ? and last_stage not in ('selected')", [rid])}
         for d in sorted(members - counted):
@@ -633,6 +694,8 @@ def round_report(row: dict[str, Any], version: str | None = None) -> RoundReport
         loss=row.get("loss"),
         epsilon=eps if eps is not None and math.isfinite(eps) else None,
         model_version=version or row.get("model_out") or row.get("model_in") or "",
+        epsilon_empirical=row.get("epsilon_empirical"),
+        epsilon_lower_bound=row.get("epsilon_lower_bound"),
     )
 
 

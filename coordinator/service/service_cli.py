@@ -182,11 +182,14 @@ def devices_revoke(device_id: str, db: str) -> None:
               help="Adaptive clipping (DP on): C follows this quantile of the update norms; --clip is the first C.")
 @click.option("--clip-count-stddev", type=float, default=0.0, metavar="SIGMA",
               help="Adaptive clipping: noise on the clip-bit sum; 2*SIGMA must exceed z [default: goal/20].")
+@click.option("--audit-canaries", type=int, default=0, show_default=True, metavar="M",
+              help="Live privacy audit: M canary clients in this process take part through the protocol path "
+                   "(never counted as devices), M more are withheld; rounds show an empirical epsilon and a 95% lower bound.")
 def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: str | None, noise_multiplier: float | None,
               clip_norm: float, secagg: bool | None, epsilon_budget: float | None, checkin_window: float | None, broker_url: str | None,
               rounds: int | None, pacing_batch: int, eval_data: str | None, local_port: int,
               mqtt_protocol: str | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None,
-              adaptive_clip: float | None, clip_count_stddev: float) -> None:
+              adaptive_clip: float | None, clip_count_stddev: float, audit_canaries: int) -> None:
     """Run training rounds over MQTT (a local broker on 127.0.0.1 unless --broker: Mosquitto when installed,
     else the embedded amqtt); Ctrl-C stops gracefully."""
     from fedge.coordinator.service.config import ServiceConfig
@@ -200,7 +203,7 @@ def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: s
         broker_url=broker_url, embedded_port=local_port, rounds=1 if rounds is None else rounds,
         checkin_window_s=checkin_window or 10.0,
         pacing_batch=pacing_batch, epsilon_budget=epsilon_budget or 10.0, eval_data=eval_data,
-        tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, mqtt_protocol=mqtt_protocol,
+        tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, mqtt_protocol=mqtt_protocol, audit_canaries=audit_canaries,
     )
     service = CoordinatorService(cfg, on_round=lambda r: click.echo(format_round(r)))
     if cfg.rounds == 0:
@@ -232,6 +235,8 @@ def format_round(r: Any) -> str:
     """One line per round for people."""
     line = (f"round {r.round_id}: {r.status:<9} accuracy {_num(r.accuracy, '.3f')} loss {_num(r.loss, '.3f')} "
             f"participants {r.participants} dropped {r.dropped} epsilon {_num(r.epsilon, '.3g')}")
+    if r.epsilon_lower_bound is not None:
+        line += f" (audit: estimate {_num(r.epsilon_empirical, '.3g')}, 95% lower bound {_num(r.epsilon_lower_bound, '.3g')})"
     if r.status != "completed":
         line += f" ({r.reason})"
     return line
@@ -253,10 +258,12 @@ def rounds_cmd(db: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"rounds": [r.to_dict() for r in reports]}, indent=2))
         return
-    click.echo(f"{'round':>5} {'status':<9} {'part':>4} {'drop':>4} {'acc':>6} {'epsilon':>8}  reason")
+    click.echo(f"{'round':>5} {'status':<9} {'part':>4} {'drop':>4} {'acc':>6} {'epsilon':>8} {'audit-est':>9} "
+               f"{'audit-lb':>8}  reason")
     for r in reports:
         click.echo(f"{r.round_id:>5} {r.status:<9} {r.participants:>4} {r.dropped:>4} {_num(r.accuracy, '.3f'):>6} "
-                   f"{_num(r.epsilon, '.3g'):>8}  {r.reason}")
+                   f"{_num(r.epsilon, '.3g'):>8} {_num(r.epsilon_empirical, '.3g'):>9} "
+                   f"{_num(r.epsilon_lower_bound, '.3g'):>8}  {r.reason}")
 
 
 # ---------------------------------------------------------------------- demo

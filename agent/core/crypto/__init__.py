@@ -14,7 +14,7 @@ from fedge.agent.core.crypto.aead import AEAD_KEY_BYTES, open_sealed, seal
 from fedge.agent.core.crypto.agreement import AgreementKey, AgreementMemo, agree, derive_key, exchange
 from fedge.agent.core.crypto.identity import IdentityKey, SignatureMemo, verify
 from fedge.agent.core.crypto.keystream import MASK_KEY_BYTES, MaskAccumulator, expand_into
-from fedge.agent.core.crypto.randomness import random_bytes
+from fedge.agent.core.crypto.randomness import random_bytes, random_seed
 from fedge.agent.core.crypto.transcript import transcript
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "expand_into",
     "open_sealed",
     "random_bytes",
+    "random_seed",
     "seal",
     "transcript",
     "verify",

@@ -10,3 +10,8 @@ def random_bytes(n: int) -> bytes:
     if n < 0:
         raise ValueError("negative length")
     return os.urandom(n)
+
+
+def random_seed() -> int:
+    """A 63-bit integer seed from the OS CSPRNG, for generators whose seed must stay private."""
+    return int.from_bytes(random_bytes(8), "little") >> 1

@@ -1,0 +1,45 @@
+"""The live privacy audit: ``serve --audit-canaries`` runs canary clients inside the coordinator
+that take part in SecAgg+ rounds with real ``fedge-agent run`` daemons (certified like any peer,
+masked, noised), are never counted as devices, and the audit is reported per round."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from fedge.coordinator.service.cli import cli
+from fedge.coordinator.store import Store
+from tests.daemon_fleet import DaemonFleet, secagg_training
+from tests.mqtt_fixtures import needs_mosquitto
+
+AGENTS, PAIRS, ROUNDS = 3, 8, 2
+
+pytestmark = [needs_mosquitto, pytest.mark.mosquitto, pytest.mark.timeout(240)]
+
+
+def test_serve_with_audit_canaries_reports_the_audit_per_round(tmp_path, mosquitto):
+    training = secagg_training(AGENTS, noise_multiplier=1.0)
+    with DaemonFleet(tmp_path, AGENTS, mosquitto.url, training) as fleet:
+        reports = fleet.serve(rounds=ROUNDS, audit_canaries=PAIRS)
+    assert [r.status for r in reports] == ["completed"] * ROUNDS, [r.reason for r in reports]
+    for r in reports:
+        # canaries are extra clients of the round, never devices: the count is the daemons'
+        assert r.participants == AGENTS and "audit canaries" in r.reason, r
+        assert r.epsilon is not None and math.isfinite(r.epsilon)
+        assert r.epsilon_empirical is not None and math.isfinite(r.epsilon_empirical)
+        assert r.epsilon_lower_bound is not None and 0.0 <= r.epsilon_lower_bound <= math.log(PAIRS) + 1e-9
+    store = Store(str(fleet.db))
+    try:
+        members = {m["device_id"] for m in store.db.query("select device_id from round_members")}
+        devices = {d["device_id"] for d in store.db.query("select device_id from devices")}
+        uploads = {u["device_id"] for u in store.db.query("select device_id from uploads")}
+    finally:
+        store.close()
+    assert members == devices == uploads == set(fleet.devices)
+    out = CliRunner().invoke(cli, ["rounds", "--db", str(fleet.db)])
+    assert out.exit_code == 0, out.output
+    header, *rows = out.output.strip().splitlines()
+    assert "audit-est" in header and "audit-lb" in header and len(rows) == ROUNDS
+    assert all(row.split()[6] != "-" and row.split()[7] != "-" for row in rows), out.output
