@@ -275,6 +275,8 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> list[Ro
             echo("demo: no fedge-agent run that can reach this broker; using the test suite's stand-in agent loop")
         commands = [agent_command(a, url, protocol, i, authority_hex, use_daemon) for i, a in enumerate(agents)]
         fleet = AgentFleet(commands, work).start()
+        echo(f"demo: started {len(commands)} agent processes; each round waits up to {cfg.checkin_window_s:g} s "
+             "for them to check in")
         service_cfg = ServiceConfig(
             db_path=str(db), training=cfg.training, broker_url=url, rounds=cfg.rounds,
             checkin_window_s=cfg.checkin_window_s, epsilon_budget=cfg.epsilon_budget,
@@ -283,7 +285,8 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> list[Ro
 
         def progress(r: RoundReport) -> None:
             line = (f"round {r.round_id}/{cfg.rounds}: accuracy {_fmt(r.accuracy, '.3f')} loss {_fmt(r.loss, '.3f')} "
-                    f"participants {r.participants} dropped {r.dropped} epsilon {_fmt(r.epsilon, '.3g')}")
+                    f"participants {r.participants} dropped {r.dropped} epsilon {_fmt(r.epsilon, '.3g')}"
+                    + (f" at delta {cfg.training.delta:g}" if r.epsilon is not None else ""))
             echo(line if r.status == "completed" else f"{line} abandoned: {r.reason}")
             if fleet is not None and fleet.alive() < len(fleet.procs):
                 echo(f"demo: warning: {len(fleet.procs) - fleet.alive()} agent processes exited (logs in {work})")

@@ -282,6 +282,9 @@ def demo_cmd(agents: int, model: str, goal: int | None, min_cohort: int, dp_mode
     from fedge.coordinator.service.demo import DEMO_TRAINING, DemoConfig, run_demo
     from fedge.coordinator.service.service import secure_available
 
+    root = click.get_current_context().find_root()
+    if root.get_parameter_source("log_level") is click.core.ParameterSource.DEFAULT:
+        logging.getLogger().setLevel(logging.WARNING)  # the demo prints its own line per round
     _quiet_broker_logs()
     if secagg is None:
         secagg = secure_available()
