@@ -9,6 +9,7 @@ import math
 import pytest
 from click.testing import CliRunner
 
+from fedge.coordinator.fleet.dashboard import render_page, rounds_data
 from fedge.coordinator.service.cli import cli
 from fedge.coordinator.store import Store
 from tests.daemon_fleet import DaemonFleet, secagg_training
@@ -32,12 +33,17 @@ def test_serve_with_audit_canaries_reports_the_audit_per_round(tmp_path, mosquit
         assert r.epsilon_lower_bound is not None and 0.0 <= r.epsilon_lower_bound <= math.log(PAIRS) + 1e-9
     store = Store(str(fleet.db))
     try:
+        rounds = rounds_data(store)
+        page = render_page(rounds, [], [])
         members = {m["device_id"] for m in store.db.query("select device_id from round_members")}
         devices = {d["device_id"] for d in store.db.query("select device_id from devices")}
         uploads = {u["device_id"] for u in store.db.query("select device_id from uploads")}
     finally:
         store.close()
     assert members == devices == uploads == set(fleet.devices)
+    # the dashboard shows the audit beside epsilon, and charts it with epsilon
+    assert "audit (estimate / 95% lower bound)" in page and "audit 95% lower bound" in page
+    assert all(r["epsilon_lower_bound"] is not None for r in rounds)
     out = CliRunner().invoke(cli, ["rounds", "--db", str(fleet.db)])
     assert out.exit_code == 0, out.output
     header, *rows = out.output.strip().splitlines()

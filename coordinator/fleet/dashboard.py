@@ -59,7 +59,7 @@ class _ReadOnlyStore:
 
 
 def rounds_data(store: Any) -> list[dict[str, Any]]:
-    """Every round: status, participants, dropouts, accuracy, loss, epsilon."""
+    """Every round: status, participants, dropouts, accuracy, loss, epsilon, and the live audit's figures."""
     if "rounds" not in store.db.table_names():
         return []
     out = []
@@ -71,8 +71,17 @@ def rounds_data(store: Any) -> list[dict[str, Any]]:
             "participants": r.get("participants") or 0, "dropped": int(sum(dropped.values())),
             "accuracy": r.get("accuracy"), "loss": r.get("loss"),
             "epsilon": eps if eps is not None and math.isfinite(eps) else None, "model": r.get("model_out"),
+            "epsilon_empirical": r.get("epsilon_empirical"), "epsilon_lower_bound": r.get("epsilon_lower_bound"),
         })
     return out
+
+
+def _audit_cell(r: dict[str, Any]) -> str:
+    """The live privacy audit beside epsilon: estimate / lower bound, or '-' for a round without one."""
+    est, low = r.get("epsilon_empirical"), r.get("epsilon_lower_bound")
+    if low is None:
+        return "-"
+    return f"{'-' if est is None else _fmt(est)} / {_fmt(low)}"
 
 
 def releases_data(store: Any) -> list[dict[str, Any]]:
@@ -214,15 +223,18 @@ def render_page(rounds: list[dict[str, Any]], releases: list[dict[str, Any]], ro
     """The whole page as HTML (pure: tests and the server call it with the same data)."""
     e = html.escape
     xs = [r["round"] for r in rounds]
+    audited = any(r.get("epsilon_lower_bound") is not None for r in rounds)
     charts = "".join([
         line_chart("chart-accuracy", "Accuracy of the global model", xs, {"accuracy": [r["accuracy"] for r in rounds]}),
         bar_chart("chart-participants", "Participants and dropouts", xs,
                   {"participants": [r["participants"] for r in rounds], "dropped": [r["dropped"] for r in rounds]}),
-        line_chart("chart-epsilon", "Privacy spent (epsilon)", xs, {"epsilon": [r["epsilon"] for r in rounds]}),
+        line_chart("chart-epsilon", "Privacy spent (epsilon)", xs, {"epsilon": [r["epsilon"] for r in rounds]}
+                   | ({"audit estimate": [r["epsilon_empirical"] for r in rounds],
+                       "audit 95% lower bound": [r["epsilon_lower_bound"] for r in rounds]} if audited else {})),
     ])
     round_rows = [[str(r["round"]), e(r["status"]), str(r["participants"]), str(r["dropped"]),
                    "-" if r["accuracy"] is None else f'{r["accuracy"]:.3f}', "-" if r["epsilon"] is None else _fmt(r["epsilon"]),
-                   e(r["reason"])] for r in reversed(rounds[-50:])]
+                   _audit_cell(r), e(r["reason"])] for r in reversed(rounds[-50:])]
     release_rows = [[e(r["version"]), e(r["parent"] or "-"), e(r["architecture"]), f'<code>{e(r["sha256"][:12])}</code>',
                      e(", ".join(f"{k} {_fmt(v)}" for k, v in r["metrics"].items()) or "-"),
                      e(", ".join(map(str, r["produced_by"])) or r["source"]), f'<code>{e(r["key_id"])}</code>']
@@ -237,7 +249,8 @@ def render_page(rounds: list[dict[str, Any]], releases: list[dict[str, Any]], ro
         f"<h1>fedge coordinator</h1><p>{len(rounds)} rounds, {len(releases)} releases, {len(rollouts)} rollouts."
         f' JSON: <a href="/api/rounds">rounds</a>, <a href="/api/releases">releases</a>, <a href="/api/rollouts">rollouts</a>.</p>'
         f'<h2>Rounds</h2><div class="charts">{charts}</div>'
-        + _table("rounds", ["round", "status", "participants", "dropped", "accuracy", "epsilon", "reason"], round_rows, "no rounds yet")
+        + _table("rounds", ["round", "status", "participants", "dropped", "accuracy", "epsilon", "audit (estimate / 95% lower bound)",
+                            "reason"], round_rows, "no rounds yet")
         + "<h2>Rollouts</h2>"
         + _table("rollouts", ["rollout", "release", "target", "status", "phase", "progress by phase", "reason"], rollout_rows, "no rollouts yet")
         + "<h2>Releases</h2>"
