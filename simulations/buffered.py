@@ -54,6 +54,7 @@ def run_buffered(config: SimConfig, engine: Any, federation: Federation, populat
     versions: dict[int, np.ndarray] = {0: weights}  # released versions a training device may still need
     latest = weights  # the newest computed model (released or pending): the next group's target
     busy: dict[int, tuple[int, int]] = {}  # client -> (base version, drop stage)
+    engaged: set[int] = set()  # clients in the open group or in a group whose SecAgg+ round is running
     events: list[tuple[float, int, int, Any]] = []
     seq = 0
     last_release = 0.0
@@ -69,7 +70,7 @@ def run_buffered(config: SimConfig, engine: Any, federation: Federation, populat
         """Fill one training slot with an available client on the newest released version."""
         for _ in range(MAX_DRAWS):
             k = int(rng.integers(config.population))
-            if k in busy or not buffer.may_start(_device(k)):
+            if k in busy or k in engaged or not buffer.may_start(_device(k)):
                 continue
             b = draw_round_behaviour(population, np.array([k]), buffer.version, rng)
             if not b.available[0]:
@@ -87,6 +88,7 @@ def run_buffered(config: SimConfig, engine: Any, federation: Federation, populat
         now, kind, _, payload = heapq.heappop(events)
         if kind == _RELEASE:
             index, work, new, staleness, behaviour, started = payload
+            engaged.difference_update(behaviour.client_ids.tolist())
             ok = work.status == "completed"
             buffer.applied(ok)
             if ok:
@@ -103,14 +105,14 @@ def run_buffered(config: SimConfig, engine: Any, federation: Federation, populat
             continue
         k = payload
         base, drop = busy.pop(k)
-        if buffer.groups_closed < config.rounds:
-            start(now)
         try:
             members.append((k, drop, buffer.admit(_device(k), base)))
+            engaged.add(k)  # not drawn again before its group's round ends
         except ProtocolError as e:
             refused_since += 1
             log.debug("update refused: %s", e, extra={"device": _device(k)})
-            continue
+        if buffer.groups_closed < config.rounds:
+            start(now)
         if not buffer.full or buffer.groups_closed >= config.rounds:
             continue
         group = buffer.close()

@@ -217,3 +217,25 @@ def progress(items: Iterable[T], total: int, desc: str = "rounds", stream: Any =
     for i, item in enumerate(items, 1):
         yield item
         print(f"{desc}: {i}/{total}", file=stream, flush=True)
+
+
+def write_comparison(runs: dict[str, Summary], path: Path) -> Path:
+    """One PNG comparing runs (e.g. sync and buffered): accuracy against simulated time and against uploads."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, summary in runs.items():
+        rows = summary.rounds
+        left.plot([r.sim_seconds for r in rows], [r.accuracy for r in rows], marker=".", label=name)
+        right.plot([r.uploads for r in rows], [r.accuracy for r in rows], marker=".", label=name)
+    left.set(xlabel="simulated seconds", ylabel="test accuracy", title="Accuracy against simulated time")
+    right.set(xlabel="updates aggregated", ylabel="test accuracy", title="Accuracy against uploads")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, path)
