@@ -35,3 +35,23 @@ def test_a_device_out_of_budget_is_listed_as_not_selected_with_the_reason(tmp_pa
     line = next(ln for ln in table.splitlines() if ln.startswith("pi-2"))
     assert "not selected: privacy budget spent" in line
     assert "not selected" not in next(ln for ln in table.splitlines() if ln.startswith("pi-1"))
+
+
+def test_a_round_without_selectable_devices_says_they_are_out_of_budget(tmp_path) -> None:
+    """Two devices check in eligible, both were marked out of budget: the round's reason says so,
+    instead of "0 eligible devices checked in" while every device reports itself eligible."""
+    from fedge.agent.core.transport.base import MQTT_311
+    from fedge.coordinator.service.broker import EmbeddedBroker
+    from fedge.coordinator.service.service import CoordinatorService
+    from tests.service_fixtures import AgentThreads, make_fleet, service_config
+
+    fleet = make_fleet(tmp_path, 2)
+    db = sqlite_utils.Database(fleet.db)
+    for dev in fleet.devices:
+        mark_exhausted(db, dev)
+    db.conn.close()
+    with EmbeddedBroker() as broker, AgentThreads(fleet, broker.url, MQTT_311):
+        (report,) = CoordinatorService(service_config(fleet, broker.url, rounds=1, mqtt_protocol=MQTT_311)).run()
+    assert report.status == "abandoned"
+    assert report.reason == ("check-in: 0 eligible devices checked in (2 more out of privacy budget, see devices list), "
+                             "minimum cohort is 2"), report.reason

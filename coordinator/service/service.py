@@ -291,14 +291,17 @@ class CoordinatorService:
         eligible = sorted(d for d, c in self._checkins.items()
                           if c.eligible and d in active and d not in self._quarantined_now)
         # devices that declined for lack of privacy budget are never selected again (kept in SQLite)
+        checked = len(eligible)
         eligible = selectable_devices(store.db, eligible, {}, math.inf)
+        spent = f" ({checked - len(eligible)} more out of privacy budget, see devices list)" if checked > len(eligible) else ""
         # Poisson sampling among the eligible check-ins: the accountant's rate is the rate each of
         # them was drawn with (only they could have been selected), not a share of the enrolled fleet
         drawn = select_cohort(eligible, tcfg.goal, tcfg.over_selection, self.rng)
         cohort = list(drawn.members)
         if len(eligible) < tcfg.min_cohort:
             return self._abandon_early(
-                rid, model, f"check-in: {len(eligible)} eligible devices checked in, minimum cohort is {tcfg.min_cohort}"
+                rid, model,
+                f"check-in: {len(eligible)} eligible devices checked in{spent}, minimum cohort is {tcfg.min_cohort}"
             )
         if len(cohort) < tcfg.min_cohort:
             return self._abandon_early(
