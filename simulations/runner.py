@@ -25,11 +25,28 @@ from fedge.simulations.clock import DeviceClock, example_counts
 from fedge.simulations.config import SimConfig
 from fedge.simulations.engine import RoundEngine, RoundWork
 from fedge.simulations.federation import Federation
-from fedge.simulations.population import (DEFAULT_PROFILE_DIR, STAGES, Population, RoundBehaviour, draw_round_behaviour,
-                                          make_population)
+from fedge.simulations.population import (
+    DEFAULT_PROFILE_DIR,
+    STAGES,
+    Population,
+    RoundBehaviour,
+    draw_round_behaviour,
+    make_population,
+)
 from fedge.simulations.report import RoundRecord, Summary, progress, write_report
 from fedge.simulations.trainers import evaluate
-from fedge.simulations.world import AUDIT, BEHAVIOUR, CLOCK, COHORT, EVAL, POPULATION, TRAIN, build_world, recipe, stream
+from fedge.simulations.world import (
+    AUDIT,
+    BEHAVIOUR,
+    CLOCK,
+    COHORT,
+    EVAL,
+    POPULATION,
+    TRAIN,
+    build_world,
+    recipe,
+    stream,
+)
 
 log = logging.getLogger(__name__)
 
