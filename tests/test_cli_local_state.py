@@ -86,7 +86,13 @@ def _foreign(path: Path) -> None:
         c.execute("create table devices (device_id text)")
 
 
-@pytest.mark.parametrize("make", [_corrupt, _foreign], ids=["corrupt", "foreign"])
+def _coordinators(path: Path) -> None:
+    from fedge.coordinator.store import Store
+
+    Store(str(path)).close()  # another fedge program's store: its own recorded migrations
+
+
+@pytest.mark.parametrize("make", [_corrupt, _foreign, _coordinators], ids=["corrupt", "foreign", "coordinators"])
 @pytest.mark.parametrize("command", [["run", "--profile", TRIAL], ["status", "--profile", TRIAL], ["data", "stats"]])
 def test_a_bad_store_exits_78_with_one_line_naming_the_file(tmp_path, make, command) -> None:
     db = tmp_path / "agent.db"
