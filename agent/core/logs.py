@@ -20,9 +20,7 @@ class TextFormatter(logging.Formatter):
     """``time level logger [device=.. round=..] message``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        ctx = " ".join(
-            f"{k}={getattr(record, k)}" for k in _CONTEXT_KEYS if getattr(record, k, None) is not None
-        )
+        ctx = " ".join(f"{k}={getattr(record, k)}" for k in _CONTEXT_KEYS if getattr(record, k, None) is not None)
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         line = f"{ts} {record.levelname:<7} {record.name}"
         if ctx:

@@ -165,9 +165,7 @@ def check_value(value: Any, tp: Any, r: Rule, source: str, where: str) -> Any:
             raise bad
         item_tp = typing.get_args(tp)[0]
         item_rule = dataclasses.replace(r, min_len=0, max_len=None)
-        return tuple(
-            check_value(v, item_tp, item_rule, source, f"{where}[{i}]") for i, v in enumerate(value)
-        )
+        return tuple(check_value(v, item_tp, item_rule, source, f"{where}[{i}]") for i, v in enumerate(value))
     raise TypeError(f"{where}: unsupported config field type {tp!r}")
 
 
@@ -192,9 +190,7 @@ def build(cls: type[T], table: Mapping[str, Any], source: str, where: str = "") 
         if key not in fields:
             near = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(
-                f"{source}: {prefix}{key}: unknown field{hint}; expected one of {', '.join(fields)}"
-            )
+            raise ConfigError(f"{source}: {prefix}{key}: unknown field{hint}; expected one of {', '.join(fields)}")
     kwargs: dict[str, Any] = {}
     for key, f in fields.items():
         tp = hints[f.name]

@@ -142,9 +142,7 @@ def encode(msg: Any) -> bytes:
     _ensure_loaded()
     name = type_name(msg)
     try:
-        return msgpack.packb(
-            [MAGIC, WIRE_VERSION, name, _to_plain(msg)], use_bin_type=True, strict_types=False
-        )
+        return msgpack.packb([MAGIC, WIRE_VERSION, name, _to_plain(msg)], use_bin_type=True, strict_types=False)
     except (OverflowError, TypeError, ValueError) as e:
         raise WireError(f"cannot encode {name}: {e}") from None
 
@@ -230,7 +228,10 @@ def _check(value: Any, tp: Any, where: str) -> Any:
 
 def _build(cls: type, value: Any, where: str) -> Any:
     fields = dataclasses.fields(cls)
-    if not isinstance(value, list) or len(value) != len(fields):
+    # a message from an older sender may omit trailing fields that have defaults (added since)
+    if not isinstance(value, list) or len(value) > len(fields) or any(
+        f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields[len(value) :]
+    ):
         raise WireError(f"{where}: expected {len(fields)} fields")
     hints = _hints(cls)
     kwargs = {f.name: _check(v, hints[f.name], f"{where}.{f.name}") for f, v in zip(fields, value)}

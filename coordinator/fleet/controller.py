@@ -20,9 +20,16 @@ from typing import Any
 
 from fedge.agent.core import topics
 from fedge.agent.core.errors import ConfigError, ProtocolError
-from fedge.agent.core.release import KeyRotation
-from fedge.agent.core.messages.fleet import InstallCommand, InstallReport, InstallResult, PinCommand, RollbackCommand, SignedRelease
 from fedge.agent.core.messages.common import Outbound
+from fedge.agent.core.messages.fleet import (
+    InstallCommand,
+    InstallReport,
+    InstallResult,
+    PinCommand,
+    RollbackCommand,
+    SignedRelease,
+)
+from fedge.agent.core.release import KeyRotation
 from fedge.coordinator.fleet.releases import get_release, rotations, signed_release
 from fedge.coordinator.fleet.rollouts import (
     Criteria,
@@ -58,12 +65,17 @@ _REPORTED = {
 
 
 def _devices(store: Store) -> list[dict[str, Any]]:
-    return list(store.db.query("select device_id, device_class, tags from devices where revoked = 0 order by device_id"))
+    return list(
+        store.db.query("select device_id, device_class, tags from devices where revoked = 0 order by device_id")
+    )
 
 
 def _matching(store: Store, target: Target) -> list[str]:
-    return [r["device_id"] for r in _devices(store)
-            if target.matches(r["device_id"], r["device_class"] or "", json.loads(r["tags"] or "[]"))]
+    return [
+        r["device_id"]
+        for r in _devices(store)
+        if target.matches(r["device_id"], r["device_class"] or "", json.loads(r["tags"] or "[]"))
+    ]
 
 
 def pinned_versions(store: Store) -> dict[str, str]:
@@ -96,11 +108,23 @@ class RolloutView:
     def to_dict(self) -> dict[str, Any]:
         s, p, c = self.spec, self.progress, self.spec.criteria
         return {
-            "rollout_id": s.rollout_id, "version": s.version, "target": s.target.describe(), "status": p.status.value,
-            "phase": p.phase + 1, "phases": list(self.phases), "devices": self.counts, "reason": p.reason,
-            "rate_per_minute": s.rate_per_minute, "created": self.created, "ended": self.ended,
-            "abort": {"max_failure_pct": c.max_failure_pct, "min_executed": c.min_executed,
-                      "max_metric_drop": c.max_metric_drop, "min_evaluated": c.min_evaluated},
+            "rollout_id": s.rollout_id,
+            "version": s.version,
+            "target": s.target.describe(),
+            "status": p.status.value,
+            "phase": p.phase + 1,
+            "phases": list(self.phases),
+            "devices": self.counts,
+            "reason": p.reason,
+            "rate_per_minute": s.rate_per_minute,
+            "created": self.created,
+            "ended": self.ended,
+            "abort": {
+                "max_failure_pct": c.max_failure_pct,
+                "min_executed": c.min_executed,
+                "max_metric_drop": c.max_metric_drop,
+                "min_evaluated": c.min_evaluated,
+            },
         }
 
 
@@ -116,20 +140,53 @@ def create_rollout(store: Store, spec: Spec, *, clock: Callable[[], float] = tim
     now = clock()
     c = spec.criteria
     with store.db.conn:
-        store.db["rollouts"].insert({
-            "rollout_id": spec.rollout_id, "version": spec.version,
-            "target": json.dumps({"class": spec.target.device_class, "tags": list(spec.target.tags), "devices": list(spec.target.devices)}),
-            "phases": json.dumps(list(spec.phases)), "rate_per_minute": spec.rate_per_minute,
-            "max_failure_pct": c.max_failure_pct, "min_executed": c.min_executed, "max_metric_drop": c.max_metric_drop,
-            "min_evaluated": c.min_evaluated, "phase_wait_s": spec.phase_wait_s, "report_timeout_s": spec.report_timeout_s,
-            "status": Status.ACTIVE.value, "phase": 0, "phase_started": now, "created": now, "paused_total": 0.0, "reason": "",
-        })
-        store.db["rollout_devices"].insert_all(
-            ({"rollout_id": spec.rollout_id, "device_id": d, "phase": p, "state": DeviceState.WAITING.value, "late": 0}
-             for d, p in assign_phases(spec, devices).items()),
+        store.db["rollouts"].insert(
+            {
+                "rollout_id": spec.rollout_id,
+                "version": spec.version,
+                "target": json.dumps(
+                    {
+                        "class": spec.target.device_class,
+                        "tags": list(spec.target.tags),
+                        "devices": list(spec.target.devices),
+                    }
+                ),
+                "phases": json.dumps(list(spec.phases)),
+                "rate_per_minute": spec.rate_per_minute,
+                "max_failure_pct": c.max_failure_pct,
+                "min_executed": c.min_executed,
+                "max_metric_drop": c.max_metric_drop,
+                "min_evaluated": c.min_evaluated,
+                "phase_wait_s": spec.phase_wait_s,
+                "report_timeout_s": spec.report_timeout_s,
+                "status": Status.ACTIVE.value,
+                "phase": 0,
+                "phase_started": now,
+                "created": now,
+                "paused_total": 0.0,
+                "reason": "",
+            }
         )
-    log.info("rollout %s of %s to %s: %d devices in phases %s", spec.rollout_id, spec.version, spec.target.describe(),
-             len(devices), list(spec.phases))
+        store.db["rollout_devices"].insert_all(
+            (
+                {
+                    "rollout_id": spec.rollout_id,
+                    "device_id": d,
+                    "phase": p,
+                    "state": DeviceState.WAITING.value,
+                    "late": 0,
+                }
+                for d, p in assign_phases(spec, devices).items()
+            ),
+        )
+    log.info(
+        "rollout %s of %s to %s: %d devices in phases %s",
+        spec.rollout_id,
+        spec.version,
+        spec.target.describe(),
+        len(devices),
+        list(spec.phases),
+    )
     return get_rollout(store, spec.rollout_id)
 
 
@@ -140,13 +197,18 @@ def _load(store: Store, rollout_id: str) -> tuple[Spec, Progress, dict[str, Any]
     r = rows[0]
     t = json.loads(r["target"])
     spec = Spec(
-        rollout_id=r["rollout_id"], version=r["version"],
-        target=Target(t["class"], tuple(t["tags"]), tuple(t["devices"])), phases=tuple(json.loads(r["phases"])),
+        rollout_id=r["rollout_id"],
+        version=r["version"],
+        target=Target(t["class"], tuple(t["tags"]), tuple(t["devices"])),
+        phases=tuple(json.loads(r["phases"])),
         rate_per_minute=r["rate_per_minute"],
         criteria=Criteria(r["max_failure_pct"], r["min_executed"], r["max_metric_drop"], r["min_evaluated"]),
-        phase_wait_s=r["phase_wait_s"], report_timeout_s=r["report_timeout_s"],
+        phase_wait_s=r["phase_wait_s"],
+        report_timeout_s=r["report_timeout_s"],
     )
-    progress = Progress(Status(r["status"]), r["phase"], r["phase_started"], r["created"], r["paused_total"] or 0.0, r["reason"] or "")
+    progress = Progress(
+        Status(r["status"]), r["phase"], r["phase_started"], r["created"], r["paused_total"] or 0.0, r["reason"] or ""
+    )
     return spec, progress, r
 
 
@@ -162,7 +224,15 @@ def _set_status(store: Store, rollout_id: str, progress: Progress, now: float) -
     store.db.execute(
         "update rollouts set status = ?, phase = ?, phase_started = ?, paused_total = ?, reason = ?,"
         " ended = coalesce(?, ended) where rollout_id = ?",
-        [progress.status.value, progress.phase, progress.phase_started, progress.paused_total, progress.reason, ended, rollout_id],
+        [
+            progress.status.value,
+            progress.phase,
+            progress.phase_started,
+            progress.paused_total,
+            progress.reason,
+            ended,
+            rollout_id,
+        ],
     )
 
 
@@ -184,13 +254,27 @@ def resume(store: Store, rollout_id: str, *, clock: Callable[[], float] = time.t
     now = clock()
     paused = now - (row["paused_at"] or now)
     with store.db.conn:
-        _set_status(store, rollout_id, replace(progress, status=Status.ACTIVE, paused_total=progress.paused_total + paused,
-                                                 phase_started=progress.phase_started + paused), now)
+        _set_status(
+            store,
+            rollout_id,
+            replace(
+                progress,
+                status=Status.ACTIVE,
+                paused_total=progress.paused_total + paused,
+                phase_started=progress.phase_started + paused,
+            ),
+            now,
+        )
     return get_rollout(store, rollout_id)
 
 
-def rollback(store: Store, rollout_id: str, *, reason: str = "rolled back by the operator",
-             clock: Callable[[], float] = time.time) -> RolloutView:
+def rollback(
+    store: Store,
+    rollout_id: str,
+    *,
+    reason: str = "rolled back by the operator",
+    clock: Callable[[], float] = time.time,
+) -> RolloutView:
     """Abort the rollout: every device that was sent its release goes back to the one before."""
     _, progress, _ = _load(store, rollout_id)
     check_transition(progress.status, Status.ABORTED)
@@ -221,18 +305,25 @@ def get_rollout(store: Store, rollout_id: str) -> RolloutView:
     phases = []
     for i, frac in enumerate(spec.phases):
         states = [r.state for r in records.values() if r.phase == i]
-        phases.append({
-            "phase": i + 1, "percent": round(frac * 100, 2), "devices": len(states),
-            "cumulative": sizes[i] if i < len(sizes) else 0,
-            **{s.value: sum(x is s for x in states) for s in DeviceState},
-        })
+        phases.append(
+            {
+                "phase": i + 1,
+                "percent": round(frac * 100, 2),
+                "devices": len(states),
+                "cumulative": sizes[i] if i < len(sizes) else 0,
+                **{s.value: sum(x is s for x in states) for s in DeviceState},
+            }
+        )
     counts = {s.value: sum(r.state is s for r in records.values()) for s in DeviceState}
     counts["total"] = len(records)
     return RolloutView(spec, progress, row["created"], row["ended"], tuple(phases), counts)
 
 
 def list_rollouts(store: Store) -> list[RolloutView]:
-    return [get_rollout(store, r["rollout_id"]) for r in store.db.query("select rollout_id from rollouts order by created, rowid")]
+    return [
+        get_rollout(store, r["rollout_id"])
+        for r in store.db.query("select rollout_id from rollouts order by created, rowid")
+    ]
 
 
 def active_release(store: Store, device_id: str) -> str | None:
@@ -241,7 +332,9 @@ def active_release(store: Store, device_id: str) -> str | None:
     if row is None:
         return None
     tags = json.loads(row["tags"] or "[]")
-    for r in store.db.query("select rollout_id from rollouts where status = 'completed' order by ended desc, rowid desc"):
+    for r in store.db.query(
+        "select rollout_id from rollouts where status = 'completed' order by ended desc, rowid desc"
+    ):
         spec, _, _ = _load(store, r["rollout_id"])
         if spec.target.is_cohort and spec.target.matches(device_id, row["device_class"] or "", tags):
             return spec.version
@@ -251,13 +344,17 @@ def active_release(store: Store, device_id: str) -> str | None:
 def _apply(store: Store, rollout_id: str, d: Decision, now: float, out: list[Outbound]) -> None:
     """Persist a decision; queue its install and rollback commands in ``out``."""
     spec, _, _ = _load(store, rollout_id)
-    set_state = "update rollout_devices set state = ?, sent_at = coalesce(?, sent_at) where rollout_id = ? and device_id = ?"
+    set_state = (
+        "update rollout_devices set state = ?, sent_at = coalesce(?, sent_at) where rollout_id = ? and device_id = ?"
+    )
     for dev in d.timed_out:
         store.db.execute(set_state, [DeviceState.TIMED_OUT.value, None, rollout_id, dev])
     for dev in d.skip:
         store.db.execute(set_state, [DeviceState.SKIPPED.value, None, rollout_id, dev])
-        store.db.execute("update rollout_devices set detail = 'pinned or revoked' where rollout_id = ? and device_id = ?",
-                         [rollout_id, dev])
+        store.db.execute(
+            "update rollout_devices set detail = 'pinned or revoked' where rollout_id = ? and device_id = ?",
+            [rollout_id, dev],
+        )
     release: SignedRelease | None = signed_release(store, spec.version) if d.install else None
     for dev in d.install:
         store.db.execute(set_state, [DeviceState.SENT.value, now, rollout_id, dev])
@@ -300,17 +397,29 @@ class FleetController:
         db = self.store.db
         with db.conn:
             if not msg.rollout_id:  # answer to a pin
-                db.execute("update pin_deliveries set result = ?, reported_at = ? where device_id = ?",
-                           [msg.result.value, now, device_id])
+                db.execute(
+                    "update pin_deliveries set result = ?, reported_at = ? where device_id = ?",
+                    [msg.result.value, now, device_id],
+                )
                 return
-            row = next(db.query("select d.state, r.version from rollout_devices d join rollouts r using (rollout_id)"
-                                " where d.rollout_id = ? and d.device_id = ?", [msg.rollout_id, device_id]), None)
+            row = next(
+                db.query(
+                    "select d.state, r.version from rollout_devices d join rollouts r using (rollout_id)"
+                    " where d.rollout_id = ? and d.device_id = ?",
+                    [msg.rollout_id, device_id],
+                ),
+                None,
+            )
             if row is None:
                 raise ProtocolError(f"device is not in rollout {msg.rollout_id!r}")
             state = DeviceState(row["state"])
             if msg.result in (InstallResult.ROLLED_BACK, InstallResult.UNCHANGED):
                 new = DeviceState.ROLLED_BACK if state is DeviceState.ROLLBACK_SENT else state
-            elif state is DeviceState.ROLLBACK_SENT and msg.result is InstallResult.FAILED and msg.running == row["version"]:
+            elif (
+                state is DeviceState.ROLLBACK_SENT
+                and msg.result is InstallResult.FAILED
+                and msg.running == row["version"]
+            ):
                 new = DeviceState.FAILED  # cannot roll back (no previous release): still runs it; the rollout can end
             elif state in (DeviceState.SENT, DeviceState.TIMED_OUT):
                 new = _REPORTED.get(msg.result, state)
@@ -319,7 +428,16 @@ class FleetController:
             db.execute(
                 "update rollout_devices set state = ?, result = ?, reported_at = ?, metric = coalesce(?, metric),"
                 " baseline = coalesce(?, baseline), detail = ? where rollout_id = ? and device_id = ?",
-                [new.value, msg.result.value, now, msg.metric, msg.baseline, msg.detail[:200], msg.rollout_id, device_id],
+                [
+                    new.value,
+                    msg.result.value,
+                    now,
+                    msg.metric,
+                    msg.baseline,
+                    msg.detail[:200],
+                    msg.rollout_id,
+                    device_id,
+                ],
             )
         log.debug("report %s for rollout %s", msg.result.value, msg.rollout_id, extra={"device": device_id})
 
@@ -329,7 +447,9 @@ class FleetController:
         now = self.clock()
         pins = pinned_versions(self.store)
         active = {r["device_id"] for r in _devices(self.store)}
-        for r in list(self.store.db.query("select rollout_id from rollouts where status in ('active', 'paused', 'aborted')")):
+        for r in list(
+            self.store.db.query("select rollout_id from rollouts where status in ('active', 'paused', 'aborted')")
+        ):
             rid = r["rollout_id"]
             spec, progress, _ = _load(self.store, rid)
             records = _records(self.store, rid)
@@ -348,22 +468,34 @@ class FleetController:
         for dev, version in sorted(pins.items()):
             if sent.get(dev) != version:
                 out.append(Outbound(dev, PinCommand(dev, version, signed_release(self.store, version))))
-                db["pin_deliveries"].upsert({"device_id": dev, "version": version, "sent_at": now, "result": None}, pk="device_id")
+                db["pin_deliveries"].upsert(
+                    {"device_id": dev, "version": version, "sent_at": now, "result": None}, pk="device_id"
+                )
         for dev, version in sorted(sent.items()):
             if dev not in pins and version:
                 out.append(Outbound(dev, PinCommand(dev, "", None)))
-                db["pin_deliveries"].upsert({"device_id": dev, "version": "", "sent_at": now, "result": None}, pk="device_id")
+                db["pin_deliveries"].upsert(
+                    {"device_id": dev, "version": "", "sent_at": now, "result": None}, pk="device_id"
+                )
         return out
 
     def _late_enrollees(self, pins: dict[str, str], now: float) -> list[Outbound]:
         """Devices that joined a cohort after its rollout completed get that rollout's release."""
         db, out = self.store.db, []
-        done = list(db.query("select rollout_id from rollouts where status = 'completed' order by ended desc, rowid desc"))
+        done = list(
+            db.query("select rollout_id from rollouts where status = 'completed' order by ended desc, rowid desc")
+        )
         if not done:
             return out
         specs = [_load(self.store, r["rollout_id"])[0] for r in done]
-        known = {s.rollout_id: {r["device_id"] for r in db.query(
-            "select device_id from rollout_devices where rollout_id = ?", [s.rollout_id])} for s in specs if s.target.is_cohort}
+        known = {
+            s.rollout_id: {
+                r["device_id"]
+                for r in db.query("select device_id from rollout_devices where rollout_id = ?", [s.rollout_id])
+            }
+            for s in specs
+            if s.target.is_cohort
+        }
         covered: set[str] = set()
         for dev in _devices(self.store):
             tags = json.loads(dev["tags"] or "[]")
@@ -374,14 +506,23 @@ class FleetController:
                 if d in covered or d in pins:
                     break
                 if d not in known[spec.rollout_id]:
-                    db["rollout_devices"].insert({"rollout_id": spec.rollout_id, "device_id": d, "phase": len(spec.phases) - 1,
-                                                  "state": DeviceState.SENT.value, "sent_at": now, "late": 1})
-                    out.append(Outbound(d, InstallCommand(d, spec.rollout_id, signed_release(self.store, spec.version))))
+                    db["rollout_devices"].insert(
+                        {
+                            "rollout_id": spec.rollout_id,
+                            "device_id": d,
+                            "phase": len(spec.phases) - 1,
+                            "state": DeviceState.SENT.value,
+                            "sent_at": now,
+                            "late": 1,
+                        }
+                    )
+                    out.append(
+                        Outbound(d, InstallCommand(d, spec.rollout_id, signed_release(self.store, spec.version)))
+                    )
                     log.info("late enrollee gets %s (rollout %s)", spec.version, spec.rollout_id, extra={"device": d})
                 covered.add(d)
                 break
         return out
-
 
 
 def retained_rotations(store: Store) -> list[tuple[str, KeyRotation]]:

@@ -66,13 +66,21 @@ def rounds_data(store: Any) -> list[dict[str, Any]]:
     for r in store.db.query("select * from rounds order by round_id"):
         dropped = json.loads(r.get("dropped") or "{}")
         eps = r.get("epsilon")
-        out.append({
-            "round": r["round_id"], "status": r["status"], "reason": r.get("reason") or "",
-            "participants": r.get("participants") or 0, "dropped": int(sum(dropped.values())),
-            "accuracy": r.get("accuracy"), "loss": r.get("loss"),
-            "epsilon": eps if eps is not None and math.isfinite(eps) else None, "model": r.get("model_out"),
-            "epsilon_empirical": r.get("epsilon_empirical"), "epsilon_lower_bound": r.get("epsilon_lower_bound"),
-        })
+        out.append(
+            {
+                "round": r["round_id"],
+                "status": r["status"],
+                "reason": r.get("reason") or "",
+                "participants": r.get("participants") or 0,
+                "dropped": int(sum(dropped.values())),
+                "accuracy": r.get("accuracy"),
+                "loss": r.get("loss"),
+                "epsilon": eps if eps is not None and math.isfinite(eps) else None,
+                "model": r.get("model_out"),
+                "epsilon_empirical": r.get("epsilon_empirical"),
+                "epsilon_lower_bound": r.get("epsilon_lower_bound"),
+            }
+        )
     return out
 
 
@@ -107,15 +115,24 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def line_chart(chart_id: str, title: str, xs: Sequence[int], series: dict[str, Sequence[float | None]],
-               *, width: int = 520, height: int = 220) -> str:
+def line_chart(
+    chart_id: str,
+    title: str,
+    xs: Sequence[int],
+    series: dict[str, Sequence[float | None]],
+    *,
+    width: int = 520,
+    height: int = 220,
+) -> str:
     """An inline SVG line chart of one or more series over rounds; missing values break the line."""
     pad_l, pad_r, pad_t, pad_b = 48, 12, 28, 32
     vals = [v for s in series.values() for v in s if v is not None]
     e = html.escape
-    parts = [f'<svg id="{e(chart_id)}" class="chart" role="img" aria-label="{e(title)}" width="{width}" height="{height}"'
-             f' viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
-             f'<text x="{pad_l}" y="18" class="title">{e(title)}</text>']
+    parts = [
+        f'<svg id="{e(chart_id)}" class="chart" role="img" aria-label="{e(title)}" width="{width}" height="{height}"'
+        f' viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
+        f'<text x="{pad_l}" y="18" class="title">{e(title)}</text>',
+    ]
     if not xs or not vals:
         parts.append(f'<text x="{pad_l}" y="{height // 2}">no data yet</text></svg>')
         return "".join(parts)
@@ -131,8 +148,10 @@ def line_chart(chart_id: str, title: str, xs: Sequence[int], series: dict[str, S
     def py(y: float) -> float:
         return pad_t + ph - (y - lo) / (hi - lo) * ph
 
-    parts.append(f'<line x1="{pad_l}" y1="{pad_t + ph}" x2="{pad_l + pw}" y2="{pad_t + ph}" class="axis"/>'
-                 f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{pad_t + ph}" class="axis"/>')
+    parts.append(
+        f'<line x1="{pad_l}" y1="{pad_t + ph}" x2="{pad_l + pw}" y2="{pad_t + ph}" class="axis"/>'
+        f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{pad_t + ph}" class="axis"/>'
+    )
     for frac in (0.0, 0.5, 1.0):
         y = lo + frac * (hi - lo)
         parts.append(f'<text x="{pad_l - 6}" y="{py(y) + 4:.1f}" text-anchor="end" class="tick">{_fmt(y)}</text>')
@@ -145,8 +164,10 @@ def line_chart(chart_id: str, title: str, xs: Sequence[int], series: dict[str, S
                 segments.append([])
                 continue
             segments[-1].append(f"{px(x):.1f},{py(y):.1f}")
-            parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" class="s{i}">'
-                         f'<title>{e(name)} round {x}: {_fmt(y)}</title></circle>')
+            parts.append(
+                f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" class="s{i}">'
+                f"<title>{e(name)} round {x}: {_fmt(y)}</title></circle>"
+            )
         for seg in segments:
             if len(seg) > 1:
                 parts.append(f'<polyline points="{" ".join(seg)}" class="s{i}" fill="none"/>')
@@ -155,14 +176,23 @@ def line_chart(chart_id: str, title: str, xs: Sequence[int], series: dict[str, S
     return "".join(parts)
 
 
-def bar_chart(chart_id: str, title: str, xs: Sequence[int], series: dict[str, Sequence[int]],
-              *, width: int = 520, height: int = 220) -> str:
+def bar_chart(
+    chart_id: str,
+    title: str,
+    xs: Sequence[int],
+    series: dict[str, Sequence[int]],
+    *,
+    width: int = 520,
+    height: int = 220,
+) -> str:
     """An inline SVG grouped bar chart of counts per round."""
     pad_l, pad_r, pad_t, pad_b = 48, 12, 28, 32
     e = html.escape
-    parts = [f'<svg id="{e(chart_id)}" class="chart" role="img" aria-label="{e(title)}" width="{width}" height="{height}"'
-             f' viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
-             f'<text x="{pad_l}" y="18" class="title">{e(title)}</text>']
+    parts = [
+        f'<svg id="{e(chart_id)}" class="chart" role="img" aria-label="{e(title)}" width="{width}" height="{height}"'
+        f' viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
+        f'<text x="{pad_l}" y="18" class="title">{e(title)}</text>',
+    ]
     top = max([v for s in series.values() for v in s] + [0])
     if not xs or top == 0:
         parts.append(f'<text x="{pad_l}" y="{height // 2}">no data yet</text></svg>')
@@ -170,16 +200,22 @@ def bar_chart(chart_id: str, title: str, xs: Sequence[int], series: dict[str, Se
     pw, ph = width - pad_l - pad_r, height - pad_t - pad_b
     slot = pw / len(xs)
     bw = max(1.0, slot * 0.8 / len(series))
-    parts.append(f'<line x1="{pad_l}" y1="{pad_t + ph}" x2="{pad_l + pw}" y2="{pad_t + ph}" class="axis"/>'
-                 f'<text x="{pad_l - 6}" y="{pad_t + 4}" text-anchor="end" class="tick">{top}</text>')
+    parts.append(
+        f'<line x1="{pad_l}" y1="{pad_t + ph}" x2="{pad_l + pw}" y2="{pad_t + ph}" class="axis"/>'
+        f'<text x="{pad_l - 6}" y="{pad_t + 4}" text-anchor="end" class="tick">{top}</text>'
+    )
     for j, x in enumerate(xs):
         for i, (name, ys) in enumerate(series.items()):
             h = ys[j] / top * ph
             bx = pad_l + j * slot + slot * 0.1 + i * bw
-            parts.append(f'<rect x="{bx:.1f}" y="{pad_t + ph - h:.1f}" width="{bw:.1f}" height="{h:.1f}" class="s{i}">'
-                         f'<title>{e(name)} round {x}: {ys[j]}</title></rect>')
-    parts.append(f'<text x="{pad_l}" y="{height - 10}" class="tick">round {xs[0]}</text>'
-                 f'<text x="{pad_l + pw}" y="{height - 10}" text-anchor="end" class="tick">round {xs[-1]}</text>')
+            parts.append(
+                f'<rect x="{bx:.1f}" y="{pad_t + ph - h:.1f}" width="{bw:.1f}" height="{h:.1f}" class="s{i}">'
+                f"<title>{e(name)} round {x}: {ys[j]}</title></rect>"
+            )
+    parts.append(
+        f'<text x="{pad_l}" y="{height - 10}" class="tick">round {xs[0]}</text>'
+        f'<text x="{pad_l + pw}" y="{height - 10}" text-anchor="end" class="tick">round {xs[-1]}</text>'
+    )
     for i, name in enumerate(series):
         parts.append(f'<text x="{pad_l + 8 + 110 * i}" y="{pad_t + 12}" class="legend s{i}">{e(name)}</text>')
     parts.append("</svg>")
@@ -213,48 +249,119 @@ def _table(table_id: str, headers: Sequence[str], rows: Sequence[Sequence[str]],
 def _phase_cell(p: dict[str, Any]) -> str:
     done = p["installed"] + p["failed"] + p["skipped"] + p["rolled_back"] + p["rollback_sent"] + p["timed_out"]
     pct = 100.0 * done / p["devices"] if p["devices"] else 100.0
-    return (f'<div class="phase">phase {p["phase"]} ({_fmt(p["percent"])}%): <span class="bar"><span style="width:{pct:.0f}%">'
-            f'</span></span>{p["installed"]} installed, {p["failed"]} failed, {p["sent"]} pending, '
-            f'{p["rolled_back"]} rolled back of {p["devices"]}</div>')
+    return (
+        f'<div class="phase">phase {p["phase"]} ({_fmt(p["percent"])}%): <span class="bar"><span style="width:{pct:.0f}%">'
+        f"</span></span>{p['installed']} installed, {p['failed']} failed, {p['sent']} pending, "
+        f"{p['rolled_back']} rolled back of {p['devices']}</div>"
+    )
 
 
-def render_page(rounds: list[dict[str, Any]], releases: list[dict[str, Any]], rollouts: list[dict[str, Any]],
-                refresh_s: int = 10) -> str:
+def render_page(
+    rounds: list[dict[str, Any]], releases: list[dict[str, Any]], rollouts: list[dict[str, Any]], refresh_s: int = 10
+) -> str:
     """The whole page as HTML (pure: tests and the server call it with the same data)."""
     e = html.escape
     xs = [r["round"] for r in rounds]
     audited = any(r.get("epsilon_lower_bound") is not None for r in rounds)
-    charts = "".join([
-        line_chart("chart-accuracy", "Accuracy of the global model", xs, {"accuracy": [r["accuracy"] for r in rounds]}),
-        bar_chart("chart-participants", "Participants and dropouts", xs,
-                  {"participants": [r["participants"] for r in rounds], "dropped": [r["dropped"] for r in rounds]}),
-        line_chart("chart-epsilon", "Privacy spent (epsilon)", xs, {"epsilon": [r["epsilon"] for r in rounds]}
-                   | ({"audit estimate": [r["epsilon_empirical"] for r in rounds],
-                       "audit 95% lower bound": [r["epsilon_lower_bound"] for r in rounds]} if audited else {})),
-    ])
-    round_rows = [[str(r["round"]), e(r["status"]), str(r["participants"]), str(r["dropped"]),
-                   "-" if r["accuracy"] is None else f'{r["accuracy"]:.3f}', "-" if r["epsilon"] is None else _fmt(r["epsilon"]),
-                   _audit_cell(r), e(r["reason"])] for r in reversed(rounds[-50:])]
-    release_rows = [[e(r["version"]), e(r["parent"] or "-"), e(r["architecture"]), f'<code>{e(r["sha256"][:12])}</code>',
-                     e(", ".join(f"{k} {_fmt(v)}" for k, v in r["metrics"].items()) or "-"),
-                     e(", ".join(map(str, r["produced_by"])) or r["source"]), f'<code>{e(r["key_id"])}</code>']
-                    for r in reversed(releases)]
-    rollout_rows = [[e(r["rollout_id"]), e(r["version"]), e(r["target"]),
-                     f'<span class="status-{e(r["status"])}">{e(r["status"])}</span>',
-                     f'{r["phase"]} of {len(r["phases"])}', "".join(_phase_cell(p) for p in r["phases"]), e(r["reason"])]
-                    for r in reversed(rollouts)]
+    charts = "".join(
+        [
+            line_chart(
+                "chart-accuracy", "Accuracy of the global model", xs, {"accuracy": [r["accuracy"] for r in rounds]}
+            ),
+            bar_chart(
+                "chart-participants",
+                "Participants and dropouts",
+                xs,
+                {"participants": [r["participants"] for r in rounds], "dropped": [r["dropped"] for r in rounds]},
+            ),
+            line_chart(
+                "chart-epsilon",
+                "Privacy spent (epsilon)",
+                xs,
+                {"epsilon": [r["epsilon"] for r in rounds]}
+                | (
+                    {
+                        "audit estimate": [r["epsilon_empirical"] for r in rounds],
+                        "audit 95% lower bound": [r["epsilon_lower_bound"] for r in rounds],
+                    }
+                    if audited
+                    else {}
+                ),
+            ),
+        ]
+    )
+    round_rows = [
+        [
+            str(r["round"]),
+            e(r["status"]),
+            str(r["participants"]),
+            str(r["dropped"]),
+            "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}",
+            "-" if r["epsilon"] is None else _fmt(r["epsilon"]),
+            _audit_cell(r),
+            e(r["reason"]),
+        ]
+        for r in reversed(rounds[-50:])
+    ]
+    release_rows = [
+        [
+            e(r["version"]),
+            e(r["parent"] or "-"),
+            e(r["architecture"]),
+            f"<code>{e(r['sha256'][:12])}</code>",
+            e(", ".join(f"{k} {_fmt(v)}" for k, v in r["metrics"].items()) or "-"),
+            e(", ".join(map(str, r["produced_by"])) or r["source"]),
+            f"<code>{e(r['key_id'])}</code>",
+        ]
+        for r in reversed(releases)
+    ]
+    rollout_rows = [
+        [
+            e(r["rollout_id"]),
+            e(r["version"]),
+            e(r["target"]),
+            f'<span class="status-{e(r["status"])}">{e(r["status"])}</span>',
+            f"{r['phase']} of {len(r['phases'])}",
+            "".join(_phase_cell(p) for p in r["phases"]),
+            e(r["reason"]),
+        ]
+        for r in reversed(rollouts)
+    ]
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{int(refresh_s)}">'
         f"<title>fedge coordinator</title><style>{_CSS}</style></head><body>"
         f"<h1>fedge coordinator</h1><p>{len(rounds)} rounds, {len(releases)} releases, {len(rollouts)} rollouts."
         f' JSON: <a href="/api/rounds">rounds</a>, <a href="/api/releases">releases</a>, <a href="/api/rollouts">rollouts</a>.</p>'
         f'<h2>Rounds</h2><div class="charts">{charts}</div>'
-        + _table("rounds", ["round", "status", "participants", "dropped", "accuracy", "epsilon", "audit (estimate / 95% lower bound)",
-                            "reason"], round_rows, "no rounds yet")
+        + _table(
+            "rounds",
+            [
+                "round",
+                "status",
+                "participants",
+                "dropped",
+                "accuracy",
+                "epsilon",
+                "audit (estimate / 95% lower bound)",
+                "reason",
+            ],
+            round_rows,
+            "no rounds yet",
+        )
         + "<h2>Rollouts</h2>"
-        + _table("rollouts", ["rollout", "release", "target", "status", "phase", "progress by phase", "reason"], rollout_rows, "no rollouts yet")
+        + _table(
+            "rollouts",
+            ["rollout", "release", "target", "status", "phase", "progress by phase", "reason"],
+            rollout_rows,
+            "no rollouts yet",
+        )
         + "<h2>Releases</h2>"
-        + _table("releases", ["version", "parent", "architecture", "sha256", "metrics", "rounds / source", "key"], release_rows, "no releases yet")
+        + _table(
+            "releases",
+            ["version", "parent", "architecture", "sha256", "metrics", "rounds / source", "key"],
+            release_rows,
+            "no releases yet",
+        )
         + "</body></html>"
     )
 
@@ -273,7 +380,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", str(e).encode())
         try:
             if path == "/":
-                body = render_page(rounds_data(store), releases_data(store), rollouts_data(store), self.server.config.refresh_s)
+                body = render_page(
+                    rounds_data(store), releases_data(store), rollouts_data(store), self.server.config.refresh_s
+                )
                 return self._send(HTTPStatus.OK, "text/html; charset=utf-8", body.encode())
             api = {"/api/rounds": rounds_data, "/api/releases": releases_data, "/api/rollouts": rollouts_data}.get(path)
             if api is None:

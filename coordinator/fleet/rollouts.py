@@ -199,14 +199,21 @@ def abort_reason(criteria: Criteria, devices: Mapping[str, DeviceRecord]) -> str
     executed = [r for r in devices.values() if r.state in EXECUTED]
     failed = sum(r.state is DeviceState.FAILED for r in executed)
     if len(executed) >= criteria.min_executed and 100.0 * failed / len(executed) > criteria.max_failure_pct:
-        return (f"failures: {failed} of {len(executed)} executed ({100.0 * failed / len(executed):.0f}%) "
-                f"above {criteria.max_failure_pct:g}%")
+        return (
+            f"failures: {failed} of {len(executed)} executed ({100.0 * failed / len(executed):.0f}%) "
+            f"above {criteria.max_failure_pct:g}%"
+        )
     if criteria.max_metric_drop is not None:
-        drops = [r.baseline - r.metric for r in executed
-                 if r.state is DeviceState.INSTALLED and r.metric is not None and r.baseline is not None]
+        drops = [
+            r.baseline - r.metric
+            for r in executed
+            if r.state is DeviceState.INSTALLED and r.metric is not None and r.baseline is not None
+        ]
         if len(drops) >= criteria.min_evaluated and sum(drops) / len(drops) > criteria.max_metric_drop:
-            return (f"regression: mean on-device accuracy drop {sum(drops) / len(drops):.3f} over {len(drops)} "
-                    f"devices above {criteria.max_metric_drop:g}")
+            return (
+                f"regression: mean on-device accuracy drop {sum(drops) / len(drops):.3f} over {len(drops)} "
+                f"devices above {criteria.max_metric_drop:g}"
+            )
     return ""
 
 
@@ -217,13 +224,20 @@ def abort(progress: Progress, devices: Mapping[str, DeviceRecord], reason: str) 
 
 
 def advance(
-    spec: Spec, progress: Progress, devices: Mapping[str, DeviceRecord], now: float, pinned: frozenset[str] = frozenset()
+    spec: Spec,
+    progress: Progress,
+    devices: Mapping[str, DeviceRecord],
+    now: float,
+    pinned: frozenset[str] = frozenset(),
 ) -> Decision:
     """One step of the machine at time ``now``. ``pinned`` devices (pinned elsewhere, revoked) are skipped, never sent."""
-    timed_out = tuple(sorted(
-        d for d, r in devices.items()
-        if r.state is DeviceState.SENT and r.sent_at is not None and now - r.sent_at > spec.report_timeout_s
-    ))
+    timed_out = tuple(
+        sorted(
+            d
+            for d, r in devices.items()
+            if r.state is DeviceState.SENT and r.sent_at is not None and now - r.sent_at > spec.report_timeout_s
+        )
+    )
     if timed_out:
         devices = {**devices, **{d: replace(devices[d], state=DeviceState.TIMED_OUT) for d in timed_out}}
     st = progress.status
@@ -251,14 +265,17 @@ def advance(
         if spec.rate_per_minute is not None:
             elapsed = max(0.0, now - progress.started - progress.paused_total)
             allowed = int(spec.rate_per_minute * elapsed / 60.0) + 1
-            sent = sum(r.state is not DeviceState.WAITING and r.state is not DeviceState.SKIPPED for r in devices.values())
+            sent = sum(
+                r.state is not DeviceState.WAITING and r.state is not DeviceState.SKIPPED for r in devices.values()
+            )
             budget = max(0, min(budget, allowed - sent - len(install)))
         for d in waiting[:budget]:
             (skip if d in pinned else install).append(d)
             chosen.add(d)
         skipped = set(skip)
-        in_phase_pending = any(r.phase <= progress.phase and r.state in PENDING and d not in skipped
-                               for d, r in devices.items())
+        in_phase_pending = any(
+            r.phase <= progress.phase and r.state in PENDING and d not in skipped for d, r in devices.items()
+        )
         if in_phase_pending or now - progress.phase_started < spec.phase_wait_s:
             break
         if progress.phase >= last:

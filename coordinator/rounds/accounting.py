@@ -242,8 +242,10 @@ class PrivacyAccountant:
         """Epsilon at ``delta`` if ``event`` were recorded next (nothing is recorded)."""
         _check_delta(delta)
         _common_relation(self._events[-1:] + [event])
-        trial = copy.deepcopy(self._accountant()) if self._events else _new_accountant(
-            self.accountant, event.neighboring_relation()
+        trial = (
+            copy.deepcopy(self._accountant())
+            if self._events
+            else _new_accountant(self.accountant, event.neighboring_relation())
         )
         trial.compose(event.dp_event())
         return float(trial.get_epsilon(delta)) + self._offset(event)

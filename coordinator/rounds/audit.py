@@ -75,7 +75,7 @@ def canary_index(device_id: str) -> int | None:
     """The canary index of ``device_id``, or None for a real device."""
     if not device_id.startswith(CANARY_PREFIX):
         return None
-    return int(device_id[len(CANARY_PREFIX):])
+    return int(device_id[len(CANARY_PREFIX) :])
 
 
 def is_canary(device_id: str) -> bool:
@@ -125,9 +125,7 @@ class CanaryAudit:
         #: canary indices (0..2M-1) of the inserted and the withheld member of each pair
         self.inserted = 2 * np.arange(pairs) + coins
         self.withheld = 2 * np.arange(pairs) + 1 - coins
-        self._directions = np.stack(
-            [canary_direction(seed, i, dimension) for i in range(2 * pairs)]
-        ).astype(np.float32)
+        self._directions = np.stack([canary_direction(seed, i, dimension) for i in range(2 * pairs)]).astype(np.float32)
         self._unit_sum = np.zeros(dimension)
         self._total = np.zeros(dimension)
         self.rounds = 0
@@ -160,13 +158,22 @@ class CanaryAudit:
 
     def _figures(self, v: np.ndarray) -> AuditFigures:
         s = self._cosines(v)
-        fit = gaussian_fit_epsilon(s[self.inserted], s[self.withheld], self.delta, REPLACE_ONE_MULTIPLE,
-                                   null_stddev=self.dimension**-0.5)
+        fit = gaussian_fit_epsilon(
+            s[self.inserted], s[self.withheld], self.delta, REPLACE_ONE_MULTIPLE, null_stddev=self.dimension**-0.5
+        )
         bound = paired_lower_bound(s[self.inserted], s[self.withheld], self.delta, self.confidence)
-        return AuditFigures(fit.epsilon, bound.epsilon_lower_bound, fit.mean_inserted, fit.mean_withheld,
-                            fit.stddev, bound.guesses, bound.correct)
+        return AuditFigures(
+            fit.epsilon,
+            bound.epsilon_lower_bound,
+            fit.mean_inserted,
+            fit.mean_withheld,
+            fit.stddev,
+            bound.guesses,
+            bound.correct,
+        )
 
     def result(self) -> AuditResult:
         """Both threat models' figures over the rounds observed so far."""
-        return AuditResult(self.rounds, self.pairs, self.confidence, self._figures(self._unit_sum),
-                           self._figures(self._total))
+        return AuditResult(
+            self.rounds, self.pairs, self.confidence, self._figures(self._unit_sum), self._figures(self._total)
+        )

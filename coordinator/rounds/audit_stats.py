@@ -115,7 +115,10 @@ class GaussianFit:
 
 
 def gaussian_fit_epsilon(
-    inserted: np.ndarray, withheld: np.ndarray, delta: float, relation_multiple: float = 1.0,
+    inserted: np.ndarray,
+    withheld: np.ndarray,
+    delta: float,
+    relation_multiple: float = 1.0,
     null_stddev: float | None = None,
 ) -> GaussianFit:
     """Fit N(m1, s1^2) to ``inserted`` and N(m0, s0^2) to ``withheld`` scores and return the epsilon at
@@ -189,7 +192,9 @@ class PairedAudit:
     epsilon_lower_bound: float
 
 
-def paired_lower_bound(inserted: np.ndarray, withheld: np.ndarray, delta: float, confidence: float = 0.95) -> PairedAudit:
+def paired_lower_bound(
+    inserted: np.ndarray, withheld: np.ndarray, delta: float, confidence: float = 0.95
+) -> PairedAudit:
     """Lower-bound epsilon from pairs whose inserted member was picked by a fair coin.
 
     ``inserted[i]`` and ``withheld[i]`` are the scores of pair i's two canaries. The auditor

@@ -77,8 +77,12 @@ class TrainingConfig:
             if self.clip_count_stddev < 0:
                 raise ConfigError(f"clip_count_stddev: expected >= 0, got {self.clip_count_stddev}")
             PrivacyConfig(
-                mode=self.dp_mode, clip_norm=self.clip_norm, noise_multiplier=self.noise_multiplier,
-                delta=self.delta, min_clients=self.min_cohort, adaptive=self.adaptive,
+                mode=self.dp_mode,
+                clip_norm=self.clip_norm,
+                noise_multiplier=self.noise_multiplier,
+                delta=self.delta,
+                min_clients=self.min_cohort,
+                adaptive=self.adaptive,
             ).validate(secagg_enabled=self.secagg)
         if not 1 <= self.min_cohort <= self.goal:
             raise ConfigError(f"min_cohort: expected 1 <= min_cohort <= goal ({self.goal}), got {self.min_cohort}")
@@ -102,7 +106,11 @@ def quant_range(cfg: TrainingConfig, clip_norm: float | None = None) -> float:
 
 
 def make_plan(
-    cfg: TrainingConfig, model_version: str, cohort_size: int, population: int, clip_norm: float | None = None,
+    cfg: TrainingConfig,
+    model_version: str,
+    cohort_size: int,
+    population: int,
+    clip_norm: float | None = None,
     sampling_rate: float | None = None,
 ) -> RoundPlan:
     """The plan for a round with ``cohort_size`` selected devices out of ``population``.

@@ -34,9 +34,7 @@ class Cohort:
     population: int
 
 
-def select_cohort(
-    candidates: Sequence[str], goal: int, over_selection: float, rng: np.random.Generator
-) -> Cohort:
+def select_cohort(candidates: Sequence[str], goal: int, over_selection: float, rng: np.random.Generator) -> Cohort:
     """Poisson-sample the candidates at q = min(1, over-selected goal / candidates), shuffled."""
     want = over_selected(goal, over_selection)
     if not candidates:

@@ -75,8 +75,9 @@ class ServerOptimizer:
         if c.kind is ServerOptKind.FEDAVG:
             self.steps += 1
             # in float32, as the round engine adds: at rate 1 this is exactly its new weights
-            return (np.asarray(weights, np.float32) + np.float32(c.learning_rate) * np.asarray(mean_delta, np.float32)
-                    ).astype(np.float32)
+            return (
+                np.asarray(weights, np.float32) + np.float32(c.learning_rate) * np.asarray(mean_delta, np.float32)
+            ).astype(np.float32)
         if c.kind is ServerOptKind.FEDAVGM:
             self._m = d if self._m is None else c.momentum * self._m + d
             step = self._m

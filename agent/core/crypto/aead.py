@@ -35,9 +35,12 @@ def seal(key: bytes, plaintext: bytes, associated: bytes = b"") -> bytes:
     size = len(plaintext) + TAG_BYTES
     out = _ffi.new("unsigned char[]", size)
     written = _ffi.new("unsigned long long *")
-    if _lib.crypto_aead_chacha20poly1305_ietf_encrypt(
-        out, written, plaintext, len(plaintext), associated, len(associated), _ffi.NULL, nonce, key
-    ) or written[0] != size:
+    if (
+        _lib.crypto_aead_chacha20poly1305_ietf_encrypt(
+            out, written, plaintext, len(plaintext), associated, len(associated), _ffi.NULL, nonce, key
+        )
+        or written[0] != size
+    ):
         raise SecurityError("cannot seal")
     return nonce + _ffi.buffer(out, size)[:]
 
@@ -54,8 +57,11 @@ def open_sealed(key: bytes, blob: bytes, associated: bytes = b"") -> bytes:
     out = _ffi.new("unsigned char[]", max(size, 1))
     written = _ffi.new("unsigned long long *")
     body = blob[NONCE_BYTES:]
-    if _lib.crypto_aead_chacha20poly1305_ietf_decrypt(
-        out, written, _ffi.NULL, body, len(body), associated, len(associated), blob[:NONCE_BYTES], key
-    ) or written[0] != size:
+    if (
+        _lib.crypto_aead_chacha20poly1305_ietf_decrypt(
+            out, written, _ffi.NULL, body, len(body), associated, len(associated), blob[:NONCE_BYTES], key
+        )
+        or written[0] != size
+    ):
         raise SecurityError("cannot open")
     return _ffi.buffer(out, size)[:]

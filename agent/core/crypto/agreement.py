@@ -115,7 +115,9 @@ _EXPAND = _ffi.new("unsigned char[]", EXPAND_PERSON.ljust(16, b"\0"))
 
 def _blake2b(data: bytes, size: int, key: bytes, person) -> bytes:
     out = _ffi.new("unsigned char[]", size)
-    if _lib.crypto_generichash_blake2b_salt_personal(out, size, data, len(data), key or _ffi.NULL, len(key), _SALT, person):
+    if _lib.crypto_generichash_blake2b_salt_personal(
+        out, size, data, len(data), key or _ffi.NULL, len(key), _SALT, person
+    ):
         raise SecurityError("key derivation failed")
     return _ffi.buffer(out, size)[:]
 

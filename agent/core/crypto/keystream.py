@@ -153,7 +153,11 @@ class MaskAccumulator:
     """
 
     def __init__(
-        self, dim: int, dtype: np.dtype | type = np.uint32, initial: np.ndarray | None = None, stream: str = CHACHA20,
+        self,
+        dim: int,
+        dtype: np.dtype | type = np.uint32,
+        initial: np.ndarray | None = None,
+        stream: str = CHACHA20,
     ):
         self.stream = _check_stream(stream)
         self.dtype = np.dtype(dtype)

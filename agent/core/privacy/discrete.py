@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -107,13 +106,13 @@ class DiscreteNoisePlan:
     def tau(self) -> float:
         """The DDG paper's tau for ``min_clients`` summed shares of sigma_i."""
         s2 = self.client_sigma**2
-        if math.exp(-math.pi**2 * s2) == 0.0:
+        if math.exp(-(math.pi**2) * s2) == 0.0:
             # the largest term (k = 1) underflows, so every term does: the sum is exactly 0.0
             # (skips ~min_clients exp() calls that every simulated client's plan check paid)
             return 0.0
         return 10.0 * sum(
             math.exp(-2.0 * math.pi**2 * s2 * k / (k + 1)) for k in range(1, min(self.min_clients, 10_000))
-        ) + (10.0 * max(0, self.min_clients - 10_000) * math.exp(-math.pi**2 * s2))
+        ) + (10.0 * max(0, self.min_clients - 10_000) * math.exp(-(math.pi**2) * s2))
 
     @property
     def rdp_offset(self) -> float:
@@ -126,9 +125,7 @@ class DiscreteNoisePlan:
         return math.sqrt(self.min_clients) * self.client_sigma / self.l2_sensitivity
 
 
-def add_noise_share(
-    quantized: np.ndarray, plan: DiscreteNoisePlan, rng: np.random.Generator
-) -> np.ndarray:
+def add_noise_share(quantized: np.ndarray, plan: DiscreteNoisePlan, rng: np.random.Generator) -> np.ndarray:
     """Add this client's N_Z(0, sigma_i^2) share to a quantized vector, mod 2^bits (same dtype)."""
     q = np.asarray(quantized)
     if q.ndim != 1 or q.size != plan.dimension:

@@ -69,8 +69,15 @@ class Contribution:
     ) -> Contribution:
         """The contribution a round run with ``config`` (and DDG ``discrete`` plan) makes."""
         z, offset = accounted_noise(config, discrete)
-        return cls(round_id, config.mode, z if config.mode != "off" else config.noise_multiplier,
-                   config.clip_norm, sampling_rate, delta, offset)
+        return cls(
+            round_id,
+            config.mode,
+            z if config.mode != "off" else config.noise_multiplier,
+            config.clip_norm,
+            sampling_rate,
+            delta,
+            offset,
+        )
 
 
 def _phi(x: float) -> float:
@@ -149,10 +156,7 @@ class DeviceLedger:
     def contributions(self) -> list[Contribution]:
         """Every recorded contribution, by round id."""
         fields = [f.name for f in dataclasses.fields(Contribution)]
-        return [
-            Contribution(**{k: row[k] for k in fields})
-            for row in self._db[TABLE].rows_where(order_by="round_id")
-        ]
+        return [Contribution(**{k: row[k] for k in fields}) for row in self._db[TABLE].rows_where(order_by="round_id")]
 
     def record(self, contribution: Contribution) -> None:
         """Persist one sent contribution; a second one for the same round is a ProtocolError."""
@@ -163,7 +167,9 @@ class DeviceLedger:
                 raise ProtocolError(f"round {contribution.round_id}: a contribution is already recorded")
             table.insert(row)
         log.info(
-            "contribution recorded: mode %s z %.4g", contribution.mode, contribution.noise_multiplier,
+            "contribution recorded: mode %s z %.4g",
+            contribution.mode,
+            contribution.noise_multiplier,
             extra={"round": contribution.round_id},
         )
 
@@ -181,7 +187,9 @@ class DeviceLedger:
         eps = composed_epsilon(self.contributions() + [next_round_event], next_round_event.delta)
         if eps > budget_epsilon:
             log.warning(
-                "privacy budget spent: epsilon would reach %.4g > budget %.4g", eps, budget_epsilon,
+                "privacy budget spent: epsilon would reach %.4g > budget %.4g",
+                eps,
+                budget_epsilon,
                 extra={"round": next_round_event.round_id},
             )
             raise BudgetExhausted(

@@ -94,6 +94,9 @@ def privatize(
         vec = (vec.astype(np.float64) + gaussian_noise(vec.shape, stddev, rng)).astype(vec.dtype)
     log.debug(
         "update privatized: norm %.4g clip %.4g noise std %.4g",
-        clipped.norm, c, stddev, extra={"device": device, "round": round_id},
+        clipped.norm,
+        c,
+        stddev,
+        extra={"device": device, "round": round_id},
     )
     return Privatized(vec, clipped.norm, c, clipped.was_clipped, stddev, bit)
