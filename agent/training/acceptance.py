@@ -63,8 +63,13 @@ class Report:
 
 
 def batch(net: Network, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random inputs and targets of the network's shapes (N(0, 1) features; targets per loss)."""
-    x = rng.standard_normal((n, *net.input_shape)).astype(np.float32)
+    """Random inputs and targets of the network's shapes (N(0, 1) features, or token ids uniform
+    over the vocabulary when the first layer is an embedding; targets per loss)."""
+    first = net.layers[0]
+    if first.kind == "embedding":
+        x = rng.integers(0, first.p["vocab"], (n, *net.input_shape)).astype(np.float32)
+    else:
+        x = rng.standard_normal((n, *net.input_shape)).astype(np.float32)
     k = net.num_outputs
     if net.loss == "softmax_cross_entropy":
         return x, rng.integers(0, k, n).astype(np.int32)

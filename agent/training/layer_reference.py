@@ -88,6 +88,59 @@ def _pool_backward(layer: Layer, cache, dy: np.ndarray):
     return dx.reshape(len(dy), *layer.in_shape)
 
 
+def _sigmoid(a: np.ndarray) -> np.ndarray:
+    one = a.dtype.type(1)
+    return one / (one + np.exp(-a))
+
+
+def _gru_forward(layer: Layer, w: Weights, x: np.ndarray):
+    """Keras's GRU (reset_after=True), one time step after another from h = 0:
+    z = σ(x W_z + b_z + h U_z + c_z), r = σ(x W_r + b_r + h U_r + c_r),
+    n = tanh(x W_n + b_n + r ⊙ (h U_n + c_n)), h' = z ⊙ h + (1 - z) ⊙ n."""
+    u = layer.p["units"]
+    kw, ku, b = w[f"{layer.name}_w"], w[f"{layer.name}_u"], w[f"{layer.name}_b"]
+    h = np.zeros((len(x), u), x.dtype)
+    steps = []
+    for t in range(x.shape[1]):
+        xw = x[:, t] @ kw + b[0]
+        hu = h @ ku + b[1]
+        z = _sigmoid(xw[:, :u] + hu[:, :u])
+        r = _sigmoid(xw[:, u : 2 * u] + hu[:, u : 2 * u])
+        n = np.tanh(xw[:, 2 * u :] + r * hu[:, 2 * u :])
+        steps.append((h, z, r, n, hu[:, 2 * u :]))
+        h = z * h + (x.dtype.type(1) - z) * n
+    hs = np.stack([s[0] for s in steps[1:]] + [h], axis=1)  # every step's output [n, T, u]
+    out = hs if layer.p["return_sequences"] else h
+    return out, (x, steps)
+
+
+def _gru_backward(layer: Layer, w: Weights, cache, dy: np.ndarray):
+    """Backpropagation through time over the cached steps, last to first."""
+    x, steps = cache
+    u = layer.p["units"]
+    one = dy.dtype.type(1)
+    kw, ku = w[f"{layer.name}_w"], w[f"{layer.name}_u"]
+    dkw, dku, db = np.zeros_like(kw), np.zeros_like(ku), np.zeros_like(w[f"{layer.name}_b"])
+    dx = np.zeros_like(x)
+    seq = layer.p["return_sequences"]
+    dh = np.zeros((len(dy), u), dy.dtype)
+    for t in range(len(steps) - 1, -1, -1):
+        h, z, r, n, hn = steps[t]
+        dh = dh + (dy[:, t] if seq else (dy if t == len(steps) - 1 else 0))
+        dz = dh * (h - n) * z * (one - z)
+        dn = dh * (one - z) * (one - n * n)
+        dr = dn * hn * r * (one - r)
+        dxw = np.concatenate([dz, dr, dn], axis=1)
+        dhu = np.concatenate([dz, dr, dn * r], axis=1)
+        dkw += x[:, t].T @ dxw
+        dku += h.T @ dhu
+        db[0] += dxw.sum(axis=0)
+        db[1] += dhu.sum(axis=0)
+        dx[:, t] = dxw @ kw.T
+        dh = dh * z + dhu @ ku.T
+    return dx, {f"{layer.name}_w": dkw, f"{layer.name}_u": dku, f"{layer.name}_b": db}
+
+
 def _act(kind: str, a: np.ndarray) -> np.ndarray:
     one = a.dtype.type(1)
     if kind == "relu":
@@ -131,6 +184,13 @@ def forward(net: Network, w: Weights, x: np.ndarray, masks: dict[str, np.ndarray
         elif layer.kind == "flatten":
             caches.append(None)
             h = h.reshape(len(h), -1)
+        elif layer.kind == "embedding":  # input ids arrive as floats (the model's x is float32)
+            ids = np.asarray(h).astype(np.int64)
+            caches.append(ids)
+            h = w[f"{layer.name}_w"][ids]
+        elif layer.kind == "gru":
+            h, cache = _gru_forward(layer, w, h)
+            caches.append(cache)
         elif layer.kind == "dropout":
             mask = None if masks is None else masks.get(layer.name)
             caches.append(mask)
@@ -181,6 +241,14 @@ def backward(net: Network, w: Weights, caches: list, dz: np.ndarray) -> Weights:
             d = np.broadcast_to((d / count)[:, None, :], (len(d), int(np.prod(cache[1:-1])), d.shape[1])).reshape(cache)
         elif layer.kind == "flatten":
             d = d.reshape(len(d), *layer.in_shape)
+        elif layer.kind == "embedding":  # rows gathered k times get k gradients (scatter-add)
+            table = np.zeros_like(w[f"{layer.name}_w"])
+            np.add.at(table, cache.ravel(), d.reshape(-1, table.shape[1]))
+            grads[f"{layer.name}_w"] = table
+            d = None  # nothing flows into token ids
+        elif layer.kind == "gru":
+            d, g = _gru_backward(layer, w, cache, d)
+            grads.update(g)
         elif layer.kind == "dropout":
             d = d if cache is None else d * cache
         else:

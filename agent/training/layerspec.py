@@ -26,9 +26,12 @@ from fedge.agent.core.errors import ConfigError
 LOSSES = ("softmax_cross_entropy", "binary_cross_entropy", "mean_squared_error")
 ACTIVATIONS = ("relu", "relu6", "tanh", "sigmoid")
 #: Layer types a spec may use, in the order docs/training.md lists them.
-LAYERS = ("dense", "flatten", *ACTIVATIONS, "conv2d", "conv1d", "maxpool", "avgpool", "global_avgpool", "dropout")
+LAYERS = ("dense", "flatten", *ACTIVATIONS, "conv2d", "conv1d", "maxpool", "avgpool", "global_avgpool", "dropout",
+          "embedding", "gru")
 #: Layers the issue asks for that are not built yet: refused with a message naming them.
-NOT_YET = ("embedding", "depthwise_conv2d", "gru")
+NOT_YET = ("depthwise_conv2d",)
+#: Initial embedding rows are uniform in +-EMBEDDING_INIT (Keras's default for Embedding).
+EMBEDDING_INIT = 0.05
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
@@ -38,7 +41,7 @@ class Weight:
 
     name: str
     shape: tuple[int, ...]
-    init: str  # "zeros", "he_uniform" or "glorot_uniform"
+    init: str  # "zeros", "he_uniform", "glorot_uniform" or "uniform_0.05" (embedding rows)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,10 @@ class Network:
                 parts.append(f"{layer.kind} {k}")
             elif layer.kind == "dropout":
                 parts.append(f"dropout {layer.p['rate']}")
+            elif layer.kind == "embedding":
+                parts.append(f"embedding {layer.p['vocab']}x{layer.p['dim']}")
+            elif layer.kind == "gru":
+                parts.append(f"gru {layer.p['units']}" + (" sequence" if layer.p["return_sequences"] else ""))
             else:
                 parts.append(layer.kind)
         dims = "x".join(str(d) for d in self.input_shape)
@@ -157,6 +164,8 @@ _KEYS = {
     "maxpool": {"size", "stride"},
     "avgpool": {"size", "stride"},
     "dropout": {"rate"},
+    "embedding": {"vocab", "dim"},
+    "gru": {"units", "return_sequences"},
 }
 
 
@@ -233,6 +242,25 @@ def _one(ps: _Parser, raw: dict[str, Any], shape: tuple[int, ...], where: str) -
         if not isinstance(rate, float | int) or isinstance(rate, bool) or not 0 <= rate < 1:
             raise ConfigError(f"{where}: rate must be a number in [0, 1), got {rate!r}")
         out.append(Layer(kind, name, shape, shape, {"rate": float(rate)}))
+    elif kind == "embedding":
+        if len(shape) != 1:
+            raise ConfigError(f"{where}: embedding takes a sequence of token ids (input_shape [length]), got {list(shape)}")
+        vocab, dim = _int(raw.get("vocab"), f"{where}: vocab", lo=2), _int(raw.get("dim"), f"{where}: dim")
+        ws = (Weight(f"{name}_w", (vocab, dim), f"uniform_{EMBEDDING_INIT}"),)
+        out.append(Layer(kind, name, shape, (shape[0], dim), {"vocab": vocab, "dim": dim}, ws))
+    elif kind == "gru":
+        if len(shape) != 2:
+            raise ConfigError(f"{where}: gru takes [time, features] inputs, got {list(shape)}")
+        units = _int(raw.get("units"), f"{where}: units")
+        seq = raw.get("return_sequences", False)
+        if not isinstance(seq, bool):
+            raise ConfigError(f"{where}: return_sequences must be true or false, got {seq!r}")
+        # Keras's GRU (reset_after=True): gates z, r, n side by side; bias row 0 input, row 1 recurrent
+        ws = (Weight(f"{name}_w", (shape[1], 3 * units), "glorot_uniform"),
+              Weight(f"{name}_u", (units, 3 * units), "glorot_uniform"),
+              Weight(f"{name}_b", (2, 3 * units), "zeros"))
+        oshape = (shape[0], units) if seq else (units,)
+        out.append(Layer(kind, name, shape, oshape, {"units": units, "return_sequences": seq}, ws))
     else:  # an activation layer
         out.append(Layer(kind, name, shape, shape))
     act = raw.get("activation")
@@ -250,7 +278,7 @@ def _initialisers(layers: list[Layer]) -> list[Layer]:
     kernels = [i for i, layer in enumerate(layers) if layer.weights]
     fixed = []
     for i, layer in enumerate(layers):
-        if not layer.weights:
+        if not layer.weights or layer.kind in ("embedding", "gru"):  # their own (see _one), as Keras's
             fixed.append(layer)
             continue
         nxt = next((n.kind for n in layers[i + 1 :] if n.kind != "dropout"), None)
@@ -292,6 +320,9 @@ def parse(text: str, source: str = "<spec>") -> Network:
         for layer in _one(ps, t, cur, f"{source}: layer {i} ({t.get('type', '?')})"):
             layers.append(layer)
             cur = layer.out_shape
+    late = [layer.name for layer in layers[1:] if layer.kind == "embedding"]
+    if late:
+        raise ConfigError(f"{source}: embedding must be the first layer (it reads the input's token ids): {late[0]}")
     if layers[-1].kind != "dense":
         raise ConfigError(f"{source}: the last layer must be dense (the head giving the logits), not {layers[-1].kind}")
     if loss == "softmax_cross_entropy" and layers[-1].p["units"] < 2:
@@ -322,6 +353,10 @@ def initial_weights(net: Network) -> dict[str, np.ndarray]:
     for w in net.weights:
         if w.init == "zeros":
             out[w.name] = np.zeros(w.shape, np.float32)
+            continue
+        if w.init.startswith("uniform_"):
+            limit = float(w.init[len("uniform_") :])
+            out[w.name] = rng.uniform(-limit, limit, size=w.shape).astype(np.float32)
             continue
         fan_in = math.prod(w.shape[:-1])
         fan_out = w.shape[-1] * math.prod(w.shape[:-2]) if len(w.shape) > 2 else w.shape[-1]

@@ -96,6 +96,13 @@ class SpecModel(ZooModel):
             elif k == "flatten":
                 caches.append(None)
                 h = tf.reshape(h, [-1, layer.out_shape[0]])
+            elif k == "embedding":
+                ids = tf.cast(h, tf.int32)  # x is float32 like every model's; token ids are exact in it
+                caches.append(ids)
+                h = tf.gather(self._w(w, layer, "w"), ids)
+            elif k == "gru":
+                h, cache = self._gru_forward(layer, w, h)
+                caches.append(cache)
             elif k == "dropout":
                 if train and layer.p["rate"] > 0:
                     rate = layer.p["rate"]
@@ -152,6 +159,13 @@ class SpecModel(ZooModel):
             return tf.reshape(spread, [-1, *layer.in_shape])
         if k == "flatten":
             return tf.reshape(d, [-1, *layer.in_shape])
+        if k == "embedding":  # scatter-add of the rows' gradients as a one-hot matmul
+            vocab, dim = layer.p["vocab"], layer.p["dim"]
+            onehot = tf.one_hot(tf.reshape(cache, [-1]), vocab, dtype=FLOAT)
+            grads[f"{layer.name}_w"] = tf.matmul(onehot, tf.reshape(d, [-1, dim]), transpose_a=True)
+            return None
+        if k == "gru":
+            return self._gru_backward(layer, cache, w, d, grads, need_dx)
         if k == "dropout":
             return d if cache is None else d * cache
         a, h = cache
@@ -188,6 +202,62 @@ class SpecModel(ZooModel):
         pt, pb, pl, pr = p["pads"]
         dx = dxp[:, pt : hp - pb, pl : wp - pr, :]
         return tf.reshape(dx, [-1, *layer.in_shape])
+
+    def _gru_forward(self, layer: Layer, w, x):
+        """Static unroll (one set of ops per time step) of Keras's GRU, reset_after=True, from h = 0.
+
+        The input projection of every step is one matmul before the loop; each step then slices
+        its gates: z = σ(xw_z + hu_z), r = σ(xw_r + hu_r), n = tanh(xw_n + r ⊙ hu_n),
+        h' = n + z ⊙ (h - n), where hu = h U + b[1]."""
+        steps_n, feat = layer.in_shape
+        u = layer.p["units"]
+        kw, ku, b = self._w(w, layer, "w"), self._w(w, layer, "u"), self._w(w, layer, "b")
+        xw = tf.reshape(tf.matmul(tf.reshape(x, [-1, feat]), kw) + b[0], [-1, steps_n, 3 * u])
+        h = tf.zeros_like(xw[:, 0, :u])
+        steps, outs = [], []
+        for t in range(steps_n):
+            xt = xw[:, t, :]
+            hu = tf.matmul(h, ku) + b[1]
+            z = tf.math.sigmoid(xt[:, :u] + hu[:, :u])
+            r = tf.math.sigmoid(xt[:, u : 2 * u] + hu[:, u : 2 * u])
+            hn = hu[:, 2 * u :]
+            n = tf.math.tanh(xt[:, 2 * u :] + r * hn)
+            steps.append((h, z, r, n, hn))
+            h = n + z * (h - n)
+            outs.append(h)
+        out = tf.stack(outs, axis=1) if layer.p["return_sequences"] else h
+        return out, (x, steps)
+
+    def _gru_backward(self, layer: Layer, cache, w, d, grads, need_dx: bool):
+        """Backpropagation through time: per step the gate gradients; the weight gradients and the
+        input gradient as single matmuls over all steps at the end."""
+        x, steps = cache
+        steps_n, feat = layer.in_shape
+        u = layer.p["units"]
+        kw, ku = self._w(w, layer, "w"), self._w(w, layer, "u")
+        seq = layer.p["return_sequences"]
+        dh = None
+        dxws, dhus = [None] * steps_n, [None] * steps_n
+        for t in range(steps_n - 1, -1, -1):
+            h, z, r, n, hn = steps[t]
+            dout = d[:, t, :] if seq else (d if t == steps_n - 1 else None)
+            dh = dout if dh is None else (dh if dout is None else dh + dout)
+            dz = dh * (h - n) * z * (1.0 - z)
+            dn = dh * (1.0 - z) * (1.0 - n * n)
+            dr = dn * hn * r * (1.0 - r)
+            dxws[t] = tf.concat([dz, dr, dn], axis=1)
+            dhus[t] = tf.concat([dz, dr, dn * r], axis=1)
+            if t > 0:
+                dh = dh * z + tf.matmul(dhus[t], ku, transpose_b=True)
+        dxw = tf.reshape(tf.stack(dxws, axis=1), [-1, 3 * u])
+        dhu = tf.reshape(tf.stack(dhus, axis=1), [-1, 3 * u])
+        hprev = tf.reshape(tf.stack([s[0] for s in steps], axis=1), [-1, u])
+        grads[f"{layer.name}_w"] = tf.matmul(tf.reshape(x, [-1, feat]), dxw, transpose_a=True)
+        grads[f"{layer.name}_u"] = tf.matmul(hprev, dhu, transpose_a=True)
+        grads[f"{layer.name}_b"] = tf.stack([tf.reduce_sum(dxw, axis=0), tf.reduce_sum(dhu, axis=0)])
+        if not need_dx:
+            return None
+        return tf.reshape(tf.matmul(dxw, kw, transpose_b=True), [-1, steps_n, feat])
 
     def _pool_backward(self, layer: Layer, cache, d):
         p = layer.p
