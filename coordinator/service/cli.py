@@ -73,6 +73,12 @@ for _command in _MODELS_COMMANDS:
     cli.add_command(_command)
 
 
+from fedge.coordinator.service.loadtest_cli import COMMANDS as _LOADTEST_COMMANDS  # noqa: E402
+
+for _command in _LOADTEST_COMMANDS:
+    cli.add_command(_command)
+
+
 def main(argv: list[str] | None = None) -> None:
     missing = require_extra("fedge-coordinator", COORDINATOR_EXTRA)
     raise SystemExit(missing if missing is not None else run(cli, "fedge-coordinator", argv))

@@ -1,0 +1,42 @@
+"""``fedge-coordinator loadtest`` end to end: 20 real agents (``AgentDaemon``s in two worker
+processes) against a Mosquitto it starts and the real coordinator service, one SecAgg+ round with
+distributed DP while a quarter of the agents have their connection reset and the broker restarts
+mid-round; the JSON it writes is checked against the stores it leaves behind."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+from fedge.coordinator.service.cli import cli
+from tests.mqtt_fixtures import needs_mosquitto
+
+pytestmark = [needs_mosquitto, pytest.mark.mosquitto, pytest.mark.slow]
+
+
+@pytest.mark.timeout(120)
+def test_loadtest_runs_a_round_with_churn_and_a_broker_restart_and_accounts_from_the_stores(tmp_path):
+    out, work = tmp_path / "result.json", tmp_path / "work"
+    r = CliRunner().invoke(cli, ["loadtest", "--agents", "20", "--rounds", "2", "--churn", "0.25", "--broker-restart",
+                                 "--agents-per-worker", "10", "--checkin-window", "10", "--workdir", str(work),
+                                 "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    assert set(result) == {"agents", "rounds", "resets_injected", "broker_restarts", "lost_uploads", "double_counted",
+                           "coordinator_peak_rss_mb", "db_bytes"}
+    assert result["agents"] == 20 and result["broker_restarts"] == 1 and result["resets_injected"] >= 1
+    assert [(x["round"], x["status"]) for x in result["rounds"]] == [(1, "completed"), (2, "completed")]
+    assert all(x["participants"] >= 10 for x in result["rounds"]), result
+    assert result["lost_uploads"] == 0 and result["double_counted"] == 0
+    con = sqlite3.connect(work / "coordinator.db")
+    try:
+        participants = con.execute("select participants from rounds order by round_id").fetchall()
+        uploads = con.execute("select count(*) from uploads where stage = 'secagg.masked_input'").fetchone()[0]
+    finally:
+        con.close()
+    assert [p for (p,) in participants] == [x["participants"] for x in result["rounds"]]
+    assert uploads >= sum(x["participants"] for x in result["rounds"])
+    assert result["db_bytes"] > 0 and result["coordinator_peak_rss_mb"] > 0
