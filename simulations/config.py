@@ -78,7 +78,8 @@ class SimConfig:
         need(1 <= self.per_round <= self.population, "--per-round",
              f"expected 1..population ({self.population}), got {self.per_round}")
         need(self.rounds >= 1, "--rounds", f"expected >= 1, got {self.rounds}")
-        need(self.model in MODELS, "--model", f"expected one of {', '.join(MODELS)}, got {self.model!r}")
+        need(self.model in MODELS or (self.model.endswith(".tflite") and os.path.isfile(self.model)), "--model",
+             f"expected one of {', '.join(MODELS)} or the path of a built .tflite (its .json beside it), got {self.model!r}")
         need(self.dp in DP_MODES, "--dp", f"expected one of {', '.join(DP_MODES)}, got {self.dp!r}")
         need(self.workers is None or self.workers >= 0, "--workers", f"expected >= 0, got {self.workers}")
         need(self.engine in ENGINES, "--engine", f"expected one of {', '.join(ENGINES)}, got {self.engine!r}")

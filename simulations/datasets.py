@@ -1,4 +1,4 @@
-"""Offline data sets for simulations: Synthetic(α, β), scikit-learn digits, MNIST-5k, HAR and ``.npz``.
+"""Offline data sets for simulations: Synthetic(α, β), scikit-learn digits, MNIST-5k, HAR, Shakespeare and ``.npz``.
 
 Nothing is downloaded. Every data set declares its ``input_shape`` and ``num_classes`` so a
 model of another size is refused (:func:`check_model_fits`), never padded.
@@ -25,7 +25,7 @@ SYNTHETIC_TEST_SHARE = 0.2
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What ``--dataset`` asked for: ``kind`` is synthetic, digits, mnist, har or npz."""
+    """What ``--dataset`` asked for: ``kind`` is synthetic, digits, mnist, har, shakespeare or npz."""
 
     kind: str
     alpha: float = 0.0
@@ -34,7 +34,7 @@ class DatasetSpec:
 
 
 def parse_dataset_spec(spec: str) -> DatasetSpec:
-    """Parse ``synthetic:ALPHA,BETA``, ``digits``, ``mnist``, ``har`` or a path to an ``.npz`` file."""
+    """Parse ``synthetic:ALPHA,BETA``, ``digits``, ``mnist``, ``har``, ``shakespeare`` or a path to an ``.npz`` file."""
     s = spec.strip()
     if s.startswith("synthetic:"):
         parts = s[len("synthetic:") :].split(",")
@@ -45,11 +45,11 @@ def parse_dataset_spec(spec: str) -> DatasetSpec:
         if not (alpha >= 0 and beta >= 0 and np.isfinite(alpha) and np.isfinite(beta)):
             raise ConfigError(f"--dataset {spec!r}: ALPHA and BETA must be finite and >= 0")
         return DatasetSpec("synthetic", alpha=alpha, beta=beta)
-    if s in ("digits", "mnist", "har"):
+    if s in ("digits", "mnist", "har", "shakespeare"):
         return DatasetSpec(s)
     if s.endswith(".npz"):
         return DatasetSpec("npz", path=s)
-    raise ConfigError(f"--dataset {spec!r}: expected synthetic:ALPHA,BETA, digits, mnist, har or a path to a .npz file")
+    raise ConfigError(f"--dataset {spec!r}: expected synthetic:ALPHA,BETA, digits, mnist, har, shakespeare or a path to a .npz file")
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,6 +125,15 @@ def har(rng: np.random.Generator) -> ArrayDataset:
 
     x, y, users = hapt_examples()
     return _split("har", x, y, (x.shape[1],), rng, writers=users)
+
+
+def shakespeare() -> ArrayDataset:
+    """Next character after 80 (:mod:`fedge.simulations.shakespeare`): one writer per speaking role,
+    each role's last 20% of text held out as the test set. Needs ``fedge-sim data fetch shakespeare`` once."""
+    from fedge.simulations.shakespeare import SEQ_LEN, VOCAB, load_roles
+
+    r = load_roles()
+    return ArrayDataset("shakespeare", r.x_train, r.y_train, r.x_test, r.y_test, (SEQ_LEN,), len(VOCAB), r.role_train)
 
 
 def from_npz(path: str | Path, rng: np.random.Generator) -> ArrayDataset:
@@ -286,6 +295,8 @@ def load_dataset(spec: DatasetSpec, num_devices: int, rng: np.random.Generator) 
         return mnist5k(rng)
     if spec.kind == "har":
         return har(rng)
+    if spec.kind == "shakespeare":
+        return shakespeare()
     return from_npz(spec.path, rng)
 
 
