@@ -185,7 +185,8 @@ def decode(xs: np.ndarray, shares: np.ndarray, t: int) -> tuple[bytes, tuple[int
     if min(x) <= 0 or max(x) >= PRIME or len(set(x)) != s or (y >= _P).any():
         raise SecurityError("inconsistent shares")
     e = (s - t) // 2
-    limbs, bad = [], set()
+    limbs: list[int] = []
+    bad: set[int] = set()
     for limb in range(LIMBS):
         poly = _welch(x, [int(v) for v in y[:, limb]], t, e)
         limbs.append(poly[0])

@@ -178,12 +178,11 @@ def accounted_noise(config: PrivacyConfig, discrete: DiscreteNoisePlan | None = 
     builds it) and the two discrete queries are composed with their own rounding inflation.
     """
     z = 0.0 if config.mode == "off" else config.noise_multiplier
-    on_grid = config.mode in ("local", "distributed") and discrete is not None
-    if on_grid and config.adaptive is not None:
+    if config.mode not in ("local", "distributed") or discrete is None:
+        return z, 0.0
+    if config.adaptive is not None:
         bit = bit_noise_plan(config.adaptive.clip_count_stddev, discrete)
         z_total = (discrete.effective_noise_multiplier**-2 + bit.effective_noise_multiplier**-2) ** -0.5
         return z_total, discrete.rdp_offset + bit.rdp_offset
-    if on_grid:
-        ratio = discrete.effective_noise_multiplier / (discrete.central_stddev / discrete.clip_norm)
-        return z * ratio, discrete.rdp_offset
-    return z, 0.0
+    ratio = discrete.effective_noise_multiplier / (discrete.central_stddev / discrete.clip_norm)
+    return z * ratio, discrete.rdp_offset

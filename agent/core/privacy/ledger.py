@@ -129,7 +129,7 @@ def composed_epsilon(contributions: list[Contribution], delta: float) -> float:
 def ensure_schema(db: sqlite_utils.Database) -> None:
     """Create the ledger table if it is missing (idempotent)."""
     if TABLE not in db.table_names():
-        db[TABLE].create(
+        db.table(TABLE).create(
             {
                 "round_id": int,
                 "mode": str,
@@ -160,7 +160,7 @@ class DeviceLedger:
 
     def record(self, contribution: Contribution) -> None:
         """Persist one sent contribution; a second one for the same round is a ProtocolError."""
-        table = self._db[TABLE]
+        table = self._db.table(TABLE)
         row = dataclasses.asdict(contribution) | {"recorded_at": self._clock()}
         with self._db.conn:
             if table.count_where("round_id = ?", [contribution.round_id]):
