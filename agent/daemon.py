@@ -157,8 +157,12 @@ class AgentDaemon:
         self.replies = Replies(db)
         self.models = ModelCache(db, clock=self._clock)
         self.ledger = DeviceLedger(db, clock=self._clock)
-        self.releases = ReleaseManager(db, self.device_id, clock=self._clock,
-                                       evaluator=LocalEvaluator(self.store, self.profile.compute.threads))
+        models_dir = self._models_dir()
+        compute = self.profile.compute
+        self.releases = ReleaseManager(db, self.device_id, clock=self._clock, models_dir=models_dir,
+                                       evaluator=LocalEvaluator(self.store, compute.threads, models_dir=models_dir),
+                                       memory_cap_mb=compute.memory_mb, batch_size=compute.batch_size,
+                                       num_threads=compute.threads)
         self._extra = {"device": self.device_id}
         for rid in self.rounds.drop_unfinished():
             log.warning("dropped out of round %d: the agent restarted mid-round", rid, extra=self._extra | {"round": rid})
@@ -348,9 +352,18 @@ class AgentDaemon:
         self.transport.ack(inbound)
 
     def _on_fleet(self, msg: Any) -> None:
-        """Release install / rollback / pin / key rotation (agent.releases); reports go through the outbox."""
+        """Release install / rollback / pin / key rotation (agent.releases); reports go through the outbox.
+        A new current release of another architecture is trained from then on."""
         for report in self.releases.handle(msg):
             self.outbox.put(-1, outbox_key(report), topics.device_out(self.device_id), wire.encode(report))
+        self._refresh_model()
+
+    def _refresh_model(self) -> None:
+        """Between rounds, switch to the current release's architecture if it changed."""
+        if self._participant is None and self._active_model() != self.spec.path:
+            self._load_data()
+            self._trainer = None
+            log.info("now training model %s", self.spec.name, extra=self._extra)
         if self._retry_at is None:
             self._flush()
 
@@ -377,6 +390,7 @@ class AgentDaemon:
         extra = self._extra | {"round": a.round_id}
         if self.rounds.get(a.round_id) is not None:
             return  # already answered (a retained announcement seen again, or a redelivery)
+        self._refresh_model()
         now = self._clock()
         if a.sent_at > 0 and not retained:
             self._measure_skew(a, now)
@@ -393,8 +407,8 @@ class AgentDaemon:
         if e.reasons != self._last_status:
             self._publish_status(e)
         reasons = list(e.reasons)
-        if a.model_name != self.profile.model.name:
-            reasons.append(f"model {a.model_name!r} is not this device's {self.profile.model.name!r}")
+        if a.model_name != self._model_name():
+            reasons.append(f"model {a.model_name!r} is not this device's {self._model_name()!r}")
         if not len(self._data[1]):
             reasons.append("no local training data")
         if self.profile.privacy.mode != "off":
@@ -505,10 +519,30 @@ class AgentDaemon:
 
     # ------------------------------------------------------------------ training
 
+    def _models_dir(self) -> Any:
+        from pathlib import Path
+
+        return Path(self.config.db_path).resolve().parent / "models"
+
+    def _active_model(self) -> Any:
+        """The model file this device trains: the current release's own (a built model that came
+        with it) or else the zoo model its profile names."""
+        from fedge.agent.training.models import load_spec
+
+        try:
+            cur = self.releases.current()
+        except FedgeError:
+            cur = None
+        path = self.releases.model_path(cur) if cur is not None else None
+        return path if path is not None else load_spec(self.profile.model.name).path
+
+    def _model_name(self) -> str:
+        return self.spec.name
+
     def _load_data(self) -> None:
         from fedge.agent.training.models import load_spec
 
-        self.spec = load_spec(self.profile.model.name)
+        self.spec = load_spec(self._active_model())
         if self.config.data_path:
             from fedge.agent.local_data import read_examples
 
@@ -537,8 +571,8 @@ class AgentDaemon:
     def _train(self, task: Task) -> LocalResult:
         """The Participant's train function: budget and eligibility first, then TFLite under the profile's limits."""
         plan = task.plan
-        if plan.model_name != self.profile.model.name:
-            raise TrainingError(f"model {plan.model_name!r} is not this device's {self.profile.model.name!r}")
+        if plan.model_name != self._model_name():
+            raise TrainingError(f"model {plan.model_name!r} is not this device's {self._model_name()!r}")
         if self.profile.privacy.mode != "off":
             self.ledger.check_can_contribute(
                 self.profile.privacy.epsilon_budget, contribution_for(task.round_id, plan, task.weights.size)

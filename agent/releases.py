@@ -6,22 +6,31 @@ it is pinned to, and every rollout it took. A release is installed only after
 :func:`~agent.core.release.verify_release` accepted it and it ran on held-out local data; on any
 failure the previous release keeps running. The daemon passes each fleet command to
 :meth:`ReleaseManager.handle` and publishes the reports it returns on ``device_out``.
+
+A release that carries its architecture (a built model: ``.tflite`` and ``.json``) is checked
+against the SHA-256s its signed manifest names, written under the device's models directory
+(``<models_dir>/<model sha256 prefix>/<architecture>.tflite``) and kept in the store with the
+release; before it is installed, one training step is run in a fresh process to measure the
+memory its training takes (:func:`~agent.training.memory.training_peak_bytes`), and a model over
+the profile's cap (``[compute] memory_mb``) fails to install, saying how much it needs.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sqlite_utils
 
 from fedge.agent.core import wire
-from fedge.agent.core.errors import FedgeError, ProtocolError, SecurityError
+from fedge.agent.core.errors import ConfigError, FedgeError, ProtocolError, SecurityError
 from fedge.agent.core.messages.fleet import (
     InstallCommand,
     InstallReport,
@@ -31,11 +40,42 @@ from fedge.agent.core.messages.fleet import (
     RollbackCommand,
     SignedRelease,
 )
-from fedge.agent.core.release import ReleaseManifest, apply_rotation, key_id, verify_signed
+from fedge.agent.core.release import ReleaseManifest, apply_rotation, file_sha256, key_id, verify_signed
 
 log = logging.getLogger(__name__)
 
 CURRENT, PREVIOUS = "current", "previous"
+#: an architecture name a built model's files may be written under
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+class ModelTooLarge(FedgeError):
+    """Training the release's model would take more memory than the device's profile allows."""
+
+
+def model_file_path(models_dir: str | Path, manifest: ReleaseManifest) -> Path:
+    """Where a built model's ``.tflite`` lives on the device (its ``.json`` beside it)."""
+    if not manifest.carries_model:
+        raise ValueError(f"release {manifest.version} carries no model file")
+    if not _FILE_NAME.match(manifest.architecture):
+        raise ValueError(f"architecture {manifest.architecture!r} is not a file name")
+    return Path(models_dir) / manifest.model_sha256[:24] / f"{manifest.architecture}.tflite"
+
+
+def write_model_files(models_dir: str | Path, manifest: ReleaseManifest, model: bytes, meta: bytes) -> Path:
+    """Write a built model's files where :func:`model_file_path` says (atomically; files already there
+    with the signed hashes are kept); return the ``.tflite`` path."""
+    if file_sha256(model) != manifest.model_sha256 or file_sha256(meta) != manifest.model_meta_sha256:
+        raise SecurityError("model files do not match the release")
+    path = model_file_path(models_dir, manifest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for target, data in ((path.with_suffix(".json"), meta), (path, model)):
+        if target.exists() and file_sha256(target.read_bytes()) == file_sha256(data):
+            continue
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    return path
 
 
 def ensure_schema(db: sqlite_utils.Database) -> None:
@@ -58,11 +98,13 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
 
 @dataclass(frozen=True)
 class Installed:
-    """One installed release: its manifest and verified weights."""
+    """One installed release: its manifest, verified weights, and a built model's files (else empty)."""
 
     manifest: ReleaseManifest
     weights: np.ndarray
     installed: float
+    model: bytes = b""
+    model_meta: bytes = b""
 
 
 #: Evaluates a release on the device's held-out data: (accuracy, examples), or None without data.
@@ -72,19 +114,27 @@ Evaluator = Callable[[ReleaseManifest, np.ndarray], "tuple[float, int] | None"]
 class LocalEvaluator:
     """Runs a release in the zoo Trainer (TFLite) on the store's ``test`` split: accuracy, examples."""
 
-    def __init__(self, store: Any, num_threads: int = 1, trainers: dict[str, Any] | None = None) -> None:
+    def __init__(self, store: Any, num_threads: int = 1, trainers: dict[str, Any] | None = None,
+                 models_dir: str | Path | None = None) -> None:
         self._store = store
         self._threads = num_threads
         self._trainers: dict[str, Any] = {} if trainers is None else trainers  # may be shared in one thread
+        self._models_dir = models_dir
 
     def __call__(self, manifest: ReleaseManifest, weights: np.ndarray) -> tuple[float, int] | None:
         from fedge.agent.local_data import load_examples
         from fedge.agent.training.models import load_spec
         from fedge.agent.training.trainer import Trainer
 
-        trainer = self._trainers.get(manifest.architecture)
+        name: str | Path = manifest.architecture
+        if manifest.carries_model:
+            if self._models_dir is None:
+                raise ValueError("no models directory for a release that carries its model")
+            name = model_file_path(self._models_dir, manifest)
+        key = str(name)
+        trainer = self._trainers.get(key)
         if trainer is None:
-            trainer = self._trainers[manifest.architecture] = Trainer(load_spec(manifest.architecture), self._threads)
+            trainer = self._trainers[key] = Trainer(load_spec(name), self._threads)
         x, y = load_examples(self._store, "test", trainer.spec)
         if len(y) == 0:
             trainer.set_flat_weights(weights)  # still proves the release loads into the interpreter
@@ -98,12 +148,21 @@ class ReleaseManager:
 
     def __init__(
         self, db: sqlite_utils.Database, device_id: str, *, evaluator: Evaluator | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, models_dir: str | Path | None = None,
+        memory_cap_mb: float | None = None, batch_size: int = 32, num_threads: int = 1,
+        memory_probe: Callable[[Path, int, int], int] | None = None,
     ) -> None:
         self._db = db
         self.device_id = device_id
         self._evaluator = evaluator
         self._clock = clock
+        self.models_dir = Path(models_dir) if models_dir is not None else None
+        self._memory_cap_mb = memory_cap_mb
+        self._batch_size = batch_size
+        self._threads = num_threads
+        self._memory_probe = memory_probe
+        #: bytes the last built model's trial training step took (None before any)
+        self.last_model_memory: int | None = None
         self._extra = {"device": device_id}
         self._rotations: dict[int, KeyRotation] = {}  # received, not yet applicable (in memory only)
 
@@ -165,7 +224,21 @@ class ReleaseManager:
 
         if weights_sha256(rel.weights) != rel.manifest.sha256:
             raise SecurityError("stored release is corrupt")
-        return Installed(rel.manifest, np.asarray(rel.weights, np.float32).copy(), row[1])
+        if rel.manifest.carries_model and (
+            file_sha256(rel.model) != rel.manifest.model_sha256 or file_sha256(rel.model_meta) != rel.manifest.model_meta_sha256
+        ):
+            raise SecurityError("stored release is corrupt")
+        return Installed(rel.manifest, np.asarray(rel.weights, np.float32).copy(), row[1], bytes(rel.model),
+                         bytes(rel.model_meta))
+
+    def model_path(self, installed: Installed) -> Path | None:
+        """The ``.tflite`` path of an installed built model (rewritten from the store if it went
+        missing on disk), or None for a zoo architecture."""
+        if not installed.manifest.carries_model:
+            return None
+        if self.models_dir is None:
+            raise ConfigError("no models directory: cannot run a release that carries its model")
+        return write_model_files(self.models_dir, installed.manifest, installed.model, installed.model_meta)
 
     def current(self) -> Installed | None:
         """The release the device runs now."""
@@ -240,8 +313,13 @@ class ReleaseManager:
                         current.manifest.version, current.manifest.architecture, extra=self._extra)
             return self._done(rollout_id, version, InstallResult.REFUSED, detail="older than the running release")
         try:
+            if release.manifest.carries_model:
+                self._prepare_model(release)
             metric = self._evaluate(release.manifest, weights)
-        except (FedgeError, ValueError, RuntimeError, MemoryError) as e:
+        except ModelTooLarge as e:
+            log.warning("release %s refused: %s", version, e, extra=self._extra)
+            return self._done(rollout_id, version, InstallResult.FAILED, detail=f"install failed: {e}"[:500])
+        except (FedgeError, ValueError, RuntimeError, MemoryError, OSError) as e:
             log.warning("release %s failed to install: %s", version, e, extra=self._extra)
             return self._done(rollout_id, version, InstallResult.FAILED, detail=f"install failed: {type(e).__name__}")
         baseline = None
@@ -298,6 +376,32 @@ class ReleaseManager:
         return self.install(release, "")
 
     # ------------------------------------------------------------------ helpers
+
+    def _prepare_model(self, release: SignedRelease) -> Path:
+        """Write a built model's (verified) files, check they describe the release, and measure the
+        memory one training step takes; ModelTooLarge over the profile's cap."""
+        from fedge.agent.training.memory import training_peak_bytes
+        from fedge.agent.training.models import load_spec
+
+        if self.models_dir is None:
+            raise ConfigError("no models directory: cannot install a release that carries its model")
+        m = release.manifest
+        path = write_model_files(self.models_dir, m, release.model, release.model_meta)
+        spec = load_spec(path)
+        if spec.name != m.architecture or spec.num_params != m.num_params:
+            raise ValueError(f"model file is {spec.name} with {spec.num_params} weights, the release names "
+                             f"{m.architecture} with {m.num_params}")
+        probe = self._memory_probe or training_peak_bytes
+        need = probe(path, self._batch_size, self._threads)
+        self.last_model_memory = need
+        log.info("model %s: one training step at batch %d takes %.1f MiB (measured)", m.architecture,
+                 self._batch_size, need / 2**20, extra=self._extra)
+        if self._memory_cap_mb is not None and need > self._memory_cap_mb * 2**20:
+            raise ModelTooLarge(
+                f"training {m.architecture} needs {need / 2**20:.1f} MiB at batch {self._batch_size} (measured), "
+                f"over this device's cap of {self._memory_cap_mb:g} MiB"
+            )
+        return path
 
     def _evaluate(self, manifest: ReleaseManifest, weights: np.ndarray) -> tuple[float, int] | None:
         if self._evaluator is None:

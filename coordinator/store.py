@@ -135,6 +135,22 @@ def _m008_round_audit(db: sqlite_utils.Database) -> None:
     db["rounds"].add_column("epsilon_lower_bound", float)
 
 
+def _m009_model_files(db: sqlite_utils.Database) -> None:
+    """Built models' architecture files (``.tflite`` and ``.json``), one per architecture name, that
+    releases of that architecture carry to devices; the releases name their SHA-256s."""
+    db["model_files"].create(
+        {"architecture": str, "model": bytes, "meta": bytes, "model_sha256": str, "meta_sha256": str, "created": float},
+        pk="architecture",
+    )
+    db["releases"].add_column("model_sha256", str)
+    db["releases"].add_column("model_meta_sha256", str)
+
+
+def _m010_server_opt_state(db: sqlite_utils.Database) -> None:
+    """The server optimizer's state (``serve --server-opt``), JSON, so a restart continues it."""
+    db["server_opt_state"].create({"id": int, "rule": str, "state": str, "round_id": int, "updated": float}, pk="id")
+
+
 MIGRATIONS: list[migrations.Migration] = [
     ("001_core", _m001_core),
     ("002_service", _m002_service),
@@ -144,6 +160,8 @@ MIGRATIONS: list[migrations.Migration] = [
     ("006_round_clip_norm", _m006_round_clip_norm),
     ("007_quarantine", _m007_quarantine),
     ("008_round_audit", _m008_round_audit),
+    ("009_model_files", _m009_model_files),
+    ("010_server_opt_state", _m010_server_opt_state),
 ]
 
 

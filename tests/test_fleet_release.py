@@ -197,10 +197,16 @@ def test_canonical_bytes_cover_every_field():
     key = IdentityKey.generate()
     m = _release(key, "v1", np.zeros(4, np.float32)).manifest
     changes = dict(version="v2", parent="v0", architecture="mlp", sha256="0" * 64, num_params=5, metrics={"accuracy": 0.1},
-                   produced_by=(4,), source="import:x.npz", key_id="0" * 16, created=2.0)
+                   produced_by=(4,), source="import:x.npz", key_id="0" * 16, created=2.0,
+                   model_sha256="1" * 64, model_meta_sha256="2" * 64)
     assert set(changes) == {f.name for f in dataclasses.fields(ReleaseManifest)}
+    with_model = dataclasses.replace(m, model_sha256="3" * 64, model_meta_sha256="4" * 64)
     for field, value in changes.items():
-        assert dataclasses.replace(m, **{field: value}).canonical_bytes() != m.canonical_bytes(), field
+        for base in (m, with_model):
+            if field.startswith("model_") and base is m:
+                continue  # the two model hashes go together; covered on a manifest that carries a model
+            assert dataclasses.replace(base, **{field: value}).canonical_bytes() != base.canonical_bytes(), field
+    assert with_model.canonical_bytes() != m.canonical_bytes()
 
 
 def test_a_corrupt_stored_release_is_detected_and_replaced(setup):

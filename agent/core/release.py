@@ -7,6 +7,12 @@ Ed25519 signature over its canonical bytes, and the weights. A device installs o
 Trust moves by :class:`KeyRotation` messages signed by a trusted key (and by the new key, to
 prove it is held), so the release key rotates without re-enrolling devices. Every refusal is
 one opaque :class:`~agent.core.errors.SecurityError`.
+
+A release may carry its architecture: the built ``.tflite`` and its ``.json`` metadata
+(``fedge-coordinator models build``). The manifest then names their SHA-256s
+(``model_sha256``, ``model_meta_sha256``), so the signature covers the files and a rollout can
+move a device to a new architecture. A release without them trains the zoo model named by
+``architecture``, and its signed bytes are those of a release made before model files existed.
 """
 
 from __future__ import annotations
@@ -40,6 +46,11 @@ def weights_sha256(weights: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(weights, dtype="<f4").tobytes()).hexdigest()
 
 
+def file_sha256(data: bytes) -> str:
+    """SHA-256 hex of a model file's bytes."""
+    return hashlib.sha256(bytes(data)).hexdigest()
+
+
 def check_version(version: str) -> str:
     """A release version is 1-64 of ``[A-Za-z0-9_.:+-]``; ValueError otherwise."""
     if not isinstance(version, str) or not _VERSION.match(version):
@@ -62,9 +73,23 @@ class ReleaseManifest:
     source: str
     key_id: str
     created: float
+    #: SHA-256 of the architecture file (``.tflite``) and of its ``.json`` metadata the release
+    #: carries; both "" for a zoo architecture (the file is already on the device)
+    model_sha256: str = ""
+    model_meta_sha256: str = ""
+
+    @property
+    def carries_model(self) -> bool:
+        """True when the release carries its architecture file (a built model)."""
+        return bool(self.model_sha256)
 
     def __post_init__(self) -> None:
         check_version(self.version)
+        if bool(self.model_sha256) != bool(self.model_meta_sha256):
+            raise ValueError("model_sha256 and model_meta_sha256 go together")
+        for h in (self.model_sha256, self.model_meta_sha256):
+            if h and not _HEX64.match(h):
+                raise ValueError("model hashes must be 64 lowercase hex digits")
         if self.parent:
             check_version(self.parent)
         if not self.architecture or len(self.architecture) > 64:
@@ -86,20 +111,26 @@ class ReleaseManifest:
             struct.pack(">H", len(k.encode())) + k.encode() + _F64.pack(v) for k, v in sorted(self.metrics.items())
         )
         rounds = b"".join(struct.pack(">q", r) for r in self.produced_by)
-        return transcript(
-            "release/manifest", self.version, self.parent, self.architecture, self.sha256, self.num_params,
+        fields: tuple[bytes | str | int, ...] = (
+            self.version, self.parent, self.architecture, self.sha256, self.num_params,
             metrics, rounds, self.source, self.key_id, _F64.pack(self.created),
         )
+        if self.carries_model:  # a release without model files signs exactly what it did before them
+            return transcript("release/manifest-with-model", *fields, self.model_sha256, self.model_meta_sha256)
+        return transcript("release/manifest", *fields)
 
 
 @message("fleet.release")
 @dataclass(frozen=True)
 class SignedRelease:
-    """A release as it travels: manifest, the release key's signature over it, and the flat weights."""
+    """A release as it travels: manifest, the release key's signature over it, the flat weights,
+    and for a built model its architecture file and metadata (empty for a zoo architecture)."""
 
     manifest: ReleaseManifest
     signature: bytes
     weights: np.ndarray
+    model: bytes = b""
+    model_meta: bytes = b""
 
 
 def sign_release(manifest: ReleaseManifest, key: IdentityKey) -> bytes:
@@ -110,11 +141,14 @@ def sign_release(manifest: ReleaseManifest, key: IdentityKey) -> bytes:
 
 
 def verify_release(
-    manifest: ReleaseManifest, signature: bytes, weights: np.ndarray, trusted_keys: Mapping[str, bytes]
+    manifest: ReleaseManifest, signature: bytes, weights: np.ndarray, trusted_keys: Mapping[str, bytes],
+    model: bytes = b"", model_meta: bytes = b"",
 ) -> np.ndarray:
-    """The weights as float32 if ``signature`` is a trusted key's over ``manifest`` and they match its hash.
+    """The weights as float32 if ``signature`` is a trusted key's over ``manifest`` and they match its
+    hash, and the model files (if the manifest names them) match theirs.
 
-    Unknown key, bad signature, wrong size or hash: one opaque SecurityError.
+    Unknown key, bad signature, wrong size or hash, a model file the manifest does not name or
+    one that differs from its hash: one opaque SecurityError.
     """
     public = trusted_keys.get(manifest.key_id)
     if public is None or key_id(public) != manifest.key_id:
@@ -128,12 +162,19 @@ def verify_release(
         raise SecurityError("release refused")
     if weights_sha256(w) != manifest.sha256:
         raise SecurityError("release refused")
+    if manifest.carries_model:
+        if file_sha256(model) != manifest.model_sha256 or file_sha256(model_meta) != manifest.model_meta_sha256:
+            raise SecurityError("release refused")
+    elif model or model_meta:
+        raise SecurityError("release refused")
     return w.astype(np.float32)
 
 
 def verify_signed(release: SignedRelease, trusted_keys: Mapping[str, bytes]) -> np.ndarray:
     """:func:`verify_release` on a :class:`SignedRelease`."""
-    return verify_release(release.manifest, release.signature, release.weights, trusted_keys)
+    return verify_release(
+        release.manifest, release.signature, release.weights, trusted_keys, release.model, release.model_meta
+    )
 
 
 # ---------------------------------------------------------------------- key rotation

@@ -118,16 +118,24 @@ class Trainer:
         max_seconds: float | None = None,
         should_abort: Callable[[], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        prox_mu: float = 0.0,
     ) -> TrainResult:
         """Run ``epochs`` of shuffled mini-batch SGD from ``global_weights`` and return the delta.
 
         The cap and the abort signal are checked before every step, so training stops within
         one step of either. A non-finite loss raises TrainingError (the update is useless).
+
+        ``prox_mu`` > 0 adds FedProx's proximal term (mu/2)||w - w_global||^2 (Li et al., MLSys
+        2020) exactly: after each TFLite step w' = w - lr grad f(w), the weights become
+        w'' = w' - lr mu (w - w_global), one get and one set of the flat weights per step, so the
+        model file needs no proximal op.
         """
         if epochs < 1 or batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
         if not (math.isfinite(learning_rate) and learning_rate > 0):
             raise ConfigError(f"learning_rate must be a positive number, got {learning_rate}")
+        if not (math.isfinite(prox_mu) and prox_mu >= 0):
+            raise ConfigError(f"prox_mu must be a finite number >= 0, got {prox_mu}")
         x, y = self._check_data(x, y)
         n = len(x)
         if n == 0:
@@ -135,6 +143,8 @@ class Trainer:
         start_w = np.asarray(global_weights, dtype=np.float32)
         self.set_flat_weights(start_w)
         lr = np.float32(learning_rate)
+        prox = np.float32(learning_rate * prox_mu)
+        w = start_w.copy()  # the weights in the interpreter before the next step (FedProx only)
         t0 = clock()
         steps, stopped, loss = 0, None, math.nan
         done_epochs = 0.0
@@ -152,6 +162,9 @@ class Trainer:
                 batch_loss = float(self._train(x=x[idx], y=y[idx], lr=lr)["loss"])
                 if not math.isfinite(batch_loss):
                     raise TrainingError(f"{self.spec.name}: loss became {batch_loss} at step {steps + 1}; lower the learning rate")
+                if prox_mu > 0:
+                    w = self.flat_weights() - prox * (w - start_w)
+                    self.set_flat_weights(w)
                 total += batch_loss * len(idx)
                 seen += len(idx)
                 steps += 1

@@ -98,6 +98,22 @@ def releases_import(path: str, version: str, architecture: str, parent: str | No
     click.echo(f"release {rel.version} ({rel.manifest.architecture}, sha256 {rel.manifest.sha256[:12]}) signed with key {rel.manifest.key_id}")
 
 
+@releases.command("import-model")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--version", "version", required=True, help="Release version to give it.")
+@new_db_option
+def releases_import_model(path: str, version: str, db: str) -> None:
+    """Import a built model (a `models build` output directory, or its .tflite) as a signed release that
+    carries the model file, starting from its built weights; a rollout of it moves devices to it."""
+    from fedge.coordinator.fleet.releases import import_model
+
+    with _store(db) as store:
+        rel = import_model(store, path, version=version)
+    m = rel.manifest
+    click.echo(f"release {rel.version} ({m.architecture}, {m.num_params} weights, model sha256 {m.model_sha256[:12]}) "
+               f"signed with key {m.key_id}")
+
+
 @releases.command("sign")
 @click.argument("version")
 @db_option

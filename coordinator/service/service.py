@@ -606,7 +606,10 @@ class CoordinatorService:
             from fedge.agent.training.models import load_spec
             from fedge.agent.training.trainer import Trainer
 
-            self._evaluator = Trainer(load_spec(self.config.training.model_name), num_threads=1)
+            from fedge.coordinator.fleet.releases import model_path
+
+            name = self.config.training.model_name  # a zoo model, or a built one imported as a release
+            self._evaluator = Trainer(load_spec(model_path(self._store(), name) or name), num_threads=1)
         return self._evaluator
 
     def _abandon_early(self, rid: int, model: ModelRecord, reason: str) -> RoundReport:
