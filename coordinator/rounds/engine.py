@@ -285,11 +285,12 @@ class RoundEngine:
         if self.status is not RoundStatus.RUNNING or self.clock() < self._deadline:
             return []
         now = self.clock()
-        log.info("stage %s deadline", self.aggregation.stage, extra={"round": self.round_id})
+        stage = self.aggregation.stage
+        log.info("stage %s deadline", stage, extra={"round": self.round_id})
         try:
             out = self.aggregation.close_stage(now)
         except RoundFailed as e:
-            return self._abandon(str(e))
+            return self._abandon(self._declines_reason(str(e)) if stage == self.aggregation.first_stage else str(e))
         self._enter_stage(now)
         return out + self._maybe_finish()
 
@@ -342,7 +343,7 @@ class RoundEngine:
             try:
                 out = agg.close_stage(now)
             except RoundFailed as e:
-                return self._abandon(str(e))
+                return self._abandon(self._declines_reason(str(e)))
             self._enter_stage(now)
             return out
         return []
@@ -382,12 +383,38 @@ class RoundEngine:
                               p.adaptive_learning_rate)
 
     def _dropped(self) -> dict[str, int]:
+        """Devices that did not make it into the aggregate, by where they were lost; each device once.
+
+        The aggregation counts every device missing at its first stage, declined ones included; they
+        are counted under ``declined`` instead (excluded ones the aggregation has already let go)."""
         d = dict(self.aggregation.dropped())
-        if self.declined:
-            d["declined"] = len(self.declined)
+        declined = [x for x in self.declined if x not in self.excluded]
+        first = self.aggregation.first_stage
+        if declined and first in d:
+            d[first] = max(0, d[first] - len(declined))
+            if not d[first]:
+                del d[first]
+        if declined:
+            d["declined"] = len(declined)
         if self.excluded:
             d["excluded"] = len(self.excluded)
         return d
+
+    def _declines_reason(self, failure: str) -> str:
+        """The reason of a first stage that failed: the declines' own reasons when they are why."""
+        declined = [r for d, r in self.declined.items() if d not in self.excluded]
+        if not declined:
+            return failure
+        kinds: dict[str, int] = {}
+        for r in declined:
+            kind = "out of privacy budget" if r.startswith("budget") else r
+            kinds[kind] = kinds.get(kind, 0) + 1
+        why = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+        answered = self.aggregation.answered_first_stage()
+        silent = len(self.cohort) - answered - len(declined) - len(self.excluded)
+        quiet = f", {silent} did not answer" if silent > 0 else ""
+        return (f"{len(declined)} of {len(self.cohort)} devices declined ({why}){quiet}; {answered} answered, "
+                f"minimum cohort is {self.settings.min_cohort}")
 
     def _flagged(self) -> dict[str, str]:
         return {**self.flagged_late, **self.excluded, **self.aggregation.flagged()}
