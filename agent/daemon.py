@@ -39,7 +39,7 @@ from fedge.agent.outbox import Outbox
 from fedge.agent.participant import LocalResult, Participant
 from fedge.agent.releases import FLEET_COMMANDS, LocalEvaluator, ReleaseManager, outbox_key
 from fedge.agent.replies import Answered, Replies, Reply
-from fedge.agent.round_state import RoundStates
+from fedge.agent.round_state import RoundStates, RoundStatus
 from fedge.agent.store import Store
 
 log = logging.getLogger(__name__)
@@ -318,9 +318,9 @@ class AgentDaemon:
                 self.ledger.record(contribution_for(round_id, task.plan, task.weights.size))
         self.outbox.put(round_id, stage, topics.device_out(self.device_id), payload)
         if stage in UPLOAD_STAGES:
-            self.rounds.set(round_id, stage, "uploaded")
+            self.rounds.set(round_id, stage, RoundStatus.UPLOADED)
         elif stage == "round.decline":
-            self.rounds.set(round_id, stage, "declined")
+            self.rounds.set(round_id, stage, RoundStatus.DECLINED)
         if self._retry_at is None:
             self._flush()
 
@@ -395,7 +395,7 @@ class AgentDaemon:
         if a.sent_at > 0 and not retained:
             self._measure_skew(a, now)
         if self._missed_checkin(a, now, retained):
-            self.rounds.set(a.round_id, "announce", "ineligible")
+            self.rounds.set(a.round_id, "announce", RoundStatus.INELIGIBLE)
             off = self.clock_offset
             if off is not None and abs(off) > SKEW_MISS_S:
                 log.warning("announcement missed its check-in deadline; this device's clock is %+.1f s off the "
@@ -419,7 +419,7 @@ class AgentDaemon:
             except BudgetExhausted as err:
                 reasons.append(str(err))
         eligible = not reasons
-        self.rounds.set(a.round_id, "checkin", "checked_in" if eligible else "ineligible")
+        self.rounds.set(a.round_id, "checkin", RoundStatus.CHECKED_IN if eligible else RoundStatus.INELIGIBLE)
         log.info("check-in: %s", "eligible" if eligible else "; ".join(reasons), extra=extra)
         self._send(a.round_id, CheckIn(
             self.device_id, a.round_id, self.profile.device.class_, self.models.latest_version() or a.model_version,
@@ -461,9 +461,10 @@ class AgentDaemon:
         rid = task.round_id
         extra = self._extra | {"round": rid}
         rec = self.rounds.get(rid)
-        if rec is not None and rec.status in ("dropped", "uploaded", "declined", "ended", "training"):
+        if rec is not None and rec.status in (RoundStatus.DROPPED, RoundStatus.UPLOADED, RoundStatus.DECLINED,
+                                              RoundStatus.ENDED, RoundStatus.TRAINING):
             log.info("task for a round already %s; not training again", rec.status, extra=extra)
-            if rec.status == "dropped" and rec.stage not in UPLOAD_STAGES and rec.stage != "round.decline":
+            if rec.status is RoundStatus.DROPPED and rec.stage not in UPLOAD_STAGES and rec.stage != "round.decline":
                 return [Decline(rid, self.device_id, "the agent restarted during the round")]
             return []
         factory = directory = None
@@ -473,7 +474,7 @@ class AgentDaemon:
             directory = PeerDirectory(self.authority)
             factory = secagg_factory(self.device_id, self.identity, directory)
         self._participant = Participant(self.device_id, self._train, self._rng, factory, peers=directory)
-        self.rounds.set(rid, "task", "training")
+        self.rounds.set(rid, "task", RoundStatus.TRAINING)
         return self._participant.handle(task)
 
     def _after_task(self, task: Task, replies: list[Any]) -> None:
@@ -494,7 +495,7 @@ class AgentDaemon:
         except ProtocolError:
             raise
         except FedgeError:
-            self.rounds.set(rid, wire.type_name(msg), "dropped")
+            self.rounds.set(rid, wire.type_name(msg), RoundStatus.DROPPED)
             self._participant = None
             self._round_expiry = None
             raise
@@ -503,8 +504,8 @@ class AgentDaemon:
     def _on_end(self, end: RoundEnd) -> None:
         self.replies.prune()
         rec = self.rounds.get(end.round_id)
-        if rec is not None and rec.status != "ended":
-            self.rounds.set(end.round_id, rec.stage, "ended")
+        if rec is not None and rec.status is not RoundStatus.ENDED:
+            self.rounds.set(end.round_id, rec.stage, RoundStatus.ENDED)
         if self._participant is not None and self._participant.round_id == end.round_id:
             self._participant = None
             self._round_expiry = None
@@ -513,7 +514,7 @@ class AgentDaemon:
         p = self._participant
         if p is not None and p.round_id is not None:
             log.warning("round expired without an end; forgetting it", extra=self._extra | {"round": p.round_id})
-            self.rounds.set(p.round_id, "expired", "dropped")
+            self.rounds.set(p.round_id, "expired", RoundStatus.DROPPED)
         self._participant = None
         self._round_expiry = None
 

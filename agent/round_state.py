@@ -8,16 +8,31 @@ Statuses: ``checked_in``/``ineligible`` after an announcement, ``training``, ``u
 from __future__ import annotations
 
 import dataclasses
+import enum
 import time
 from collections.abc import Callable
 
 import sqlite_utils
 
 TABLE = "round_state"
+
+
+class RoundStatus(str, enum.Enum):
+    """The device's status in one round (stored as its value)."""
+
+    CHECKED_IN = "checked_in"
+    INELIGIBLE = "ineligible"
+    TRAINING = "training"
+    UPLOADED = "uploaded"
+    DECLINED = "declined"
+    ENDED = "ended"
+    DROPPED = "dropped"
+
+
 #: Statuses after which the agent has nothing more to do in the round.
-FINAL = frozenset({"ineligible", "declined", "ended", "dropped"})
+FINAL = frozenset({RoundStatus.INELIGIBLE, RoundStatus.DECLINED, RoundStatus.ENDED, RoundStatus.DROPPED})
 #: Statuses whose in-memory part (training, SecAgg+ secrets) dies with the process.
-IN_PROGRESS = frozenset({"training", "uploaded"})
+IN_PROGRESS = frozenset({RoundStatus.TRAINING, RoundStatus.UPLOADED})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +41,11 @@ class RoundRecord:
 
     round_id: int
     stage: str
-    status: str
+    status: RoundStatus
     updated: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", RoundStatus(self.status))
 
 
 def ensure_schema(db: sqlite_utils.Database) -> None:
@@ -49,13 +67,14 @@ class RoundStates:
         row = self._db.execute(f"select round_id, stage, status, updated from {TABLE} where round_id = ?", [round_id]).fetchone()
         return RoundRecord(*row) if row else None
 
-    def set(self, round_id: int, stage: str, status: str) -> None:
+    def set(self, round_id: int, stage: str, status: RoundStatus) -> None:
         """Record (committed on return) the device's stage and status in a round."""
+        status = RoundStatus(status)
         with self._db.conn:
             self._db.execute(
                 f"insert into {TABLE} (round_id, stage, status, updated) values (?, ?, ?, ?) "
                 "on conflict(round_id) do update set stage = excluded.stage, status = excluded.status, updated = excluded.updated",
-                [round_id, stage, status, self._clock()],
+                [round_id, stage, status.value, self._clock()],
             )
 
     def drop_unfinished(self) -> list[int]:
@@ -63,11 +82,14 @@ class RoundStates:
 
         A round the device only checked in to stays open: nothing of it was lost with the process.
         """
-        busy = ", ".join(f"'{s}'" for s in sorted(IN_PROGRESS))
+        busy = ", ".join(f"'{s.value}'" for s in sorted(IN_PROGRESS, key=lambda s: s.value))
         ids = [r[0] for r in self._db.execute(f"select round_id from {TABLE} where status in ({busy})")]
         with self._db.conn:
             for rid in ids:
-                self._db.execute(f"update {TABLE} set status = 'dropped', updated = ? where round_id = ?", [self._clock(), rid])
+                self._db.execute(
+                    f"update {TABLE} set status = ?, updated = ? where round_id = ?",
+                    [RoundStatus.DROPPED.value, self._clock(), rid],
+                )
         return ids
 
     def latest(self, limit: int = 10) -> list[RoundRecord]:

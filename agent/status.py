@@ -20,7 +20,7 @@ def agent_status(store: Store, *, delta: float, rounds: int = 5) -> dict[str, An
     return {
         "device_id": identity.stored_device_id(db),
         "rounds": [
-            {"round_id": r.round_id, "stage": r.stage, "status": r.status} for r in RoundStates(db).latest(rounds)
+            {"round_id": r.round_id, "stage": r.stage, "status": r.status.value} for r in RoundStates(db).latest(rounds)
         ],
         "outbox": len(Outbox(db)),
         "model_version": ModelCache(db).latest_version() or None,
