@@ -96,3 +96,28 @@ def test_headless_chromium_renders_the_round_chart_and_rollout_table(dashboard, 
     subprocess.run(flags + ["--window-size=1280,1400", f"--screenshot={png}", dashboard.url],
                    capture_output=True, timeout=90, check=True)
     assert png.stat().st_size > 10_000
+
+
+def _phase(**counts):
+    base = {"phase": 1, "percent": 100.0, "devices": 2, "waiting": 0, "sent": 0, "installed": 0, "failed": 0,
+            "skipped": 0, "timed_out": 0, "rollback_sent": 0, "rolled_back": 0}
+    return {**base, **counts}
+
+
+def _rollout_cell(phase):
+    page = render_page([], [], [{"rollout_id": "r", "version": "v", "target": "t", "status": "active",
+                                 "phase": 1, "phases": [phase], "reason": ""}])
+    return page[page.index('<div class="phase">'):][: page[page.index('<div class="phase">'):].index("</div>")]
+
+
+def test_a_phase_whose_devices_all_timed_out_is_painted_as_failures_not_green():
+    cell = _rollout_cell(_phase(timed_out=2))
+    assert 'class="ok"' not in cell  # no green segment at all
+    assert '<span class="failed" style="width:100%">' in cell
+    assert "0 installed, 2 failed (2 timed out), 0 pending" in cell and "of 2" in cell
+
+
+def test_a_mixed_phase_splits_the_bar_by_outcome():
+    cell = _rollout_cell(_phase(devices=4, installed=2, failed=1, sent=1))
+    assert '<span class="ok" style="width:50%">' in cell and '<span class="failed" style="width:25%">' in cell
+    assert "2 installed, 1 failed (1 install failed), 1 pending" in cell

@@ -232,7 +232,8 @@ th{background:#f3f3f3}.charts{display:flex;flex-wrap:wrap;gap:1rem}.chart{border
 polyline.s0,circle.s0{stroke:#1f77b4}polyline.s1,circle.s1{stroke:#ff7f0e}circle.s0{fill:#1f77b4}circle.s1{fill:#ff7f0e}
 polyline{stroke-width:2}rect.s0{fill:#1f77b4}rect.s1{fill:#ff7f0e}text.s0{fill:#1f77b4}text.s1{fill:#ff7f0e}
 .bar{display:inline-block;width:120px;height:10px;background:#eee;vertical-align:middle;margin-right:.3rem}
-.bar span{display:block;height:10px;background:#2ca02c}.status-rolled_back,.status-aborted{color:#b00}
+.bar span{display:inline-block;height:10px;vertical-align:top}.bar .ok{background:#2ca02c}
+.bar .failed{background:#d62728}.bar .back{background:#ff7f0e}.bar .skipped{background:#aaa}.status-rolled_back,.status-aborted{color:#b00}
 .status-completed{color:#070}
 """
 
@@ -247,12 +248,22 @@ def _table(table_id: str, headers: Sequence[str], rows: Sequence[Sequence[str]],
 
 
 def _phase_cell(p: dict[str, Any]) -> str:
-    done = p["installed"] + p["failed"] + p["skipped"] + p["rolled_back"] + p["rollback_sent"] + p["timed_out"]
-    pct = 100.0 * done / p["devices"] if p["devices"] else 100.0
+    """One phase: a bar split into installed (green), failed (red: install failed or no report in time),
+    rolled back (amber) and skipped (grey), with the counts; what is still pending is the bar's empty rest."""
+    n = p["devices"]
+    failed = p["failed"] + p["timed_out"]
+    back = p["rolled_back"] + p["rollback_sent"]
+    parts = [("ok", p["installed"]), ("failed", failed), ("back", back), ("skipped", p["skipped"])]
+    segments = "".join(
+        f'<span class="{cls}" style="width:{100.0 * k / n:.0f}%"></span>' for cls, k in parts if k and n
+    )
+    why = [f"{k} {what}" for what, k in (("install failed", p["failed"]), ("timed out", p["timed_out"])) if k]
+    failures = f"{failed} failed ({', '.join(why)})" if failed else "0 failed"
+    skipped = f", {p['skipped']} skipped" if p["skipped"] else ""
+    pending = p["sent"] + p.get("waiting", 0)
     return (
-        f'<div class="phase">phase {p["phase"]} ({_fmt(p["percent"])}%): <span class="bar"><span style="width:{pct:.0f}%">'
-        f"</span></span>{p['installed']} installed, {p['failed']} failed, {p['sent']} pending, "
-        f"{p['rolled_back']} rolled back of {p['devices']}</div>"
+        f'<div class="phase">phase {p["phase"]} ({_fmt(p["percent"])}%): <span class="bar">{segments}</span>'
+        f"{p['installed']} installed, {failures}, {pending} pending, {back} rolled back{skipped} of {n}</div>"
     )
 
 
