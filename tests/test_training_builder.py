@@ -23,7 +23,7 @@ from fedge.agent.training.tflite_file import read_model_file
 from fedge.agent.training.trainer import Trainer
 
 SPECS = MODELS_DIR / "specs"
-NAMES = ["digits_cnn", "har_cnn1d", "sensor_multilabel", "sensor_regression"]
+NAMES = ["digits_cnn", "digits_depthwise", "har_cnn1d", "sensor_multilabel", "sensor_regression"]
 DROPOUT = {"sensor_multilabel"}
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 #: Sequence models over token ids (tests/test_training_sequence.py).
@@ -175,7 +175,7 @@ def spec(*layers: str, shape: str = "[8]", extra: str = "") -> str:
     return f'name = "t"\ninput_shape = {shape}\n{extra}\n{body}\n'
 
 
-@pytest.mark.parametrize("kind", ["lstm", "depthwise_conv2d", "batchnorm"])
+@pytest.mark.parametrize("kind", ["lstm", "separable_conv2d", "batchnorm"])
 def test_unsupported_layer_is_refused_by_name(kind):
     with pytest.raises(ConfigError, match=rf"layer 2 \({kind}\): .*layer '{kind}'; supported: dense, flatten"):
         layerspec.parse(spec('type = "dense"\nunits = 4', f'type = "{kind}"', 'type = "dense"\nunits = 2'))

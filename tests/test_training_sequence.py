@@ -41,7 +41,7 @@ def test_shakespeare_spec_is_leafs_task():
     assert net.num_params == 20_048
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [*NAMES, "digits_depthwise"])
 def test_builtin_ops_all_version_one(name):
     """Every op is a builtin at version 1, which tflite-runtime 2.14 and ai-edge-litert both run."""
     info = read_model_file((SPECS / f"{name}.tflite").read_bytes())

@@ -62,6 +62,31 @@ def _conv_backward(layer: Layer, w: Weights, cache, dy: np.ndarray):
     return dx.reshape(len(dy), *layer.in_shape), {f"{layer.name}_w": dk, f"{layer.name}_b": db}
 
 
+def _depthwise_forward(layer: Layer, w: Weights, x: np.ndarray):
+    """Each channel convolved with its own kernel: a weighted sum of the windows' views."""
+    p = layer.p
+    pt, pb, pl, pr = p["pads"]
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    oh, ow = layer.out_shape[:2]
+    k = w[f"{layer.name}_w"]
+    out = sum(view * k[i, j] for i, j, view in _windows(xp, p, oh, ow)) + w[f"{layer.name}_b"]
+    return out, xp
+
+
+def _depthwise_backward(layer: Layer, w: Weights, xp: np.ndarray, dy: np.ndarray):
+    p = layer.p
+    k = w[f"{layer.name}_w"]
+    dk = np.zeros_like(k)
+    dxp = np.zeros_like(xp)
+    oh, ow = dy.shape[1:3]
+    for (i, j, view), (_, _, dview) in zip(_windows(xp, p, oh, ow), _windows(dxp, p, oh, ow)):
+        dk[i, j] = (view * dy).sum(axis=(0, 1, 2))
+        dview += dy * k[i, j]  # view of dxp: accumulates in place
+    pt, pb, pl, pr = p["pads"]
+    dx = dxp[:, pt : xp.shape[1] - pb, pl : xp.shape[2] - pr]
+    return dx, {f"{layer.name}_w": dk, f"{layer.name}_b": dy.sum(axis=(0, 1, 2))}
+
+
 def _pool_forward(layer: Layer, x: np.ndarray):
     x4 = _as4d(layer, x)
     oh = (x4.shape[1] - layer.p["kh"]) // layer.p["sh"] + 1
@@ -175,6 +200,9 @@ def forward(net: Network, w: Weights, x: np.ndarray, masks: dict[str, np.ndarray
         elif layer.kind in ("conv2d", "conv1d"):
             h, cache = _conv_forward(layer, w, h)
             caches.append(cache)
+        elif layer.kind == "depthwise_conv2d":
+            h, cache = _depthwise_forward(layer, w, h)
+            caches.append(cache)
         elif layer.kind in ("maxpool", "avgpool"):
             h, cache = _pool_forward(layer, h)
             caches.append(cache)
@@ -233,6 +261,9 @@ def backward(net: Network, w: Weights, caches: list, dz: np.ndarray) -> Weights:
             d = d @ w[f"{layer.name}_w"].T
         elif layer.kind in ("conv2d", "conv1d"):
             d, g = _conv_backward(layer, w, cache, d)
+            grads.update(g)
+        elif layer.kind == "depthwise_conv2d":
+            d, g = _depthwise_backward(layer, w, cache, d)
             grads.update(g)
         elif layer.kind in ("maxpool", "avgpool"):
             d = _pool_backward(layer, cache, d)

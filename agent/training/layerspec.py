@@ -26,10 +26,10 @@ from fedge.agent.core.errors import ConfigError
 LOSSES = ("softmax_cross_entropy", "binary_cross_entropy", "mean_squared_error")
 ACTIVATIONS = ("relu", "relu6", "tanh", "sigmoid")
 #: Layer types a spec may use, in the order docs/training.md lists them.
-LAYERS = ("dense", "flatten", *ACTIVATIONS, "conv2d", "conv1d", "maxpool", "avgpool", "global_avgpool", "dropout",
-          "embedding", "gru")
+LAYERS = ("dense", "flatten", *ACTIVATIONS, "conv2d", "conv1d", "depthwise_conv2d", "maxpool", "avgpool",
+          "global_avgpool", "dropout", "embedding", "gru")
 #: Layers the issue asks for that are not built yet: refused with a message naming them.
-NOT_YET = ("depthwise_conv2d",)
+NOT_YET: tuple[str, ...] = ()
 #: Initial embedding rows are uniform in +-EMBEDDING_INIT (Keras's default for Embedding).
 EMBEDDING_INIT = 0.05
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -100,6 +100,8 @@ class Network:
             elif layer.kind in ("conv2d", "conv1d"):
                 k = f"{layer.p['kw']}" if layer.kind == "conv1d" else f"{layer.p['kh']}x{layer.p['kw']}"
                 parts.append(f"{layer.kind} {k}x{layer.p['filters']} {layer.p['padding']}")
+            elif layer.kind == "depthwise_conv2d":
+                parts.append(f"depthwise {layer.p['kh']}x{layer.p['kw']} {layer.p['padding']}")
             elif layer.kind in ("maxpool", "avgpool"):
                 k = f"{layer.p['kw']}" if len(layer.in_shape) == 2 else f"{layer.p['kh']}x{layer.p['kw']}"
                 parts.append(f"{layer.kind} {k}")
@@ -161,6 +163,7 @@ _KEYS = {
     "dense": {"units", "activation"},
     "conv2d": {"filters", "kernel", "stride", "padding", "activation"},
     "conv1d": {"filters", "kernel", "stride", "padding", "activation"},
+    "depthwise_conv2d": {"kernel", "stride", "padding", "activation"},
     "maxpool": {"size", "stride"},
     "avgpool": {"size", "stride"},
     "dropout": {"rate"},
@@ -216,6 +219,19 @@ def _one(ps: _Parser, raw: dict[str, Any], shape: tuple[int, ...], where: str) -
         oshape = (ow, filters) if one_d else (oh, ow, filters)
         ws = (Weight(f"{name}_w", wshape, "he_uniform"), Weight(f"{name}_b", (filters,), "zeros"))
         out.append(Layer(kind, name, shape, oshape, p, ws))
+    elif kind == "depthwise_conv2d":  # one kernel per channel (depth multiplier 1)
+        if len(shape) != 3:
+            raise ConfigError(f"{where}: depthwise_conv2d takes [height, width, channels] inputs, got {list(shape)}")
+        padding = str(raw.get("padding", "valid")).lower()
+        if padding not in ("valid", "same"):
+            raise ConfigError(f"{where}: padding must be 'valid' or 'same', got {raw.get('padding')!r}")
+        (kh, kw), (sh, sw) = _pair(raw.get("kernel"), f"{where}: kernel"), _pair(raw.get("stride", 1), f"{where}: stride")
+        h, w, c = shape
+        oh, pt, pb = _out_len(h, kh, sh, padding, where)
+        ow, pl, pr = _out_len(w, kw, sw, padding, where)
+        p = {"filters": c, "kh": kh, "kw": kw, "sh": sh, "sw": sw, "padding": padding, "pads": [pt, pb, pl, pr]}
+        ws = (Weight(f"{name}_w", (kh, kw, c), "he_uniform"), Weight(f"{name}_b", (c,), "zeros"))
+        out.append(Layer(kind, name, shape, (oh, ow, c), p, ws))
     elif kind in ("maxpool", "avgpool"):
         if len(shape) == 2:
             kh, kw = 1, _int(raw.get("size"), f"{where}: size")

@@ -83,6 +83,14 @@ class SpecModel(ZooModel):
                 c = tf.nn.conv2d(xp, kern, strides=[1, p["sh"], p["sw"], 1], padding="VALID") + self._w(w, layer, "b")
                 caches.append((xp, kern))
                 h = tf.reshape(c, [-1, *layer.out_shape])
+            elif k == "depthwise_conv2d":
+                p = layer.p
+                pt, pb, pl, pr = p["pads"]
+                xp = tf.pad(h, [[0, 0], [pt, pb], [pl, pr], [0, 0]]) if any(p["pads"]) else h
+                kern = tf.reshape(self._w(w, layer, "w"), [p["kh"], p["kw"], -1, 1])
+                out = tf.nn.depthwise_conv2d(xp, kern, strides=[1, p["sh"], p["sw"], 1], padding="VALID")
+                caches.append(xp)
+                h = out + self._w(w, layer, "b")
             elif k in ("maxpool", "avgpool"):
                 p = layer.p
                 x4 = _to4d(layer, h)
@@ -150,6 +158,8 @@ class SpecModel(ZooModel):
             return tf.matmul(d, self._w(w, layer, "w"), transpose_b=True) if need_dx else None
         if k in ("conv2d", "conv1d"):
             return self._conv_backward(layer, cache, d, grads, need_dx)
+        if k == "depthwise_conv2d":
+            return self._depthwise_backward(layer, cache, w, d, grads, need_dx)
         if k in ("maxpool", "avgpool"):
             return self._pool_backward(layer, cache, d)
         if k == "global_avgpool":
@@ -202,6 +212,24 @@ class SpecModel(ZooModel):
         pt, pb, pl, pr = p["pads"]
         dx = dxp[:, pt : hp - pb, pl : wp - pr, :]
         return tf.reshape(dx, [-1, *layer.in_shape])
+
+    def _depthwise_backward(self, layer: Layer, xp, w, d, grads, need_dx: bool):
+        """Per kernel offset: the kernel's gradient is the window's view times d summed over
+        examples and positions; the input's, d times that offset's weights scattered back (col2im)."""
+        p = layer.p
+        _, hp, wp, _ = xp.shape
+        oh, ow = layer.out_shape[:2]
+        kern = self._w(w, layer, "w")
+        views = list(_windows(xp, p, oh, ow))
+        dk = tf.stack([tf.reduce_sum(view * d, axis=[0, 1, 2]) for _, _, view in views])
+        grads[f"{layer.name}_w"] = tf.reshape(dk, [p["kh"], p["kw"], layer.in_shape[2]])
+        grads[f"{layer.name}_b"] = tf.reduce_sum(d, axis=[0, 1, 2])
+        if not need_dx:
+            return None
+        parts = [_scatter(d * kern[i, j], i, j, hp, wp, p) for i, j, _ in views]
+        dxp = tf.add_n(parts) if len(parts) > 1 else parts[0]
+        pt, pb, pl, pr = p["pads"]
+        return dxp[:, pt : hp - pb, pl : wp - pr, :]
 
     def _gru_forward(self, layer: Layer, w, x):
         """Static unroll (one set of ops per time step) of Keras's GRU, reset_after=True, from h = 0.
