@@ -46,13 +46,16 @@ class SecAggConfig:
 @message("secagg.advertise")
 @dataclass(frozen=True)
 class KeyAdvertisement:
-    """A device's two X25519 public keys for the round, signed with its identity key."""
+    """A device's two X25519 public keys for the round, signed with its identity key. Under the
+    hybrid suite ``kem_public`` holds its two ML-KEM-768 encapsulation keys (channel || mask,
+    1,184 bytes each), signed with them; empty otherwise."""
 
     device_id: str
     round_id: int
     c_public: bytes
     s_public: bytes
     signature: bytes
+    kem_public: bytes = b""
 
 
 @message("secagg.neighbour_keys")
@@ -61,7 +64,8 @@ class NeighbourKeys:
     """The advertisements of the device's neighbours that answered ADVERTISE_KEYS, packed.
 
     ``indices`` are roster indices (uint32); ``keys`` holds 64 bytes per neighbour
-    (c_public || s_public) and ``signatures`` 64 bytes per neighbour, in the same order.
+    (c_public || s_public, then its ``kem_public`` under the hybrid suite) and ``signatures`` 64
+    bytes per neighbour, in the same order.
     """
 
     round_id: int
@@ -75,24 +79,30 @@ class NeighbourKeys:
 class EncryptedShares:
     """A device's AEAD-sealed shares, one per neighbour (roster ``recipients``, uint32), each
     :data:`SEALED_SHARE_BYTES` long and concatenated; the coordinator only relays them. With them
-    the device commits to its self-mask seed (32 bytes), which the coordinator checks at unmask."""
+    the device commits to its self-mask seed (32 bytes), which the coordinator checks at unmask.
+    Under the hybrid suite ``kem_ciphertexts`` holds, per recipient in the same order, the ML-KEM
+    ciphertext to its channel key, and for recipients with a larger roster index also the ciphertext
+    to its mask key and the padded pair secret (``derive.kem_item_bytes``); empty otherwise."""
 
     device_id: str
     round_id: int
     recipients: np.ndarray
     ciphertexts: bytes
     seed_commitment: bytes
+    kem_ciphertexts: bytes = b""
 
 
 @message("secagg.relayed_shares")
 @dataclass(frozen=True)
 class RelayedShares:
     """Sealed shares addressed to one device from the neighbours (roster ``senders``) that
-    answered SHARE_KEYS, concatenated in the same order."""
+    answered SHARE_KEYS, concatenated in the same order; under the hybrid suite the senders' KEM
+    items for this device too (see :class:`EncryptedShares`)."""
 
     round_id: int
     senders: np.ndarray
     ciphertexts: bytes
+    kem_ciphertexts: bytes = b""
 
 
 @message("secagg.masked_input")

@@ -35,7 +35,7 @@ from fedge.agent.core.crypto import (
     seal,
     verify,
 )
-from fedge.agent.core.crypto import shamir
+from fedge.agent.core.crypto import kem, shamir
 from fedge.agent.core.errors import ProtocolError, RoundFailed, SecurityError
 from fedge.agent.core.messages.secagg import (
     SEALED_SHARE_BYTES,
@@ -53,7 +53,7 @@ from fedge.agent.core.messages.secagg import (
 )
 from fedge.agent.core.secagg import derive
 from fedge.agent.core.secagg.graph import neighbours_of
-from fedge.agent.core.secagg.params import mask_stream
+from fedge.agent.core.secagg.params import HYBRID_SUITES, mask_stream
 from fedge.agent.core.secagg.stages import Stage, check_transition
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class SecAggClient:
         round_id: int | None = None,
         verifier: Callable[[bytes, bytes, bytes], None] = verify,
         agreement: Callable[[AgreementKey, bytes], bytes] = exchange,
+        require_suite: str | None = None,
     ) -> None:
         self.device_id = device_id
         self._identity = identity
@@ -90,6 +91,7 @@ class SecAggClient:
         self._verify = verifier  # raises SecurityError; a simulator host may share a SignatureMemo
         self._agree = agreement  # X25519 with one of this client's keys; a host may share an AgreementMemo
         self._round_id = round_id
+        self._require_suite = require_suite  # the profile's [secagg] require_suite: no other is run
         self.stage: Stage | None = None
         self._input: np.ndarray | None = None
 
@@ -136,7 +138,10 @@ class SecAggClient:
     def _on_advertise_keys(self, cfg: SecAggConfig) -> KeyAdvertisement:
         if self._round_id is not None and cfg.round_id != self._round_id:
             raise ProtocolError("config for another round")
+        if self._require_suite is not None and cfg.suite != self._require_suite:
+            raise ProtocolError(f"round suite {cfg.suite!r} is not the suite this device requires ({self._require_suite!r})")
         self._stream = mask_stream(cfg.suite)  # ProtocolError for a suite this device does not run
+        self._hybrid = cfg.suite in HYBRID_SUITES
         p = cfg.params
         roster = cfg.roster_ids
         if len(cfg.graph_seed) != 32 or len(roster) != p.num_clients or len(set(roster)) != len(roster):
@@ -152,46 +157,83 @@ class SecAggClient:
         self._digest = derive.config_digest(cfg)
         self._neighbours = set(neighbours_of(cfg.graph_seed, p.num_clients, p.neighbours, me).tolist())
         self._c_key = AgreementKey.generate()
-        self._s_key = AgreementKey.generate()
+        kem_pub = b""
+        if self._hybrid:
+            # one mask secret sigma (Shamir-shared) yields the s-key and the mask KEM key; the channel
+            # KEM key is never shared (docs/secagg.md, "Hybrid suite")
+            self._sigma = random_bytes(32)
+            self._s_key = AgreementKey(derive.mask_x25519_private(self._sigma))
+            self._s_kem = kem.KemKey(derive.mask_kem_seed(self._sigma))
+            self._c_kem = kem.KemKey(random_bytes(kem.SEED_BYTES))
+            kem_pub = self._c_kem.public_bytes() + self._s_kem.public_bytes()
+        else:
+            self._s_key = AgreementKey.generate()
         c_pub, s_pub = self._c_key.public_bytes(), self._s_key.public_bytes()
-        sig = self._identity.sign(derive.advert_payload(self._digest, self.device_id, c_pub, s_pub))
-        return KeyAdvertisement(self.device_id, cfg.round_id, c_pub, s_pub, sig)
+        sig = self._identity.sign(derive.advert_payload(self._digest, self.device_id, c_pub, s_pub, kem_pub))
+        return KeyAdvertisement(self.device_id, cfg.round_id, c_pub, s_pub, sig, kem_pub)
 
     def _on_share_keys(self, msg: NeighbourKeys) -> EncryptedShares:
         p, t = self._params, self._params.threshold
         idx = derive.index_list(msg.indices, p.num_clients)
-        keys = derive.chunks(msg.keys, 64, len(idx))
+        kem_bytes = 2 * kem.PUBLIC_BYTES if self._hybrid else 0
+        keys = derive.chunks(msg.keys, 64 + kem_bytes, len(idx))
         sigs = derive.chunks(msg.signatures, SIGNATURE_BYTES, len(idx))
         my_c, my_s = self._c_key.public_bytes(), self._s_key.public_bytes()
         peers: dict[int, tuple[bytes, bytes]] = {}
+        peer_kems: dict[int, bytes] = {}
         for j, key, sig in zip(idx, keys, sigs):
             if j not in self._neighbours:
                 raise ProtocolError("advertisement from a non-neighbour")
             pub = self._peer_identity(self._roster[j])
             if pub is None:
                 raise SecurityError("unknown peer")
-            c_pub, s_pub = key[:32], key[32:]
-            self._verify(pub, derive.advert_payload(self._digest, self._roster[j], c_pub, s_pub), sig)
+            c_pub, s_pub, kem_pub = key[:32], key[32:64], key[64:]
+            self._verify(pub, derive.advert_payload(self._digest, self._roster[j], c_pub, s_pub, kem_pub), sig)
             if c_pub == my_c or s_pub == my_s:
                 raise SecurityError("reflected key")
             peers[j] = (c_pub, s_pub)
+            peer_kems[j] = kem_pub
         if len(peers) < t:
             raise RoundFailed(f"share_keys: {len(peers)} neighbour keys, threshold {t}")
         order = sorted(peers)
         self._self_seed = random_bytes(32)
-        secrets = np.frombuffer(self._self_seed + self._s_key.private_bytes(), np.uint8).reshape(2, 32)
+        mask_secret = self._sigma if self._hybrid else self._s_key.private_bytes()
+        secrets = np.frombuffer(self._self_seed + mask_secret, np.uint8).reshape(2, 32)
         shares = shamir.split(secrets, np.array(order) + 1, t).astype("<u4")  # (k', 2, L)
         c_key, rid, me, digest = self._c_key, self._round_id, self._me, self._digest
         head = _SHARE_HEAD.pack
         self._share_keys: dict[int, bytes] = {}
-        blobs = []
+        blobs, items = [], []
         for pos, j in enumerate(order):
-            key = derive.share_key(self._agree(c_key, peers[j][0]), rid, me, j)
-            self._share_keys[j] = key
-            blobs.append(seal(key, head(me, j) + shares[pos].tobytes(), derive.share_associated(digest, me, j)))
+            plain = head(me, j) + shares[pos].tobytes()
+            if self._hybrid:
+                dh = self._agree(c_key, peers[j][0])
+                self._share_keys[j] = dh  # the key to open j's shares needs j's ciphertext too
+                item = self._kem_item(j, peer_kems[j])
+                key = derive.hybrid_share_key(dh, self._sent_secret, item[: kem.CIPHERTEXT_BYTES], rid, me, j)
+                ad = derive.share_associated(digest, me, j) + derive.kem_item_binding(item)
+                items.append(item)
+            else:
+                key = derive.share_key(self._agree(c_key, peers[j][0]), rid, me, j)
+                self._share_keys[j] = key
+                ad = derive.share_associated(digest, me, j)
+            blobs.append(seal(key, plain, ad))
         self._peers = peers
+        self._sent_secret = b""
         commitment = derive.seed_commitment(self._self_seed, rid, me)
-        return EncryptedShares(self.device_id, rid, derive.indices(order), b"".join(blobs), commitment)
+        return EncryptedShares(self.device_id, rid, derive.indices(order), b"".join(blobs), commitment, b"".join(items))
+
+    def _kem_item(self, j: int, peer_kem: bytes) -> bytes:
+        """Encapsulate to j's channel key (its secret kept for sealing); when this device has the
+        smaller index, also send the pair secret to j's mask key, padded with a second encapsulation."""
+        ss, ct = kem.encapsulate(peer_kem[: kem.PUBLIC_BYTES])
+        self._sent_secret = ss
+        if self._me > j:
+            return ct
+        ss_m, ct_m = kem.encapsulate(peer_kem[kem.PUBLIC_BYTES :])
+        rid, me = self._round_id, self._me
+        pad = derive.xor(derive.pair_transport_secret(self._sigma, rid, me, j), derive.pad_key(ss_m, ct_m, rid, me, j))
+        return ct + ct_m + pad
 
     def _on_masked_input(self, msg: RelayedShares) -> MaskedInput:
         p = self._params
@@ -204,11 +246,24 @@ class SecAggClient:
         rid, me, digest = self._round_id, self._me, self._digest
         held: dict[int, np.ndarray] = {}
         rows = np.empty((len(idx), 2, _LIMBS), np.uint32)  # one block for all held shares
+        items = self._kem_items(idx, msg.kem_ciphertexts) if self._hybrid else None
+        self._pair_secrets: dict[int, bytes] = {}
         for pos, (j, blob) in enumerate(zip(idx, blobs)):
             key = self._share_keys.get(j)
             if key is None:
                 raise ProtocolError("shares from a device this one did not share with")
-            plain = open_sealed(key, blob, derive.share_associated(digest, j, me))
+            ad = derive.share_associated(digest, j, me)
+            if items is not None:
+                item = items[pos]
+                ct = item[: kem.CIPHERTEXT_BYTES]
+                key = derive.hybrid_share_key(key, self._c_kem.decapsulate(ct), ct, rid, j, me)
+                ad += derive.kem_item_binding(item)
+                if j < me:  # j chose the pair secret and sent it under this device's mask key
+                    ct_m, pad = item[kem.CIPHERTEXT_BYTES : 2 * kem.CIPHERTEXT_BYTES], item[2 * kem.CIPHERTEXT_BYTES :]
+                    self._pair_secrets[j] = derive.xor(pad, derive.pad_key(self._s_kem.decapsulate(ct_m), ct_m, rid, j, me))
+                else:
+                    self._pair_secrets[j] = derive.pair_transport_secret(self._sigma, rid, me, j)
+            plain = open_sealed(key, blob, ad)
             if len(plain) != _SHARE_PLAIN or _SHARE_HEAD.unpack_from(plain) != (j, me):
                 raise SecurityError("bad share")
             rows[pos] = np.frombuffer(plain, "<u4", offset=_SHARE_HEAD.size).reshape(2, _LIMBS)
@@ -220,12 +275,28 @@ class SecAggClient:
         keys, signs = [derive.self_mask_key(self._self_seed, rid, me)], [1]
         s_key = self._s_key
         for j in sorted(held):
-            keys.append(derive.pair_mask_key(self._agree(s_key, self._peers[j][1]), rid, me, j))
+            dh = self._agree(s_key, self._peers[j][1])
+            if self._hybrid:
+                keys.append(derive.hybrid_pair_mask_key(dh, self._pair_secrets[j], rid, me, j))
+            else:
+                keys.append(derive.pair_mask_key(dh, rid, me, j))
             signs.append(derive.mask_sign(me, j))
+        self._pair_secrets = {}
         acc.add_masks(keys, signs)
         vec = derive.reduce_bits(acc.value(), p.bits)
         self._input = None  # the plain vector is no longer needed
         return MaskedInput(self.device_id, rid, vec)
+
+    def _kem_items(self, senders: list[int], packed: bytes) -> list[bytes]:
+        """Split the relayed KEM items, one per sender (sizes from ``derive.kem_item_bytes``)."""
+        sizes = [derive.kem_item_bytes(j, self._me, kem.CIPHERTEXT_BYTES) for j in senders]
+        if len(packed) != sum(sizes):
+            raise ProtocolError("packed field has the wrong length")
+        out, at = [], 0
+        for size in sizes:
+            out.append(packed[at : at + size])
+            at += size
+        return out
 
     def _on_consistency_check(self, msg: Survivors) -> SurvivorSignature:
         p = self._params

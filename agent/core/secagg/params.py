@@ -41,6 +41,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from fedge.agent.core.crypto import kem
 from fedge.agent.core.crypto.keystream import AES256_CTR, CHACHA20, aes_available
 from fedge.agent.core.errors import ConfigError, ProtocolError
 
@@ -52,8 +53,14 @@ SUITE = "fedge-secagg+/x25519-blake2b-chacha20"
 #: The same with AES-256-CTR masks (shares stay ChaCha20-Poly1305), for rounds where every device
 #: reported it at check-in: only devices whose CPU has AES instructions support it.
 SUITE_AES = "fedge-secagg+/x25519-blake2b-aes256ctr"
+#: The hybrid post-quantum suite: every pairwise key (share encryption and pair masks) combines
+#: X25519 with ML-KEM-768 (FIPS 203) by concatenate-then-KDF (docs/secagg.md, "Hybrid suite");
+#: ChaCha20 masks. Runs where ``cryptography`` with ML-KEM is installed (the ``pq`` extra).
+SUITE_PQ = "fedge-secagg+/x25519-mlkem768-blake2b-chacha20"
 #: Suite -> mask stream (``agent.core.crypto.keystream``).
-MASK_STREAMS = {SUITE: CHACHA20, SUITE_AES: AES256_CTR}
+MASK_STREAMS = {SUITE: CHACHA20, SUITE_AES: AES256_CTR, SUITE_PQ: CHACHA20}
+#: Suites whose pairwise keys include ML-KEM-768.
+HYBRID_SUITES = frozenset({SUITE_PQ})
 MIN_BITS = 16
 MAX_BITS = 32
 MAX_CLIENTS = 1 << 20
@@ -64,23 +71,36 @@ class InvalidParams(ConfigError, ValueError):
     """A SecAgg parameter is out of range (a ConfigError; a WireError when it arrives decoded)."""
 
 
-def supported_suites() -> tuple[str, ...]:
+def supported_suites(require: str | None = None) -> tuple[str, ...]:
     """The suites this device can run, as it reports them at check-in (ChaCha20 always; AES where
-    libsodium has AES instructions to run it)."""
-    return (SUITE, SUITE_AES) if aes_available() else (SUITE,)
+    libsodium has AES instructions to run it; the hybrid where ML-KEM is installed, found without
+    importing it). A device whose profile requires a suite reports that one alone (none if it
+    cannot run it), so the coordinator never picks another for it."""
+    out = (SUITE, SUITE_AES) if aes_available() else (SUITE,)
+    if kem.available():
+        out = (*out, SUITE_PQ)
+    if require is not None:
+        return (require,) if require in out else ()
+    return out
 
 
 def mask_stream(suite: str) -> str:
-    """The mask stream of ``suite``; ProtocolError for a suite this device cannot run."""
-    if suite not in supported_suites():
+    """The mask stream of ``suite``; ProtocolError for a suite this device cannot run (for the
+    hybrid this loads ML-KEM, and refuses when this build's OpenSSL cannot run it)."""
+    if suite not in supported_suites() or (suite in HYBRID_SUITES and not kem.runs()):
         raise ProtocolError(f"SecAgg+ suite {suite!r} is not one this device runs {supported_suites()!r}")
     return MASK_STREAMS[suite]
 
 
-def choose_suite(reports: Iterable[Iterable[str]]) -> str:
-    """The coordinator's pick for a round from what each device reported at check-in: AES when
-    every device (and the coordinator, which masks too) supports it, else ChaCha20."""
+def choose_suite(reports: Iterable[Iterable[str]], *, prefer_hybrid: bool = False) -> str:
+    """The coordinator's pick for a round from what each device reported at check-in. The hybrid
+    when every device (and the coordinator) runs it and either ``prefer_hybrid`` or some device
+    requires it (it reports the hybrid alone); else AES when every device supports it, else ChaCha20.
+    A device that requires the hybrid refuses whatever else is picked (see SecAggClient)."""
     every = [set(r) for r in reports]
+    if every and all(SUITE_PQ in r for r in every) and SUITE_PQ in supported_suites():
+        if prefer_hybrid or any(r <= HYBRID_SUITES for r in every):
+            return SUITE_PQ
     if every and all(SUITE_AES in r for r in every) and SUITE_AES in supported_suites():
         return SUITE_AES
     return SUITE

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedge.agent.core.crypto import MaskAccumulator, agree, random_bytes, verify
-from fedge.agent.core.crypto import shamir
+from fedge.agent.core.crypto import kem, shamir
 from fedge.agent.core.crypto.agreement import AgreementKey
 from fedge.agent.core.errors import ProtocolError, RoundFailed, SecurityError
 from fedge.agent.core.messages.secagg import (
@@ -43,7 +43,7 @@ from fedge.agent.core.messages.secagg import (
 )
 from fedge.agent.core.secagg import derive
 from fedge.agent.core.secagg.graph import neighbour_table
-from fedge.agent.core.secagg.params import SUITE, SecAggParams, mask_stream
+from fedge.agent.core.secagg.params import HYBRID_SUITES, SUITE, SecAggParams, mask_stream
 from fedge.agent.core.secagg.quantize import check_no_wrap
 from fedge.agent.core.secagg.stages import Stage, check_transition
 
@@ -98,6 +98,8 @@ class SecAggServer:
         self._identity = [roster[d] for d in self._ids]
         seed = graph_seed if graph_seed is not None else random_bytes(32)
         self._stream = mask_stream(suite)  # the coordinator masks too: a suite it cannot run is refused
+        self._hybrid = suite in HYBRID_SUITES
+        self._kem_bytes = 2 * kem.PUBLIC_BYTES if self._hybrid else 0
         self.config = SecAggConfig(round_id, params, seed, "\n".join(self._ids).encode(), suite)
         self._digest = derive.config_digest(self.config)
         self._table = neighbour_table(seed, params.num_clients, params.neighbours)
@@ -233,7 +235,10 @@ class SecAggServer:
     def _check_advertise_keys(self, i: int, msg: KeyAdvertisement) -> None:
         if len(msg.c_public) != 32 or len(msg.s_public) != 32:
             raise ProtocolError("public keys must be 32 bytes")
-        verify(self._identity[i], derive.advert_payload(self._digest, msg.device_id, msg.c_public, msg.s_public), msg.signature)
+        if len(msg.kem_public) != self._kem_bytes:
+            raise ProtocolError(f"KEM public keys must be {self._kem_bytes} bytes under this suite")
+        payload = derive.advert_payload(self._digest, msg.device_id, msg.c_public, msg.s_public, msg.kem_public)
+        verify(self._identity[i], payload, msg.signature)
 
     def _close_advertise_keys(self) -> dict[str, object]:
         u1 = self._prune(set(self._replies), lambda i, a: len(self._nbr_sets[i] & a))
@@ -247,7 +252,7 @@ class SecAggServer:
             out[self._ids[i]] = NeighbourKeys(
                 self.round_id,
                 derive.indices(row),
-                b"".join(adv[j].c_public + adv[j].s_public for j in row),
+                b"".join(adv[j].c_public + adv[j].s_public + adv[j].kem_public for j in row),
                 b"".join(adv[j].signature for j in row),
             )
         self._open(Stage.SHARE_KEYS, u1)
@@ -262,6 +267,10 @@ class SecAggServer:
         derive.chunks(msg.ciphertexts, SEALED_SHARE_BYTES, len(got))
         if len(msg.seed_commitment) != 32:
             raise ProtocolError("seed commitment must be 32 bytes")
+        ct = kem.CIPHERTEXT_BYTES
+        want = sum(derive.kem_item_bytes(i, j, ct) for j in got) if self._hybrid else 0
+        if len(msg.kem_ciphertexts) != want:
+            raise ProtocolError("KEM ciphertexts have the wrong length")
 
     def _close_share_keys(self) -> dict[str, object]:
         # sent_to[i][j]: where i's sealed share for j sits in i's reply (no copies of the ciphertexts)
@@ -273,6 +282,18 @@ class SecAggServer:
         def sealed(j: int, i: int) -> bytes:
             pos = sent_to[j][i]
             return replies[j].ciphertexts[pos * S : (pos + 1) * S]
+
+        # kem_items[j][i]: the KEM item j sent beside its share for i (hybrid suite)
+        self._kem_items: dict[int, dict[int, bytes]] = {}
+        if self._hybrid:
+            ct = kem.CIPHERTEXT_BYTES
+            for j, m in replies.items():
+                row, at = {}, 0
+                for i in m.recipients.tolist():
+                    size = derive.kem_item_bytes(j, i, ct)
+                    row[i] = m.kem_ciphertexts[at : at + size]
+                    at += size
+                self._kem_items[j] = row
 
         # i's secrets are held by the live neighbours it sent shares to
         u2 = self._prune(set(sent_to), lambda i, a: sum(1 for j in sent_to[i] if j in a))
@@ -289,7 +310,8 @@ class SecAggServer:
         out = {}
         for i in sorted(u2):
             snd = self._senders[i]
-            out[self._ids[i]] = RelayedShares(self.round_id, derive.indices(snd), b"".join(sealed(j, i) for j in snd))
+            items = b"".join(self._kem_items[j][i] for j in snd) if self._hybrid else b""
+            out[self._ids[i]] = RelayedShares(self.round_id, derive.indices(snd), b"".join(sealed(j, i) for j in snd), items)
         self._sum = MaskAccumulator(self.params.dim, self._dtype, stream=self._stream)
         self._open(Stage.MASKED_INPUT, u2)
         return out
@@ -381,9 +403,25 @@ class SecAggServer:
         signs = [-1] * len(keys)
         for j in sorted(self._u2 - self._u3):
             sk = secrets[j]
+            if self._hybrid:
+                sigma, sk = sk, derive.mask_x25519_private(sk)
+                s_kem = None
             for i in self._holders[j]:
                 if i in self._u3 and j in self._senders[i]:
-                    keys.append(derive.pair_mask_key(agree(sk, self._adverts[i].s_public), rid, i, j))
+                    dh = agree(sk, self._adverts[i].s_public)
+                    if not self._hybrid:
+                        keys.append(derive.pair_mask_key(dh, rid, i, j))
+                    elif j < i:  # j chose the pair secret: it follows from j's mask secret
+                        keys.append(derive.hybrid_pair_mask_key(dh, derive.pair_transport_secret(sigma, rid, j, i), rid, i, j))
+                    else:  # i sent it under j's mask KEM key, rebuilt from j's mask secret
+                        item = self._kem_items.get(i, {}).get(j)
+                        if item is None:
+                            self.fail(f"{self._ids[i]} sent no pair secret to the dropped {self._ids[j]}")
+                        if s_kem is None:
+                            s_kem = kem.KemKey(derive.mask_kem_seed(sigma))
+                        ct_m, pad = item[kem.CIPHERTEXT_BYTES : 2 * kem.CIPHERTEXT_BYTES], item[2 * kem.CIPHERTEXT_BYTES :]
+                        secret = derive.xor(pad, derive.pad_key(s_kem.decapsulate(ct_m), ct_m, rid, i, j))
+                        keys.append(derive.hybrid_pair_mask_key(dh, secret, rid, i, j))
                     signs.append(-derive.mask_sign(i, j))
         acc = self._sum
         acc.add_masks(keys, signs)  # one pass over the sum for all the masks
@@ -399,6 +437,10 @@ class SecAggServer:
             return False
         if j in self._u3:
             return derive.seed_commitment(secret, self.round_id, j) == self._commitments[j]
+        if self._hybrid:  # the mask secret must give both advertised mask keys
+            adv = self._adverts[j]
+            x_ok = AgreementKey(derive.mask_x25519_private(secret)).public_bytes() == adv.s_public
+            return x_ok and kem.KemKey(derive.mask_kem_seed(secret)).public_bytes() == adv.kem_public[kem.PUBLIC_BYTES :]
         return AgreementKey.from_private_bytes(secret).public_bytes() == self._adverts[j].s_public
 
     def _correct(self, j: int, shares: list[tuple[int, np.ndarray]]) -> bytes | None:
