@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from fedge.agent.core.errors import BudgetExhausted, FedgeError, ProtocolError
-from fedge.agent.core.messages.rounds import Decline, Peers, PlainUpdate, Task
+from fedge.agent.core.messages.rounds import Decline, DeclineKind, Peers, PlainUpdate, Task
 from fedge.agent.core.messages.secagg import SecAggConfig
 from fedge.agent.core.update import EncodedUpdate, encode_update
 
@@ -103,7 +103,7 @@ class Participant:
             if task.round_id == self.round_id:
                 raise ProtocolError("duplicate task")
         if task.plan.secagg and self._secagg_factory is None:
-            return [Decline(task.round_id, self.device_id, "secure aggregation unavailable")]
+            return [Decline(task.round_id, self.device_id, "secure aggregation unavailable", DeclineKind.SECAGG_UNAVAILABLE)]
         self.task, self.round_id = task, task.round_id
         extra = {"device": self.device_id, "round": task.round_id}
         try:
@@ -112,7 +112,7 @@ class Participant:
                                          self.staleness_weight)
         except BudgetExhausted as e:
             log.info("declining: %s", e, extra=extra)
-            return [Decline(task.round_id, self.device_id, f"budget: {e}")]
+            return [Decline(task.round_id, self.device_id, f"budget: {e}", DeclineKind.BUDGET)]
         except FedgeError as e:
             log.warning("declining: %s", e, extra=extra)
             return [Decline(task.round_id, self.device_id, str(e))]

@@ -20,7 +20,7 @@ import numpy as np
 
 from fedge.agent.core.messages.common import Outbound
 from fedge.agent.core.errors import ProtocolError, RoundFailed
-from fedge.agent.core.messages.rounds import Decline, PlainUpdate, RoundPlan, Task
+from fedge.agent.core.messages.rounds import Decline, DeclineKind, PlainUpdate, RoundPlan, Task
 from fedge.agent.core.privacy.adaptive import next_clip_norm
 from fedge.agent.core.secagg.quantize import to_signed
 from fedge.agent.core.update import Aggregate, decode_aggregate, extra_coordinates
@@ -223,6 +223,8 @@ class RoundEngine:
         self.reason = ""
         self.outcome: RoundOutcome | None = None
         self.declined: dict[str, str] = {}
+        #: why each declined device declined, as the device classified it
+        self.decline_kinds: dict[str, DeclineKind] = {}
         #: devices left out mid-round (a cloned device), with the reason
         self.excluded: dict[str, str] = {}
         #: devices caught when they could no longer be left out (they finish the round), with the reason
@@ -266,6 +268,7 @@ class RoundEngine:
             if device_id in self.declined or device_id in self.aggregation.answered():
                 raise ProtocolError("decline from a device that already answered")
             self.declined[device_id] = msg.reason
+            self.decline_kinds[device_id] = msg.kind
             log.info("device declined: %s", msg.reason, extra={"round": self.round_id, "device": device_id})
             out = self._maybe_close_early()
             return out + self._maybe_finish()
@@ -402,12 +405,12 @@ class RoundEngine:
 
     def _declines_reason(self, failure: str) -> str:
         """The reason of a first stage that failed: the declines' own reasons when they are why."""
-        declined = [r for d, r in self.declined.items() if d not in self.excluded]
+        declined = [(d, r) for d, r in self.declined.items() if d not in self.excluded]
         if not declined:
             return failure
         kinds: dict[str, int] = {}
-        for r in declined:
-            kind = "out of privacy budget" if r.startswith("budget") else r
+        for d, r in declined:
+            kind = "out of privacy budget" if self.decline_kinds.get(d) is DeclineKind.BUDGET else r
             kinds[kind] = kinds.get(kind, 0) + 1
         why = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
         answered = self.aggregation.answered_first_stage()

@@ -32,7 +32,7 @@ from fedge.agent.core import topics, wire
 from fedge.agent.core.lifecycle import stop_signals
 from fedge.agent.core.errors import BudgetExhausted, ConfigError, FedgeError, ProtocolError, TransportError, WireError
 from fedge.agent.core.messages.fleet import InstallReport
-from fedge.agent.core.messages.rounds import CheckIn, RoundAnnounce, RoundEnd
+from fedge.agent.core.messages.rounds import CheckIn, DeclineKind, RoundAnnounce, RoundEnd
 from fedge.agent.core.transport import Inbound, Transport, open_transport
 from fedge.coordinator.service.broker import EmbeddedBroker, MosquittoBroker, local_broker
 from fedge.coordinator.service.config import ServiceConfig
@@ -623,8 +623,8 @@ class CoordinatorService:
         store, rid = self._store(), engine.round_id
         outcome = engine.outcome
         assert outcome is not None
-        for device, reason in engine.declined.items():
-            if reason.startswith("budget"):
+        for device, kind in engine.decline_kinds.items():
+            if kind is DeclineKind.BUDGET:
                 mark_exhausted(store.db, device, clock=self.clock)
         now = self.clock()
         for device, reason in sorted(outcome.flagged.items()):  # e.g. forged shares corrected at unmask

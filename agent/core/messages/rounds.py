@@ -7,6 +7,7 @@ quantized vector it would otherwise mask, so both paths aggregate with the same 
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 
@@ -163,6 +164,15 @@ class PlainUpdate:
             raise ValueError("vector must be a flat uint32 or uint16 vector")
 
 
+class DeclineKind(str, enum.Enum):
+    """Why a selected device will not take part, for the coordinator to act on (``reason`` is for people)."""
+
+    BUDGET = "budget"  # its privacy budget is spent: never select it again in this campaign
+    SECAGG_UNAVAILABLE = "secagg_unavailable"  # no enrollment authority to check its peers
+    RESTARTED = "restarted"  # the agent restarted mid-round and lost the round's secrets
+    FAILED = "failed"  # training or encoding failed, or it stopped being eligible
+
+
 @message("round.decline")
 @dataclass(frozen=True)
 class Decline:
@@ -171,6 +181,8 @@ class Decline:
     round_id: int
     device_id: str
     reason: str
+    #: what the coordinator acts on; last, with a default, so a decline from an older agent still decodes
+    kind: DeclineKind = DeclineKind.FAILED
 
 
 @message("round.end")
