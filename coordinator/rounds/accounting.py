@@ -54,6 +54,10 @@ class RoundEvent:
     population: int | None = None
     sample_size: int | None = None
     rdp_offset: float = 0.0
+    #: SecAgg+ groups the round was aggregated in (``coordinator.rounds.grouped``): each group's sum
+    #: is revealed and carries this event's noise on its own; a device is in one group, so the event
+    #: (its z and sampling) is the same as ungrouped. 1: one sum.
+    groups: int = 1
 
     def __post_init__(self) -> None:
         if self.sampling not in EVENT_SAMPLINGS:
@@ -64,6 +68,8 @@ class RoundEvent:
             raise ConfigError(f"sampling_rate: expected a number in [0, 1], got {self.sampling_rate!r}")
         if not (math.isfinite(self.rdp_offset) and self.rdp_offset >= 0):
             raise ConfigError(f"rdp_offset: expected a finite number >= 0, got {self.rdp_offset!r}")
+        if not (isinstance(self.groups, int) and self.groups >= 1):
+            raise ConfigError(f"groups: expected an integer >= 1, got {self.groups!r}")
         if self.sampling == "none" and self.sampling_rate != 1:
             raise ConfigError("sampling 'none' means every round counts in full: sampling_rate must be 1")
         if self.sampling == "fixed":
@@ -267,7 +273,7 @@ class PrivacyAccountant:
             fields = {f.name for f in dataclasses.fields(RoundEvent)}
             events = []
             for e in doc["events"]:
-                if not isinstance(e, dict) or set(e) != fields:
+                if not isinstance(e, dict) or not fields - {"groups"} <= set(e) <= fields:  # ledgers before groups
                     raise ConfigError("privacy accountant JSON: malformed event")
                 events.append(RoundEvent(**e))
             return cls(doc["accountant"], events)

@@ -18,6 +18,7 @@ from fedge.agent.core.secagg.quantize import max_abs_int
 from fedge.agent.core.update import noise_plan, privacy_config
 from fedge.coordinator.rounds.accounting import RoundEvent, round_event_for
 from fedge.coordinator.rounds.engine import Aggregation, PlainAggregation, RoundEngine, RoundSettings, expected_length
+from fedge.coordinator.rounds.grouped import GroupedAggregation, Parallel, serial, split_cohort
 from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
 from fedge.coordinator.rounds.secure import CertificateLookup, SecureAggregation
 
@@ -65,16 +66,18 @@ class BuiltRound:
     event: RoundEvent | None
 
 
-def round_event(plan: RoundPlan, dimension: int, draw: Draw) -> RoundEvent | None:
-    """The privacy event of a round run with ``plan`` over a cohort drawn as ``draw`` (None: DP off)."""
+def round_event(plan: RoundPlan, dimension: int, draw: Draw, groups: int = 1) -> RoundEvent | None:
+    """The privacy event of a round run with ``plan`` over a cohort drawn as ``draw`` (None: DP off),
+    aggregated in ``groups`` SecAgg+ groups (each group sum carrying the plan's noise on its own)."""
     if plan.dp_mode == "off":
         return None
     config = dataclasses.replace(privacy_config(plan), sampling=draw.sampling)
     discrete = noise_plan(plan, dimension)  # local and distributed: both noise on the integer grid
-    return round_event_for(
+    event = round_event_for(
         config, sampling_rate=draw.sampling_rate, population=draw.population, sample_size=draw.sample_size,
         discrete=discrete,
     )
+    return dataclasses.replace(event, groups=groups) if groups != 1 else event
 
 
 def build_round(
@@ -91,6 +94,8 @@ def build_round(
     certificates: CertificateLookup | None = None,
     risk: SecureRisk = SecureRisk(),
     suites: Mapping[str, Sequence[str]] | None = None,
+    group_size: int = 0,
+    parallel: Parallel = serial,
 ) -> BuiltRound:
     """Plan, settings, aggregation and engine of one round over ``cohort``, and its privacy event.
 
@@ -98,24 +103,45 @@ def build_round(
     is the round's C under adaptive clipping (None: the config's); ``suites`` the SecAgg+ cipher
     suites each member reported at check-in (AES masks when every member runs them; None or a
     missing member: ChaCha20).
+
+    ``group_size`` G > 0 with SecAgg+: the cohort is split into SecAgg+ groups of at least G devices
+    (:mod:`.grouped`), each held to its share of the minimum cohort, with distributed noise split
+    over the smallest group floor so every group sum carries all of it; ``parallel`` runs the
+    groups' stage closes (unmasking) on the driver's workers. :class:`~.grouped.GroupRefused` when
+    the cohort cannot make one group.
     """
     n = len(cohort)
     rate = draw.sampling_rate if draw.sampling == "poisson" else None
-    plan = make_plan(training, model_version, n, max(draw.population, n), clip_norm=clip_norm, sampling_rate=rate)
     settings = RoundSettings(min(training.goal, n), min(training.min_cohort, n), training.stage_timeout_s)
+    grouping = split_cohort(cohort, group_size, settings.min_cohort) if group_size and training.secagg else None
+    shares = grouping.noise_clients if grouping is not None and training.dp_mode == "distributed" else None
+    plan = make_plan(training, model_version, n, max(draw.population, n), clip_norm=clip_norm, sampling_rate=rate,
+                     noise_clients=shares)
     length = expected_length(weights, plan)
     aggregation: Aggregation
     if plan.secagg:
         if roster is None:
             raise ValueError("secure aggregation needs the cohort's identity keys (roster)")
-        aggregation = SecureAggregation(
-            plan, round_id, {d: roster[d] for d in cohort}, length, clock, min_cohort=settings.min_cohort,
-            dropout_rate=risk.dropout_rate, corrupt_fraction=risk.corrupt_fraction, certificates=certificates,
-            suite=choose_suite([suites.get(d, ()) for d in cohort]) if suites is not None else SUITE,
-        )
+        suite = choose_suite([suites.get(d, ()) for d in cohort]) if suites is not None else SUITE
+
+        def secure(members: Sequence[str], floor: int) -> SecureAggregation:
+            return SecureAggregation(
+                plan, round_id, {d: roster[d] for d in members}, length, clock, min_cohort=floor,
+                dropout_rate=risk.dropout_rate, corrupt_fraction=risk.corrupt_fraction, certificates=certificates,
+                suite=suite,
+            )
+
+        if grouping is None:
+            aggregation = secure(cohort, settings.min_cohort)
+        else:
+            aggregation = GroupedAggregation(
+                [secure(m, f) for m, f in zip(grouping.groups, grouping.floors)], grouping.floors,
+                min_total=settings.min_cohort, parallel=parallel,
+            )
     else:
         aggregation = PlainAggregation(
             length, plan.quant_bits, settings.goal, settings.min_cohort, max_abs=max_abs_int(plan.quant_range, plan.quant_scale)
         )
     engine = RoundEngine(round_id, plan, settings, weights, list(cohort), aggregation, clock)
-    return BuiltRound(plan, settings, aggregation, engine, round_event(plan, weights.size, draw))
+    groups = len(grouping.groups) if grouping is not None else 1
+    return BuiltRound(plan, settings, aggregation, engine, round_event(plan, weights.size, draw, groups))

@@ -112,12 +112,16 @@ def make_plan(
     population: int,
     clip_norm: float | None = None,
     sampling_rate: float | None = None,
+    noise_clients: int | None = None,
 ) -> RoundPlan:
     """The plan for a round with ``cohort_size`` selected devices out of ``population``.
 
     ``clip_norm`` is the round's current C under adaptive clipping (the previous round's
     ``RoundOutcome.next_clip_norm``); None means ``cfg.clip_norm``. ``sampling_rate`` is the
     Poisson rate the cohort was drawn with; None means a fixed-size draw, ``cohort_size / population``.
+    ``noise_clients``: the shares distributed noise is split over (None: the minimum cohort); fewer
+    shares than the cohort means several noised sums add up (SecAgg+ groups), and the ring's
+    headroom is sized for the summed noise.
     """
     if cohort_size < 1 or population < cohort_size:
         raise ConfigError(f"cohort of {cohort_size} out of a population of {population}")
@@ -129,7 +133,9 @@ def make_plan(
     headroom = 1.0
     if cfg.dp_mode == "distributed":
         central = max(cfg.noise_multiplier * c, adaptive.clip_count_stddev if adaptive else 0.0)
-        headroom += RING_NOISE_SIGMAS * central / (cohort_size * r)
+        shares = min(cfg.min_cohort, cohort_size) if noise_clients is None else noise_clients
+        summed = central * math.sqrt(max(1.0, cohort_size / shares)) if noise_clients is not None else central
+        headroom += RING_NOISE_SIGMAS * summed / (cohort_size * r)
     scale = choose_scale(r, cfg.quant_bits, cohort_size, headroom)
     check_no_wrap(cohort_size, max_abs_int(r, scale), cfg.quant_bits)
     # Under DP every client weighs the same: a data-size weight would change the sensitivity.
@@ -143,7 +149,7 @@ def make_plan(
         dp_mode=cfg.dp_mode,
         clip_norm=c,
         noise_multiplier=cfg.noise_multiplier,
-        noise_clients=min(cfg.min_cohort, cohort_size),
+        noise_clients=min(cfg.min_cohort, cohort_size) if noise_clients is None else noise_clients,
         weighting=weighting,
         example_cap=cfg.example_cap,
         quant_bits=cfg.quant_bits,
