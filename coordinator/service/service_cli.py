@@ -185,11 +185,15 @@ def devices_revoke(device_id: str, db: str) -> None:
 @click.option("--audit-canaries", type=int, default=0, show_default=True, metavar="M",
               help="Live privacy audit: M canary clients in this process take part through the protocol path "
                    "(never counted as devices), M more are withheld; rounds show an empirical epsilon and a 95% lower bound.")
+@click.option("--metrics-port", type=int, default=None, metavar="PORT",
+              help="Serve Prometheus text metrics at http://HOST:PORT/metrics (0: any free port) [default: off].")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics endpoint listens on.")
 def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: str | None, noise_multiplier: float | None,
               clip_norm: float, secagg: bool | None, epsilon_budget: float | None, checkin_window: float | None, broker_url: str | None,
               rounds: int | None, pacing_batch: int, eval_data: str | None, local_port: int,
               mqtt_protocol: str | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None,
-              adaptive_clip: float | None, clip_count_stddev: float, audit_canaries: int) -> None:
+              adaptive_clip: float | None, clip_count_stddev: float, audit_canaries: int, metrics_port: int | None,
+              metrics_host: str) -> None:
     """Run training rounds over MQTT (a local broker on 127.0.0.1 unless --broker: Mosquitto when installed,
     else the embedded amqtt); Ctrl-C stops gracefully."""
     from fedge.coordinator.service.config import ServiceConfig
@@ -206,11 +210,22 @@ def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: s
         tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, mqtt_protocol=mqtt_protocol, audit_canaries=audit_canaries,
     )
     service = CoordinatorService(cfg, on_round=lambda r: click.echo(format_round(r)))
-    if cfg.rounds == 0:
-        serve_fleet(service, echo=click.echo)
-        return
-    for r in serve(service):
-        pass
+    metrics = None
+    if metrics_port is not None:
+        from fedge.coordinator.service.metrics import MetricsServer
+
+        metrics = MetricsServer(db, metrics_host, metrics_port,
+                                broker_connected=lambda: service.transport is not None and service.transport.connected)
+        click.echo(f"metrics on {metrics.start().url}")
+    try:
+        if cfg.rounds == 0:
+            serve_fleet(service, echo=click.echo)
+            return
+        for r in serve(service):
+            pass
+    finally:
+        if metrics is not None:
+            metrics.stop()
 
 
 def serve_fleet(service: Any, *, echo: Callable[[str], None]) -> None:
