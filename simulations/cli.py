@@ -56,6 +56,9 @@ def cli() -> None:
               help="Buffered: staleness weight, poly:A (1/(1+tau)^A), constant or hinge:A,B.")
 @click.option("--max-contributions", type=int, default=0, show_default=True, metavar="M",
               help="Buffered: updates a device may contribute per campaign (0: no cap; DP composes M groups).")
+@click.option("--group-size", type=int, default=0, show_default=True, metavar="G",
+              help="With --secagg: aggregate each round in SecAgg+ groups of at least G devices, unmasked side by "
+                   "side, the coordinator adding the group sums (0: one group).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same numbers.")
 @click.option("--profiles", default="", help="Device profile mix, e.g. pi4=0.5,phone=0.3,car=0.2 (default: ideal devices).")
 @click.option("--profiles-dir", type=click.Path(file_okay=False, path_type=Path), default=None,

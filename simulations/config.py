@@ -68,6 +68,8 @@ class SimConfig:
     staleness: str = "poly:0.5"
     #: buffered: updates a device may contribute per campaign (0: no cap); DP accounting composes this many
     max_contributions: int = 0
+    #: SecAgg+ groups of at least G devices per round (coordinator/rounds/grouped.py); 0 = one group
+    group_size: int = 0
 
     def __post_init__(self) -> None:
         def need(ok: bool, flag: str, what: str) -> None:
@@ -107,6 +109,11 @@ class SimConfig:
              f"expected 0 (= --per-round) .. population ({self.population}), got {self.concurrency}")
         need(self.max_staleness >= 0, "--max-staleness", f"expected >= 0, got {self.max_staleness}")
         need(self.max_contributions >= 0, "--max-contributions", f"expected >= 0 (0: no cap), got {self.max_contributions}")
+        need(self.group_size == 0 or self.group_size >= 2, "--group-size", f"expected 0 or >= 2, got {self.group_size}")
+        if self.group_size:
+            need(self.secagg, "--group-size", "needs --secagg (each group is one SecAgg+ instance)")
+            need(self.mode == "sync", "--group-size", "not available with --mode buffered (--buffer is its group)")
+            need(self.audit_canaries == 0, "--group-size", "not available with --audit-canaries")
         if self.mode == "buffered":
             need(self.buffer <= self.training_slots, "--buffer",
                  f"expected at most --concurrency ({self.training_slots}), got {self.buffer}")

@@ -16,7 +16,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +33,7 @@ from fedge.agent.core.messages.common import Outbound
 from fedge.coordinator.rounds.engine import RoundStatus
 from fedge.coordinator.rounds.builder import Draw, SecureRisk, build_round
 from fedge.coordinator.rounds.buffered import GroupLedger, group_event
+from fedge.coordinator.rounds.grouped import GroupedAggregation, GroupRefused
 from fedge.coordinator.rounds.plan import TrainingConfig
 from fedge.coordinator.rounds.server_opt import ServerOptConfig, ServerOptimizer
 from fedge.coordinator.rounds.secure import SecureAggregation
@@ -59,6 +62,10 @@ class ProtocolSettings:
     audit_seed: int = 0
     #: the server's update rule on each completed round's mean delta
     server_opt: ServerOptConfig = ServerOptConfig()
+    #: SecAgg+ groups of at least this many devices (coordinator/rounds/grouped.py); 0 = one group
+    group_size: int = 0
+    #: threads closing the groups' stages (unmasking) side by side; 0 = the machine's cores
+    group_workers: int = 0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -98,11 +105,25 @@ class ProtocolEngine:
         self.audit: CanaryAudit | None = None
         #: buffered mode: each group accounted unamplified, capped per device (None: synchronous rounds)
         self.ledger: GroupLedger | None = None
+        self._threads: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
-        """Stop the device hosts (worker processes, actors)."""
+        """Stop the device hosts (worker processes, actors) and the group threads."""
         if self.pool is not None:
             self.pool.close()
+        if self._threads is not None:
+            self._threads.shutdown()
+            self._threads = None
+
+    def _parallel(self, jobs: list[Any]) -> list[Any]:
+        """Close SecAgg+ groups side by side: masks are expanded by libsodium and summed by numpy, which
+        release the GIL. Threads, not processes: a group's server state would have to be pickled."""
+        if len(jobs) < 2:
+            return [job() for job in jobs]
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self.settings.group_workers or os.cpu_count() or 1,
+                                               thread_name_prefix="fedge-group")
+        return list(self._threads.map(lambda job: job(), jobs))
 
     def _epsilon(self) -> float | None:
         cfg = self.settings.training
@@ -185,11 +206,21 @@ class ProtocolEngine:
         # sum carries the planned noise, not k canaries' worth more, which would blunt the audit.
         k = len(canaries)
         round_cfg = dataclasses.replace(cfg, goal=cfg.goal + k, min_cohort=cfg.min_cohort + k) if k else cfg
-        built = build_round(
-            round_id, round_cfg, f"r{round_id - 1}", weights, ids, draw, clock, clip_norm=self.clip_norm,
-            roster=roster if cfg.secagg else None, risk=SecureRisk(s.dropout_rate, s.corrupt_fraction),
-            suites=dict.fromkeys(ids, supported_suites()),
-        )
+        try:
+            built = build_round(
+                round_id, round_cfg, f"r{round_id - 1}", weights, ids, draw, clock, clip_norm=self.clip_norm,
+                roster=roster if cfg.secagg else None, risk=SecureRisk(s.dropout_rate, s.corrupt_fraction),
+                suites=dict.fromkeys(ids, supported_suites()), group_size=s.group_size if group is None else 0,
+                parallel=self._parallel,
+            )
+        except GroupRefused as e:
+            pool.broadcast(pack({"kind": "end"}))
+            log.warning("round abandoned: %s", e, extra={"round": round_id})
+            self.last = {"status": "abandoned", "reason": str(e), "participants": 0,
+                         "dropped": {"unavailable": unavailable}, "bytes_up": 0, "bytes_down": 0}
+            return RoundWork(weights, {}, 0, self._epsilon(), participants=0, bytes_up=0, bytes_down=0,
+                             dropped_per_stage={"unavailable": unavailable}, status="abandoned", reason=str(e),
+                             audit=self._audit_result())
         plan, aggregation, engine = built.plan, built.aggregation, built.engine
         stage_seconds: dict[str, float] = collections.defaultdict(float)
         traffic = {"up": 0, "down": 0, "examples": 0}
@@ -290,7 +321,10 @@ class ProtocolEngine:
             "dropped": dropped,
             "bytes_up": traffic["up"],
             "bytes_down": traffic["down"],
-            "secagg": dataclasses.asdict(aggregation.params) if isinstance(aggregation, SecureAggregation) else None,
+            "secagg": dataclasses.asdict(aggregation.params)
+            if isinstance(aggregation, (SecureAggregation, GroupedAggregation)) else None,
+            "groups": len(aggregation.groups) if isinstance(aggregation, GroupedAggregation) else 1,
+            "refused_groups": dict(aggregation.refused) if isinstance(aggregation, GroupedAggregation) else {},
             "clip_norm": plan.clip_norm,
             "next_clip_norm": outcome.next_clip_norm if outcome else None,
         }

@@ -139,7 +139,7 @@ def protocol_engine(config: SimConfig, population: Population, trainer: object) 
 
     cfg, dropout = (group_config if config.mode == "buffered" else training_config)(config, population)
     settings = ProtocolSettings(cfg, config.population, dropout_rate=dropout, audit_canaries=config.audit_canaries,
-                                server_opt=config.server_opt,
+                                server_opt=config.server_opt, group_size=config.group_size,
                                 audit_seed=int(stream(config.seed, AUDIT).integers(2**63)))
     hosts = config.host_count()
     r = recipe(population=config.population, dataset=config.dataset, partition=config.partition,
