@@ -424,7 +424,7 @@ class AgentDaemon:
         self._send(a.round_id, CheckIn(
             self.device_id, a.round_id, self.profile.device.class_, self.models.latest_version() or a.model_version,
             eligible, int(len(self._data[1])), float(self.ledger.epsilon_spent(self.profile.privacy.delta)),
-            self.session, secagg_suites=supported_suites(),
+            self.session, secagg_suites=supported_suites(self.profile.secagg.require_suite),
         ))
 
     def _on_request(self, msg: Any, payload: bytes) -> None:
@@ -472,7 +472,8 @@ class AgentDaemon:
             from fedge.agent.secure import PeerDirectory, secagg_factory
 
             directory = PeerDirectory(self.authority)
-            factory = secagg_factory(self.device_id, self.identity, directory)
+            factory = secagg_factory(self.device_id, self.identity, directory,
+                                     require_suite=self.profile.secagg.require_suite)
         self._participant = Participant(self.device_id, self._train, self._rng, factory, peers=directory)
         self.rounds.set(rid, "task", RoundStatus.TRAINING)
         return self._participant.handle(task)

@@ -52,17 +52,19 @@ def secagg_factory(
     directory: PeerDirectory,
     verifier: Callable[[bytes, bytes, bytes], None] = verify,
     agreement: Callable[[AgreementKey, bytes], bytes] = exchange,
+    require_suite: str | None = None,
 ) -> Callable[[Task, np.ndarray], SecAggClient]:
     """What a Participant calls to build its SecAgg+ client for a task, with its input set.
 
     ``verifier`` checks peers' signatures and ``agreement`` computes X25519 secrets; a simulator
     host passes one shared :class:`~agent.core.crypto.SignatureMemo` and
-    :class:`~agent.core.crypto.AgreementMemo` for all of its devices.
+    :class:`~agent.core.crypto.AgreementMemo` for all of its devices. ``require_suite`` (the
+    profile's ``[secagg] require_suite``) makes the client refuse a round with any other suite.
     """
 
     def build(task: Task, vector: np.ndarray) -> SecAggClient:
         client = SecAggClient(device_id, identity, directory.lookup, round_id=task.round_id, verifier=verifier,
-                              agreement=agreement)
+                              agreement=agreement, require_suite=require_suite)
         client.set_input(vector)
         return client
 

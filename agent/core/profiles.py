@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from fedge.agent.core.errors import ConfigError
 from fedge.agent.core.schema import build, rule, show
+from fedge.agent.core.secagg.params import SUITE, SUITE_AES, SUITE_PQ
 
 PRIVACY_MODES = ("off", "local", "distributed")
 MODEL_NAMES = ("logreg", "mlp", "cnn")
@@ -145,6 +146,16 @@ class PrivacyConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SecAggPolicy:
+    """``[secagg]``: which SecAgg+ suite this device insists on (docs/secagg.md, "Negotiation").
+
+    With ``require_suite`` set the device reports that suite alone at check-in and refuses any
+    round configured with another (e.g. the hybrid post-quantum suite, never a classic round)."""
+
+    require_suite: str | None = rule(None, choices=(SUITE, SUITE_AES, SUITE_PQ))
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """``[model]``: which model of the zoo this device trains, and its shapes."""
 
@@ -200,6 +211,7 @@ class DeviceProfile:
     model: ModelSpec
     storage: StorageConfig = StorageConfig()
     simulation: SimulationTraits = SimulationTraits()
+    secagg: SecAggPolicy = SecAggPolicy()
 
 
 def parse_profile(mapping: Mapping[str, Any], source: str = "<profile>") -> DeviceProfile:
