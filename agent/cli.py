@@ -78,6 +78,8 @@ db_option = click.option(
 optional_profile = click.option(
     "--profile", "profile", default=None, type=click.Path(dir_okay=False), help="The device profile (TOML), for its store."
 )
+#: For commands whose output is JSON already, so every listing command takes ``--json``.
+json_already = click.option("--json", "as_json", is_flag=True, help="Print JSON (the default; accepted for scripts).")
 
 
 @data.command("import")
@@ -103,7 +105,8 @@ def data_import(file: str, model: str, split: str, test_fraction: float, profile
 @data.command("stats")
 @optional_profile
 @db_option
-def data_stats(profile: str | None, db: str | None) -> None:
+@json_already
+def data_stats(profile: str | None, db: str | None, as_json: bool) -> None:
     """Print the number of examples, shapes and label counts per split, as JSON."""
     import json
 
@@ -122,7 +125,8 @@ def privacy() -> None:
 @optional_profile
 @db_option
 @click.option("--delta", type=float, default=1e-5, show_default=True, help="Delta at which epsilon is reported.")
-def privacy_status(profile: str | None, db: str | None, delta: float) -> None:
+@json_already
+def privacy_status(profile: str | None, db: str | None, delta: float, as_json: bool) -> None:
     """Print the number of contributions and the epsilon spent so far, as JSON."""
     import json
 
@@ -205,21 +209,28 @@ def init(profile: str, device_id: str, db: str | None, authority: str | None, re
 @cli.command("identity")
 @profile_option
 @db_override
-def identity_cmd(profile: str, db: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a line.")
+def identity_cmd(profile: str, db: str | None, as_json: bool) -> None:
     """Print the device id and its identity public key (hex), for enrollment."""
+    import json
+
     from fedge.agent.config import resolve
     from fedge.agent.identity import load
 
     cfg = resolve(profile, db_path=db)
     with open_store(cfg.db_path, create=False) as store:
         device_id, key = load(store.db)
+    if as_json:
+        click.echo(json.dumps({"device_id": device_id, "identity": key.public_bytes().hex(), "store": cfg.db_path}))
+        return
     click.echo(f"{device_id} {key.public_bytes().hex()}")
 
 
 @cli.command("status")
 @profile_option
 @db_override
-def status(profile: str, db: str | None) -> None:
+@json_already
+def status(profile: str, db: str | None, as_json: bool) -> None:
     """Print the latest round states, the outbox length and the epsilon spent, as JSON."""
     import json
 
