@@ -142,7 +142,11 @@ def load_examples(store: Store, split: str, spec: ModelSpec | None = None) -> tu
         return np.zeros((0, *shape), np.float32), np.zeros(0, np.int32)
     shape = tuple(json.loads(shapes[0]))
     if spec is not None and shape != spec.input_shape:
-        raise TrainingError(f"stored examples have shape {shape}; model {spec.name} takes {spec.input_shape}")
+        # the same features in another layout (flat 64 for an 8x8x1 model a release brought) are
+        # read in the model's shape, row-major as the model's own input; other sizes are refused
+        if len(shape) != 1 or math.prod(shape) != spec.example_size:
+            raise TrainingError(f"stored examples have shape {shape}; model {spec.name} takes {spec.input_shape}")
+        shape = spec.input_shape
     rows = store.db.execute("select features, label from examples where split = ? order by id", [split]).fetchall()
     x = np.frombuffer(b"".join(r[0] for r in rows), dtype="<f4").reshape(len(rows), *shape)
     y = np.fromiter((r[1] for r in rows), dtype=np.int32, count=len(rows))
