@@ -592,7 +592,7 @@ class AgentDaemon:
         r = self._trainer.train(
             task.weights, x, y, epochs=plan.epochs, batch_size=plan.batch_size, learning_rate=plan.learning_rate,
             rng=self._rng, max_seconds=min(self.profile.compute.max_train_seconds, plan.deadline_s),
-            should_abort=self._should_abort, clock=self._mono,
+            should_abort=self._should_abort, clock=self._mono, prox_mu=plan.prox_mu,
         )
         if r.stopped == "aborted":
             raise TrainingError(f"training aborted: {self._abort_reason}")

@@ -54,6 +54,9 @@ class RoundPlan:
     adaptive_target_quantile: float = 0.0
     adaptive_learning_rate: float = 0.0
     clip_count_stddev: float = 0.0
+    #: FedProx's proximal coefficient mu (Li et al., MLSys 2020): the device adds
+    #: (mu/2)||w - w_global||^2 to its local objective; 0 is plain FedAvg local training
+    prox_mu: float = 0.0
 
     @property
     def adaptive(self) -> bool:
@@ -81,6 +84,8 @@ class RoundPlan:
             raise ValueError("distributed DP requires secure aggregation")
         if (self.dp_mode == "off") != (self.dp_denominator == 0) or self.dp_denominator < 0:
             raise ValueError("dp_denominator must be > 0 exactly when DP is on")
+        if not (math.isfinite(self.prox_mu) and self.prox_mu >= 0):
+            raise ValueError("prox_mu must be a finite number >= 0")
         knobs = (self.adaptive_target_quantile, self.adaptive_learning_rate, self.clip_count_stddev)
         if not all(math.isfinite(v) for v in knobs):
             raise ValueError("adaptive clipping settings must be finite")
