@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import logging
 import queue
+import random
 import ssl
 import threading
 import time
@@ -36,11 +37,58 @@ _SELECT_LIMIT = 1024
 _UNSUPPORTED = "Unsupported protocol version"
 
 
+class Backoff:
+    """Reconnect delays with full jitter ("Exponential Backoff and Jitter", AWS Architecture Blog,
+    2015), floored at ``min_s``: the n-th delay after a connection loss is drawn uniformly from
+    [min_s, min(max_s, min_s * 2**(n+1))], so it averages paho's min, 2 min, 4 min ... and reaches
+    the cap the same way.
+
+    paho's own backoff is the same on every device, so after a broker outage a whole fleet retries
+    at the same instants; drawn per client, the retries spread from the first one on. ``rng`` is
+    seeded from OS randomness unless a test passes its own.
+    """
+
+    def __init__(self, min_s: float, max_s: float, rng: random.Random | None = None) -> None:
+        if not 0 < min_s <= max_s:
+            raise ValueError("backoff must satisfy 0 < min <= max")
+        self.min_s, self.max_s = float(min_s), float(max_s)
+        self._rng = rng or random.Random()
+        self._attempt = 0
+
+    def next(self) -> float:
+        """The delay before the next attempt."""
+        ceiling = min(self.max_s, self.min_s * 2.0 ** min(self._attempt + 1, 64))
+        self._attempt += 1
+        return self._rng.uniform(self.min_s, ceiling)
+
+    def reset(self) -> None:
+        """Connected: the next outage starts again from ``min_s``."""
+        self._attempt = 0
+
+
+class _Client(paho.Client):
+    """paho's client with :class:`Backoff` instead of its fixed doubling: each wait sets paho's
+    delay bounds to the drawn delay, then waits the way paho does (stopping early on disconnect())."""
+
+    backoff: Backoff
+
+    def _reconnect_wait(self) -> None:
+        delay = self.backoff.next()
+        with self._reconnect_delay_mutex:
+            self._reconnect_min_delay = self._reconnect_max_delay = delay  # type: ignore[assignment]
+            self._reconnect_delay = None
+        log.debug("reconnecting in %.2f s", delay)
+        super()._reconnect_wait()
+
+
 class MqttTransport:
     """A :class:`~agent.core.transport.base.Transport` over a real MQTT broker."""
 
-    def __init__(self, config: TransportConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: TransportConfig, *, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
         self.config = config
+        #: reconnect delays, drawn for this client (kept across the MQTT 5 -> 3.1.1 fallback)
+        self.backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s, rng)
         #: "auto": MQTT 5 first, MQTT 3.1.1 when the broker refuses it or never answers its CONNECT
         self._auto = config.protocol == MQTT_AUTO
         self._will: tuple[str, bytes, bool] | None = None
@@ -64,7 +112,7 @@ class MqttTransport:
     def _new_client(self, *, v5: bool) -> paho.Client:
         config = self.config
         self._v5 = v5
-        c = paho.Client(
+        c = _Client(
             paho.CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
             clean_session=None if v5 else config.clean_start,
@@ -81,7 +129,7 @@ class MqttTransport:
                 cert_reqs=ssl.CERT_REQUIRED,
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
-        c.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)
+        c.backoff = self.backoff
         c.max_inflight_messages_set(config.max_inflight)
         c.max_queued_messages_set(0)
         c.on_connect = self._on_connect
@@ -271,6 +319,7 @@ class MqttTransport:
             self._refused = str(rc)
             return
         self._generation += 1
+        self.backoff.reset()
         if flags.session_present or not self._filters:
             self._up.set()
             return
