@@ -17,7 +17,7 @@ from functools import cached_property
 
 import numpy as np
 
-from fedge.agent.core.secagg.params import SUITE, SecAggParams
+from fedge.agent.core.secagg.params import SecAggParams
 from fedge.agent.core.wire import message
 
 #: Sealed share size: nonce 12 + (sender, receiver) 8 + 2 x 11 uint32 field elements + tag 16.
@@ -35,7 +35,8 @@ class SecAggConfig:
     params: SecAggParams
     graph_seed: bytes
     roster: bytes
-    suite: str = SUITE
+    #: no default: a config from before the suite field must not decode as the classic suite
+    suite: str
 
     @cached_property
     def roster_ids(self) -> tuple[str, ...]:
