@@ -285,6 +285,7 @@ class ProtocolEngine:
                 stage_seconds[stage] += time.perf_counter() - started
                 if engine.stage != ran[-1]:
                     ran.append(engine.stage)
+                    log.info("stage %s after %.1f s", engine.stage, time.perf_counter() - t0, extra={"round": round_id})
             if engine.status is not RoundStatus.RUNNING:
                 break
             timed_out.add(engine.stage)
