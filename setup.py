@@ -4,7 +4,11 @@ from setuptools import find_packages, setup
 
 FOLDERS = ("agent", "coordinator", "simulations")
 
+#: The shipped device profiles (firmware_configs/*.toml, trial/) as package data of ``fedge.profiles``,
+#: where the demo finds them outside a checkout (coordinator/service/demo.py, shipped_profiles()).
+PROFILES = {"fedge.profiles": "firmware_configs", "fedge.profiles.trial": "firmware_configs/trial"}
+
 setup(
-    packages=[f"fedge.{p}" for p in find_packages(include=[f"{f}*" for f in FOLDERS])],
-    package_dir={f"fedge.{f}": f for f in FOLDERS},
+    packages=[f"fedge.{p}" for p in find_packages(include=[f"{f}*" for f in FOLDERS])] + list(PROFILES),
+    package_dir={**{f"fedge.{f}": f for f in FOLDERS}, **PROFILES},
 )

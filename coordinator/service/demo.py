@@ -39,7 +39,16 @@ from fedge.coordinator.store import Store
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE_PROFILE = ROOT / "firmware_configs" / "pi4.toml"
+
+
+def shipped_profiles() -> Path:
+    """Where the shipped profiles are: ``fedge/profiles/`` (package data) in an installed wheel,
+    ``firmware_configs/`` in a checkout or an editable install."""
+    for d in (ROOT / "profiles", ROOT / "firmware_configs"):
+        if (d / "pi4.toml").is_file():
+            return d
+    raise ConfigError(f"no shipped profiles under {ROOT} (profiles/ or firmware_configs/): a broken install?")
+
 TEST_EXAMPLES = 300
 #: Local training of the demo campaign (the rest comes from the command line).
 DEMO_TRAINING = {"epochs": 2, "batch_size": 16, "learning_rate": 0.2}
@@ -116,7 +125,7 @@ def dump_toml(doc: dict[str, Any]) -> str:
 
 def agent_profile(broker_url: str, db_path: Path, training: TrainingConfig, protocol: str | None = None) -> dict[str, Any]:
     """The pi4 profile with this demo's broker, store and model, and eligibility that a busy laptop passes."""
-    with open(BASE_PROFILE, "rb") as f:
+    with open(shipped_profiles() / "pi4.toml", "rb") as f:
         doc = tomllib.load(f)
     net = {k: v for k, v in doc["network"].items() if not k.startswith("tls_")}
     net["broker_url"] = broker_url
