@@ -386,3 +386,18 @@ class Store:
         row = next(self.db.query("select count(*) as n from uploads where round_id = ? and stage = ?", [round_id, stage]))
         return int(row["n"])
 
+    # ---------------------------------------------------------------- server optimizer
+
+    def server_opt_state(self, rule: str) -> dict[str, Any] | None:
+        """The saved state of the server optimizer ``rule`` (None: none saved, or another rule ran)."""
+        row = self.db.execute("select rule, state from server_opt_state where id = 1").fetchone()
+        if row is None or row[0] != rule:
+            return None
+        state: dict[str, Any] = json.loads(row[1])
+        return state
+
+    def save_server_opt_state(self, rule: str, state: dict[str, Any], round_id: int, now: float) -> None:
+        """Keep the optimizer's state after ``round_id`` (one row: the campaign's current rule)."""
+        self.db["server_opt_state"].upsert(
+            {"id": 1, "rule": rule, "state": json.dumps(state), "round_id": round_id, "updated": now}, pk="id"
+        )

@@ -52,6 +52,8 @@ class TrainingConfig:
     adaptive_learning_rate: float = 0.2
     #: sigma_b, the noise on the clip-bit sum (0: the paper's expected_clients / 20)
     clip_count_stddev: float = 0.0
+    #: FedProx's proximal coefficient on the device (Li et al., MLSys 2020); 0 = plain local SGD
+    prox_mu: float = 0.0
 
     @property
     def adaptive(self) -> AdaptiveClipping | None:
@@ -64,6 +66,8 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.dp_mode not in DP_MODES:
             raise ConfigError(f"dp: expected one of {DP_MODES}, got {self.dp_mode!r}")
+        if not (math.isfinite(self.prox_mu) and self.prox_mu >= 0):
+            raise ConfigError(f"prox_mu: expected a finite number >= 0, got {self.prox_mu!r}")
         PrivacyConfig(
             mode=self.dp_mode,
             clip_norm=self.clip_norm,
@@ -160,6 +164,7 @@ def make_plan(
         delta=cfg.delta,
         deadline_s=cfg.train_deadline_s,
         dp_denominator=0 if cfg.dp_mode == "off" else min(cfg.expected_reports or cfg.goal, cohort_size),
+        prox_mu=cfg.prox_mu,
         adaptive_target_quantile=adaptive.target_quantile if adaptive else 0.0,
         adaptive_learning_rate=adaptive.learning_rate if adaptive else 0.0,
         clip_count_stddev=adaptive.clip_count_stddev if adaptive else 0.0,

@@ -8,6 +8,7 @@ import math
 from fedge.agent.core.errors import ConfigError
 from fedge.agent.core.transport.base import MQTT_5, MQTT_311, MQTT_AUTO, TransportConfig
 from fedge.coordinator.rounds.plan import TrainingConfig
+from fedge.coordinator.rounds.server_opt import ServerOptConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,8 @@ class ServiceConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     #: live privacy audit: M canary pairs (M inserted as in-process clients, M withheld); 0 = none
     audit_canaries: int = 0
+    #: the server's update rule on each completed round's mean delta (FedAvg at rate 1: plain FedAvg)
+    server_opt: ServerOptConfig = ServerOptConfig()
     shutdown_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:

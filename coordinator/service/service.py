@@ -45,6 +45,7 @@ from fedge.coordinator.fleet.controller import FleetController
 from fedge.coordinator.service.pacing import Pacer
 from fedge.coordinator.fleet.releases import create_release
 from fedge.coordinator.rounds.builder import Draw, build_round
+from fedge.coordinator.rounds.server_opt import ServerOptimizer
 from fedge.coordinator.service.privacy_budget import CampaignBudget, mark_exhausted, selectable_devices
 from fedge.coordinator.service.quarantine import conflict_reason, quarantine
 from fedge.coordinator.rounds.selection import select_cohort
@@ -142,6 +143,8 @@ class CoordinatorService:
         self.budget_spent = False
         #: the live privacy audit's canary clients (``audit_canaries``), made when the model is known
         self.canaries: LiveCanaries | None = None
+        #: the server's update rule; its state is restored from the store at start and saved each round
+        self.server_opt = ServerOptimizer(config.server_opt)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -160,6 +163,9 @@ class CoordinatorService:
         if cfg.training.secagg and not secure_available():
             raise ConfigError("secure aggregation on the coordinator (coordinator/rounds/secure.py) is not available; use --no-secagg")
         self._ensure_model()
+        saved = self.store.server_opt_state(self.config.server_opt.kind.value)
+        if saved is not None:
+            self.server_opt.restore(saved)
         if cfg.embedded:
             self.broker = local_broker(cfg.embedded_port).start()  # Mosquitto when installed, else amqtt
             self.broker_url = self.broker.url
@@ -639,15 +645,18 @@ class CoordinatorService:
         fields: dict[str, Any] = {"participants": participants, "dropped": dropped, "stage": engine.stage}
         model_in = self.current_model()
         version = model_in.version
-        if outcome.status is RoundStatus.COMPLETED and outcome.new_weights is not None:
+        if outcome.status is RoundStatus.COMPLETED and outcome.new_weights is not None and outcome.aggregate is not None:
             version = f"{self.config.training.model_name}-r{rid}"
+            # the server optimizer acts on the released mean only (post-processing: DP and SecAgg+ untouched)
+            new_weights = self.server_opt.apply(model_in.weights, outcome.aggregate.mean_delta)
+            store.save_server_opt_state(self.config.server_opt.kind.value, self.server_opt.state(), rid, now)
             metrics: dict[str, float] = {}
             if self._eval is not None:
-                ev = self._trainer().evaluate(outcome.new_weights, *self._eval)
+                ev = self._trainer().evaluate(new_weights, *self._eval)
                 metrics = {"accuracy": ev.accuracy, "loss": ev.loss}
                 fields.update(metrics)
             store.put_model(
-                version, outcome.new_weights, architecture=self.config.training.model_name,
+                version, new_weights, architecture=self.config.training.model_name,
                 parent=model_in.version, metrics=metrics, produced_by_round=rid, now=now,
             )
             fields["model_out"] = version
@@ -661,7 +670,7 @@ class CoordinatorService:
                     log.warning("%s", e, extra={"round": rid})
             if outcome.next_clip_norm is not None:
                 fields["next_clip_norm"] = outcome.next_clip_norm
-            fields.update(self._audit(outcome.new_weights - model_in.weights))
+            fields.update(self._audit(outcome.aggregate.mean_delta))
             store.finish_round(rid, "completed", reason, now, **fields)
         else:
             fields.update(self._audit(None))

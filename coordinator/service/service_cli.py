@@ -182,6 +182,12 @@ def devices_revoke(device_id: str, db: str) -> None:
               help="Adaptive clipping (DP on): C follows this quantile of the update norms; --clip is the first C.")
 @click.option("--clip-count-stddev", type=float, default=0.0, metavar="SIGMA",
               help="Adaptive clipping: noise on the clip-bit sum; 2*SIGMA must exceed z [default: goal/20].")
+@click.option("--server-opt", type=click.Choice(["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi"]),
+              default="fedavg", show_default=True,
+              help="Server update on each round's mean delta (Reddi et al. 2021); post-processing, DP and SecAgg+ untouched.")
+@click.option("--server-lr", type=float, default=1.0, show_default=True, help="Server learning rate (FedAdam/FedYogi: 0.01-0.1).")
+@click.option("--prox-mu", type=float, default=0.0, show_default=True,
+              help="FedProx's proximal coefficient on the devices (Li et al. 2020); 0: plain local SGD.")
 @click.option("--audit-canaries", type=int, default=0, show_default=True, metavar="M",
               help="Live privacy audit: M canary clients in this process take part through the protocol path "
                    "(never counted as devices), M more are withheld; rounds show an empirical epsilon and a 95% lower bound.")
@@ -192,10 +198,11 @@ def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: s
               clip_norm: float, secagg: bool | None, epsilon_budget: float | None, checkin_window: float | None, broker_url: str | None,
               rounds: int | None, pacing_batch: int, eval_data: str | None, local_port: int,
               mqtt_protocol: str | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None,
-              adaptive_clip: float | None, clip_count_stddev: float, audit_canaries: int, metrics_port: int | None,
-              metrics_host: str) -> None:
+              adaptive_clip: float | None, clip_count_stddev: float, server_opt: str, server_lr: float, prox_mu: float,
+              audit_canaries: int, metrics_port: int | None, metrics_host: str) -> None:
     """Run training rounds over MQTT (a local broker on 127.0.0.1 unless --broker: Mosquitto when installed,
     else the embedded amqtt); Ctrl-C stops gracefully."""
+    from fedge.coordinator.rounds.server_opt import ServerOptConfig, ServerOptKind
     from fedge.coordinator.service.config import ServiceConfig
     from fedge.coordinator.service.service import CoordinatorService, serve
 
@@ -203,11 +210,12 @@ def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: s
     cfg = ServiceConfig(
         db_path=db,
         training=_training(model, goal or 10, min_cohort, dp_mode or "off", noise_multiplier or 1.0, clip_norm, secagg,
-                           adaptive_quantile=adaptive_clip or 0.0, clip_count_stddev=clip_count_stddev),
+                           adaptive_quantile=adaptive_clip or 0.0, clip_count_stddev=clip_count_stddev, prox_mu=prox_mu),
         broker_url=broker_url, embedded_port=local_port, rounds=1 if rounds is None else rounds,
         checkin_window_s=checkin_window or 10.0,
         pacing_batch=pacing_batch, epsilon_budget=epsilon_budget or 10.0, eval_data=eval_data,
         tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, mqtt_protocol=mqtt_protocol, audit_canaries=audit_canaries,
+        server_opt=ServerOptConfig(ServerOptKind(server_opt), learning_rate=server_lr),
     )
     service = CoordinatorService(cfg, on_round=lambda r: click.echo(format_round(r)))
     metrics = None
