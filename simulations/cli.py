@@ -59,6 +59,8 @@ def cli() -> None:
 @click.option("--group-size", type=int, default=0, show_default=True, metavar="G",
               help="With --secagg: aggregate each round in SecAgg+ groups of at least G devices, unmasked side by "
                    "side, the coordinator adding the group sums (0: one group).")
+@click.option("--prox-mu", type=float, default=0.0, show_default=True,
+              help="FedProx's proximal coefficient on every device (Li et al. 2020); 0: plain local SGD.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same numbers.")
 @click.option("--profiles", default="", help="Device profile mix, e.g. pi4=0.5,phone=0.3,car=0.2 (default: ideal devices).")
 @click.option("--profiles-dir", type=click.Path(file_okay=False, path_type=Path), default=None,

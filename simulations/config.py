@@ -56,6 +56,8 @@ class SimConfig:
     audit_canaries: int = 0
     #: the server's update rule on each round's mean delta (FedAvg at rate 1: plain FedAvg)
     server_opt: ServerOptConfig = ServerOptConfig()
+    #: FedProx's proximal coefficient on every device (Li et al., MLSys 2020); 0 = plain local SGD
+    prox_mu: float = 0.0
     #: ``sync``: rounds of ``per_round`` sampled clients; ``buffered``: FedBuff groups (``rounds`` groups)
     mode: str = "sync"
     #: buffered: K, devices per SecAgg+ group (one model version each)
@@ -100,6 +102,7 @@ class SimConfig:
         need(self.local_epochs >= 1, "--local-epochs", f"expected >= 1, got {self.local_epochs}")
         need(self.batch_size >= 1, "--batch-size", f"expected >= 1, got {self.batch_size}")
         need(self.learning_rate > 0, "--learning-rate", f"expected > 0, got {self.learning_rate}")
+        need(self.prox_mu >= 0, "--prox-mu", f"expected >= 0, got {self.prox_mu}")
         parse_dataset_spec(self.dataset)
         parse_partition_spec(self.partition)
         need(self.mode in MODES, "--mode", f"expected one of {', '.join(MODES)}, got {self.mode!r}")

@@ -152,7 +152,7 @@ class DeviceHost:
             x, y = self.client_data(client)
             p = task.plan
             r = self.trainer.train(task.weights if base is None else base, x, y, epochs=p.epochs, batch_size=p.batch_size,
-                                   learning_rate=p.learning_rate, rng=np.random.default_rng(seed))
+                                   learning_rate=p.learning_rate, rng=np.random.default_rng(seed), prox_mu=p.prox_mu)
             self._examples += r.num_examples
             return LocalResult(r.delta, r.num_examples, r.loss)
         return train

@@ -117,7 +117,7 @@ def training_config(config: SimConfig, population: Population) -> tuple[Training
         noise_multiplier=config.noise_multiplier if config.dp != "off" else 0.0, delta=config.delta,
         secagg=config.secagg, goal=config.per_round, over_selection=1.0,  # the runner already samples
         min_cohort=min_cohort, expected_reports=reports, adaptive_quantile=config.adaptive_clip,
-        clip_count_stddev=config.clip_count_stddev,
+        clip_count_stddev=config.clip_count_stddev, prox_mu=config.prox_mu,
     )
     return cfg, min(0.5, max(0.01, dropout))
 

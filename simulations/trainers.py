@@ -36,7 +36,7 @@ class LocalTrainer(Protocol):
     def initial_weights(self) -> np.ndarray: ...
 
     def train(self, global_weights: np.ndarray, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
-              learning_rate: float, rng: np.random.Generator) -> TrainResult: ...
+              learning_rate: float, rng: np.random.Generator, prox_mu: float = 0.0) -> TrainResult: ...
 
     def logits(self, weights: np.ndarray, x: np.ndarray, batch_size: int = 256) -> np.ndarray: ...
 
@@ -52,8 +52,9 @@ class ReferenceTrainer:
         return self._initial.copy()
 
     def train(self, global_weights: np.ndarray, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
-              learning_rate: float, rng: np.random.Generator) -> TrainResult:
-        """Shuffled mini-batch SGD, as :meth:`Trainer.train` does it, on the numpy formulas."""
+              learning_rate: float, rng: np.random.Generator, prox_mu: float = 0.0) -> TrainResult:
+        """Shuffled mini-batch SGD, as :meth:`Trainer.train` does it, on the numpy formulas (with
+        FedProx's proximal step w -= lr * mu * (w - w_global) after each step when ``prox_mu`` > 0)."""
         t0 = time.perf_counter()
         start = np.asarray(global_weights, np.float32)
         w = {k: v.copy() for k, v in self.spec.split(start).items()}
@@ -64,7 +65,12 @@ class ReferenceTrainer:
             total = 0.0
             for lo in range(0, len(y), batch_size):
                 b = order[lo : lo + batch_size]
+                before = w
                 batch_loss, w = reference.sgd_step(self.spec.name, w, x[b], y[b], learning_rate)
+                if prox_mu > 0:
+                    pull = np.float32(learning_rate * prox_mu)
+                    g0 = self.spec.split(start)
+                    w = {k: (v - pull * (before[k] - g0[k])).astype(np.float32) for k, v in w.items()}
                 total += batch_loss * len(b)
                 steps += 1
             loss = total / max(1, len(y))
