@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -94,6 +95,14 @@ class SecAggClient:
         self._require_suite = require_suite  # the profile's [secagg] require_suite: no other is run
         self.stage: Stage | None = None
         self._input: np.ndarray | None = None
+        #: each stage's handler, named once (the stages of :mod:`.stages`)
+        self._handlers: dict[Stage, Callable[[Any], Any]] = {
+            Stage.ADVERTISE_KEYS: self._on_advertise_keys,
+            Stage.SHARE_KEYS: self._on_share_keys,
+            Stage.MASKED_INPUT: self._on_masked_input,
+            Stage.CONSISTENCY_CHECK: self._on_consistency_check,
+            Stage.UNMASK: self._on_unmask,
+        }
 
     # ------------------------------------------------------------------ public
 
@@ -104,7 +113,7 @@ class SecAggClient:
             raise ProtocolError("secagg input must be a 1-D unsigned integer vector")
         self._input = v
 
-    def handle(self, msg: object):
+    def handle(self, msg: Any) -> Any:
         """Consume one coordinator message and return the reply to send."""
         stage = _STAGE_OF.get(type(msg))
         if stage is None:
@@ -119,7 +128,7 @@ class SecAggClient:
         if stage is not Stage.ADVERTISE_KEYS and msg.round_id != self._round_id:
             raise ProtocolError("message for another round")
         try:
-            reply = getattr(self, "_on_" + stage.value)(msg)
+            reply = self._handlers[stage](msg)
         except SecurityError:
             self.stage = Stage.FAILED
             log.warning("secagg security check failed; aborting", extra=self._extra())

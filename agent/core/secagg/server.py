@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,7 +108,22 @@ class SecAggServer:
         self.stage: Stage | None = None
         self._deadline = float("inf")
         self._expected: set[int] = set()
-        self._replies: dict[int, object] = {}
+        self._replies: dict[int, Any] = {}
+        #: each stage's reply check and stage close, named once (the stages of :mod:`.stages`)
+        self._checks: dict[Stage, Callable[[int, Any], None]] = {
+            Stage.ADVERTISE_KEYS: self._check_advertise_keys,
+            Stage.SHARE_KEYS: self._check_share_keys,
+            Stage.MASKED_INPUT: self._check_masked_input,
+            Stage.CONSISTENCY_CHECK: self._check_consistency_check,
+            Stage.UNMASK: self._check_unmask,
+        }
+        self._closers: dict[Stage, Callable[[], dict[str, Any]]] = {
+            Stage.ADVERTISE_KEYS: self._close_advertise_keys,
+            Stage.SHARE_KEYS: self._close_share_keys,
+            Stage.MASKED_INPUT: self._close_masked_input,
+            Stage.CONSISTENCY_CHECK: self._close_consistency_check,
+            Stage.UNMASK: self._close_unmask,
+        }
         self._result: SecAggResult | None = None
         #: devices whose Shamir shares at unmask were wrong and corrected (attributed by decoding)
         self.bad_share_senders: tuple[str, ...] = ()
@@ -163,7 +179,7 @@ class SecAggServer:
         log.warning("secagg round failed at %s: %s", stage, reason, extra={"round": self.round_id, "stage": stage})
         raise RoundFailed(f"secagg round {self.round_id} failed at {stage}: {reason}")
 
-    def receive(self, msg: object) -> None:
+    def receive(self, msg: Any) -> None:
         """Store one device reply for the current stage, after checking it."""
         stage = _REPLY_STAGE.get(type(msg))
         if stage is None:
@@ -177,7 +193,7 @@ class SecAggServer:
             raise ProtocolError("reply from a device not in this stage")
         if i in self._replies:
             raise ProtocolError("duplicate reply")
-        getattr(self, "_check_" + stage.value)(i, msg)
+        self._checks[stage](i, msg)
         # masked vectors are summed on arrival and not kept
         self._replies[i] = True if stage is Stage.MASKED_INPUT else msg
 
@@ -200,11 +216,11 @@ class SecAggServer:
                     extra={**self._extra(), "device": device_id})
         return True
 
-    def close_stage(self) -> dict[str, object]:
+    def close_stage(self) -> dict[str, Any]:
         """Proceed with whoever answered: the requests of the next stage by device id ({} at DONE)."""
-        if self.stage in (None, Stage.DONE, Stage.FAILED):
+        if self.stage is None or self.stage in (Stage.DONE, Stage.FAILED):
             raise ProtocolError("no open stage")
-        return getattr(self, "_close_" + self.stage.value)()
+        return self._closers[self.stage]()
 
     def result(self) -> SecAggResult:
         """The sum and survivors; RoundFailed unless the round completed."""
@@ -240,7 +256,7 @@ class SecAggServer:
         payload = derive.advert_payload(self._digest, msg.device_id, msg.c_public, msg.s_public, msg.kem_public)
         verify(self._identity[i], payload, msg.signature)
 
-    def _close_advertise_keys(self) -> dict[str, object]:
+    def _close_advertise_keys(self) -> dict[str, Any]:
         u1 = self._prune(set(self._replies), lambda i, a: len(self._nbr_sets[i] & a))
         self._need("devices advertised keys with enough live neighbours", len(u1), self.params.min_clients)
         self._adverts = {i: self._replies[i] for i in u1}
@@ -272,7 +288,7 @@ class SecAggServer:
         if len(msg.kem_ciphertexts) != want:
             raise ProtocolError("KEM ciphertexts have the wrong length")
 
-    def _close_share_keys(self) -> dict[str, object]:
+    def _close_share_keys(self) -> dict[str, Any]:
         # sent_to[i][j]: where i's sealed share for j sits in i's reply (no copies of the ciphertexts)
         sent_to = {i: {j: pos for pos, j in enumerate(m.recipients.tolist())} for i, m in self._replies.items()}
         replies = self._replies
@@ -324,7 +340,7 @@ class SecAggServer:
             raise ProtocolError(f"masked input must be {self._dtype} of shape ({self.params.dim},)")
         self._sum.add_vector(v)  # streaming: the vector need not be kept
 
-    def _close_masked_input(self) -> dict[str, object]:
+    def _close_masked_input(self) -> dict[str, Any]:
         u3 = set(self._replies)
         self._need("masked inputs", len(u3), self.params.min_clients)
         self._u3 = u3
@@ -347,7 +363,7 @@ class SecAggServer:
     def _check_consistency_check(self, i: int, msg: SurvivorSignature) -> None:
         verify(self._identity[i], derive.survivors_payload(self._digest, self._bitmap), msg.signature)
 
-    def _close_consistency_check(self) -> dict[str, object]:
+    def _close_consistency_check(self) -> dict[str, Any]:
         u4 = set(self._replies)
         t = self.params.threshold
         self._need("survivor signatures", len(u4), self.params.min_clients)
@@ -377,7 +393,7 @@ class SecAggServer:
             if arr.dtype != np.uint32 or arr.shape != (len(ids), L):
                 raise ProtocolError("unmask shares have the wrong shape")
 
-    def _close_unmask(self) -> dict[str, object]:
+    def _close_unmask(self) -> dict[str, Any]:
         p, t, rid = self.params, self.params.threshold, self.round_id
         got: dict[int, list[tuple[int, np.ndarray]]] = {j: [] for j in self._u2}
         for i, msg in self._replies.items():
