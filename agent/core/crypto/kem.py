@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Any
 
 from fedge.agent.core.crypto.bytes_in import as_bytes
 from fedge.agent.core.errors import SecurityError
@@ -22,7 +23,7 @@ PUBLIC_BYTES = 1184
 CIPHERTEXT_BYTES = 1088
 SHARED_BYTES = 32
 
-_mlkem = None  # cryptography.hazmat.primitives.asymmetric.mlkem once loaded
+_mlkem: Any = None  # cryptography.hazmat.primitives.asymmetric.mlkem once loaded
 
 
 def available() -> bool:

@@ -31,12 +31,13 @@ from fedge.agent.core.crypto import (
     IdentityKey,
     MaskAccumulator,
     exchange,
+    kem,
     open_sealed,
     random_bytes,
     seal,
+    shamir,
     verify,
 )
-from fedge.agent.core.crypto import kem, shamir
 from fedge.agent.core.errors import ProtocolError, RoundFailed, SecurityError
 from fedge.agent.core.messages.secagg import (
     SEALED_SHARE_BYTES,
@@ -47,8 +48,8 @@ from fedge.agent.core.messages.secagg import (
     NeighbourKeys,
     RelayedShares,
     SecAggConfig,
-    SurvivorSignature,
     Survivors,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskShares,
 )
@@ -95,6 +96,7 @@ class SecAggClient:
         self._require_suite = require_suite  # the profile's [secagg] require_suite: no other is run
         self.stage: Stage | None = None
         self._input: np.ndarray | None = None
+        self._sent_secret: bytes = b""  # the hybrid suite's last channel encapsulation secret
         #: each stage's handler, named once (the stages of :mod:`.stages`)
         self._handlers: dict[Stage, Callable[[Any], Any]] = {
             Stage.ADVERTISE_KEYS: self._on_advertise_keys,
@@ -103,6 +105,13 @@ class SecAggClient:
             Stage.CONSISTENCY_CHECK: self._on_consistency_check,
             Stage.UNMASK: self._on_unmask,
         }
+
+    @property
+    def _rid(self) -> int:
+        """The round id, known from the config on (ProtocolError before it)."""
+        if self._round_id is None:
+            raise ProtocolError("no round config yet")
+        return self._round_id
 
     # ------------------------------------------------------------------ public
 
@@ -148,7 +157,9 @@ class SecAggClient:
         if self._round_id is not None and cfg.round_id != self._round_id:
             raise ProtocolError("config for another round")
         if self._require_suite is not None and cfg.suite != self._require_suite:
-            raise ProtocolError(f"round suite {cfg.suite!r} is not the suite this device requires ({self._require_suite!r})")
+            raise ProtocolError(
+                f"round suite {cfg.suite!r} is not the suite this device requires ({self._require_suite!r})"
+            )
         self._stream = mask_stream(cfg.suite)  # ProtocolError for a suite this device does not run
         self._hybrid = cfg.suite in HYBRID_SUITES
         p = cfg.params
@@ -209,7 +220,7 @@ class SecAggClient:
         mask_secret = self._sigma if self._hybrid else self._s_key.private_bytes()
         secrets = np.frombuffer(self._self_seed + mask_secret, np.uint8).reshape(2, 32)
         shares = shamir.split(secrets, np.array(order) + 1, t).astype("<u4")  # (k', 2, L)
-        c_key, rid, me, digest = self._c_key, self._round_id, self._me, self._digest
+        c_key, rid, me, digest = self._c_key, self._rid, self._me, self._digest
         head = _SHARE_HEAD.pack
         self._share_keys: dict[int, bytes] = {}
         blobs, items = [], []
@@ -240,7 +251,7 @@ class SecAggClient:
         if self._me > j:
             return ct
         ss_m, ct_m = kem.encapsulate(peer_kem[kem.PUBLIC_BYTES :])
-        rid, me = self._round_id, self._me
+        rid, me = self._rid, self._me
         pad = derive.xor(derive.pair_transport_secret(self._sigma, rid, me, j), derive.pad_key(ss_m, ct_m, rid, me, j))
         return ct + ct_m + pad
 
@@ -252,7 +263,7 @@ class SecAggClient:
             raise ProtocolError(f"input has {self._input.shape[0]} values, round expects {p.dim}")
         idx = derive.index_list(msg.senders, p.num_clients)
         blobs = derive.chunks(msg.ciphertexts, SEALED_SHARE_BYTES, len(idx))
-        rid, me, digest = self._round_id, self._me, self._digest
+        rid, me, digest = self._rid, self._me, self._digest
         held: dict[int, np.ndarray] = {}
         rows = np.empty((len(idx), 2, _LIMBS), np.uint32)  # one block for all held shares
         items = self._kem_items(idx, msg.kem_ciphertexts) if self._hybrid else None
@@ -269,7 +280,9 @@ class SecAggClient:
                 ad += derive.kem_item_binding(item)
                 if j < me:  # j chose the pair secret and sent it under this device's mask key
                     ct_m, pad = item[kem.CIPHERTEXT_BYTES : 2 * kem.CIPHERTEXT_BYTES], item[2 * kem.CIPHERTEXT_BYTES :]
-                    self._pair_secrets[j] = derive.xor(pad, derive.pad_key(self._s_kem.decapsulate(ct_m), ct_m, rid, j, me))
+                    self._pair_secrets[j] = derive.xor(
+                        pad, derive.pad_key(self._s_kem.decapsulate(ct_m), ct_m, rid, j, me)
+                    )
                 else:
                     self._pair_secrets[j] = derive.pair_transport_secret(self._sigma, rid, me, j)
             plain = open_sealed(key, blob, ad)
@@ -322,7 +335,7 @@ class SecAggClient:
         # only neighbours' liveness is consulted later: keep O(k), not O(n), per client
         self._alive = alive_set & self._neighbours
         sig = self._identity.sign(derive.survivors_payload(self._digest, self._bitmap))
-        return SurvivorSignature(self.device_id, self._round_id, sig)
+        return SurvivorSignature(self.device_id, self._rid, sig)
 
     def _on_unmask(self, msg: UnmaskRequest) -> UnmaskShares:
         p = self._params
@@ -350,7 +363,7 @@ class SecAggClient:
         self._held = {}  # never reveal again
         return UnmaskShares(
             self.device_id,
-            self._round_id,
+            self._rid,
             derive.indices(alive_ids),
             np.array(alive_rows, np.uint32).reshape(-1, _LIMBS),
             derive.indices(dropped_ids),

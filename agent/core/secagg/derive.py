@@ -16,8 +16,17 @@ def config_digest(cfg: SecAggConfig) -> bytes:
     """Binds round, parameters, graph seed, roster and suite; every signature covers it."""
     p = cfg.params
     return transcript(
-        "secagg/config", cfg.round_id, p.num_clients, p.neighbours, p.threshold, p.dim, p.bits,
-        p.min_clients, cfg.graph_seed, cfg.roster, cfg.suite,
+        "secagg/config",
+        cfg.round_id,
+        p.num_clients,
+        p.neighbours,
+        p.threshold,
+        p.dim,
+        p.bits,
+        p.min_clients,
+        cfg.graph_seed,
+        cfg.roster,
+        cfg.suite,
     )
 
 
@@ -161,7 +170,9 @@ def xor(a: bytes, b: bytes) -> bytes:
     return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
 
 
-def hybrid_share_key(dh: bytes, kem_secret: bytes, ciphertext: bytes, round_id: int, sender: int, receiver: int) -> bytes:
+def hybrid_share_key(
+    dh: bytes, kem_secret: bytes, ciphertext: bytes, round_id: int, sender: int, receiver: int
+) -> bytes:
     """AEAD key of the shares ``sender`` seals to ``receiver``: X25519 c-agreement || ML-KEM secret of
     the sender's encapsulation to the receiver's channel key (one key per direction)."""
     return derive_key(dh + kem_secret, "secagg/pq/share-key", round_id, sender, receiver, ciphertext, length=32)

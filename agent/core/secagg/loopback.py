@@ -9,6 +9,7 @@ anything after). ``inputs`` is a mapping, or a function called just before each 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -30,14 +31,14 @@ def run_round(
     drop = drop or {}
     silent: set[str] = set()
     uploaded = {d: 0 for d in clients}
-    lazy = callable(inputs)
-    if not lazy:
+    make = None if isinstance(inputs, Mapping) else inputs
+    if isinstance(inputs, Mapping):
         for d, c in clients.items():
             if d in inputs:
                 c.set_input(inputs[d])
     config = server.start()
-    requests: dict[str, object] = {d: config for d in clients}
-    cache: dict[int, object] = {}
+    requests: dict[str, Any] = {d: config for d in clients}
+    cache: dict[int, bytes] = {}
     for stage in ORDER[:-1]:
         silent |= set(drop.get(stage, ()))
         for dev, req in requests.items():
@@ -48,8 +49,8 @@ def run_round(
                 if key not in cache:  # broadcast messages are encoded once
                     cache[key] = wire.encode(req)
                 req = wire.decode(cache[key])
-            if lazy and stage is Stage.MASKED_INPUT:
-                clients[dev].set_input(inputs(dev))  # made just in time, to bound memory
+            if make is not None and stage is Stage.MASKED_INPUT:
+                clients[dev].set_input(make(dev))  # made just in time, to bound memory
             reply = clients[dev].handle(req)
             if encode:
                 blob = wire.encode(reply)

@@ -154,7 +154,6 @@ class SecAggParams:
         return 16 if self.bits <= 16 else 32
 
 
-
 @dataclass(frozen=True)
 class SecAggBounds:
     """Union bounds (probabilities) for a parameter choice; see the module docstring.
@@ -319,7 +318,12 @@ def params_bounds(params: SecAggParams, dropout_rate: float, corrupt_fraction: f
 
 
 def _threshold_for(
-    n: int, k: int, c: int, d: int, log_sec: float, log_cor: float,
+    n: int,
+    k: int,
+    c: int,
+    d: int,
+    log_sec: float,
+    log_cor: float,
 ) -> int | None:
     """The smallest threshold meeting both budgets at degree k, or None if none does."""
     log_part = _log_partition(n, k, c + d)
@@ -339,7 +343,11 @@ def _threshold_for(
 
 @functools.lru_cache(maxsize=256)
 def _degree_threshold(
-    n: int, dropout_rate: float, corrupt_fraction: float, security_bits: int, correctness_bits: int,
+    n: int,
+    dropout_rate: float,
+    corrupt_fraction: float,
+    security_bits: int,
+    correctness_bits: int,
 ) -> tuple[int, int] | None:
     """(k, t) for :func:`derive_params`, cached: the search is pure in its arguments."""
     c, d = _counts(n, dropout_rate, corrupt_fraction)

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import numpy as np
 
-from fedge.agent.core.crypto import MaskAccumulator, agree, random_bytes, verify
-from fedge.agent.core.crypto import kem, shamir
+from fedge.agent.core.crypto import MaskAccumulator, agree, kem, random_bytes, shamir, verify
 from fedge.agent.core.crypto.agreement import AgreementKey
 from fedge.agent.core.errors import ProtocolError, RoundFailed, SecurityError
 from fedge.agent.core.messages.secagg import (
@@ -37,8 +36,8 @@ from fedge.agent.core.messages.secagg import (
     NeighbourKeys,
     RelayedShares,
     SecAggConfig,
-    SurvivorSignature,
     Survivors,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskShares,
 )
@@ -172,7 +171,7 @@ class SecAggServer:
             return self.close_stage()
         return None
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str) -> NoReturn:
         """Move to FAILED and raise RoundFailed naming the stage and the reason."""
         stage = self.stage.value if self.stage else "none"
         self.stage = Stage.FAILED
@@ -212,8 +211,11 @@ class SecAggServer:
                 return False  # already in the sum
             del self._replies[i]
         self._expected = self._expected - {i}
-        log.warning("device excluded at %s", self.stage.value if self.stage else "none",
-                    extra={**self._extra(), "device": device_id})
+        log.warning(
+            "device excluded at %s",
+            self.stage.value if self.stage else "none",
+            extra={**self._extra(), "device": device_id},
+        )
         return True
 
     def close_stage(self) -> dict[str, Any]:
@@ -225,7 +227,9 @@ class SecAggServer:
     def result(self) -> SecAggResult:
         """The sum and survivors; RoundFailed unless the round completed."""
         if self._result is None:
-            raise RoundFailed(f"secagg round {self.round_id} has no result (stage {self.stage.value if self.stage else 'none'})")
+            raise RoundFailed(
+                f"secagg round {self.round_id} has no result (stage {self.stage.value if self.stage else 'none'})"
+            )
         return self._result
 
     # ------------------------------------------------------------------ helpers
@@ -327,7 +331,9 @@ class SecAggServer:
         for i in sorted(u2):
             snd = self._senders[i]
             items = b"".join(self._kem_items[j][i] for j in snd) if self._hybrid else b""
-            out[self._ids[i]] = RelayedShares(self.round_id, derive.indices(snd), b"".join(sealed(j, i) for j in snd), items)
+            out[self._ids[i]] = RelayedShares(
+                self.round_id, derive.indices(snd), b"".join(sealed(j, i) for j in snd), items
+            )
         self._sum = MaskAccumulator(self.params.dim, self._dtype, stream=self._stream)
         self._open(Stage.MASKED_INPUT, u2)
         return out
@@ -404,7 +410,9 @@ class SecAggServer:
         worst = min((len(v), j) for j, v in got.items())
         if worst[0] < t:
             kind = "self-mask seed" if worst[1] in self._u3 else "mask key"
-            self.fail(f"the {kind} of {self._ids[worst[1]]} got {worst[0]} shares from {len(self._replies)} unmasking devices, threshold {t}")
+            self.fail(
+                f"the {kind} of {self._ids[worst[1]]} got {worst[0]} shares from {len(self._replies)} unmasking devices, threshold {t}"
+            )
         secrets = self._reconstruct(got)
         for j in sorted(self._u2):
             if not self._secret_ok(j, secrets[j]):
@@ -415,10 +423,12 @@ class SecAggServer:
                 self.fail(f"the reconstructed {what} of {self._ids[j]} does not match {against}")
         if self.bad_share_senders:
             log.warning("corrected forged shares from %s", ", ".join(self.bad_share_senders), extra=self._extra())
-        keys = [derive.self_mask_key(secrets[j], rid, j) for j in sorted(self._u3)]
+        # every secret of _u2 passed _secret_ok (None never does), so each is known bytes from here
+        known = {j: s for j, s in secrets.items() if s is not None}
+        keys = [derive.self_mask_key(known[j], rid, j) for j in sorted(self._u3)]
         signs = [-1] * len(keys)
         for j in sorted(self._u2 - self._u3):
-            sk = secrets[j]
+            sk = sigma = known[j]
             if self._hybrid:
                 sigma, sk = sk, derive.mask_x25519_private(sk)
                 s_kem = None
@@ -428,14 +438,19 @@ class SecAggServer:
                     if not self._hybrid:
                         keys.append(derive.pair_mask_key(dh, rid, i, j))
                     elif j < i:  # j chose the pair secret: it follows from j's mask secret
-                        keys.append(derive.hybrid_pair_mask_key(dh, derive.pair_transport_secret(sigma, rid, j, i), rid, i, j))
+                        keys.append(
+                            derive.hybrid_pair_mask_key(dh, derive.pair_transport_secret(sigma, rid, j, i), rid, i, j)
+                        )
                     else:  # i sent it under j's mask KEM key, rebuilt from j's mask secret
                         item = self._kem_items.get(i, {}).get(j)
                         if item is None:
                             self.fail(f"{self._ids[i]} sent no pair secret to the dropped {self._ids[j]}")
                         if s_kem is None:
                             s_kem = kem.KemKey(derive.mask_kem_seed(sigma))
-                        ct_m, pad = item[kem.CIPHERTEXT_BYTES : 2 * kem.CIPHERTEXT_BYTES], item[2 * kem.CIPHERTEXT_BYTES :]
+                        ct_m, pad = (
+                            item[kem.CIPHERTEXT_BYTES : 2 * kem.CIPHERTEXT_BYTES],
+                            item[2 * kem.CIPHERTEXT_BYTES :],
+                        )
                         secret = derive.xor(pad, derive.pad_key(s_kem.decapsulate(ct_m), ct_m, rid, i, j))
                         keys.append(derive.hybrid_pair_mask_key(dh, secret, rid, i, j))
                     signs.append(-derive.mask_sign(i, j))
@@ -443,7 +458,7 @@ class SecAggServer:
         acc.add_masks(keys, signs)  # one pass over the sum for all the masks
         total = derive.reduce_bits(acc.value(), p.bits)
         self._result = SecAggResult(total, tuple(self._ids[i] for i in sorted(self._u3)), self.bad_share_senders)
-        self.stage = check_transition(self.stage, Stage.DONE)
+        self.stage = check_transition(Stage.UNMASK, Stage.DONE)
         log.info("secagg round done: %d survivors of %d", len(self._u3), p.num_clients, extra=self._extra())
         return {}
 
@@ -456,7 +471,9 @@ class SecAggServer:
         if self._hybrid:  # the mask secret must give both advertised mask keys
             adv = self._adverts[j]
             x_ok = AgreementKey(derive.mask_x25519_private(secret)).public_bytes() == adv.s_public
-            return x_ok and kem.KemKey(derive.mask_kem_seed(secret)).public_bytes() == adv.kem_public[kem.PUBLIC_BYTES :]
+            return (
+                x_ok and kem.KemKey(derive.mask_kem_seed(secret)).public_bytes() == adv.kem_public[kem.PUBLIC_BYTES :]
+            )
         return AgreementKey.from_private_bytes(secret).public_bytes() == self._adverts[j].s_public
 
     def _correct(self, j: int, shares: list[tuple[int, np.ndarray]]) -> bytes | None:
@@ -484,8 +501,9 @@ class SecAggServer:
         for s, js in groups.items():
             xs = np.array([[i + 1 for i, _ in got[j][:s]] for j in js], np.int64)
             ys = np.array([[row for _, row in got[j][:s]] for j in js], np.uint32)
+            rec: list[np.ndarray | None]
             try:
-                rec = shamir.combine(xs, ys, t)
+                rec = list(shamir.combine(xs, ys, t))
             except SecurityError:
                 rec = []
                 for row_x, row_y in zip(xs, ys):
