@@ -31,6 +31,7 @@ sums, each with its own noise): the round is the same Gaussian event as ungroupe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -189,7 +190,7 @@ class GroupedAggregation(Aggregation):
 
     def close_stage(self, now: float) -> list[Outbound]:
         live = self._live()
-        results = self.parallel([(lambda a=self.groups[i]: _close(a, now)) for i in live])
+        results = self.parallel([functools.partial(_close, self.groups[i], now) for i in live])
         out: list[Outbound] = []
         for i, (msgs, error) in zip(live, results):
             if error is not None:
