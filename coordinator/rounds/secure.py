@@ -33,6 +33,8 @@ from fedge.agent.core.messages.common import Outbound
 from fedge.coordinator.rounds.engine import Aggregation
 
 log = logging.getLogger(__name__)
+#: cohort sizes whose complete-graph fallback was already logged
+_TOLD: set[tuple[int, int]] = set()
 
 #: Issues the enrollment certificate of a device's identity key (None: no certified peer lists).
 CertificateLookup = Callable[[str], bytes]
@@ -59,10 +61,10 @@ def choose_params(n: int, dropout_rate: float, corrupt_fraction: float, dim: int
         t = max(k // 2 + 1, k - math.ceil(loose * n - 1e-9))
         p = SecAggParams(n, k, t, dim, bits, max(minimum, 1))
         b = params_bounds(p, loose, corrupt_fraction)
-        log.warning(
-            "cohort of %d is too small for the 2^-40 bound: complete graph, t=%d (failure<=%.2g, privacy<=%.2g)",
-            n, p.threshold, b.failure, b.privacy,
-        )
+        if (n, p.threshold) not in _TOLD:  # an expected choice for small cohorts: once per size, at INFO
+            _TOLD.add((n, p.threshold))
+            log.info("cohort of %d is below the size SecAgg+'s 2^-40 bounds need: complete graph, threshold %d "
+                     "(bounds at this size: failure <= %.2g, privacy <= %.2g)", n, p.threshold, b.failure, b.privacy)
         return p
 
 
