@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from fedge.agent.store import Store
 
 #: The one place every command's help names for the default store.
-STORE_DEFAULT = "the profile's storage.db_path, else $STATE_DIRECTORY/agent.db under systemd, else ~/.local/state/fedge/agent.db"
+STORE_DEFAULT = (
+    "the profile's storage.db_path, else $STATE_DIRECTORY/agent.db under systemd, else ~/.local/state/fedge/agent.db"
+)
 
 
 def open_store(path: str, *, create: bool) -> Store:
@@ -24,8 +26,10 @@ def open_store(path: str, *, create: bool) -> Store:
 
     if not os.path.exists(path):
         if not create:
-            raise StoreError(f"{path}: no agent store there; create it with `fedge-agent init` or `fedge-agent data import`, "
-                             "or name the right one with --db/--profile")
+            raise StoreError(
+                f"{path}: no agent store there; create it with `fedge-agent init` or `fedge-agent data import`, "
+                "or name the right one with --db/--profile"
+            )
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         except OSError as e:
@@ -76,7 +80,11 @@ db_option = click.option(
     "--db", default=None, type=click.Path(dir_okay=False), help=f"The agent's SQLite store [default: {STORE_DEFAULT}]."
 )
 optional_profile = click.option(
-    "--profile", "profile", default=None, type=click.Path(dir_okay=False), help="The device profile (TOML), for its store."
+    "--profile",
+    "profile",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The device profile (TOML), for its store.",
 )
 #: For commands whose output is JSON already, so every listing command takes ``--json``.
 json_already = click.option("--json", "as_json", is_flag=True, help="Print JSON (the default; accepted for scripts).")
@@ -84,9 +92,13 @@ json_already = click.option("--json", "as_json", is_flag=True, help="Print JSON 
 
 @data.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--model", "model", required=True, help="Zoo model name (logreg, mlp, cnn) or a .tflite path the data must fit.")
+@click.option(
+    "--model", "model", required=True, help="Zoo model name (logreg, mlp, cnn) or a .tflite path the data must fit."
+)
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
-@click.option("--test-fraction", type=float, default=0.0, show_default=True, help="Hold out this share at random as test data.")
+@click.option(
+    "--test-fraction", type=float, default=0.0, show_default=True, help="Hold out this share at random as test data."
+)
 @optional_profile
 @db_option
 def data_import(file: str, model: str, split: str, test_fraction: float, profile: str | None, db: str | None) -> None:
@@ -98,7 +110,9 @@ def data_import(file: str, model: str, split: str, test_fraction: float, profile
 
     db = device_store_path(profile, db)
     with open_store(db, create=True) as store:
-        r = import_examples(store, file, load_spec(model), split=split, test_fraction=test_fraction, rng=np.random.default_rng())
+        r = import_examples(
+            store, file, load_spec(model), split=split, test_fraction=test_fraction, rng=np.random.default_rng()
+        )
     click.echo(f"imported {r.train + r.test} examples from {file} ({r.train} train, {r.test} test) into {db}")
 
 
@@ -134,8 +148,12 @@ def privacy_status(profile: str | None, db: str | None, delta: float, as_json: b
 
     with open_store(device_store_path(profile, db), create=False) as store:
         ledger = DeviceLedger(store.db)
-        status = {"contributions": len(ledger.contributions()), "epsilon_spent": ledger.epsilon_spent(delta), "delta": delta,
-                  "relation": LEDGER_RELATION}
+        status = {
+            "contributions": len(ledger.contributions()),
+            "epsilon_spent": ledger.epsilon_spent(delta),
+            "delta": delta,
+            "relation": LEDGER_RELATION,
+        }
     click.echo(json.dumps(status))
 
 
@@ -154,11 +172,23 @@ db_override = db_option
 @click.option("--device-id", default=None, help="Device id [default: the one stored by init].")
 @db_override
 @click.option("--broker", default=None, help="Broker URL (mqtt:// or mqtts://) instead of the profile's.")
-@click.option("--data", default=None, type=click.Path(dir_okay=False), help="Train on this .npz/CSV instead of the store's examples.")
+@click.option(
+    "--data",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Train on this .npz/CSV instead of the store's examples.",
+)
 @click.option("--authority", default=None, help="Enrollment authority public key (hex) instead of the stored one.")
 @click.pass_context
-def run_agent(ctx: click.Context, profile: str, device_id: str | None, db: str | None, broker: str | None,
-              data: str | None, authority: str | None) -> None:
+def run_agent(
+    ctx: click.Context,
+    profile: str,
+    device_id: str | None,
+    db: str | None,
+    broker: str | None,
+    data: str | None,
+    authority: str | None,
+) -> None:
     """Run the agent daemon until SIGTERM/SIGINT: check in, train when eligible, upload exactly once."""
     import sys
 
@@ -171,8 +201,15 @@ def run_agent(ctx: click.Context, profile: str, device_id: str | None, db: str |
     from fedge.agent.daemon import AgentDaemon
 
     try:
-        cfg = resolve(profile, device_id=device_id, db_path=db, broker_url=broker, data_path=data,
-                      log_format=ctx.find_root().meta.get("log_format", "text"), authority_hex=authority)
+        cfg = resolve(
+            profile,
+            device_id=device_id,
+            db_path=db,
+            broker_url=broker,
+            data_path=data,
+            log_format=ctx.find_root().meta.get("log_format", "text"),
+            authority_hex=authority,
+        )
         open_store(cfg.db_path, create=False).close()  # a missing, corrupt or foreign store: one line, 78
         daemon = AgentDaemon(cfg)
         daemon.startup()
@@ -187,8 +224,12 @@ def run_agent(ctx: click.Context, profile: str, device_id: str | None, db: str |
 @click.option("--device-id", required=True, help="This device's id ([A-Za-z0-9_.-], at most 64).")
 @db_override
 @click.option("--authority", default=None, help="Enrollment authority public key (hex) to trust for SecAgg+ peers.")
-@click.option("--release-key", "release_keys", multiple=True, help="Release key (hex) to trust for model releases (repeatable).")
-def init(profile: str, device_id: str, db: str | None, authority: str | None, release_keys: tuple[str, ...] = ()) -> None:
+@click.option(
+    "--release-key", "release_keys", multiple=True, help="Release key (hex) to trust for model releases (repeatable)."
+)
+def init(
+    profile: str, device_id: str, db: str | None, authority: str | None, release_keys: tuple[str, ...] = ()
+) -> None:
     """Create the store and the device's Ed25519 identity (kept if it exists); print the public key."""
     from fedge.agent.config import resolve
     from fedge.agent.identity import load_or_create, set_authority

@@ -89,7 +89,9 @@ def read_max_temperature(thermal_dir: str | os.PathLike[str]) -> float | None:
     return max(temps) if temps else None
 
 
-def read_load_per_core(loadavg_path: str | os.PathLike[str] = "/proc/loadavg", cores: int | None = None) -> float | None:
+def read_load_per_core(
+    loadavg_path: str | os.PathLike[str] = "/proc/loadavg", cores: int | None = None
+) -> float | None:
     """1-minute load average divided by the number of cores, None when unreadable."""
     raw = _read(Path(loadavg_path))
     try:
@@ -106,7 +108,9 @@ def read_metered(flag_file: str | os.PathLike[str] | None) -> bool:
     return flag_file is not None and _read(Path(flag_file)) == "1"
 
 
-def read_state(rules: EligibilityRules, *, loadavg_path: str | os.PathLike[str] = "/proc/loadavg", cores: int | None = None) -> DeviceState:
+def read_state(
+    rules: EligibilityRules, *, loadavg_path: str | os.PathLike[str] = "/proc/loadavg", cores: int | None = None
+) -> DeviceState:
     """Read everything the rules need from the directories they name."""
     return DeviceState(
         power=read_power(rules.power_supply_dir),
@@ -132,6 +136,8 @@ def judge(rules: EligibilityRules, state: DeviceState) -> Eligibility:
     return Eligibility(not reasons, tuple(reasons), state)
 
 
-def check(rules: EligibilityRules, *, loadavg_path: str | os.PathLike[str] = "/proc/loadavg", cores: int | None = None) -> Eligibility:
+def check(
+    rules: EligibilityRules, *, loadavg_path: str | os.PathLike[str] = "/proc/loadavg", cores: int | None = None
+) -> Eligibility:
     """Read the device state and judge it: the one call the daemon makes."""
     return judge(rules, read_state(rules, loadavg_path=loadavg_path, cores=cores))

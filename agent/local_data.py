@@ -59,7 +59,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             missing = {"x", "y"} - set(z.files)
             if missing:
-                raise TrainingError(f"{path}: missing array(s) {sorted(missing)}; expected 'x' and 'y', found {z.files}")
+                raise TrainingError(
+                    f"{path}: missing array(s) {sorted(missing)}; expected 'x' and 'y', found {z.files}"
+                )
             return z["x"], z["y"]
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise TrainingError(f"{path}: not a readable .npz of plain arrays ({e})") from None
@@ -121,7 +123,13 @@ def import_examples(
         splits[held] = "test"
     shape = json.dumps(list(spec.input_shape))
     rows = (
-        {"split": s, "label": int(lab), "shape": shape, "features": xi.astype("<f4").tobytes(), "source": Path(path).name}
+        {
+            "split": s,
+            "label": int(lab),
+            "shape": shape,
+            "features": xi.astype("<f4").tobytes(),
+            "source": Path(path).name,
+        }
         for xi, lab, s in zip(x, y, splits)
     )
     with store.db.conn:
@@ -157,7 +165,12 @@ def example_stats(store: Store) -> dict[str, dict[str, object]]:
     """Per split: number of examples, their shape and the count of each label."""
     out: dict[str, dict[str, object]] = {}
     for split in SPLITS:
-        rows = list(store.db.query("select label, shape, count(*) as n from examples where split = ? group by label, shape order by label", [split]))
+        rows = list(
+            store.db.query(
+                "select label, shape, count(*) as n from examples where split = ? group by label, shape order by label",
+                [split],
+            )
+        )
         out[split] = {
             "examples": sum(r["n"] for r in rows),
             "shapes": sorted({r["shape"] for r in rows}),

@@ -92,7 +92,9 @@ class Outbox:
             self._db.execute(f"update {TABLE} set attempts = attempts + 1 where id = ?", [item.id])
         publish(item.topic, item.payload)
         self.delete(item.id)
-        log.debug("sent %s (attempt %d)", item.stage, item.attempts + 1, extra={"round": item.round_id, "stage": item.stage})
+        log.debug(
+            "sent %s (attempt %d)", item.stage, item.attempts + 1, extra={"round": item.round_id, "stage": item.stage}
+        )
 
     def flush(self, publish: Callable[[str, bytes], None]) -> int:
         """Send every pending message in order; return how many went out.

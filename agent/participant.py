@@ -103,13 +103,16 @@ class Participant:
             if task.round_id == self.round_id:
                 raise ProtocolError("duplicate task")
         if task.plan.secagg and self._secagg_factory is None:
-            return [Decline(task.round_id, self.device_id, "secure aggregation unavailable", DeclineKind.SECAGG_UNAVAILABLE)]
+            return [
+                Decline(task.round_id, self.device_id, "secure aggregation unavailable", DeclineKind.SECAGG_UNAVAILABLE)
+            ]
         self.task, self.round_id = task, task.round_id
         extra = {"device": self.device_id, "round": task.round_id}
         try:
             self.local = self._train(task)
-            self.encoded = encode_update(self.local.delta, self.local.num_examples, task.plan, self._rng,
-                                         self.staleness_weight)
+            self.encoded = encode_update(
+                self.local.delta, self.local.num_examples, task.plan, self._rng, self.staleness_weight
+            )
         except BudgetExhausted as e:
             log.info("declining: %s", e, extra=extra)
             return [Decline(task.round_id, self.device_id, f"budget: {e}", DeclineKind.BUDGET)]

@@ -114,8 +114,13 @@ Evaluator = Callable[[ReleaseManifest, np.ndarray], "tuple[float, int] | None"]
 class LocalEvaluator:
     """Runs a release in the zoo Trainer (TFLite) on the store's ``test`` split: accuracy, examples."""
 
-    def __init__(self, store: Any, num_threads: int = 1, trainers: dict[str, Any] | None = None,
-                 models_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        store: Any,
+        num_threads: int = 1,
+        trainers: dict[str, Any] | None = None,
+        models_dir: str | Path | None = None,
+    ) -> None:
         self._store = store
         self._threads = num_threads
         self._trainers: dict[str, Any] = {} if trainers is None else trainers  # may be shared in one thread
@@ -147,9 +152,16 @@ class ReleaseManager:
     """One device's releases in its agent store. Single-threaded: call from the daemon's loop."""
 
     def __init__(
-        self, db: sqlite_utils.Database, device_id: str, *, evaluator: Evaluator | None = None,
-        clock: Callable[[], float] = time.time, models_dir: str | Path | None = None,
-        memory_cap_mb: float | None = None, batch_size: int = 32, num_threads: int = 1,
+        self,
+        db: sqlite_utils.Database,
+        device_id: str,
+        *,
+        evaluator: Evaluator | None = None,
+        clock: Callable[[], float] = time.time,
+        models_dir: str | Path | None = None,
+        memory_cap_mb: float | None = None,
+        batch_size: int = 32,
+        num_threads: int = 1,
         memory_probe: Callable[[Path, int, int], int] | None = None,
     ) -> None:
         self._db = db
@@ -173,7 +185,8 @@ class ReleaseManager:
         kid = key_id(public)
         with self._db.conn:
             self._db.execute(
-                "insert or ignore into release_keys (key_id, public, added) values (?, ?, ?)", [kid, bytes(public), self._clock()]
+                "insert or ignore into release_keys (key_id, public, added) values (?, ?, ?)",
+                [kid, bytes(public), self._clock()],
             )
         return kid
 
@@ -187,7 +200,9 @@ class ReleaseManager:
         with self._db.conn:
             self._db.execute("delete from release_keys")
             for kid, pub in keys.items():
-                self._db.execute("insert into release_keys (key_id, public, added) values (?, ?, ?)", [kid, pub, self._clock()])
+                self._db.execute(
+                    "insert into release_keys (key_id, public, added) values (?, ?, ?)", [kid, pub, self._clock()]
+                )
             self._db.execute("update release_state set rotation_seq = ? where id = 1", [rotation.sequence])
         log.info("release keys rotated (sequence %d): %s", rotation.sequence, sorted(keys), extra=self._extra)
 
@@ -225,11 +240,13 @@ class ReleaseManager:
         if weights_sha256(rel.weights) != rel.manifest.sha256:
             raise SecurityError("stored release is corrupt")
         if rel.manifest.carries_model and (
-            file_sha256(rel.model) != rel.manifest.model_sha256 or file_sha256(rel.model_meta) != rel.manifest.model_meta_sha256
+            file_sha256(rel.model) != rel.manifest.model_sha256
+            or file_sha256(rel.model_meta) != rel.manifest.model_meta_sha256
         ):
             raise SecurityError("stored release is corrupt")
-        return Installed(rel.manifest, np.asarray(rel.weights, np.float32).copy(), row[1], bytes(rel.model),
-                         bytes(rel.model_meta))
+        return Installed(
+            rel.manifest, np.asarray(rel.weights, np.float32).copy(), row[1], bytes(rel.model), bytes(rel.model_meta)
+        )
 
     def model_path(self, installed: Installed) -> Path | None:
         """The ``.tflite`` path of an installed built model (rewritten from the store if it went
@@ -283,7 +300,11 @@ class ReleaseManager:
         except SecurityError:  # a stored release failed its hash check: say so, keep running
             log.warning("a stored release is corrupt", extra=self._extra)
             version = msg.release.manifest.version if isinstance(msg, InstallCommand) else msg.version
-            return [self._report(getattr(msg, "rollout_id", ""), version, InstallResult.FAILED, detail="stored release corrupt")]
+            return [
+                self._report(
+                    getattr(msg, "rollout_id", ""), version, InstallResult.FAILED, detail="stored release corrupt"
+                )
+            ]
         raise ProtocolError(f"not a fleet command: {type(msg).__name__}")
 
     def install(self, release: SignedRelease, rollout_id: str) -> InstallReport:
@@ -309,8 +330,13 @@ class ReleaseManager:
             return self._done(rollout_id, version, InstallResult.INSTALLED, detail="already running")
         if current is not None and is_older(release.manifest, current.manifest):
             # anti-rollback: going back is only the signed rollback of a rollout this device took
-            log.warning("release %s is older than the running %s on model line %s; refused", version,
-                        current.manifest.version, current.manifest.architecture, extra=self._extra)
+            log.warning(
+                "release %s is older than the running %s on model line %s; refused",
+                version,
+                current.manifest.version,
+                current.manifest.architecture,
+                extra=self._extra,
+            )
             return self._done(rollout_id, version, InstallResult.REFUSED, detail="older than the running release")
         try:
             if release.manifest.carries_model:
@@ -340,8 +366,12 @@ class ReleaseManager:
                 self._record(rollout_id, version, InstallResult.INSTALLED)
         log.info("installed release %s (rollout %s)", version, rollout_id or "-", extra=self._extra)
         return self._report(
-            rollout_id, version, InstallResult.INSTALLED, metric=metric[0] if metric else None,
-            baseline=baseline[0] if baseline else None, evaluated=metric[1] if metric else 0,
+            rollout_id,
+            version,
+            InstallResult.INSTALLED,
+            metric=metric[0] if metric else None,
+            baseline=baseline[0] if baseline else None,
+            evaluated=metric[1] if metric else 0,
         )
 
     def rollback(self, rollout_id: str, version: str) -> InstallReport:
@@ -389,13 +419,20 @@ class ReleaseManager:
         path = write_model_files(self.models_dir, m, release.model, release.model_meta)
         spec = load_spec(path)
         if spec.name != m.architecture or spec.num_params != m.num_params:
-            raise ValueError(f"model file is {spec.name} with {spec.num_params} weights, the release names "
-                             f"{m.architecture} with {m.num_params}")
+            raise ValueError(
+                f"model file is {spec.name} with {spec.num_params} weights, the release names "
+                f"{m.architecture} with {m.num_params}"
+            )
         probe = self._memory_probe or training_peak_bytes
         need = probe(path, self._batch_size, self._threads)
         self.last_model_memory = need
-        log.info("model %s: one training step at batch %d takes %.1f MiB (measured)", m.architecture,
-                 self._batch_size, need / 2**20, extra=self._extra)
+        log.info(
+            "model %s: one training step at batch %d takes %.1f MiB (measured)",
+            m.architecture,
+            self._batch_size,
+            need / 2**20,
+            extra=self._extra,
+        )
         if self._memory_cap_mb is not None and need > self._memory_cap_mb * 2**20:
             raise ModelTooLarge(
                 f"training {m.architecture} needs {need / 2**20:.1f} MiB at batch {self._batch_size} (measured), "
@@ -424,10 +461,19 @@ class ReleaseManager:
         return self._report(rollout_id, version, result, detail=detail)
 
     def _report(
-        self, rollout_id: str, version: str, result: InstallResult, *, metric: float | None = None,
-        baseline: float | None = None, evaluated: int = 0, detail: str = "",
+        self,
+        rollout_id: str,
+        version: str,
+        result: InstallResult,
+        *,
+        metric: float | None = None,
+        baseline: float | None = None,
+        evaluated: int = 0,
+        detail: str = "",
     ) -> InstallReport:
-        return InstallReport(self.device_id, rollout_id, version, result, self.running(), metric, baseline, evaluated, detail)
+        return InstallReport(
+            self.device_id, rollout_id, version, result, self.running(), metric, baseline, evaluated, detail
+        )
 
 
 #: Fleet messages the daemon hands to :meth:`ReleaseManager.handle` (besides rotations on RELEASE_KEYS).

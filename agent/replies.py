@@ -101,5 +101,6 @@ class Replies:
         with self._db.conn:
             self._db.execute(
                 f"delete from {TABLE} where round_id not in"
-                f" (select distinct round_id from {TABLE} order by round_id desc limit ?)", [keep],
+                f" (select distinct round_id from {TABLE} order by round_id desc limit ?)",
+                [keep],
             )

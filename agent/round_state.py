@@ -64,7 +64,9 @@ class RoundStates:
         self._clock = clock
 
     def get(self, round_id: int) -> RoundRecord | None:
-        row = self._db.execute(f"select round_id, stage, status, updated from {TABLE} where round_id = ?", [round_id]).fetchone()
+        row = self._db.execute(
+            f"select round_id, stage, status, updated from {TABLE} where round_id = ?", [round_id]
+        ).fetchone()
         return RoundRecord(*row) if row else None
 
     def set(self, round_id: int, stage: str, status: RoundStatus) -> None:
@@ -94,5 +96,7 @@ class RoundStates:
 
     def latest(self, limit: int = 10) -> list[RoundRecord]:
         """The most recent rounds, newest first."""
-        rows = self._db.execute(f"select round_id, stage, status, updated from {TABLE} order by round_id desc limit ?", [limit])
+        rows = self._db.execute(
+            f"select round_id, stage, status, updated from {TABLE} order by round_id desc limit ?", [limit]
+        )
         return [RoundRecord(*r) for r in rows]

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 class PeerDirectory:
     """Identity keys of peers, accepted only with a valid enrollment certificate (or pre-trusted)."""
 
-    def __init__(self, authority_public: bytes | None = None, trusted: Callable[[str], bytes | None] | None = None) -> None:
+    def __init__(
+        self, authority_public: bytes | None = None, trusted: Callable[[str], bytes | None] | None = None
+    ) -> None:
         if authority_public is None and trusted is None:
             raise ValueError("a peer directory needs an enrollment authority key or a trusted lookup")
         self._authority = authority_public
@@ -63,8 +65,15 @@ def secagg_factory(
     """
 
     def build(task: Task, vector: np.ndarray) -> SecAggClient:
-        client = SecAggClient(device_id, identity, directory.lookup, round_id=task.round_id, verifier=verifier,
-                              agreement=agreement, require_suite=require_suite)
+        client = SecAggClient(
+            device_id,
+            identity,
+            directory.lookup,
+            round_id=task.round_id,
+            verifier=verifier,
+            agreement=agreement,
+            require_suite=require_suite,
+        )
         client.set_input(vector)
         return client
 

@@ -58,11 +58,17 @@ class Store:
             tables = set(self.db.table_names())
             foreign = sorted(set(migrations.applied(self.db)) - {name for name, _ in known})
             if foreign or (tables and "_migrations" not in tables):
-                raise StoreError(f"{self.path}: not a fedge agent store (unknown migrations or tables: "
-                                 f"{', '.join(foreign or sorted(tables))[:120]})")
+                raise StoreError(
+                    f"{self.path}: not a fedge agent store (unknown migrations or tables: "
+                    f"{', '.join(foreign or sorted(tables))[:120]})"
+                )
             migrations.apply(self.db, known)
         except sqlite3.DatabaseError as e:
-            what = "cannot open it (does its directory exist, and is it writable?)" if "unable to open" in str(e) else str(e)
+            what = (
+                "cannot open it (does its directory exist, and is it writable?)"
+                if "unable to open" in str(e)
+                else str(e)
+            )
             raise StoreError(f"{self.path}: not a usable fedge agent store: {what}") from None
 
     def close(self) -> None:

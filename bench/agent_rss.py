@@ -33,7 +33,15 @@ import psutil  # noqa: E402
 
 from fedge.coordinator.service.broker import EmbeddedBroker, free_port  # noqa: E402
 from tests.agent_fixtures import (  # noqa: E402
-    FakeSysfs, MiniCoordinator, agent_cmd, db_rows, digits_npz, start_agent, stop, wait_for, write_profile,
+    FakeSysfs,
+    MiniCoordinator,
+    agent_cmd,
+    db_rows,
+    digits_npz,
+    start_agent,
+    stop,
+    wait_for,
+    write_profile,
 )
 
 DEV = "bench-dev"
@@ -108,13 +116,17 @@ def main() -> None:
         db = tmp / "agent.db"
         profile = write_profile(tmp / "profile.toml", url, db, fs)
         data = digits_npz(tmp / "digits.npz", n=1797)
-        subprocess.run(agent_cmd("init", "--profile", str(profile), "--device-id", DEV), check=True, capture_output=True, cwd=ROOT)
+        subprocess.run(
+            agent_cmd("init", "--profile", str(profile), "--device-id", DEV), check=True, capture_output=True, cwd=ROOT
+        )
         baseline = run_py(BASELINE)
         train_only = run_py(TRAIN_ONLY, str(data), str(a.epochs))
         floor = run_py(DEPENDENCY_FLOOR, str(data), str(a.epochs))
         minimal = run_py(MINIMAL_FLOOR, str(data), str(a.epochs))
         breakdown = {
-            name: round((run_py("import numpy, tflite_runtime.interpreter; " + code + "; " + _HWM) - baseline) / 1024, 1)
+            name: round(
+                (run_py("import numpy, tflite_runtime.interpreter; " + code + "; " + _HWM) - baseline) / 1024, 1
+            )
             for name, code in IMPORT_GROUPS.items()
         }
 
@@ -129,7 +141,9 @@ def main() -> None:
                 wait_for(lambda: c.count(1, DEV) == 1, 300, "the upload")
                 round_s = time.monotonic() - t0
                 c.end_round(1)
-                wait_for(lambda: db_rows(db, "select status from round_state where round_id = 1") == [("ended",)], 30, "end")
+                wait_for(
+                    lambda: db_rows(db, "select status from round_state where round_id = 1") == [("ended",)], 30, "end"
+                )
                 agent_peak = vm_hwm_kib(proc.pid)
                 p = psutil.Process(proc.pid)
                 time.sleep(0.5)

@@ -20,10 +20,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fedge.coordinator.rounds.accounting import PrivacyAccountant, RoundEvent, epsilon, epsilon_of_events  # noqa: E402
 from fedge.agent.core.privacy.config import PrivacyConfig  # noqa: E402
 from fedge.agent.core.privacy.discrete import DiscreteNoisePlan, add_noise_share  # noqa: E402
 from fedge.agent.core.privacy.noise import privatize  # noqa: E402
+from fedge.coordinator.rounds.accounting import PrivacyAccountant, RoundEvent, epsilon, epsilon_of_events  # noqa: E402
 
 D = 100_000
 
@@ -66,7 +66,10 @@ def main() -> None:
         "eps_1000_rounds_rdp_s": round(rdp_t, 4),
         "pld_over_rdp": round(pld_t / rdp_t, 2),
         "incremental_200_rounds_over_one_batch": round(incremental / batch, 2),
-        "eps_rdp_vs_pld": [round(epsilon(1.0, 0.01, 1000, 1e-6), 4), round(epsilon(1.0, 0.01, 1000, 1e-6, accountant="pld"), 4)],
+        "eps_rdp_vs_pld": [
+            round(epsilon(1.0, 0.01, 1000, 1e-6), 4),
+            round(epsilon(1.0, 0.01, 1000, 1e-6, accountant="pld"), 4),
+        ],
     }
     for k, v in out.items():
         print(f"{k}: {v}")

@@ -39,7 +39,6 @@ from fedge.agent.core.secagg.quantize import check_no_wrap  # noqa: E402
 from fedge.agent.core.secagg.server import SecAggServer  # noqa: E402
 from fedge.agent.core.secagg.stages import ORDER  # noqa: E402
 
-
 # Primitive rates use CPU time of this (single-threaded) process, the best of several samples:
 # the floor is what one core needs, not what a shared machine happened to give us.
 clock = time.process_time
@@ -169,8 +168,11 @@ def run(args: argparse.Namespace, suite: str) -> None:
         "cores_used": 1,
         "floor_seconds": round(floor, 3),
         "floor_parts": {key: round(v, 3) for key, v in floor_parts.items()},
-        "rates": {"keystream_gb_s": round(rates["keystream"] / 1e9, 2), "x25519_per_s": round(rates["x25519"]),
-                  "ed25519_verify_per_s": round(rates["ed25519_verify"])},
+        "rates": {
+            "keystream_gb_s": round(rates["keystream"] / 1e9, 2),
+            "x25519_per_s": round(rates["x25519"]),
+            "ed25519_verify_per_s": round(rates["ed25519_verify"]),
+        },
         "ratio": round(wall / floor, 3),
         "cpu_ratio": round(cpu / floor, 3),
         "upload_bytes_per_client": round(up),

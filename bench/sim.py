@@ -47,10 +47,22 @@ def _case(population: int, per_round: int, rounds: int, secure: bool, workers: i
             done.wait(0.2)
 
     threading.Thread(target=sample, daemon=True).start()
-    config = SimConfig(population=population, per_round=per_round, rounds=rounds, model="mlp", dataset="digits",
-                       partition="dirichlet:0.5", secagg=secure, dp="distributed" if secure else "off",
-                       noise_multiplier=1.0 if secure else 0.0, clip=1.0, delta=1e-6, seed=0, profiles=PROFILES,
-                       workers=workers)
+    config = SimConfig(
+        population=population,
+        per_round=per_round,
+        rounds=rounds,
+        model="mlp",
+        dataset="digits",
+        partition="dirichlet:0.5",
+        secagg=secure,
+        dp="distributed" if secure else "off",
+        noise_multiplier=1.0 if secure else 0.0,
+        clip=1.0,
+        delta=1e-6,
+        seed=0,
+        profiles=PROFILES,
+        workers=workers,
+    )
     t0 = time.perf_counter()
     summary = runner.run(config, show_progress=False)
     total = time.perf_counter() - t0
@@ -61,19 +73,26 @@ def _case(population: int, per_round: int, rounds: int, secure: bool, workers: i
         for k, v in r.seconds_per_stage.items():
             stages[k] = stages.get(k, 0.0) + v / len(rs)
     return {
-        "population": population, "per_round": per_round, "secagg_dp": secure, "hosts": summary.extra["hosts"],
-        "round_seconds": [round(r.seconds, 2) for r in rs], "median_round_seconds": statistics.median(r.seconds for r in rs),
+        "population": population,
+        "per_round": per_round,
+        "secagg_dp": secure,
+        "hosts": summary.extra["hosts"],
+        "round_seconds": [round(r.seconds, 2) for r in rs],
+        "median_round_seconds": statistics.median(r.seconds for r in rs),
         "seconds_per_stage": {k: round(v, 2) for k, v in stages.items()},
-        "participants": [r.participants for r in rs], "epsilon": [r.epsilon for r in rs],
-        "setup_seconds": summary.extra["setup_seconds"], "total_seconds": total,
+        "participants": [r.participants for r in rs],
+        "epsilon": [r.epsilon for r in rs],
+        "setup_seconds": summary.extra["setup_seconds"],
+        "total_seconds": total,
         "peak_rss_mb": peak[0] / 2**20,
     }
 
 
 def run_case(*args: object) -> dict:
     """:func:`_case` in a fresh interpreter, so each peak RSS is its own."""
-    out = subprocess.run([sys.executable, __file__, "--case", *map(str, args)], check=True, capture_output=True,
-                         text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, __file__, "--case", *map(str, args)], check=True, capture_output=True, text=True, cwd=ROOT
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(json.dumps(result), flush=True)
     return result
@@ -86,13 +105,15 @@ def main(quick: bool) -> None:
         for secure in (True, False):
             r = run_case(100_000, per_round, 2 if per_round > 1000 else 3, secure, "auto")
             result[f"{per_round}_of_100000_{'secagg_dp' if secure else 'plain'}"] = {
-                k: r[k] for k in ("median_round_seconds", "peak_rss_mb", "participants", "seconds_per_stage", "hosts")}
+                k: r[k] for k in ("median_round_seconds", "peak_rss_mb", "participants", "seconds_per_stage", "hosts")
+            }
     cost: dict[int, list[float]] = {1000: [], 100_000: []}
     for _ in range(1 if quick else 2):
         for population in cost:
             cost[population].append(run_case(population, 1000, 3, True, "auto")["median_round_seconds"])
     result["cohort_cost"] = {
-        "round_seconds_1k_of_1k": min(cost[1000]), "round_seconds_1k_of_100k": min(cost[100_000]),
+        "round_seconds_1k_of_1k": min(cost[1000]),
+        "round_seconds_1k_of_100k": min(cost[100_000]),
         "ratio": min(cost[100_000]) / min(cost[1000]),
     }
     print(json.dumps(result))
@@ -101,7 +122,10 @@ def main(quick: bool) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--case"]:
         pop, per, rounds, secure, workers = sys.argv[2:7]
-        print(json.dumps(_case(int(pop), int(per), int(rounds), secure == "True",
-                               None if workers == "auto" else int(workers))))
+        print(
+            json.dumps(
+                _case(int(pop), int(per), int(rounds), secure == "True", None if workers == "auto" else int(workers))
+            )
+        )
     else:
         main("--quick" in sys.argv)

@@ -34,8 +34,14 @@ CASES = {
 
 def round_seconds(population: int, case: dict) -> tuple[float, float, float]:
     """Median seconds of a round and seconds per example (the first round is warm-up), and setup seconds."""
-    config = SimConfig(population=population, per_round=COHORT, rounds=ROUNDS, seed=1,
-                       profiles=(("pi4", 0.5), ("phone", 0.3), ("car", 0.2)), **case)
+    config = SimConfig(
+        population=population,
+        per_round=COHORT,
+        rounds=ROUNDS,
+        seed=1,
+        profiles=(("pi4", 0.5), ("phone", 0.3), ("car", 0.2)),
+        **case,
+    )
     summary = runner.run(config, show_progress=False)
     timed = summary.rounds[1:]
     per_example = sum(r.seconds for r in timed) / max(1, sum(r.examples for r in timed))
@@ -58,8 +64,11 @@ def main() -> None:
             "per_example_ratio": large[1] / small[1],
             "setup_ratio": large[2] / small[2],
         }
-        print(f"{name}: round {large[0]:.3f}s (1k of 100k) / {small[0]:.3f}s (1k of 1k) = {large[0] / small[0]:.2f}x; "
-              f"per example {large[1] / small[1]:.2f}x", flush=True)
+        print(
+            f"{name}: round {large[0]:.3f}s (1k of 100k) / {small[0]:.3f}s (1k of 1k) = {large[0] / small[0]:.2f}x; "
+            f"per example {large[1] / small[1]:.2f}x",
+            flush=True,
+        )
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 

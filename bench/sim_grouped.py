@@ -46,28 +46,51 @@ def _case(per_round: int, group_size: int, workers: int, partition: str = "natur
             peak["driver"], peak["total"] = max(peak["driver"], d), max(peak["total"], total)
             if time.perf_counter() - last > 15:
                 last = time.perf_counter()
-                print(f"{last - t0:7.1f} s: driver {d / 2**20:.0f} MB, total {total / 2**20:.0f} MB", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"{last - t0:7.1f} s: driver {d / 2**20:.0f} MB, total {total / 2**20:.0f} MB",
+                    file=sys.stderr,
+                    flush=True,
+                )
             done.wait(0.2)
 
     threading.Thread(target=sample, daemon=True).start()
-    config = SimConfig(population=max(per_round, 1000), per_round=per_round, rounds=1, model="logreg",
-                       dataset="synthetic:1,1", partition=partition, secagg=True, seed=0, workers=workers,
-                       group_size=group_size)
+    config = SimConfig(
+        population=max(per_round, 1000),
+        per_round=per_round,
+        rounds=1,
+        model="logreg",
+        dataset="synthetic:1,1",
+        partition=partition,
+        secagg=True,
+        seed=0,
+        workers=workers,
+        group_size=group_size,
+    )
     summary = runner.run(config, show_progress=False)
     total = time.perf_counter() - t0
     done.set()
     r = summary.rounds[-1]
-    return {"per_round": per_round, "group_size": group_size, "groups": max(1, per_round // group_size) if group_size else 1,
-            "status": r.status, "participants": r.participants, "round_seconds": r.seconds,
-            "seconds_per_stage": {k: round(v, 2) for k, v in r.seconds_per_stage.items()},
-            "run_seconds": total,
-            "peak_driver_mb": peak["driver"] / 2**20, "peak_total_mb": peak["total"] / 2**20}
+    return {
+        "per_round": per_round,
+        "group_size": group_size,
+        "groups": max(1, per_round // group_size) if group_size else 1,
+        "status": r.status,
+        "participants": r.participants,
+        "round_seconds": r.seconds,
+        "seconds_per_stage": {k: round(v, 2) for k, v in r.seconds_per_stage.items()},
+        "run_seconds": total,
+        "peak_driver_mb": peak["driver"] / 2**20,
+        "peak_total_mb": peak["total"] / 2**20,
+    }
 
 
 def run_case(per_round: int, group_size: int, workers: int = 2) -> dict:
-    out = subprocess.run([sys.executable, __file__, "case", str(per_round), str(group_size), str(workers)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "case", str(per_round), str(group_size), str(workers)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -81,9 +104,12 @@ def main() -> None:
             for g in (1, 2, 4):
                 row = run_case(n, 0 if g == 1 else n // g)
                 rows.append(row)
-                print(f"{n:>7} devices, {g} group(s): round {row['round_seconds']:.1f} s, driver peak "
-                      f"{row['peak_driver_mb']:.0f} MB, total {row['peak_total_mb']:.0f} MB, "
-                      f"unmask {row['seconds_per_stage'].get('unmask', 0):.2f} s", flush=True)
+                print(
+                    f"{n:>7} devices, {g} group(s): round {row['round_seconds']:.1f} s, driver peak "
+                    f"{row['peak_driver_mb']:.0f} MB, total {row['peak_total_mb']:.0f} MB, "
+                    f"unmask {row['seconds_per_stage'].get('unmask', 0):.2f} s",
+                    flush=True,
+                )
         print(json.dumps(rows))
     else:
         # the command of the issue: fedge-sim run --population N --per-round N --group-size G

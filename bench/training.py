@@ -60,7 +60,8 @@ def trainer_step_seconds(spec, x, y) -> float:
 # report the (larger) parent that forked it.
 PEAK = "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
 BASE_PROC = "import numpy, {mod}\n" + PEAK
-TRAIN_PROC = """
+TRAIN_PROC = (
+    """
 import sys, numpy as np
 sys.path.insert(0, {root!r})
 from fedge.agent.training.models import load_spec
@@ -70,7 +71,9 @@ x = rng.uniform(0, 1, (2000, *spec.input_shape)).astype(np.float32); y = rng.int
 t = Trainer(spec); r = t.train(t.initial_weights(), x, y, epochs=2, batch_size=32, learning_rate=0.01, rng=rng)
 if {evaluate}:
     t.evaluate(t.initial_weights() + r.delta, x, y, batch_size=256)
-""" + PEAK
+"""
+    + PEAK
+)
 
 
 def peak_rss_kb(code: str) -> int:
@@ -107,11 +110,13 @@ def main() -> None:
             "rss_ratio_with_eval256": round(rss_eval / base_rss, 2),
         }
         result["models"][name] = row  # type: ignore[index]
-        print(f"{name:7s} step: bare {row['bare_step_us']} us, trainer {row['trainer_step_us']} us "
-              f"(x{row['trainer_over_bare']}); 2 threads x{row['threads2_over_threads1']} "
-              f"(range {row['threads2_spread']}); peak RSS {row['train_rss_mb']} MB vs import-only "
-              f"{row['import_rss_mb']} MB (x{row['rss_ratio']}); with evaluate(batch 256) "
-              f"x{row['rss_ratio_with_eval256']}")
+        print(
+            f"{name:7s} step: bare {row['bare_step_us']} us, trainer {row['trainer_step_us']} us "
+            f"(x{row['trainer_over_bare']}); 2 threads x{row['threads2_over_threads1']} "
+            f"(range {row['threads2_spread']}); peak RSS {row['train_rss_mb']} MB vs import-only "
+            f"{row['import_rss_mb']} MB (x{row['rss_ratio']}); with evaluate(batch 256) "
+            f"x{row['rss_ratio_with_eval256']}"
+        )
     print(json.dumps(result))
 
 

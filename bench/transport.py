@@ -65,9 +65,7 @@ def main() -> None:
     results: dict[str, float] = {}
 
     with EmbeddedBroker() as b:
-        results["embedded amqtt (3.1.1)"] = run(
-            lambda c: _mqtt(b.url, c, MQTT_311), a.count, a.size, a.publishers
-        )
+        results["embedded amqtt (3.1.1)"] = run(lambda c: _mqtt(b.url, c, MQTT_311), a.count, a.size, a.publishers)
 
     mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if os.path.exists(mosq):

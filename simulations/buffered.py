@@ -43,12 +43,21 @@ MAX_DRAWS = 10_000
 _FINISH, _RELEASE = 1, 0  # at equal times a version is released before an arrival is admitted
 
 
-def run_buffered(config: SimConfig, engine: Any, federation: Federation, population: Population,
-                 clock: DeviceClock, weights: np.ndarray, record: Callable[..., RoundRecord],
-                 ticks: Iterator[Any] | None = None) -> list[RoundRecord]:
+def run_buffered(
+    config: SimConfig,
+    engine: Any,
+    federation: Federation,
+    population: Population,
+    clock: DeviceClock,
+    weights: np.ndarray,
+    record: Callable[..., RoundRecord],
+    ticks: Iterator[Any] | None = None,
+) -> list[RoundRecord]:
     """Run ``config.rounds`` groups; one record per group, in release order (None-free sim_seconds, uploads)."""
     rng = stream(config.seed, ARRIVALS)
-    buffer = UpdateBuffer(config.buffer, config.max_staleness, parse_staleness(config.staleness), config.max_contributions)
+    buffer = UpdateBuffer(
+        config.buffer, config.max_staleness, parse_staleness(config.staleness), config.max_contributions
+    )
     if hasattr(engine, "ledger"):
         engine.ledger = GroupLedger(config.max_contributions)
     versions: dict[int, np.ndarray] = {0: weights}  # released versions a training device may still need
@@ -96,9 +105,20 @@ def run_buffered(config: SimConfig, engine: Any, federation: Federation, populat
                 uploads += work.participants or 0
             for v in [v for v in versions if v < buffer.version - config.max_staleness]:
                 del versions[v]  # any device trained on it will be refused
-            records.append(record(index + 1, versions[buffer.version], behaviour, work, started,
-                                  sim_seconds=now, uploads=uploads, refused=refused_since,
-                                  staleness_mean=float(np.mean(staleness)), staleness_max=int(max(staleness))))
+            records.append(
+                record(
+                    index + 1,
+                    versions[buffer.version],
+                    behaviour,
+                    work,
+                    started,
+                    sim_seconds=now,
+                    uploads=uploads,
+                    refused=refused_since,
+                    staleness_mean=float(np.mean(staleness)),
+                    staleness_max=int(max(staleness)),
+                )
+            )
             refused_since = 0
             if ticks is not None:
                 next(ticks, None)
@@ -122,7 +142,11 @@ def run_buffered(config: SimConfig, engine: Any, federation: Federation, populat
         if work.status == "completed":
             latest = work.weights
         last_release = max(now + (work.sim_seconds or 0.0), last_release)
-        push(last_release, _RELEASE, (group.index, work, latest, [a.staleness for a in group.members], behaviour, started))
+        push(
+            last_release,
+            _RELEASE,
+            (group.index, work, latest, [a.staleness for a in group.members], behaviour, started),
+        )
     return records
 
 
@@ -130,22 +154,35 @@ def _device(k: int) -> str:
     return f"c{k:07d}"
 
 
-def _run_group(engine: Any, index: int, target: np.ndarray, versions: dict[int, np.ndarray],
-               members: list[tuple[int, int, Admission]], federation: Federation, clock: DeviceClock,
-               config: SimConfig) -> tuple[RoundWork, RoundBehaviour]:
+def _run_group(
+    engine: Any,
+    index: int,
+    target: np.ndarray,
+    versions: dict[int, np.ndarray],
+    members: list[tuple[int, int, Admission]],
+    federation: Federation,
+    clock: DeviceClock,
+    config: SimConfig,
+) -> tuple[RoundWork, RoundBehaviour]:
     """One closed group through the protocol engine: each member trains from its own base version."""
     clients = np.array([k for k, _, _ in members], dtype=np.int64)
     order = np.argsort(clients)  # the engine's roster order is the clients' order, as in a sampled cohort
     clients = clients[order]
     picked = [members[i] for i in order]
     bases = sorted({a.base_version for _, _, a in picked})
-    behaviour = RoundBehaviour(clients, np.ones(len(clients), dtype=bool),
-                               np.array([d for _, d, _ in picked], dtype=np.int8),
-                               seconds=np.zeros(len(clients)), upload_seconds=clock.upload_seconds(clients))
+    behaviour = RoundBehaviour(
+        clients,
+        np.ones(len(clients), dtype=bool),
+        np.array([d for _, d, _ in picked], dtype=np.int8),
+        seconds=np.zeros(len(clients)),
+        upload_seconds=clock.upload_seconds(clients),
+    )
     from fedge.simulations.protocol import GroupSpec
 
-    spec = GroupSpec(tuple(versions[b] for b in bases),
-                     np.array([bases.index(a.base_version) for _, _, a in picked], dtype=np.int64),
-                     np.array([a.weight for _, _, a in picked], dtype=np.float64))
+    spec = GroupSpec(
+        tuple(versions[b] for b in bases),
+        np.array([bases.index(a.base_version) for _, _, a in picked], dtype=np.int64),
+        np.array([a.weight for _, _, a in picked], dtype=np.float64),
+    )
     work = engine(index + 1, target, behaviour, federation, stream(config.seed, TRAIN, index + 1), group=spec)
     return work, behaviour

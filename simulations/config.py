@@ -79,26 +79,44 @@ class SimConfig:
                 raise ConfigError(f"{flag}: {what}")
 
         need(self.population >= 1, "--population", f"expected >= 1, got {self.population}")
-        need(1 <= self.per_round <= self.population, "--per-round",
-             f"expected 1..population ({self.population}), got {self.per_round}")
+        need(
+            1 <= self.per_round <= self.population,
+            "--per-round",
+            f"expected 1..population ({self.population}), got {self.per_round}",
+        )
         need(self.rounds >= 1, "--rounds", f"expected >= 1, got {self.rounds}")
-        need(self.model in MODELS or (self.model.endswith(".tflite") and os.path.isfile(self.model)), "--model",
-             f"expected one of {', '.join(MODELS)} or the path of a built .tflite (its .json beside it), got {self.model!r}")
+        need(
+            self.model in MODELS or (self.model.endswith(".tflite") and os.path.isfile(self.model)),
+            "--model",
+            f"expected one of {', '.join(MODELS)} or the path of a built .tflite (its .json beside it), got {self.model!r}",
+        )
         need(self.dp in DP_MODES, "--dp", f"expected one of {', '.join(DP_MODES)}, got {self.dp!r}")
         need(self.workers is None or self.workers >= 0, "--workers", f"expected >= 0, got {self.workers}")
         need(self.engine in ENGINES, "--engine", f"expected one of {', '.join(ENGINES)}, got {self.engine!r}")
-        need(not (self.dp == "distributed" and not self.secagg), "--dp distributed",
-             "needs --secagg: each client adds only a share of the noise, so its update must stay masked")
-        need(self.dp == "off" or self.noise_multiplier > 0, "--noise-multiplier",
-             f"expected > 0 with --dp {self.dp}, got {self.noise_multiplier}")
+        need(
+            not (self.dp == "distributed" and not self.secagg),
+            "--dp distributed",
+            "needs --secagg: each client adds only a share of the noise, so its update must stay masked",
+        )
+        need(
+            self.dp == "off" or self.noise_multiplier > 0,
+            "--noise-multiplier",
+            f"expected > 0 with --dp {self.dp}, got {self.noise_multiplier}",
+        )
         need(self.noise_multiplier >= 0, "--noise-multiplier", f"expected >= 0, got {self.noise_multiplier}")
         need(self.clip > 0, "--clip", f"expected > 0, got {self.clip}")
-        need(self.adaptive_clip == 0 or (0 < self.adaptive_clip < 1 and self.dp != "off"), "--adaptive-clip",
-             f"expected a quantile in (0, 1) with --dp local or distributed, got {self.adaptive_clip}")
+        need(
+            self.adaptive_clip == 0 or (0 < self.adaptive_clip < 1 and self.dp != "off"),
+            "--adaptive-clip",
+            f"expected a quantile in (0, 1) with --dp local or distributed, got {self.adaptive_clip}",
+        )
         need(0 < self.delta < 1, "--delta", f"expected 0 < delta < 1, got {self.delta}")
         need(self.seed >= 0, "--seed", f"expected >= 0, got {self.seed}")
-        need(self.audit_canaries == 0 or self.audit_canaries >= 2, "--audit-canaries",
-             f"expected 0 (no audit) or >= 2, got {self.audit_canaries}")
+        need(
+            self.audit_canaries == 0 or self.audit_canaries >= 2,
+            "--audit-canaries",
+            f"expected 0 (no audit) or >= 2, got {self.audit_canaries}",
+        )
         need(self.local_epochs >= 1, "--local-epochs", f"expected >= 1, got {self.local_epochs}")
         need(self.batch_size >= 1, "--batch-size", f"expected >= 1, got {self.batch_size}")
         need(self.learning_rate > 0, "--learning-rate", f"expected > 0, got {self.learning_rate}")
@@ -108,21 +126,34 @@ class SimConfig:
         need(self.mode in MODES, "--mode", f"expected one of {', '.join(MODES)}, got {self.mode!r}")
         parse_staleness(self.staleness)
         need(self.buffer >= 2, "--buffer", f"expected >= 2 (a SecAgg+ group needs two devices), got {self.buffer}")
-        need(0 <= self.concurrency <= self.population, "--concurrency",
-             f"expected 0 (= --per-round) .. population ({self.population}), got {self.concurrency}")
+        need(
+            0 <= self.concurrency <= self.population,
+            "--concurrency",
+            f"expected 0 (= --per-round) .. population ({self.population}), got {self.concurrency}",
+        )
         need(self.max_staleness >= 0, "--max-staleness", f"expected >= 0, got {self.max_staleness}")
-        need(self.max_contributions >= 0, "--max-contributions", f"expected >= 0 (0: no cap), got {self.max_contributions}")
+        need(
+            self.max_contributions >= 0,
+            "--max-contributions",
+            f"expected >= 0 (0: no cap), got {self.max_contributions}",
+        )
         need(self.group_size == 0 or self.group_size >= 2, "--group-size", f"expected 0 or >= 2, got {self.group_size}")
         if self.group_size:
             need(self.secagg, "--group-size", "needs --secagg (each group is one SecAgg+ instance)")
             need(self.mode == "sync", "--group-size", "not available with --mode buffered (--buffer is its group)")
             need(self.audit_canaries == 0, "--group-size", "not available with --audit-canaries")
         if self.mode == "buffered":
-            need(self.buffer <= self.training_slots, "--buffer",
-                 f"expected at most --concurrency ({self.training_slots}), got {self.buffer}")
+            need(
+                self.buffer <= self.training_slots,
+                "--buffer",
+                f"expected at most --concurrency ({self.training_slots}), got {self.buffer}",
+            )
             need(self.audit_canaries == 0, "--audit-canaries", "not available with --mode buffered")
-            need(self.adaptive_clip == 0, "--adaptive-clip",
-                 "not available with --mode buffered (every group must have the same privacy event)")
+            need(
+                self.adaptive_clip == 0,
+                "--adaptive-clip",
+                "not available with --mode buffered (every group must have the same privacy event)",
+            )
 
     @property
     def training_slots(self) -> int:

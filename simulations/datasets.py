@@ -49,7 +49,9 @@ def parse_dataset_spec(spec: str) -> DatasetSpec:
         return DatasetSpec(s)
     if s.endswith(".npz"):
         return DatasetSpec("npz", path=s)
-    raise ConfigError(f"--dataset {spec!r}: expected synthetic:ALPHA,BETA, digits, mnist, har, shakespeare or a path to a .npz file")
+    raise ConfigError(
+        f"--dataset {spec!r}: expected synthetic:ALPHA,BETA, digits, mnist, har, shakespeare or a path to a .npz file"
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,14 +75,27 @@ class ArrayDataset:
         return self.x_test, self.y_test
 
 
-def _split(name: str, x: np.ndarray, y: np.ndarray, input_shape: tuple[int, ...], rng: np.random.Generator,
-           test_share: float = 0.2, writers: np.ndarray | None = None) -> ArrayDataset:
+def _split(
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    input_shape: tuple[int, ...],
+    rng: np.random.Generator,
+    test_share: float = 0.2,
+    writers: np.ndarray | None = None,
+) -> ArrayDataset:
     """Shuffle and split a pooled set into train and test (stratification is not needed at these sizes)."""
     order = rng.permutation(len(y))
     n_test = int(round(test_share * len(y)))
     test, train = order[:n_test], order[n_test:]
     return ArrayDataset(
-        name, x[train], y[train], x[test], y[test], input_shape, int(y.max()) + 1,
+        name,
+        x[train],
+        y[train],
+        x[test],
+        y[test],
+        input_shape,
+        int(y.max()) + 1,
         None if writers is None else writers[train],
     )
 
@@ -173,8 +188,9 @@ def from_npz(path: str | Path, rng: np.random.Generator) -> ArrayDataset:
 # ---------------------------------------------------------------- Synthetic(α, β)
 
 
-def synthetic_device(alpha: float, beta: float, base_seed: int, k: int,
-                     dim: int = SYNTHETIC_DIM, classes: int = SYNTHETIC_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_device(
+    alpha: float, beta: float, base_seed: int, k: int, dim: int = SYNTHETIC_DIM, classes: int = SYNTHETIC_CLASSES
+) -> tuple[np.ndarray, np.ndarray]:
     """All samples of Synthetic(α, β) device ``k``, a pure function of ``(base_seed, k)``.
 
     Li et al., "Federated Optimization in Heterogeneous Networks" (FedProx, MLSys 2020), experiments
@@ -266,13 +282,18 @@ class SyntheticDataset:
             xs.append(x[:cut]), ys.append(y[:cut]), xt.append(x[cut:]), yt.append(y[cut:])
         return ArrayDataset(
             f"synthetic({self.alpha:g},{self.beta:g})-pooled",
-            np.concatenate(xs), np.concatenate(ys), np.concatenate(xt), np.concatenate(yt),
-            self.input_shape, self.num_classes,
+            np.concatenate(xs),
+            np.concatenate(ys),
+            np.concatenate(xt),
+            np.concatenate(yt),
+            self.input_shape,
+            self.num_classes,
         )
 
 
-def synthetic(alpha: float, beta: float, num_devices: int, rng: np.random.Generator,
-              test_devices: int = 200) -> SyntheticDataset:
+def synthetic(
+    alpha: float, beta: float, num_devices: int, rng: np.random.Generator, test_devices: int = 200
+) -> SyntheticDataset:
     """Synthetic(α, β) of Li et al. (FedProx, MLSys 2020) over ``num_devices`` lazily generated devices.
 
     ``rng`` is drawn from once, for the base seed every device derives its own stream from.
@@ -300,8 +321,9 @@ def load_dataset(spec: DatasetSpec, num_devices: int, rng: np.random.Generator) 
     return from_npz(spec.path, rng)
 
 
-def check_model_fits(model: str, model_input_shape: tuple[int, ...], model_classes: int, data: Dataset,
-                     flat: bool = False) -> None:
+def check_model_fits(
+    model: str, model_input_shape: tuple[int, ...], model_classes: int, data: Dataset, flat: bool = False
+) -> None:
     """Refuse a model whose input or output size differs from the data set's: never pad silently.
 
     ``flat`` models (a first dense layer) take any input of the same number of features.

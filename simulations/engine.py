@@ -8,8 +8,8 @@ The protocol engine of :mod:`fedge.simulations.protocol` is the default; tests a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 

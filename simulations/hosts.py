@@ -104,9 +104,14 @@ class DeviceHost:
             self._roster = dict(zip(req["ids"], req["keys"]))
             return pack({})
         if kind == "end":
-            log.debug("signatures: %d verified, %d from the memo; X25519: %d computed, %d from the memo",
-                      self._signatures.checked, self._signatures.hits, self._agreements.computed,
-                      self._agreements.hits, extra={"round": self._round})
+            log.debug(
+                "signatures: %d verified, %d from the memo; X25519: %d computed, %d from the memo",
+                self._signatures.checked,
+                self._signatures.hits,
+                self._agreements.computed,
+                self._agreements.hits,
+                extra={"round": self._round},
+            )
             self._signatures, self._agreements = SignatureMemo(), AgreementMemo()
             self._participants, self._drop_at, self._keys, self._roster = {}, {}, {}, {}
             self._last, self._weights, self._bases = (b"", None), None, []
@@ -129,10 +134,12 @@ class DeviceHost:
             factory = None
             if secagg:
                 key = self._keys[device] = IdentityKey.generate()
-                factory = secagg_factory(device, key, PeerDirectory(trusted=self._peer_key), self._signatures,
-                                         self._agreements)
-            self._participants[device] = Participant(device, train, np.random.default_rng(own_seed), factory,
-                                                     staleness_weight=weight)
+                factory = secagg_factory(
+                    device, key, PeerDirectory(trusted=self._peer_key), self._signatures, self._agreements
+                )
+            self._participants[device] = Participant(
+                device, train, np.random.default_rng(own_seed), factory, staleness_weight=weight
+            )
             self._drop_at[device] = drop_at
         log.debug("host holds %d devices", len(self._participants), extra={"round": rid})
         return {"keys": [k.public_bytes() for k in self._keys.values()], "ids": list(self._keys)}
@@ -141,8 +148,9 @@ class DeviceHost:
         """The roster's key of a peer: the simulator plays the enrollment authority."""
         return self._roster.get(device)
 
-    def _train_fn(self, device: str, client: int, seed: np.random.SeedSequence,
-                  base: np.ndarray | None = None) -> Callable[[Any], LocalResult]:
+    def _train_fn(
+        self, device: str, client: int, seed: np.random.SeedSequence, base: np.ndarray | None = None
+    ) -> Callable[[Any], LocalResult]:
         """Client ``client``'s training: from the task's weights, or (buffered mode) from ``base``, the
         version it was sent when it started, its delta taken against that version."""
         if client < 0:
@@ -151,19 +159,32 @@ class DeviceHost:
         def train(task: Any) -> LocalResult:
             x, y = self.client_data(client)
             p = task.plan
-            r = self.trainer.train(task.weights if base is None else base, x, y, epochs=p.epochs, batch_size=p.batch_size,
-                                   learning_rate=p.learning_rate, rng=np.random.default_rng(seed), prox_mu=p.prox_mu)
+            r = self.trainer.train(
+                task.weights if base is None else base,
+                x,
+                y,
+                epochs=p.epochs,
+                batch_size=p.batch_size,
+                learning_rate=p.learning_rate,
+                rng=np.random.default_rng(seed),
+                prox_mu=p.prox_mu,
+            )
             self._examples += r.num_examples
             return LocalResult(r.delta, r.num_examples, r.loss)
+
         return train
 
     def _canary_fn(self, index: int) -> Callable[[Any], LocalResult]:
         """A canary client (:mod:`fedge.coordinator.rounds.audit`): no data, no training; its delta is its
         direction at the round's clip norm, at full weight. Clipping, noise, quantization and masking are
         the participant's own, as for any device."""
+
         def train(task: Any) -> LocalResult:
             p = task.plan
-            return LocalResult(canary_update(self._audit_seed, index, task.weights.size, p.clip_norm), p.example_cap, 0.0)
+            return LocalResult(
+                canary_update(self._audit_seed, index, task.weights.size, p.clip_norm), p.example_cap, 0.0
+            )
+
         return train
 
     def _decode(self, blob: bytes) -> Any:
@@ -203,7 +224,9 @@ class DeviceHost:
                     # holds the encoded vector it needs: keep ~20 KB less per device
                     p.local = p.encoded = None
             except (ProtocolError, SecurityError) as e:
-                log.debug("device refused %s: %s", type(msg).__name__, e, extra={"device": device, "round": self._round})
+                log.debug(
+                    "device refused %s: %s", type(msg).__name__, e, extra={"device": device, "round": self._round}
+                )
                 out = []
             sent = []
             for reply in out:
@@ -289,8 +312,12 @@ class ProcessPool(HostPool):
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
         for _ in range(workers):
             ours, theirs = socket.socketpair()
-            proc = subprocess.Popen([sys.executable, "-m", "fedge.simulations.hosts", str(theirs.fileno())],
-                                    pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fedge.simulations.hosts", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
             theirs.close()
             conn = Connection(ours.detach())
             conn.send_bytes(pack(recipe))

@@ -99,8 +99,9 @@ def quantity_weights(num: int, exponent: float, rng: np.random.Generator) -> np.
     return 1.0 + rng.pareto(exponent, num)
 
 
-def split_quantity(n: int, num_clients: int, exponent: float, rng: np.random.Generator,
-                   min_size: int = MIN_SIZE) -> SplitPartition:
+def split_quantity(
+    n: int, num_clients: int, exponent: float, rng: np.random.Generator, min_size: int = MIN_SIZE
+) -> SplitPartition:
     """Quantity skew: every client gets ``min_size``, the rest is shared in power-law proportions."""
     base = min(min_size, n // num_clients)
     w = quantity_weights(num_clients, exponent, rng)
@@ -128,7 +129,9 @@ def split_natural(writers: np.ndarray, num_clients: int, rng: np.random.Generato
     """One client per writer (data that records who wrote it); needs at least ``num_clients`` writers."""
     _, owner = np.unique(writers, return_inverse=True)
     if owner.max() + 1 < num_clients:
-        raise ConfigError(f"--partition natural: the data has {owner.max() + 1} writers, fewer than {num_clients} clients")
+        raise ConfigError(
+            f"--partition natural: the data has {owner.max() + 1} writers, fewer than {num_clients} clients"
+        )
     # Writers beyond the population are left out: a random subset of num_clients writers is kept.
     pick = rng.permutation(owner.max() + 1)[:num_clients]
     remap = np.full(owner.max() + 1, -1, dtype=np.int64)
@@ -156,8 +159,15 @@ class DrawPartition:
     exponent: float | None = None
 
     @classmethod
-    def over(cls, labels: np.ndarray, num_clients: int, seed: int, size: int,
-             alpha: float | None = None, exponent: float | None = None) -> DrawPartition:
+    def over(
+        cls,
+        labels: np.ndarray,
+        num_clients: int,
+        seed: int,
+        size: int,
+        alpha: float | None = None,
+        exponent: float | None = None,
+    ) -> DrawPartition:
         """Index the pool by class once, so each client's draw costs its own size, not the pool's."""
         by_class = np.argsort(labels, kind="stable").astype(np.int64)
         counts = np.bincount(labels)
@@ -184,7 +194,8 @@ class DrawPartition:
         per_class = np.minimum(rng.multinomial(n, q), counts[present])
         parts = [
             self.by_class[self.class_offsets[c] + rng.choice(counts[c], m, replace=False)]
-            for c, m in zip(present, per_class) if m
+            for c, m in zip(present, per_class)
+            if m
         ]
         return np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
 
@@ -196,14 +207,22 @@ class DrawPartition:
 Partition = SplitPartition | DrawPartition
 
 
-def make_partition(spec: PartitionSpec, labels: np.ndarray, num_clients: int, rng: np.random.Generator,
-                   writers: np.ndarray | None = None, min_size: int = MIN_SIZE) -> Partition:
+def make_partition(
+    spec: PartitionSpec,
+    labels: np.ndarray,
+    num_clients: int,
+    rng: np.random.Generator,
+    writers: np.ndarray | None = None,
+    min_size: int = MIN_SIZE,
+) -> Partition:
     """The partition a spec names over a pool with these labels: disjoint if the pool is big enough."""
     n = len(labels)
     if spec.kind == "natural":
         if writers is None:
-            raise ConfigError("--partition natural: this data set has no natural split (no writer ids); "
-                              "use Synthetic, an .npz with a 'writer' array, or iid/dirichlet/quantity")
+            raise ConfigError(
+                "--partition natural: this data set has no natural split (no writer ids); "
+                "use Synthetic, an .npz with a 'writer' array, or iid/dirichlet/quantity"
+            )
         return split_natural(writers, num_clients, rng)
     if n >= num_clients * min_size:
         if spec.kind == "iid":
@@ -211,10 +230,14 @@ def make_partition(spec: PartitionSpec, labels: np.ndarray, num_clients: int, rn
         if spec.kind == "quantity":
             return split_quantity(n, num_clients, spec.param, rng, min_size)
         return split_dirichlet(labels, num_clients, spec.param, rng)
-    log.info("pool of %d samples is too small for %d disjoint clients of %d: clients draw from it",
-             n, num_clients, min_size)
+    log.info(
+        "pool of %d samples is too small for %d disjoint clients of %d: clients draw from it", n, num_clients, min_size
+    )
     return DrawPartition.over(
-        labels, num_clients, int(rng.integers(0, 2**63 - 1)), min_size,
+        labels,
+        num_clients,
+        int(rng.integers(0, 2**63 - 1)),
+        min_size,
         alpha=spec.param if spec.kind == "dirichlet" else None,
         exponent=spec.param if spec.kind == "quantity" else None,
     )

@@ -83,9 +83,13 @@ class Population:
         return self.assignment[np.asarray(ids)]
 
 
-def make_population(size: int, mix: tuple[tuple[str, float], ...], rng: np.random.Generator,
-                    traits: dict[str, SimulationTraits] | None = None,
-                    profile_dir: Path = DEFAULT_PROFILE_DIR) -> Population:
+def make_population(
+    size: int,
+    mix: tuple[tuple[str, float], ...],
+    rng: np.random.Generator,
+    traits: dict[str, SimulationTraits] | None = None,
+    profile_dir: Path = DEFAULT_PROFILE_DIR,
+) -> Population:
     """Assign profiles to ``size`` clients in exactly the mix's proportions (largest remainder), shuffled.
 
     ``traits`` supplies profiles by name (tests, library users); the rest are loaded from ``profile_dir``.
@@ -142,8 +146,9 @@ class RoundBehaviour:
         return counts
 
 
-def draw_round_behaviour(population: Population, client_ids: np.ndarray, round_: int,
-                         rng: np.random.Generator) -> RoundBehaviour:
+def draw_round_behaviour(
+    population: Population, client_ids: np.ndarray, round_: int, rng: np.random.Generator
+) -> RoundBehaviour:
     """Who of ``client_ids`` is available this round, and where each available client drops (vectorised).
 
     Each client is available with its profile's ``availability``; an available client then drops at

@@ -18,25 +18,25 @@ import dataclasses
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from fedge.agent.core import wire
 from fedge.agent.core.errors import ProtocolError
+from fedge.agent.core.messages.common import Outbound
 from fedge.agent.core.secagg.params import supported_suites
 from fedge.coordinator.rounds.accounting import PrivacyAccountant
 from fedge.coordinator.rounds.audit import CanaryAudit, canary_index, is_canary
-from fedge.agent.core.messages.common import Outbound
-from fedge.coordinator.rounds.engine import RoundStatus
-from fedge.coordinator.rounds.builder import Draw, SecureRisk, build_round
 from fedge.coordinator.rounds.buffered import GroupLedger, group_event
+from fedge.coordinator.rounds.builder import Draw, SecureRisk, build_round
+from fedge.coordinator.rounds.engine import RoundStatus
 from fedge.coordinator.rounds.grouped import GroupedAggregation, GroupRefused
 from fedge.coordinator.rounds.plan import TrainingConfig
-from fedge.coordinator.rounds.server_opt import ServerOptConfig, ServerOptimizer
 from fedge.coordinator.rounds.secure import SecureAggregation
+from fedge.coordinator.rounds.server_opt import ServerOptConfig, ServerOptimizer
 from fedge.simulations.clock import STAGE_SECONDS
 from fedge.simulations.engine import RoundWork
 from fedge.simulations.federation import Federation
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 #: Devices per frame to a host: large enough to amortise a frame, small enough to keep both hosts busy.
 BATCH = 64
+
 
 @dataclasses.dataclass(frozen=True)
 class ProtocolSettings:
@@ -121,8 +122,9 @@ class ProtocolEngine:
         if len(jobs) < 2:
             return [job() for job in jobs]
         if self._threads is None:
-            self._threads = ThreadPoolExecutor(self.settings.group_workers or os.cpu_count() or 1,
-                                               thread_name_prefix="fedge-group")
+            self._threads = ThreadPoolExecutor(
+                self.settings.group_workers or os.cpu_count() or 1, thread_name_prefix="fedge-group"
+            )
         return list(self._threads.map(lambda job: job(), jobs))
 
     def _epsilon(self) -> float | None:
@@ -136,8 +138,13 @@ class ProtocolEngine:
         return self.audit.result() if self.audit is not None and self.audit.rounds else None
 
     def __call__(
-        self, round_id: int, weights: np.ndarray, behaviour: RoundBehaviour, federation: Federation,
-        rng: np.random.Generator, group: GroupSpec | None = None,
+        self,
+        round_id: int,
+        weights: np.ndarray,
+        behaviour: RoundBehaviour,
+        federation: Federation,
+        rng: np.random.Generator,
+        group: GroupSpec | None = None,
     ) -> RoundWork:
         """Run one round (or, with ``group``, one buffered group) over the available clients of ``behaviour``."""
         s = self.settings
@@ -157,11 +164,27 @@ class ProtocolEngine:
         if len(ids) < max(2, cfg.min_cohort):
             reason = f"{len(ids)} of {len(avail)} sampled devices available, minimum cohort is {max(2, cfg.min_cohort)}"
             log.warning("round abandoned: %s", reason, extra={"round": round_id})
-            self.last = {"status": "abandoned", "reason": reason, "participants": 0,
-                         "dropped": {"unavailable": unavailable}, "bytes_up": 0, "bytes_down": 0}
-            return RoundWork(weights, {}, 0, self._epsilon(), participants=0, bytes_up=0, bytes_down=0,
-                             dropped_per_stage={"unavailable": unavailable}, status="abandoned", reason=reason,
-                             audit=self._audit_result())
+            self.last = {
+                "status": "abandoned",
+                "reason": reason,
+                "participants": 0,
+                "dropped": {"unavailable": unavailable},
+                "bytes_up": 0,
+                "bytes_down": 0,
+            }
+            return RoundWork(
+                weights,
+                {},
+                0,
+                self._epsilon(),
+                participants=0,
+                bytes_up=0,
+                bytes_down=0,
+                dropped_per_stage={"unavailable": unavailable},
+                status="abandoned",
+                reason=reason,
+                audit=self._audit_result(),
+            )
         drop_at = [(st if st != NO_DROP else len(STAGES)) for st in behaviour.drop_stage[avail].tolist()]
         first_reply = 0 if cfg.secagg else STAGES.index("masked_input")  # the stage of the first answer
         task_s = None if behaviour.seconds is None else behaviour.seconds[avail]
@@ -186,8 +209,24 @@ class ProtocolEngine:
         for i, (d, k, st, ex) in enumerate(zip(ids, clients.tolist(), drop_at, extras)):
             shards[host_of[d]].append([d, k, i, st, *ex])
         bases = [] if group is None else [np.ascontiguousarray(b, dtype=np.float32).tobytes() for b in group.bases]
-        begun = pool.exchange([[pack({"kind": "round", "round": round_id, "root": root, "secagg": cfg.secagg,
-                                      "audit_seed": s.audit_seed, "devices": sh, "bases": bases})] for sh in shards])
+        begun = pool.exchange(
+            [
+                [
+                    pack(
+                        {
+                            "kind": "round",
+                            "round": round_id,
+                            "root": root,
+                            "secagg": cfg.secagg,
+                            "audit_seed": s.audit_seed,
+                            "devices": sh,
+                            "bases": bases,
+                        }
+                    )
+                ]
+                for sh in shards
+            ]
+        )
         roster = {}
         for _, reply in begun:
             r = unpack(reply)
@@ -208,19 +247,44 @@ class ProtocolEngine:
         round_cfg = dataclasses.replace(cfg, goal=cfg.goal + k, min_cohort=cfg.min_cohort + k) if k else cfg
         try:
             built = build_round(
-                round_id, round_cfg, f"r{round_id - 1}", weights, ids, draw, clock, clip_norm=self.clip_norm,
-                roster=roster if cfg.secagg else None, risk=SecureRisk(s.dropout_rate, s.corrupt_fraction),
-                suites=dict.fromkeys(ids, supported_suites()), group_size=s.group_size if group is None else 0,
+                round_id,
+                round_cfg,
+                f"r{round_id - 1}",
+                weights,
+                ids,
+                draw,
+                clock,
+                clip_norm=self.clip_norm,
+                roster=roster if cfg.secagg else None,
+                risk=SecureRisk(s.dropout_rate, s.corrupt_fraction),
+                suites=dict.fromkeys(ids, supported_suites()),
+                group_size=s.group_size if group is None else 0,
                 parallel=self._parallel,
             )
         except GroupRefused as e:
             pool.broadcast(pack({"kind": "end"}))
             log.warning("round abandoned: %s", e, extra={"round": round_id})
-            self.last = {"status": "abandoned", "reason": str(e), "participants": 0,
-                         "dropped": {"unavailable": unavailable}, "bytes_up": 0, "bytes_down": 0}
-            return RoundWork(weights, {}, 0, self._epsilon(), participants=0, bytes_up=0, bytes_down=0,
-                             dropped_per_stage={"unavailable": unavailable}, status="abandoned", reason=str(e),
-                             audit=self._audit_result())
+            self.last = {
+                "status": "abandoned",
+                "reason": str(e),
+                "participants": 0,
+                "dropped": {"unavailable": unavailable},
+                "bytes_up": 0,
+                "bytes_down": 0,
+            }
+            return RoundWork(
+                weights,
+                {},
+                0,
+                self._epsilon(),
+                participants=0,
+                bytes_up=0,
+                bytes_down=0,
+                dropped_per_stage={"unavailable": unavailable},
+                status="abandoned",
+                reason=str(e),
+                audit=self._audit_result(),
+            )
         plan, aggregation, engine = built.plan, built.aggregation, built.engine
         stage_seconds: dict[str, float] = collections.defaultdict(float)
         traffic = {"up": 0, "down": 0, "examples": 0}
@@ -323,7 +387,8 @@ class ProtocolEngine:
             "bytes_up": traffic["up"],
             "bytes_down": traffic["down"],
             "secagg": dataclasses.asdict(aggregation.params)
-            if isinstance(aggregation, (SecureAggregation, GroupedAggregation)) else None,
+            if isinstance(aggregation, (SecureAggregation, GroupedAggregation))
+            else None,
             "groups": len(aggregation.groups) if isinstance(aggregation, GroupedAggregation) else 1,
             "refused_groups": dict(aggregation.refused) if isinstance(aggregation, GroupedAggregation) else {},
             "clip_norm": plan.clip_norm,
@@ -336,16 +401,41 @@ class ProtocolEngine:
         if task_s is not None:
             answered = [t for t, st in zip(task_s.tolist(), drop_at) if st > first_reply]
             upload = behaviour.upload_seconds[avail] if behaviour.upload_seconds is not None else np.zeros(len(task_s))
-            sim = sim_duration(ran, timed_out, first=plan.deadline_s, timeout=built.settings.stage_timeout_s,
-                               train=0.0 if group is not None else max(answered, default=0.0),
-                               upload=float(upload.max(initial=0.0)), carries_update=aggregation.first_stage == "report")
-        return RoundWork(new, dict(stage_seconds), traffic["examples"], self._epsilon(), participants=participants,
-                         bytes_up=traffic["up"], bytes_down=traffic["down"], dropped_per_stage=dropped,
-                         status=engine.status.value, reason=engine.reason, audit=audit, sim_seconds=sim)
+            sim = sim_duration(
+                ran,
+                timed_out,
+                first=plan.deadline_s,
+                timeout=built.settings.stage_timeout_s,
+                train=0.0 if group is not None else max(answered, default=0.0),
+                upload=float(upload.max(initial=0.0)),
+                carries_update=aggregation.first_stage == "report",
+            )
+        return RoundWork(
+            new,
+            dict(stage_seconds),
+            traffic["examples"],
+            self._epsilon(),
+            participants=participants,
+            bytes_up=traffic["up"],
+            bytes_down=traffic["down"],
+            dropped_per_stage=dropped,
+            status=engine.status.value,
+            reason=engine.reason,
+            audit=audit,
+            sim_seconds=sim,
+        )
 
 
-def sim_duration(ran: list[str], timed_out: set[str], *, first: float, timeout: float, train: float, upload: float,
-                 carries_update: bool) -> float:
+def sim_duration(
+    ran: list[str],
+    timed_out: set[str],
+    *,
+    first: float,
+    timeout: float,
+    train: float,
+    upload: float,
+    carries_update: bool,
+) -> float:
     """A round's length on the simulated clock (:mod:`fedge.simulations.clock`).
 
     ``ran``: the stages in order (the first includes training), then the final state; a stage in

@@ -53,8 +53,13 @@ class RayPool(HostPool):
             if os.environ.get("RAY_ADDRESS"):  # a cluster: its nodes need fedge installed
                 ray.init(log_to_driver=False, configure_logging=False, runtime_env=env)
             else:  # a local Ray sized to the hosts
-                ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False,
-                         configure_logging=False, runtime_env=env)
+                ray.init(
+                    num_cpus=max(workers, 1),
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                    runtime_env=env,
+                )
         actor = ray.remote(num_cpus=1)(_Host)
         self.size = workers
         self._actors = [actor.remote(recipe) for _ in range(workers)]

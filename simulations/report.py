@@ -16,8 +16,22 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 
 #: The keys every round of ``summary.json`` carries, in this order (more may follow).
-ROUND_KEYS = ("round", "accuracy", "loss", "epsilon", "epsilon_empirical", "epsilon_lower_bound", "delta",
-              "participants", "dropped", "bytes_up", "bytes_down", "seconds", "sim_seconds", "uploads")
+ROUND_KEYS = (
+    "round",
+    "accuracy",
+    "loss",
+    "epsilon",
+    "epsilon_empirical",
+    "epsilon_lower_bound",
+    "delta",
+    "participants",
+    "dropped",
+    "bytes_up",
+    "bytes_down",
+    "seconds",
+    "sim_seconds",
+    "uploads",
+)
 #: Further plain columns of ``rounds.csv``.
 EXTRA_KEYS = ("examples", "status", "reason", "refused", "staleness_mean", "staleness_max")
 PLOTS = ("accuracy_vs_round.png", "accuracy_vs_epsilon.png", "accuracy_per_group.png", "epsilon_audit.png")
@@ -110,19 +124,26 @@ def write_csv(summary: Summary, out: Path) -> Path:
     stages = sorted({k for r in summary.rounds for k in r.dropped_per_stage})
     timers = sorted({k for r in summary.rounds for k in r.seconds_per_stage})
     groups = sorted({k for r in summary.rounds for k in r.group_accuracy})
-    header = [*ROUND_KEYS, *EXTRA_KEYS, *(f"dropped_{s}" for s in stages), *(f"seconds_{s}" for s in timers),
-              *(f"accuracy_{g}" for g in groups)]
+    header = [
+        *ROUND_KEYS,
+        *EXTRA_KEYS,
+        *(f"dropped_{s}" for s in stages),
+        *(f"seconds_{s}" for s in timers),
+        *(f"accuracy_{g}" for g in groups),
+    ]
     path = out / "rounds.csv"
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         for r in summary.rounds:
-            w.writerow([
-                *("" if getattr(r, k) is None else getattr(r, k) for k in (*ROUND_KEYS, *EXTRA_KEYS)),
-                *(r.dropped_per_stage.get(s, "") for s in stages),
-                *(r.seconds_per_stage.get(s, "") for s in timers),
-                *(r.group_accuracy.get(g, "") for g in groups),
-            ])
+            w.writerow(
+                [
+                    *("" if getattr(r, k) is None else getattr(r, k) for k in (*ROUND_KEYS, *EXTRA_KEYS)),
+                    *(r.dropped_per_stage.get(s, "") for s in stages),
+                    *(r.seconds_per_stage.get(s, "") for s in timers),
+                    *(r.group_accuracy.get(g, "") for g in groups),
+                ]
+            )
     return path
 
 
@@ -148,10 +169,11 @@ def write_plots(summary: Summary, out: Path) -> list[Path]:
     eps = [(r.epsilon, r.accuracy) for r in summary.rounds if r.epsilon is not None]
     if eps:
         ax.plot([e for e, _ in eps], [a for _, a in eps], marker=".")
-        ax.set(xlabel="ε (δ = %g)" % summary.rounds[-1].delta, ylabel="test accuracy")
+        ax.set(xlabel=f"ε (δ = {summary.rounds[-1].delta:g})", ylabel="test accuracy")
     else:
-        ax.text(0.5, 0.5, "no privacy accounting in this run (--dp off)", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, "no privacy accounting in this run (--dp off)", ha="center", va="center", transform=ax.transAxes
+        )
     ax.set_title("Accuracy against ε")
     ax.grid(alpha=0.3)
     paths.append(_save(fig, out / PLOTS[1]))
@@ -173,21 +195,35 @@ def _audit_plot(summary: Summary, path: Path, plt: Any) -> Path:
     """Accountant ε against the canary audit's estimate and lower bound, over rounds."""
     fig, ax = plt.subplots(figsize=(6, 4))
     rounds = [r.round for r in summary.rounds]
-    series = [("epsilon", "accountant ε", "-"), ("epsilon_empirical", "audit estimate (Gaussian fit)", "--"),
-              ("epsilon_lower_bound", "audit lower bound (95%)", ":")]
+    series = [
+        ("epsilon", "accountant ε", "-"),
+        ("epsilon_empirical", "audit estimate (Gaussian fit)", "--"),
+        ("epsilon_lower_bound", "audit lower bound (95%)", ":"),
+    ]
     drawn = False
     for key, label, style in series:
         values = [getattr(r, key) for r in summary.rounds]
         if any(v is not None and math.isfinite(v) for v in values):
-            ax.plot(rounds, [math.nan if v is None or not math.isfinite(v) else v for v in values],
-                    style, marker=".", label=label)
+            ax.plot(
+                rounds,
+                [math.nan if v is None or not math.isfinite(v) else v for v in values],
+                style,
+                marker=".",
+                label=label,
+            )
             drawn = True
     if drawn:
-        ax.set(xlabel="round", ylabel="ε (δ = %g)" % summary.rounds[-1].delta)
+        ax.set(xlabel="round", ylabel=f"ε (δ = {summary.rounds[-1].delta:g})")
         ax.legend()
     else:
-        ax.text(0.5, 0.5, "no ε and no audit in this run (--dp off, no --audit-canaries)", ha="center",
-                va="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no ε and no audit in this run (--dp off, no --audit-canaries)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.set_title("Accountant ε against the canary audit")
     ax.grid(alpha=0.3)
     return _save(fig, path)

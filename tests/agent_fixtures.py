@@ -107,8 +107,11 @@ db_path = "{db}"
 
 
 def write_profile(path: Path, broker: str, db: Path, sysfs: FakeSysfs, *, budget: float = 1000.0) -> Path:
-    path.write_text(PROFILE.format(power=sysfs.power, thermal=sysfs.thermal, metered=sysfs.metered,
-                                   broker=broker, db=db, budget=budget))
+    path.write_text(
+        PROFILE.format(
+            power=sysfs.power, thermal=sysfs.thermal, metered=sysfs.metered, broker=broker, db=db, budget=budget
+        )
+    )
     return path
 
 
@@ -131,7 +134,11 @@ def start_agent(profile: Path, log: Path, *extra: str, env: dict[str, str] | Non
     with open(log, "ab") as out:
         return subprocess.Popen(
             agent_cmd("--log-level", "DEBUG", "run", "--profile", str(profile), *extra),
-            stdout=out, stderr=out, cwd=ROOT, env={**os.environ, **(env or {})}, start_new_session=True,
+            stdout=out,
+            stderr=out,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
         )
 
 
@@ -176,8 +183,17 @@ class MiniCoordinator:
         from tests.round_fixtures import trainer_for
 
         self.weights = trainer_for("mlp").initial_weights()
-        self.cfg = TrainingConfig(epochs=epochs, batch_size=16, learning_rate=0.1, dp_mode="local",
-                                  noise_multiplier=1.0, secagg=False, goal=2, min_cohort=1, train_deadline_s=60.0)
+        self.cfg = TrainingConfig(
+            epochs=epochs,
+            batch_size=16,
+            learning_rate=0.1,
+            dp_mode="local",
+            noise_multiplier=1.0,
+            secagg=False,
+            goal=2,
+            min_cohort=1,
+            train_deadline_s=60.0,
+        )
         self.t = MqttTransport(TransportConfig(broker_url=broker_url, client_id="mini-coordinator", clean_start=True))
         self.lock = threading.Lock()
         self.checkins: dict[int, dict[str, CheckIn]] = {}
@@ -202,7 +218,9 @@ class MiniCoordinator:
         self.t.close()
 
     def announce(self, round_id: int, checkin_s: float = 60.0) -> None:
-        self.t.publish(topics.ROUNDS, wire.encode(RoundAnnounce(round_id, "mlp", "v0", time.time() + checkin_s)), retain=True)
+        self.t.publish(
+            topics.ROUNDS, wire.encode(RoundAnnounce(round_id, "mlp", "v0", time.time() + checkin_s)), retain=True
+        )
 
     def start_round(self, round_id: int, cohort: list[str]) -> RoundEngine:
         """Tasks for ``cohort`` (plus a ghost that never answers, so the report stage stays open)."""

@@ -25,9 +25,18 @@ from tests.mqtt_proxy import MqttProxy
 
 def secagg_training(agents: int, **kw: object) -> TrainingConfig:
     """SecAgg+ with distributed DP, every device in the cohort, short local training."""
-    args: dict[str, object] = dict(goal=agents, min_cohort=2, dp_mode="distributed", noise_multiplier=0.5, secagg=True,
-                                   epochs=2, batch_size=16, learning_rate=0.2, train_deadline_s=60.0,
-                                   stage_timeout_s=20.0)
+    args: dict[str, object] = dict(
+        goal=agents,
+        min_cohort=2,
+        dp_mode="distributed",
+        noise_multiplier=0.5,
+        secagg=True,
+        epochs=2,
+        batch_size=16,
+        learning_rate=0.2,
+        train_deadline_s=60.0,
+        stage_timeout_s=20.0,
+    )
     args.update(kw)
     return TrainingConfig(**args)  # type: ignore[arg-type]
 
@@ -35,8 +44,14 @@ def secagg_training(agents: int, **kw: object) -> TrainingConfig:
 class DaemonFleet:
     """``agents`` enrolled daemons; ``url_for(i)`` is the broker URL daemon ``i`` is given."""
 
-    def __init__(self, work: Path, agents: int, broker_url: str, training: TrainingConfig,
-                 url_for: Callable[[int], str] | None = None) -> None:
+    def __init__(
+        self,
+        work: Path,
+        agents: int,
+        broker_url: str,
+        training: TrainingConfig,
+        url_for: Callable[[int], str] | None = None,
+    ) -> None:
         self.work, self.training, self.broker_url = work, training, broker_url
         work.mkdir(parents=True, exist_ok=True)
         self.db = work / "coordinator.db"
@@ -44,7 +59,9 @@ class DaemonFleet:
         try:
             authority = authority_public_hex(store)
             demo = DemoConfig(agents=agents, rounds=1, training=training, broker_url=broker_url, workdir=str(work))
-            self.agents, self.test_data = prepare_agents(demo, work, broker_url, authority, use_daemon=True, protocol="5")
+            self.agents, self.test_data = prepare_agents(
+                demo, work, broker_url, authority, use_daemon=True, protocol="5"
+            )
             for a in self.agents:
                 enroll(store, a.device_id, a.identity_hex, "pi4", ("test",))
         finally:
@@ -75,8 +92,17 @@ class DaemonFleet:
         self.stop()
 
     def serve(self, rounds: int = 1, **kw: object) -> list[RoundReport]:
-        cfg = ServiceConfig(db_path=str(self.db), training=self.training, broker_url=self.broker_url, rounds=rounds,
-                            checkin_window_s=60.0, eval_data=str(self.test_data), mqtt_protocol="5", epsilon_budget=1000.0, **kw)  # type: ignore[arg-type]
+        cfg = ServiceConfig(
+            db_path=str(self.db),
+            training=self.training,
+            broker_url=self.broker_url,
+            rounds=rounds,
+            checkin_window_s=60.0,
+            eval_data=str(self.test_data),
+            mqtt_protocol="5",
+            epsilon_budget=1000.0,
+            **kw,
+        )  # type: ignore[arg-type]
         return CoordinatorService(cfg).run()
 
     def log(self, i: int) -> str:

@@ -25,16 +25,14 @@ from fedge.agent.local_data import import_examples
 from fedge.agent.releases import LocalEvaluator, ReleaseManager
 from fedge.agent.store import Store as AgentStore
 from fedge.agent.training.models import load_spec
-from fedge.coordinator.service.enrollment import enroll
 from fedge.coordinator.fleet.controller import FleetController, retained_rotations
 from fedge.coordinator.fleet.releases import create_release, release_key, trusted_keys
+from fedge.coordinator.service.enrollment import enroll
 from fedge.coordinator.store import Store
 from tests.fakes import FakeClock
 
 ARCH = "logreg"
 FEATURES, CLASSES = 64, 10
-
-
 
 
 def truth(seed: int = 7) -> np.ndarray:
@@ -60,12 +58,24 @@ def put_release(store: Store, version: str, weights: np.ndarray, parent: str | N
 class SimAgent:
     """One device: its own agent store with held-out data, a ReleaseManager, and a transport."""
 
-    def __init__(self, broker: InMemoryBroker, workdir: Path, device_id: str, clock: FakeClock, *,
-                 trainers: dict[str, Any], fail_versions: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        broker: InMemoryBroker,
+        workdir: Path,
+        device_id: str,
+        clock: FakeClock,
+        *,
+        trainers: dict[str, Any],
+        fail_versions: Iterable[str] = (),
+    ) -> None:
         self.device_id = device_id
         self.store = AgentStore(workdir / f"{device_id}.db")
-        import_examples(self.store, held_out(workdir / f"{device_id}.npz", 20, zlib.crc32(device_id.encode())), load_spec(ARCH),
-                        split="test")
+        import_examples(
+            self.store,
+            held_out(workdir / f"{device_id}.npz", 20, zlib.crc32(device_id.encode())),
+            load_spec(ARCH),
+            split="test",
+        )
         self.fail_versions = set(fail_versions)
         local = LocalEvaluator(self.store, trainers=trainers)
         self.manager = ReleaseManager(self.store.db, device_id, evaluator=self._evaluate, clock=clock)

@@ -76,7 +76,7 @@ class _Pair:
     def _client_to_broker(self) -> None:
         buf = bytearray()
         try:
-            while (data := self.client.recv(65536)):
+            while data := self.client.recv(65536):
                 buf += data
                 for p in _packets(buf):
                     if p[0] >> 4 == _PUBACK:
@@ -89,7 +89,7 @@ class _Pair:
     def _broker_to_client(self) -> None:
         buf = bytearray()
         try:
-            while (data := self.broker.recv(65536)):
+            while data := self.broker.recv(65536):
                 buf += data
                 for p in _packets(buf):
                     now = time.monotonic()

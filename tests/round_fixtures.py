@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
-
-import logging
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -19,7 +18,9 @@ from fedge.agent.training.trainer import Trainer
 log = logging.getLogger(__name__)
 
 
-def digits_split(num_clients: int, seed: int = 0) -> tuple[list[tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
+def digits_split(
+    num_clients: int, seed: int = 0
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
     """Real digits, shuffled, split IID across clients, with a held-out test set."""
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
@@ -34,16 +35,25 @@ def make_train_fn(trainer: Trainer, data: tuple[np.ndarray, np.ndarray], seed: i
     def train(task: Any) -> LocalResult:
         p = task.plan
         r = trainer.train(
-            task.weights, data[0], data[1], epochs=p.epochs, batch_size=p.batch_size,
-            learning_rate=p.learning_rate, rng=np.random.default_rng([seed, task.round_id]),
+            task.weights,
+            data[0],
+            data[1],
+            epochs=p.epochs,
+            batch_size=p.batch_size,
+            learning_rate=p.learning_rate,
+            rng=np.random.default_rng([seed, task.round_id]),
         )
         return LocalResult(r.delta, r.num_examples, r.loss)
 
     return train
 
 
-def deliver(engine: Any, participants: dict[str, Participant], outbound: Iterable[Any],
-            drop: Callable[[str, Any], bool] = lambda d, m: False) -> int:
+def deliver(
+    engine: Any,
+    participants: dict[str, Participant],
+    outbound: Iterable[Any],
+    drop: Callable[[str, Any], bool] = lambda d, m: False,
+) -> int:
     """Deliver messages both ways through the real wire codec until quiet; return bytes moved."""
     queue = list(outbound)
     moved = 0

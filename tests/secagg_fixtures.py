@@ -25,7 +25,12 @@ class Round:
 
 
 def make_round(
-    params: SecAggParams, *, round_id: int = 1, seed: int = 0, max_abs: int = 1000, graph_seed: bytes | None = None,
+    params: SecAggParams,
+    *,
+    round_id: int = 1,
+    seed: int = 0,
+    max_abs: int = 1000,
+    graph_seed: bytes | None = None,
     identities: dict[str, IdentityKey] | None = None,
 ) -> Round:
     """A server and n clients with real keys and random quantized inputs in [-max_abs, max_abs]."""

@@ -17,10 +17,10 @@ import threading
 import numpy as np
 
 from fedge.agent.core import logs, topics, wire
+from fedge.agent.core.crypto import IdentityKey
 from fedge.agent.core.errors import FedgeError, TransportError
 from fedge.agent.core.messages.rounds import CheckIn, RoundAnnounce, RoundEnd, Task
 from fedge.agent.core.transport import TransportConfig, open_transport
-from fedge.agent.core.crypto import IdentityKey
 from fedge.agent.participant import LocalResult, Participant
 from fedge.agent.secure import PeerDirectory, secagg_factory
 from fedge.agent.training.models import load_spec
@@ -32,9 +32,21 @@ log = logging.getLogger("service_agent")
 class AgentLoop:
     """Check in, train, upload; one participant per round; stops on ``stop``."""
 
-    def __init__(self, broker: str, device_id: str, x: np.ndarray, y: np.ndarray, *, protocol: str = "5",
-                 model: str = "mlp", seed: int = 0, eligible: bool = True,
-                 identity: IdentityKey | None = None, authority: bytes | None = None, delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        broker: str,
+        device_id: str,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        protocol: str = "5",
+        model: str = "mlp",
+        seed: int = 0,
+        eligible: bool = True,
+        identity: IdentityKey | None = None,
+        authority: bytes | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
         self.device_id = device_id
         self.data = (x, y)
         self.trainer = Trainer(load_spec(model), num_threads=1)
@@ -83,8 +95,14 @@ class AgentLoop:
 
     def train(self, task: Task) -> LocalResult:
         p = task.plan
-        r = self.trainer.train(task.weights, *self.data, epochs=p.epochs, batch_size=p.batch_size,
-                               learning_rate=p.learning_rate, rng=np.random.default_rng([self.seed, task.round_id]))
+        r = self.trainer.train(
+            task.weights,
+            *self.data,
+            epochs=p.epochs,
+            batch_size=p.batch_size,
+            learning_rate=p.learning_rate,
+            rng=np.random.default_rng([self.seed, task.round_id]),
+        )
         return LocalResult(r.delta, r.num_examples, r.loss)
 
     def send(self, msg: object) -> None:
@@ -95,7 +113,9 @@ class AgentLoop:
             if msg.round_id in self.checked_in or msg.round_id in self.ended:
                 return
             self.checked_in.add(msg.round_id)
-            self.send(CheckIn(self.device_id, msg.round_id, "pi4", msg.model_version, self.eligible, len(self.data[1]), 0.0))
+            self.send(
+                CheckIn(self.device_id, msg.round_id, "pi4", msg.model_version, self.eligible, len(self.data[1]), 0.0)
+            )
         elif isinstance(msg, RoundEnd):
             self.ended.add(msg.round_id)
             self.participants.pop(msg.round_id, None)
@@ -110,7 +130,8 @@ class AgentLoop:
                     directory = PeerDirectory(self.authority)
                     factory = secagg_factory(self.device_id, self.identity, directory)
                 p = self.participants[msg.round_id] = Participant(
-                    self.device_id, train, np.random.default_rng(), factory, peers=directory)
+                    self.device_id, train, np.random.default_rng(), factory, peers=directory
+                )
             for reply in p.handle(msg):
                 self.send(reply)
         else:
@@ -138,8 +159,17 @@ def main() -> None:
         x, y = f["x"], f["y"]
     identity = IdentityKey.from_private_bytes(bytes.fromhex(a.identity_seed)) if a.identity_seed else None
     authority = bytes.fromhex(a.authority) if a.authority else None
-    loop = AgentLoop(a.broker, a.device_id, x, y, protocol=a.protocol, seed=a.seed, identity=identity, authority=authority,
-                     delay_s=a.delay)
+    loop = AgentLoop(
+        a.broker,
+        a.device_id,
+        x,
+        y,
+        protocol=a.protocol,
+        seed=a.seed,
+        identity=identity,
+        authority=authority,
+        delay_s=a.delay,
+    )
     signal.signal(signal.SIGTERM, lambda *_: loop.stop.set())
     try:
         loop.run()

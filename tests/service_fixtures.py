@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from fedge.agent.core.crypto import IdentityKey
+from fedge.coordinator.rounds.plan import TrainingConfig
 from fedge.coordinator.service.config import ServiceConfig
 from fedge.coordinator.service.enrollment import authority, enroll
-from fedge.coordinator.rounds.plan import TrainingConfig
 from fedge.coordinator.store import Store
 from tests.round_fixtures import digits_split
 from tests.service_agent import AgentLoop
@@ -62,11 +62,27 @@ def make_fleet(tmp: Path, n: int, *, seed: int = 0, prefix: str = "dev") -> Flee
 
 def service_config(fleet: Fleet, broker_url: str | None, **kw: object) -> ServiceConfig:
     """A fast test campaign: plain aggregation, short windows, evaluation on the held-out split."""
-    training = dict(model_name="mlp", epochs=1, batch_size=16, learning_rate=0.1, dp_mode="off", secagg=False,
-                    goal=len(fleet.devices), min_cohort=2, train_deadline_s=30.0, stage_timeout_s=10.0)
+    training = dict(
+        model_name="mlp",
+        epochs=1,
+        batch_size=16,
+        learning_rate=0.1,
+        dp_mode="off",
+        secagg=False,
+        goal=len(fleet.devices),
+        min_cohort=2,
+        train_deadline_s=30.0,
+        stage_timeout_s=10.0,
+    )
     training.update(kw.pop("training", {}))  # type: ignore[arg-type]
-    args: dict[str, object] = dict(db_path=str(fleet.db), broker_url=broker_url, rounds=3, checkin_window_s=8.0,
-                                   eval_data=str(fleet.test_data), training=TrainingConfig(**training))
+    args: dict[str, object] = dict(
+        db_path=str(fleet.db),
+        broker_url=broker_url,
+        rounds=3,
+        checkin_window_s=8.0,
+        eval_data=str(fleet.test_data),
+        training=TrainingConfig(**training),
+    )
     args.update(kw)
     return ServiceConfig(**args)  # type: ignore[arg-type]
 
@@ -74,8 +90,9 @@ def service_config(fleet: Fleet, broker_url: str | None, **kw: object) -> Servic
 class AgentProcesses:
     """One ``python -m tests.service_agent`` process per device."""
 
-    def __init__(self, fleet: Fleet, url: str, protocol: str, devices: tuple[str, ...] | None = None,
-                 delay_s: float = 0.0) -> None:
+    def __init__(
+        self, fleet: Fleet, url: str, protocol: str, devices: tuple[str, ...] | None = None, delay_s: float = 0.0
+    ) -> None:
         self.fleet, self.url, self.protocol, self.delay_s = fleet, url, protocol, delay_s
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.devices = devices or fleet.devices
@@ -85,10 +102,31 @@ class AgentProcesses:
         self.log = open(self.fleet.db.parent / "agents.log", "ab")  # never a pipe nobody reads
         for i, d in enumerate(self.devices):
             self.procs[d] = subprocess.Popen(
-                [sys.executable, "-m", "tests.service_agent", "--broker", self.url, "--device-id", d,
-                 "--data", str(self.fleet.data[d]), "--protocol", self.protocol, "--seed", str(i),
-                 "--identity-seed", self.fleet.keys[d].hex(), "--authority", self.fleet.authority.hex(), "--delay", str(self.delay_s)],
-                cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.service_agent",
+                    "--broker",
+                    self.url,
+                    "--device-id",
+                    d,
+                    "--data",
+                    str(self.fleet.data[d]),
+                    "--protocol",
+                    self.protocol,
+                    "--seed",
+                    str(i),
+                    "--identity-seed",
+                    self.fleet.keys[d].hex(),
+                    "--authority",
+                    self.fleet.authority.hex(),
+                    "--delay",
+                    str(self.delay_s),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
             )
         return self
 
@@ -115,14 +153,25 @@ class AgentProcesses:
 class AgentThreads:
     """In-process agent loops (one thread each, real MQTT): cheaper than processes for unit-level tests."""
 
-    def __init__(self, fleet: Fleet, url: str, protocol: str, devices: tuple[str, ...] | None = None,
-                 delay_s: float = 0.0) -> None:
+    def __init__(
+        self, fleet: Fleet, url: str, protocol: str, devices: tuple[str, ...] | None = None, delay_s: float = 0.0
+    ) -> None:
         self.loops = []
         for i, d in enumerate(devices or fleet.devices):
             with np.load(fleet.data[d]) as f:
-                self.loops.append(AgentLoop(url, d, f["x"], f["y"], protocol=protocol, seed=i,
-                                            identity=IdentityKey.from_private_bytes(fleet.keys[d]),
-                                            authority=fleet.authority, delay_s=delay_s))
+                self.loops.append(
+                    AgentLoop(
+                        url,
+                        d,
+                        f["x"],
+                        f["y"],
+                        protocol=protocol,
+                        seed=i,
+                        identity=IdentityKey.from_private_bytes(fleet.keys[d]),
+                        authority=fleet.authority,
+                        delay_s=delay_s,
+                    )
+                )
         self.threads = [threading.Thread(target=lp.run, daemon=True) for lp in self.loops]
 
     def __enter__(self) -> AgentThreads:
@@ -160,6 +209,26 @@ def wait_for_row(db: Path, sql: str, args: tuple = (), timeout: float = 60.0) ->
 
 def serve_command(fleet: Fleet, url: str, rounds: int, *extra: str) -> list[str]:
     """``fedge-coordinator serve`` as a subprocess against ``url`` for this fleet."""
-    return [sys.executable, "-c", "from fedge.coordinator.service.cli import main; main()", "--log-level", "INFO", "serve",
-            "--db", str(fleet.db), "--broker", url, "--rounds", str(rounds), "--goal", str(len(fleet.devices)),
-            "--min-cohort", "2", "--checkin-window", "20", "--eval-data", str(fleet.test_data), *extra]
+    return [
+        sys.executable,
+        "-c",
+        "from fedge.coordinator.service.cli import main; main()",
+        "--log-level",
+        "INFO",
+        "serve",
+        "--db",
+        str(fleet.db),
+        "--broker",
+        url,
+        "--rounds",
+        str(rounds),
+        "--goal",
+        str(len(fleet.devices)),
+        "--min-cohort",
+        "2",
+        "--checkin-window",
+        "20",
+        "--eval-data",
+        str(fleet.test_data),
+        *extra,
+    ]

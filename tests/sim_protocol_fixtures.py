@@ -35,9 +35,22 @@ def write_profile(directory: Path, name: str, simulation: str) -> Path:
 def small_config(**overrides: Any) -> SimConfig:
     """A seconds-long run: digits, logreg, SecAgg+ and distributed DP, flaky devices, in-process hosts."""
     base: dict[str, Any] = dict(
-        population=400, per_round=40, rounds=2, model="logreg", dataset="digits", partition="dirichlet:0.5",
-        secagg=True, dp="distributed", noise_multiplier=0.5, clip=1.0, delta=1e-5, seed=3,
-        profiles=(("flaky", 1.0),), local_epochs=5, learning_rate=0.5, workers=0,
+        population=400,
+        per_round=40,
+        rounds=2,
+        model="logreg",
+        dataset="digits",
+        partition="dirichlet:0.5",
+        secagg=True,
+        dp="distributed",
+        noise_multiplier=0.5,
+        clip=1.0,
+        delta=1e-5,
+        seed=3,
+        profiles=(("flaky", 1.0),),
+        local_epochs=5,
+        learning_rate=0.5,
+        workers=0,
     )
     base.update(overrides)
     return SimConfig(**base)

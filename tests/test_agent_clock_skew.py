@@ -78,22 +78,37 @@ class GatedProxy(MqttProxy):
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture, device: str, text: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.levelno == logging.WARNING and getattr(r, "device", None) == device
-            and text in r.getMessage()]
+    return [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING and getattr(r, "device", None) == device and text in r.getMessage()
+    ]
 
 
 @pytest.mark.timeout(240)
 def test_a_device_an_hour_ahead_takes_part_and_one_that_still_misses_warns_with_its_skew(tmp_path, mosquitto, caplog):  # noqa: F811
     gate = GatedProxy(mosquitto.port)
-    fleet = DaemonFleet(tmp_path / "w", 3, mosquitto.url, secagg_training(3),
-                        lambda i: gate.url if i == 2 else mosquitto.url)
+    fleet = DaemonFleet(
+        tmp_path / "w", 3, mosquitto.url, secagg_training(3), lambda i: gate.url if i == 2 else mosquitto.url
+    )
     skewed = fleet.agents[2]
     skew = [HOUR]
     # clean start: once its link drops the broker forgets the session, so it sees retained announcements
-    daemon = AgentDaemon(resolve(skewed.profile), clock=lambda: time.time() + skew[0],
-                         transport_factory=lambda tc: open_transport(dataclasses.replace(tc, clean_start=True)))
-    cfg = ServiceConfig(db_path=str(fleet.db), training=fleet.training, broker_url=mosquitto.url, rounds=1,
-                        checkin_window_s=15.0, eval_data=str(fleet.test_data), mqtt_protocol="5", epsilon_budget=1000.0)
+    daemon = AgentDaemon(
+        resolve(skewed.profile),
+        clock=lambda: time.time() + skew[0],
+        transport_factory=lambda tc: open_transport(dataclasses.replace(tc, clean_start=True)),
+    )
+    cfg = ServiceConfig(
+        db_path=str(fleet.db),
+        training=fleet.training,
+        broker_url=mosquitto.url,
+        rounds=1,
+        checkin_window_s=15.0,
+        eval_data=str(fleet.test_data),
+        mqtt_protocol="5",
+        epsilon_budget=1000.0,
+    )
     procs = [start_agent(a.profile, fleet.work / f"{a.device_id}.log") for a in fleet.agents[:2]]
     fleet.procs.extend(procs)
     thread = threading.Thread(target=daemon.serve, daemon=True)
@@ -114,8 +129,11 @@ def test_a_device_an_hour_ahead_takes_part_and_one_that_still_misses_warns_with_
         second: list = []
         service = threading.Thread(target=lambda: second.extend(CoordinatorService(cfg).run()), daemon=True)
         service.start()
-        wait_for(lambda: all(fleet.agent_rows(i, "select status from round_state where round_id = 2") for i in (0, 1)),
-                 60, "the other devices to check in to round 2")
+        wait_for(
+            lambda: all(fleet.agent_rows(i, "select status from round_state where round_id = 2") for i in (0, 1)),
+            60,
+            "the other devices to check in to round 2",
+        )
         gate.held.clear()  # back online inside the window: it sees round 2's retained announcement
         service.join(180)
         assert [(r.round_id, r.status, r.participants) for r in second] == [(2, "completed", 2)]

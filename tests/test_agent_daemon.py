@@ -41,11 +41,22 @@ def device(tmp_path, mosquitto):
     db = tmp_path / "agent.db"
     profile = write_profile(tmp_path / "profile.toml", mosquitto.url, db, fs)
     data = digits_npz(tmp_path / "digits.npz")
-    out = subprocess.run(agent_cmd("init", "--profile", str(profile), "--device-id", DEV), capture_output=True,
-                         text=True, timeout=60, cwd=tmp_path)
+    out = subprocess.run(
+        agent_cmd("init", "--profile", str(profile), "--device-id", DEV),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
-    return {"fs": fs, "db": db, "profile": profile, "data": data, "log": tmp_path / "agent.log",
-            "public": out.stdout.split()[-1]}
+    return {
+        "fs": fs,
+        "db": db,
+        "profile": profile,
+        "data": data,
+        "log": tmp_path / "agent.log",
+        "public": out.stdout.split()[-1],
+    }
 
 
 def _log(device) -> str:
@@ -66,8 +77,11 @@ def test_plain_rounds_idle_cpu_broker_crash_and_sigterm(device, mosquitto):
             _round(c, 1)
             wait_for(lambda: c.count(1, DEV) == 1, 60, "the round 1 upload")
             c.end_round(1)
-            wait_for(lambda: db_rows(device["db"], "select status from round_state where round_id = 1") == [("ended",)],
-                     20, "round 1 ended on the device")
+            wait_for(
+                lambda: db_rows(device["db"], "select status from round_state where round_id = 1") == [("ended",)],
+                20,
+                "round 1 ended on the device",
+            )
 
             # idle between rounds: no CPU (it waits on the queue, no polling loop)
             p = psutil.Process(proc.pid)
@@ -95,7 +109,9 @@ def test_plain_rounds_idle_cpu_broker_crash_and_sigterm(device, mosquitto):
         if proc.poll() is None:
             proc.kill()
     assert db_rows(device["db"], "select round_id from privacy_ledger order by round_id") == [(1,), (2,)]
-    out = subprocess.run(agent_cmd("status", "--profile", str(device["profile"])), capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        agent_cmd("status", "--profile", str(device["profile"])), capture_output=True, text=True, timeout=60
+    )
     st = json.loads(out.stdout)
     assert st["device_id"] == DEV and st["outbox"] == 0 and st["model_version"] == "v0"
     assert [(r["round_id"], r["status"]) for r in st["rounds"]] == [(2, "uploaded"), (1, "ended")]
@@ -109,12 +125,19 @@ def test_killed_mid_upload_and_restarted_counts_the_update_exactly_once(device, 
     try:
         with MiniCoordinator(mosquitto.url, epochs=40) as c:
             _round(c, 1)
-            wait_for(lambda: db_rows(db, "select status from round_state where round_id = 1") == [("training",)],
-                     60, "training to start", step=0.005)
+            wait_for(
+                lambda: db_rows(db, "select status from round_state where round_id = 1") == [("training",)],
+                60,
+                "training to start",
+                step=0.005,
+            )
             broker.suspend()  # the PUBACK for the upload will not come
             try:
-                wait_for(lambda: db_rows(db, "select count(*) from outbox where stage = 'round.plain_update'") == [(1,)],
-                         60, "the upload in the outbox")
+                wait_for(
+                    lambda: db_rows(db, "select count(*) from outbox where stage = 'round.plain_update'") == [(1,)],
+                    60,
+                    "the upload in the outbox",
+                )
                 time.sleep(0.2)  # the publish is on the wire, waiting for its PUBACK
                 proc.kill()
                 proc.wait(10)
@@ -146,7 +169,9 @@ def test_training_aborts_cleanly_when_the_device_stops_being_eligible(device, mo
             # The round's status says "training" before the daemon's start-of-training eligibility check;
             # the model is cached only after that check, right before the trainer runs. Flipping at
             # "training" raced that check ("not eligible" instead of "no longer eligible").
-            wait_for(lambda: db_rows(db, "select count(*) from model_cache") == [(1,)], 60, "training to start", step=0.005)
+            wait_for(
+                lambda: db_rows(db, "select count(*) from model_cache") == [(1,)], 60, "training to start", step=0.005
+            )
             assert db_rows(db, "select status from round_state where round_id = 1") == [("training",)]
             device["fs"].set_metered(True)  # the device moved to a metered network
             t = time.monotonic()
@@ -177,21 +202,35 @@ def test_ineligible_device_checks_in_as_ineligible(device, mosquitto):
 
 
 def test_startup_failure_has_its_own_exit_code(tmp_path, device):
-    out = subprocess.run(agent_cmd("run", "--profile", str(device["profile"]), "--data", str(tmp_path / "none.npz")),
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        agent_cmd("run", "--profile", str(device["profile"]), "--data", str(tmp_path / "none.npz")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 78, out.stderr
     assert "startup failed" in out.stderr
     other = tmp_path / "other.db"
-    out = subprocess.run(agent_cmd("run", "--profile", str(device["profile"]), "--db", str(other)),
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        agent_cmd("run", "--profile", str(device["profile"]), "--db", str(other)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 78 and f"{other}: no agent store there" in out.stderr, out.stderr  # never created by run
     from fedge.agent.store import Store
 
     Store(other).close()  # a store without an identity
-    out = subprocess.run(agent_cmd("run", "--profile", str(device["profile"]), "--db", str(other)),
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        agent_cmd("run", "--profile", str(device["profile"]), "--db", str(other)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 78 and "no device id" in out.stderr, out.stderr
-    out = subprocess.run(agent_cmd("identity", "--profile", str(device["profile"])), capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        agent_cmd("identity", "--profile", str(device["profile"])), capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and out.stdout.split() == [DEV, device["public"]]
 
 
@@ -201,8 +240,12 @@ def test_sigterm_during_training_declines_and_exits_cleanly(device, mosquitto):
     try:
         with MiniCoordinator(mosquitto.url, epochs=2000) as c:
             _round(c, 1)
-            wait_for(lambda: db_rows(db, "select status from round_state where round_id = 1") == [("training",)],
-                     60, "training to start", step=0.005)
+            wait_for(
+                lambda: db_rows(db, "select status from round_state where round_id = 1") == [("training",)],
+                60,
+                "training to start",
+                step=0.005,
+            )
             t = time.monotonic()
             assert stop(proc, signal.SIGTERM, STOP_BOUND_S) == 0, _log(device)[-3000:]
             assert time.monotonic() - t < STOP_BOUND_S

@@ -84,8 +84,12 @@ def test_announcement_past_its_deadline_or_for_another_model_gets_no_yes(setup):
 def test_secagg_task_without_an_enrollment_authority_is_declined(setup):
     d, coord, _ = setup
     coord.publish(topics.ROUNDS, wire.encode(RoundAnnounce(1, "mlp", "v0", 2000.0)))
-    plan = make_plan(TrainingConfig(secagg=True, dp_mode="local", noise_multiplier=1.0, train_deadline_s=60.0,
-                                    goal=2, min_cohort=2), "v0", 2, 10)
+    plan = make_plan(
+        TrainingConfig(secagg=True, dp_mode="local", noise_multiplier=1.0, train_deadline_s=60.0, goal=2, min_cohort=2),
+        "v0",
+        2,
+        10,
+    )
     weights = np.zeros(10, np.float32)  # declined before training: the size does not matter
     coord.publish(topics.device_in(DEV), wire.encode(Task(1, DEV, plan, weights)))
     pump(d)
@@ -125,12 +129,15 @@ def test_a_failing_secagg_stage_drops_the_round_and_the_daemon_goes_on(setup):
     assert [m.round_id for m in replies(coord)] == [5]  # still answering
 
 
-
 def test_a_repeat_after_a_restart_gets_the_stored_answer_and_a_different_request_none(setup, tmp_path):
     d, coord, broker = setup
     coord.publish(topics.ROUNDS, wire.encode(RoundAnnounce(1, "mlp", "v0", 2000.0)))
-    plan = make_plan(TrainingConfig(secagg=True, dp_mode="local", noise_multiplier=1.0, train_deadline_s=60.0,
-                                    goal=2, min_cohort=2), "v0", 2, 10)
+    plan = make_plan(
+        TrainingConfig(secagg=True, dp_mode="local", noise_multiplier=1.0, train_deadline_s=60.0, goal=2, min_cohort=2),
+        "v0",
+        2,
+        10,
+    )
     task = Task(1, DEV, plan, np.zeros(10, np.float32))
     coord.publish(topics.device_in(DEV), wire.encode(task))
     pump(d)

@@ -12,9 +12,17 @@ from tests.agent_fixtures import FakeSysfs
 
 
 def rules(fs: FakeSysfs, **kw) -> Rules:
-    base = Rules(requires_charging=True, requires_idle=True, requires_unmetered=True, min_battery_pct=30,
-                 max_temperature_c=70, power_supply_dir=str(fs.power), thermal_dir=str(fs.thermal),
-                 idle_load_max=0.5, metered_flag_file=str(fs.metered))
+    base = Rules(
+        requires_charging=True,
+        requires_idle=True,
+        requires_unmetered=True,
+        min_battery_pct=30,
+        max_temperature_c=70,
+        power_supply_dir=str(fs.power),
+        thermal_dir=str(fs.thermal),
+        idle_load_max=0.5,
+        metered_flag_file=str(fs.metered),
+    )
     return dataclasses.replace(base, **kw)
 
 
@@ -30,14 +38,17 @@ def test_no_battery_counts_as_mains_and_an_empty_device_is_eligible(fs):
     assert e.eligible and e.reasons == ()
 
 
-@pytest.mark.parametrize("supplies,charging", [
-    ([("AC", "Mains", {"online": 1}), ("BAT0", "Battery", {"status": "Discharging", "capacity": 80})], True),
-    ([("AC", "Mains", {"online": 0}), ("BAT0", "Battery", {"status": "Discharging", "capacity": 80})], False),
-    ([("usb", "USB", {"online": 1}), ("BAT0", "Battery", {"status": "Not charging", "capacity": 80})], True),
-    ([("BAT0", "Battery", {"status": "Charging", "capacity": 10})], True),
-    ([("BAT0", "Battery", {"status": "Full", "capacity": 100})], True),
-    ([("BAT0", "Battery", {"status": "Discharging", "capacity": 100})], False),
-])
+@pytest.mark.parametrize(
+    "supplies,charging",
+    [
+        ([("AC", "Mains", {"online": 1}), ("BAT0", "Battery", {"status": "Discharging", "capacity": 80})], True),
+        ([("AC", "Mains", {"online": 0}), ("BAT0", "Battery", {"status": "Discharging", "capacity": 80})], False),
+        ([("usb", "USB", {"online": 1}), ("BAT0", "Battery", {"status": "Not charging", "capacity": 80})], True),
+        ([("BAT0", "Battery", {"status": "Charging", "capacity": 10})], True),
+        ([("BAT0", "Battery", {"status": "Full", "capacity": 100})], True),
+        ([("BAT0", "Battery", {"status": "Discharging", "capacity": 100})], False),
+    ],
+)
 def test_charging_from_line_power_or_battery_status(fs, supplies, charging):
     for name, kind, files in supplies:
         fs.supply(name, kind, **files)

@@ -50,15 +50,20 @@ def test_every_message_delivered_twice_still_completes_with_the_full_cohort(tmp_
 def test_a_tcp_reset_while_one_device_trains_still_completes_with_the_full_cohort(tmp_path, mosquitto):  # noqa: F811
     proxies = proxies_for(mosquitto.port, AGENTS)
     # long enough local training that the reset lands in it
-    fleet = DaemonFleet(tmp_path / "w", AGENTS, mosquitto.url, secagg_training(AGENTS, epochs=60),
-                        lambda i: proxies[i].url)
+    fleet = DaemonFleet(
+        tmp_path / "w", AGENTS, mosquitto.url, secagg_training(AGENTS, epochs=60), lambda i: proxies[i].url
+    )
     victim = fleet.agents[0]
     during_training: list[bool] = []
 
     def reset_mid_training() -> None:
         mid = proxies[0].wait_first_publish(topics.device_in(victim.device_id), 120)
-        wait_for(lambda: fleet.agent_rows(0, "select status from round_state where round_id = 1") == [("training",)],
-                 60, "the victim to start training", step=0.005)
+        wait_for(
+            lambda: fleet.agent_rows(0, "select status from round_state where round_id = 1") == [("training",)],
+            60,
+            "the victim to start training",
+            step=0.005,
+        )
         during_training.append(not proxies[0].acked(mid))  # the task is not handled yet: it is training
         proxies[0].reset()
 
@@ -83,8 +88,15 @@ def test_a_broker_restart_mid_round_still_completes_with_the_full_cohort(tmp_pat
 
     def restart_broker() -> None:
         wait_for_row(fleet.db, "select * from rounds where round_id = 1 and stage = 'training'", timeout=120)
-        wait_for(lambda: all(fleet.agent_rows(i, "select status from round_state where round_id = 1") == [("training",)]
-                             for i in range(AGENTS)), 60, "every device to start training", step=0.005)
+        wait_for(
+            lambda: all(
+                fleet.agent_rows(i, "select status from round_state where round_id = 1") == [("training",)]
+                for i in range(AGENTS)
+            ),
+            60,
+            "every device to start training",
+            step=0.005,
+        )
         mosquitto.restart()  # sessions and in-flight messages survive, connections do not
         restarted.set()
 

@@ -109,8 +109,10 @@ def test_identity_is_created_once_and_bound_to_one_device(tmp_path):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.integers(1, 3), st.sampled_from(["a", "b", "c"]), st.booleans()), max_size=25),
-       st.integers(0, 2**32 - 1))
+@given(
+    st.lists(st.tuples(st.integers(1, 3), st.sampled_from(["a", "b", "c"]), st.booleans()), max_size=25),
+    st.integers(0, 2**32 - 1),
+)
 def test_outbox_delivers_every_put_once_in_order_whatever_fails_and_restarts(tmp_path, ops, seed):
     """Puts (some replayed), flushes that fail at random and reopens: the broker sees each
     (round, stage) at least once, first copies in put order, and the outbox ends empty."""

@@ -49,7 +49,7 @@ def test_missing_file_and_mixed_files(tmp_path, capsys):
     assert out == f"OK {SHIPPED[0]} ({SHIPPED[0].stem}, model {out.split('model ')[1]}"
     assert err.splitlines() == [
         f"fedge-agent: error: {tmp_path / 'missing.toml'}: cannot read: No such file or directory",
-        f"fedge-agent: error: {bad}: {BROKEN[0].field}: expected an integer in [1, 256], got \"two\"",
+        f'fedge-agent: error: {bad}: {BROKEN[0].field}: expected an integer in [1, 256], got "two"',
     ]
 
 
@@ -60,15 +60,16 @@ def test_no_file_is_a_usage_error(capsys):
 
 def test_real_process_accepts_shipped_and_rejects_broken(tmp_path):
     assert FEDGE_AGENT.exists(), "install the project into the venv (pip install -e .)"
-    ok = subprocess.run(
-        [FEDGE_AGENT, "check-config", *SHIPPED], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    ok = subprocess.run([FEDGE_AGENT, "check-config", *SHIPPED], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.count("OK ") == len(SHIPPED)
     missing = next(c for c in BROKEN if c.id == "missing_field")
     bad = subprocess.run(
         [FEDGE_AGENT, "check-config", write_broken(tmp_path, missing)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1

@@ -22,8 +22,16 @@ REPORTING = {"list", "show", "status", "stats", "history", "rounds", "identity",
 
 #: The reporting commands as they are today: a new one (or a rename) must be looked at here.
 EXPECTED = {
-    "fedge-coordinator": {"devices list", "rounds", "releases list", "releases show", "rollouts list", "rollouts show",
-                          "privacy history", "privacy epsilon"},
+    "fedge-coordinator": {
+        "devices list",
+        "rounds",
+        "releases list",
+        "releases show",
+        "rollouts list",
+        "rollouts show",
+        "privacy history",
+        "privacy epsilon",
+    },
     "fedge-agent": {"status", "identity", "data stats", "privacy status"},
 }
 
@@ -57,7 +65,9 @@ def test_privacy_history_json(tmp_path, capsys) -> None:
     budget = CampaignBudget(sqlite_utils.Database(path), "c1", budget_epsilon=10.0, delta=1e-5)
     for r in range(3):
         budget.record_round(r, RoundEvent(1.0, 0.05))
-    code, out, _ = _run(coordinator_main, ["privacy", "history", "--db", str(path), "--campaign", "c1", "--json"], capsys)
+    code, out, _ = _run(
+        coordinator_main, ["privacy", "history", "--db", str(path), "--campaign", "c1", "--json"], capsys
+    )
     assert code == 0
     doc = json.loads(out)
     assert doc["campaign"] == "c1" and [r["round"] for r in doc["rounds"]] == [0, 1, 2]
@@ -65,8 +75,11 @@ def test_privacy_history_json(tmp_path, capsys) -> None:
 
 
 def test_privacy_epsilon_json(capsys) -> None:
-    code, out, _ = _run(coordinator_main, ["privacy", "epsilon", "-z", "1.1", "-q", "0.02", "--rounds", "300",
-                                           "--delta", "1e-6", "--json"], capsys)
+    code, out, _ = _run(
+        coordinator_main,
+        ["privacy", "epsilon", "-z", "1.1", "-q", "0.02", "--rounds", "300", "--delta", "1e-6", "--json"],
+        capsys,
+    )
     assert code == 0
     doc = json.loads(out)
     assert doc["epsilon"] == pytest.approx(epsilon(1.1, 0.02, 300, 1e-6), rel=1e-9)
@@ -91,11 +104,23 @@ def test_agent_identity_json(tmp_path) -> None:
     agent = [sys.executable, "-c", "from fedge.agent.cli import main; main()", "--log-level", "WARNING"]
     trial = str(PROFILE_DIR / "trial" / "local.toml")
     env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"), HOME=str(tmp_path))
-    init = subprocess.run([*agent, "init", "--profile", trial, "--device-id", "pi-7"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    init = subprocess.run(
+        [*agent, "init", "--profile", trial, "--device-id", "pi-7"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert init.returncode == 0, init.stderr
-    out = subprocess.run([*agent, "identity", "--profile", trial, "--json"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*agent, "identity", "--profile", trial, "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["device_id"] == "pi-7" and init.stdout.split() == ["pi-7", doc["identity"]]

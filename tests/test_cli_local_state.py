@@ -29,7 +29,9 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _run(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=cwd, env=env or _env(cwd), capture_output=True, text=True, timeout=timeout)
 
 
@@ -67,8 +69,16 @@ def test_data_import_init_status_and_run_use_one_store(tmp_path) -> None:
     assert list(tmp_path.glob("*.db")) == []  # nothing in the working directory
 
 
-@pytest.mark.parametrize("command", [["status", "--profile", TRIAL], ["identity", "--profile", TRIAL], ["data", "stats"],
-                                     ["privacy", "status"], ["run", "--profile", TRIAL]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status", "--profile", TRIAL],
+        ["identity", "--profile", TRIAL],
+        ["data", "stats"],
+        ["privacy", "status"],
+        ["run", "--profile", TRIAL],
+    ],
+)
 def test_reading_commands_refuse_a_missing_store_and_do_not_create_it(tmp_path, command) -> None:
     out = _run([*AGENT, *command], tmp_path)
     assert out.returncode == 78, out.stderr
@@ -120,8 +130,18 @@ def test_an_oversized_profile_is_refused(tmp_path) -> None:
     assert out.returncode == 2 and "larger than 64 KiB" in _one_line(out.stderr)
 
 
-@pytest.mark.parametrize("command", [["rounds"], ["devices", "list"], ["devices", "revoke", "x"], ["releases", "list"],
-                                     ["rollouts", "list"], ["dashboard", "--port", "0"], ["privacy", "history", "--campaign", "c"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["rounds"],
+        ["devices", "list"],
+        ["devices", "revoke", "x"],
+        ["releases", "list"],
+        ["rollouts", "list"],
+        ["dashboard", "--port", "0"],
+        ["privacy", "history", "--campaign", "c"],
+    ],
+)
 def test_coordinator_commands_refuse_a_db_that_does_not_exist(tmp_path, command) -> None:
     out = _run([*COORD, *command, "--db", "typo.db"], tmp_path)
     assert out.returncode == 2, out.stderr
@@ -129,8 +149,22 @@ def test_coordinator_commands_refuse_a_db_that_does_not_exist(tmp_path, command)
 
 
 def test_enroll_creates_the_coordinator_store(tmp_path) -> None:
-    out = _run([*COORD, "devices", "enroll", "--device-id", "pi-1", "--identity", "ab" * 32, "--class", "pi4", "--db", "new.db"],
-               tmp_path)
+    out = _run(
+        [
+            *COORD,
+            "devices",
+            "enroll",
+            "--device-id",
+            "pi-1",
+            "--identity",
+            "ab" * 32,
+            "--class",
+            "pi4",
+            "--db",
+            "new.db",
+        ],
+        tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "new.db").is_file()
     assert _run([*COORD, "rounds", "--db", "new.db"], tmp_path).returncode == 0

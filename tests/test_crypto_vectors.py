@@ -98,8 +98,16 @@ def test_derive_key_is_the_documented_blake2b_construction() -> None:
     """Extract with BLAKE2b-256, expand with keyed BLAKE2b, recomputed with stdlib hashlib."""
     secret = bytes(range(32))
     info = b"".join(
-        [struct.pack(">I", 21), b"fedge/v1/secagg/label", struct.pack(">I", 8), struct.pack(">q", 7),
-         struct.pack(">I", 3), b"dev", struct.pack(">I", 2), b"\x00\xff"]
+        [
+            struct.pack(">I", 21),
+            b"fedge/v1/secagg/label",
+            struct.pack(">I", 8),
+            struct.pack(">q", 7),
+            struct.pack(">I", 3),
+            b"dev",
+            struct.pack(">I", 2),
+            b"\x00\xff",
+        ]
     )
     prk = hashlib.blake2b(secret, digest_size=32, person=b"fedge/v1/extract").digest()
     for length in (16, 32, 64):
@@ -141,16 +149,35 @@ def _rotl(x: int, n: int) -> int:
 
 def _chacha20_block(key: bytes, counter: int, nonce: bytes) -> bytes:
     """RFC 8439 2.3, written out in plain Python as an independent reference."""
-    state = [0x61707865, 0x3320646E, 0x79622D32, 0x6B206574, *struct.unpack("<8I", key), counter,
-             *struct.unpack("<3I", nonce)]
+    state = [
+        0x61707865,
+        0x3320646E,
+        0x79622D32,
+        0x6B206574,
+        *struct.unpack("<8I", key),
+        counter,
+        *struct.unpack("<3I", nonce),
+    ]
     x = list(state)
     for _ in range(10):
-        for a, b, c, d in ((0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15),
-                           (0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14)):
-            x[a] = (x[a] + x[b]) & 0xFFFFFFFF; x[d] = _rotl(x[d] ^ x[a], 16)  # noqa: E702
-            x[c] = (x[c] + x[d]) & 0xFFFFFFFF; x[b] = _rotl(x[b] ^ x[c], 12)  # noqa: E702
-            x[a] = (x[a] + x[b]) & 0xFFFFFFFF; x[d] = _rotl(x[d] ^ x[a], 8)  # noqa: E702
-            x[c] = (x[c] + x[d]) & 0xFFFFFFFF; x[b] = _rotl(x[b] ^ x[c], 7)  # noqa: E702
+        for a, b, c, d in (
+            (0, 4, 8, 12),
+            (1, 5, 9, 13),
+            (2, 6, 10, 14),
+            (3, 7, 11, 15),
+            (0, 5, 10, 15),
+            (1, 6, 11, 12),
+            (2, 7, 8, 13),
+            (3, 4, 9, 14),
+        ):
+            x[a] = (x[a] + x[b]) & 0xFFFFFFFF
+            x[d] = _rotl(x[d] ^ x[a], 16)  # noqa: E702
+            x[c] = (x[c] + x[d]) & 0xFFFFFFFF
+            x[b] = _rotl(x[b] ^ x[c], 12)  # noqa: E702
+            x[a] = (x[a] + x[b]) & 0xFFFFFFFF
+            x[d] = _rotl(x[d] ^ x[a], 8)  # noqa: E702
+            x[c] = (x[c] + x[d]) & 0xFFFFFFFF
+            x[b] = _rotl(x[b] ^ x[c], 7)  # noqa: E702
     return struct.pack("<16I", *((u + v) & 0xFFFFFFFF for u, v in zip(x, state)))
 
 

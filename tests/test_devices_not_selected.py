@@ -53,5 +53,6 @@ def test_a_round_without_selectable_devices_says_they_are_out_of_budget(tmp_path
     with EmbeddedBroker() as broker, AgentThreads(fleet, broker.url, MQTT_311):
         (report,) = CoordinatorService(service_config(fleet, broker.url, rounds=1, mqtt_protocol=MQTT_311)).run()
     assert report.status == "abandoned"
-    assert report.reason == ("check-in: 0 eligible devices checked in (2 more out of privacy budget, see devices list), "
-                             "minimum cohort is 2"), report.reason
+    assert report.reason == (
+        "check-in: 0 eligible devices checked in (2 more out of privacy budget, see devices list), minimum cohort is 2"
+    ), report.reason

@@ -19,8 +19,18 @@ DEVICE = "dev-1"
 
 def _release(key: IdentityKey, version: str, created: float, parent: str = "", arch: str = "logreg") -> SignedRelease:
     w = np.random.default_rng(int(created)).normal(size=650).astype("<f4")
-    m = ReleaseManifest(version, parent, arch, weights_sha256(w), w.size, {"accuracy": 0.9}, (3,), "rounds",
-                        key_id(key.public_bytes()), created)
+    m = ReleaseManifest(
+        version,
+        parent,
+        arch,
+        weights_sha256(w),
+        w.size,
+        {"accuracy": 0.9},
+        (3,),
+        "rounds",
+        key_id(key.public_bytes()),
+        created,
+    )
     return SignedRelease(m, sign_release(m, key), w)
 
 
@@ -53,13 +63,17 @@ def test_an_old_genuine_release_under_a_new_rollout_id_is_refused(device):
     assert send(RollbackCommand(DEVICE, "ro-2", "v2")).result is InstallResult.ROLLED_BACK
     assert manager.running() == "v1"
     # newer releases and other model lines install as before
-    assert send(InstallCommand(DEVICE, "ro-3", _release(key, "v3", 300.0, parent="v2"))).result is InstallResult.INSTALLED
+    assert (
+        send(InstallCommand(DEVICE, "ro-3", _release(key, "v3", 300.0, parent="v2"))).result is InstallResult.INSTALLED
+    )
     assert send(InstallCommand(DEVICE, "ro-4", _release(key, "m1", 50.0, arch="mlp"))).result is InstallResult.INSTALLED
 
 
 def test_a_rollback_names_a_rollout_the_device_took(device):
     key, manager, send = device
     assert send(InstallCommand(DEVICE, "ro-1", _release(key, "v1", 100.0))).result is InstallResult.INSTALLED
-    assert send(InstallCommand(DEVICE, "ro-2", _release(key, "v2", 200.0, parent="v1"))).result is InstallResult.INSTALLED
+    assert (
+        send(InstallCommand(DEVICE, "ro-2", _release(key, "v2", 200.0, parent="v1"))).result is InstallResult.INSTALLED
+    )
     assert send(RollbackCommand(DEVICE, "ro-other", "v2")).result is InstallResult.UNCHANGED
     assert manager.running() == "v2"

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from fedge.agent.core.cliutil import run
 from fedge.agent.core.crypto import IdentityKey
 from fedge.agent.core.release import verify_release
+from fedge.coordinator.fleet.releases import signed_release, trusted_keys
 from fedge.coordinator.service.cli import cli
 from fedge.coordinator.service.enrollment import enroll
-from fedge.coordinator.fleet.releases import signed_release, trusted_keys
 from fedge.coordinator.store import Store
 
 
@@ -33,10 +33,26 @@ def test_release_and_rollout_commands(tmp_path, isolated_logging):
         enroll(store, f"pi-{i}", IdentityKey.generate().public_bytes().hex(), "pi4", ("lab",))
     store.close()
 
-    code, out = _run("releases", "import", str(tmp_path / "w.npz"), "--version", "lr-1", "--architecture", "logreg", "--db", db)
+    code, out = _run(
+        "releases", "import", str(tmp_path / "w.npz"), "--version", "lr-1", "--architecture", "logreg", "--db", db
+    )
     assert code == 0 and "release lr-1" in out
-    assert _run("releases", "import", str(tmp_path / "w2.npy"), "--version", "lr-2", "--architecture", "logreg",
-                "--parent", "lr-1", "--db", db)[0] == 0
+    assert (
+        _run(
+            "releases",
+            "import",
+            str(tmp_path / "w2.npy"),
+            "--version",
+            "lr-2",
+            "--architecture",
+            "logreg",
+            "--parent",
+            "lr-1",
+            "--db",
+            db,
+        )[0]
+        == 0
+    )
     code, out = _run("releases", "list", "--json", "--db", db)
     rows = json.loads(out)
     assert [r["version"] for r in rows] == ["lr-1", "lr-2"] and rows[1]["parent"] == "lr-1"

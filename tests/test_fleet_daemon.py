@@ -21,15 +21,17 @@ from fedge.agent.local_data import import_examples
 from fedge.agent.store import Store as AgentStore
 from fedge.agent.training.models import load_spec
 from fedge.agent.training.trainer import Trainer
-from fedge.coordinator.service.enrollment import enroll
 from fedge.coordinator.fleet.controller import FleetController, create_rollout, get_rollout, retained_rotations
 from fedge.coordinator.fleet.releases import create_release, release_key, rotate_key
 from fedge.coordinator.fleet.rollouts import Spec, Status, Target
+from fedge.coordinator.service.enrollment import enroll
 from fedge.coordinator.store import Store
 from tests.agent_fixtures import FakeSysfs, digits_npz, write_profile
 
 
-def _drive(controller: FleetController, transport: InMemoryTransport, rollout_id: str, timeout: float = 30.0) -> list[InstallReport]:
+def _drive(
+    controller: FleetController, transport: InMemoryTransport, rollout_id: str, timeout: float = 30.0
+) -> list[InstallReport]:
     """The service's side: tick, publish commands, record reports, until the rollout is done."""
     reports = []
     deadline = time.monotonic() + timeout
@@ -71,8 +73,10 @@ def test_daemon_installs_evaluates_and_follows_a_key_rotation(tmp_path):
         import_examples(s, digits_npz(tmp_path / "d.npz", n=60), load_spec("mlp"), split="test")
     enroll(store, "pi-1", IdentityKey.generate().public_bytes().hex(), "pi4", ("lab",))
 
-    daemon = AgentDaemon(resolve(profile, device_id="pi-1", loadavg_path=str(sysfs.loadavg)),
-                         transport_factory=lambda tc: InMemoryTransport(tc, broker))
+    daemon = AgentDaemon(
+        resolve(profile, device_id="pi-1", loadavg_path=str(sysfs.loadavg)),
+        transport_factory=lambda tc: InMemoryTransport(tc, broker),
+    )
     thread = threading.Thread(target=daemon.serve, daemon=True)  # the store belongs to the daemon's thread
     thread.start()
     deadline = time.monotonic() + 20
@@ -88,8 +92,14 @@ def test_daemon_installs_evaluates_and_follows_a_key_rotation(tmp_path):
         rotate_key(store)
         for topic, msg in retained_rotations(store):
             coord.publish(topic, wire.encode(msg), retain=True)
-        trained = trainer.train(trainer.initial_weights(), *_digits(tmp_path), epochs=3, batch_size=32,
-                                learning_rate=0.1, rng=np.random.default_rng(0))
+        trained = trainer.train(
+            trainer.initial_weights(),
+            *_digits(tmp_path),
+            epochs=3,
+            batch_size=32,
+            learning_rate=0.1,
+            rng=np.random.default_rng(0),
+        )
         store.put_model("mlp-b", trainer.initial_weights() + trained.delta, architecture="mlp", parent="mlp-a")
         rel = create_release(store, "mlp-b")
         assert rel.manifest.key_id == key_id(release_key(store).public_bytes()) != key_id(bytes.fromhex(public))

@@ -23,8 +23,13 @@ def _populate(path: str) -> None:
             enroll(store, d, IdentityKey.generate().public_bytes().hex(), "pi4", ("lab",), clock=lambda: 100.0)
         for rid, (eligible, eps, picked) in enumerate([(True, 0.5, True), (False, 0.5, False), (True, 0.9, True)], 1):
             store.open_round(rid, goal=1, model_in="m", plan={}, now=100.0 + rid)
-            store.record_upload(rid, "pi-1", "round.checkin",
-                                wire.encode(CheckIn("pi-1", rid, "pi4", "m", eligible, 10, eps)), 100.0 + rid)
+            store.record_upload(
+                rid,
+                "pi-1",
+                "round.checkin",
+                wire.encode(CheckIn("pi-1", rid, "pi4", "m", eligible, 10, eps)),
+                100.0 + rid,
+            )
             if picked:
                 store.add_members(rid, ["pi-1"], 100.0 + rid)
                 store.record_upload(rid, "pi-1", "round.plain_update", b"update", 101.0 + rid)

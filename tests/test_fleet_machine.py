@@ -54,10 +54,14 @@ def test_staging_abort_and_termination(scenario):
             assert not d.install  # nothing new once aborted or finished
         if d.progress.status is Status.ABORTED and progress.status is Status.ACTIVE:
             assert abort_reason(criteria, devices)
-            assert set(d.rollback) == {k for k, r in devices.items() if r.state in (DeviceState.SENT, DeviceState.INSTALLED)}
+            assert set(d.rollback) == {
+                k for k, r in devices.items() if r.state in (DeviceState.SENT, DeviceState.INSTALLED)
+            }
         progress = d.progress
         for k in d.install:  # every device answers at once: failed or installed, as drawn
-            devices[k] = replace(devices[k], state=DeviceState.FAILED if outcome[k] else DeviceState.INSTALLED, sent_at=now)
+            devices[k] = replace(
+                devices[k], state=DeviceState.FAILED if outcome[k] else DeviceState.INSTALLED, sent_at=now
+            )
         for k in d.rollback:
             devices[k] = replace(devices[k], state=DeviceState.ROLLED_BACK)
         now += 1.0

@@ -43,8 +43,7 @@ def _device(tmp_path, coord, **kw):
     tmp_path.mkdir(parents=True, exist_ok=True)
     s = AgentStore(tmp_path / "agent.db")
     models = tmp_path / "models"
-    mgr = ReleaseManager(s.db, "dev-1", models_dir=models,
-                         evaluator=LocalEvaluator(s, models_dir=models), **kw)
+    mgr = ReleaseManager(s.db, "dev-1", models_dir=models, evaluator=LocalEvaluator(s, models_dir=models), **kw)
     for public in trusted_keys(coord).values():
         mgr.trust_key(public)
     return s, mgr
@@ -114,7 +113,9 @@ def test_tampered_or_missing_model_files_are_refused(tmp_path, coord):
     bad_meta = dataclasses.replace(good, model_meta=good.model_meta.replace(b"digits", b"digitz"))
     stripped = dataclasses.replace(good, model=b"", model_meta=b"")
     # hashes dropped from the manifest (a zoo-looking release) but files still attached: signature fails
-    unsigned = dataclasses.replace(good, manifest=dataclasses.replace(good.manifest, model_sha256="", model_meta_sha256=""))
+    unsigned = dataclasses.replace(
+        good, manifest=dataclasses.replace(good.manifest, model_sha256="", model_meta_sha256="")
+    )
     s, mgr = _device(tmp_path, coord)
     try:
         for i, rel in enumerate((bad_model, bad_meta, stripped, unsigned)):

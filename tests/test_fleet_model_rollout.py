@@ -37,8 +37,16 @@ def test_a_rollout_moves_daemons_to_a_built_model_and_a_round_trains_it(tmp_path
             for public in keys.values():
                 ReleaseManager(s.db, a.device_id).trust_key(public)
 
-    cfg = ServiceConfig(db_path=str(fleet.db), training=fleet.training, broker_url=mosquitto.url, rounds=0,
-                        checkin_window_s=30.0, eval_data=str(fleet.test_data), mqtt_protocol="5", epsilon_budget=1000.0)
+    cfg = ServiceConfig(
+        db_path=str(fleet.db),
+        training=fleet.training,
+        broker_url=mosquitto.url,
+        rounds=0,
+        checkin_window_s=30.0,
+        eval_data=str(fleet.test_data),
+        mqtt_protocol="5",
+        epsilon_budget=1000.0,
+    )
     with fleet:
         deadline = time.monotonic() + 60  # commands to a device with no session yet would be lost
         while not all("connected to" in fleet.log(i) for i in range(2)) and time.monotonic() < deadline:

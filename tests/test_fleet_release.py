@@ -31,8 +31,18 @@ DEVICE = "dev-1"
 
 def _release(key: IdentityKey, version: str, weights: np.ndarray, **kw) -> SignedRelease:
     w = np.ascontiguousarray(weights, dtype="<f4")
-    m = ReleaseManifest(version, kw.get("parent", ""), "logreg", weights_sha256(w), w.size, {"accuracy": 0.9}, (3,),
-                        "rounds", key_id(key.public_bytes()), 1.0)
+    m = ReleaseManifest(
+        version,
+        kw.get("parent", ""),
+        "logreg",
+        weights_sha256(w),
+        w.size,
+        {"accuracy": 0.9},
+        (3,),
+        "rounds",
+        key_id(key.public_bytes()),
+        1.0,
+    )
     return SignedRelease(m, sign_release(m, key), w)
 
 
@@ -196,9 +206,20 @@ def test_rotations_are_checked_and_may_arrive_out_of_order(tmp_path):
 def test_canonical_bytes_cover_every_field():
     key = IdentityKey.generate()
     m = _release(key, "v1", np.zeros(4, np.float32)).manifest
-    changes = dict(version="v2", parent="v0", architecture="mlp", sha256="0" * 64, num_params=5, metrics={"accuracy": 0.1},
-                   produced_by=(4,), source="import:x.npz", key_id="0" * 16, created=2.0,
-                   model_sha256="1" * 64, model_meta_sha256="2" * 64)
+    changes = dict(
+        version="v2",
+        parent="v0",
+        architecture="mlp",
+        sha256="0" * 64,
+        num_params=5,
+        metrics={"accuracy": 0.1},
+        produced_by=(4,),
+        source="import:x.npz",
+        key_id="0" * 16,
+        created=2.0,
+        model_sha256="1" * 64,
+        model_meta_sha256="2" * 64,
+    )
     assert set(changes) == {f.name for f in dataclasses.fields(ReleaseManifest)}
     with_model = dataclasses.replace(m, model_sha256="3" * 64, model_meta_sha256="4" * 64)
     for field, value in changes.items():

@@ -18,8 +18,10 @@ R1, R2, BAD = "logreg-r1", "logreg-r2", "logreg-bad"
 
 def _installs(fleet: Fleet, rollout_id: str) -> dict[str, int]:
     """How many install commands of ``rollout_id`` each device received."""
-    return {d: sum(isinstance(m, InstallCommand) and m.rollout_id == rollout_id for m in a.handled)
-            for d, a in fleet.agents.items()}
+    return {
+        d: sum(isinstance(m, InstallCommand) and m.rollout_id == rollout_id for m in a.handled)
+        for d, a in fleet.agents.items()
+    }
 
 
 @pytest.fixture()
@@ -51,8 +53,13 @@ def test_failing_phase_one_aborts_and_rolls_back_then_a_healthy_rollout_complete
     failing = set(rng.choice(sorted(fleet.agents), size=30, replace=False))
     for d in failing:
         fleet.agents[d].fail_versions.add(R2)
-    spec = Spec("r2-canary", R2, Target(device_class="pi4"), phases=(0.1, 0.5, 1.0),
-                criteria=Criteria(max_failure_pct=20.0, min_executed=5, max_metric_drop=0.05, min_evaluated=5))
+    spec = Spec(
+        "r2-canary",
+        R2,
+        Target(device_class="pi4"),
+        phases=(0.1, 0.5, 1.0),
+        criteria=Criteria(max_failure_pct=20.0, min_executed=5, max_metric_drop=0.05, min_evaluated=5),
+    )
     phase1 = {d for d, p in assign_phases(spec, sorted(fleet.agents)).items() if p == 0}
     assert len(phase1) == 5 and len(phase1 & failing) >= 2  # above the 20% threshold by construction of the seed
     create_rollout(fleet.store, spec, clock=fleet.clock)
@@ -66,14 +73,21 @@ def test_failing_phase_one_aborts_and_rolls_back_then_a_healthy_rollout_complete
     assert view.progress.phase == 0
     assert fleet.running() == {d: R1 for d in fleet.agents}  # every device ends on the previous release
     for d in phase1 - failing:  # the ones that had installed R2 rolled back
-        assert any(getattr(m, "rollout_id", "") == "r2-canary" and type(m).__name__ == "RollbackCommand"
-                   for m in fleet.agents[d].handled)
+        assert any(
+            getattr(m, "rollout_id", "") == "r2-canary" and type(m).__name__ == "RollbackCommand"
+            for m in fleet.agents[d].handled
+        )
 
     # the same fleet, healthy now, takes R2 through all phases in a new rollout
     for d in failing:
         fleet.agents[d].fail_versions.clear()
-    spec2 = Spec("r2-again", R2, Target(device_class="pi4"), phases=(0.1, 0.5, 1.0),
-                 criteria=Criteria(max_failure_pct=20.0, min_executed=5))
+    spec2 = Spec(
+        "r2-again",
+        R2,
+        Target(device_class="pi4"),
+        phases=(0.1, 0.5, 1.0),
+        criteria=Criteria(max_failure_pct=20.0, min_executed=5),
+    )
     create_rollout(fleet.store, spec2, clock=fleet.clock)
     fleet.pump()
     view = get_rollout(fleet.store, "r2-again")
@@ -83,12 +97,16 @@ def test_failing_phase_one_aborts_and_rolls_back_then_a_healthy_rollout_complete
     assert fleet.running() == {d: R2 for d in fleet.agents}
     assert all(n == 1 for n in _installs(fleet, "r2-again").values())
     # phases were staged: every phase-1 report came before any phase-2 command went out
-    rows = list(fleet.store.db.query("select phase, sent_at, reported_at from rollout_devices where rollout_id = 'r2-again'"))
+    rows = list(
+        fleet.store.db.query("select phase, sent_at, reported_at from rollout_devices where rollout_id = 'r2-again'")
+    )
     assert max(r["reported_at"] for r in rows if r["phase"] == 0) <= min(r["sent_at"] for r in rows if r["phase"] == 1)
     assert max(r["reported_at"] for r in rows if r["phase"] == 1) <= min(r["sent_at"] for r in rows if r["phase"] == 2)
     # on-device evaluation came back with every install: R2 is the truth, R1 a noisy copy
-    metrics = [(r["metric"], r["baseline"]) for r in fleet.store.db.query(
-        "select metric, baseline from rollout_devices where rollout_id = 'r2-again'")]
+    metrics = [
+        (r["metric"], r["baseline"])
+        for r in fleet.store.db.query("select metric, baseline from rollout_devices where rollout_id = 'r2-again'")
+    ]
     assert all(m == 1.0 and b < 1.0 for m, b in metrics)
     assert not fleet.rejected
 
@@ -96,9 +114,17 @@ def test_failing_phase_one_aborts_and_rolls_back_then_a_healthy_rollout_complete
 def test_on_device_metric_regression_aborts(fleet):
     bad = np.random.default_rng(9).normal(size=truth().size).astype(np.float32)
     put_release(fleet.store, BAD, bad, R1, fleet.clock)
-    create_rollout(fleet.store, Spec("bad", BAD, Target(tags=("lab",)), phases=(0.1, 1.0),
-                                     criteria=Criteria(max_failure_pct=50, min_executed=5, max_metric_drop=0.05, min_evaluated=5)),
-                   clock=fleet.clock)
+    create_rollout(
+        fleet.store,
+        Spec(
+            "bad",
+            BAD,
+            Target(tags=("lab",)),
+            phases=(0.1, 1.0),
+            criteria=Criteria(max_failure_pct=50, min_executed=5, max_metric_drop=0.05, min_evaluated=5),
+        ),
+        clock=fleet.clock,
+    )
     fleet.pump()
     view = get_rollout(fleet.store, "bad")
     assert view.progress.status is Status.ROLLED_BACK

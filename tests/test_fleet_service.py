@@ -53,7 +53,9 @@ def test_service_runs_a_rollout_between_rounds(tmp_path):
                 for public in trusted_keys(store).values():
                     ReleaseManager(s.db, dev).trust_key(public)
             ready = threading.Event()
-            th = threading.Thread(target=_run_device, args=(tmp_path, service.broker_url, dev, stop, ready), daemon=True)
+            th = threading.Thread(
+                target=_run_device, args=(tmp_path, service.broker_url, dev, stop, ready), daemon=True
+            )
             th.start()
             threads.append(th)
             assert ready.wait(20)

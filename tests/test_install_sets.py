@@ -29,16 +29,18 @@ pytestmark = pytest.mark.timeout(300)
 def device_venv(tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("device") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    out = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT)], capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", str(ROOT)], capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return venv
 
 
 def _python(venv: Path, code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd=cwd, env=env)
+    return subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
+    )
 
 
 def test_one_import_name(device_venv, tmp_path) -> None:
@@ -46,20 +48,33 @@ def test_one_import_name(device_venv, tmp_path) -> None:
     for name in ("agent", "coordinator", "simulations"):
         for cwd in (tmp_path, ROOT):  # from the repository root the folder is found, and refuses
             out = _python(device_venv, f"import {name}", cwd)
-            assert out.returncode != 0 and ("ModuleNotFoundError" in out.stderr or "ImportError" in out.stderr), (name, cwd)
+            assert out.returncode != 0 and ("ModuleNotFoundError" in out.stderr or "ImportError" in out.stderr), (
+                name,
+                cwd,
+            )
 
 
 def test_no_coordinator_dependencies_on_a_device(device_venv) -> None:
-    out = subprocess.run([str(device_venv / "bin" / "pip"), "list", "--format", "json"], capture_output=True,
-                         text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [str(device_venv / "bin" / "pip"), "list", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     installed = {p["name"].lower() for p in json.loads(out.stdout)}
     assert not installed & COORDINATOR_ONLY, installed & COORDINATOR_ONLY
     assert {"numpy", "pynacl", "paho-mqtt", "msgpack", "click", "sqlite-utils"} <= installed
 
 
 def test_a_coordinator_command_names_its_extra(device_venv, tmp_path) -> None:
-    out = subprocess.run([str(device_venv / "bin" / "fedge-coordinator"), "rounds"], capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path)
+    out = subprocess.run(
+        [str(device_venv / "bin" / "fedge-coordinator"), "rounds"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode == 69
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install 'fedge[coordinator]'" in lines[0], out.stderr
@@ -73,13 +88,25 @@ def test_fedge_agent_run_from_the_device_install_takes_part_in_a_round(device_ve
     data = digits_npz(tmp_path / "digits.npz")
     agent = str(device_venv / "bin" / "fedge-agent")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    init = subprocess.run([agent, "init", "--profile", str(profile), "--device-id", DEV], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path, env=env)
+    init = subprocess.run(
+        [agent, "init", "--profile", str(profile), "--device-id", DEV],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+    )
     assert init.returncode == 0, init.stderr
     log = tmp_path / "agent.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([agent, "run", "--profile", str(profile), "--data", str(data)], stdout=out, stderr=out,
-                                cwd=tmp_path, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [agent, "run", "--profile", str(profile), "--data", str(data)],
+            stdout=out,
+            stderr=out,
+            cwd=tmp_path,
+            env=env,
+            start_new_session=True,
+        )
     try:
         with MiniCoordinator(mosquitto.url) as c:
             c.announce(1)
@@ -87,7 +114,9 @@ def test_fedge_agent_run_from_the_device_install_takes_part_in_a_round(device_ve
             c.start_round(1, [DEV])
             wait_for(lambda: c.count(1, DEV) == 1, 60, "the upload")
             c.end_round(1)
-            wait_for(lambda: db_rows(db, "select status from round_state where round_id = 1") == [("ended",)], 20, "end")
+            wait_for(
+                lambda: db_rows(db, "select status from round_state where round_id = 1") == [("ended",)], 20, "end"
+            )
         assert stop(proc) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:

@@ -60,6 +60,7 @@ def module_name(path: Path) -> tuple[str, ...]:
     parts = path.relative_to(ROOT).with_suffix("").parts
     return (TOP, *(parts[:-1] if parts[-1] == "__init__" else parts))
 
+
 def imports(tree: ast.AST, module: tuple[str, ...], is_package: bool) -> list[tuple[int, str]]:
     """(line, absolute dotted name) of everything a module imports, wherever in the module."""
     found: list[tuple[int, str]] = []
@@ -151,15 +152,21 @@ def violations(path_parts: tuple[str, ...], source: str, is_package: bool = Fals
                 out.append(f"{where}:{line}: coordinator/rounds/ is pure: no SQLite, transport or clock ({name})")
         if _in(module, FLEET) and (_under(name, ROUNDS) or _under(name, SERVICE)):
             out.append(f"{where}:{line}: coordinator/fleet/ never imports rounds/ or service/ ({name})")
-        if area == "coordinator" and not _in(module, SERVICE) and (
-            root in PROCESS_ONLY or any(_under(name, tuple(f.split("."))) for f in PROCESS_ONLY if "." in f)
-        ) and not (_in(module, FLEET) and root == "threading"):
+        if (
+            area == "coordinator"
+            and not _in(module, SERVICE)
+            and (root in PROCESS_ONLY or any(_under(name, tuple(f.split("."))) for f in PROCESS_ONLY if "." in f))
+            and not (_in(module, FLEET) and root == "threading")
+        ):
             out.append(f"{where}:{line}: only coordinator/service/ has a loop, a transport or signals ({name})")
         if area == "simulations" and (_under(name, SERVICE) or _under(name, FLEET)):
             out.append(f"{where}:{line}: simulations/ may import coordinator.rounds, never {name}")
     out += [f"{where}:{line}: allow_pickle must stay False" for line in pickle_loads(tree)]
     if module != ROUND_BUILDER:
-        out += [f"{where}:{line}: only coordinator/rounds/builder.py constructs a RoundEngine" for line in round_engine_calls(tree)]
+        out += [
+            f"{where}:{line}: only coordinator/rounds/builder.py constructs a RoundEngine"
+            for line in round_engine_calls(tree)
+        ]
     return out
 
 
@@ -168,7 +175,12 @@ MODULES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
 
 def test_modules_are_found():
     names = {".".join(module_name(p)) for p in MODULES}
-    assert {"fedge.agent.cli", "fedge.agent.core.wire", "fedge.coordinator.service.cli", "fedge.simulations.cli"} <= names
+    assert {
+        "fedge.agent.cli",
+        "fedge.agent.core.wire",
+        "fedge.coordinator.service.cli",
+        "fedge.simulations.cli",
+    } <= names
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -192,7 +204,11 @@ F = TOP
         ((F, "agent", "x"), "from amqtt.broker import Broker", "must not import amqtt"),
         ((F, "agent", "core", "privacy", "x"), "import dp_accounting", "must not import dp_accounting"),
         ((F, "agent", "x"), "import sklearn", "sklearn is not an agent dependency"),
-        ((F, "agent", "training", "modelgen", "build"), "import fedge.coordinator", "must not import fedge.coordinator"),
+        (
+            (F, "agent", "training", "modelgen", "build"),
+            "import fedge.coordinator",
+            "must not import fedge.coordinator",
+        ),
         ((F, "agent", "core", "secagg", "x"), "import nacl.bindings", "only agent/core/crypto/"),
         ((F, "agent", "core", "crypto", "aead"), "from cryptography.hazmat import primitives", "must not import"),
         ((F, "coordinator", "service", "x"), "import nacl.signing", "only agent/core/crypto/"),
@@ -205,10 +221,18 @@ F = TOP
         ((F, "coordinator", "rounds", "x"), "from fedge.agent.core.transport import open_transport", "is pure"),
         ((F, "coordinator", "rounds", "x"), "from fedge.coordinator.store import Store", "itself only"),
         ((F, "coordinator", "rounds", "x"), "from fedge.coordinator.fleet import releases", "itself only"),
-        ((F, "coordinator", "fleet", "x"), "from fedge.coordinator.rounds.engine import RoundStatus", "never imports rounds/"),
+        (
+            (F, "coordinator", "fleet", "x"),
+            "from fedge.coordinator.rounds.engine import RoundStatus",
+            "never imports rounds/",
+        ),
         ((F, "coordinator", "fleet", "x"), "import fedge.coordinator.service.config", "never imports rounds/"),
         ((F, "coordinator", "fleet", "x"), "import signal", "only coordinator/service/"),
-        ((F, "simulations", "x"), "from fedge.coordinator.service.service import serve", "never fedge.coordinator.service"),
+        (
+            (F, "simulations", "x"),
+            "from fedge.coordinator.service.service import serve",
+            "never fedge.coordinator.service",
+        ),
         ((F, "simulations", "x"), "e = RoundEngine(1, plan, s, w, ids, agg, clock)", "constructs a RoundEngine"),
         ((F, "coordinator", "service", "service"), "e = engine.RoundEngine(1)", "constructs a RoundEngine"),
     ],
@@ -227,7 +251,10 @@ def test_checker_catches_violations(module, source, expected):
         ((F, "agent", "core", "x"), "from . import wire\nfrom ..core import errors\nimport sqlite3, numpy"),
         ((F, "simulations", "x"), "import matplotlib\nimport numpy as np\nnp.load('a.npz', allow_pickle=False)"),
         ((F, "simulations", "x"), "from fedge.coordinator.rounds.builder import build_round"),
-        ((F, "coordinator", "rounds", "x"), "import numpy\nfrom fedge.agent.core.update import decode_aggregate\nfrom . import plan"),
+        (
+            (F, "coordinator", "rounds", "x"),
+            "import numpy\nfrom fedge.agent.core.update import decode_aggregate\nfrom . import plan",
+        ),
         ((F, "coordinator", "rounds", "builder"), "e = RoundEngine(1, plan, s, w, ids, agg, clock)"),
         ((F, "coordinator", "service", "service"), "import signal, threading, time\nimport sqlite_utils"),
     ],

@@ -24,14 +24,27 @@ def wheel(tmp_path_factory) -> Path:
     """``pip wheel . --no-deps`` in a copy of the checkout's files (as a fresh clone would have them): a
     build/ left in the checkout by an earlier build would otherwise leak its stale files into the wheel."""
     src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("wheel")
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for f in filter(None, files):
         if (ROOT / f).is_file():
             (src / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, src / f)
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(out)], cwd=src,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(out)],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     [whl] = out.glob("fedge-*.whl")
     return whl
@@ -51,8 +64,14 @@ def test_demo_runs_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
     py = env_dir / "bin" / "python"
-    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     with zipfile.ZipFile(wheel) as z:  # what pip would unpack: the package and its metadata
         z.extractall(site)
     scripts = env_dir / "bin" / "fedge-coordinator"
@@ -62,12 +81,24 @@ def test_demo_runs_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None
     (site / "zz-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"
-    where = subprocess.run([str(py), "-c", "import fedge.coordinator.service.demo as d; print(d.__file__, d.shipped_profiles())"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    where = subprocess.run(
+        [str(py), "-c", "import fedge.coordinator.service.demo as d; print(d.__file__, d.shipped_profiles())"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert where.returncode == 0, where.stderr
     demo_file, profiles = where.stdout.split()
     assert demo_file.startswith(str(site)) and profiles == str(site / "fedge" / "profiles")
-    r = subprocess.run([str(scripts), "demo", "--agents", "2", "--rounds", "1"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=240)
+    r = subprocess.run(
+        [str(scripts), "demo", "--agents", "2", "--rounds", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "round 1/1: accuracy" in r.stdout and "participants 2 dropped 0" in r.stdout, r.stdout

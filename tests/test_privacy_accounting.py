@@ -81,7 +81,9 @@ def test_heterogeneous_rounds_equal_independent_composition():
         acc.record(e)
     ind = rdp.RdpAccountant()
     for e in events:
-        ind.compose(dp_accounting.PoissonSampledDpEvent(e.sampling_rate, dp_accounting.GaussianDpEvent(e.noise_multiplier)))
+        ind.compose(
+            dp_accounting.PoissonSampledDpEvent(e.sampling_rate, dp_accounting.GaussianDpEvent(e.noise_multiplier))
+        )
     assert acc.epsilon(1e-5) == pytest.approx(ind.get_epsilon(1e-5), rel=0.01)
 
 
@@ -97,9 +99,16 @@ def test_accountant_json_round_trip_is_plain_json(kind):
     assert back.epsilon(1e-5) == acc.epsilon(1e-5)
 
 
-@pytest.mark.parametrize("bad", ["", "[]", '{"version": 2, "accountant": "rdp", "events": []}',
-                                 '{"version": 1, "accountant": "rdp", "events": [{"x": 1}]}',
-                                 '{"version": 1, "accountant": "nope", "events": []}'])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "[]",
+        '{"version": 2, "accountant": "rdp", "events": []}',
+        '{"version": 1, "accountant": "rdp", "events": [{"x": 1}]}',
+        '{"version": 1, "accountant": "nope", "events": []}',
+    ],
+)
 def test_malformed_json_is_config_error(bad):
     with pytest.raises(ConfigError):
         PrivacyAccountant.from_json(bad)
@@ -136,9 +145,9 @@ def test_incremental_accountant_equals_batch_and_preview():
 
 
 def test_round_event_for_each_mode():
-    from fedge.coordinator.rounds.accounting import local_report_epsilon, round_event_for
     from fedge.agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
     from fedge.agent.core.privacy.discrete import DiscreteNoisePlan
+    from fedge.coordinator.rounds.accounting import local_report_epsilon, round_event_for
 
     local = PrivacyConfig(mode="local", noise_multiplier=1.3)
     assert round_event_for(local, sampling_rate=0.1) == RoundEvent(1.3, 0.1)
@@ -148,7 +157,9 @@ def test_round_event_for_each_mode():
     with pytest.raises(ConfigError):
         round_event_for(fixed, sampling_rate=0.1)
     # discrete: the rounding inflation lowers the accounted z
-    plan = DiscreteNoisePlan(clip_norm=0.5, central_stddev=0.75, scale=2.0**12, bits=32, min_clients=50, dimension=10_000)
+    plan = DiscreteNoisePlan(
+        clip_norm=0.5, central_stddev=0.75, scale=2.0**12, bits=32, min_clients=50, dimension=10_000
+    )
     dist = PrivacyConfig(mode="distributed", noise_multiplier=1.5, clip_norm=0.5, min_clients=50)
     ev = round_event_for(dist, sampling_rate=0.02, discrete=plan)
     assert ev.noise_multiplier == pytest.approx(plan.effective_noise_multiplier)

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from dp_accounting import rdp
 
+from fedge.agent.core.update import decode_aggregate, encode_update
 from fedge.coordinator.rounds.accounting import RoundEvent, epsilon, epsilon_of_events, local_report_epsilon
 from fedge.coordinator.rounds.audit_stats import threshold_test
-from fedge.agent.core.update import decode_aggregate, encode_update
-from fedge.coordinator.service.config import TrainingConfig
 from fedge.coordinator.rounds.plan import make_plan
+from fedge.coordinator.service.config import TrainingConfig
 
 DELTA = 1e-5
 TRIALS = 50_000  # per neighbour

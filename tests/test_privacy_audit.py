@@ -35,9 +35,20 @@ MAX_BOUND = one_run_epsilon_lower_bound(PAIRS, PAIRS, PAIRS, 1e-5, 1 - 0.05 / 4)
 
 def audited(dp: str, z: float, rounds: int = 2, **overrides) -> object:
     """A seconds-long audited run: 10 devices all in every round, mlp (d = 2282) on Synthetic(1,1)."""
-    base = dict(population=10, per_round=10, rounds=rounds, model="mlp", dataset="synthetic:1,1",
-                secagg=dp == "distributed", dp=dp, noise_multiplier=z, seed=1, workers=0,
-                audit_canaries=PAIRS, learning_rate=0.05)
+    base = dict(
+        population=10,
+        per_round=10,
+        rounds=rounds,
+        model="mlp",
+        dataset="synthetic:1,1",
+        secagg=dp == "distributed",
+        dp=dp,
+        noise_multiplier=z,
+        seed=1,
+        workers=0,
+        audit_canaries=PAIRS,
+        learning_rate=0.05,
+    )
     base.update(overrides)
     return runner.run(SimConfig(**base), show_progress=False)
 
@@ -135,5 +146,10 @@ def test_canaries_change_no_device_count():
     plain = audited("off", 0.0, audit_canaries=0)
     audit = audited("off", 0.0)
     for a, b in zip(plain.rounds, audit.rounds):
-        assert (a.participants, a.dropped, a.examples, a.bytes_up) == (b.participants, b.dropped, b.examples, b.bytes_up)
+        assert (a.participants, a.dropped, a.examples, a.bytes_up) == (
+            b.participants,
+            b.dropped,
+            b.examples,
+            b.bytes_up,
+        )
         assert a.epsilon_lower_bound is None and b.epsilon_lower_bound is not None

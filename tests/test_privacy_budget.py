@@ -8,8 +8,8 @@ import pytest
 import sqlite_utils
 
 from fedge.agent.core.errors import BudgetExhausted, ProtocolError
-from fedge.coordinator.rounds.accounting import RoundEvent, epsilon_of_events
 from fedge.agent.core.privacy.ledger import Contribution, DeviceLedger, ensure_schema
+from fedge.coordinator.rounds.accounting import RoundEvent, epsilon_of_events
 from fedge.coordinator.service.privacy_budget import CampaignBudget, mark_exhausted, selectable_devices
 from fedge.coordinator.service.privacy_budget import ensure_schema as ensure_coordinator_schema
 
@@ -127,11 +127,18 @@ def test_contribution_of_config_uses_the_accounted_noise():
     from fedge.agent.core.privacy.config import PrivacyConfig
     from fedge.agent.core.privacy.discrete import DiscreteNoisePlan
 
-    local = Contribution.of(PrivacyConfig(mode="local", noise_multiplier=1.5, clip_norm=0.3), 4, sampling_rate=0.1, delta=1e-6)
+    local = Contribution.of(
+        PrivacyConfig(mode="local", noise_multiplier=1.5, clip_norm=0.3), 4, sampling_rate=0.1, delta=1e-6
+    )
     assert local == Contribution(4, "local", 1.5, 0.3, 0.1, 1e-6, 0.0)
     plan = DiscreteNoisePlan(clip_norm=1.0, central_stddev=2.0, scale=2.0**8, bits=32, min_clients=10, dimension=4096)
-    dist = Contribution.of(PrivacyConfig(mode="distributed", noise_multiplier=2.0, min_clients=10), 5,
-                           sampling_rate=0.1, delta=1e-6, discrete=plan)
+    dist = Contribution.of(
+        PrivacyConfig(mode="distributed", noise_multiplier=2.0, min_clients=10),
+        5,
+        sampling_rate=0.1,
+        delta=1e-6,
+        discrete=plan,
+    )
     assert dist.noise_multiplier == pytest.approx(2.0 * 256 / (256 + 64))
     assert dist.rdp_offset == plan.rdp_offset
 

@@ -8,9 +8,9 @@ import pytest
 import sqlite_utils
 
 from fedge.agent.cli import main as agent_main
-from fedge.coordinator.rounds.accounting import RoundEvent, epsilon
 from fedge.agent.core.privacy.ledger import Contribution, DeviceLedger
 from fedge.agent.store import Store
+from fedge.coordinator.rounds.accounting import RoundEvent, epsilon
 from fedge.coordinator.service.cli import main as coordinator_main
 from fedge.coordinator.service.privacy_budget import CampaignBudget
 
@@ -23,11 +23,18 @@ def _run(main, argv, capsys):
 
 
 def test_coordinator_epsilon_prints_dp_accounting_figure(capsys):
-    code, out, _ = _run(coordinator_main, ["privacy", "epsilon", "-z", "1.1", "-q", "0.02", "--rounds", "300", "--delta", "1e-6"], capsys)
+    code, out, _ = _run(
+        coordinator_main,
+        ["privacy", "epsilon", "-z", "1.1", "-q", "0.02", "--rounds", "300", "--delta", "1e-6"],
+        capsys,
+    )
     assert code == 0
     assert float(out.split()[1]) == pytest.approx(epsilon(1.1, 0.02, 300, 1e-6), rel=1e-5)
-    code, _, err = _run(coordinator_main, ["privacy", "epsilon", "-z", "1", "-q", "0.1", "--rounds", "3", "--delta", "1e-5",
-                                           "--sampling", "fixed"], capsys)
+    code, _, err = _run(
+        coordinator_main,
+        ["privacy", "epsilon", "-z", "1", "-q", "0.1", "--rounds", "3", "--delta", "1e-5", "--sampling", "fixed"],
+        capsys,
+    )
     assert code == 2 and "population" in err
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 import pytest
 
-from fedge.agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
 from fedge.agent.core.privacy.discrete import accounted_noise, bit_noise_plan
 from fedge.agent.core.secagg.quantize import max_abs_int, to_signed
 from fedge.agent.core.update import encode_update, noise_plan, privacy_config
@@ -19,7 +17,9 @@ D = 20_000
 
 
 def local_plan(z: float = 1.0, clip: float = 0.5, **more):
-    cfg = TrainingConfig(dp_mode="local", secagg=False, noise_multiplier=z, clip_norm=clip, goal=10, min_cohort=5, **more)
+    cfg = TrainingConfig(
+        dp_mode="local", secagg=False, noise_multiplier=z, clip_norm=clip, goal=10, min_cohort=5, **more
+    )
     return make_plan(cfg, "v1", 10, 100)
 
 
@@ -59,7 +59,9 @@ def test_local_adaptive_bit_is_noised_on_the_grid_and_composed():
     plan = local_plan(z=1.0, adaptive_quantile=0.5, clip_count_stddev=2.0)
     assert plan.adaptive
     rng = NoFloatNoise(np.random.PCG64(4))
-    bits = [to_signed(encode_update(np.zeros(50), 10, plan, rng).vector[50:51], plan.quant_bits)[0] for _ in range(3000)]
+    bits = [
+        to_signed(encode_update(np.zeros(50), 10, plan, rng).vector[50:51], plan.quant_bits)[0] for _ in range(3000)
+    ]
     assert np.std(bits) == pytest.approx(2.0 * plan.quant_scale, rel=0.06)  # 3000 draws: sd error ~1.3%
     cfg = privacy_config(plan)
     update = noise_plan(plan, 50)

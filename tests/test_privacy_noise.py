@@ -88,9 +88,14 @@ def test_distributed_without_secagg_is_refused():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(mode="local", noise_multiplier=0), dict(mode="local", clip_norm=-1), dict(mode="nope"),
-     dict(mode="local", delta=1.5), dict(mode="local", accountant="pld", sampling="fixed"),
-     dict(mode="local", noise_multiplier=2.0, adaptive=AdaptiveClipping(clip_count_stddev=0.5))],
+    [
+        dict(mode="local", noise_multiplier=0),
+        dict(mode="local", clip_norm=-1),
+        dict(mode="nope"),
+        dict(mode="local", delta=1.5),
+        dict(mode="local", accountant="pld", sampling="fixed"),
+        dict(mode="local", noise_multiplier=2.0, adaptive=AdaptiveClipping(clip_count_stddev=0.5)),
+    ],
 )
 def test_invalid_configs_are_refused(kwargs):
     with pytest.raises(ConfigError):
@@ -148,7 +153,9 @@ def test_distributed_discrete_shares_sum_to_central_variance_mod_ring():
 
 
 def test_discrete_plan_accounts_rounding_and_refuses_coarse_scale():
-    plan = DiscreteNoisePlan(clip_norm=1.0, central_stddev=1.2, scale=2.0**14, bits=32, min_clients=100, dimension=10_000)
+    plan = DiscreteNoisePlan(
+        clip_norm=1.0, central_stddev=1.2, scale=2.0**14, bits=32, min_clients=100, dimension=10_000
+    )
     # Delta_2 = scale*C + sqrt(d): z_eff = z * scale*C / (scale*C + sqrt(d))
     assert plan.effective_noise_multiplier == pytest.approx(1.2 * 2**14 / (2**14 + 100))
     assert plan.rdp_offset < 1e-12
@@ -169,7 +176,9 @@ def test_adaptive_noise_split_composes_back_to_total():
     zd = adaptive.update_noise_multiplier(z, sb)
     assert zd > z
     assert adaptive.effective_noise_multiplier(zd, sb) == pytest.approx(z)
-    cfg = PrivacyConfig(mode="local", noise_multiplier=z, adaptive=AdaptiveClipping(clip_count_stddev=sb)).validate(False)
+    cfg = PrivacyConfig(mode="local", noise_multiplier=z, adaptive=AdaptiveClipping(clip_count_stddev=sb)).validate(
+        False
+    )
     assert cfg.update_noise_multiplier == pytest.approx(zd)
 
 
@@ -185,7 +194,9 @@ def test_adaptive_clip_converges_to_target_quantile():
 
 
 def test_adaptive_privatize_reports_clip_bit():
-    cfg = PrivacyConfig(mode="local", noise_multiplier=1.0, adaptive=AdaptiveClipping(clip_count_stddev=2.0)).validate(False)
+    cfg = PrivacyConfig(mode="local", noise_multiplier=1.0, adaptive=AdaptiveClipping(clip_count_stddev=2.0)).validate(
+        False
+    )
     rng = np.random.default_rng(7)
     assert privatize(np.ones(4) * 10, cfg, rng, clip_norm=1.0).clip_bit == -0.5
     assert privatize(np.ones(4) * 0.1, cfg, rng, clip_norm=1.0).clip_bit == 0.5
@@ -217,11 +228,13 @@ def test_ring_pipeline_with_real_quantizer_recovers_sum_plus_central_noise():
 def test_tau_equals_the_ddg_sum_term_by_term(sigma, n):
     """tau (DDG paper) is the direct sum, also where its terms underflow (sigma_i > ~8.7) and it is skipped."""
     try:
-        plan = DiscreteNoisePlan(clip_norm=1.0, central_stddev=sigma * math.sqrt(n), scale=1.0, bits=32,
-                                 min_clients=n, dimension=1)
+        plan = DiscreteNoisePlan(
+            clip_norm=1.0, central_stddev=sigma * math.sqrt(n), scale=1.0, bits=32, min_clients=n, dimension=1
+        )
     except ConfigError:  # sigma_i too small for the plan's own tau*d bound
         assume(False)
     s2 = plan.client_sigma**2
     direct = 10.0 * sum(math.exp(-2.0 * math.pi**2 * s2 * k / (k + 1)) for k in range(1, min(n, 10_000))) + (
-        10.0 * max(0, n - 10_000) * math.exp(-math.pi**2 * s2))
+        10.0 * max(0, n - 10_000) * math.exp(-(math.pi**2) * s2)
+    )
     assert plan.tau == direct

@@ -47,19 +47,23 @@ class Shell:
         for old, new in subs:
             assert old in cmd, (old, cmd)
             cmd = cmd.replace(old, new, 1)
-        out = subprocess.run(["bash", "-c", cmd], cwd=self.cwd, env=self.env, capture_output=True, text=True,
-                             timeout=timeout)
+        out = subprocess.run(
+            ["bash", "-c", cmd], cwd=self.cwd, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         assert out.returncode == 0, f"{cmd}\nexit {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
         return out
 
-    def start(self, text: str, *extra: str, log: str, subs: tuple[tuple[str, str], ...] = ()) -> subprocess.Popen[bytes]:
+    def start(
+        self, text: str, *extra: str, log: str, subs: tuple[tuple[str, str], ...] = ()
+    ) -> subprocess.Popen[bytes]:
         cmd = self.line(text)
         for old, new in subs:
             cmd = cmd.replace(old, new, 1)
         cmd = " ".join([cmd, *extra])
         with open(self.cwd / log, "wb") as f:
-            return subprocess.Popen(["bash", "-c", f"exec {cmd}"], cwd=self.cwd, env=self.env, stdout=f, stderr=f,
-                                    start_new_session=True)
+            return subprocess.Popen(
+                ["bash", "-c", f"exec {cmd}"], cwd=self.cwd, env=self.env, stdout=f, stderr=f, start_new_session=True
+            )
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
@@ -90,8 +94,13 @@ def test_device_owner_and_operator_paths_work_as_written(tmp_path: Path) -> None
     sh.run("fedge-agent --help")
     ok = sh.run("fedge-agent check-config firmware_configs/*.toml firmware_configs/trial/local.toml")
     assert ok.stdout.count("OK ") == 4
-    subprocess.run(["bash", "-c", readme_snippet(r"python -c \"from sklearn[^`]*")], cwd=tmp_path, env=sh.env, check=True,
-                   timeout=60)
+    subprocess.run(
+        ["bash", "-c", readme_snippet(r"python -c \"from sklearn[^`]*")],
+        cwd=tmp_path,
+        env=sh.env,
+        check=True,
+        timeout=60,
+    )
     imported = sh.run(f"fedge-agent data import digits.npz --model mlp --test-fraction 0.2 --profile {P}")
     store = tmp_path / ".local" / "state" / "fedge" / "agent.db"
     assert str(store) in imported.stdout and store.is_file()  # the XDG state directory, no root needed
@@ -105,17 +114,25 @@ def test_device_owner_and_operator_paths_work_as_written(tmp_path: Path) -> None
     # ---- the operator enrolls it; the device trusts the keys printed
     eps = sh.run("fedge-coordinator privacy epsilon -z 1.0 -q 0.01 --rounds 1000 --delta 1e-6")
     assert eps.stdout.startswith("epsilon ")
-    enrolled = sh.run("fedge-coordinator devices enroll --device-id pi-0042 --identity HEX --class pi4 --tag lab",
-                      ("HEX", identity)).stdout
+    enrolled = sh.run(
+        "fedge-coordinator devices enroll --device-id pi-0042 --identity HEX --class pi4 --tag lab", ("HEX", identity)
+    ).stdout
     authority = re.search(r"enrollment authority ([0-9a-f]{64})", enrolled).group(1)
     release_key = re.search(r"release key ([0-9a-f]{64})", enrolled).group(1)
-    sh.run(f"fedge-agent init --profile {P} --device-id pi-0042 --authority HEX --release-key HEX",
-           ("HEX", authority), ("HEX", release_key))
+    sh.run(
+        f"fedge-agent init --profile {P} --device-id pi-0042 --authority HEX --release-key HEX",
+        ("HEX", authority),
+        ("HEX", release_key),
+    )
     assert "pi-0042" in sh.run("fedge-coordinator devices list [--json]", (" [--json]", "")).stdout
 
     # ---- three rounds: serve's own local broker, the real daemon on the trial profile
-    serve = sh.start("fedge-coordinator serve --rounds 3 --goal 1 --min-cohort 1 --no-secagg --dp local "
-                     "--noise-multiplier 1.1 --clip 1.0", f"--local-port {port}", log="serve.log")
+    serve = sh.start(
+        "fedge-coordinator serve --rounds 3 --goal 1 --min-cohort 1 --no-secagg --dp local "
+        "--noise-multiplier 1.1 --clip 1.0",
+        f"--local-port {port}",
+        log="serve.log",
+    )
     agent = None
     try:
         deadline = time.monotonic() + 30
@@ -146,8 +163,10 @@ def test_device_owner_and_operator_paths_work_as_written(tmp_path: Path) -> None
     sh.run("fedge-coordinator releases import w.npz --version fix-1 --architecture mlp --parent mlp-r1")
     sh.run("fedge-coordinator releases sign mlp-r1")
     sh.run("fedge-coordinator releases rotate-key")
-    created = sh.run("fedge-coordinator rollouts create --release fix-1 --class pi4 --phases 5,25,100 "
-                     "--max-failure-pct 10 --min-executed 5").stdout
+    created = sh.run(
+        "fedge-coordinator rollouts create --release fix-1 --class pi4 --phases 5,25,100 "
+        "--max-failure-pct 10 --min-executed 5"
+    ).stdout
     assert created.startswith("rollout r1: fix-1") and "1 devices" in created
     assert "r1" in sh.run("fedge-coordinator rollouts list [--json]", ("[--json]", "")).stdout
     sh.run("fedge-coordinator rollouts show r1 [--json]", (" [--json]", ""))
@@ -158,7 +177,9 @@ def test_device_owner_and_operator_paths_work_as_written(tmp_path: Path) -> None
     dash = sh.start("fedge-coordinator dashboard --port 8765", log="dash.log", subs=(("8765", "0"),))
     try:
         deadline = time.monotonic() + 30
-        while "dashboard on http://127.0.0.1:" not in (tmp_path / "dash.log").read_text() and time.monotonic() < deadline:
+        while (
+            "dashboard on http://127.0.0.1:" not in (tmp_path / "dash.log").read_text() and time.monotonic() < deadline
+        ):
             assert dash.poll() is None, (tmp_path / "dash.log").read_text()
             time.sleep(0.1)
         url = re.search(r"dashboard on (http://\S+)", (tmp_path / "dash.log").read_text()).group(1)
@@ -172,9 +193,9 @@ def test_device_owner_and_operator_paths_work_as_written(tmp_path: Path) -> None
 
 def _weights_file(cwd: Path) -> None:
     """w.npz for `releases import`: the flat weights of a stored model (what an operator would export)."""
-    from fedge.coordinator.store import Store
-
     import numpy as np
+
+    from fedge.coordinator.store import Store
 
     store = Store(str(cwd / "fedge-coordinator.db"))
     try:

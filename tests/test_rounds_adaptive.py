@@ -15,19 +15,17 @@ from fedge.agent.core.crypto import IdentityKey
 from fedge.agent.core.errors import ConfigError
 from fedge.agent.core.messages.rounds import PlainUpdate, Task
 from fedge.agent.core.messages.secagg import MaskedInput
-from fedge.coordinator.rounds.accounting import PrivacyAccountant, round_event_for
 from fedge.agent.core.secagg.quantize import dequantize_sum, quantize
 from fedge.agent.core.update import encode_update, noise_plan, privacy_config
 from fedge.agent.daemon import contribution_for
 from fedge.agent.participant import LocalResult, Participant
 from fedge.agent.secure import PeerDirectory, secagg_factory, trusted_lookup
+from fedge.coordinator.rounds.accounting import PrivacyAccountant, round_event_for
 from fedge.coordinator.rounds.engine import PlainAggregation, RoundEngine, RoundSettings, RoundStatus, expected_length
 from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
 from fedge.coordinator.rounds.secure import SecureAggregation
-from tests.round_fixtures import deliver
 from tests.fakes import FakeClock
-
-
+from tests.round_fixtures import deliver
 
 
 def _finish(engine, clock, parts, drop=lambda d, m: False):
@@ -51,10 +49,15 @@ def _plain_round(cfg: TrainingConfig, deltas: dict[str, np.ndarray], clip: float
     plan = make_plan(cfg, "v", n, n, clip_norm=clip)
     clock = FakeClock()
     agg = PlainAggregation(expected_length(np.zeros(dim), plan), plan.quant_bits, n, cfg.min_cohort)
-    engine = RoundEngine(round_id, plan, RoundSettings(n, cfg.min_cohort, 10.0), np.zeros(dim, np.float32),
-                         list(deltas), agg, clock)
-    parts = {d: Participant(d, (lambda dd: lambda task: LocalResult(deltas[dd], 10))(d),
-                            np.random.default_rng(seed * 1000 + i)) for i, d in enumerate(deltas)}
+    engine = RoundEngine(
+        round_id, plan, RoundSettings(n, cfg.min_cohort, 10.0), np.zeros(dim, np.float32), list(deltas), agg, clock
+    )
+    parts = {
+        d: Participant(
+            d, (lambda dd: lambda task: LocalResult(deltas[dd], 10))(d), np.random.default_rng(seed * 1000 + i)
+        )
+        for i, d in enumerate(deltas)
+    }
     deliver(engine, parts, engine.start())
     _finish(engine, clock, parts)
     assert engine.status is RoundStatus.COMPLETED, engine.reason
@@ -70,8 +73,16 @@ def test_clip_norm_converges_to_the_target_quantile_of_update_norms() -> None:
     deltas = _deltas_with_norms(norms, dim, seed=8)
     for gamma in (0.3, 0.7):
         target = float(np.quantile(norms, gamma))
-        cfg = TrainingConfig(dp_mode="local", secagg=False, noise_multiplier=0.5, goal=n, min_cohort=n,
-                             adaptive_quantile=gamma, adaptive_learning_rate=0.5, clip_count_stddev=0.3)
+        cfg = TrainingConfig(
+            dp_mode="local",
+            secagg=False,
+            noise_multiplier=0.5,
+            goal=n,
+            min_cohort=n,
+            adaptive_quantile=gamma,
+            adaptive_learning_rate=0.5,
+            clip_count_stddev=0.3,
+        )
         for start in (0.05, 20.0):
             c, trace = start, []
             for r in range(1, 51):
@@ -87,8 +98,15 @@ def test_clip_norm_converges_to_the_target_quantile_of_update_norms() -> None:
 
 
 def test_clip_bit_is_one_more_coordinate_and_reflects_the_norm_before_clipping() -> None:
-    cfg = TrainingConfig(dp_mode="local", secagg=False, noise_multiplier=0.5, goal=4, min_cohort=2,
-                         adaptive_quantile=0.5, clip_count_stddev=0.3)
+    cfg = TrainingConfig(
+        dp_mode="local",
+        secagg=False,
+        noise_multiplier=0.5,
+        goal=4,
+        min_cohort=2,
+        adaptive_quantile=0.5,
+        clip_count_stddev=0.3,
+    )
     plan = make_plan(cfg, "v", 4, 10, clip_norm=1.0)
     delta = np.full(9, 1.0, np.float32)  # norm 3 > C = 1: clipped, bit -1/2
     enc = encode_update(delta, 10, plan, np.random.default_rng(0))
@@ -108,8 +126,16 @@ def test_secagg_round_shows_the_coordinator_only_the_noisy_bit_sum() -> None:
     n, dim = 12, 24
     norms = np.array([0.3] * 5 + [3.0] * 7)  # C = 1: 5 bits +1/2, 7 bits -1/2: sum -1
     deltas = _deltas_with_norms(norms, dim, seed=3)
-    cfg = TrainingConfig(dp_mode="distributed", secagg=True, noise_multiplier=0.2, goal=n, min_cohort=10,
-                         adaptive_quantile=0.5, adaptive_learning_rate=0.2, clip_count_stddev=0.15)
+    cfg = TrainingConfig(
+        dp_mode="distributed",
+        secagg=True,
+        noise_multiplier=0.2,
+        goal=n,
+        min_cohort=10,
+        adaptive_quantile=0.5,
+        adaptive_learning_rate=0.2,
+        clip_count_stddev=0.15,
+    )
     errors = []
     for r in range(1, 4):
         ids = {d: IdentityKey.generate() for d in deltas}
@@ -119,11 +145,16 @@ def test_secagg_round_shows_the_coordinator_only_the_noisy_bit_sum() -> None:
         assert plan.adaptive and plan.clip_count_stddev == 0.15
         agg = SecureAggregation(plan, r, roster, expected_length(np.zeros(dim), plan), clock, min_cohort=10)
         engine = RoundEngine(r, plan, RoundSettings(n, 10, 10.0), np.zeros(dim, np.float32), list(roster), agg, clock)
-        parts = {d: Participant(d, (lambda dd: lambda task: LocalResult(deltas[dd], 10))(d),
-                                np.random.default_rng(100 * r + i),
-                                secagg_factory(d, ids[d], PeerDirectory(trusted=trusted_lookup(roster))),
-                                peers=PeerDirectory(trusted=trusted_lookup(roster)))
-                 for i, d in enumerate(deltas)}
+        parts = {
+            d: Participant(
+                d,
+                (lambda dd: lambda task: LocalResult(deltas[dd], 10))(d),
+                np.random.default_rng(100 * r + i),
+                secagg_factory(d, ids[d], PeerDirectory(trusted=trusted_lookup(roster))),
+                peers=PeerDirectory(trusted=trusted_lookup(roster)),
+            )
+            for i, d in enumerate(deltas)
+        }
         seen: list[MaskedInput] = []
 
         def spy(dev, msg):
@@ -160,9 +191,11 @@ def test_secagg_round_shows_the_coordinator_only_the_noisy_bit_sum() -> None:
 def test_vector_and_plan_unchanged_when_adaptive_clipping_is_off() -> None:
     dim = 30
     delta = np.random.default_rng(1).normal(0, 0.1, dim).astype(np.float32)
-    for cfg in (TrainingConfig(secagg=False, goal=5, min_cohort=2),
-                TrainingConfig(dp_mode="local", secagg=False, noise_multiplier=0.5, goal=5, min_cohort=2),
-                TrainingConfig(dp_mode="distributed", noise_multiplier=0.5, goal=5, min_cohort=2)):
+    for cfg in (
+        TrainingConfig(secagg=False, goal=5, min_cohort=2),
+        TrainingConfig(dp_mode="local", secagg=False, noise_multiplier=0.5, goal=5, min_cohort=2),
+        TrainingConfig(dp_mode="distributed", noise_multiplier=0.5, goal=5, min_cohort=2),
+    ):
         plan = make_plan(cfg, "v", 5, 50)
         assert not plan.adaptive
         assert (plan.adaptive_target_quantile, plan.adaptive_learning_rate, plan.clip_count_stddev) == (0, 0, 0)
@@ -176,8 +209,9 @@ def test_vector_and_plan_unchanged_when_adaptive_clipping_is_off() -> None:
             np.clip(raw, -plan.quant_range, plan.quant_range, out=raw)
             expect = quantize(raw, plan.quant_scale, plan.quant_bits, np.random.default_rng(5))
             np.testing.assert_array_equal(enc.vector, expect)
-    engine, _ = _plain_round(TrainingConfig(secagg=False, goal=3, min_cohort=3),
-                             _deltas_with_norms(np.ones(3), 8, 0), 1.0, 1, 1)
+    engine, _ = _plain_round(
+        TrainingConfig(secagg=False, goal=3, min_cohort=3), _deltas_with_norms(np.ones(3), 8, 0), 1.0, 1, 1
+    )
     assert engine.outcome.next_clip_norm is None and engine.outcome.aggregate.clip_bit_sum is None
 
 
@@ -187,8 +221,9 @@ def test_epsilon_of_an_adaptive_campaign_is_dp_accountings_for_the_total_z() -> 
     z, sigma_b, q, rounds, delta, dim = 0.8, 0.6, 0.05, 200, 1e-6, 1000
     base = dict(noise_multiplier=z, goal=20, min_cohort=10, delta=delta)
     for mode in ("local", "distributed"):
-        cfg = TrainingConfig(dp_mode=mode, secagg=mode == "distributed", adaptive_quantile=0.5,
-                             clip_count_stddev=sigma_b, **base)
+        cfg = TrainingConfig(
+            dp_mode=mode, secagg=mode == "distributed", adaptive_quantile=0.5, clip_count_stddev=sigma_b, **base
+        )
         plan = make_plan(cfg, "v", 20, 400, clip_norm=0.7)
         pc = privacy_config(plan)
         assert pc.update_noise_multiplier > 1.2 * z
@@ -201,8 +236,9 @@ def test_epsilon_of_an_adaptive_campaign_is_dp_accountings_for_the_total_z() -> 
         want = direct.get_epsilon(delta)
         assert acc.epsilon(delta) == pytest.approx(want, rel=0.01), mode
         wrong = dp_accounting.rdp.RdpAccountant()
-        wrong.compose(dp_accounting.PoissonSampledDpEvent(
-            q, dp_accounting.GaussianDpEvent(pc.update_noise_multiplier)), rounds)
+        wrong.compose(
+            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(pc.update_noise_multiplier)), rounds
+        )
         assert abs(wrong.get_epsilon(delta) / want - 1) > 0.05  # the check can tell the two apart
         # the device ledger sees the total z too
         assert contribution_for(1, plan, dim).noise_multiplier == pytest.approx(z, rel=0.01)
@@ -212,16 +248,20 @@ def test_config_and_plan_refuse_adaptive_clipping_without_dp_or_enough_bit_noise
     with pytest.raises(ConfigError):
         TrainingConfig(adaptive_quantile=0.5)  # DP off
     with pytest.raises(ConfigError):
-        TrainingConfig(dp_mode="local", secagg=False, noise_multiplier=1.0, adaptive_quantile=0.5,
-                       clip_count_stddev=0.4)  # 2 sigma_b <= z
+        TrainingConfig(
+            dp_mode="local", secagg=False, noise_multiplier=1.0, adaptive_quantile=0.5, clip_count_stddev=0.4
+        )  # 2 sigma_b <= z
     with pytest.raises(ConfigError):
         TrainingConfig(dp_mode="local", secagg=False, noise_multiplier=1.0, adaptive_quantile=1.5, clip_count_stddev=1)
     cfg = TrainingConfig(dp_mode="local", secagg=False, noise_multiplier=0.5, goal=20, adaptive_quantile=0.5)
     assert cfg.adaptive.clip_count_stddev == 1.0  # the paper's default: expected clients / 20
     plan = make_plan(cfg, "v", 20, 20)
-    for bad in (dict(dp_mode="off", dp_denominator=0, noise_multiplier=0.0),
-                dict(clip_count_stddev=0.1), dict(adaptive_target_quantile=1.0),
-                dict(adaptive_learning_rate=0.0)):
+    for bad in (
+        dict(dp_mode="off", dp_denominator=0, noise_multiplier=0.0),
+        dict(clip_count_stddev=0.1),
+        dict(adaptive_target_quantile=1.0),
+        dict(adaptive_learning_rate=0.0),
+    ):
         with pytest.raises(ValueError):
             dataclasses.replace(plan, **bad)
     assert wire.decode(wire.encode(Task(1, "d", plan, np.zeros(2, np.float32)))).plan == plan

@@ -17,9 +17,21 @@ from tests.service_fixtures import AgentThreads, make_fleet, service_config
 @pytest.mark.timeout(180)
 def test_service_carries_next_clip_norm_into_the_next_plan(embedded_broker, tmp_path) -> None:
     fleet = make_fleet(tmp_path, 4)
-    cfg = service_config(fleet, embedded_broker.url, rounds=3, mqtt_protocol=MQTT_311, epsilon_budget=1e6,
-                         training=dict(dp_mode="local", noise_multiplier=0.5, clip_norm=50.0,
-                                       adaptive_quantile=0.5, adaptive_learning_rate=0.5, clip_count_stddev=0.3))
+    cfg = service_config(
+        fleet,
+        embedded_broker.url,
+        rounds=3,
+        mqtt_protocol=MQTT_311,
+        epsilon_budget=1e6,
+        training=dict(
+            dp_mode="local",
+            noise_multiplier=0.5,
+            clip_norm=50.0,
+            adaptive_quantile=0.5,
+            adaptive_learning_rate=0.5,
+            clip_count_stddev=0.3,
+        ),
+    )
     with AgentThreads(fleet, embedded_broker.url, MQTT_311):
         reports = CoordinatorService(cfg, rng=np.random.default_rng(0)).run()
     assert [r.status for r in reports] == ["completed"] * 3

@@ -17,10 +17,18 @@ from tests.sim_protocol_fixtures import small_config
 def test_simulated_rounds_carry_the_adaptive_clip_norm_and_account_the_total_z() -> None:
     # C starts at 50, far above any logreg delta on digits: every bit says "fit", so C shrinks
     config = small_config(profiles=(), clip=50.0, adaptive_clip=0.5, noise_multiplier=0.5, rounds=3)
-    world = build_world(recipe(population=config.population, dataset=config.dataset, partition=config.partition,
-                               model=config.model, seed=config.seed))
-    population = make_population(config.population, config.profiles, stream(config.seed, POPULATION),
-                                 profile_dir=DEFAULT_PROFILE_DIR)
+    world = build_world(
+        recipe(
+            population=config.population,
+            dataset=config.dataset,
+            partition=config.partition,
+            model=config.model,
+            seed=config.seed,
+        )
+    )
+    population = make_population(
+        config.population, config.profiles, stream(config.seed, POPULATION), profile_dir=DEFAULT_PROFILE_DIR
+    )
     cfg, dropout = runner.training_config(config, population)
     assert cfg.adaptive is not None
     engine = ProtocolEngine(world.trainer, ProtocolSettings(cfg, config.population, dropout_rate=dropout))
@@ -39,6 +47,10 @@ def test_simulated_rounds_carry_the_adaptive_clip_norm_and_account_the_total_z()
     # epsilon: three rounds of the total z = 0.5 (not z_Delta), sampled 40 of 400 without replacement,
     # replace-one: the sum moves by 2C, so the Gaussian carries z / 2
     acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-    acc.compose(dp_accounting.SampledWithoutReplacementDpEvent(
-        config.population, config.per_round, dp_accounting.GaussianDpEvent(0.25)), 3)
+    acc.compose(
+        dp_accounting.SampledWithoutReplacementDpEvent(
+            config.population, config.per_round, dp_accounting.GaussianDpEvent(0.25)
+        ),
+        3,
+    )
     assert work.epsilon == pytest.approx(acc.get_epsilon(config.delta), rel=0.01)

@@ -98,8 +98,17 @@ def test_the_staleness_weight_scales_the_delta_and_not_the_weight_coordinate():
 
 
 def _dp_plan(mode: str):
-    cfg = TrainingConfig(model_name="logreg", dp_mode=mode, secagg=True, noise_multiplier=0.8, clip_norm=1.0,
-                         delta=1e-5, goal=10, min_cohort=7, expected_reports=10)
+    cfg = TrainingConfig(
+        model_name="logreg",
+        dp_mode=mode,
+        secagg=True,
+        noise_multiplier=0.8,
+        clip_norm=1.0,
+        delta=1e-5,
+        goal=10,
+        min_cohort=7,
+        expected_reports=10,
+    )
     return make_plan(cfg, "v0", 10, 10)
 
 

@@ -23,7 +23,9 @@ def _train(declines: set[str]):
             if dev in declines:
                 raise BudgetExhausted(f"epsilon 3.10 would exceed the budget 3.00 ({dev})")
             return LocalResult(np.full(DIM, 0.01, np.float32), 10)
+
         return train
+
     return make
 
 
@@ -58,13 +60,18 @@ def _secure(n: int, declines: set[str], min_cohort: int) -> RoundEngine:
     plan = make_plan(cfg, "v0", n, 1000)
     clock = FakeClock()
     agg = SecureAggregation(plan, 1, roster, DIM + 1, clock, min_cohort=min_cohort)
-    engine = RoundEngine(1, plan, RoundSettings(n, min_cohort, 10.0), np.zeros(DIM, np.float32), list(roster), agg,
-                         clock)
+    engine = RoundEngine(
+        1, plan, RoundSettings(n, min_cohort, 10.0), np.zeros(DIM, np.float32), list(roster), agg, clock
+    )
     make = _train(declines)
     parts = {
-        d: Participant(d, make(d), np.random.default_rng(i),
-                       secagg_factory(d, key, PeerDirectory(trusted=trusted_lookup(roster))),
-                       peers=PeerDirectory(trusted=trusted_lookup(roster)))
+        d: Participant(
+            d,
+            make(d),
+            np.random.default_rng(i),
+            secagg_factory(d, key, PeerDirectory(trusted=trusted_lookup(roster))),
+            peers=PeerDirectory(trusted=trusted_lookup(roster)),
+        )
         for i, (d, key) in enumerate(ids.items())
     }
     return _run(engine, parts, clock, declines)

@@ -13,10 +13,8 @@ from fedge.agent.participant import LocalResult, Participant
 from fedge.coordinator.rounds.engine import PlainAggregation, RoundEngine, RoundSettings, RoundStatus
 from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
 from fedge.coordinator.rounds.selection import over_selected, select_cohort
-from tests.round_fixtures import deliver, digits_split, make_train_fn, trainer_for
 from tests.fakes import FakeClock
-
-
+from tests.round_fixtures import deliver, digits_split, make_train_fn, trainer_for
 
 
 def _round(cfg, weights, cohort, participants, clock, round_id=1, drop=lambda d, m: False):
@@ -84,7 +82,9 @@ def test_round_goes_on_with_whoever_reported_and_abandons_below_minimum() -> Non
     assert e.outcome.dropped["report"] == 2
     # four silent devices: below the minimum cohort, abandoned with the counts in the reason
     parts = {k: mk(k) for k in devs}
-    e = _round(cfg, np.zeros(d, np.float32), devs, parts, FakeClock(1000.0), drop=lambda dev, m: dev not in ("d0", "d1"))
+    e = _round(
+        cfg, np.zeros(d, np.float32), devs, parts, FakeClock(1000.0), drop=lambda dev, m: dev not in ("d0", "d1")
+    )
     assert e.status is RoundStatus.ABANDONED
     assert "2 of 6" in e.reason and "minimum cohort is 3" in e.reason
 
@@ -176,8 +176,15 @@ def test_a_decline_after_uploading_is_refused_and_a_last_decline_finishes_the_ro
     cfg = TrainingConfig(secagg=False, goal=3, min_cohort=1)
     plan = make_plan(cfg, "v0", 3, 10)
     clock = FakeClock(1000.0)
-    e = RoundEngine(1, plan, RoundSettings(3, 1, 10), np.zeros(d, np.float32), ["a", "b", "c"],
-                    PlainAggregation(d + 1, plan.quant_bits, 3, 1), clock)
+    e = RoundEngine(
+        1,
+        plan,
+        RoundSettings(3, 1, 10),
+        np.zeros(d, np.float32),
+        ["a", "b", "c"],
+        PlainAggregation(d + 1, plan.quant_bits, 3, 1),
+        clock,
+    )
     e.start()
     ok = np.zeros(d + 1, np.uint32)
     ok[-1] = round(plan.quant_scale)

@@ -26,13 +26,28 @@ def _round(n, cfg, deltas, *, group_size, parallel=None, round_id=1):
     roster = {d: k.public_bytes() for d, k in keys.items()}
     clock = FakeClock()
     extra = {"parallel": parallel} if parallel is not None else {}
-    built = build_round(round_id, cfg, "v0", np.zeros(next(iter(deltas.values())).size, np.float32), list(roster),
-                        Draw.fixed(1000, n), clock, roster=roster, group_size=group_size, **extra)
+    built = build_round(
+        round_id,
+        cfg,
+        "v0",
+        np.zeros(next(iter(deltas.values())).size, np.float32),
+        list(roster),
+        Draw.fixed(1000, n),
+        clock,
+        roster=roster,
+        group_size=group_size,
+        **extra,
+    )
     parts = {}
     for i, (d, key) in enumerate(keys.items()):
         directory = PeerDirectory(trusted=trusted_lookup(roster))
-        parts[d] = Participant(d, (lambda dd: lambda task: LocalResult(deltas[dd], 10))(d),
-                               np.random.default_rng(i), secagg_factory(d, key, directory), peers=directory)
+        parts[d] = Participant(
+            d,
+            (lambda dd: lambda task: LocalResult(deltas[dd], 10))(d),
+            np.random.default_rng(i),
+            secagg_factory(d, key, directory),
+            peers=directory,
+        )
     return built, parts, clock
 
 

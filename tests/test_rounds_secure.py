@@ -15,10 +15,8 @@ from fedge.agent.secure import PeerDirectory, secagg_factory, trusted_lookup
 from fedge.coordinator.rounds.engine import PlainAggregation, RoundEngine, RoundSettings, RoundStatus
 from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
 from fedge.coordinator.rounds.secure import SecureAggregation
-from tests.round_fixtures import deliver, digits_split, make_train_fn, trainer_for
 from tests.fakes import FakeClock
-
-
+from tests.round_fixtures import deliver, digits_split, make_train_fn, trainer_for
 
 
 def _setup(n, cfg, deltas, *, certified=False, authority=None, clock=None, round_id=1, population=1000):
@@ -29,15 +27,36 @@ def _setup(n, cfg, deltas, *, certified=False, authority=None, clock=None, round
     clock = clock or FakeClock()
     dim = next(iter(deltas.values())).size
     plan = make_plan(cfg, "v0", n, population)
-    agg = SecureAggregation(plan, round_id, roster, dim + 1, clock, min_cohort=cfg.min_cohort,
-                            certificates=certs.__getitem__ if certified else None)
-    engine = RoundEngine(round_id, plan, RoundSettings(cfg.goal, cfg.min_cohort, 10.0),
-                         np.zeros(dim, np.float32), list(roster), agg, clock)
+    agg = SecureAggregation(
+        plan,
+        round_id,
+        roster,
+        dim + 1,
+        clock,
+        min_cohort=cfg.min_cohort,
+        certificates=certs.__getitem__ if certified else None,
+    )
+    engine = RoundEngine(
+        round_id,
+        plan,
+        RoundSettings(cfg.goal, cfg.min_cohort, 10.0),
+        np.zeros(dim, np.float32),
+        list(roster),
+        agg,
+        clock,
+    )
     parts = {}
     for i, (d, key) in enumerate(ids.items()):
-        directory = PeerDirectory(authority.public_bytes()) if certified else PeerDirectory(trusted=trusted_lookup(roster))
-        parts[d] = Participant(d, (lambda dd: lambda task: LocalResult(deltas[dd], 10))(d),
-                               np.random.default_rng(i), secagg_factory(d, key, directory), peers=directory)
+        directory = (
+            PeerDirectory(authority.public_bytes()) if certified else PeerDirectory(trusted=trusted_lookup(roster))
+        )
+        parts[d] = Participant(
+            d,
+            (lambda dd: lambda task: LocalResult(deltas[dd], 10))(d),
+            np.random.default_rng(i),
+            secagg_factory(d, key, directory),
+            peers=directory,
+        )
     return engine, parts, clock, authority
 
 
@@ -112,7 +131,9 @@ def test_certified_peers_and_a_substituted_identity_is_refused() -> None:
     out2 = engine2.start()
     victim = next(o for o in out2 if isinstance(o.message, Peers))
     m = victim.message
-    forged = Peers(m.round_id, m.device_ids, (IdentityKey.generate().public_bytes(),) + m.identity_keys[1:], m.certificates)
+    forged = Peers(
+        m.round_id, m.device_ids, (IdentityKey.generate().public_bytes(),) + m.identity_keys[1:], m.certificates
+    )
     p = parts2[victim.device_id]
     task = next(o.message for o in out2 if o.device_id == victim.device_id and type(o.message).__name__ == "Task")
     p.handle(task)
@@ -124,8 +145,18 @@ def test_secure_fedavg_with_distributed_dp_learns_real_digits() -> None:
     trainer = trainer_for("logreg")
     n = 12
     parts_data, (xt, yt) = digits_split(n, seed=1)
-    cfg = TrainingConfig(model_name="logreg", secagg=True, goal=n, min_cohort=10, dp_mode="distributed",
-                         noise_multiplier=0.3, clip_norm=2.0, epochs=2, batch_size=16, learning_rate=0.3)
+    cfg = TrainingConfig(
+        model_name="logreg",
+        secagg=True,
+        goal=n,
+        min_cohort=10,
+        dp_mode="distributed",
+        noise_multiplier=0.3,
+        clip_norm=2.0,
+        epochs=2,
+        batch_size=16,
+        learning_rate=0.3,
+    )
     w = trainer.initial_weights()
     acc0 = trainer.evaluate(w, xt, yt).accuracy
     for r in range(1, 5):
@@ -136,8 +167,12 @@ def test_secure_fedavg_with_distributed_dp_learns_real_digits() -> None:
         agg = SecureAggregation(plan, r, roster, w.size + 1, clock, min_cohort=cfg.min_cohort)
         engine = RoundEngine(r, plan, RoundSettings(n, cfg.min_cohort, 10), w, list(roster), agg, clock)
         parts = {
-            d: Participant(d, make_train_fn(trainer, parts_data[i], i), np.random.default_rng([r, i]),
-                           secagg_factory(d, key, PeerDirectory(trusted=trusted_lookup(roster))))
+            d: Participant(
+                d,
+                make_train_fn(trainer, parts_data[i], i),
+                np.random.default_rng([r, i]),
+                secagg_factory(d, key, PeerDirectory(trusted=trusted_lookup(roster))),
+            )
             for i, (d, key) in enumerate(ids.items())
         }
         deliver(engine, parts, engine.start())
@@ -158,10 +193,19 @@ def test_plain_and_secure_rounds_give_the_same_aggregate() -> None:
     _finish(engine, clock, parts)
     cfg_p = TrainingConfig(secagg=False, goal=n, min_cohort=5)
     plan = make_plan(cfg_p, "v0", n, 1000)
-    pe = RoundEngine(1, plan, RoundSettings(n, 5, 10), np.zeros(dim, np.float32), list(deltas),
-                     PlainAggregation(dim + 1, plan.quant_bits, n, 5), FakeClock())
-    pparts = {d: Participant(d, (lambda dd: lambda t: LocalResult(deltas[dd], 10))(d), np.random.default_rng(i))
-              for i, d in enumerate(deltas)}
+    pe = RoundEngine(
+        1,
+        plan,
+        RoundSettings(n, 5, 10),
+        np.zeros(dim, np.float32),
+        list(deltas),
+        PlainAggregation(dim + 1, plan.quant_bits, n, 5),
+        FakeClock(),
+    )
+    pparts = {
+        d: Participant(d, (lambda dd: lambda t: LocalResult(deltas[dd], 10))(d), np.random.default_rng(i))
+        for i, d in enumerate(deltas)
+    }
     deliver(pe, pparts, pe.start())
     assert pe.status is RoundStatus.COMPLETED
     # same rng seeds per device -> identical stochastic rounding -> identical integer sums

@@ -46,7 +46,7 @@ def test_lying_about_who_dropped_gets_refusals_and_never_both_secrets() -> None:
     dropped = Survivors(1, derive.bitmap_of(range(1, N), N))  # the target "dropped"
     # split the target's neighbours: one group sees it alive, the other sees it dropped
     group_alive = set(ids[1:6])
-    group_dropped = set(ids[6:])
+    # the rest, ids[6:], see it dropped
     sigs, seen = {}, {}
     for d in ids:
         view = alive if d in group_alive or d == target else dropped

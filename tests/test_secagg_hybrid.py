@@ -24,7 +24,9 @@ from fedge.agent.core.secagg.server import SecAggServer
 from fedge.agent.core.secagg.stages import ORDER, Stage
 from tests.secagg_fixtures import plain_sum
 
-pytestmark = pytest.mark.skipif(not kem.available() or not kem.runs(), reason="no ML-KEM-768 here (pip install fedge[pq])")
+pytestmark = pytest.mark.skipif(
+    not kem.available() or not kem.runs(), reason="no ML-KEM-768 here (pip install fedge[pq])"
+)
 ROOT = Path(__file__).resolve().parent.parent
 N = 24
 _KEYS = {f"dev-{i:04d}": IdentityKey.generate() for i in range(N)}
@@ -114,7 +116,9 @@ def test_the_combiner_is_blake2b_over_both_secrets_concatenated_with_the_ciphert
 
 def _round(params: SecAggParams, seed: int, suite: str = SUITE_PQ, require: str | None = None):
     roster = {d: k.public_bytes() for d, k in _KEYS.items()}
-    server = SecAggServer(params, 1, roster, max_abs_int=1000, clock=lambda: 0.0, graph_seed=bytes(range(32)), suite=suite)
+    server = SecAggServer(
+        params, 1, roster, max_abs_int=1000, clock=lambda: 0.0, graph_seed=bytes(range(32)), suite=suite
+    )
     clients = {d: SecAggClient(d, k, roster.get, round_id=1, require_suite=require) for d, k in _KEYS.items()}
     rng = np.random.default_rng(seed)
     mask = (1 << params.bits) - 1
@@ -220,7 +224,12 @@ def test_the_servers_view_does_not_depend_on_the_inputs() -> None:
 
         def spy(msg, seen=seen, vecs=vecs, orig=orig):
             fields = {k: v for k, v in vars(msg).items() if k not in ("device_id", "round_id")}
-            seen.append((type(msg).__name__, sum(len(v) if isinstance(v, bytes) else np.asarray(v).nbytes for v in fields.values())))
+            seen.append(
+                (
+                    type(msg).__name__,
+                    sum(len(v) if isinstance(v, bytes) else np.asarray(v).nbytes for v in fields.values()),
+                )
+            )
             if hasattr(msg, "vector"):
                 vecs[msg.device_id] = np.array(msg.vector)
             orig(msg)
@@ -245,5 +254,7 @@ def test_ml_kem_is_loaded_only_when_a_round_runs_the_hybrid_suite() -> None:
         "params.mask_stream(params.SUITE_PQ); print(a, 'cryptography' in sys.modules)"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120, cwd=ROOT, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120, cwd=ROOT, env=env
+    )
     assert out.stdout.split() == ["False", "True"], out.stderr

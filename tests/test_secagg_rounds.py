@@ -75,7 +75,9 @@ def round_case(draw: st.DrawFn, max_n: int = FULL_N):
     return params, drop, draw(st.binary(min_size=32, max_size=32)), draw(st.integers(0, 2**31))
 
 
-_PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+_PROPERTY = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 
 @given(round_case(SMALL_N))

@@ -29,7 +29,13 @@ _KEYS = {f"dev-{i:04d}": IdentityKey.generate() for i in range(N)}
 def _round(params: SecAggParams, suite: str, seed: int = 0):
     roster = {d: k.public_bytes() for d, k in _KEYS.items()}
     server = SecAggServer(
-        params, 1, roster, max_abs_int=1000, clock=lambda: 0.0, graph_seed=bytes(range(32)), suite=suite,
+        params,
+        1,
+        roster,
+        max_abs_int=1000,
+        clock=lambda: 0.0,
+        graph_seed=bytes(range(32)),
+        suite=suite,
     )
     clients = {d: SecAggClient(d, k, roster.get, round_id=1) for d, k in _KEYS.items()}
     rng = np.random.default_rng(seed)
@@ -130,8 +136,17 @@ def test_the_round_builder_runs_aes_only_when_every_member_reported_it() -> None
     cfg = TrainingConfig(secagg=True, goal=10, min_cohort=5)
 
     def suite_of(suites):
-        built = build_round(1, cfg, "v0", np.zeros(8, np.float32), cohort, Draw.fixed(100, 10), FakeClock(),
-                            roster=roster, suites=suites)
+        built = build_round(
+            1,
+            cfg,
+            "v0",
+            np.zeros(8, np.float32),
+            cohort,
+            Draw.fixed(100, 10),
+            FakeClock(),
+            roster=roster,
+            suites=suites,
+        )
         return built.aggregation.server.config.suite  # type: ignore[attr-defined]
 
     both = (SUITE, SUITE_AES)

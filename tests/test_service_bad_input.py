@@ -54,7 +54,10 @@ class Attacker:
                 continue
             msg = wire.decode(inbound.payload)
             if isinstance(msg, RoundAnnounce):
-                self.pub("rogue", wire.encode(CheckIn("rogue", msg.round_id, "pi4", msg.model_version, msg.round_id == 1, 100, 0.0)))
+                self.pub(
+                    "rogue",
+                    wire.encode(CheckIn("rogue", msg.round_id, "pi4", msg.model_version, msg.round_id == 1, 100, 0.0)),
+                )
             elif isinstance(msg, Task) and msg.round_id == 1:
                 self.attack(msg)
             elif isinstance(msg, RoundEnd) and msg.round_id == 1 and "PlainUpdate" in self.captured:
@@ -85,8 +88,9 @@ def test_bad_input_is_rejected_logged_and_rounds_go_on(embedded_broker, tmp_path
     store = Store(str(fleet.db))
     enroll(store, "rogue", IdentityKey.generate().public_bytes().hex(), "pi4")
     store.close()
-    cfg = service_config(fleet, url, rounds=2, mqtt_protocol=MQTT_311, max_message_bytes=MAX_BYTES,
-                         training=dict(goal=HONEST))
+    cfg = service_config(
+        fleet, url, rounds=2, mqtt_protocol=MQTT_311, max_message_bytes=MAX_BYTES, training=dict(goal=HONEST)
+    )
     attacker = Attacker(url)
     attacker.thread.start()
     try:
@@ -110,8 +114,12 @@ def test_bad_input_is_rejected_logged_and_rounds_go_on(embedded_broker, tmp_path
         rogue = list(store.db.query("select * from uploads where device_id = 'rogue' and stage = 'round.plain_update'"))
         assert len(rogue) == 1 and rogue[0]["status"] == "rejected" and "shape" in rogue[0]["reason"]
         for rid in (1, 2):
-            accepted = list(store.db.query(
-                "select device_id from uploads where round_id = ? and stage = 'round.plain_update' and status = 'accepted'", [rid]))
+            accepted = list(
+                store.db.query(
+                    "select device_id from uploads where round_id = ? and stage = 'round.plain_update' and status = 'accepted'",
+                    [rid],
+                )
+            )
             assert sorted(r["device_id"] for r in accepted) == list(fleet.devices)
     finally:
         store.close()

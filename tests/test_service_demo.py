@@ -11,8 +11,8 @@ import pytest
 
 from fedge.agent.training.models import load_spec
 from fedge.agent.training.trainer import Trainer
-from fedge.coordinator.service.demo import DemoConfig, daemon_available, run_demo
 from fedge.coordinator.rounds.plan import TrainingConfig
+from fedge.coordinator.service.demo import DemoConfig, daemon_available, run_demo
 from fedge.coordinator.store import Store
 from tests.mqtt_fixtures import needs_mosquitto
 from tests.service_fixtures import ROOT
@@ -23,9 +23,26 @@ from tests.service_fixtures import ROOT
 def test_demo_runs_and_writes_the_rounds_json(tmp_path) -> None:
     out = tmp_path / "rounds.json"
     proc = subprocess.run(
-        [sys.executable, "-c", "from fedge.coordinator.service.cli import main; main()", "--log-level", "WARNING", "demo",
-         "--agents", "4", "--rounds", "2", "--json", str(out), "--workdir", str(tmp_path / "work")],
-        cwd=ROOT, capture_output=True, text=True, timeout=220,
+        [
+            sys.executable,
+            "-c",
+            "from fedge.coordinator.service.cli import main; main()",
+            "--log-level",
+            "WARNING",
+            "demo",
+            "--agents",
+            "4",
+            "--rounds",
+            "2",
+            "--json",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=220,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "dp distributed, secagg on" in proc.stdout
@@ -49,10 +66,26 @@ def test_ten_fedge_agent_run_processes_on_mosquitto_learn_with_secagg(mosquitto,
     """The real daemon, not the stand-in: 10 ``fedge-agent run`` processes, 3 SecAgg+ rounds."""
     if not daemon_available():
         pytest.skip("no agent daemon in this install")
-    training = TrainingConfig(goal=10, min_cohort=6, secagg=True, dp_mode="off", epochs=2, learning_rate=0.2,
-                              batch_size=16, train_deadline_s=60.0, stage_timeout_s=10.0)
-    cfg = DemoConfig(agents=10, rounds=3, training=training, broker_url=mosquitto.url,
-                     json_path=str(tmp_path / "rounds.json"), workdir=str(tmp_path / "work"), checkin_window_s=120.0)
+    training = TrainingConfig(
+        goal=10,
+        min_cohort=6,
+        secagg=True,
+        dp_mode="off",
+        epochs=2,
+        learning_rate=0.2,
+        batch_size=16,
+        train_deadline_s=60.0,
+        stage_timeout_s=10.0,
+    )
+    cfg = DemoConfig(
+        agents=10,
+        rounds=3,
+        training=training,
+        broker_url=mosquitto.url,
+        json_path=str(tmp_path / "rounds.json"),
+        workdir=str(tmp_path / "work"),
+        checkin_window_s=120.0,
+    )
     lines: list[str] = []
     reports = run_demo(cfg, echo=lines.append)
     assert not any("stand-in" in ln for ln in lines), lines

@@ -18,9 +18,24 @@ from tests.service_fixtures import ROOT
 @pytest.mark.timeout(240)
 def test_demo_uses_mosquitto_names_it_and_prints_no_broker_warning(tmp_path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", "from fedge.coordinator.service.cli import main; main()", "--log-level", "WARNING", "demo",
-         "--agents", "4", "--rounds", "2", "--workdir", str(tmp_path / "work")],
-        cwd=ROOT, capture_output=True, text=True, timeout=220,
+        [
+            sys.executable,
+            "-c",
+            "from fedge.coordinator.service.cli import main; main()",
+            "--log-level",
+            "WARNING",
+            "demo",
+            "--agents",
+            "4",
+            "--rounds",
+            "2",
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=220,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]

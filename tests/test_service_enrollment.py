@@ -66,7 +66,9 @@ def test_devices_cli_enroll_list_revoke(tmp_path, isolated_logging) -> None:
     db = str(tmp_path / "c.db")
     r = CliRunner()
     k = key_hex()
-    out = r.invoke(cli, ["devices", "enroll", "--device-id", "car-7", "--identity", k, "--class", "car", "--tag", "eu", "--db", db])
+    out = r.invoke(
+        cli, ["devices", "enroll", "--device-id", "car-7", "--identity", k, "--class", "car", "--tag", "eu", "--db", db]
+    )
     assert out.exit_code == 0, out.output
     assert "enrolled car-7 (car)" in out.output and "enrollment authority" in out.output
     listed = json.loads(r.invoke(cli, ["devices", "list", "--json", "--db", db]).stdout)

@@ -40,7 +40,8 @@ def check_exactly_once(store: Store) -> None:
             first = json.loads(r["plan"])["secagg"] and "secagg.masked_input" or "round.plain_update"
             accepted = store.db.execute(
                 "select count(*) from uploads where round_id = ? and stage = ? and status = 'accepted'",
-                [r["round_id"], first]).fetchone()[0]
+                [r["round_id"], first],
+            ).fetchone()[0]
             assert 0 < r["participants"] <= accepted <= r["selected"]
 
 
@@ -61,8 +62,9 @@ def test_coordinator_killed_mid_round_and_restarted(mosquitto, tmp_path) -> None
         finally:
             if first.poll() is None:
                 first.kill()
-        second = subprocess.run(serve_command(fleet, mosquitto.url, 2), cwd=ROOT, env=env, stdout=log, stderr=log,
-                                timeout=120)
+        second = subprocess.run(
+            serve_command(fleet, mosquitto.url, 2), cwd=ROOT, env=env, stdout=log, stderr=log, timeout=120
+        )
     assert second.returncode == 0, (tmp_path / "coordinator.log").read_text()[-3000:]
     store = Store(str(fleet.db))
     try:
@@ -71,11 +73,17 @@ def test_coordinator_killed_mid_round_and_restarted(mosquitto, tmp_path) -> None
         assert rounds[2]["reason"] == RESTARTED
         check_exactly_once(store)
         # nothing of the dead round was counted after the restart: late copies were rejected as stale
-        late = store.db.execute("select count(*) from uploads where round_id = 2 and received_at > ?", [killed_at]).fetchone()[0]
+        late = store.db.execute(
+            "select count(*) from uploads where round_id = 2 and received_at > ?", [killed_at]
+        ).fetchone()[0]
         assert late == 0
         stale = [r for r in store.db["rejections"].rows if r["kind"] == "stale"]
         assert all(r["round_id"] == 2 for r in stale)
-        assert {m.version for m in [store.model(rounds[i]["model_out"]) for i in (1, 3, 4)]} == {"mlp-r1", "mlp-r3", "mlp-r4"}
+        assert {m.version for m in [store.model(rounds[i]["model_out"]) for i in (1, 3, 4)]} == {
+            "mlp-r1",
+            "mlp-r3",
+            "mlp-r4",
+        }
     finally:
         store.close()
 
@@ -84,8 +92,14 @@ def test_coordinator_killed_mid_round_and_restarted(mosquitto, tmp_path) -> None
 @pytest.mark.timeout(180)
 def test_broker_killed_mid_round_and_restarted(mosquitto, tmp_path) -> None:
     fleet = make_fleet(tmp_path, AGENTS)
-    cfg = service_config(fleet, mosquitto.url, rounds=2, mqtt_protocol=MQTT_5, checkin_window_s=20.0,
-                         training=dict(secagg=False, train_deadline_s=40.0))
+    cfg = service_config(
+        fleet,
+        mosquitto.url,
+        rounds=2,
+        mqtt_protocol=MQTT_5,
+        checkin_window_s=20.0,
+        training=dict(secagg=False, train_deadline_s=40.0),
+    )
     restarted = threading.Event()
 
     def crash_broker() -> None:
@@ -120,7 +134,8 @@ def test_broker_killed_mid_round_and_restarted(mosquitto, tmp_path) -> None:
             mask = np.uint64((1 << plan.quant_bits) - 1)
             agg = decode_aggregate((total & mask).astype(np.uint32), plan, w_in.size)
             np.testing.assert_allclose(w_out, w_in + agg.mean_delta, rtol=0, atol=1e-6)
-            assert r["participants"] == sum(1 for u in store.uploads(r["round_id"], "round.plain_update")
-                                            if u["status"] == "accepted")
+            assert r["participants"] == sum(
+                1 for u in store.uploads(r["round_id"], "round.plain_update") if u["status"] == "accepted"
+            )
     finally:
         store.close()

@@ -34,7 +34,9 @@ def _wait(cond, timeout: float, what: str, proc: subprocess.Popen | None = None,
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}: {log.read_text()[-2000:] if log else ''}"
-        assert proc is None or proc.poll() is None, f"exited while waiting for {what}: {log.read_text()[-2000:] if log else ''}"
+        assert proc is None or proc.poll() is None, (
+            f"exited while waiting for {what}: {log.read_text()[-2000:] if log else ''}"
+        )
         time.sleep(0.2)
 
 
@@ -43,7 +45,9 @@ def _wait(cond, timeout: float, what: str, proc: subprocess.Popen | None = None,
 def test_serve_rounds_0_serves_enrollment_and_a_rollout_until_stopped(tmp_path: Path) -> None:
     port = free_port()
     profile = tmp_path / "local.toml"
-    profile.write_text((PROFILE_DIR / "trial" / "local.toml").read_text().replace("127.0.0.1:1883", f"127.0.0.1:{port}"))
+    profile.write_text(
+        (PROFILE_DIR / "trial" / "local.toml").read_text().replace("127.0.0.1:1883", f"127.0.0.1:{port}")
+    )
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.random((60, 64), dtype=np.float32), y=rng.integers(0, 10, 60))
     adb = str(tmp_path / "agent.db")
@@ -51,23 +55,76 @@ def test_serve_rounds_0_serves_enrollment_and_a_rollout_until_stopped(tmp_path: 
 
     serve_log = tmp_path / "serve.log"
     with open(serve_log, "wb") as f:
-        serve = subprocess.Popen([*COORD, "serve", "--rounds", "0", "--local-port", str(port), "--db", "c.db"], cwd=tmp_path,
-                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        serve = subprocess.Popen(
+            [*COORD, "serve", "--rounds", "0", "--local-port", str(port), "--db", "c.db"],
+            cwd=tmp_path,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     agent = None
     try:
         _wait(lambda: "no training rounds" in serve_log.read_text(), 30, "serve", serve, serve_log)
-        identity = _cli([*AGENT, "init", "--profile", str(profile), "--device-id", "pi-9", "--db", adb], tmp_path).split()[1]
-        enrolled = _cli([*COORD, "devices", "enroll", "--device-id", "pi-9", "--identity", identity, "--class", "pi4",
-                         "--db", "c.db"], tmp_path)  # while serve runs
+        identity = _cli(
+            [*AGENT, "init", "--profile", str(profile), "--device-id", "pi-9", "--db", adb], tmp_path
+        ).split()[1]
+        enrolled = _cli(
+            [
+                *COORD,
+                "devices",
+                "enroll",
+                "--device-id",
+                "pi-9",
+                "--identity",
+                identity,
+                "--class",
+                "pi4",
+                "--db",
+                "c.db",
+            ],
+            tmp_path,
+        )  # while serve runs
         release_key = re.search(r"release key ([0-9a-f]{64})", enrolled).group(1)
-        _cli([*AGENT, "init", "--profile", str(profile), "--device-id", "pi-9", "--db", adb, "--release-key", release_key],
-             tmp_path)
+        _cli(
+            [
+                *AGENT,
+                "init",
+                "--profile",
+                str(profile),
+                "--device-id",
+                "pi-9",
+                "--db",
+                adb,
+                "--release-key",
+                release_key,
+            ],
+            tmp_path,
+        )
         agent_log = tmp_path / "agent.log"
         with open(agent_log, "wb") as f:
-            agent = subprocess.Popen([*AGENT[:-2], "run", "--profile", str(profile), "--db", adb], cwd=ROOT,
-                                     stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        _cli([*COORD, "rollouts", "create", "--release", "mlp-0", "--class", "pi4", "--min-executed", "1", "--db", "c.db"],
-             tmp_path)
+            agent = subprocess.Popen(
+                [*AGENT[:-2], "run", "--profile", str(profile), "--db", adb],
+                cwd=ROOT,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _cli(
+            [
+                *COORD,
+                "rollouts",
+                "create",
+                "--release",
+                "mlp-0",
+                "--class",
+                "pi4",
+                "--min-executed",
+                "1",
+                "--db",
+                "c.db",
+            ],
+            tmp_path,
+        )
 
         def done() -> bool:
             view = json.loads(_cli([*COORD, "rollouts", "show", "r1", "--json", "--db", "c.db"], tmp_path))

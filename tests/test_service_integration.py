@@ -47,9 +47,16 @@ def test_ten_agent_processes_three_secure_rounds_accuracy_improves(broker, reque
     # On amqtt a device whose connection the broker dropped may never check in again (see below), so
     # there the window is shorter: the rounds go on without it instead of outliving the test timeout.
     window = 120.0 if fixture == "mosquitto" else 40.0
-    cfg = service_config(fleet, url, rounds=ROUNDS, mqtt_protocol=protocol, checkin_window_s=window,
-                         training=dict(secagg=True, goal=AGENTS, min_cohort=6, learning_rate=0.2,
-                                       train_deadline_s=20.0, stage_timeout_s=5.0))
+    cfg = service_config(
+        fleet,
+        url,
+        rounds=ROUNDS,
+        mqtt_protocol=protocol,
+        checkin_window_s=window,
+        training=dict(
+            secagg=True, goal=AGENTS, min_cohort=6, learning_rate=0.2, train_deadline_s=20.0, stage_timeout_s=5.0
+        ),
+    )
     with AgentProcesses(fleet, url, protocol):
         reports = CoordinatorService(cfg, rng=np.random.default_rng(0)).run()
 

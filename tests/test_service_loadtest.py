@@ -20,13 +20,39 @@ pytestmark = [needs_mosquitto, pytest.mark.mosquitto, pytest.mark.slow]
 @pytest.mark.timeout(120)
 def test_loadtest_runs_a_round_with_churn_and_a_broker_restart_and_accounts_from_the_stores(tmp_path):
     out, work = tmp_path / "result.json", tmp_path / "work"
-    r = CliRunner().invoke(cli, ["loadtest", "--agents", "20", "--rounds", "2", "--churn", "0.25", "--broker-restart",
-                                 "--agents-per-worker", "10", "--checkin-window", "10", "--workdir", str(work),
-                                 "--json", str(out)])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "loadtest",
+            "--agents",
+            "20",
+            "--rounds",
+            "2",
+            "--churn",
+            "0.25",
+            "--broker-restart",
+            "--agents-per-worker",
+            "10",
+            "--checkin-window",
+            "10",
+            "--workdir",
+            str(work),
+            "--json",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     result = json.loads(out.read_text())
-    assert set(result) == {"agents", "rounds", "resets_injected", "broker_restarts", "lost_uploads", "double_counted",
-                           "coordinator_peak_rss_mb", "db_bytes"}
+    assert set(result) == {
+        "agents",
+        "rounds",
+        "resets_injected",
+        "broker_restarts",
+        "lost_uploads",
+        "double_counted",
+        "coordinator_peak_rss_mb",
+        "db_bytes",
+    }
     assert result["agents"] == 20 and result["broker_restarts"] == 1 and result["resets_injected"] >= 1
     assert [(x["round"], x["status"]) for x in result["rounds"]] == [(1, "completed"), (2, "completed")]
     assert all(x["participants"] >= 10 for x in result["rounds"]), result

@@ -17,13 +17,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedge.agent.core.transport.base import MQTT_5
+from fedge.coordinator.fleet.controller import create_rollout
+from fedge.coordinator.fleet.rollouts import Criteria, Spec, Target
 from fedge.coordinator.service.broker import free_port
 from fedge.coordinator.service.enrollment import revoke
 from fedge.coordinator.service.metrics import MetricsServer
 from fedge.coordinator.service.service import CoordinatorService
 from fedge.coordinator.store import Store
-from fedge.coordinator.fleet.controller import create_rollout
-from fedge.coordinator.fleet.rollouts import Criteria, Spec, Target
 from tests.fleet_fixtures import Fleet, put_release, truth
 from tests.service_fixtures import ROOT, AgentThreads, make_fleet, service_config
 
@@ -47,13 +47,21 @@ def test_metrics_of_a_running_coordinator_match_its_rounds(mosquitto, tmp_path: 
     store = Store(str(fleet.db))
     revoke(store, "dev-03")  # its check-ins are refused: a rejection of kind unknown_device
     store.close()
-    cfg = service_config(fleet, mosquitto.url, rounds=2, mqtt_protocol=MQTT_5, epsilon_budget=100.0,
-                         training=dict(dp_mode="local", noise_multiplier=1.0, clip_norm=1.0, min_cohort=2))
+    cfg = service_config(
+        fleet,
+        mosquitto.url,
+        rounds=2,
+        mqtt_protocol=MQTT_5,
+        epsilon_budget=100.0,
+        training=dict(dp_mode="local", noise_multiplier=1.0, clip_norm=1.0, min_cohort=2),
+    )
     scrapes: list[dict] = []
-    service = CoordinatorService(cfg, rng=np.random.default_rng(0),
-                                 on_round=lambda r: scrapes.append(_scrape(metrics.url)[1]))
-    metrics = MetricsServer(str(fleet.db), port=0,
-                            broker_connected=lambda: service.transport is not None and service.transport.connected)
+    service = CoordinatorService(
+        cfg, rng=np.random.default_rng(0), on_round=lambda r: scrapes.append(_scrape(metrics.url)[1])
+    )
+    metrics = MetricsServer(
+        str(fleet.db), port=0, broker_connected=lambda: service.transport is not None and service.transport.connected
+    )
     with metrics, AgentThreads(fleet, mosquitto.url, MQTT_5):
         reports = service.run()
         assert [r.status for r in reports] == ["completed", "completed"], [r.reason for r in reports]
@@ -77,15 +85,28 @@ def test_metrics_of_a_running_coordinator_match_its_rounds(mosquitto, tmp_path: 
 def test_drops_per_stage_rollout_progress_and_no_store(tmp_path: Path) -> None:
     fleet = Fleet(tmp_path, 10)
     store, clock = fleet.store, fleet.clock
-    for rid, (status, dropped) in enumerate([("completed", {"declined": 2, "masked_input": 1}),
-                                              ("abandoned", {"advertise_keys": 4}), ("completed", {})], start=1):
+    for rid, (status, dropped) in enumerate(
+        [("completed", {"declined": 2, "masked_input": 1}), ("abandoned", {"advertise_keys": 4}), ("completed", {})],
+        start=1,
+    ):
         store.open_round(rid, goal=10, model_in="m", plan={}, now=clock())
-        store.finish_round(rid, status, "r", clock() + 5, participants=0 if status == "abandoned" else 7,
-                           dropped=dropped, epsilon=None)
+        store.finish_round(
+            rid, status, "r", clock() + 5, participants=0 if status == "abandoned" else 7, dropped=dropped, epsilon=None
+        )
     store.open_round(4, goal=10, model_in="m", plan={}, now=clock())
     put_release(store, "logreg-r5", truth(), None, clock)
-    create_rollout(store, Spec("canary-1", "logreg-r5", Target(device_class="pi4"), phases=(0.2, 1.0),
-                               criteria=Criteria(min_executed=2), phase_wait_s=3600), clock=clock)
+    create_rollout(
+        store,
+        Spec(
+            "canary-1",
+            "logreg-r5",
+            Target(device_class="pi4"),
+            phases=(0.2, 1.0),
+            criteria=Criteria(min_executed=2),
+            phase_wait_s=3600,
+        ),
+        clock=clock,
+    )
     fleet.pump(rounds=3)  # phase 1 (2 devices) installs
     fleet.close()
     with MetricsServer(str(tmp_path / "coordinator.db"), port=0) as m:
@@ -115,9 +136,26 @@ def test_serve_metrics_port_serves_metrics_from_the_cli(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with open(log, "wb") as f:
         serve = subprocess.Popen(
-            [sys.executable, "-c", "from fedge.coordinator.service.cli import main; main()", "serve", "--rounds", "0",
-             "--local-port", str(port), "--db", "c.db", "--metrics-port", str(mport)],
-            cwd=tmp_path, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-c",
+                "from fedge.coordinator.service.cli import main; main()",
+                "serve",
+                "--rounds",
+                "0",
+                "--local-port",
+                str(port),
+                "--db",
+                "c.db",
+                "--metrics-port",
+                str(mport),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 30
         while "no training rounds" not in log.read_text():

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedge.agent.core.transport.base import MQTT_311
 from fedge.agent.core.messages.common import Outbound
+from fedge.agent.core.transport.base import MQTT_311
 from fedge.coordinator.service.pacing import Pacer
 from fedge.coordinator.service.service import CoordinatorService
 from fedge.coordinator.store import Store

@@ -45,13 +45,18 @@ def test_a_cloned_device_is_quarantined_and_the_round_completes_without_it(tmp_p
     twin_dir = tmp_path / "twin"
     shutil.copytree(victim.profile.parent, twin_dir)
     twin_profile = twin_dir / victim.profile.name
-    twin_profile.write_text(re.sub(r'^db_path = ".*"$', f'db_path = "{twin_dir / victim.db.name}"',
-                                   twin_profile.read_text(), flags=re.M))
+    twin_profile.write_text(
+        re.sub(r'^db_path = ".*"$', f'db_path = "{twin_dir / victim.db.name}"', twin_profile.read_text(), flags=re.M)
+    )
     twins: list = []
 
     def start_twin_mid_training() -> None:
-        wait_for(lambda: fleet.agent_rows(0, "select status from round_state where round_id = 1") == [("training",)],
-                 120, "the device to start training", step=0.005)
+        wait_for(
+            lambda: fleet.agent_rows(0, "select status from round_state where round_id = 1") == [("training",)],
+            120,
+            "the device to start training",
+            step=0.005,
+        )
         twins.append(start_agent(twin_profile, tmp_path / "twin.log"))
 
     injector = threading.Thread(target=start_twin_mid_training, daemon=True)
@@ -69,11 +74,15 @@ def test_a_cloned_device_is_quarantined_and_the_round_completes_without_it(tmp_p
     # be taken out (participants AGENTS - 1); caught later (its masked input already in the sum, or
     # its shares needed at unmask) it finishes the round flagged (AGENTS)
     assert first.status == "completed" and first.participants in (AGENTS - 1, AGENTS), first
-    (reason,) = _rows(fleet.db, "select quarantine_reason from devices where device_id = ? and quarantined_at is not null",
-                      (victim.device_id,))
+    (reason,) = _rows(
+        fleet.db,
+        "select quarantine_reason from devices where device_id = ? and quarantined_at is not null",
+        (victim.device_id,),
+    )
     assert "cloned device" in reason[0] and "round 1" in reason[0], reason
-    assert _rows(fleet.db, "select count(*) from rejections where kind = 'conflict' and device_id = ?",
-                 (victim.device_id,)) >= [(1,)]
+    assert _rows(
+        fleet.db, "select count(*) from rejections where kind = 'conflict' and device_id = ?", (victim.device_id,)
+    ) >= [(1,)]
     # never selected again: round 2 runs with the others only
     assert (second.status, second.participants) == ("completed", AGENTS - 1), second
     members = {d for (d,) in _rows(fleet.db, "select device_id from round_members where round_id = 2")}
@@ -86,7 +95,9 @@ def test_a_cloned_device_is_quarantined_and_the_round_completes_without_it(tmp_p
     assert "cloned device" in by_id[victim.device_id]["quarantined"]
     assert all(by_id[d]["quarantined"] is None for d in fleet.devices[1:])
     table = runner.invoke(cli, ["devices", "list", "--db", str(fleet.db)])
-    assert re.search(rf"^{re.escape(victim.device_id)} .* quarantined .*cloned device", table.output, re.M), table.output
+    assert re.search(rf"^{re.escape(victim.device_id)} .* quarantined .*cloned device", table.output, re.M), (
+        table.output
+    )
     lifted = runner.invoke(cli, ["devices", "unquarantine", victim.device_id, "--db", str(fleet.db)])
     assert lifted.exit_code == 0 and "cloned device" in lifted.output, lifted.output
     assert _rows(fleet.db, "select quarantined_at from devices where device_id = ?", (victim.device_id,)) == [(None,)]

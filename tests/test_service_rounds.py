@@ -40,8 +40,9 @@ def test_revoked_device_is_rejected_and_never_selected(embedded_broker, tmp_path
 @pytest.mark.timeout(60)
 def test_too_few_checkins_abandon_with_a_reason(embedded_broker, tmp_path) -> None:
     fleet = make_fleet(tmp_path, 3)
-    cfg = service_config(fleet, embedded_broker.url, rounds=1, mqtt_protocol=MQTT_311, checkin_window_s=1.0,
-                         training=dict(min_cohort=2))
+    cfg = service_config(
+        fleet, embedded_broker.url, rounds=1, mqtt_protocol=MQTT_311, checkin_window_s=1.0, training=dict(min_cohort=2)
+    )
     with AgentThreads(fleet, embedded_broker.url, MQTT_311, devices=("dev-00",)):
         [report] = CoordinatorService(cfg).run()
     assert report.status == "abandoned"
@@ -52,13 +53,23 @@ def test_too_few_checkins_abandon_with_a_reason(embedded_broker, tmp_path) -> No
 def test_privacy_budget_records_epsilon_and_stops_the_campaign(embedded_broker, tmp_path) -> None:
     fleet = make_fleet(tmp_path, 4)
     # local DP, z = 1, all 4 of 4 sampled, delta 1e-6: epsilon 5.22 after one round, 7.77 after two (rdp)
-    cfg = service_config(fleet, embedded_broker.url, rounds=3, mqtt_protocol=MQTT_311, epsilon_budget=6.0,
-                         training=dict(dp_mode="local", noise_multiplier=1.0, clip_norm=1.0))
+    cfg = service_config(
+        fleet,
+        embedded_broker.url,
+        rounds=3,
+        mqtt_protocol=MQTT_311,
+        epsilon_budget=6.0,
+        training=dict(dp_mode="local", noise_multiplier=1.0, clip_norm=1.0),
+    )
     with AgentThreads(fleet, embedded_broker.url, MQTT_311):
         reports = CoordinatorService(cfg).run()
     assert [r.status for r in reports] == ["completed", "abandoned"]
     assert reports[0].epsilon == pytest.approx(5.2215, abs=1e-3)
-    assert reports[1].reason.startswith("privacy budget:") and "7.766" in reports[1].reason and "budget of 6" in reports[1].reason
+    assert (
+        reports[1].reason.startswith("privacy budget:")
+        and "7.766" in reports[1].reason
+        and "budget of 6" in reports[1].reason
+    )
     store = Store(str(fleet.db))
     try:
         r1 = store.round(1)
@@ -114,8 +125,14 @@ def test_a_device_that_declines_for_budget_is_never_selected_again(embedded_brok
     from fedge.agent.core.errors import BudgetExhausted
 
     fleet = make_fleet(tmp_path, 3)
-    cfg = service_config(fleet, embedded_broker.url, rounds=2, mqtt_protocol=MQTT_311, checkin_window_s=5.0,
-                         training=dict(secagg=False, goal=3, min_cohort=2))
+    cfg = service_config(
+        fleet,
+        embedded_broker.url,
+        rounds=2,
+        mqtt_protocol=MQTT_311,
+        checkin_window_s=5.0,
+        training=dict(secagg=False, goal=3, min_cohort=2),
+    )
     agents = AgentThreads(fleet, embedded_broker.url, MQTT_311)
     spent = agents.loops[0]
 

@@ -24,9 +24,23 @@ MIX = (("pi4", 0.5), ("phone", 0.3), ("car", 0.2))
 
 
 def buffered_config(**overrides) -> SimConfig:
-    base = dict(population=200, per_round=20, rounds=6, model="logreg", dataset="digits", partition="dirichlet:0.5",
-                secagg=True, profiles=MIX, local_epochs=2, learning_rate=0.1, seed=2, workers=0, mode="buffered",
-                buffer=4, concurrency=12)
+    base = dict(
+        population=200,
+        per_round=20,
+        rounds=6,
+        model="logreg",
+        dataset="digits",
+        partition="dirichlet:0.5",
+        secagg=True,
+        profiles=MIX,
+        local_epochs=2,
+        learning_rate=0.1,
+        seed=2,
+        workers=0,
+        mode="buffered",
+        buffer=4,
+        concurrency=12,
+    )
     base.update(overrides)
     return SimConfig(**base)
 
@@ -37,15 +51,17 @@ def _group_run(secagg: bool, cfg: SimConfig, world, clients, bases, base_of, wei
     engine = ProtocolEngine(world.trainer, ProtocolSettings(training, cfg.population, server_opt=cfg.server_opt))
     n = len(clients)
     behaviour = RoundBehaviour(clients, np.ones(n, bool), np.full(n, NO_DROP, np.int8), np.zeros(n), np.zeros(n))
-    work = engine(1, target, behaviour, world.federation, np.random.default_rng(seed),
-                  group=GroupSpec(bases, base_of, weights))
+    work = engine(
+        1, target, behaviour, world.federation, np.random.default_rng(seed), group=GroupSpec(bases, base_of, weights)
+    )
     return work, training
 
 
 def test_a_groups_secagg_sum_is_the_plain_staleness_weighted_sum():
     cfg = buffered_config(server_opt=ServerOptConfig(learning_rate=0.5))
-    world = build_world(recipe(population=cfg.population, dataset=cfg.dataset, partition=cfg.partition,
-                               model=cfg.model, seed=cfg.seed))
+    world = build_world(
+        recipe(population=cfg.population, dataset=cfg.dataset, partition=cfg.partition, model=cfg.model, seed=cfg.seed)
+    )
     w0 = world.trainer.initial_weights()
     w1 = (w0 + np.random.default_rng(9).normal(0, 0.05, w0.size)).astype(np.float32)
     w2 = (w1 + np.random.default_rng(10).normal(0, 0.05, w0.size)).astype(np.float32)  # the target version
@@ -64,8 +80,15 @@ def test_a_groups_secagg_sum_is_the_plain_staleness_weighted_sum():
     num, den = np.zeros(w0.size), 0.0
     for i, (k, b, s) in enumerate(zip(clients, base_of, weights)):
         x, y = world.federation.client(int(k))
-        r = world.trainer.train((w0, w1)[b], x, y, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
-                                learning_rate=cfg.learning_rate, rng=np.random.default_rng(device_seeds(root, i)[0]))
+        r = world.trainer.train(
+            (w0, w1)[b],
+            x,
+            y,
+            epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            rng=np.random.default_rng(device_seeds(root, i)[0]),
+        )
         w = client_weight(r.num_examples, plan)
         num += s * w * r.delta.astype(np.float64)
         den += w
@@ -116,8 +139,17 @@ def test_sync_rounds_on_the_simulated_clock(tmp_path):
     """A round lasts at least its first deadline when a device drops before answering; uploads add up."""
     profiles = tmp_path / "profiles"
     write_profile(profiles, "flaky", FLAKY)
-    cfg = SimConfig(population=200, per_round=20, rounds=4, model="logreg", dataset="digits", secagg=True,
-                    profiles=(("flaky", 1.0),), seed=1, workers=0)
+    cfg = SimConfig(
+        population=200,
+        per_round=20,
+        rounds=4,
+        model="logreg",
+        dataset="digits",
+        secagg=True,
+        profiles=(("flaky", 1.0),),
+        seed=1,
+        workers=0,
+    )
     summary = runner.run(cfg, profile_dir=profiles, show_progress=False)
     prev_t, total = 0.0, 0
     deadline = runner.training_config(cfg, make_population(200, (), np.random.default_rng(0)))[0].train_deadline_s

@@ -16,8 +16,11 @@ from fedge.agent.training.models import MODELS_DIR
 from fedge.simulations.cli import cli
 
 MODEL = MODELS_DIR / "specs" / "shakespeare_gru.tflite"
-LINES = ["to be, or not to be, that is the question: ", "now is the winter of our discontent, made glorious ",
-         "all the world's a stage, and all the men and women merely players; "]
+LINES = [
+    "to be, or not to be, that is the question: ",
+    "now is the winter of our discontent, made glorious ",
+    "all the world's a stage, and all the men and women merely players; ",
+]
 
 
 def text_windows(path, writers: int = 12, per_writer: int = 40, seed: int = 0):
@@ -37,9 +40,11 @@ def text_windows(path, writers: int = 12, per_writer: int = 40, seed: int = 0):
 
 def test_built_gru_trains_through_secagg_and_dp(tmp_path):
     data = text_windows(tmp_path / "lines.npz")
-    argv = (f"run --population 12 --per-round 6 --rounds 3 --model {MODEL} --dataset {data} --partition natural "
-            f"--secagg --dp distributed --noise-multiplier 0.05 --clip 2.0 --learning-rate 1.0 --local-epochs 2 "
-            f"--seed 3 --workers 0 --out {tmp_path / 'out'}").split()
+    argv = (
+        f"run --population 12 --per-round 6 --rounds 3 --model {MODEL} --dataset {data} --partition natural "
+        f"--secagg --dp distributed --noise-multiplier 0.05 --clip 2.0 --learning-rate 1.0 --local-epochs 2 "
+        f"--seed 3 --workers 0 --out {tmp_path / 'out'}"
+    ).split()
     assert run(cli, "fedge-sim", argv) == 0
     doc = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert "fedge protocol" in doc["engine"]

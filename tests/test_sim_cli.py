@@ -30,26 +30,40 @@ def test_the_researchers_command_parses_into_one_config(monkeypatch, tmp_path) -
     assert _sim(RESEARCHER.format(out=tmp_path) + " --profiles pi4=0.5,phone=0.3,car=0.2") == 0
     (c,) = seen
     assert c == SimConfig(
-        population=100_000, per_round=10_000, rounds=50, model="mlp", dataset="synthetic:1,1",
-        partition="dirichlet:0.5", secagg=True, dp="distributed", noise_multiplier=1.0, clip=1.0,
-        delta=1e-6, seed=0, profiles=(("pi4", 0.5), ("phone", 0.3), ("car", 0.2)), out=str(tmp_path),
+        population=100_000,
+        per_round=10_000,
+        rounds=50,
+        model="mlp",
+        dataset="synthetic:1,1",
+        partition="dirichlet:0.5",
+        secagg=True,
+        dp="distributed",
+        noise_multiplier=1.0,
+        clip=1.0,
+        delta=1e-6,
+        seed=0,
+        profiles=(("pi4", 0.5), ("phone", 0.3), ("car", 0.2)),
+        out=str(tmp_path),
     )
     resolved = c.resolved()
     assert resolved["sampling"] == {"scheme": "uniform_without_replacement", "rate": 0.1}
     assert resolved["profiles"] == {"pi4": 0.5, "phone": 0.3, "car": 0.2}
 
 
-@pytest.mark.parametrize("extra,message", [
-    ("--dp distributed --noise-multiplier 1", "--dp distributed: needs --secagg"),
-    ("--per-round 11", "--per-round: expected 1..population (10)"),
-    ("--dp local", "--noise-multiplier: expected > 0 with --dp local"),
-    ("--dp maybe", "--dp: expected one of off, local, distributed"),
-    ("--model resnet", "--model: expected one of"),
-    ("--delta 1", "--delta"),
-    ("--partition dirichlet:0", "--partition"),
-    ("--profiles pi4=0.5", "shares sum to 0.5"),
-    ("--workers -1", "--workers: expected >= 0"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ("--dp distributed --noise-multiplier 1", "--dp distributed: needs --secagg"),
+        ("--per-round 11", "--per-round: expected 1..population (10)"),
+        ("--dp local", "--noise-multiplier: expected > 0 with --dp local"),
+        ("--dp maybe", "--dp: expected one of off, local, distributed"),
+        ("--model resnet", "--model: expected one of"),
+        ("--delta 1", "--delta"),
+        ("--partition dirichlet:0", "--partition"),
+        ("--profiles pi4=0.5", "shares sum to 0.5"),
+        ("--workers -1", "--workers: expected >= 0"),
+    ],
+)
 def test_config_errors_are_one_line_and_exit_2(capsys, extra: str, message: str) -> None:
     base = "run --population 10 --per-round 5 --rounds 1 --model logreg --dataset digits"
     code = _sim(f"{base} {extra}")
@@ -65,8 +79,10 @@ def test_model_and_data_shape_mismatch_is_refused(capsys) -> None:
 
 
 def test_a_small_run_writes_the_report_and_reproduces(tmp_path) -> None:
-    argv = ("run --population 300 --per-round 40 --rounds 3 --model logreg --dataset digits "
-            "--partition dirichlet:0.5 --profiles pi4=0.5,phone=0.3,car=0.2 --learning-rate 0.5 --local-epochs 5 --seed 7 --out {}")
+    argv = (
+        "run --population 300 --per-round 40 --rounds 3 --model logreg --dataset digits "
+        "--partition dirichlet:0.5 --profiles pi4=0.5,phone=0.3,car=0.2 --learning-rate 0.5 --local-epochs 5 --seed 7 --out {}"
+    )
     assert _sim(argv.format(tmp_path / "a")) == 0
     assert _sim(argv.format(tmp_path / "b")) == 0
     assert _sim(argv.replace("--seed 7", "--seed 8").format(tmp_path / "c")) == 0
@@ -98,11 +114,19 @@ def test_a_swapped_round_engine_gets_the_cohort_and_reports_its_epsilon(tmp_path
 
     def engine(round_, weights, behaviour, federation, rng):
         calls.append((round_, len(behaviour.client_ids), federation.num_clients))
-        return RoundWork(weights, {"protocol": 0.0}, examples=7, epsilon=0.5 * round_, participants=15,
-                         bytes_up=1234)
+        return RoundWork(weights, {"protocol": 0.0}, examples=7, epsilon=0.5 * round_, participants=15, bytes_up=1234)
 
-    config = SimConfig(population=50, per_round=20, rounds=2, model="logreg", dataset="digits",
-                       secagg=True, dp="distributed", noise_multiplier=1.0, out=str(tmp_path))
+    config = SimConfig(
+        population=50,
+        per_round=20,
+        rounds=2,
+        model="logreg",
+        dataset="digits",
+        secagg=True,
+        dp="distributed",
+        noise_multiplier=1.0,
+        out=str(tmp_path),
+    )
     summary = runner.run(config, engine=engine, show_progress=False)
     assert calls == [(1, 20, 50), (2, 20, 50)]
     assert [r.epsilon for r in summary.rounds] == [0.5, 1.0]

@@ -35,9 +35,21 @@ def _numpy_fedavg(spec, weights: np.ndarray, clients: list[tuple[np.ndarray, np.
 
 @pytest.mark.parametrize("secagg", [False, True])
 def test_fedge_fedavg_equals_a_plain_numpy_fedavg(secagg):
-    config = SimConfig(population=CLIENTS, per_round=CLIENTS, rounds=ROUNDS, model="logreg", dataset="digits",
-                       partition="iid", secagg=secagg, dp="off", local_epochs=EPOCHS, batch_size=10_000,
-                       learning_rate=LR, seed=4, workers=0)
+    config = SimConfig(
+        population=CLIENTS,
+        per_round=CLIENTS,
+        rounds=ROUNDS,
+        model="logreg",
+        dataset="digits",
+        partition="iid",
+        secagg=secagg,
+        dp="off",
+        local_epochs=EPOCHS,
+        batch_size=10_000,
+        learning_rate=LR,
+        seed=4,
+        workers=0,
+    )
     world = build_world(recipe(population=CLIENTS, dataset="digits", partition="iid", model="logreg", seed=4))
     population = make_population(CLIENTS, config.profiles, stream(4, 0))
     engine = protocol_engine(config, population, world.trainer)

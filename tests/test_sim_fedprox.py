@@ -21,8 +21,9 @@ def test_reference_and_tflite_fedprox_agree(mu):
     tfl = Trainer(spec, num_threads=1)
     start = (rng.standard_normal(spec.num_params) * 0.1).astype(np.float32)
     a = tfl.train(start, x, y, epochs=3, batch_size=8, learning_rate=0.2, rng=np.random.default_rng(5), prox_mu=mu)
-    b = ReferenceTrainer(spec, np.random.default_rng(1)).train(start, x, y, epochs=3, batch_size=8, learning_rate=0.2,
-                                                                rng=np.random.default_rng(5), prox_mu=mu)
+    b = ReferenceTrainer(spec, np.random.default_rng(1)).train(
+        start, x, y, epochs=3, batch_size=8, learning_rate=0.2, rng=np.random.default_rng(5), prox_mu=mu
+    )
     np.testing.assert_allclose(a.delta, b.delta, atol=2e-5)
 
 

@@ -19,10 +19,18 @@ from tests.sim_protocol_fixtures import FLAKY, small_config, write_profile
 def test_grouped_round_equals_one_group_to_the_bit_with_dropouts(tmp_path) -> None:
     write_profile(tmp_path, "flaky", FLAKY)
     config = small_config(per_round=80, dp="off", noise_multiplier=0.0)
-    world = build_world(recipe(population=config.population, dataset=config.dataset, partition=config.partition,
-                               model=config.model, seed=config.seed))
-    population = make_population(config.population, config.profiles, stream(config.seed, POPULATION),
-                                 profile_dir=tmp_path)
+    world = build_world(
+        recipe(
+            population=config.population,
+            dataset=config.dataset,
+            partition=config.partition,
+            model=config.model,
+            seed=config.seed,
+        )
+    )
+    population = make_population(
+        config.population, config.profiles, stream(config.seed, POPULATION), profile_dir=tmp_path
+    )
     cfg, dropout = runner.training_config(config, population)
     cfg = dataclasses.replace(cfg, secagg=True)
     weights = world.trainer.initial_weights()
@@ -31,8 +39,9 @@ def test_grouped_round_equals_one_group_to_the_bit_with_dropouts(tmp_path) -> No
     behaviour = draw_round_behaviour(population, cohort, r, stream(config.seed, BEHAVIOUR, r))
 
     def one_round(group_size: int) -> tuple[np.ndarray, ProtocolEngine]:
-        engine = ProtocolEngine(world.trainer, ProtocolSettings(cfg, config.population, dropout_rate=dropout,
-                                                                group_size=group_size))
+        engine = ProtocolEngine(
+            world.trainer, ProtocolSettings(cfg, config.population, dropout_rate=dropout, group_size=group_size)
+        )
         try:
             work = engine(r, weights, behaviour, world.federation, stream(config.seed, TRAIN, r))
         finally:
@@ -61,8 +70,17 @@ def test_group_size_needs_secagg_and_sync_rounds() -> None:
 
 
 def test_cohort_smaller_than_a_group_abandons_the_round_with_the_reason(tmp_path) -> None:
-    config = SimConfig(population=40, per_round=20, rounds=1, model="logreg", dataset="digits", secagg=True,
-                       group_size=30, workers=0, out=str(tmp_path / "out"))
+    config = SimConfig(
+        population=40,
+        per_round=20,
+        rounds=1,
+        model="logreg",
+        dataset="digits",
+        secagg=True,
+        group_size=30,
+        workers=0,
+        out=str(tmp_path / "out"),
+    )
     summary = runner.run(config, show_progress=False)
     last = summary.rounds[-1]
     assert last.status == "abandoned"

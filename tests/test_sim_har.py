@@ -65,6 +65,18 @@ def test_fedge_sim_learns_har_with_one_device_per_user(tmp_path):
     from fedge.simulations.config import SimConfig
     from fedge.simulations.runner import run
 
-    summary = run(SimConfig(population=30, per_round=10, rounds=10, model="mlp", dataset="har", partition="natural",
-                            learning_rate=0.1, seed=0, workers=0), show_progress=False)
+    summary = run(
+        SimConfig(
+            population=30,
+            per_round=10,
+            rounds=10,
+            model="mlp",
+            dataset="har",
+            partition="natural",
+            learning_rate=0.1,
+            seed=0,
+            workers=0,
+        ),
+        show_progress=False,
+    )
     assert summary.rounds[-1].accuracy > 0.85, [r.accuracy for r in summary.rounds]

@@ -38,15 +38,20 @@ def test_shipped_profiles_load_and_mix_in_exact_proportions() -> None:
 
 
 def test_odd_sizes_round_to_the_nearest_counts() -> None:
-    pop = make_population(7, (("a", 1 / 3), ("b", 1 / 3), ("c", 1 / 3)), np.random.default_rng(0),
-                          traits={"a": STEADY, "b": STEADY, "c": STEADY})
+    pop = make_population(
+        7,
+        (("a", 1 / 3), ("b", 1 / 3), ("c", 1 / 3)),
+        np.random.default_rng(0),
+        traits={"a": STEADY, "b": STEADY, "c": STEADY},
+    )
     assert sorted(np.bincount(pop.assignment).tolist()) == [2, 2, 3]
 
 
 def test_round_behaviour_rates_match_the_profile() -> None:
     n = 200_000
-    pop = make_population(n, (("flaky", 0.5), ("steady", 0.5)), np.random.default_rng(0),
-                          traits={"flaky": FLAKY, "steady": STEADY})
+    pop = make_population(
+        n, (("flaky", 0.5), ("steady", 0.5)), np.random.default_rng(0), traits={"flaky": FLAKY, "steady": STEADY}
+    )
     b = draw_round_behaviour(pop, np.arange(n), 1, np.random.default_rng(1))
     flaky = pop.assignment == 0
     # Binomial standard errors at these counts are below 0.003; tolerance 0.01.
@@ -86,13 +91,16 @@ def test_no_mix_is_an_ideal_fleet() -> None:
     assert b.completed().all()
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("pi4=0.5,phone=0.3", "sum to 0.8"),
-    ("pi4=0.5,pi4=0.5", "named twice"),
-    ("pi4", "NAME=SHARE"),
-    ("pi4=-1,phone=2", "NAME=SHARE"),
-    ("pi4=x", "NAME=SHARE"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("pi4=0.5,phone=0.3", "sum to 0.8"),
+        ("pi4=0.5,pi4=0.5", "named twice"),
+        ("pi4", "NAME=SHARE"),
+        ("pi4=-1,phone=2", "NAME=SHARE"),
+        ("pi4=x", "NAME=SHARE"),
+    ],
+)
 def test_bad_mixes_are_config_errors(spec: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_profile_mix(spec)

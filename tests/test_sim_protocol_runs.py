@@ -63,8 +63,9 @@ def test_one_host_or_two_worker_processes_give_identical_results(profiles) -> No
 
 
 def test_without_secure_aggregation_and_dp_the_run_is_plain_fedavg_with_no_epsilon(profiles) -> None:
-    s = runner.run(small_config(secagg=False, dp="off", noise_multiplier=0.0, rounds=3), profile_dir=profiles,
-                   show_progress=False)
+    s = runner.run(
+        small_config(secagg=False, dp="off", noise_multiplier=0.0, rounds=3), profile_dir=profiles, show_progress=False
+    )
     assert all(r.epsilon is None for r in s.rounds)
     assert all(r.status == "completed" for r in s.rounds)
     assert all(set(r.dropped_per_stage) <= {"unavailable", "report"} for r in s.rounds)
@@ -72,8 +73,11 @@ def test_without_secure_aggregation_and_dp_the_run_is_plain_fedavg_with_no_epsil
 
 
 #: Always there; each device drops at share_keys with 3%: a cohort of 40 loses nobody about 30% of the time.
-SHAKY = FLAKY.replace("availability = 0.9", "availability = 1.0").replace("= 0.04", "= 0.0").replace(
-    "share_keys = 0.0", "share_keys = 0.03")
+SHAKY = (
+    FLAKY.replace("availability = 0.9", "availability = 1.0")
+    .replace("= 0.04", "= 0.0")
+    .replace("share_keys = 0.0", "share_keys = 0.03")
+)
 
 
 def test_a_round_that_loses_too_many_devices_is_abandoned_with_a_reason_and_the_run_goes_on(tmp_path) -> None:
@@ -85,13 +89,22 @@ def test_a_round_that_loses_too_many_devices_is_abandoned_with_a_reason_and_the_
 
     write_profile(tmp_path, "shaky", SHAKY)
     config = small_config(rounds=5, profiles=(("shaky", 1.0),), out=str(tmp_path / "out"))
-    population = make_population(config.population, config.profiles, stream(config.seed, POPULATION), profile_dir=tmp_path)
+    population = make_population(
+        config.population, config.profiles, stream(config.seed, POPULATION), profile_dir=tmp_path
+    )
     cfg, dropout = runner.training_config(config, population)
     assert cfg.min_cohort < config.per_round  # the default tolerates the expected drops
     # a coordinator that needs every sampled device: any drop abandons the round
     strict = dataclasses.replace(cfg, min_cohort=config.per_round)
-    world = build_world(recipe(population=config.population, dataset=config.dataset, partition=config.partition,
-                               model=config.model, seed=config.seed))
+    world = build_world(
+        recipe(
+            population=config.population,
+            dataset=config.dataset,
+            partition=config.partition,
+            model=config.model,
+            seed=config.seed,
+        )
+    )
     engine = ProtocolEngine(world.trainer, ProtocolSettings(strict, config.population, dropout_rate=dropout))
     s = runner.run(config, engine=engine, profile_dir=tmp_path, show_progress=False)
 

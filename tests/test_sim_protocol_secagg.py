@@ -10,7 +10,7 @@ import pytest
 from fedge.coordinator.rounds.plan import make_plan
 from fedge.simulations import runner
 from fedge.simulations.hosts import device_seeds
-from fedge.simulations.population import make_population, draw_round_behaviour
+from fedge.simulations.population import draw_round_behaviour, make_population
 from fedge.simulations.protocol import ProtocolEngine, ProtocolSettings
 from fedge.simulations.world import BEHAVIOUR, COHORT, POPULATION, TRAIN, build_world, recipe, stream
 from tests.sim_protocol_fixtures import FLAKY, small_config, write_profile
@@ -19,10 +19,18 @@ from tests.sim_protocol_fixtures import FLAKY, small_config, write_profile
 def test_secagg_aggregate_equals_plain_aggregate_and_fedavg_up_to_quantization(tmp_path) -> None:
     write_profile(tmp_path, "flaky", FLAKY)
     config = small_config(per_round=60, dp="off", noise_multiplier=0.0)
-    world = build_world(recipe(population=config.population, dataset=config.dataset, partition=config.partition,
-                               model=config.model, seed=config.seed))
-    population = make_population(config.population, config.profiles, stream(config.seed, POPULATION),
-                                 profile_dir=tmp_path)
+    world = build_world(
+        recipe(
+            population=config.population,
+            dataset=config.dataset,
+            partition=config.partition,
+            model=config.model,
+            seed=config.seed,
+        )
+    )
+    population = make_population(
+        config.population, config.profiles, stream(config.seed, POPULATION), profile_dir=tmp_path
+    )
     cfg, dropout = runner.training_config(config, population)
     weights = world.trainer.initial_weights()
     r = 1
@@ -54,8 +62,15 @@ def test_secagg_aggregate_equals_plain_aggregate_and_fedavg_up_to_quantization(t
         if not ok:
             continue
         x, y = world.federation.client(k)
-        res = world.trainer.train(weights, x, y, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                                  learning_rate=cfg.learning_rate, rng=np.random.default_rng(device_seeds(root, i)[0]))
+        res = world.trainer.train(
+            weights,
+            x,
+            y,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            rng=np.random.default_rng(device_seeds(root, i)[0]),
+        )
         w = min(max(res.num_examples, 1), cfg.example_cap) / cfg.example_cap
         total += w * res.delta
         weight += w

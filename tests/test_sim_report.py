@@ -12,8 +12,16 @@ from fedge.simulations.report import PLOTS, ROUND_KEYS, RoundRecord, Summary, pr
 
 def _record(r: int, epsilon: float | None) -> RoundRecord:
     return RoundRecord(
-        round=r, accuracy=0.5 + r / 100, loss=1.0 / r, epsilon=epsilon, delta=1e-6, participants=90,
-        dropped=10, bytes_up=9000, bytes_down=10000, seconds=0.25,
+        round=r,
+        accuracy=0.5 + r / 100,
+        loss=1.0 / r,
+        epsilon=epsilon,
+        delta=1e-6,
+        participants=90,
+        dropped=10,
+        bytes_up=9000,
+        bytes_down=10000,
+        seconds=0.25,
         dropped_per_stage={"unavailable": 4, "masked_input": 6},
         seconds_per_stage={"train": 0.2, "evaluate": 0.05},
         group_accuracy={"profile:pi4": 0.6, "size:q1": 0.4},

@@ -14,8 +14,17 @@ from fedge.simulations.population import draw_round_behaviour, make_population
 from fedge.simulations.runner import protocol_engine, run
 from fedge.simulations.world import build_world, recipe, stream
 
-BASE = dict(population=20, per_round=20, rounds=2, model="logreg", dataset="digits", partition="iid",
-            learning_rate=0.1, seed=5, workers=0)
+BASE = dict(
+    population=20,
+    per_round=20,
+    rounds=2,
+    model="logreg",
+    dataset="digits",
+    partition="iid",
+    learning_rate=0.1,
+    seed=5,
+    workers=0,
+)
 
 
 def _weights(opt: ServerOptConfig) -> list[np.ndarray]:
@@ -26,8 +35,13 @@ def _weights(opt: ServerOptConfig) -> list[np.ndarray]:
     w, seen = world.trainer.initial_weights(), []
     try:
         for r in (1, 2):
-            work = engine(r, w, draw_round_behaviour(population, np.arange(20), r, stream(5, 1, r)),
-                          world.federation, stream(5, 2, r))
+            work = engine(
+                r,
+                w,
+                draw_round_behaviour(population, np.arange(20), r, stream(5, 1, r)),
+                world.federation,
+                stream(5, 2, r),
+            )
             assert work.status == "completed"
             w = work.weights
             seen.append(w)
@@ -55,7 +69,13 @@ def _initial() -> np.ndarray:
 
 
 def test_summary_records_the_server_optimizer(tmp_path):
-    run(SimConfig(**{**BASE, "rounds": 1}, server_opt=ServerOptConfig(ServerOptKind.FEDYOGI, learning_rate=0.05),
-                  out=str(tmp_path)), show_progress=False)
+    run(
+        SimConfig(
+            **{**BASE, "rounds": 1},
+            server_opt=ServerOptConfig(ServerOptKind.FEDYOGI, learning_rate=0.05),
+            out=str(tmp_path),
+        ),
+        show_progress=False,
+    )
     cfg = json.loads((tmp_path / "summary.json").read_text())["config"]
     assert cfg["server_opt"]["kind"] == "fedyogi" and cfg["server_opt"]["learning_rate"] == 0.05

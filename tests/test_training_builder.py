@@ -47,7 +47,12 @@ def test_every_spec_has_its_built_model():
 def test_built_model_loads_by_path_with_its_metadata(name):
     net = net_of(name)
     spec = load_spec(SPECS / f"{name}.tflite")
-    assert (spec.name, spec.input_shape, spec.num_classes, spec.loss) == (name, net.input_shape, net.num_outputs, net.loss)
+    assert (spec.name, spec.input_shape, spec.num_classes, spec.loss) == (
+        name,
+        net.input_shape,
+        net.num_outputs,
+        net.loss,
+    )
     assert spec.weight_names == tuple(w.name for w in net.weights)
     assert spec.weight_shapes == tuple(w.shape for w in net.weights)
     info = read_model_file(spec.path.read_bytes())
@@ -163,8 +168,15 @@ def test_built_model_trains_through_the_trainer(name):
 def test_trainer_refuses_targets_of_the_wrong_shape():
     trainer = Trainer(load_spec(SPECS / "sensor_regression.tflite"))
     with pytest.raises(TrainingError, match=r"targets of shape \(4, 2\)"):
-        trainer.train(trainer.initial_weights(), np.zeros((4, 8)), np.zeros(4, np.int32), epochs=1, batch_size=2,
-                      learning_rate=0.1, rng=np.random.default_rng(0))
+        trainer.train(
+            trainer.initial_weights(),
+            np.zeros((4, 8)),
+            np.zeros(4, np.int32),
+            epochs=1,
+            batch_size=2,
+            learning_rate=0.1,
+            rng=np.random.default_rng(0),
+        )
 
 
 # ------------------------------------------------------------------ the spec parser
@@ -193,17 +205,29 @@ def test_parser_refusals_name_the_problem():
     with pytest.raises(ConfigError, match="unknown key.*kernel for a dense"):
         layerspec.parse(spec('type = "dense"\nunits = 2\nkernel = 3'))
     with pytest.raises(ConfigError, match="window 5 is larger than the input"):
-        layerspec.parse(spec('type = "conv1d"\nfilters = 2\nkernel = 5', 'type = "flatten"', 'type = "dense"\nunits = 2',
-                             shape="[4, 1]"))
+        layerspec.parse(
+            spec(
+                'type = "conv1d"\nfilters = 2\nkernel = 5',
+                'type = "flatten"',
+                'type = "dense"\nunits = 2',
+                shape="[4, 1]",
+            )
+        )
     with pytest.raises(ConfigError, match="rate must be a number in"):
         layerspec.parse(spec('type = "dropout"\nrate = 1.0', 'type = "dense"\nunits = 2'))
 
 
 def test_shapes_padding_and_initialisers():
-    net = layerspec.parse(spec(
-        'type = "conv2d"\nfilters = 3\nkernel = [3, 2]\nstride = [2, 1]\npadding = "same"\nactivation = "tanh"',
-        'type = "maxpool"\nsize = 2', 'type = "flatten"', 'type = "dense"\nunits = 4\nactivation = "relu"',
-        'type = "dense"\nunits = 2', shape="[9, 8, 2]"))
+    net = layerspec.parse(
+        spec(
+            'type = "conv2d"\nfilters = 3\nkernel = [3, 2]\nstride = [2, 1]\npadding = "same"\nactivation = "tanh"',
+            'type = "maxpool"\nsize = 2',
+            'type = "flatten"',
+            'type = "dense"\nunits = 4\nactivation = "relu"',
+            'type = "dense"\nunits = 2',
+            shape="[9, 8, 2]",
+        )
+    )
     conv = net.layers[0]
     # SAME as TF: ceil(9/2) = 5 rows, padding (5-1)*2+3-9 = 2 split 1/1; 8 columns, padding 1 split 0/1
     assert conv.out_shape == (5, 8, 3) and conv.p["pads"] == [1, 1, 0, 1]
@@ -230,6 +254,8 @@ def test_models_build_without_tensorflow_names_the_extra(tmp_path: Path, capsys)
     code = run(cli, "fedge-coordinator", ["models", "build", str(SPECS / "har_cnn1d.toml"), "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == EXIT_MISSING_EXTRA
-    assert err == ["fedge-coordinator: error: this needs the 'modelgen' extra (tensorflow is not installed): "
-                   "pip install 'fedge[modelgen]'"]
+    assert err == [
+        "fedge-coordinator: error: this needs the 'modelgen' extra (tensorflow is not installed): "
+        "pip install 'fedge[modelgen]'"
+    ]
     assert list(tmp_path.iterdir()) == []

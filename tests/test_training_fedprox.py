@@ -41,7 +41,9 @@ def test_prox_term_matches_a_numpy_fedprox_step_by_step(name):
     rng0 = np.random.default_rng(3)
     w_global = (t.initial_weights() + rng0.normal(0, 0.05, spec.num_params)).astype(np.float32)
     kw = dict(epochs=3, batch_size=16, lr=0.1, mu=0.5, seed=11)
-    res = t.train(w_global, x, y, epochs=3, batch_size=16, learning_rate=0.1, rng=np.random.default_rng(11), prox_mu=0.5)
+    res = t.train(
+        w_global, x, y, epochs=3, batch_size=16, learning_rate=0.1, rng=np.random.default_rng(11), prox_mu=0.5
+    )
     want = _numpy_fedprox(name, spec, w_global, x, y, **kw)
     # float32 through 24 steps of TFLite vs numpy: measured max difference ~1e-6 (logreg), tolerance 2e-5
     np.testing.assert_allclose(w_global + res.delta, want, atol=2e-5)
@@ -50,7 +52,9 @@ def test_prox_term_matches_a_numpy_fedprox_step_by_step(name):
     assert np.abs(plain.delta - res.delta).max() > 1e-3
     assert np.linalg.norm(res.delta) < np.linalg.norm(plain.delta)  # pulled towards the global model
     # mu = 0 is plain SGD exactly
-    zero = t.train(w_global, x, y, epochs=3, batch_size=16, learning_rate=0.1, rng=np.random.default_rng(11), prox_mu=0.0)
+    zero = t.train(
+        w_global, x, y, epochs=3, batch_size=16, learning_rate=0.1, rng=np.random.default_rng(11), prox_mu=0.0
+    )
     np.testing.assert_array_equal(zero.delta, plain.delta)
 
 
@@ -59,8 +63,16 @@ def test_prox_mu_must_be_finite_and_non_negative():
     xtr, ytr, _, _ = split()
     for mu in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="prox_mu"):
-            t.train(t.initial_weights(), xtr[:10], ytr[:10], epochs=1, batch_size=5, learning_rate=0.1,
-                    rng=np.random.default_rng(0), prox_mu=mu)
+            t.train(
+                t.initial_weights(),
+                xtr[:10],
+                ytr[:10],
+                epochs=1,
+                batch_size=5,
+                learning_rate=0.1,
+                rng=np.random.default_rng(0),
+                prox_mu=mu,
+            )
 
 
 def test_round_plan_carries_prox_mu_and_an_older_plan_decodes_without_it():
@@ -72,13 +84,34 @@ def test_round_plan_carries_prox_mu_and_an_older_plan_decodes_without_it():
     from fedge.agent.core.messages.rounds import RoundPlan, Task
     from fedge.agent.core.wire import MAGIC, WIRE_VERSION, _to_plain
 
-    plan = RoundPlan("mlp", "mlp-0", 1, 16, 0.1, "off", 1.0, 0.0, 1, "examples", 100, 32, 1.0, 1.0, False, 1.0, 1e-5, 30.0,
-                     prox_mu=0.01)
+    plan = RoundPlan(
+        "mlp",
+        "mlp-0",
+        1,
+        16,
+        0.1,
+        "off",
+        1.0,
+        0.0,
+        1,
+        "examples",
+        100,
+        32,
+        1.0,
+        1.0,
+        False,
+        1.0,
+        1e-5,
+        30.0,
+        prox_mu=0.01,
+    )
     task = Task(3, "dev-1", plan, np.zeros(4, np.float32))
     assert wire.decode(wire.encode(task), expect=Task).plan.prox_mu == 0.01
     plain = _to_plain(task)
     old_plan = plain[2][: len(dataclasses.fields(RoundPlan)) - 1]  # a coordinator from before the field
-    old = msgpack.packb([MAGIC, WIRE_VERSION, "round.task", [plain[0], plain[1], old_plan, *plain[3:]]], use_bin_type=True)
+    old = msgpack.packb(
+        [MAGIC, WIRE_VERSION, "round.task", [plain[0], plain[1], old_plan, *plain[3:]]], use_bin_type=True
+    )
     assert wire.decode(old, expect=Task).plan.prox_mu == 0.0
     with pytest.raises(ValueError, match="prox_mu"):
         dataclasses.replace(plan, prox_mu=-1.0)

@@ -70,7 +70,10 @@ def test_initial_weights_as_recorded(name):
     for layer in net.layers:
         if layer.kind == "gru":
             assert (inits[f"{layer.name}_w"], inits[f"{layer.name}_u"], inits[f"{layer.name}_b"]) == (
-                "glorot_uniform", "glorot_uniform", "zeros")
+                "glorot_uniform",
+                "glorot_uniform",
+                "zeros",
+            )
     assert not got[net.weights[-2].name].any() and not got[net.weights[-1].name].any()  # the head at zero
 
 
@@ -136,24 +139,49 @@ def spec(*layers: str, shape: str = "[8]", extra: str = "") -> str:
 
 
 def test_sequence_shapes():
-    net = layerspec.parse(spec('type = "embedding"\nvocab = 30\ndim = 5', 'type = "gru"\nunits = 7\nreturn_sequences = true',
-                               'type = "gru"\nunits = 4', 'type = "dense"\nunits = 3', shape="[9]"))
+    net = layerspec.parse(
+        spec(
+            'type = "embedding"\nvocab = 30\ndim = 5',
+            'type = "gru"\nunits = 7\nreturn_sequences = true',
+            'type = "gru"\nunits = 4',
+            'type = "dense"\nunits = 3',
+            shape="[9]",
+        )
+    )
     assert [layer.out_shape for layer in net.layers] == [(9, 5), (9, 7), (4,), (3,)]
     assert net.architecture == "9 -> embedding 30x5 -> gru 7 sequence -> gru 4 -> dense 3 (softmax_cross_entropy)"
 
 
 def test_sequence_refusals_name_the_problem():
     with pytest.raises(ConfigError, match="embedding must be the first layer"):
-        layerspec.parse(spec('type = "dense"\nunits = 4', 'type = "embedding"\nvocab = 3\ndim = 2', 'type = "flatten"',
-                             'type = "dense"\nunits = 2'))
+        layerspec.parse(
+            spec(
+                'type = "dense"\nunits = 4',
+                'type = "embedding"\nvocab = 3\ndim = 2',
+                'type = "flatten"',
+                'type = "dense"\nunits = 2',
+            )
+        )
     with pytest.raises(ConfigError, match=r"embedding takes a sequence of token ids"):
-        layerspec.parse(spec('type = "embedding"\nvocab = 3\ndim = 2', 'type = "flatten"', 'type = "dense"\nunits = 2',
-                             shape="[4, 2]"))
+        layerspec.parse(
+            spec(
+                'type = "embedding"\nvocab = 3\ndim = 2',
+                'type = "flatten"',
+                'type = "dense"\nunits = 2',
+                shape="[4, 2]",
+            )
+        )
     with pytest.raises(ConfigError, match=r"gru takes \[time, features\]"):
         layerspec.parse(spec('type = "gru"\nunits = 3', 'type = "dense"\nunits = 2'))
     with pytest.raises(ConfigError, match="return_sequences must be true or false"):
-        layerspec.parse(spec('type = "gru"\nunits = 3\nreturn_sequences = 1', 'type = "flatten"', 'type = "dense"\nunits = 2',
-                             shape="[4, 2]"))
+        layerspec.parse(
+            spec(
+                'type = "gru"\nunits = 3\nreturn_sequences = 1',
+                'type = "flatten"',
+                'type = "dense"\nunits = 2',
+                shape="[4, 2]",
+            )
+        )
     with pytest.raises(ConfigError, match="vocab: expected an integer >= 2"):
         layerspec.parse(spec('type = "embedding"\nvocab = 1\ndim = 2', 'type = "flatten"', 'type = "dense"\nunits = 2'))
 

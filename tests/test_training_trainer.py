@@ -84,8 +84,15 @@ def test_time_cap_stops_cleanly_between_steps(mlp):
     ticks = itertools.count()
     clock = lambda: float(next(ticks))  # noqa: E731 - one second per look at the clock
     res = mlp.train(
-        mlp.initial_weights(), xtr, ytr, epochs=5, batch_size=32, learning_rate=0.1,
-        rng=np.random.default_rng(0), max_seconds=10, clock=clock,
+        mlp.initial_weights(),
+        xtr,
+        ytr,
+        epochs=5,
+        batch_size=32,
+        learning_rate=0.1,
+        rng=np.random.default_rng(0),
+        max_seconds=10,
+        clock=clock,
     )
     assert res.stopped == STOP_TIME_CAP
     assert res.steps == 9  # clock read at t0=0, then before each step: 1..9 pass, 10 stops
@@ -97,14 +104,26 @@ def test_abort_signal_stops_training(mlp):
     xtr, ytr, _, _ = split()
     calls = itertools.count()
     res = mlp.train(
-        mlp.initial_weights(), xtr, ytr, epochs=2, batch_size=32, learning_rate=0.1,
-        rng=np.random.default_rng(0), should_abort=lambda: next(calls) >= 50,
+        mlp.initial_weights(),
+        xtr,
+        ytr,
+        epochs=2,
+        batch_size=32,
+        learning_rate=0.1,
+        rng=np.random.default_rng(0),
+        should_abort=lambda: next(calls) >= 50,
     )
     assert res.stopped == STOP_ABORTED and res.steps == 50
     assert res.epochs == pytest.approx(1 + 6 * 32 / 1400)
     immediate = mlp.train(
-        mlp.initial_weights(), xtr, ytr, epochs=1, batch_size=32, learning_rate=0.1,
-        rng=np.random.default_rng(0), should_abort=lambda: True,
+        mlp.initial_weights(),
+        xtr,
+        ytr,
+        epochs=1,
+        batch_size=32,
+        learning_rate=0.1,
+        rng=np.random.default_rng(0),
+        should_abort=lambda: True,
     )
     assert immediate.steps == 0 and np.isnan(immediate.loss) and not immediate.delta.any()
 
@@ -130,15 +149,25 @@ def test_profile_limits_drive_training():
 )
 def test_bad_data_is_a_training_error(mlp, x_shape, labels, match):
     with pytest.raises(TrainingError, match=match):
-        mlp.train(mlp.initial_weights(), np.zeros(x_shape, np.float32), labels, epochs=1, batch_size=4,
-                  learning_rate=0.1, rng=np.random.default_rng(0))
+        mlp.train(
+            mlp.initial_weights(),
+            np.zeros(x_shape, np.float32),
+            labels,
+            epochs=1,
+            batch_size=4,
+            learning_rate=0.1,
+            rng=np.random.default_rng(0),
+        )
 
 
 def test_bad_settings_and_weights_are_refused(mlp):
     x, y = np.zeros((4, 64), np.float32), np.zeros(4, np.int32)
     w = mlp.initial_weights()
-    for kw in (dict(epochs=0, batch_size=4, learning_rate=0.1), dict(epochs=1, batch_size=0, learning_rate=0.1),
-               dict(epochs=1, batch_size=4, learning_rate=float("nan"))):
+    for kw in (
+        dict(epochs=0, batch_size=4, learning_rate=0.1),
+        dict(epochs=1, batch_size=0, learning_rate=0.1),
+        dict(epochs=1, batch_size=4, learning_rate=float("nan")),
+    ):
         with pytest.raises(ConfigError):
             mlp.train(w, x, y, rng=np.random.default_rng(0), **kw)
     with pytest.raises(TrainingError, match="flat vector"):
@@ -152,15 +181,29 @@ def test_bad_settings_and_weights_are_refused(mlp):
 def test_divergence_is_reported(mlp):
     xtr, ytr, _, _ = split()
     with pytest.raises(TrainingError, match="lower the learning rate"):
-        mlp.train(mlp.initial_weights() * 1e30, xtr, ytr, epochs=1, batch_size=32, learning_rate=1.0,
-                  rng=np.random.default_rng(0))
+        mlp.train(
+            mlp.initial_weights() * 1e30,
+            xtr,
+            ytr,
+            epochs=1,
+            batch_size=32,
+            learning_rate=1.0,
+            rng=np.random.default_rng(0),
+        )
 
 
 def test_cnn_trains_on_flat_rows_too():
     t = Trainer(load_spec("cnn"))
     x = np.random.default_rng(0).uniform(0, 1, (8, 784)).astype(np.float32)
-    res = t.train(t.initial_weights(), x, np.arange(8) % 10, epochs=1, batch_size=3, learning_rate=0.1,
-                  rng=np.random.default_rng(0))
+    res = t.train(
+        t.initial_weights(),
+        x,
+        np.arange(8) % 10,
+        epochs=1,
+        batch_size=3,
+        learning_rate=0.1,
+        rng=np.random.default_rng(0),
+    )
     assert res.steps == 3 and res.delta.any()
 
 

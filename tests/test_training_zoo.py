@@ -11,8 +11,8 @@ import json
 import numpy as np
 import pytest
 
-from fedge.agent.training import reference
 from fedge.agent.core.errors import ConfigError
+from fedge.agent.training import reference
 from fedge.agent.training.models import MODELS_DIR, family_of, list_models, load_spec, model_for
 from fedge.agent.training.runtime import load_interpreter
 from fedge.agent.training.tflite_file import read_model_file
@@ -165,7 +165,9 @@ def test_reference_gradients_match_finite_differences(name):
             minus = {kk: v.copy() for kk, v in w.items()}
             plus[k].ravel()[i] += eps
             minus[k].ravel()[i] -= eps
-            num = (reference.loss_and_grads(name, plus, xb, yb)[0] - reference.loss_and_grads(name, minus, xb, yb)[0]) / (2 * eps)
+            num = (
+                reference.loss_and_grads(name, plus, xb, yb)[0] - reference.loss_and_grads(name, minus, xb, yb)[0]
+            ) / (2 * eps)
             assert abs(num - flat[i]) < 2e-3 + 0.05 * abs(num), f"{k}[{i}]: analytic {flat[i]} vs numeric {num}"
 
 

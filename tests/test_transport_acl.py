@@ -43,7 +43,9 @@ def drain(t: MqttTransport, wait: float) -> list[tuple[str, bytes]]:
 
 @pytest.mark.parametrize("protocol", [MQTT_5, MQTT_311])
 def test_device_cannot_publish_on_another_devices_topic(
-    mosquitto_tls: TlsBroker, made: list[MqttTransport], protocol: str  # noqa: F811
+    mosquitto_tls: TlsBroker,
+    made: list[MqttTransport],
+    protocol: str,  # noqa: F811
 ) -> None:
     coord = connect(made, mosquitto_tls.config("coordinator", protocol=protocol))
     coord.subscribe(topics.ALL_DEVICES_OUT)
@@ -61,7 +63,8 @@ def test_device_cannot_publish_on_another_devices_topic(
 
 
 def test_device_reads_only_its_own_inbox_and_fleet_topics(
-    mosquitto_tls: TlsBroker, made: list[MqttTransport]  # noqa: F811
+    mosquitto_tls: TlsBroker,
+    made: list[MqttTransport],  # noqa: F811
 ) -> None:
     coord = connect(made, mosquitto_tls.config("coordinator"))
     announcement = payload(50, seed=3)
@@ -101,20 +104,24 @@ def test_connect_without_client_certificate_times_out(mosquitto_tls: TlsBroker, 
 
 
 @pytest.mark.parametrize("protocol", [MQTT_5, MQTT_311])
-def test_per_device_password_credentials(mosquitto_passwords: MosquittoProcess, made: list[MqttTransport], protocol: str) -> None:
+def test_per_device_password_credentials(
+    mosquitto_passwords: MosquittoProcess, made: list[MqttTransport], protocol: str
+) -> None:
     url = mosquitto_passwords.url
     ok = connect(made, TransportConfig(url, "dev-a", username="dev-a", password=PASSWORDS["dev-a"], protocol=protocol))
     ok.publish(topics.device_out("dev-a"), payload(10))
     for user, pw in (("dev-a", "wrong"), ("nobody", "x"), (None, None)):
         t0 = time.monotonic()
         with pytest.raises(TransportError):  # refused at once, not after the timeout
-            MqttTransport(TransportConfig(url, "dev-x", username=user, password=pw, protocol=protocol,
-                                          connect_timeout_s=10)).connect()
+            MqttTransport(
+                TransportConfig(url, "dev-x", username=user, password=pw, protocol=protocol, connect_timeout_s=10)
+            ).connect()
         assert time.monotonic() - t0 < 5
 
 
 def test_shipped_queue_limit_keeps_more_than_mosquittos_default(
-    mosquitto_tls: TlsBroker, made: list[MqttTransport]  # noqa: F811
+    mosquitto_tls: TlsBroker,
+    made: list[MqttTransport],  # noqa: F811
 ) -> None:
     """Mosquitto's default keeps 1,000 queued messages per offline client and drops the rest
     silently; the shipped config keeps a whole cohort's worth."""

@@ -14,15 +14,18 @@ from fedge.agent.core.errors import ConfigError
 from fedge.agent.core.messages.transport import Chunk
 from fedge.agent.core.transport.base import TransportConfig
 from fedge.agent.core.transport.chunks import Inbox, split
-from tests.transport_fixtures import GARBAGE, corrupt, payload
 from tests.fakes import FakeClock
+from tests.transport_fixtures import GARBAGE, corrupt, payload
 
 CFG = TransportConfig(
-    "memory://", "rx", chunk_bytes=1024, max_payload_bytes=64 * 1024, max_reassembly_bytes=128 * 1024,
-    max_transfers=4, transfer_timeout_s=10.0,
+    "memory://",
+    "rx",
+    chunk_bytes=1024,
+    max_payload_bytes=64 * 1024,
+    max_reassembly_bytes=128 * 1024,
+    max_transfers=4,
+    transfer_timeout_s=10.0,
 )
-
-
 
 
 def feed(inbox: Inbox, msgs: list[bytes], topic: str = "t", start: int = 0):
@@ -129,8 +132,14 @@ def test_bounded_concurrent_transfers_and_bytes() -> None:
     got, acked = feed(inbox, firsts)
     assert got == [] and acked == [4, 5] and inbox.partial_transfers == CFG.max_transfers
     # byte bound: three large transfers fill 128 KiB of reassembly memory
-    cfg = TransportConfig("memory://", "rx", chunk_bytes=16 * 1024, max_payload_bytes=64 * 1024,
-                          max_reassembly_bytes=64 * 1024, max_transfers=8)
+    cfg = TransportConfig(
+        "memory://",
+        "rx",
+        chunk_bytes=16 * 1024,
+        max_payload_bytes=64 * 1024,
+        max_reassembly_bytes=64 * 1024,
+        max_transfers=8,
+    )
     inbox = Inbox(cfg)
     parts = [split(payload(60_000, seed=i), 16 * 1024, f"b.{i}") for i in range(2)]
     feed(inbox, parts[0][:-1])

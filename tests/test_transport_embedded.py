@@ -76,7 +76,10 @@ def test_clients_subscribing_together_all_get_their_messages_and_no_broker_error
         # amqtt walks the subscription table, and the others subscribe meanwhile
         sender.subscribe("fedge/v1/rounds/#")
         sender.publish("fedge/v1/rounds/current", payload(50), retain=True)
-        clients = [MqttTransport(TransportConfig(b.url, f"dev-{i}", protocol=MQTT_311, connect_timeout_s=10)) for i in range(12)]
+        clients = [
+            MqttTransport(TransportConfig(b.url, f"dev-{i}", protocol=MQTT_311, connect_timeout_s=10))
+            for i in range(12)
+        ]
         errors: list[BaseException] = []
 
         def up(t: MqttTransport, i: int) -> None:

@@ -218,7 +218,8 @@ def test_last_will_published_when_a_device_process_dies(mosquitto: MosquittoProc
         coord.subscribe(topics.ALL_DEVICES_STATUS)
         child = subprocess.Popen(
             [sys.executable, "-c", _WILL_CHILD, mosquitto.url, protocol, will.hex()],
-            stdout=subprocess.PIPE, cwd=str(Path(__file__).resolve().parent.parent),
+            stdout=subprocess.PIPE,
+            cwd=str(Path(__file__).resolve().parent.parent),
         )
         try:
             assert child.stdout is not None and child.stdout.readline().strip() == b"up"

@@ -62,7 +62,9 @@ def test_a_profile_without_protocol_reaches_the_embedded_broker(tmp_path, embedd
 
 @needs_mosquitto
 def test_the_same_profile_speaks_mqtt5_to_mosquitto(tmp_path, mosquitto) -> None:
-    coordinator = MqttTransport(ServiceConfig(db_path=str(tmp_path / "c.db"), broker_url=mosquitto.url).transport(mosquitto.url))
+    coordinator = MqttTransport(
+        ServiceConfig(db_path=str(tmp_path / "c.db"), broker_url=mosquitto.url).transport(mosquitto.url)
+    )
     coordinator.connect()
     agent = _agent(tmp_path, mosquitto.url)
     agent.connect()

@@ -12,7 +12,9 @@ from fedge.agent.core.messages.transport import Chunk
 def payload(size: int, seed: int = 0, device: str = "dev-a") -> bytes:
     """A wire-encoded message of about ``size`` bytes with random (seeded) content."""
     rng = np.random.default_rng(seed)
-    return wire.encode(Reject(device_id=device, round_id=seed, stage="upload", reason=rng.bytes(max(1, size // 2)).hex()))
+    return wire.encode(
+        Reject(device_id=device, round_id=seed, stage="upload", reason=rng.bytes(max(1, size // 2)).hex())
+    )
 
 
 def corrupt(chunks: list[bytes], index: int) -> list[bytes]:

@@ -35,9 +35,7 @@ OVERRIDES: dict[type, st.SearchStrategy[Any]] = {}
 
 def _register_overrides() -> None:
     from fedge.agent.core.messages.rounds import DP_MODES, WEIGHTINGS, RoundPlan
-
     from fedge.agent.core.messages.transport import Chunk
-
     from fedge.agent.core.secagg.params import SecAggParams
 
     OVERRIDES[SecAggParams] = _secagg_params()
@@ -54,12 +52,18 @@ def _register_overrides() -> None:
         st.integers(0, 10**6),
     )
     pos = st.floats(min_value=1e-6, max_value=1e6)
+
     def _plan(adaptive: tuple[float, float, float] | None, **kw: Any) -> RoundPlan:
         on = adaptive is not None and kw["dp_mode"] != "off"
         q, eta, extra = adaptive if on else (0.0, 0.0, 0.0)
         sigma_b = kw["noise_multiplier"] / 2 + extra if on else 0.0
-        return RoundPlan(**kw, dp_denominator=0 if kw["dp_mode"] == "off" else 7, adaptive_target_quantile=q,
-                         adaptive_learning_rate=eta, clip_count_stddev=sigma_b)
+        return RoundPlan(
+            **kw,
+            dp_denominator=0 if kw["dp_mode"] == "off" else 7,
+            adaptive_target_quantile=q,
+            adaptive_learning_rate=eta,
+            clip_count_stddev=sigma_b,
+        )
 
     OVERRIDES[RoundPlan] = st.builds(
         _plan,
@@ -85,7 +89,6 @@ def _register_overrides() -> None:
     )
 
 
-
 def _secagg_params() -> st.SearchStrategy[Any]:
     """Valid SecAggParams: k even (or n - 1), k/2 < t <= k."""
     from fedge.agent.core.secagg.params import SecAggParams
@@ -108,9 +111,17 @@ def _release_manifest() -> st.SearchStrategy[Any]:
     version = st.from_regex(r"\A[A-Za-z0-9_.:+-]{1,64}\Z")
     finite = st.floats(allow_nan=False, allow_infinity=False)
     return st.builds(
-        ReleaseManifest, version, st.just("") | version, st.text(min_size=1, max_size=16),
-        st.from_regex(r"\A[0-9a-f]{64}\Z"), st.integers(1, 2**31 - 1), st.dictionaries(st.text(max_size=8), finite, max_size=3),
-        st.lists(st.integers(0, 10**6), max_size=4).map(tuple), st.text(max_size=32), st.from_regex(r"\A[0-9a-f]{16}\Z"), finite,
+        ReleaseManifest,
+        version,
+        st.just("") | version,
+        st.text(min_size=1, max_size=16),
+        st.from_regex(r"\A[0-9a-f]{64}\Z"),
+        st.integers(1, 2**31 - 1),
+        st.dictionaries(st.text(max_size=8), finite, max_size=3),
+        st.lists(st.integers(0, 10**6), max_size=4).map(tuple),
+        st.text(max_size=32),
+        st.from_regex(r"\A[0-9a-f]{16}\Z"),
+        finite,
     )
 
 
@@ -179,9 +190,7 @@ def equal(a: Any, b: Any) -> bool:
             and a.tobytes() == b.tobytes()
         )
     if dataclasses.is_dataclass(a) and not isinstance(a, type):
-        return type(a) is type(b) and all(
-            equal(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)
-        )
+        return type(a) is type(b) and all(equal(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
     if isinstance(a, tuple):
         return isinstance(b, tuple) and len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b))
     if isinstance(a, dict):

@@ -32,7 +32,7 @@ _URL_WHAT = "an mqtt:// or mqtts:// URL with a host (e.g. mqtts://broker.example
 class DeviceInfo:
     """``[device]``: which class of device this profile describes."""
 
-    class_: str = rule(pattern=r"[a-z0-9][a-z0-9_-]{0,31}", pattern_what="a lowercase name like \"pi4\"")
+    class_: str = rule(pattern=r"[a-z0-9][a-z0-9_-]{0,31}", pattern_what='a lowercase name like "pi4"')
     description: str = rule("")
 
 
@@ -96,20 +96,14 @@ class NetworkConfig:
             or parts.query
             or parts.fragment
         ):
-            raise ConfigError(
-                f"broker_url: expected {_URL_WHAT}, no credentials or path, got {show(self.broker_url)}"
-            )
+            raise ConfigError(f"broker_url: expected {_URL_WHAT}, no credentials or path, got {show(self.broker_url)}")
         if (self.tls_cert is None) != (self.tls_key is None):
             missing = "tls_key" if self.tls_key is None else "tls_cert"
-            raise ConfigError(
-                f"{missing}: missing; expected tls_cert and tls_key together (client certificate)"
-            )
+            raise ConfigError(f"{missing}: missing; expected tls_cert and tls_key together (client certificate)")
         if not self.tls:
             for name in ("tls_ca", "tls_cert", "tls_key"):
                 if getattr(self, name) is not None:
-                    raise ConfigError(
-                        f"{name}: expected only with an mqtts:// broker_url, got {show(self.broker_url)}"
-                    )
+                    raise ConfigError(f"{name}: expected only with an mqtts:// broker_url, got {show(self.broker_url)}")
 
     @property
     def tls(self) -> bool:
@@ -140,9 +134,7 @@ class PrivacyConfig:
 
     def __post_init__(self) -> None:
         if self.mode != "off" and self.noise_multiplier == 0:
-            raise ConfigError(
-                f"noise_multiplier: expected a number > 0 when mode is {self.mode!r}, got 0"
-            )
+            raise ConfigError(f"noise_multiplier: expected a number > 0 when mode is {self.mode!r}, got 0")
 
 
 @dataclasses.dataclass(frozen=True)

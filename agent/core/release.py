@@ -112,8 +112,16 @@ class ReleaseManifest:
         )
         rounds = b"".join(struct.pack(">q", r) for r in self.produced_by)
         fields: tuple[bytes | str | int, ...] = (
-            self.version, self.parent, self.architecture, self.sha256, self.num_params,
-            metrics, rounds, self.source, self.key_id, _F64.pack(self.created),
+            self.version,
+            self.parent,
+            self.architecture,
+            self.sha256,
+            self.num_params,
+            metrics,
+            rounds,
+            self.source,
+            self.key_id,
+            _F64.pack(self.created),
         )
         if self.carries_model:  # a release without model files signs exactly what it did before them
             return transcript("release/manifest-with-model", *fields, self.model_sha256, self.model_meta_sha256)
@@ -141,8 +149,12 @@ def sign_release(manifest: ReleaseManifest, key: IdentityKey) -> bytes:
 
 
 def verify_release(
-    manifest: ReleaseManifest, signature: bytes, weights: np.ndarray, trusted_keys: Mapping[str, bytes],
-    model: bytes = b"", model_meta: bytes = b"",
+    manifest: ReleaseManifest,
+    signature: bytes,
+    weights: np.ndarray,
+    trusted_keys: Mapping[str, bytes],
+    model: bytes = b"",
+    model_meta: bytes = b"",
 ) -> np.ndarray:
     """The weights as float32 if ``signature`` is a trusted key's over ``manifest`` and they match its
     hash, and the model files (if the manifest names them) match theirs.
@@ -202,11 +214,15 @@ def rotation_payload(sequence: int, new_public: bytes, retire: tuple[str, ...], 
     return transcript("release/key-rotation", sequence, bytes(new_public), ",".join(retire), signer_key_id)
 
 
-def sign_rotation(signer: IdentityKey, new_key: IdentityKey, sequence: int, retire: tuple[str, ...] = ()) -> KeyRotation:
+def sign_rotation(
+    signer: IdentityKey, new_key: IdentityKey, sequence: int, retire: tuple[str, ...] = ()
+) -> KeyRotation:
     """A rotation to ``new_key`` vouched for by ``signer`` (a key the devices trust now)."""
     signer_id = key_id(signer.public_bytes())
     payload = rotation_payload(sequence, new_key.public_bytes(), tuple(retire), signer_id)
-    return KeyRotation(sequence, new_key.public_bytes(), tuple(retire), signer_id, signer.sign(payload), new_key.sign(payload))
+    return KeyRotation(
+        sequence, new_key.public_bytes(), tuple(retire), signer_id, signer.sign(payload), new_key.sign(payload)
+    )
 
 
 def apply_rotation(trusted: Mapping[str, bytes], last_sequence: int, rotation: KeyRotation) -> dict[str, bytes]:

@@ -104,8 +104,9 @@ class EncodedUpdate:
     clip_bit: float | None = None
 
 
-def encode_update(delta: np.ndarray, num_examples: int, plan: RoundPlan, rng: np.random.Generator,
-                  staleness_weight: float = 1.0) -> EncodedUpdate:
+def encode_update(
+    delta: np.ndarray, num_examples: int, plan: RoundPlan, rng: np.random.Generator, staleness_weight: float = 1.0
+) -> EncodedUpdate:
     """Clip, noise, weight, quantize (and in distributed mode noise in the ring) one delta.
 
     ``staleness_weight`` s in (0, 1] (buffered aggregation, ``coordinator/rounds/staleness.py``)
@@ -168,4 +169,6 @@ def decode_aggregate(total: np.ndarray, plan: RoundPlan, dimension: int) -> Aggr
         raise ProtocolError(f"aggregate weight {weight} is not positive")
     denominator = plan.dp_denominator if plan.dp_mode != "off" else weight
     bits = float(s[dimension]) if plan.adaptive else None
-    return Aggregate(mean_delta=(s[:dimension] / denominator).astype(np.float32), total_weight=weight, clip_bit_sum=bits)
+    return Aggregate(
+        mean_delta=(s[:dimension] / denominator).astype(np.float32), total_weight=weight, clip_bit_sum=bits
+    )

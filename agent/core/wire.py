@@ -229,8 +229,12 @@ def _check(value: Any, tp: Any, where: str) -> Any:
 def _build(cls: type, value: Any, where: str) -> Any:
     fields = dataclasses.fields(cls)
     # a message from an older sender may omit trailing fields that have defaults (added since)
-    if not isinstance(value, list) or len(value) > len(fields) or any(
-        f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields[len(value) :]
+    if (
+        not isinstance(value, list)
+        or len(value) > len(fields)
+        or any(
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields[len(value) :]
+        )
     ):
         raise WireError(f"{where}: expected {len(fields)} fields")
     hints = _hints(cls)

@@ -121,8 +121,10 @@ def check(interp: Any, net: Network, seed: int = 0, *, train_interp: Any = None)
     names = [w.name for w in net.weights]
     have = get_w()
     if sorted(have) != sorted(names) or any(have[w.name].shape != w.shape for w in net.weights):
-        raise TrainingError(f"{net.name}: get_weights gives {sorted((k, v.shape) for k, v in have.items())}, "
-                            f"the spec has {[(w.name, w.shape) for w in net.weights]}")
+        raise TrainingError(
+            f"{net.name}: get_weights gives {sorted((k, v.shape) for k, v in have.items())}, "
+            f"the spec has {[(w.name, w.shape) for w in net.weights]}"
+        )
     rng = np.random.default_rng(seed)
     w0 = random_weights(net, rng)
 
@@ -173,7 +175,9 @@ def check(interp: Any, net: Network, seed: int = 0, *, train_interp: Any = None)
             rgap = abs(ref_grads[k].ravel()[i] - fd)
             ref_gap = max(ref_gap, rgap)
             if rgap > REF_GRAD_TOL * max(1.0, abs(fd)):
-                problems.append(f"reference gradient of {k}[{i}]: {ref_grads[k].ravel()[i]:.9g}, finite differences {fd:.9g}")
+                problems.append(
+                    f"reference gradient of {k}[{i}]: {ref_grads[k].ravel()[i]:.9g}, finite differences {fd:.9g}"
+                )
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise TrainingError(f"{net.name}: the built model does not match its numpy reference: {shown}")

@@ -188,7 +188,9 @@ def _act_backward(kind: str, a: np.ndarray, h: np.ndarray, dh: np.ndarray) -> np
     return dh * h * (one - h)
 
 
-def forward(net: Network, w: Weights, x: np.ndarray, masks: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, list]:
+def forward(
+    net: Network, w: Weights, x: np.ndarray, masks: dict[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, list]:
     """The logits and every layer's cache for :func:`backward`. Dropout is the identity unless
     ``masks`` gives its layer's mask (already scaled by 1/(1 - rate), as the model applies it)."""
     caches = []
@@ -297,8 +299,9 @@ def logits(net: Network, w: Weights, x: np.ndarray, dtype=np.float32) -> np.ndar
     return forward(net, w, x)[0]
 
 
-def loss_and_grads(net: Network, w: Weights, x: np.ndarray, y: np.ndarray, dtype=np.float32,
-                   masks: dict[str, np.ndarray] | None = None) -> tuple[float, Weights]:
+def loss_and_grads(
+    net: Network, w: Weights, x: np.ndarray, y: np.ndarray, dtype=np.float32, masks: dict[str, np.ndarray] | None = None
+) -> tuple[float, Weights]:
     """The batch-mean loss and its gradient for every weight, computed in ``dtype`` (``masks``: see :func:`forward`)."""
     w, x = _cast(w, x, dtype)
     z, caches = forward(net, w, x, None if masks is None else {k: np.asarray(m, dtype) for k, m in masks.items()})

@@ -26,8 +26,20 @@ from fedge.agent.core.errors import ConfigError
 LOSSES = ("softmax_cross_entropy", "binary_cross_entropy", "mean_squared_error")
 ACTIVATIONS = ("relu", "relu6", "tanh", "sigmoid")
 #: Layer types a spec may use, in the order docs/training.md lists them.
-LAYERS = ("dense", "flatten", *ACTIVATIONS, "conv2d", "conv1d", "depthwise_conv2d", "maxpool", "avgpool",
-          "global_avgpool", "dropout", "embedding", "gru")
+LAYERS = (
+    "dense",
+    "flatten",
+    *ACTIVATIONS,
+    "conv2d",
+    "conv1d",
+    "depthwise_conv2d",
+    "maxpool",
+    "avgpool",
+    "global_avgpool",
+    "dropout",
+    "embedding",
+    "gru",
+)
 #: Layers the issue asks for that are not built yet: refused with a message naming them.
 NOT_YET: tuple[str, ...] = ()
 #: Initial embedding rows are uniform in +-EMBEDDING_INIT (Keras's default for Embedding).
@@ -206,11 +218,19 @@ def _one(ps: _Parser, raw: dict[str, Any], shape: tuple[int, ...], where: str) -
         if padding not in ("valid", "same"):
             raise ConfigError(f"{where}: padding must be 'valid' or 'same', got {raw.get('padding')!r}")
         if one_d:
-            kh, kw, sh, sw = 1, _int(raw.get("kernel"), f"{where}: kernel"), 1, _int(raw.get("stride", 1), f"{where}: stride")
+            kh, kw, sh, sw = (
+                1,
+                _int(raw.get("kernel"), f"{where}: kernel"),
+                1,
+                _int(raw.get("stride", 1), f"{where}: stride"),
+            )
             h, w, c = 1, shape[0], shape[1]
             wshape: tuple[int, ...] = (kw, c, filters)
         else:
-            (kh, kw), (sh, sw) = _pair(raw.get("kernel"), f"{where}: kernel"), _pair(raw.get("stride", 1), f"{where}: stride")
+            (kh, kw), (sh, sw) = (
+                _pair(raw.get("kernel"), f"{where}: kernel"),
+                _pair(raw.get("stride", 1), f"{where}: stride"),
+            )
             h, w, c = shape
             wshape = (kh, kw, c, filters)
         oh, pt, pb = _out_len(h, kh, sh, padding, where)
@@ -225,7 +245,10 @@ def _one(ps: _Parser, raw: dict[str, Any], shape: tuple[int, ...], where: str) -
         padding = str(raw.get("padding", "valid")).lower()
         if padding not in ("valid", "same"):
             raise ConfigError(f"{where}: padding must be 'valid' or 'same', got {raw.get('padding')!r}")
-        (kh, kw), (sh, sw) = _pair(raw.get("kernel"), f"{where}: kernel"), _pair(raw.get("stride", 1), f"{where}: stride")
+        (kh, kw), (sh, sw) = (
+            _pair(raw.get("kernel"), f"{where}: kernel"),
+            _pair(raw.get("stride", 1), f"{where}: stride"),
+        )
         h, w, c = shape
         oh, pt, pb = _out_len(h, kh, sh, padding, where)
         ow, pl, pr = _out_len(w, kw, sw, padding, where)
@@ -249,7 +272,9 @@ def _one(ps: _Parser, raw: dict[str, Any], shape: tuple[int, ...], where: str) -
         out.append(Layer(kind, name, shape, oshape, {"kh": kh, "kw": kw, "sh": sh, "sw": sw, "padding": "valid"}))
     elif kind == "global_avgpool":
         if len(shape) not in (2, 3):
-            raise ConfigError(f"{where}: global_avgpool takes [time, channels] or [height, width, channels], got {list(shape)}")
+            raise ConfigError(
+                f"{where}: global_avgpool takes [time, channels] or [height, width, channels], got {list(shape)}"
+            )
         out.append(Layer(kind, name, shape, (shape[-1],)))
     elif kind == "flatten":
         out.append(Layer(kind, name, shape, (math.prod(shape),)))
@@ -260,7 +285,9 @@ def _one(ps: _Parser, raw: dict[str, Any], shape: tuple[int, ...], where: str) -
         out.append(Layer(kind, name, shape, shape, {"rate": float(rate)}))
     elif kind == "embedding":
         if len(shape) != 1:
-            raise ConfigError(f"{where}: embedding takes a sequence of token ids (input_shape [length]), got {list(shape)}")
+            raise ConfigError(
+                f"{where}: embedding takes a sequence of token ids (input_shape [length]), got {list(shape)}"
+            )
         vocab, dim = _int(raw.get("vocab"), f"{where}: vocab", lo=2), _int(raw.get("dim"), f"{where}: dim")
         ws = (Weight(f"{name}_w", (vocab, dim), f"uniform_{EMBEDDING_INIT}"),)
         out.append(Layer(kind, name, shape, (shape[0], dim), {"vocab": vocab, "dim": dim}, ws))
@@ -272,9 +299,11 @@ def _one(ps: _Parser, raw: dict[str, Any], shape: tuple[int, ...], where: str) -
         if not isinstance(seq, bool):
             raise ConfigError(f"{where}: return_sequences must be true or false, got {seq!r}")
         # Keras's GRU (reset_after=True): gates z, r, n side by side; bias row 0 input, row 1 recurrent
-        ws = (Weight(f"{name}_w", (shape[1], 3 * units), "glorot_uniform"),
-              Weight(f"{name}_u", (units, 3 * units), "glorot_uniform"),
-              Weight(f"{name}_b", (2, 3 * units), "zeros"))
+        ws = (
+            Weight(f"{name}_w", (shape[1], 3 * units), "glorot_uniform"),
+            Weight(f"{name}_u", (units, 3 * units), "glorot_uniform"),
+            Weight(f"{name}_b", (2, 3 * units), "zeros"),
+        )
         oshape = (shape[0], units) if seq else (units,)
         out.append(Layer(kind, name, shape, oshape, {"units": units, "return_sequences": seq}, ws))
     else:  # an activation layer

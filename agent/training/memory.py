@@ -54,8 +54,15 @@ def _probe(path: str, batch_size: int, threads: int) -> dict[str, int]:
     trainer = Trainer(spec, num_threads=threads)
     x = np.zeros((batch_size, *spec.input_shape), np.float32)
     y = np.zeros(batch_size, np.int32) if spec.class_labels else np.zeros((batch_size, spec.num_classes), np.float32)
-    trainer.train(trainer.initial_weights(), x, y, epochs=1, batch_size=batch_size, learning_rate=1e-9,
-                  rng=np.random.default_rng(0))
+    trainer.train(
+        trainer.initial_weights(),
+        x,
+        y,
+        epochs=1,
+        batch_size=batch_size,
+        learning_rate=1e-9,
+        rng=np.random.default_rng(0),
+    )
     return {"before_kib": before, "peak_kib": _peak_kib()}
 
 

@@ -70,7 +70,9 @@ class ModelSpec:
         """A flat float32 vector as named weight arrays (views, in the fixed order)."""
         flat = np.asarray(flat)
         if flat.shape != (self.num_params,):
-            raise TrainingError(f"{self.name}: expected a flat vector of {self.num_params} weights, got shape {flat.shape}")
+            raise TrainingError(
+                f"{self.name}: expected a flat vector of {self.num_params} weights, got shape {flat.shape}"
+            )
         out, start = {}, 0
         for name, shape in zip(self.weight_names, self.weight_shapes):
             size = math.prod(shape)

@@ -48,5 +48,7 @@ def load_interpreter(model: Path | str | bytes, *, num_threads: int = 1, runtime
             interp = mod.Interpreter(model_path=str(model), num_threads=num_threads)
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
-        raise TrainingError(f"cannot load TFLite model {model if not isinstance(model, bytes) else '<bytes>'}: {e}") from None
+        raise TrainingError(
+            f"cannot load TFLite model {model if not isinstance(model, bytes) else '<bytes>'}: {e}"
+        ) from None
     return interp

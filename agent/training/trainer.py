@@ -96,8 +96,10 @@ class Trainer:
             raise TrainingError(f"{self.spec.name}: examples have shape {x.shape[1:]}, the model takes {shape}")
         if not self.spec.class_labels:  # a built model with float targets (binary cross-entropy, MSE)
             if y.shape != (len(x), self.spec.num_classes):
-                raise TrainingError(f"{self.spec.name}: {len(x)} examples need targets of shape "
-                                    f"{(len(x), self.spec.num_classes)}, got {y.shape}")
+                raise TrainingError(
+                    f"{self.spec.name}: {len(x)} examples need targets of shape "
+                    f"{(len(x), self.spec.num_classes)}, got {y.shape}"
+                )
             return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.float32)
         if y.shape != (len(x),):
             raise TrainingError(f"{self.spec.name}: {len(x)} examples but labels of shape {y.shape}")
@@ -161,7 +163,9 @@ class Trainer:
                 idx = order[lo : lo + batch_size]
                 batch_loss = float(self._train(x=x[idx], y=y[idx], lr=lr)["loss"])
                 if not math.isfinite(batch_loss):
-                    raise TrainingError(f"{self.spec.name}: loss became {batch_loss} at step {steps + 1}; lower the learning rate")
+                    raise TrainingError(
+                        f"{self.spec.name}: loss became {batch_loss} at step {steps + 1}; lower the learning rate"
+                    )
                 if prox_mu > 0:
                     w = self.flat_weights() - prox * (w - start_w)
                     self.set_flat_weights(w)
@@ -175,14 +179,25 @@ class Trainer:
                 break
         delta = self.flat_weights() - start_w
         seconds = clock() - t0
-        log.debug("trained %s: %d steps, %.2f epochs, loss %.4f, stopped=%s", self.spec.name, steps, done_epochs, loss, stopped)
+        log.debug(
+            "trained %s: %d steps, %.2f epochs, loss %.4f, stopped=%s",
+            self.spec.name,
+            steps,
+            done_epochs,
+            loss,
+            stopped,
+        )
         return TrainResult(delta, n, steps, done_epochs, loss, stopped, seconds)
 
     def logits(self, weights: np.ndarray, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Logits of ``x`` under ``weights`` (flat), computed in batches."""
         x = np.asarray(x)
-        x, _ = self._check_data(x, np.zeros(len(x), np.int32) if self.spec.class_labels
-                                else np.zeros((len(x), self.spec.num_classes), np.float32))
+        x, _ = self._check_data(
+            x,
+            np.zeros(len(x), np.int32)
+            if self.spec.class_labels
+            else np.zeros((len(x), self.spec.num_classes), np.float32),
+        )
         self.set_flat_weights(weights)
         out = [self._infer(x=x[lo : lo + batch_size])["logits"] for lo in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.spec.num_classes), np.float32)
@@ -223,7 +238,14 @@ def train_with_limits(
     Build the trainer with ``Trainer(spec, num_threads=limits.threads)``.
     """
     return trainer.train(
-        global_weights, x, y,
-        epochs=limits.epochs, batch_size=limits.batch_size, learning_rate=limits.learning_rate,
-        rng=rng, max_seconds=limits.max_train_seconds, should_abort=should_abort, clock=clock,
+        global_weights,
+        x,
+        y,
+        epochs=limits.epochs,
+        batch_size=limits.batch_size,
+        learning_rate=limits.learning_rate,
+        rng=rng,
+        max_seconds=limits.max_train_seconds,
+        should_abort=should_abort,
+        clock=clock,
     )

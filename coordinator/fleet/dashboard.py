@@ -254,9 +254,7 @@ def _phase_cell(p: dict[str, Any]) -> str:
     failed = p["failed"] + p["timed_out"]
     back = p["rolled_back"] + p["rollback_sent"]
     parts = [("ok", p["installed"]), ("failed", failed), ("back", back), ("skipped", p["skipped"])]
-    segments = "".join(
-        f'<span class="{cls}" style="width:{100.0 * k / n:.0f}%"></span>' for cls, k in parts if k and n
-    )
+    segments = "".join(f'<span class="{cls}" style="width:{100.0 * k / n:.0f}%"></span>' for cls, k in parts if k and n)
     why = [f"{k} {what}" for what, k in (("install failed", p["failed"]), ("timed out", p["timed_out"])) if k]
     failures = f"{failed} failed ({', '.join(why)})" if failed else "0 failed"
     skipped = f", {p['skipped']} skipped" if p["skipped"] else ""

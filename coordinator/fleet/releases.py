@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from fedge.agent.core import wire
 from fedge.agent.core.crypto import IdentityKey
 from fedge.agent.core.errors import ConfigError
@@ -57,10 +58,18 @@ class Release:
     def to_dict(self) -> dict[str, Any]:
         m = self.manifest
         return {
-            "version": m.version, "parent": m.parent or None, "architecture": m.architecture, "sha256": m.sha256,
-            "num_params": m.num_params, "metrics": dict(m.metrics), "produced_by": list(m.produced_by),
-            "source": m.source, "key_id": m.key_id, "created": m.created,
-            "model_sha256": m.model_sha256 or None, "model_meta_sha256": m.model_meta_sha256 or None,
+            "version": m.version,
+            "parent": m.parent or None,
+            "architecture": m.architecture,
+            "sha256": m.sha256,
+            "num_params": m.num_params,
+            "metrics": dict(m.metrics),
+            "produced_by": list(m.produced_by),
+            "source": m.source,
+            "key_id": m.key_id,
+            "created": m.created,
+            "model_sha256": m.model_sha256 or None,
+            "model_meta_sha256": m.model_meta_sha256 or None,
         }
 
 
@@ -69,12 +78,21 @@ class Release:
 
 def release_key(store: Store, clock: Callable[[], float] = time.time) -> IdentityKey:
     """The active (newest unretired) release key; generated and stored on first use."""
-    rows = list(store.db.query("select private from release_keys where retired is null order by created desc, rowid desc limit 1"))
+    rows = list(
+        store.db.query(
+            "select private from release_keys where retired is null order by created desc, rowid desc limit 1"
+        )
+    )
     if rows:
         return IdentityKey.from_private_bytes(rows[0]["private"])
     key = IdentityKey.generate()
     store.db["release_keys"].insert(
-        {"key_id": key_id(key.public_bytes()), "public": key.public_bytes(), "private": key.private_bytes(), "created": clock()}
+        {
+            "key_id": key_id(key.public_bytes()),
+            "public": key.public_bytes(),
+            "private": key.private_bytes(),
+            "created": clock(),
+        }
     )
     log.info("generated release key %s", key_id(key.public_bytes()))
     return key
@@ -82,7 +100,10 @@ def release_key(store: Store, clock: Callable[[], float] = time.time) -> Identit
 
 def trusted_keys(store: Store) -> dict[str, bytes]:
     """Public release keys devices should trust now (every unretired key), by key id."""
-    return {r["key_id"]: r["public"] for r in store.db.query("select key_id, public from release_keys where retired is null")}
+    return {
+        r["key_id"]: r["public"]
+        for r in store.db.query("select key_id, public from release_keys where retired is null")
+    }
 
 
 def rotate_key(store: Store, *, retire_old: bool = True, clock: Callable[[], float] = time.time) -> KeyRotation:
@@ -95,12 +116,22 @@ def rotate_key(store: Store, *, retire_old: bool = True, clock: Callable[[], flo
     now = clock()
     with store.db.conn:
         store.db["release_keys"].insert(
-            {"key_id": key_id(new.public_bytes()), "public": new.public_bytes(), "private": new.private_bytes(), "created": now}
+            {
+                "key_id": key_id(new.public_bytes()),
+                "public": new.public_bytes(),
+                "private": new.private_bytes(),
+                "created": now,
+            }
         )
         for kid in retire:
             store.db.execute("update release_keys set retired = ? where key_id = ?", [now, kid])
         store.db["key_rotations"].insert(
-            {"sequence": seq, "new_key_id": key_id(new.public_bytes()), "message": wire.encode(rotation), "created": now}
+            {
+                "sequence": seq,
+                "new_key_id": key_id(new.public_bytes()),
+                "message": wire.encode(rotation),
+                "created": now,
+            }
         )
     log.info("release key rotated to %s (sequence %d, retired %s)", key_id(new.public_bytes()), seq, list(retire))
     return rotation
@@ -108,7 +139,10 @@ def rotate_key(store: Store, *, retire_old: bool = True, clock: Callable[[], flo
 
 def rotations(store: Store) -> list[KeyRotation]:
     """Every rotation in order: a device that missed some applies them all."""
-    return [wire.decode(r["message"], expect=KeyRotation) for r in store.db.query("select message from key_rotations order by sequence")]
+    return [
+        wire.decode(r["message"], expect=KeyRotation)
+        for r in store.db.query("select message from key_rotations order by sequence")
+    ]
 
 
 # ---------------------------------------------------------------------- releases
@@ -118,10 +152,19 @@ def _save(store: Store, manifest: ReleaseManifest, signature: bytes) -> Release:
     m = manifest
     store.db["releases"].upsert(
         {
-            "version": m.version, "parent": m.parent, "architecture": m.architecture, "sha256": m.sha256,
-            "num_params": m.num_params, "metrics": json.dumps(m.metrics), "produced_by": json.dumps(list(m.produced_by)),
-            "source": m.source, "key_id": m.key_id, "created": m.created, "signature": signature,
-            "model_sha256": m.model_sha256, "model_meta_sha256": m.model_meta_sha256,
+            "version": m.version,
+            "parent": m.parent,
+            "architecture": m.architecture,
+            "sha256": m.sha256,
+            "num_params": m.num_params,
+            "metrics": json.dumps(m.metrics),
+            "produced_by": json.dumps(list(m.produced_by)),
+            "source": m.source,
+            "key_id": m.key_id,
+            "created": m.created,
+            "signature": signature,
+            "model_sha256": m.model_sha256,
+            "model_meta_sha256": m.model_meta_sha256,
         },
         pk="version",
     )
@@ -139,10 +182,18 @@ def create_release(store: Store, model_version: str, *, clock: Callable[[], floa
     metrics = {k: float(v) for k, v in model.metrics.items() if isinstance(v, (int, float))}
     files = model_files(store, model.architecture)
     manifest = ReleaseManifest(
-        version=check_version(model.version), parent=model.parent or "", architecture=model.architecture,
-        sha256=model.sha256, num_params=int(model.weights.size), metrics=metrics, produced_by=rounds,
-        source="rounds" if rounds else "initial", key_id=key_id(key.public_bytes()), created=clock(),
-        model_sha256=file_sha256(files[0]) if files else "", model_meta_sha256=file_sha256(files[1]) if files else "",
+        version=check_version(model.version),
+        parent=model.parent or "",
+        architecture=model.architecture,
+        sha256=model.sha256,
+        num_params=int(model.weights.size),
+        metrics=metrics,
+        produced_by=rounds,
+        source="rounds" if rounds else "initial",
+        key_id=key_id(key.public_bytes()),
+        created=clock(),
+        model_sha256=file_sha256(files[0]) if files else "",
+        model_meta_sha256=file_sha256(files[1]) if files else "",
     )
     rel = _save(store, manifest, sign_release(manifest, key))
     log.info("release %s signed with key %s", model_version, manifest.key_id)
@@ -150,7 +201,12 @@ def create_release(store: Store, model_version: str, *, clock: Callable[[], floa
 
 
 def import_release(
-    store: Store, path: str | Path, *, version: str, architecture: str, parent: str | None = None,
+    store: Store,
+    path: str | Path,
+    *,
+    version: str,
+    architecture: str,
+    parent: str | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Release:
     """Import flat float32 weights from an ``.npz`` (array ``weights``) or ``.npy`` file as a signed release."""
@@ -209,7 +265,11 @@ def write_model_files(model: bytes, meta: bytes, name: str, directory: str | Pat
 
 
 def import_model(
-    store: Store, path: str | Path, *, version: str, clock: Callable[[], float] = time.time,
+    store: Store,
+    path: str | Path,
+    *,
+    version: str,
+    clock: Callable[[], float] = time.time,
 ) -> Release:
     """A built model (a directory holding one ``.tflite`` with its ``.json``, or the ``.tflite``
     itself) as a signed release carrying its architecture file, starting from the weights it was
@@ -246,10 +306,16 @@ def import_model(
     now = clock()
     with store.db.conn:
         if existing is None:
-            store.db["model_files"].insert({
-                "architecture": name, "model": model, "meta": meta, "model_sha256": file_sha256(model),
-                "meta_sha256": file_sha256(meta), "created": now,
-            })
+            store.db["model_files"].insert(
+                {
+                    "architecture": name,
+                    "model": model,
+                    "meta": meta,
+                    "model_sha256": file_sha256(model),
+                    "meta_sha256": file_sha256(meta),
+                    "created": now,
+                }
+            )
     store.put_model(version, initial, architecture=name, now=now)
     rel = create_release(store, version, clock=clock)
     manifest = ReleaseManifest(**{**rel.manifest.__dict__, "source": f"import:{path.name}"[:256]})
@@ -268,10 +334,18 @@ def sign_release_version(store: Store, version: str, *, clock: Callable[[], floa
 
 def _from_row(r: dict[str, Any]) -> Release:
     manifest = ReleaseManifest(
-        version=r["version"], parent=r["parent"] or "", architecture=r["architecture"], sha256=r["sha256"],
-        num_params=r["num_params"], metrics=json.loads(r["metrics"] or "{}"), produced_by=tuple(json.loads(r["produced_by"] or "[]")),
-        source=r["source"] or "", key_id=r["key_id"], created=r["created"],
-        model_sha256=r.get("model_sha256") or "", model_meta_sha256=r.get("model_meta_sha256") or "",
+        version=r["version"],
+        parent=r["parent"] or "",
+        architecture=r["architecture"],
+        sha256=r["sha256"],
+        num_params=r["num_params"],
+        metrics=json.loads(r["metrics"] or "{}"),
+        produced_by=tuple(json.loads(r["produced_by"] or "[]")),
+        source=r["source"] or "",
+        key_id=r["key_id"],
+        created=r["created"],
+        model_sha256=r.get("model_sha256") or "",
+        model_meta_sha256=r.get("model_meta_sha256") or "",
     )
     return Release(manifest, r["signature"])
 

@@ -74,7 +74,10 @@ def round_event(plan: RoundPlan, dimension: int, draw: Draw, groups: int = 1) ->
     config = dataclasses.replace(privacy_config(plan), sampling=draw.sampling)
     discrete = noise_plan(plan, dimension)  # local and distributed: both noise on the integer grid
     event = round_event_for(
-        config, sampling_rate=draw.sampling_rate, population=draw.population, sample_size=draw.sample_size,
+        config,
+        sampling_rate=draw.sampling_rate,
+        population=draw.population,
+        sample_size=draw.sample_size,
         discrete=discrete,
     )
     return dataclasses.replace(event, groups=groups) if groups != 1 else event
@@ -115,8 +118,15 @@ def build_round(
     settings = RoundSettings(min(training.goal, n), min(training.min_cohort, n), training.stage_timeout_s)
     grouping = split_cohort(cohort, group_size, settings.min_cohort) if group_size and training.secagg else None
     shares = grouping.noise_clients if grouping is not None and training.dp_mode == "distributed" else None
-    plan = make_plan(training, model_version, n, max(draw.population, n), clip_norm=clip_norm, sampling_rate=rate,
-                     noise_clients=shares)
+    plan = make_plan(
+        training,
+        model_version,
+        n,
+        max(draw.population, n),
+        clip_norm=clip_norm,
+        sampling_rate=rate,
+        noise_clients=shares,
+    )
     length = expected_length(weights, plan)
     aggregation: Aggregation
     if plan.secagg:
@@ -126,8 +136,15 @@ def build_round(
 
         def secure(members: Sequence[str], floor: int) -> SecureAggregation:
             return SecureAggregation(
-                plan, round_id, {d: roster[d] for d in members}, length, clock, min_cohort=floor,
-                dropout_rate=risk.dropout_rate, corrupt_fraction=risk.corrupt_fraction, certificates=certificates,
+                plan,
+                round_id,
+                {d: roster[d] for d in members},
+                length,
+                clock,
+                min_cohort=floor,
+                dropout_rate=risk.dropout_rate,
+                corrupt_fraction=risk.corrupt_fraction,
+                certificates=certificates,
                 suite=suite,
             )
 
@@ -135,12 +152,18 @@ def build_round(
             aggregation = secure(cohort, settings.min_cohort)
         else:
             aggregation = GroupedAggregation(
-                [secure(m, f) for m, f in zip(grouping.groups, grouping.floors)], grouping.floors,
-                min_total=settings.min_cohort, parallel=parallel,
+                [secure(m, f) for m, f in zip(grouping.groups, grouping.floors)],
+                grouping.floors,
+                min_total=settings.min_cohort,
+                parallel=parallel,
             )
     else:
         aggregation = PlainAggregation(
-            length, plan.quant_bits, settings.goal, settings.min_cohort, max_abs=max_abs_int(plan.quant_range, plan.quant_scale)
+            length,
+            plan.quant_bits,
+            settings.goal,
+            settings.min_cohort,
+            max_abs=max_abs_int(plan.quant_range, plan.quant_scale),
         )
     engine = RoundEngine(round_id, plan, settings, weights, list(cohort), aggregation, clock)
     groups = len(grouping.groups) if grouping is not None else 1

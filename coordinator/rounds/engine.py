@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from fedge.agent.core.messages.common import Outbound
 from fedge.agent.core.errors import ProtocolError, RoundFailed
+from fedge.agent.core.messages.common import Outbound
 from fedge.agent.core.messages.rounds import Decline, DeclineKind, PlainUpdate, RoundPlan, Task
 from fedge.agent.core.privacy.adaptive import next_clip_norm
 from fedge.agent.core.secagg.quantize import to_signed
@@ -305,8 +305,12 @@ class RoundEngine:
         """Leave a device out of this round from now on (a cloned device): its messages are refused,
         and the aggregation drops it at the current stage when its input is not yet in the sum.
         The round goes on; a stage that now has every reply it waits for closes at once."""
-        if (self.status is not RoundStatus.RUNNING or device_id not in self._members or device_id in self.excluded
-                or device_id in self.flagged_late):
+        if (
+            self.status is not RoundStatus.RUNNING
+            or device_id not in self._members
+            or device_id in self.excluded
+            or device_id in self.flagged_late
+        ):
             return []
         now = self.clock()
         before = self.aggregation.stage
@@ -314,8 +318,10 @@ class RoundEngine:
             # too late to leave it out (its input is in the sum, or its shares are needed): it finishes
             # the round, flagged, and is quarantined with the outcome
             self.flagged_late[device_id] = reason
-            log.warning("device flagged too late to leave it out of this round",
-                        extra={"round": self.round_id, "device": device_id})
+            log.warning(
+                "device flagged too late to leave it out of this round",
+                extra={"round": self.round_id, "device": device_id},
+            )
             return []
         self.excluded[device_id] = reason
         try:
@@ -366,8 +372,15 @@ class RoundEngine:
         self._stage = "completed"
         self.reason = f"{len(survivors)} devices aggregated"
         self.outcome = RoundOutcome(
-            RoundStatus.COMPLETED, self.reason, agg, len(survivors), self._dropped(), new,
-            self._next_clip_norm(agg, len(survivors)), self._flagged(), tuple(survivors),
+            RoundStatus.COMPLETED,
+            self.reason,
+            agg,
+            len(survivors),
+            self._dropped(),
+            new,
+            self._next_clip_norm(agg, len(survivors)),
+            self._flagged(),
+            tuple(survivors),
         )
         log.info("round completed: %s", self.reason, extra={"round": self.round_id})
         return []
@@ -382,8 +395,9 @@ class RoundEngine:
         p = self.plan
         if agg.clip_bit_sum is None or contributions < 1:
             return None
-        return next_clip_norm(p.clip_norm, agg.clip_bit_sum, contributions, p.adaptive_target_quantile,
-                              p.adaptive_learning_rate)
+        return next_clip_norm(
+            p.clip_norm, agg.clip_bit_sum, contributions, p.adaptive_target_quantile, p.adaptive_learning_rate
+        )
 
     def _dropped(self) -> dict[str, int]:
         """Devices that did not make it into the aggregate, by where they were lost; each device once.
@@ -416,8 +430,10 @@ class RoundEngine:
         answered = self.aggregation.answered_first_stage()
         silent = len(self.cohort) - answered - len(declined) - len(self.excluded)
         quiet = f", {silent} did not answer" if silent > 0 else ""
-        return (f"{len(declined)} of {len(self.cohort)} devices declined ({why}){quiet}; {answered} answered, "
-                f"minimum cohort is {self.settings.min_cohort}")
+        return (
+            f"{len(declined)} of {len(self.cohort)} devices declined ({why}){quiet}; {answered} answered, "
+            f"minimum cohort is {self.settings.min_cohort}"
+        )
 
     def _flagged(self) -> dict[str, str]:
         return {**self.flagged_late, **self.excluded, **self.aggregation.flagged()}
@@ -427,8 +443,9 @@ class RoundEngine:
             self.status = RoundStatus.ABANDONED
             self._stage = "abandoned"
             self.reason = reason
-            self.outcome = RoundOutcome(RoundStatus.ABANDONED, reason, None, 0, self._dropped(), None,
-                                        flagged=self._flagged())
+            self.outcome = RoundOutcome(
+                RoundStatus.ABANDONED, reason, None, 0, self._dropped(), None, flagged=self._flagged()
+            )
             log.warning("round abandoned: %s", reason, extra={"round": self.round_id})
         return []
 

@@ -110,7 +110,11 @@ class GroupedAggregation(Aggregation):
     """
 
     def __init__(
-        self, groups: Sequence[SecureAggregation], floors: Sequence[int], *, min_total: int,
+        self,
+        groups: Sequence[SecureAggregation],
+        floors: Sequence[int],
+        *,
+        min_total: int,
         parallel: Parallel = serial,
     ) -> None:
         if not groups or len(groups) != len(floors):
@@ -123,8 +127,10 @@ class GroupedAggregation(Aggregation):
         self.group_of: dict[str, int] = {}
         for i, g in enumerate(groups):
             if g.params.min_clients < floors[i]:
-                raise GroupRefused(f"group {i}: SecAgg+ would release a sum of {g.params.min_clients} devices, "
-                                   f"below its floor of {floors[i]}")
+                raise GroupRefused(
+                    f"group {i}: SecAgg+ would release a sum of {g.params.min_clients} devices, "
+                    f"below its floor of {floors[i]}"
+                )
             for d in g._roster:
                 if d in self.group_of:
                     raise ValueError(f"device {d!r} is in two groups")
@@ -139,7 +145,7 @@ class GroupedAggregation(Aggregation):
 
     def _refuse(self, i: int, reason: str) -> None:
         g = self.groups[i]
-        self.refused[i] = (f"group {i} ({g.params.num_clients} devices, floor {g.params.min_clients}) refused: {reason}")
+        self.refused[i] = f"group {i} ({g.params.num_clients} devices, floor {g.params.min_clients}) refused: {reason}"
         log.warning("%s", self.refused[i], extra={"round": g.round_id})
 
     def _all_ready(self) -> bool:
@@ -210,7 +216,9 @@ class GroupedAggregation(Aggregation):
             survivors += s
         if len(survivors) < self.min_total:
             why = "; ".join(self.refused.values()) or "no group refused"
-            raise RoundFailed(f"{len(survivors)} devices in the groups' sums, minimum cohort is {self.min_total} ({why})")
+            raise RoundFailed(
+                f"{len(survivors)} devices in the groups' sums, minimum cohort is {self.min_total} ({why})"
+            )
         bits = self.groups[live[0]].params.bits
         acc = np.zeros(totals[0].shape, dtype=np.uint64)
         for t in totals:

@@ -180,12 +180,16 @@ class MosquittoBroker:
         self._dir = tempfile.TemporaryDirectory(prefix="fedge-mosquitto-")
         conf = os.path.join(self._dir.name, "mosquitto.conf")
         with open(conf, "w") as f:
-            f.write(f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 20000\nmax_inflight_messages 1000\nlog_dest stderr\n"
-                    "log_type error\nlog_type warning\n")
+            f.write(
+                f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
+                "max_queued_messages 20000\nmax_inflight_messages 1000\nlog_dest stderr\n"
+                "log_type error\nlog_type warning\n"
+            )
         self._log = os.path.join(self._dir.name, "mosquitto.log")
         with open(self._log, "wb") as out:
-            self._proc = subprocess.Popen([self.executable, "-c", conf], stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+            self._proc = subprocess.Popen(
+                [self.executable, "-c", conf], stdout=out, stderr=out, stdin=subprocess.DEVNULL
+            )
         deadline = time.monotonic() + self._timeout
         while True:
             if self._proc.poll() is not None or time.monotonic() > deadline:
@@ -227,8 +231,10 @@ def local_broker(port: int = 0) -> MosquittoBroker | EmbeddedBroker:
     """Mosquitto on loopback when it is installed, else the embedded amqtt broker (not started)."""
     if port:
         with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.5):
-            raise TransportError(f"{LOOPBACK}:{port} is already in use (a broker running there? use it with "
-                                 f"--broker mqtt://{LOOPBACK}:{port}, or start this one elsewhere with --local-port)")
+            raise TransportError(
+                f"{LOOPBACK}:{port} is already in use (a broker running there? use it with "
+                f"--broker mqtt://{LOOPBACK}:{port}, or start this one elsewhere with --local-port)"
+            )
     return MosquittoBroker(port) if find_mosquitto() else EmbeddedBroker(port)
 
 

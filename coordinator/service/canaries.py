@@ -20,8 +20,7 @@ import numpy as np
 
 from fedge.agent.core import wire
 from fedge.agent.core.certs import issue_certificate
-from fedge.agent.core.crypto import IdentityKey
-from fedge.agent.core.crypto import random_seed
+from fedge.agent.core.crypto import IdentityKey, random_seed
 from fedge.agent.core.errors import FedgeError
 from fedge.agent.core.messages.common import Outbound
 from fedge.agent.core.messages.rounds import Task
@@ -36,8 +35,15 @@ log = logging.getLogger(__name__)
 class LiveCanaries:
     """The inserted canaries of one audit, their keys and certificates, and their round participants."""
 
-    def __init__(self, pairs: int, dimension: int, delta: float, authority: IdentityKey,
-                 rng: np.random.Generator, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        pairs: int,
+        dimension: int,
+        delta: float,
+        authority: IdentityKey,
+        rng: np.random.Generator,
+        seed: int | None = None,
+    ) -> None:
         self.audit = CanaryAudit(pairs, dimension, random_seed() if seed is None else seed, delta)
         self._authority_public = authority.public_bytes()
         self._keys = {cid: IdentityKey.generate() for cid in self.audit.inserted_ids()}

@@ -33,25 +33,52 @@ def privacy() -> None:
 @click.option("--population", type=int, default=None, help="Population size (needed for --sampling fixed).")
 @click.option("--accountant", type=click.Choice(["rdp", "pld"]), default="rdp", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a line.")
-def privacy_epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: float,
-                    sampling: str, population: int | None, accountant: str, as_json: bool) -> None:
+def privacy_epsilon(
+    noise_multiplier: float,
+    sampling_rate: float,
+    rounds: int,
+    delta: float,
+    sampling: str,
+    population: int | None,
+    accountant: str,
+    as_json: bool,
+) -> None:
     """Print the epsilon (dp-accounting) of ROUNDS sampled Gaussian rounds."""
     from fedge.coordinator.rounds.accounting import RELATION_NAMES, epsilon
 
-    eps = epsilon(noise_multiplier, sampling_rate, rounds, delta, sampling=sampling, population=population,
-                  accountant=accountant)
+    eps = epsilon(
+        noise_multiplier, sampling_rate, rounds, delta, sampling=sampling, population=population, accountant=accountant
+    )
     if as_json:
-        click.echo(json.dumps({"epsilon": eps, "delta": delta, "accountant": accountant, "sampling": sampling,
-                               "relation": RELATION_NAMES[sampling], "rounds": rounds,
-                               "noise_multiplier": noise_multiplier, "sampling_rate": sampling_rate}))
+        click.echo(
+            json.dumps(
+                {
+                    "epsilon": eps,
+                    "delta": delta,
+                    "accountant": accountant,
+                    "sampling": sampling,
+                    "relation": RELATION_NAMES[sampling],
+                    "rounds": rounds,
+                    "noise_multiplier": noise_multiplier,
+                    "sampling_rate": sampling_rate,
+                }
+            )
+        )
         return
-    click.echo(f"epsilon {eps:.6g} at delta {delta:g} ({accountant}, {sampling} sampling, {RELATION_NAMES[sampling]}, "
-               f"{rounds} rounds)")
+    click.echo(
+        f"epsilon {eps:.6g} at delta {delta:g} ({accountant}, {sampling} sampling, {RELATION_NAMES[sampling]}, "
+        f"{rounds} rounds)"
+    )
 
 
 @privacy.command("history")
-@click.option("--db", default="./fedge-coordinator.db", show_default=True, type=click.Path(dir_okay=False, exists=True),
-              help="The coordinator's SQLite store.")
+@click.option(
+    "--db",
+    default="./fedge-coordinator.db",
+    show_default=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="The coordinator's SQLite store.",
+)
 @click.option("--campaign", required=True, help="Campaign id.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
 def privacy_history(db: str, campaign: str, as_json: bool) -> None:
@@ -62,8 +89,9 @@ def privacy_history(db: str, campaign: str, as_json: bool) -> None:
 
     history = campaign_history(sqlite_utils.Database(db), campaign)
     if as_json:
-        click.echo(json.dumps({"campaign": campaign, "rounds": [{"round": r, "epsilon": e} for r, e in history]},
-                              indent=2))
+        click.echo(
+            json.dumps({"campaign": campaign, "rounds": [{"round": r, "epsilon": e} for r, e in history]}, indent=2)
+        )
         return
     for round_id, eps in history:
         click.echo(f"round {round_id} epsilon {eps:.6g}")
@@ -75,7 +103,6 @@ for _command in _SERVICE_COMMANDS:
     cli.add_command(_command)
 
 import fedge.coordinator.service.quarantine_cli  # noqa: E402,F401  (devices unquarantine)
-
 from fedge.coordinator.service.fleet_cli import COMMANDS as _FLEET_COMMANDS  # noqa: E402
 
 for _command in _FLEET_COMMANDS:

@@ -43,9 +43,12 @@ class DeviceActivity:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "last_seen": self.last_seen, "rounds_selected": self.selected, "rounds_contributed": self.contributed,
+            "last_seen": self.last_seen,
+            "rounds_selected": self.selected,
+            "rounds_contributed": self.contributed,
             "epsilon_spent": self.epsilon_spent,
-            "eligibility": [{"round": r, "eligible": ok} for r, ok in self.eligibility], "release": self.release,
+            "eligibility": [{"round": r, "eligible": ok} for r, ok in self.eligibility],
+            "release": self.release,
             "not_selected": self.not_selected,
         }
 
@@ -56,12 +59,19 @@ def activity(store: Store, device_id: str) -> DeviceActivity:
     row = store.device(device_id) or {}
     selected = next(db.query("select count(*) as n from round_members where device_id = ?", [device_id]))["n"]
     marks = ",".join("?" * len(UPDATE_STAGES))
-    contributed = next(db.query(
-        f"select count(distinct round_id) as n from uploads where device_id = ? and stage in ({marks})"
-        " and coalesce(status, 'accepted') = 'accepted'", [device_id, *UPDATE_STAGES]))["n"]
+    contributed = next(
+        db.query(
+            f"select count(distinct round_id) as n from uploads where device_id = ? and stage in ({marks})"
+            " and coalesce(status, 'accepted') = 'accepted'",
+            [device_id, *UPDATE_STAGES],
+        )
+    )["n"]
     checkins = []
-    for r in db.query("select round_id, payload from uploads where device_id = ? and stage = 'round.checkin'"
-                      " order by round_id desc limit ?", [device_id, HISTORY]):
+    for r in db.query(
+        "select round_id, payload from uploads where device_id = ? and stage = 'round.checkin'"
+        " order by round_id desc limit ?",
+        [device_id, HISTORY],
+    ):
         try:
             checkins.append(wire.decode(r["payload"], expect=CheckIn))
         except WireError:
@@ -72,12 +82,25 @@ def activity(store: Store, device_id: str) -> DeviceActivity:
         eps = row["epsilon_spent"]
     release = None
     if "rollout_devices" in db.table_names():
-        last = next(db.query(
-            "select d.state, r.version from rollout_devices d join rollouts r using (rollout_id)"
-            " where d.device_id = ? and d.state = 'installed' order by d.reported_at desc limit 1", [device_id]), None)
+        last = next(
+            db.query(
+                "select d.state, r.version from rollout_devices d join rollouts r using (rollout_id)"
+                " where d.device_id = ? and d.state = 'installed' order by d.reported_at desc limit 1",
+                [device_id],
+            ),
+            None,
+        )
         release = last["version"] if last else None
-    return DeviceActivity(device_id, row.get("last_seen"), int(selected), int(contributed), eps,
-                          tuple((c.round_id, c.eligible) for c in checkins), release, not_selected(store, device_id))
+    return DeviceActivity(
+        device_id,
+        row.get("last_seen"),
+        int(selected),
+        int(contributed),
+        eps,
+        tuple((c.round_id, c.eligible) for c in checkins),
+        release,
+        not_selected(store, device_id),
+    )
 
 
 def not_selected(store: Store, device_id: str) -> str | None:

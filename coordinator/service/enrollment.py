@@ -67,7 +67,9 @@ def _device(row: dict) -> Device:
         enrolled_at=row["enrolled_at"],
         revoked=bool(row["revoked"]),
         last_seen=row["last_seen"],
-        quarantine_reason=(row.get("quarantine_reason") or "quarantined") if row.get("quarantined_at") is not None else None,
+        quarantine_reason=(row.get("quarantine_reason") or "quarantined")
+        if row.get("quarantined_at") is not None
+        else None,
     )
 
 
@@ -125,7 +127,8 @@ def authority(store: Store, clock: Callable[[], float] = time.time) -> IdentityK
     key = IdentityKey.generate()
     with store.db.conn:
         store.db.execute(
-            "insert into enrollment_authority (id, private_key, created) values (1, ?, ?)", [key.private_bytes(), clock()]
+            "insert into enrollment_authority (id, private_key, created) values (1, ?, ?)",
+            [key.private_bytes(), clock()],
         )
     log.info("enrollment authority created: %s", key.public_bytes().hex())
     return key
@@ -174,5 +177,9 @@ def list_devices(store: Store, *, include_revoked: bool = True) -> list[Device]:
 
 def active_ids(store: Store) -> list[str]:
     """Ids of enrolled, unrevoked devices that are not quarantined: the ones a round may select."""
-    return [r["device_id"] for r in store.db.query(
-        "select device_id from devices where revoked = 0 and quarantined_at is null order by device_id")]
+    return [
+        r["device_id"]
+        for r in store.db.query(
+            "select device_id from devices where revoked = 0 and quarantined_at is null order by device_id"
+        )
+    ]

@@ -46,8 +46,16 @@ def releases() -> None:
 
 def _release_row(d: dict[str, Any]) -> list[str]:
     acc = d["metrics"].get("accuracy")
-    return [d["version"], d["parent"] or "-", d["architecture"], d["sha256"][:12], "-" if acc is None else f"{acc:.3f}",
-            ",".join(map(str, d["produced_by"])) or d["source"], d["key_id"], _when(d["created"])]
+    return [
+        d["version"],
+        d["parent"] or "-",
+        d["architecture"],
+        d["sha256"][:12],
+        "-" if acc is None else f"{acc:.3f}",
+        ",".join(map(str, d["produced_by"])) or d["source"],
+        d["key_id"],
+        _when(d["created"]),
+    ]
 
 
 @releases.command("list")
@@ -62,8 +70,10 @@ def releases_list(db: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    _echo_table(["version", "parent", "arch", "sha256", "accuracy", "rounds/source", "key", "created"],
-                [_release_row(d) for d in rows])
+    _echo_table(
+        ["version", "parent", "arch", "sha256", "accuracy", "rounds/source", "key", "created"],
+        [_release_row(d) for d in rows],
+    )
 
 
 @releases.command("show")
@@ -95,7 +105,9 @@ def releases_import(path: str, version: str, architecture: str, parent: str | No
 
     with _store(db) as store:
         rel = import_release(store, path, version=version, architecture=architecture, parent=parent)
-    click.echo(f"release {rel.version} ({rel.manifest.architecture}, sha256 {rel.manifest.sha256[:12]}) signed with key {rel.manifest.key_id}")
+    click.echo(
+        f"release {rel.version} ({rel.manifest.architecture}, sha256 {rel.manifest.sha256[:12]}) signed with key {rel.manifest.key_id}"
+    )
 
 
 @releases.command("import-model")
@@ -110,8 +122,10 @@ def releases_import_model(path: str, version: str, db: str) -> None:
     with _store(db) as store:
         rel = import_model(store, path, version=version)
     m = rel.manifest
-    click.echo(f"release {rel.version} ({m.architecture}, {m.num_params} weights, model sha256 {m.model_sha256[:12]}) "
-               f"signed with key {m.key_id}")
+    click.echo(
+        f"release {rel.version} ({m.architecture}, {m.num_params} weights, model sha256 {m.model_sha256[:12]}) "
+        f"signed with key {m.key_id}"
+    )
 
 
 @releases.command("sign")
@@ -137,7 +151,9 @@ def releases_rotate_key(keep_old: bool, db: str) -> None:
 
     with _store(db) as store:
         rot = rotate_key(store, retire_old=not keep_old)
-    click.echo(f"release key {key_id(rot.new_public)} (rotation {rot.sequence}); retired: {', '.join(rot.retire) or 'none'}")
+    click.echo(
+        f"release key {key_id(rot.new_public)} (rotation {rot.sequence}); retired: {', '.join(rot.retire) or 'none'}"
+    )
 
 
 # ---------------------------------------------------------------------- rollouts
@@ -162,36 +178,83 @@ def _fractions(text: str) -> tuple[float, ...]:
 @click.option("--device", "devices", multiple=True, help="Target these devices (repeatable).")
 @click.option("--phases", default="100", show_default=True, help="Cumulative percentages per phase, e.g. 5,25,100.")
 @click.option("--rate", type=float, default=None, help="At most this many devices per minute.")
-@click.option("--max-failure-pct", type=float, default=10.0, show_default=True, help="Abort above this failure percentage...")
+@click.option(
+    "--max-failure-pct", type=float, default=10.0, show_default=True, help="Abort above this failure percentage..."
+)
 @click.option("--min-executed", type=int, default=5, show_default=True, help="...once this many installs ran.")
-@click.option("--max-metric-drop", type=float, default=0.05, show_default=True,
-              help="Abort when on-device accuracy drops more than this on average (negative: never).")
-@click.option("--min-evaluated", type=int, default=5, show_default=True, help="Devices evaluated before the metric counts.")
+@click.option(
+    "--max-metric-drop",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Abort when on-device accuracy drops more than this on average (negative: never).",
+)
+@click.option(
+    "--min-evaluated", type=int, default=5, show_default=True, help="Devices evaluated before the metric counts."
+)
 @click.option("--phase-wait", type=float, default=0.0, show_default=True, help="Seconds to soak before the next phase.")
-@click.option("--report-timeout", type=float, default=600.0, show_default=True, help="Seconds before a silent device is timed out.")
+@click.option(
+    "--report-timeout",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Seconds before a silent device is timed out.",
+)
 @click.option("--id", "rollout_id", default=None, help="Rollout id [default: r<N>].")
 @db_option
-def rollouts_create(version: str, device_class: str, tags: tuple[str, ...], devices: tuple[str, ...], phases: str,
-                    rate: float | None, max_failure_pct: float, min_executed: int, max_metric_drop: float,
-                    min_evaluated: int, phase_wait: float, report_timeout: float, rollout_id: str | None, db: str) -> None:
+def rollouts_create(
+    version: str,
+    device_class: str,
+    tags: tuple[str, ...],
+    devices: tuple[str, ...],
+    phases: str,
+    rate: float | None,
+    max_failure_pct: float,
+    min_executed: int,
+    max_metric_drop: float,
+    min_evaluated: int,
+    phase_wait: float,
+    report_timeout: float,
+    rollout_id: str | None,
+    db: str,
+) -> None:
     """Create a rollout; the serving coordinator sends it."""
     from fedge.coordinator.fleet.controller import create_rollout
     from fedge.coordinator.fleet.rollouts import Criteria, Spec, Target
 
     with _store(db) as store:
         rid = rollout_id or f"r{store.db['rollouts'].count + 1}"
-        spec = Spec(rid, version, Target(device_class, tuple(tags), tuple(devices)), _fractions(phases), rate,
-                    Criteria(max_failure_pct, min_executed, None if max_metric_drop < 0 else max_metric_drop, min_evaluated),
-                    phase_wait, report_timeout)
+        spec = Spec(
+            rid,
+            version,
+            Target(device_class, tuple(tags), tuple(devices)),
+            _fractions(phases),
+            rate,
+            Criteria(max_failure_pct, min_executed, None if max_metric_drop < 0 else max_metric_drop, min_evaluated),
+            phase_wait,
+            report_timeout,
+        )
         view = create_rollout(store, spec)
-    click.echo(f"rollout {rid}: {version} to {spec.target.describe()}, {view.counts['total']} devices, "
-               f"phases {', '.join(f'{p * 100:g}%' for p in spec.phases)}")
+    click.echo(
+        f"rollout {rid}: {version} to {spec.target.describe()}, {view.counts['total']} devices, "
+        f"phases {', '.join(f'{p * 100:g}%' for p in spec.phases)}"
+    )
 
 
 def _rollout_row(d: dict[str, Any]) -> list[str]:
     c = d["devices"]
-    return [d["rollout_id"], d["version"], d["target"], d["status"], f"{d['phase']}/{len(d['phases'])}",
-            str(c["installed"]), str(c["failed"]), str(c["sent"] + c["waiting"]), str(c["total"]), d["reason"]]
+    return [
+        d["rollout_id"],
+        d["version"],
+        d["target"],
+        d["status"],
+        f"{d['phase']}/{len(d['phases'])}",
+        str(c["installed"]),
+        str(c["failed"]),
+        str(c["sent"] + c["waiting"]),
+        str(c["total"]),
+        d["reason"],
+    ]
 
 
 @rollouts.command("list")
@@ -206,8 +269,10 @@ def rollouts_list(db: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    _echo_table(["rollout", "release", "target", "status", "phase", "installed", "failed", "pending", "devices", "reason"],
-                [_rollout_row(d) for d in rows])
+    _echo_table(
+        ["rollout", "release", "target", "status", "phase", "installed", "failed", "pending", "devices", "reason"],
+        [_rollout_row(d) for d in rows],
+    )
 
 
 @rollouts.command("show")
@@ -223,12 +288,27 @@ def rollouts_show(rollout_id: str, db: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
-    click.echo(f"rollout {d['rollout_id']}: {d['version']} to {d['target']}, {d['status']}"
-               + (f" ({d['reason']})" if d["reason"] else ""))
-    _echo_table(["phase", "percent", "devices", "installed", "failed", "skipped", "pending", "timed out", "rolled back"],
-                [[str(p["phase"]), f"{p['percent']:g}%", str(p["devices"]), str(p["installed"]), str(p["failed"]),
-                  str(p["skipped"]), str(p["sent"] + p["waiting"]), str(p["timed_out"]), str(p["rolled_back"])]
-                 for p in d["phases"]])
+    click.echo(
+        f"rollout {d['rollout_id']}: {d['version']} to {d['target']}, {d['status']}"
+        + (f" ({d['reason']})" if d["reason"] else "")
+    )
+    _echo_table(
+        ["phase", "percent", "devices", "installed", "failed", "skipped", "pending", "timed out", "rolled back"],
+        [
+            [
+                str(p["phase"]),
+                f"{p['percent']:g}%",
+                str(p["devices"]),
+                str(p["installed"]),
+                str(p["failed"]),
+                str(p["skipped"]),
+                str(p["sent"] + p["waiting"]),
+                str(p["timed_out"]),
+                str(p["rolled_back"]),
+            ]
+            for p in d["phases"]
+        ],
+    )
 
 
 def _transition(name: str, fn_name: str, doc: str) -> click.Command:

@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import multiprocessing
 import os
 import random
@@ -76,18 +75,30 @@ class LoadtestConfig:
         if not 0.0 <= self.churn <= 1.0:
             raise ConfigError(f"churn: expected a fraction in [0, 1], got {self.churn}")
         if not 1 <= self.agents_per_worker <= MAX_AGENTS_PER_WORKER:
-            raise ConfigError(f"agents per worker: expected 1..{MAX_AGENTS_PER_WORKER} (paho's select() "
-                              f"breaks at descriptor 1,024), got {self.agents_per_worker}")
+            raise ConfigError(
+                f"agents per worker: expected 1..{MAX_AGENTS_PER_WORKER} (paho's select() "
+                f"breaks at descriptor 1,024), got {self.agents_per_worker}"
+            )
         if self.broker_restart and self.broker_url is not None:
             raise ConfigError("--broker-restart needs the broker this command starts (not --broker)")
 
     def training(self) -> Any:
         from fedge.coordinator.rounds.plan import TrainingConfig
 
-        return TrainingConfig(model_name="logreg", goal=self.agents, over_selection=1.0, min_cohort=2,
-                              dp_mode="distributed", noise_multiplier=0.5, secagg=True, epochs=1, batch_size=8,
-                              learning_rate=0.2, train_deadline_s=max(60.0, self.stage_timeout_s),
-                              stage_timeout_s=self.stage_timeout_s)
+        return TrainingConfig(
+            model_name="logreg",
+            goal=self.agents,
+            over_selection=1.0,
+            min_cohort=2,
+            dp_mode="distributed",
+            noise_multiplier=0.5,
+            secagg=True,
+            epochs=1,
+            batch_size=8,
+            learning_rate=0.2,
+            train_deadline_s=max(60.0, self.stage_timeout_s),
+            stage_timeout_s=self.stage_timeout_s,
+        )
 
 
 @dataclasses.dataclass
@@ -164,8 +175,9 @@ def _device_id(i: int) -> str:
     return f"load-{i:05d}"
 
 
-def _prepare(indices: list[int], total: int, seed: int, work: Path, broker_url: str, authority_hex: str,
-             training: Any) -> list[tuple[str, str, Path]]:
+def _prepare(
+    indices: list[int], total: int, seed: int, work: Path, broker_url: str, authority_hex: str, training: Any
+) -> list[tuple[str, str, Path]]:
     """Each agent's shard, profile and store (identity, authority); returns (device, public hex, profile)."""
     import numpy as np
 
@@ -208,11 +220,15 @@ def _reset_link(daemon: Any) -> bool:
     return False
 
 
-def _worker(indices: list[int], total: int, seed: int, work: str, broker_url: str, authority_hex: str,
-            training: Any, conn: Any) -> None:
+def _worker(
+    indices: list[int], total: int, seed: int, work: str, broker_url: str, authority_hex: str, training: Any, conn: Any
+) -> None:
     """One worker process: prepare its agents, run them as daemons, reset links when told."""
-    logging.basicConfig(level=logging.WARNING, filename=str(Path(work) / f"worker-{indices[0]:05d}.log"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING,
+        filename=str(Path(work) / f"worker-{indices[0]:05d}.log"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     from fedge.agent.config import resolve
     from fedge.agent.daemon import AgentDaemon
 
@@ -286,8 +302,9 @@ class _Monitor(threading.Thread):
             with contextlib.suppress(sqlite3.Error):
                 con = _ro(self.db)
                 try:
-                    row = con.execute("select round_id, stage from rounds where status = 'open' "
-                                      "order by round_id desc limit 1").fetchone()
+                    row = con.execute(
+                        "select round_id, stage from rounds where status = 'open' order by round_id desc limit 1"
+                    ).fetchone()
                 finally:
                     con.close()
                 if row is None:
@@ -299,12 +316,16 @@ class _Monitor(threading.Thread):
                     if self.cfg.churn > 0:
                         for c in self.conns:
                             c.send(("churn", self.cfg.churn, window))
-                if (self.cfg.broker_restart and self.broker is not None and not self.restarts
-                        and rid == self._restart_round and stage not in ("checkin", "", None)):
+                if (
+                    self.cfg.broker_restart
+                    and self.broker is not None
+                    and not self.restarts
+                    and rid == self._restart_round
+                    and stage not in ("checkin", "", None)
+                ):
                     log.warning("load test: restarting the broker mid-round", extra={"round": rid})
                     self.broker.restart()
                     self.restarts += 1
-
 
     def _last_length(self, rid: int) -> float | None:
         con = _ro(self.db)
@@ -340,8 +361,11 @@ def run_loadtest(cfg: LoadtestConfig) -> LoadtestResult:
     try:
         for chunk in chunks:
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker, args=(chunk, cfg.agents, cfg.seed, str(work), url, authority, training, child),
-                            daemon=True)
+            p = ctx.Process(
+                target=_worker,
+                args=(chunk, cfg.agents, cfg.seed, str(work), url, authority, training, child),
+                daemon=True,
+            )
             p.start()
             procs.append(p)
             conns.append(parent)
@@ -355,9 +379,19 @@ def run_loadtest(cfg: LoadtestConfig) -> LoadtestResult:
         log.warning("load test: %d agents running in %d workers", started, len(procs))
         monitor = _Monitor(db, cfg, conns, broker)
         monitor.start()
-        service = CoordinatorService(ServiceConfig(
-            db_path=str(db), training=training, broker_url=url, rounds=cfg.rounds, checkin_window_s=cfg.checkin_window_s,
-            eval_data=str(work / "test.npz"), mqtt_protocol="5", epsilon_budget=1e6, pacing_batch=max(500, cfg.agents)))
+        service = CoordinatorService(
+            ServiceConfig(
+                db_path=str(db),
+                training=training,
+                broker_url=url,
+                rounds=cfg.rounds,
+                checkin_window_s=cfg.checkin_window_s,
+                eval_data=str(work / "test.npz"),
+                mqtt_protocol="5",
+                epsilon_budget=1e6,
+                pacing_batch=max(500, cfg.agents),
+            )
+        )
         reports = service.run()
         monitor.stop.set()
         monitor.join(60)
@@ -375,8 +409,16 @@ def run_loadtest(cfg: LoadtestConfig) -> LoadtestResult:
             broker.stop()
     rounds = _rounds(db, [r.round_id for r in reports])
     lost, double = _audit(db, work, cfg.agents)
-    return LoadtestResult(cfg.agents, rounds, resets, monitor.restarts, lost, double, round(_peak_rss_mb(), 1),
-                          sum(f.stat().st_size for f in work.glob("coordinator.db*")))
+    return LoadtestResult(
+        cfg.agents,
+        rounds,
+        resets,
+        monitor.restarts,
+        lost,
+        double,
+        round(_peak_rss_mb(), 1),
+        sum(f.stat().st_size for f in work.glob("coordinator.db*")),
+    )
 
 
 def _rounds(db: Path, ids: list[int]) -> list[dict[str, Any]]:
@@ -385,10 +427,17 @@ def _rounds(db: Path, ids: list[int]) -> list[dict[str, Any]]:
         out = []
         for rid in ids:
             status, participants, dropped, started, ended = con.execute(
-                "select status, participants, dropped, started_at, ended_at from rounds where round_id = ?", (rid,)).fetchone()
-            out.append({"round": rid, "status": status, "participants": participants or 0,
-                        "dropped": sum(json.loads(dropped).values()) if dropped else 0,
-                        "seconds": round((ended or started) - started, 1)})
+                "select status, participants, dropped, started_at, ended_at from rounds where round_id = ?", (rid,)
+            ).fetchone()
+            out.append(
+                {
+                    "round": rid,
+                    "status": status,
+                    "participants": participants or 0,
+                    "dropped": sum(json.loads(dropped).values()) if dropped else 0,
+                    "seconds": round((ended or started) - started, 1),
+                }
+            )
         return out
     finally:
         con.close()
@@ -402,13 +451,18 @@ def _audit(db: Path, work: Path, agents: int) -> tuple[int, int]:
     try:
         stored = set(con.execute("select round_id, device_id, stage from uploads").fetchall())
         rejected = set(con.execute("select round_id, device_id from rejections where round_id is not null").fetchall())
-        double = sum(n - 1 for (n,) in con.execute(
-            "select count(*) from uploads where stage in (?, ?) group by round_id, device_id having count(*) > 1",
-            UPLOAD_STAGES))
+        double = sum(
+            n - 1
+            for (n,) in con.execute(
+                "select count(*) from uploads where stage in (?, ?) group by round_id, device_id having count(*) > 1",
+                UPLOAD_STAGES,
+            )
+        )
         for rid, participants in con.execute("select round_id, participants from rounds where status = 'completed'"):
             (accepted,) = con.execute(
                 "select count(distinct device_id) from uploads where round_id = ? and stage in (?, ?) and status = 'accepted'",
-                (rid, *UPLOAD_STAGES)).fetchone()
+                (rid, *UPLOAD_STAGES),
+            ).fetchone()
             double += max(0, (participants or 0) - accepted)
     finally:
         con.close()
@@ -420,11 +474,16 @@ def _audit(db: Path, work: Path, agents: int) -> tuple[int, int]:
             pending = set(a.execute("select round_id, stage from outbox").fetchall())
             for rid, blob in a.execute("select round_id, replies from round_replies"):
                 for r in _unpack(blob):
-                    if r.stage in UPLOAD_STAGES and (rid, r.stage) not in pending \
-                            and (rid, dev, r.stage) not in stored and (rid, dev) not in rejected:
+                    if (
+                        r.stage in UPLOAD_STAGES
+                        and (rid, r.stage) not in pending
+                        and (rid, dev, r.stage) not in stored
+                        and (rid, dev) not in rejected
+                    ):
                         lost += 1
-            double += sum(n - 1 for (n,) in a.execute(
-                "select count(*) from privacy_ledger group by round_id having count(*) > 1"))
+            double += sum(
+                n - 1 for (n,) in a.execute("select count(*) from privacy_ledger group by round_id having count(*) > 1")
+            )
         finally:
             a.close()
     return lost, double

@@ -96,12 +96,18 @@ def _rounds(db: sqlite_utils.Database) -> Iterator[Metric]:
     for status in sorted({"open", "completed", "abandoned"} | set(by_status)):
         c.add_metric([status], by_status.get(status, 0))
     yield c
-    yield CounterMetricFamily("fedge_round_participants", "Devices aggregated, summed over rounds",
-                              value=sum(r["participants"] or 0 for r in rows))
+    yield CounterMetricFamily(
+        "fedge_round_participants",
+        "Devices aggregated, summed over rounds",
+        value=sum(r["participants"] or 0 for r in rows),
+    )
     closed = [r for r in rows if r["status"] != "open"]
     if closed:
-        yield GaugeMetricFamily("fedge_last_round_participants", "Devices aggregated in the last closed round",
-                                value=closed[-1]["participants"] or 0)
+        yield GaugeMetricFamily(
+            "fedge_last_round_participants",
+            "Devices aggregated in the last closed round",
+            value=closed[-1]["participants"] or 0,
+        )
     d = CounterMetricFamily("fedge_round_drops", "Devices lost, by the stage they were lost at", labels=["stage"])
     for stage in sorted(drops):
         d.add_metric([stage], drops[stage])
@@ -114,8 +120,9 @@ def _rounds(db: sqlite_utils.Database) -> Iterator[Metric]:
 
 
 def _rollouts(store: _ReadOnly) -> Iterator[Metric]:
-    devices = GaugeMetricFamily("fedge_rollout_devices", "Devices of a rollout by state",
-                                labels=["rollout", "version", "state"])
+    devices = GaugeMetricFamily(
+        "fedge_rollout_devices", "Devices of a rollout by state", labels=["rollout", "version", "state"]
+    )
     phase = GaugeMetricFamily("fedge_rollout_phase", "A rollout's current phase (1-based)", labels=["rollout"])
     status = GaugeMetricFamily("fedge_rollout_status", "1 for a rollout's current status", labels=["rollout", "status"])
     for r in rollouts_data(store):
@@ -167,8 +174,13 @@ class _Server(ThreadingHTTPServer):
 class MetricsServer:
     """``GET /metrics`` on ``host:port`` (port 0: any free port) in a background thread."""
 
-    def __init__(self, db_path: str, host: str = "127.0.0.1", port: int = 9464,
-                 broker_connected: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        db_path: str,
+        host: str = "127.0.0.1",
+        port: int = 9464,
+        broker_connected: Callable[[], bool] | None = None,
+    ) -> None:
         self.registry = registry_for(db_path, broker_connected)
         self.host, self.port = host, port
         self._server: _Server | None = None

@@ -16,8 +16,9 @@ def models() -> None:
 
 @models.command("build")
 @click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Directory for <name>.tflite and <name>.json.")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Directory for <name>.tflite and <name>.json."
+)
 @click.option("--check", is_flag=True, help="Rebuild and compare with the files in --out byte for byte; write nothing.")
 def models_build(specs: tuple[str, ...], out: str, check: bool) -> None:
     """Build each SPEC, check it against its numpy reference on the installed runtime, write it to --out."""
@@ -26,8 +27,10 @@ def models_build(specs: tuple[str, ...], out: str, check: bool) -> None:
     differs = []
     for spec in specs:
         built = build_file(spec)
-        head = f"{built.net.name}: {len(built.data)} bytes, {built.net.num_params} params, built and checked in " \
-               f"{built.seconds:.1f} s on {built.runtime}"
+        head = (
+            f"{built.net.name}: {len(built.data)} bytes, {built.net.num_params} params, built and checked in "
+            f"{built.seconds:.1f} s on {built.runtime}"
+        )
         if check:
             same = same_as_written(built, out)
             click.echo(f"{built.net.name}: {'identical' if same else 'DIFFERS'}")

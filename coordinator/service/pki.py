@@ -45,12 +45,14 @@ def _name(cn: str) -> x509.Name:
 
 
 def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def make_ca(cn: str = "fedge fleet CA", *, days: int = 3650, now: dt.datetime | None = None) -> CertKey:
     """A self-signed CA that signs the broker's and the devices' certificates."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
@@ -61,9 +63,7 @@ def make_ca(cn: str = "fedge fleet CA", *, days: int = 3650, now: dt.datetime | 
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .sign(key, hashes.SHA256())
     )
     return CertKey(cert.public_bytes(serialization.Encoding.PEM), _pem(key))
@@ -78,7 +78,7 @@ def issue(
     now: dt.datetime | None = None,
 ) -> CertKey:
     """A certificate for ``cn`` signed by ``ca``: a server one if ``server_names`` (DNS names or IPs)."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -114,7 +114,9 @@ def issue_device(ca: CertKey, device_id: str, **kw: object) -> CertKey:
     return issue(ca, check_device_id(device_id), **kw)  # type: ignore[arg-type]
 
 
-def make_broker_pki(directory: Path, devices: tuple[str, ...], *, broker_names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> dict[str, tuple[Path, Path]]:
+def make_broker_pki(
+    directory: Path, devices: tuple[str, ...], *, broker_names: tuple[str, ...] = ("localhost", "127.0.0.1")
+) -> dict[str, tuple[Path, Path]]:
     """Write ``ca``, ``broker``, ``coordinator`` and one pair per device into ``directory``."""
     ca = make_ca()
     out = {"ca": ca.write(directory, "ca")}

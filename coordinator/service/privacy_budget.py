@@ -100,7 +100,10 @@ class CampaignBudget:
             self._db[CAMPAIGNS].update(self.campaign_id, {"stopped": 1})
             log.warning(
                 "campaign %s stopped: epsilon would reach %.4g > budget %.4g",
-                self.campaign_id, eps, self.budget_epsilon, extra={"round": round_id},
+                self.campaign_id,
+                eps,
+                self.budget_epsilon,
+                extra={"round": round_id},
             )
             raise BudgetExhausted(
                 f"campaign {self.campaign_id!r}: one more round would bring epsilon to {eps:.4g} "
@@ -149,10 +152,7 @@ def selectable_devices(
     """
     ensure_schema(db)
     exhausted = {r["device_id"] for r in db[EXHAUSTED].rows}
-    return [
-        d for d in candidates
-        if d not in exhausted and not reported_epsilon.get(d, 0.0) >= budget_epsilon
-    ]
+    return [d for d in candidates if d not in exhausted and not reported_epsilon.get(d, 0.0) >= budget_epsilon]
 
 
 def campaign_history(db: sqlite_utils.Database, campaign_id: str) -> list[tuple[int, float]]:

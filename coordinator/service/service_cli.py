@@ -13,6 +13,7 @@ import click
 
 DEFAULT_DB = "./fedge-coordinator.db"
 
+
 def _existing_db(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     import os
 
@@ -23,12 +24,19 @@ def _existing_db(_ctx: click.Context, _param: click.Parameter, value: str) -> st
 
 #: ``--db`` of a command that reads or changes a store: a mistyped path is an error, not a new empty store.
 db_option = click.option(
-    "--db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False), callback=_existing_db,
+    "--db",
+    default=DEFAULT_DB,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    callback=_existing_db,
     help="The coordinator's SQLite store (must exist).",
 )
 #: ``--db`` of a command that may start a store: serve, devices enroll, releases import.
 new_db_option = click.option(
-    "--db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False),
+    "--db",
+    default=DEFAULT_DB,
+    show_default=True,
+    type=click.Path(dir_okay=False),
     help="The coordinator's SQLite store (created if missing).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -38,39 +46,86 @@ def training_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The campaign knobs ``serve`` and ``demo`` share (one TrainingConfig)."""
     opts = [
         click.option("--model", default="mlp", show_default=True, help="Zoo model to train (logreg, mlp, cnn)."),
-        click.option("--goal", type=int, default=None, help="Devices to aggregate per round [serve: 10; demo: --agents]."),
-        click.option("--min-cohort", type=int, default=2, show_default=True, help="Fewest reports a round may aggregate."),
-        click.option("--dp", "dp_mode", type=click.Choice(["off", "local", "distributed"]), default=None,
-                     help="Differential privacy: off, local (noise on each device) or distributed (needs SecAgg+) "
-                          "[serve: off; demo: distributed with SecAgg+, else local]."),
-        click.option("--noise-multiplier", type=float, default=None, help="Noise std / clip norm (z) [serve: 1.0; demo: 0.5]."),
-        click.option("--clip", "clip_norm", type=float, default=1.0, show_default=True, help="L2 clip norm of an update."),
-        click.option("--secagg/--no-secagg", default=None, help="Secure aggregation (SecAgg+) [default: on when available]."),
-        click.option("--epsilon-budget", type=float, default=None,
-                     help="Campaign epsilon budget (DP on): rounds stop before it is exceeded [serve: 10; demo: 50]."),
-        click.option("--checkin-window", type=float, default=None,
-                     help="Seconds devices have to check in; it closes early once every enrolled device did [serve: 10; demo: 60]."),
-        click.option("--broker", "broker_url", default=None, metavar="URL",
-                     help="mqtt://HOST:PORT or mqtts://... [default: start a local broker on 127.0.0.1: Mosquitto "
-                          "when installed, else the embedded amqtt]."),
-        click.option("--rounds", type=int, default=None,
-                     help="Rounds to run [serve: 1; 0: no training, keep serving releases, rollouts and enrollment; demo: 5]."),
+        click.option(
+            "--goal", type=int, default=None, help="Devices to aggregate per round [serve: 10; demo: --agents]."
+        ),
+        click.option(
+            "--min-cohort", type=int, default=2, show_default=True, help="Fewest reports a round may aggregate."
+        ),
+        click.option(
+            "--dp",
+            "dp_mode",
+            type=click.Choice(["off", "local", "distributed"]),
+            default=None,
+            help="Differential privacy: off, local (noise on each device) or distributed (needs SecAgg+) "
+            "[serve: off; demo: distributed with SecAgg+, else local].",
+        ),
+        click.option(
+            "--noise-multiplier", type=float, default=None, help="Noise std / clip norm (z) [serve: 1.0; demo: 0.5]."
+        ),
+        click.option(
+            "--clip", "clip_norm", type=float, default=1.0, show_default=True, help="L2 clip norm of an update."
+        ),
+        click.option(
+            "--secagg/--no-secagg", default=None, help="Secure aggregation (SecAgg+) [default: on when available]."
+        ),
+        click.option(
+            "--epsilon-budget",
+            type=float,
+            default=None,
+            help="Campaign epsilon budget (DP on): rounds stop before it is exceeded [serve: 10; demo: 50].",
+        ),
+        click.option(
+            "--checkin-window",
+            type=float,
+            default=None,
+            help="Seconds devices have to check in; it closes early once every enrolled device did [serve: 10; demo: 60].",
+        ),
+        click.option(
+            "--broker",
+            "broker_url",
+            default=None,
+            metavar="URL",
+            help="mqtt://HOST:PORT or mqtts://... [default: start a local broker on 127.0.0.1: Mosquitto "
+            "when installed, else the embedded amqtt].",
+        ),
+        click.option(
+            "--rounds",
+            type=int,
+            default=None,
+            help="Rounds to run [serve: 1; 0: no training, keep serving releases, rollouts and enrollment; demo: 5].",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
 
 
-def _training(model: str, goal: int, min_cohort: int, dp_mode: str, noise_multiplier: float, clip_norm: float,
-              secagg: bool | None, **kw: Any) -> Any:
+def _training(
+    model: str,
+    goal: int,
+    min_cohort: int,
+    dp_mode: str,
+    noise_multiplier: float,
+    clip_norm: float,
+    secagg: bool | None,
+    **kw: Any,
+) -> Any:
     from fedge.coordinator.rounds.plan import TrainingConfig
     from fedge.coordinator.service.service import secure_available
 
     if secagg is None:
         secagg = secure_available()
-    return TrainingConfig(model_name=model, goal=goal, min_cohort=min(min_cohort, goal), dp_mode=dp_mode,
-                          noise_multiplier=noise_multiplier if dp_mode != "off" else 0.0, clip_norm=clip_norm,
-                          secagg=secagg, **kw)
+    return TrainingConfig(
+        model_name=model,
+        goal=goal,
+        min_cohort=min(min_cohort, goal),
+        dp_mode=dp_mode,
+        noise_multiplier=noise_multiplier if dp_mode != "off" else 0.0,
+        clip_norm=clip_norm,
+        secagg=secagg,
+        **kw,
+    )
 
 
 def _quiet_broker_logs() -> None:
@@ -90,7 +145,9 @@ def devices() -> None:
 
 @devices.command("enroll")
 @click.option("--device-id", required=True, help="The device's id ([A-Za-z0-9_.-], at most 64).")
-@click.option("--identity", "identity_hex", required=True, help="Its Ed25519 identity public key, hex (fedge-agent identity).")
+@click.option(
+    "--identity", "identity_hex", required=True, help="Its Ed25519 identity public key, hex (fedge-agent identity)."
+)
 @click.option("--class", "device_class", required=True, help="Device class, e.g. pi4, phone, car.")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
 @new_db_option
@@ -132,17 +189,21 @@ def devices_list(db: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([{**d.to_dict(), **acts[d.device_id].to_dict()} for d in rows], indent=2))
         return
-    click.echo(f"{'device':<24} {'class':<8} {'status':<8} {'identity':<18} {'last seen':<17} {'sel/contrib':<11} "
-               f"{'epsilon':>8} {'eligible (old..new)':<19} {'release':<16} tags")
+    click.echo(
+        f"{'device':<24} {'class':<8} {'status':<8} {'identity':<18} {'last seen':<17} {'sel/contrib':<11} "
+        f"{'epsilon':>8} {'eligible (old..new)':<19} {'release':<16} tags"
+    )
     for d in rows:
         status = d.status
         a = acts[d.device_id]
         seen = "-" if a.last_seen is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(a.last_seen))
         eps = "-" if a.epsilon_spent is None else f"{a.epsilon_spent:.3g}"
-        click.echo(f"{d.device_id:<24} {d.device_class:<8} {status:<8} {d.identity_hex[:16]:<18} {seen:<17} "
-                   f"{f'{a.selected}/{a.contributed}':<11} {eps:>8} {a.history():<19} {a.release or '-':<16} {','.join(d.tags)}"
-                   + (f"  ({d.quarantine_reason})" if d.quarantine_reason else "")
-                   + (f"  not selected: {a.not_selected}" if a.not_selected else ""))
+        click.echo(
+            f"{d.device_id:<24} {d.device_class:<8} {status:<8} {d.identity_hex[:16]:<18} {seen:<17} "
+            f"{f'{a.selected}/{a.contributed}':<11} {eps:>8} {a.history():<19} {a.release or '-':<16} {','.join(d.tags)}"
+            + (f"  ({d.quarantine_reason})" if d.quarantine_reason else "")
+            + (f"  not selected: {a.not_selected}" if a.not_selected else "")
+        )
 
 
 @devices.command("revoke")
@@ -167,39 +228,113 @@ def devices_revoke(device_id: str, db: str) -> None:
 @click.command("serve")
 @new_db_option
 @training_options
-@click.option("--pacing-batch", type=int, default=500, show_default=True,
-              help="At most this many devices owe an upload at once (broker queue limits).")
-@click.option("--eval-data", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Held-out .npz (x, y) to evaluate each new global model on.")
-@click.option("--local-port", type=int, default=1883, show_default=True,
-              help="Without --broker: the port of the local broker on 127.0.0.1 (0: any free port).")
-@click.option("--mqtt-protocol", type=click.Choice(["auto", "5", "3.1.1"]), default=None,
-              help="MQTT version [default: auto (5, else 3.1.1) for --broker, 3.1.1 for the embedded amqtt broker].")
+@click.option(
+    "--pacing-batch",
+    type=int,
+    default=500,
+    show_default=True,
+    help="At most this many devices owe an upload at once (broker queue limits).",
+)
+@click.option(
+    "--eval-data",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Held-out .npz (x, y) to evaluate each new global model on.",
+)
+@click.option(
+    "--local-port",
+    type=int,
+    default=1883,
+    show_default=True,
+    help="Without --broker: the port of the local broker on 127.0.0.1 (0: any free port).",
+)
+@click.option(
+    "--mqtt-protocol",
+    type=click.Choice(["auto", "5", "3.1.1"]),
+    default=None,
+    help="MQTT version [default: auto (5, else 3.1.1) for --broker, 3.1.1 for the embedded amqtt broker].",
+)
 @click.option("--tls-ca", default=None, help="CA file for mqtts://.")
 @click.option("--tls-cert", default=None, help="Client certificate for mqtts://.")
 @click.option("--tls-key", default=None, help="Client key for mqtts://.")
-@click.option("--adaptive-clip", "adaptive_clip", type=float, default=None, metavar="QUANTILE",
-              help="Adaptive clipping (DP on): C follows this quantile of the update norms; --clip is the first C.")
-@click.option("--clip-count-stddev", type=float, default=0.0, metavar="SIGMA",
-              help="Adaptive clipping: noise on the clip-bit sum; 2*SIGMA must exceed z [default: goal/20].")
-@click.option("--server-opt", type=click.Choice(["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi"]),
-              default="fedavg", show_default=True,
-              help="Server update on each round's mean delta (Reddi et al. 2021); post-processing, DP and SecAgg+ untouched.")
-@click.option("--server-lr", type=float, default=1.0, show_default=True, help="Server learning rate (FedAdam/FedYogi: 0.01-0.1).")
-@click.option("--prox-mu", type=float, default=0.0, show_default=True,
-              help="FedProx's proximal coefficient on the devices (Li et al. 2020); 0: plain local SGD.")
-@click.option("--audit-canaries", type=int, default=0, show_default=True, metavar="M",
-              help="Live privacy audit: M canary clients in this process take part through the protocol path "
-                   "(never counted as devices), M more are withheld; rounds show an empirical epsilon and a 95% lower bound.")
-@click.option("--metrics-port", type=int, default=None, metavar="PORT",
-              help="Serve Prometheus text metrics at http://HOST:PORT/metrics (0: any free port) [default: off].")
+@click.option(
+    "--adaptive-clip",
+    "adaptive_clip",
+    type=float,
+    default=None,
+    metavar="QUANTILE",
+    help="Adaptive clipping (DP on): C follows this quantile of the update norms; --clip is the first C.",
+)
+@click.option(
+    "--clip-count-stddev",
+    type=float,
+    default=0.0,
+    metavar="SIGMA",
+    help="Adaptive clipping: noise on the clip-bit sum; 2*SIGMA must exceed z [default: goal/20].",
+)
+@click.option(
+    "--server-opt",
+    type=click.Choice(["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi"]),
+    default="fedavg",
+    show_default=True,
+    help="Server update on each round's mean delta (Reddi et al. 2021); post-processing, DP and SecAgg+ untouched.",
+)
+@click.option(
+    "--server-lr", type=float, default=1.0, show_default=True, help="Server learning rate (FedAdam/FedYogi: 0.01-0.1)."
+)
+@click.option(
+    "--prox-mu",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="FedProx's proximal coefficient on the devices (Li et al. 2020); 0: plain local SGD.",
+)
+@click.option(
+    "--audit-canaries",
+    type=int,
+    default=0,
+    show_default=True,
+    metavar="M",
+    help="Live privacy audit: M canary clients in this process take part through the protocol path "
+    "(never counted as devices), M more are withheld; rounds show an empirical epsilon and a 95% lower bound.",
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    metavar="PORT",
+    help="Serve Prometheus text metrics at http://HOST:PORT/metrics (0: any free port) [default: off].",
+)
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics endpoint listens on.")
-def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: str | None, noise_multiplier: float | None,
-              clip_norm: float, secagg: bool | None, epsilon_budget: float | None, checkin_window: float | None, broker_url: str | None,
-              rounds: int | None, pacing_batch: int, eval_data: str | None, local_port: int,
-              mqtt_protocol: str | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None,
-              adaptive_clip: float | None, clip_count_stddev: float, server_opt: str, server_lr: float, prox_mu: float,
-              audit_canaries: int, metrics_port: int | None, metrics_host: str) -> None:
+def serve_cmd(
+    db: str,
+    model: str,
+    goal: int | None,
+    min_cohort: int,
+    dp_mode: str | None,
+    noise_multiplier: float | None,
+    clip_norm: float,
+    secagg: bool | None,
+    epsilon_budget: float | None,
+    checkin_window: float | None,
+    broker_url: str | None,
+    rounds: int | None,
+    pacing_batch: int,
+    eval_data: str | None,
+    local_port: int,
+    mqtt_protocol: str | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    adaptive_clip: float | None,
+    clip_count_stddev: float,
+    server_opt: str,
+    server_lr: float,
+    prox_mu: float,
+    audit_canaries: int,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
     """Run training rounds over MQTT (a local broker on 127.0.0.1 unless --broker: Mosquitto when installed,
     else the embedded amqtt); Ctrl-C stops gracefully."""
     from fedge.coordinator.rounds.server_opt import ServerOptConfig, ServerOptKind
@@ -209,12 +344,30 @@ def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: s
     _quiet_broker_logs()
     cfg = ServiceConfig(
         db_path=db,
-        training=_training(model, goal or 10, min_cohort, dp_mode or "off", noise_multiplier or 1.0, clip_norm, secagg,
-                           adaptive_quantile=adaptive_clip or 0.0, clip_count_stddev=clip_count_stddev, prox_mu=prox_mu),
-        broker_url=broker_url, embedded_port=local_port, rounds=1 if rounds is None else rounds,
+        training=_training(
+            model,
+            goal or 10,
+            min_cohort,
+            dp_mode or "off",
+            noise_multiplier or 1.0,
+            clip_norm,
+            secagg,
+            adaptive_quantile=adaptive_clip or 0.0,
+            clip_count_stddev=clip_count_stddev,
+            prox_mu=prox_mu,
+        ),
+        broker_url=broker_url,
+        embedded_port=local_port,
+        rounds=1 if rounds is None else rounds,
         checkin_window_s=checkin_window or 10.0,
-        pacing_batch=pacing_batch, epsilon_budget=epsilon_budget or 10.0, eval_data=eval_data,
-        tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, mqtt_protocol=mqtt_protocol, audit_canaries=audit_canaries,
+        pacing_batch=pacing_batch,
+        epsilon_budget=epsilon_budget or 10.0,
+        eval_data=eval_data,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        mqtt_protocol=mqtt_protocol,
+        audit_canaries=audit_canaries,
         server_opt=ServerOptConfig(ServerOptKind(server_opt), learning_rate=server_lr),
     )
     service = CoordinatorService(cfg, on_round=lambda r: click.echo(format_round(r)))
@@ -222,8 +375,12 @@ def serve_cmd(db: str, model: str, goal: int | None, min_cohort: int, dp_mode: s
     if metrics_port is not None:
         from fedge.coordinator.service.metrics import MetricsServer
 
-        metrics = MetricsServer(db, metrics_host, metrics_port,
-                                broker_connected=lambda: service.transport is not None and service.transport.connected)
+        metrics = MetricsServer(
+            db,
+            metrics_host,
+            metrics_port,
+            broker_connected=lambda: service.transport is not None and service.transport.connected,
+        )
         click.echo(f"metrics on {metrics.start().url}")
     try:
         if cfg.rounds == 0:
@@ -243,7 +400,9 @@ def serve_fleet(service: Any, *, echo: Callable[[str], None]) -> None:
     with stop_signals(lambda _signum: service.request_stop(), lambda: service.stopping):
         try:
             service.start()
-            echo(f"serving releases, rollouts and enrollment on {service.broker_url}, no training rounds (Ctrl-C stops)")
+            echo(
+                f"serving releases, rollouts and enrollment on {service.broker_url}, no training rounds (Ctrl-C stops)"
+            )
             while not service.stopping:
                 service.idle(1.0)
         finally:
@@ -256,8 +415,10 @@ def _num(v: float | None, fmt: str) -> str:
 
 def format_round(r: Any) -> str:
     """One line per round for people."""
-    line = (f"round {r.round_id}: {r.status:<9} accuracy {_num(r.accuracy, '.3f')} loss {_num(r.loss, '.3f')} "
-            f"participants {r.participants} dropped {r.dropped} epsilon {_num(r.epsilon, '.3g')}")
+    line = (
+        f"round {r.round_id}: {r.status:<9} accuracy {_num(r.accuracy, '.3f')} loss {_num(r.loss, '.3f')} "
+        f"participants {r.participants} dropped {r.dropped} epsilon {_num(r.epsilon, '.3g')}"
+    )
     if r.epsilon_lower_bound is not None:
         line += f" (audit: estimate {_num(r.epsilon_empirical, '.3g')}, 95% lower bound {_num(r.epsilon_lower_bound, '.3g')})"
     if r.status != "completed":
@@ -281,12 +442,16 @@ def rounds_cmd(db: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"rounds": [r.to_dict() for r in reports]}, indent=2))
         return
-    click.echo(f"{'round':>5} {'status':<9} {'part':>4} {'drop':>4} {'acc':>6} {'epsilon':>8} {'audit-est':>9} "
-               f"{'audit-lb':>8}  reason")
+    click.echo(
+        f"{'round':>5} {'status':<9} {'part':>4} {'drop':>4} {'acc':>6} {'epsilon':>8} {'audit-est':>9} "
+        f"{'audit-lb':>8}  reason"
+    )
     for r in reports:
-        click.echo(f"{r.round_id:>5} {r.status:<9} {r.participants:>4} {r.dropped:>4} {_num(r.accuracy, '.3f'):>6} "
-                   f"{_num(r.epsilon, '.3g'):>8} {_num(r.epsilon_empirical, '.3g'):>9} "
-                   f"{_num(r.epsilon_lower_bound, '.3g'):>8}  {r.reason}")
+        click.echo(
+            f"{r.round_id:>5} {r.status:<9} {r.participants:>4} {r.dropped:>4} {_num(r.accuracy, '.3f'):>6} "
+            f"{_num(r.epsilon, '.3g'):>8} {_num(r.epsilon_empirical, '.3g'):>9} "
+            f"{_num(r.epsilon_lower_bound, '.3g'):>8}  {r.reason}"
+        )
 
 
 # ---------------------------------------------------------------------- demo
@@ -295,12 +460,35 @@ def rounds_cmd(db: str, as_json: bool) -> None:
 @click.command("demo")
 @click.option("--agents", type=int, default=8, show_default=True, help="Agent processes to start.")
 @training_options
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help='Write {"rounds": [{round, accuracy, loss, participants, dropped, epsilon}, ...]} here.')
-@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Keep the demo's files here [default: a temp dir, removed].")
-def demo_cmd(agents: int, model: str, goal: int | None, min_cohort: int, dp_mode: str | None, noise_multiplier: float | None,
-             clip_norm: float, secagg: bool | None, epsilon_budget: float | None, checkin_window: float | None,
-             broker_url: str | None, rounds: int | None, json_path: str | None, workdir: str | None) -> None:
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help='Write {"rounds": [{round, accuracy, loss, participants, dropped, epsilon}, ...]} here.',
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Keep the demo's files here [default: a temp dir, removed].",
+)
+def demo_cmd(
+    agents: int,
+    model: str,
+    goal: int | None,
+    min_cohort: int,
+    dp_mode: str | None,
+    noise_multiplier: float | None,
+    clip_norm: float,
+    secagg: bool | None,
+    epsilon_budget: float | None,
+    checkin_window: float | None,
+    broker_url: str | None,
+    rounds: int | None,
+    json_path: str | None,
+    workdir: str | None,
+) -> None:
     """Run a whole federation on this machine: broker, coordinator and AGENTS agent processes on digits."""
     from fedge.coordinator.service.demo import DEMO_TRAINING, DemoConfig, run_demo
     from fedge.coordinator.service.service import secure_available
@@ -314,10 +502,15 @@ def demo_cmd(agents: int, model: str, goal: int | None, min_cohort: int, dp_mode
     if dp_mode is None:
         dp_mode = "distributed" if secagg else "local"
     cfg = DemoConfig(
-        agents=agents, rounds=5 if rounds is None else rounds,
-        training=_training(model, goal or agents, min_cohort, dp_mode, noise_multiplier or 0.5, clip_norm, secagg,
-                           **DEMO_TRAINING),
-        broker_url=broker_url, json_path=json_path, workdir=workdir, epsilon_budget=epsilon_budget or 50.0,
+        agents=agents,
+        rounds=5 if rounds is None else rounds,
+        training=_training(
+            model, goal or agents, min_cohort, dp_mode, noise_multiplier or 0.5, clip_norm, secagg, **DEMO_TRAINING
+        ),
+        broker_url=broker_url,
+        json_path=json_path,
+        workdir=workdir,
+        epsilon_budget=epsilon_budget or 50.0,
         checkin_window_s=checkin_window or 60.0,
     )
     run_demo(cfg, echo=click.echo)

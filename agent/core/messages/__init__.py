@@ -4,9 +4,11 @@ Add a module here (and import it below) for a new area; :mod:`fedge.agent.core.w
 package before its first encode or decode, so the registry is always complete.
 """
 
-from fedge.agent.core.messages import common  # noqa: F401
-from fedge.agent.core.messages import transport  # noqa: F401
-from fedge.agent.core.messages import rounds  # noqa: F401
-from fedge.agent.core.messages import secagg  # noqa: F401
-from fedge.agent.core.messages import device  # noqa: F401
-from fedge.agent.core.messages import fleet  # noqa: F401
+from fedge.agent.core.messages import (
+    common,  # noqa: F401
+    device,  # noqa: F401
+    fleet,  # noqa: F401
+    rounds,  # noqa: F401
+    secagg,  # noqa: F401
+    transport,  # noqa: F401
+)

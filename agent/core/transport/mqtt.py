@@ -84,8 +84,9 @@ class _Client(paho.Client):
 class MqttTransport:
     """A :class:`~agent.core.transport.base.Transport` over a real MQTT broker."""
 
-    def __init__(self, config: TransportConfig, *, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self, config: TransportConfig, *, clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None
+    ) -> None:
         self.config = config
         #: reconnect delays, drawn for this client (kept across the MQTT 5 -> 3.1.1 fallback)
         self.backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s, rng)
@@ -157,15 +158,22 @@ class MqttTransport:
         if why is not None and self._v5 and (why == _UNSUPPORTED or tcp_up):
             if self._auto:
                 # An MQTT 3.1.1-only broker refuses the MQTT 5 CONNECT, or (amqtt) never answers it.
-                log.info("%s: %s:%d %s to MQTT 5; trying MQTT 3.1.1", cfg.client_id, cfg.host, cfg.port,
-                         "refused" if why == _UNSUPPORTED else "did not answer")
+                log.info(
+                    "%s: %s:%d %s to MQTT 5; trying MQTT 3.1.1",
+                    cfg.client_id,
+                    cfg.host,
+                    cfg.port,
+                    "refused" if why == _UNSUPPORTED else "did not answer",
+                )
                 self._client = self._new_client(v5=False)
                 why, tcp_up = self._connect_once(cfg.connect_timeout_s)
                 if why is not None:
                     why = f"neither MQTT 5 nor MQTT 3.1.1 was accepted ({why})"
             else:
-                why = (f"{why}; the broker does not take MQTT 5 (an MQTT 3.1.1-only broker such as the embedded one?): "
-                       'set [network] protocol = "3.1.1" or "auto"')
+                why = (
+                    f"{why}; the broker does not take MQTT 5 (an MQTT 3.1.1-only broker such as the embedded one?): "
+                    'set [network] protocol = "3.1.1" or "auto"'
+                )
         if why is not None:
             raise TransportError(f"cannot connect {cfg.client_id} to {cfg.host}:{cfg.port}: {why}")
         if not self._v5 and self._auto:
@@ -274,7 +282,9 @@ class MqttTransport:
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                topic, payload, retain, dup, handle = self._raw.get(timeout=left) if left != 0 else self._raw.get_nowait()
+                topic, payload, retain, dup, handle = (
+                    self._raw.get(timeout=left) if left != 0 else self._raw.get_nowait()
+                )
             except queue.Empty:
                 return None
             with self._inbox_lock:

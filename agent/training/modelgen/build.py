@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.lite.tools import flatbuffer_utils
 from tensorflow.lite.python import schema_py_generated as schema
+from tensorflow.lite.tools import flatbuffer_utils
 
 from fedge.agent.training.modelgen import graphs
 
@@ -33,14 +33,28 @@ class Recipe:
 
 def logreg(name: str, width: int, seed: int, version: int = 1) -> Recipe:
     """Multinomial logistic regression taking ``width`` flat features."""
-    return Recipe(name, f"multinomial logistic regression {width}->10", version, seed, graphs.LogReg, (width,),
-                  (("w", (width, 10)), ("b", (10,))))
+    return Recipe(
+        name,
+        f"multinomial logistic regression {width}->10",
+        version,
+        seed,
+        graphs.LogReg,
+        (width,),
+        (("w", (width, 10)), ("b", (10,))),
+    )
 
 
 def mlp(name: str, width: int, seed: int, hidden: int = 32, version: int = 1) -> Recipe:
     """``width`` -> ``hidden`` (ReLU) -> 10."""
-    return Recipe(name, f"mlp {width}->{hidden} relu->10", version, seed, graphs.MLP, (width,),
-                  (("w1", (width, hidden)), ("b1", (hidden,)), ("w2", (hidden, 10)), ("b2", (10,))))
+    return Recipe(
+        name,
+        f"mlp {width}->{hidden} relu->10",
+        version,
+        seed,
+        graphs.MLP,
+        (width,),
+        (("w1", (width, hidden)), ("b1", (hidden,)), ("w2", (hidden, 10)), ("b2", (10,))),
+    )
 
 
 #: Every zoo model. Flat families are named ``<family><width>``, except the original 64-input pair.
@@ -50,8 +64,15 @@ RECIPES = {
     for r in (
         logreg("logreg", 64, 101, version=2),
         mlp("mlp", 64, 102, version=2),
-        Recipe("cnn", "cnn 28x28x1 conv3x3x8 valid relu -> maxpool2x2 -> dense 10", 2, 103, graphs.CNN, (28, 28, 1),
-               (("conv_w", (3, 3, 1, 8)), ("conv_b", (8,)), ("dense_w", (1352, 10)), ("dense_b", (10,)))),
+        Recipe(
+            "cnn",
+            "cnn 28x28x1 conv3x3x8 valid relu -> maxpool2x2 -> dense 10",
+            2,
+            103,
+            graphs.CNN,
+            (28, 28, 1),
+            (("conv_w", (3, 3, 1, 8)), ("conv_b", (8,)), ("dense_w", (1352, 10)), ("dense_b", (10,))),
+        ),
         # 60 features, 10 classes: Synthetic(α, β) of Li et al. (FedProx, MLSys 2020)
         logreg("logreg60", 60, 104, version=2),
         mlp("mlp60", 60, 105, version=2),
@@ -63,10 +84,7 @@ def initialisers(recipe: Recipe) -> dict[str, str]:
     """How each weight starts, as the field does: the linear head (the last kernel) and every bias
     at zero, hidden kernels He-uniform (they feed ReLUs). Recorded in the model's metadata."""
     kernels = [name for name, shape in recipe.weights if len(shape) > 1]
-    return {
-        name: "zeros" if len(shape) == 1 or name == kernels[-1] else "he_uniform"
-        for name, shape in recipe.weights
-    }
+    return {name: "zeros" if len(shape) == 1 or name == kernels[-1] else "he_uniform" for name, shape in recipe.weights}
 
 
 def initial_weights(recipe: Recipe) -> dict[str, np.ndarray]:

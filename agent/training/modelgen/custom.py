@@ -71,7 +71,9 @@ def convert(net: Network) -> bytes:
     module = SpecModel(net, layerspec.initial_weights(net))
     with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(module, tmp, signatures=module.signatures())
-        conv = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["train", "infer", "get_weights", "set_weights"])
+        conv = tf.lite.TFLiteConverter.from_saved_model(
+            tmp, signature_keys=["train", "infer", "get_weights", "set_weights"]
+        )
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         conv.experimental_enable_resource_variables = True
         try:
@@ -113,7 +115,9 @@ def build(net: Network) -> Built:
     if any(layer.kind == "dropout" and layer.p["rate"] > 0 for layer in net.layers):
         twin = interpreter(convert(without_dropout(net)))[0]
     report = acceptance.check(interp, net, train_interp=twin)
-    return Built(net, data, {**meta, "sha256": hashlib.sha256(data).hexdigest()}, report, runtime, time.monotonic() - t0)
+    return Built(
+        net, data, {**meta, "sha256": hashlib.sha256(data).hexdigest()}, report, runtime, time.monotonic() - t0
+    )
 
 
 def build_file(spec: str | Path) -> Built:
@@ -138,4 +142,6 @@ def sidecar_text(meta: dict[str, Any]) -> str:
 def same_as_written(built: Built, out: str | Path) -> bool:
     """True if ``out`` already holds this model's ``.tflite`` and ``.json``, byte for byte."""
     tfl, js = Path(out) / f"{built.net.name}.tflite", Path(out) / f"{built.net.name}.json"
-    return tfl.exists() and js.exists() and tfl.read_bytes() == built.data and js.read_text() == sidecar_text(built.meta)
+    return (
+        tfl.exists() and js.exists() and tfl.read_bytes() == built.data and js.read_text() == sidecar_text(built.meta)
+    )

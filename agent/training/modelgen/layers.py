@@ -206,7 +206,8 @@ class SpecModel(ZooModel):
         dpatch = tf.reshape(dpatch, [-1, oh, ow, p["kh"] * p["kw"] * c])
         parts = [
             _scatter(dpatch[:, :, :, (i * p["kw"] + j) * c : (i * p["kw"] + j + 1) * c], i, j, hp, wp, p)
-            for i in range(p["kh"]) for j in range(p["kw"])
+            for i in range(p["kh"])
+            for j in range(p["kw"])
         ]
         dxp = tf.add_n(parts) if len(parts) > 1 else parts[0]
         pt, pb, pl, pr = p["pads"]
