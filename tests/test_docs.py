@@ -74,3 +74,23 @@ def test_mention_needs_whole_words():
     text = "## For device owners (`fedge-agent`)\nfedge-agent a\n## For researchers (`fedge-sim`)\nfedge-sim b\n"
     assert mentioned("fedge-agent a", section(text, "fedge-agent"))
     assert not mentioned("fedge-sim b", section(text, "fedge-agent"))
+
+
+@pytest.mark.parametrize("prog", sorted(CLIS))
+def test_shell_completion_lines_in_the_readme_work(prog: str) -> None:
+    """The README's completion line for ``prog`` names click's variable for it, and the installed command
+    answers it with a bash script and, asked to complete, with its real subcommands."""
+    import os
+    import subprocess
+    import sys
+
+    var = f"_{prog.replace('-', '_').upper()}_COMPLETE"
+    assert f'eval "$({var}=bash_source {prog})"' in README.read_text()
+    exe = str(Path(sys.executable).parent / prog)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_COMPLETE")}
+    script = subprocess.run([exe], env={**env, var: "bash_source"}, capture_output=True, text=True, timeout=60)
+    assert script.returncode == 0 and f"complete -o nosort -F _{prog.replace('-', '_')}_completion {prog}" in script.stdout
+    first = sorted(c for c in CLIS[prog].commands if not CLIS[prog].commands[c].hidden)[0]
+    done = subprocess.run([exe], env={**env, var: "bash_complete", "COMP_WORDS": f"{prog} {first[:2]}", "COMP_CWORD": "1"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and f"plain,{first}" in done.stdout.splitlines()
