@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from fedge.agent.core.errors import ConfigError, FedgeError, RoundFailed
+from fedge.coordinator.rounds.plan import TrainingConfig
 from fedge.coordinator.service.broker import EmbeddedBroker, MosquittoBroker, local_broker
 from fedge.coordinator.service.config import ServiceConfig
 from fedge.coordinator.service.enrollment import authority_public_hex, enroll
-from fedge.coordinator.rounds.plan import TrainingConfig
 from fedge.coordinator.service.service import CoordinatorService, RoundReport, serve
 from fedge.coordinator.store import Store
 
