@@ -12,6 +12,7 @@ dropped (its SecAgg+ secrets were only in memory).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import secrets
 import signal
@@ -29,7 +30,7 @@ from fedge.agent.config import AgentConfig
 from fedge.agent.core import topics, wire
 from fedge.agent.core.errors import BudgetExhausted, ConfigError, FedgeError, ProtocolError, TrainingError, TransportError, WireError
 from fedge.agent.core.messages.device import DeviceStatus
-from fedge.agent.core.messages.rounds import CheckIn, Decline, DeclineKind, RoundAnnounce, RoundEnd, RoundPlan, Task
+from fedge.agent.core.messages.rounds import CheckIn, Decline, DeclineKind, RoundAnnounce, RoundEnd, RoundPlan, Task, Trained
 from fedge.agent.core.privacy.ledger import Contribution, DeviceLedger
 from fedge.agent.core.privacy.rng import os_generator
 from fedge.agent.core.secagg.params import supported_suites
@@ -120,6 +121,9 @@ class AgentDaemon:
         #: coordinator clock minus this device's, measured from the last live announcement (None: not yet)
         self.clock_offset: float | None = None
         self._skew_warned = False
+        #: buffered mode: training task id -> (its task, what training produced), kept in memory until
+        #: the group task that aggregates it (lost on restart: that group task is then declined)
+        self._held: dict[int, tuple[Task, LocalResult]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -467,6 +471,17 @@ class AgentDaemon:
             if rec.status is RoundStatus.DROPPED and rec.stage not in UPLOAD_STAGES and rec.stage != "round.decline":
                 return [Decline(rid, self.device_id, "the agent restarted during the round", DeclineKind.RESTARTED)]
             return []
+        if task.holds_update:
+            return self._train_and_hold(task)
+        train: Any = self._train
+        if task.trained_in:  # a buffered group task: aggregate the delta kept from that training task
+            held = self._held.pop(task.trained_in, None)
+            if held is None:
+                self.rounds.set(rid, "task", RoundStatus.DECLINED)
+                return [Decline(rid, self.device_id, f"no kept update from training task {task.trained_in}",
+                                DeclineKind.RESTARTED)]
+            task = dataclasses.replace(task, weights=held[0].weights)  # the dimension the update has
+            train = lambda _task, local=held[1]: local  # noqa: E731
         factory = directory = None
         if task.plan.secagg and self.authority is not None:
             from fedge.agent.secure import PeerDirectory, secagg_factory
@@ -474,9 +489,28 @@ class AgentDaemon:
             directory = PeerDirectory(self.authority)
             factory = secagg_factory(self.device_id, self.identity, directory,
                                      require_suite=self.profile.secagg.require_suite)
-        self._participant = Participant(self.device_id, self._train, self._rng, factory, peers=directory)
+        self._participant = Participant(self.device_id, train, self._rng, factory, peers=directory,
+                                        staleness_weight=task.staleness_weight)
         self.rounds.set(rid, "task", RoundStatus.TRAINING)
         return self._participant.handle(task)
+
+    def _train_and_hold(self, task: Task) -> list[Any]:
+        """A buffered training task: train on the newest model, keep the delta, say so (no update leaves)."""
+        rid = task.round_id
+        self._held.clear()  # the coordinator gives a new training task only once the last one is settled
+        self.rounds.set(rid, "task", RoundStatus.TRAINING)
+        try:
+            local = self._train(task)
+        except BudgetExhausted as e:
+            self.rounds.set(rid, "task", RoundStatus.DECLINED)
+            return [Decline(rid, self.device_id, f"budget: {e}", DeclineKind.BUDGET)]
+        except FedgeError as e:
+            log.warning("declining: %s", e, extra=self._extra | {"round": rid})
+            self.rounds.set(rid, "task", RoundStatus.DECLINED)
+            return [Decline(rid, self.device_id, str(e))]
+        self._held[rid] = (task, local)
+        self.rounds.set(rid, "round.trained", RoundStatus.ENDED)
+        return [Trained(rid, self.device_id, task.base_version, local.num_examples)]
 
     def _after_task(self, task: Task, replies: list[Any]) -> None:
         """Once the task's replies are in the outbox: keep the participant only for SecAgg+ stages."""

@@ -151,6 +151,17 @@ def _m010_server_opt_state(db: sqlite_utils.Database) -> None:
     db["server_opt_state"].create({"id": int, "rule": str, "state": str, "round_id": int, "updated": float}, pk="id")
 
 
+def _m011_buffered_tasks(db: sqlite_utils.Database) -> None:
+    """Buffered mode (``serve --mode buffered``): each device's training task has its own round id
+    (shared with the rounds table's ids); its status (training, admitted, refused, declined, expired,
+    aggregated, dropped, abandoned), the reason, and the group round that aggregated it."""
+    db["buffered_tasks"].create(
+        {"round_id": int, "device_id": str, "base_version": int, "model_in": str, "status": str, "reason": str,
+         "staleness": int, "weight": float, "group_round": int, "started_at": float, "ended_at": float},
+        pk="round_id",
+    )
+
+
 MIGRATIONS: list[migrations.Migration] = [
     ("001_core", _m001_core),
     ("002_service", _m002_service),
@@ -162,6 +173,7 @@ MIGRATIONS: list[migrations.Migration] = [
     ("008_round_audit", _m008_round_audit),
     ("009_model_files", _m009_model_files),
     ("010_server_opt_state", _m010_server_opt_state),
+    ("011_buffered_tasks", _m011_buffered_tasks),
 ]
 
 
@@ -289,7 +301,8 @@ class Store:
     # ---------------------------------------------------------------- rounds
 
     def next_round_id(self) -> int:
-        row = next(self.db.query("select coalesce(max(round_id), 0) + 1 as n from rounds"))
+        row = next(self.db.query("select max(coalesce((select max(round_id) from rounds), 0),"
+                                 " coalesce((select max(round_id) from buffered_tasks), 0)) + 1 as n"))
         return int(row["n"])
 
     def open_round(self, round_id: int, *, goal: int, model_in: str, plan: dict[str, Any], now: float) -> None:

@@ -46,8 +46,21 @@ class ServiceConfig:
     #: the server's update rule on each completed round's mean delta (FedAvg at rate 1: plain FedAvg)
     server_opt: ServerOptConfig = ServerOptConfig()
     shutdown_timeout_s: float = 10.0
+    #: ``sync``: announced rounds; ``buffered``: asynchronous training, SecAgg+ groups of ``buffer``
+    #: devices, at most ``concurrency`` training at once, updates over ``max_staleness`` versions old
+    #: refused, ``staleness`` the weight function, ``max_contributions`` updates per device (0: no cap)
+    mode: str = "sync"
+    buffer: int = 2
+    concurrency: int = 4
+    max_staleness: int = 4
+    staleness: str = "poly:0.5"
+    max_contributions: int = 0
 
     def __post_init__(self) -> None:
+        if self.mode not in ("sync", "buffered"):
+            raise ConfigError(f"mode: expected 'sync' or 'buffered', got {self.mode!r}")
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency: expected >= 1, got {self.concurrency}")
         if self.rounds < 0:
             raise ConfigError(f"rounds: expected >= 0, got {self.rounds}")
         for name in ("checkin_window_s", "shutdown_timeout_s"):

@@ -145,6 +145,8 @@ class CoordinatorService:
         self.canaries: LiveCanaries | None = None
         #: the server's update rule; its state is restored from the store at start and saved each round
         self.server_opt = ServerOptimizer(config.server_opt)
+        #: ``mode="buffered"``: the asynchronous driver (coordinator/service/buffered_service.py) while it runs
+        self.buffered: Any = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -188,6 +190,11 @@ class CoordinatorService:
         try:
             if self.store is None:
                 self.start()
+            if self.config.mode == "buffered":
+                from fedge.coordinator.service.buffered_service import BufferedDriver
+
+                self.buffered = BufferedDriver(self)
+                return self.buffered.run()
             for i in range(self.config.rounds):
                 if self._stop.is_set() or self.budget_spent:
                     break
@@ -447,7 +454,7 @@ class CoordinatorService:
         if isinstance(msg, InstallReport):
             return self._fleet_report(inbound.topic, device, msg, size)
         stage = wire.type_name(msg)
-        if rid is None or rid != self._round_id:
+        if rid is None or not self._live(rid):
             if isinstance(rid, int) and store.stored_payload(rid, device, stage) not in (None, inbound.payload):
                 # a late second, different message for a past round: two processes hold this identity
                 self._reject(inbound.topic, device, rid, "conflict", f"a second, different {stage}", size)
@@ -496,7 +503,14 @@ class CoordinatorService:
             [reason[:500], rid, device, stage],
         )
 
+    def _live(self, rid: int) -> bool:
+        """Whether messages for round ``rid`` are expected now (buffered mode: also training tasks)."""
+        return rid == self._round_id or (self.buffered is not None and self.buffered.owns(rid))
+
     def _apply(self, device: str, msg: Any) -> None:
+        if self.buffered is not None and self.buffered.owns(msg.round_id):
+            self.buffered.receive(device, msg)
+            return
         if self._phase == "checkin":
             if not isinstance(msg, CheckIn):
                 raise ProtocolError(f"{type(msg).__name__} during check-in")

@@ -149,10 +149,40 @@ class Task:
     device_id: str
     plan: RoundPlan
     weights: np.ndarray
+    #: buffered asynchronous aggregation (``serve --mode buffered``), defaulted so a task from an
+    #: older coordinator still decodes. A *training task* has ``base_version`` >= 0 (the index of
+    #: the model version ``weights`` are) and ``trained_in`` 0: the device trains, keeps its delta
+    #: and answers :class:`Trained`. A *group task* names in ``trained_in`` the training task whose
+    #: kept delta it aggregates (``weights`` may then be empty) and carries the device's staleness
+    #: weight s(target - base_version), applied before masking. -1 / 0: a synchronous round.
+    base_version: int = -1
+    staleness_weight: float = 1.0
+    trained_in: int = 0
 
     def __post_init__(self) -> None:
         if self.weights.dtype != np.float32 or self.weights.ndim != 1:
             raise ValueError("weights must be a flat float32 vector")
+        if not 0 < self.staleness_weight <= 1:
+            raise ValueError("staleness_weight must be in (0, 1]")
+        if self.trained_in < 0 or self.base_version < -1:
+            raise ValueError("trained_in must be >= 0 and base_version >= -1")
+
+    @property
+    def holds_update(self) -> bool:
+        """A buffered training task: train now, keep the delta for a later group task."""
+        return self.base_version >= 0 and self.trained_in == 0
+
+
+@message("round.trained")
+@dataclass(frozen=True)
+class Trained:
+    """Buffered mode: the device finished a training task and keeps its delta (nothing of it is sent)
+    until its SecAgg+ group's task arrives; the coordinator admits it to a group or refuses it."""
+
+    round_id: int
+    device_id: str
+    base_version: int
+    num_examples: int
 
 
 @message("round.plain_update")

@@ -1,0 +1,269 @@
+"""``serve --mode buffered``: buffered asynchronous aggregation (FedBuff) over MQTT, with SecAgg+ groups.
+
+The round protocol is kept; asynchrony comes from giving every device's training its own round id
+(docs/service.md, "Buffered mode"):
+
+- a *training task* (a :class:`Task` with ``base_version`` >= 0, recorded in ``buffered_tasks``)
+  goes to a free device with the newest model; the device trains, keeps its delta and answers
+  :class:`Trained` (nothing of the update leaves it). At most ``concurrency`` are out at once.
+- Each arrival is admitted, in arrival order, to the open group by the pure
+  :class:`~coordinator.rounds.buffered.UpdateBuffer` (refused with its reason beyond
+  ``max_staleness`` versions or the per-device cap). A full group of ``buffer`` devices is a
+  SecAgg+ round of its own (:func:`build_round`, a row in ``rounds``), whose tasks name the
+  training task (``trained_in``) and carry the device's staleness weight for the group's target
+  version; the device weights its kept delta and masks it. Groups run one after another.
+- Each completed group's unmasked mean is one buffered update, applied by the server optimizer
+  (``--server-lr``) and stored, released and announced like a synchronous round's model.
+
+Privacy: each group is one unamplified Gaussian event (:func:`group_event`), composed by
+:class:`GroupLedger` up to the per-device cap; epsilon after each version is in ``rounds``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedge.agent.core.errors import ProtocolError
+from fedge.agent.core.messages.common import Outbound
+from fedge.agent.core import topics
+from fedge.agent.core.messages.rounds import Decline, DeclineKind, RoundAnnounce, RoundEnd, Task, Trained
+from fedge.coordinator.rounds.buffered import Admission, GroupLedger, UpdateBuffer, group_event
+from fedge.coordinator.rounds.builder import Draw, build_round
+from fedge.coordinator.rounds.engine import RoundEngine, RoundStatus
+from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
+from fedge.coordinator.rounds.staleness import parse_staleness
+from fedge.coordinator.service.enrollment import active_ids, identities
+from fedge.coordinator.service.privacy_budget import mark_exhausted
+
+if TYPE_CHECKING:
+    from fedge.coordinator.service.service import CoordinatorService, RoundReport
+
+log = logging.getLogger(__name__)
+
+TASKS = "buffered_tasks"
+#: a training task unanswered after this many training deadlines frees its slot
+EXPIRY_DEADLINES = 2.0
+
+
+@dataclasses.dataclass
+class _Training:
+    device: str
+    base_version: int
+    expires: float
+
+
+class BufferedDriver:
+    """Runs ``config.rounds`` model versions in buffered mode on a started :class:`CoordinatorService`."""
+
+    def __init__(self, service: CoordinatorService) -> None:
+        cfg = service.config
+        self.svc = service
+        self.store = service._store()
+        t = cfg.training
+        self.group_training: TrainingConfig = dataclasses.replace(
+            t, goal=cfg.buffer, min_cohort=min(t.min_cohort, cfg.buffer))
+        self.buffer = UpdateBuffer(cfg.buffer, cfg.max_staleness, parse_staleness(cfg.staleness), cfg.max_contributions)
+        self.ledger = GroupLedger(cfg.max_contributions)
+        self.training: dict[int, _Training] = {}  # training task id -> device, base version
+        self.open: list[tuple[int, Admission]] = []  # (training task id, admission) of the open group
+        self.closed: collections.deque[tuple[int, list[tuple[int, Admission]]]] = collections.deque()
+        self.engaged: set[str] = set()  # devices admitted to a group that has not ended
+        self.declined: set[str] = set()  # devices that declined a training task: not asked again this run
+        self.engine: RoundEngine | None = None
+        self.members: list[tuple[int, Admission]] = []
+        self.base_model = service.current_model().version  # version index 0 of this run
+        self.pool: set[str] = set()  # devices that checked in eligible when the run started
+
+    # ------------------------------------------------------------------ the loop
+
+    def owns(self, rid: int) -> bool:
+        return rid in self.training
+
+    def run(self) -> list[RoundReport]:
+        svc, reports = self.svc, []
+        self._abandon_tasks("coordinator restarted", only_open=True)
+        try:
+            self.pool = self._check_in()
+            while len(reports) < svc.config.rounds and not svc.stopping and not svc.budget_spent:
+                self._expire()
+                self._fill_slots()
+                if self.engine is None and self.closed:
+                    self._start_group()
+                engine = self.engine
+                if engine is None:
+                    svc._receive_one(0.25)
+                    continue
+                svc._send(svc._pacer.admit())
+                left = engine.deadline - svc.clock()
+                svc._receive_one(min(max(left, 0.0), 0.25))
+                stage = engine.stage
+                svc._pacer.push(engine.tick())
+                if engine.stage != stage:
+                    svc._pacer.new_stage()
+                    self.store.set_stage(engine.round_id, engine.stage)
+                if engine.status is not RoundStatus.RUNNING:
+                    reports.append(self._end_group(engine))
+        finally:
+            self._abandon_tasks("coordinator stopped", only_open=False)
+        return reports
+
+    def _check_in(self) -> set[str]:
+        """One announcement opens the run: the devices that check in eligible are the ones given tasks."""
+        svc, store, cfg = self.svc, self.store, self.svc.config
+        model, rid, now = svc.current_model(), store.next_round_id(), svc.clock()
+        store.db[TASKS].insert({"round_id": rid, "device_id": "", "base_version": -1, "model_in": model.version,
+                                "status": "checkin", "started_at": now})
+        svc._round_id, svc._checkins, svc._phase = rid, {}, "checkin"
+        deadline = now + cfg.checkin_window_s
+        svc._publish(topics.ROUNDS, RoundAnnounce(rid, cfg.training.model_name, model.version, deadline, now), retain=True)
+        active = set(active_ids(store))
+        while not svc.stopping and svc.clock() < deadline and not active <= set(svc._checkins):
+            svc._receive_one(min(deadline - svc.clock(), 0.25))
+        pool = {d for d, c in svc._checkins.items() if c.eligible and d in active}
+        svc._round_id, svc._phase = None, "idle"
+        svc._publish_end(RoundEnd(rid, "completed", f"buffered mode: {len(pool)} devices checked in", model.version))
+        self._settle(rid, "closed", f"{len(pool)} eligible devices checked in")
+        log.info("buffered mode: %d eligible devices checked in", len(pool), extra={"round": rid})
+        return pool
+
+    # ------------------------------------------------------------------ training tasks
+
+    def _fill_slots(self) -> None:
+        """Up to ``concurrency`` devices training, each on the newest model when it starts."""
+        free = self.svc.config.concurrency - len(self.training)
+        if free <= 0:
+            return
+        busy = {t.device for t in self.training.values()} | self.engaged | self.declined
+        candidates = [d for d in active_ids(self.store) if d in self.pool and d not in busy and self.buffer.may_start(d)]
+        if not candidates:
+            return
+        model = self.svc.current_model()
+        plan = make_plan(self.group_training, model.version, self.svc.config.buffer, self.svc.config.buffer)
+        now = self.svc.clock()
+        for d in self.svc.rng.permutation(candidates)[:free].tolist():
+            rid = self.store.next_round_id()
+            self.store.db[TASKS].insert({"round_id": rid, "device_id": d, "base_version": self.buffer.version,
+                                         "model_in": model.version, "status": "training", "started_at": now})
+            self.training[rid] = _Training(d, self.buffer.version, now + EXPIRY_DEADLINES * plan.deadline_s)
+            self.svc._send([Outbound(d, Task(rid, d, plan, model.weights, base_version=self.buffer.version))])
+            log.info("training task on version %d", self.buffer.version, extra={"device": d, "round": rid})
+
+    def receive(self, device: str, msg: Any) -> None:
+        """A training task's answer (stored by the service first): admit it, refuse it, or free the slot."""
+        rid = msg.round_id
+        task = self.training.get(rid)
+        if task is None or task.device != device:
+            raise ProtocolError("not this device's training task")
+        if isinstance(msg, Decline):
+            del self.training[rid]
+            self.declined.add(device)
+            if msg.kind is DeclineKind.BUDGET:
+                mark_exhausted(self.store.db, device, clock=self.svc.clock)
+            self._settle(rid, "declined", msg.reason)
+            return
+        if not isinstance(msg, Trained):
+            raise ProtocolError(f"{type(msg).__name__} for a training task")
+        if msg.base_version != task.base_version:
+            raise ProtocolError(f"trained on version {msg.base_version}, the task gave {task.base_version}")
+        del self.training[rid]
+        try:
+            a = self.buffer.admit(device, task.base_version)
+        except ProtocolError as e:  # StaleUpdate, ContributionCap: the kept update is never masked
+            log.info("update refused: %s", e, extra={"device": device, "round": rid})
+            self._settle(rid, "refused", f"{type(e).__name__}: {e}")
+            return
+        self.engaged.add(device)
+        self.open.append((rid, a))
+        self._settle(rid, "admitted", f"group target version {a.target_version}", staleness=a.staleness, weight=a.weight)
+        if self.buffer.full:
+            group = self.buffer.close()
+            self.closed.append((group.target_version, self.open))
+            self.open = []
+
+    def _expire(self) -> None:
+        now = self.svc.clock()
+        for rid, t in [(r, t) for r, t in self.training.items() if now >= t.expires]:
+            del self.training[rid]
+            self._settle(rid, "expired", "no answer within two training deadlines")
+
+    def _settle(self, rid: int, status: str, reason: str, **fields: Any) -> None:
+        self.store.db[TASKS].update(rid, {"status": status, "reason": reason[:500], "ended_at": self.svc.clock(), **fields})
+
+    def _abandon_tasks(self, reason: str, *, only_open: bool) -> None:
+        statuses = "('training')" if only_open else "('training', 'admitted')"
+        self.store.db.execute(f"update {TASKS} set status = 'abandoned', reason = ?, ended_at = ? where status in {statuses}",
+                              [reason, self.svc.clock()])
+        self.training.clear()
+
+    # ------------------------------------------------------------------ groups
+
+    def _start_group(self) -> None:
+        svc, store = self.svc, self.store
+        target, members = self.closed.popleft()
+        model = svc.current_model()
+        cohort = sorted(a.device for _, a in members)
+        rid = store.next_round_id()
+        tcfg = self.group_training
+        roster = identities(store, cohort) if tcfg.secagg else None
+        built = build_round(rid, tcfg, model.version, model.weights, cohort, Draw.poisson(len(cohort), 1.0), svc.clock,
+                            roster=roster, certificates=svc._certificate)
+        now = svc.clock()
+        store.open_round(rid, goal=len(cohort), model_in=model.version, plan={}, now=now)
+        store.add_members(rid, cohort, now)
+        store.update_round(rid, plan=dataclasses.asdict(built.plan), stage="training", clip_norm=built.plan.clip_norm)
+        for task_rid, _ in members:
+            store.db[TASKS].update(task_rid, {"group_round": rid})
+        by_device = {a.device: (task_rid, a) for task_rid, a in members}
+        empty = np.zeros(0, np.float32)
+        out = []
+        for o in built.engine.start():
+            if isinstance(o.message, Task):  # the group's target is known: each device's weight goes with its task
+                task_rid, a = by_device[o.device_id]
+                o = Outbound(o.device_id, dataclasses.replace(o.message, weights=empty, base_version=a.base_version,
+                                                              staleness_weight=a.weight, trained_in=task_rid))
+            out.append(o)
+        svc.engine, svc._phase, svc._round_id = built.engine, "engine", rid
+        svc._pacer.clear()
+        svc._pacer.push(out)
+        self.engine, self.members = built.engine, members
+        log.info("group of %d started for target version %d", len(cohort), target, extra={"round": rid})
+
+    def _end_group(self, engine: RoundEngine) -> RoundReport:
+        svc, store = self.svc, self.store
+        svc._send(svc._pacer.admit())
+        on_round, svc.on_round = svc.on_round, None
+        try:
+            report = svc._finish(engine, None)  # server optimizer (--server-lr), model, release, RoundEnd
+        finally:
+            svc.on_round = on_round
+        ok = report.status == "completed"
+        self.buffer.applied(ok)
+        rid = engine.round_id
+        survivors = set(engine.outcome.survivors) if ok and engine.outcome is not None else set()
+        for task_rid, a in self.members:
+            self.engaged.discard(a.device)
+            store.db[TASKS].update(task_rid, {"status": "aggregated" if a.device in survivors else "dropped"})
+        self.engine, self.members = None, []
+        if ok:
+            event = group_event(engine.plan, int(svc.current_model().weights.size))
+            if event is not None:
+                self.ledger.record(event)
+                delta = svc.config.training.delta
+                eps = self.ledger.epsilon(delta)
+                store.update_round(rid, epsilon=eps, delta=delta)
+                budget = svc.config.epsilon_budget
+                if budget is not None and eps is not None and eps >= budget:
+                    svc.budget_spent = True
+                    log.warning("privacy budget: epsilon %.3g reached the campaign's %.3g", eps, budget)
+        from fedge.coordinator.service.service import round_report
+
+        report = round_report(store.round(rid) or {}, report.model_version)
+        if on_round is not None:
+            on_round(report)
+        return report
+

@@ -1,0 +1,85 @@
+"""serve --mode buffered with real ``fedge-agent run`` daemons on Mosquitto: each device trains on the
+newest model as soon as it is free, finished devices form SecAgg+ groups of K, and every group makes a
+model version. A device with ten times the data of the others (ten times the training steps) does not
+hold the versions up; an update more than --max-staleness versions old is refused with its reason."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from fedge.agent.local_data import import_examples
+from fedge.agent.store import Store as AgentStore
+from fedge.agent.training.models import load_spec
+from tests.daemon_fleet import DaemonFleet, secagg_training
+from tests.mqtt_fixtures import needs_mosquitto
+
+pytestmark = [needs_mosquitto, pytest.mark.mosquitto, pytest.mark.timeout(300)]
+
+
+def _rows(db, sql):
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute(sql).fetchall()]
+    finally:
+        con.close()
+
+
+def _slow_down(fleet: DaemonFleet, i: int, factor: int) -> None:
+    """Daemon ``i`` gets ``factor`` times its examples (its shard repeated): ``factor`` times the steps per epoch."""
+    a = fleet.agents[i]
+    with np.load(a.data) as f:
+        x, y = f["x"], f["y"]
+    more = a.data.with_name("more.npz")
+    np.savez(more, x=np.tile(x, (factor - 1, 1)), y=np.tile(y, factor - 1))
+    with AgentStore(a.db) as store:
+        import_examples(store, more, load_spec(fleet.training.model_name), split="train")
+
+
+def test_versions_advance_without_waiting_for_a_ten_times_slower_device(tmp_path, mosquitto):
+    training = secagg_training(4, epochs=20, train_deadline_s=120.0)
+    fleet = DaemonFleet(tmp_path, 4, mosquitto.url, training)
+    _slow_down(fleet, 0, 60)
+    slow = fleet.devices[0]
+    with fleet:
+        reports = fleet.serve(rounds=3, mode="buffered", buffer=2, concurrency=4, max_staleness=10)
+    assert [r.status for r in reports] == ["completed"] * 3, [r.reason for r in reports]
+    assert all(r.participants == 2 and r.epsilon is not None for r in reports), reports
+    eps = [r.epsilon for r in reports]
+    assert eps == sorted(eps) and eps[0] < eps[-1]  # epsilon after each version, composed
+    groups = _rows(fleet.db, "select * from rounds order by round_id")
+    tasks = _rows(fleet.db, "select * from buffered_tasks where base_version >= 0 order by round_id")
+    first_slow = next(t for t in tasks if t["device_id"] == slow)
+    assert first_slow["base_version"] == 0
+    # a version was made while the slow device was still training on version 0, and its update, when it
+    # came, was aggregated as a stale one (weighted s(tau) < 1)
+    done = first_slow["ended_at"] if first_slow["status"] not in ("training", "abandoned") else float("inf")
+    assert groups[0]["ended_at"] < done, (groups, first_slow)
+    assert first_slow["status"] in ("training", "abandoned") or first_slow["staleness"] >= 1, first_slow
+    fast = [t for t in tasks if t["device_id"] != slow and t["ended_at"] is not None and t["status"] == "aggregated"]
+    # measured by the coordinator (task sent to answer received): the slow device's task took at least
+    # five times the fast ones' (or had not ended when the last version was made)
+    fast_s = float(np.median([t["ended_at"] - t["started_at"] for t in fast]))
+    assert done - first_slow["started_at"] >= 5 * fast_s, (first_slow, fast_s)
+    print(f"fast task {fast_s:.2f} s, slow task {done - first_slow['started_at']:.2f} s, "
+          f"versions at {[round(g['ended_at'] - first_slow['started_at'], 2) for g in groups]} s")
+
+
+def test_an_update_older_than_max_staleness_is_refused_with_its_reason(tmp_path, mosquitto):
+    training = secagg_training(2, secagg=False, dp_mode="off", noise_multiplier=0.0, min_cohort=1)
+    with DaemonFleet(tmp_path, 2, mosquitto.url, training) as fleet:
+        reports = fleet.serve(rounds=2, mode="buffered", buffer=1, concurrency=2, max_staleness=0)
+    assert [r.status for r in reports] == ["completed", "completed"], [r.reason for r in reports]
+    tasks = _rows(fleet.db, "select * from buffered_tasks where base_version >= 0 order by round_id")
+    # both first tasks trained on version 0; whichever answered second found version 1 as its target
+    first_two = tasks[:2]
+    assert [t["base_version"] for t in first_two] == [0, 0]
+    refused = [t for t in tasks if t["status"] == "refused"]
+    assert refused and refused[0]["round_id"] in {t["round_id"] for t in first_two}, tasks
+    assert all(t["reason"] == "StaleUpdate: update is 1 versions old, at most 0 are accepted" for t in refused), refused
+    aggregated = [t for t in tasks if t["status"] == "aggregated"]
+    assert len(aggregated) == 2 and all(t["staleness"] == 0 and t["weight"] == 1.0 for t in aggregated)
+    assert not {t["round_id"] for t in refused} & {t["round_id"] for t in aggregated}
