@@ -28,9 +28,26 @@ from fedge.agent import eligibility as elig
 from fedge.agent import identity as ident
 from fedge.agent.config import AgentConfig
 from fedge.agent.core import topics, wire
-from fedge.agent.core.errors import BudgetExhausted, ConfigError, FedgeError, ProtocolError, TrainingError, TransportError, WireError
+from fedge.agent.core.errors import (
+    BudgetExhausted,
+    ConfigError,
+    FedgeError,
+    ProtocolError,
+    TrainingError,
+    TransportError,
+    WireError,
+)
 from fedge.agent.core.messages.device import DeviceStatus
-from fedge.agent.core.messages.rounds import CheckIn, Decline, DeclineKind, RoundAnnounce, RoundEnd, RoundPlan, Task, Trained
+from fedge.agent.core.messages.rounds import (
+    CheckIn,
+    Decline,
+    DeclineKind,
+    RoundAnnounce,
+    RoundEnd,
+    RoundPlan,
+    Task,
+    Trained,
+)
 from fedge.agent.core.privacy.ledger import Contribution, DeviceLedger
 from fedge.agent.core.privacy.rng import os_generator
 from fedge.agent.core.secagg.params import supported_suites
@@ -75,8 +92,15 @@ def contribution_for(round_id: int, plan: RoundPlan, dimension: int) -> Contribu
 
         # with adaptive clipping: the total z of the update and clip-bit queries, not z_Delta
         z, offset = accounted_noise(privacy_config(plan), noise_plan(plan, dimension))
-    return Contribution(round_id, plan.dp_mode, z if plan.dp_mode != "off" else 0.0, plan.clip_norm,
-                        plan.sampling_rate, plan.delta, offset)
+    return Contribution(
+        round_id,
+        plan.dp_mode,
+        z if plan.dp_mode != "off" else 0.0,
+        plan.clip_norm,
+        plan.sampling_rate,
+        plan.delta,
+        offset,
+    )
 
 
 class AgentDaemon:
@@ -163,17 +187,30 @@ class AgentDaemon:
         self.ledger = DeviceLedger(db, clock=self._clock)
         models_dir = self._models_dir()
         compute = self.profile.compute
-        self.releases = ReleaseManager(db, self.device_id, clock=self._clock, models_dir=models_dir,
-                                       evaluator=LocalEvaluator(self.store, compute.threads, models_dir=models_dir),
-                                       memory_cap_mb=compute.memory_mb, batch_size=compute.batch_size,
-                                       num_threads=compute.threads)
+        self.releases = ReleaseManager(
+            db,
+            self.device_id,
+            clock=self._clock,
+            models_dir=models_dir,
+            evaluator=LocalEvaluator(self.store, compute.threads, models_dir=models_dir),
+            memory_cap_mb=compute.memory_mb,
+            batch_size=compute.batch_size,
+            num_threads=compute.threads,
+        )
         self._extra = {"device": self.device_id}
         for rid in self.rounds.drop_unfinished():
-            log.warning("dropped out of round %d: the agent restarted mid-round", rid, extra=self._extra | {"round": rid})
+            log.warning(
+                "dropped out of round %d: the agent restarted mid-round", rid, extra=self._extra | {"round": rid}
+            )
         self._load_data()
         self.transport = self._transport_factory(cfg.transport(self.device_id))
         self.transport.set_will(topics.device_status(self.device_id), self._status(False, ("offline",)))
-        log.info("agent started: %d examples, %d messages in the outbox", len(self._data[1]), len(self.outbox), extra=self._extra)
+        log.info(
+            "agent started: %d examples, %d messages in the outbox",
+            len(self._data[1]),
+            len(self.outbox),
+            extra=self._extra,
+        )
         self._connect()
 
     def run(self) -> None:
@@ -189,7 +226,9 @@ class AgentDaemon:
         if self.transport is not None:
             if self._connected and self.transport.connected:
                 with contextlib.suppress(TransportError):
-                    self.transport.publish(topics.device_status(self.device_id), self._status(False, ("stopped",)), retain=True)
+                    self.transport.publish(
+                        topics.device_status(self.device_id), self._status(False, ("stopped",)), retain=True
+                    )
             with contextlib.suppress(Exception):
                 self.transport.close()
             self.transport = None
@@ -273,7 +312,12 @@ class AgentDaemon:
         try:
             if not t.connected:
                 t.connect()
-            for f in (topics.device_in(self.device_id), topics.ROUNDS, topics.COORDINATOR_STATUS, topics.RELEASE_KEYS + "/#"):
+            for f in (
+                topics.device_in(self.device_id),
+                topics.ROUNDS,
+                topics.COORDINATOR_STATUS,
+                topics.RELEASE_KEYS + "/#",
+            ):
                 t.subscribe(f)
         except TransportError as e:
             self._connected = False
@@ -291,7 +335,9 @@ class AgentDaemon:
         self._last_status = e.reasons
         with contextlib.suppress(TransportError):
             assert self.transport is not None
-            self.transport.publish(topics.device_status(self.device_id), self._status(e.eligible, e.reasons), retain=True)
+            self.transport.publish(
+                topics.device_status(self.device_id), self._status(e.eligible, e.reasons), retain=True
+            )
 
     def _status(self, online: bool, reasons: tuple[str, ...]) -> bytes:
         return wire.encode(DeviceStatus(self.device_id, online, online and not reasons, tuple(reasons)))
@@ -376,8 +422,12 @@ class AgentDaemon:
         self.clock_offset = a.sent_at - now
         if abs(self.clock_offset) > SKEW_WARN_S and not self._skew_warned:
             self._skew_warned = True
-            log.warning("this device's clock is %+.1f s off the coordinator's (measured); deadlines are read as durations "
-                        "from receipt", -self.clock_offset, extra=self._extra | {"skew_s": -self.clock_offset})
+            log.warning(
+                "this device's clock is %+.1f s off the coordinator's (measured); deadlines are read as durations "
+                "from receipt",
+                -self.clock_offset,
+                extra=self._extra | {"skew_s": -self.clock_offset},
+            )
 
     def _missed_checkin(self, a: RoundAnnounce, now: float, retained: bool) -> bool:
         """Whether the check-in window is over, read so that a skewed clock cannot misread it."""
@@ -402,8 +452,12 @@ class AgentDaemon:
             self.rounds.set(a.round_id, "announce", RoundStatus.INELIGIBLE)
             off = self.clock_offset
             if off is not None and abs(off) > SKEW_MISS_S:
-                log.warning("announcement missed its check-in deadline; this device's clock is %+.1f s off the "
-                            "coordinator's (measured)", -off, extra=extra | {"skew_s": -off})
+                log.warning(
+                    "announcement missed its check-in deadline; this device's clock is %+.1f s off the "
+                    "coordinator's (measured)",
+                    -off,
+                    extra=extra | {"skew_s": -off},
+                )
             else:
                 log.info("announcement missed its check-in deadline", extra=extra)
             return
@@ -425,11 +479,20 @@ class AgentDaemon:
         eligible = not reasons
         self.rounds.set(a.round_id, "checkin", RoundStatus.CHECKED_IN if eligible else RoundStatus.INELIGIBLE)
         log.info("check-in: %s", "eligible" if eligible else "; ".join(reasons), extra=extra)
-        self._send(a.round_id, CheckIn(
-            self.device_id, a.round_id, self.profile.device.class_, self.models.latest_version() or a.model_version,
-            eligible, int(len(self._data[1])), float(self.ledger.epsilon_spent(self.profile.privacy.delta)),
-            self.session, secagg_suites=supported_suites(self.profile.secagg.require_suite),
-        ))
+        self._send(
+            a.round_id,
+            CheckIn(
+                self.device_id,
+                a.round_id,
+                self.profile.device.class_,
+                self.models.latest_version() or a.model_version,
+                eligible,
+                int(len(self._data[1])),
+                float(self.ledger.epsilon_spent(self.profile.privacy.delta)),
+                self.session,
+                secagg_suites=supported_suites(self.profile.secagg.require_suite),
+            ),
+        )
 
     def _on_request(self, msg: Any, payload: bytes) -> None:
         """A Task or stage request: answered once; a repeat gets the stored answer and changes nothing."""
@@ -454,8 +517,14 @@ class AgentDaemon:
         if not seen.matches(payload):
             log.warning("a different %s for round %d than the one answered; ignored", request, rid, extra=extra)
             return
-        log.info("%s for round %d again: %d stored repl%s sent again", request, rid, len(seen.replies),
-                 "y" if len(seen.replies) == 1 else "ies", extra=extra)
+        log.info(
+            "%s for round %d again: %d stored repl%s sent again",
+            request,
+            rid,
+            len(seen.replies),
+            "y" if len(seen.replies) == 1 else "ies",
+            extra=extra,
+        )
         for r in seen.replies:
             self.outbox.put(rid, r.stage, topics.device_out(self.device_id), r.payload)
         if seen.replies and self._retry_at is None:
@@ -465,8 +534,13 @@ class AgentDaemon:
         rid = task.round_id
         extra = self._extra | {"round": rid}
         rec = self.rounds.get(rid)
-        if rec is not None and rec.status in (RoundStatus.DROPPED, RoundStatus.UPLOADED, RoundStatus.DECLINED,
-                                              RoundStatus.ENDED, RoundStatus.TRAINING):
+        if rec is not None and rec.status in (
+            RoundStatus.DROPPED,
+            RoundStatus.UPLOADED,
+            RoundStatus.DECLINED,
+            RoundStatus.ENDED,
+            RoundStatus.TRAINING,
+        ):
             log.info("task for a round already %s; not training again", rec.status, extra=extra)
             if rec.status is RoundStatus.DROPPED and rec.stage not in UPLOAD_STAGES and rec.stage != "round.decline":
                 return [Decline(rid, self.device_id, "the agent restarted during the round", DeclineKind.RESTARTED)]
@@ -478,8 +552,14 @@ class AgentDaemon:
             held = self._held.pop(task.trained_in, None)
             if held is None:
                 self.rounds.set(rid, "task", RoundStatus.DECLINED)
-                return [Decline(rid, self.device_id, f"no kept update from training task {task.trained_in}",
-                                DeclineKind.RESTARTED)]
+                return [
+                    Decline(
+                        rid,
+                        self.device_id,
+                        f"no kept update from training task {task.trained_in}",
+                        DeclineKind.RESTARTED,
+                    )
+                ]
             task = dataclasses.replace(task, weights=held[0].weights)  # the dimension the update has
             train = lambda _task, local=held[1]: local  # noqa: E731
         factory = directory = None
@@ -487,10 +567,12 @@ class AgentDaemon:
             from fedge.agent.secure import PeerDirectory, secagg_factory
 
             directory = PeerDirectory(self.authority)
-            factory = secagg_factory(self.device_id, self.identity, directory,
-                                     require_suite=self.profile.secagg.require_suite)
-        self._participant = Participant(self.device_id, train, self._rng, factory, peers=directory,
-                                        staleness_weight=task.staleness_weight)
+            factory = secagg_factory(
+                self.device_id, self.identity, directory, require_suite=self.profile.secagg.require_suite
+            )
+        self._participant = Participant(
+            self.device_id, train, self._rng, factory, peers=directory, staleness_weight=task.staleness_weight
+        )
         self.rounds.set(rid, "task", RoundStatus.TRAINING)
         return self._participant.handle(task)
 
@@ -624,14 +706,28 @@ class AgentDaemon:
         x, y = self._data
         self._last_check = self._mono()
         r = self._trainer.train(
-            task.weights, x, y, epochs=plan.epochs, batch_size=plan.batch_size, learning_rate=plan.learning_rate,
-            rng=self._rng, max_seconds=min(self.profile.compute.max_train_seconds, plan.deadline_s),
-            should_abort=self._should_abort, clock=self._mono, prox_mu=plan.prox_mu,
+            task.weights,
+            x,
+            y,
+            epochs=plan.epochs,
+            batch_size=plan.batch_size,
+            learning_rate=plan.learning_rate,
+            rng=self._rng,
+            max_seconds=min(self.profile.compute.max_train_seconds, plan.deadline_s),
+            should_abort=self._should_abort,
+            clock=self._mono,
+            prox_mu=plan.prox_mu,
         )
         if r.stopped == "aborted":
             raise TrainingError(f"training aborted: {self._abort_reason}")
         if r.steps == 0:
             raise TrainingError("no training step fitted in the time allowed")
-        log.info("trained %d steps (%.2f epochs, loss %.4f%s)", r.steps, r.epochs, r.loss,
-                 f", stopped: {r.stopped}" if r.stopped else "", extra=self._extra | {"round": task.round_id})
+        log.info(
+            "trained %d steps (%.2f epochs, loss %.4f%s)",
+            r.steps,
+            r.epochs,
+            r.loss,
+            f", stopped: {r.stopped}" if r.stopped else "",
+            extra=self._extra | {"round": task.round_id},
+        )
         return LocalResult(r.delta, r.num_examples, r.loss)

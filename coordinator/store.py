@@ -99,8 +99,16 @@ def _m001_core(db: sqlite_utils.Database) -> None:
 def _m002_service(db: sqlite_utils.Database) -> None:
     """Rejected input (garbage, unknown devices, illegal messages) and each upload's verdict."""
     db["rejections"].create(
-        {"id": int, "received_at": float, "topic": str, "device_id": str, "round_id": int,
-         "kind": str, "reason": str, "size": int},
+        {
+            "id": int,
+            "received_at": float,
+            "topic": str,
+            "device_id": str,
+            "round_id": int,
+            "kind": str,
+            "reason": str,
+            "size": int,
+        },
         pk="id",
     )
     db["uploads"].add_column("status", str, not_null_default="accepted")
@@ -156,8 +164,19 @@ def _m011_buffered_tasks(db: sqlite_utils.Database) -> None:
     (shared with the rounds table's ids); its status (training, admitted, refused, declined, expired,
     aggregated, dropped, abandoned), the reason, and the group round that aggregated it."""
     db["buffered_tasks"].create(
-        {"round_id": int, "device_id": str, "base_version": int, "model_in": str, "status": str, "reason": str,
-         "staleness": int, "weight": float, "group_round": int, "started_at": float, "ended_at": float},
+        {
+            "round_id": int,
+            "device_id": str,
+            "base_version": int,
+            "model_in": str,
+            "status": str,
+            "reason": str,
+            "staleness": int,
+            "weight": float,
+            "group_round": int,
+            "started_at": float,
+            "ended_at": float,
+        },
         pk="round_id",
     )
 
@@ -239,7 +258,8 @@ class Store:
     def quarantined(self, device_id: str) -> str | None:
         """The quarantine reason of a device, or None when it is not quarantined."""
         row = self.db.execute(
-            "select quarantine_reason, quarantined_at from devices where device_id = ?", [device_id]).fetchone()
+            "select quarantine_reason, quarantined_at from devices where device_id = ?", [device_id]
+        ).fetchone()
         return (row[0] or "quarantined") if row is not None and row[1] is not None else None
 
     def touch(self, device_id: str, now: float) -> None:
@@ -301,8 +321,12 @@ class Store:
     # ---------------------------------------------------------------- rounds
 
     def next_round_id(self) -> int:
-        row = next(self.db.query("select max(coalesce((select max(round_id) from rounds), 0),"
-                                 " coalesce((select max(round_id) from buffered_tasks), 0)) + 1 as n"))
+        row = next(
+            self.db.query(
+                "select max(coalesce((select max(round_id) from rounds), 0),"
+                " coalesce((select max(round_id) from buffered_tasks), 0)) + 1 as n"
+            )
+        )
         return int(row["n"])
 
     def open_round(self, round_id: int, *, goal: int, model_in: str, plan: dict[str, Any], now: float) -> None:
@@ -329,7 +353,9 @@ class Store:
         self.db.execute("update rounds set selected = ? where round_id = ?", [len(device_ids), round_id])
 
     def members(self, round_id: int) -> list[str]:
-        return [r["device_id"] for r in self.db.query("select device_id from round_members where round_id = ?", [round_id])]
+        return [
+            r["device_id"] for r in self.db.query("select device_id from round_members where round_id = ?", [round_id])
+        ]
 
     def set_stage(self, round_id: int, stage: str) -> None:
         self.db.execute("update rounds set stage = ? where round_id = ?", [stage, round_id])
@@ -354,8 +380,11 @@ class Store:
 
     def latest_next_clip_norm(self) -> float | None:
         """The C the last completed adaptive-clipping round chose for the next one (None: none yet)."""
-        rows = list(self.db.query(
-            "select next_clip_norm from rounds where next_clip_norm is not null order by round_id desc limit 1"))
+        rows = list(
+            self.db.query(
+                "select next_clip_norm from rounds where next_clip_norm is not null order by round_id desc limit 1"
+            )
+        )
         return float(rows[0]["next_clip_norm"]) if rows else None
 
     # ---------------------------------------------------------------- uploads (exactly once)
@@ -384,7 +413,8 @@ class Store:
     def stored_payload(self, round_id: int, device_id: str, stage: str) -> bytes | None:
         """The payload stored for (round, device, stage), or None."""
         row = self.db.execute(
-            "select payload from uploads where round_id = ? and device_id = ? and stage = ?", [round_id, device_id, stage]
+            "select payload from uploads where round_id = ? and device_id = ? and stage = ?",
+            [round_id, device_id, stage],
         ).fetchone()
         return None if row is None else bytes(row[0])
 
@@ -396,7 +426,9 @@ class Store:
         )
 
     def count_uploads(self, round_id: int, stage: str) -> int:
-        row = next(self.db.query("select count(*) as n from uploads where round_id = ? and stage = ?", [round_id, stage]))
+        row = next(
+            self.db.query("select count(*) as n from uploads where round_id = ? and stage = ?", [round_id, stage])
+        )
         return int(row["n"])
 
     # ---------------------------------------------------------------- server optimizer

@@ -109,22 +109,61 @@ def test_the_entrypoints_run_a_fleet_round_on_mosquitto(mosquitto, tmp_path: Pat
     fleet.mkdir()
     bin_dir = Path(os.sys.executable).parent
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(FEDGE_BROKER=mosquitto.url, FEDGE_FLEET_DIR=str(fleet), FEDGE_AGENTS="2", FEDGE_PROFILE=str(PROFILE_DIR / "trial" / "local.toml"),
-               PATH=f"{bin_dir}{os.pathsep}{env['PATH']}")
+    env.update(
+        FEDGE_BROKER=mosquitto.url,
+        FEDGE_FLEET_DIR=str(fleet),
+        FEDGE_AGENTS="2",
+        FEDGE_PROFILE=str(PROFILE_DIR / "trial" / "local.toml"),
+        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+    )
     procs = []
     try:
         log = open(tmp_path / "coordinator.log", "wb")
-        procs.append(subprocess.Popen(
-            ["sh", str(DOCKER / "coordinator.sh"), "--rounds", "1", "--goal", "2", "--min-cohort", "2", "--no-secagg",
-             "--dp", "local", "--noise-multiplier", "1.1", "--clip", "1.0", "--checkin-window", "60",
-             "--metrics-port", "0", "--metrics-host", "127.0.0.1"],
-            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    "sh",
+                    str(DOCKER / "coordinator.sh"),
+                    "--rounds",
+                    "1",
+                    "--goal",
+                    "2",
+                    "--min-cohort",
+                    "2",
+                    "--no-secagg",
+                    "--dp",
+                    "local",
+                    "--noise-multiplier",
+                    "1.1",
+                    "--clip",
+                    "1.0",
+                    "--checkin-window",
+                    "60",
+                    "--metrics-port",
+                    "0",
+                    "--metrics-host",
+                    "127.0.0.1",
+                ],
+                cwd=tmp_path,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         for i in range(2):
             home = tmp_path / f"agent{i}"
             home.mkdir()
-            procs.append(subprocess.Popen(
-                ["sh", str(DOCKER / "agent.sh")], cwd=home, env=dict(env, HOME=str(home), FEDGE_DEVICE_ID=f"c-{i}"),
-                stdout=open(home / "agent.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    ["sh", str(DOCKER / "agent.sh")],
+                    cwd=home,
+                    env=dict(env, HOME=str(home), FEDGE_DEVICE_ID=f"c-{i}"),
+                    stdout=open(home / "agent.log", "wb"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         coordinator = procs[0]
         assert coordinator.wait(200) == 0, (tmp_path / "coordinator.log").read_text()[-3000:]
         out = (tmp_path / "coordinator.log").read_text()

@@ -89,8 +89,15 @@ def test_shell_completion_lines_in_the_readme_work(prog: str) -> None:
     exe = str(Path(sys.executable).parent / prog)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_COMPLETE")}
     script = subprocess.run([exe], env={**env, var: "bash_source"}, capture_output=True, text=True, timeout=60)
-    assert script.returncode == 0 and f"complete -o nosort -F _{prog.replace('-', '_')}_completion {prog}" in script.stdout
+    assert (
+        script.returncode == 0 and f"complete -o nosort -F _{prog.replace('-', '_')}_completion {prog}" in script.stdout
+    )
     first = sorted(c for c in CLIS[prog].commands if not CLIS[prog].commands[c].hidden)[0]
-    done = subprocess.run([exe], env={**env, var: "bash_complete", "COMP_WORDS": f"{prog} {first[:2]}", "COMP_CWORD": "1"},
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [exe],
+        env={**env, var: "bash_complete", "COMP_WORDS": f"{prog} {first[:2]}", "COMP_CWORD": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0 and f"plain,{first}" in done.stdout.splitlines()

@@ -64,8 +64,10 @@ def test_versions_advance_without_waiting_for_a_ten_times_slower_device(tmp_path
     # five times the fast ones' (or had not ended when the last version was made)
     fast_s = float(np.median([t["ended_at"] - t["started_at"] for t in fast]))
     assert done - first_slow["started_at"] >= 5 * fast_s, (first_slow, fast_s)
-    print(f"fast task {fast_s:.2f} s, slow task {done - first_slow['started_at']:.2f} s, "
-          f"versions at {[round(g['ended_at'] - first_slow['started_at'], 2) for g in groups]} s")
+    print(
+        f"fast task {fast_s:.2f} s, slow task {done - first_slow['started_at']:.2f} s, "
+        f"versions at {[round(g['ended_at'] - first_slow['started_at'], 2) for g in groups]} s"
+    )
 
 
 def test_an_update_older_than_max_staleness_is_refused_with_its_reason(tmp_path, mosquitto):

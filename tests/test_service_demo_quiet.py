@@ -38,9 +38,11 @@ def test_the_tflite_banner_is_dropped_and_other_stderr_is_passed_on() -> None:
 
 def test_without_quieting_the_runtime_prints_its_banner() -> None:
     # the premise: if the runtime stopped printing it, the filter above would be dead code
-    code = ("from fedge.agent.training.runtime import load_interpreter\n"
-            "from fedge.agent.training.models import MODELS_DIR\n"
-            "load_interpreter(MODELS_DIR / 'logreg.tflite')\n")
+    code = (
+        "from fedge.agent.training.runtime import load_interpreter\n"
+        "from fedge.agent.training.models import MODELS_DIR\n"
+        "load_interpreter(MODELS_DIR / 'logreg.tflite')\n"
+    )
     r = subprocess.run([*PY, code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert "Created TensorFlow Lite XNNPACK delegate" in r.stderr
 
@@ -49,9 +51,23 @@ def test_without_quieting_the_runtime_prints_its_banner() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_demo_of_8_agents_and_5_rounds_prints_no_warning(tmp_path) -> None:
-    r = subprocess.run([*PY, "from fedge.coordinator.service.cli import main; main()", "demo", "--agents", "8",
-                        "--rounds", "5", "--workdir", str(tmp_path / "work")],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=280)
+    r = subprocess.run(
+        [
+            *PY,
+            "from fedge.coordinator.service.cli import main; main()",
+            "demo",
+            "--agents",
+            "8",
+            "--rounds",
+            "5",
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert r.stderr == ""
     assert "warning" not in r.stdout.lower() and "traceback" not in r.stdout.lower()

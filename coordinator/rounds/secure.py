@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from fedge.agent.core.messages.common import Outbound
 from fedge.agent.core.messages.rounds import Peers, RoundPlan
 from fedge.agent.core.secagg.graph import neighbour_table
 from fedge.agent.core.secagg.params import (
@@ -29,7 +30,6 @@ from fedge.agent.core.secagg.params import (
 from fedge.agent.core.secagg.quantize import max_abs_int
 from fedge.agent.core.secagg.server import SecAggServer
 from fedge.agent.core.secagg.stages import Stage
-from fedge.agent.core.messages.common import Outbound
 from fedge.coordinator.rounds.engine import Aggregation
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,9 @@ _TOLD: set[tuple[int, int]] = set()
 CertificateLookup = Callable[[str], bytes]
 
 
-def choose_params(n: int, dropout_rate: float, corrupt_fraction: float, dim: int, bits: int, minimum: int) -> SecAggParams:
+def choose_params(
+    n: int, dropout_rate: float, corrupt_fraction: float, dim: int, bits: int, minimum: int
+) -> SecAggParams:
     """SecAgg+ parameters meeting 2^-40 privacy and 2^-20 failure bounds; for cohorts too small
     for any sparse graph to meet them, the complete graph with an honest-majority threshold
     (classic SecAgg), with its weaker bounds logged.
@@ -63,8 +65,14 @@ def choose_params(n: int, dropout_rate: float, corrupt_fraction: float, dim: int
         b = params_bounds(p, loose, corrupt_fraction)
         if (n, p.threshold) not in _TOLD:  # an expected choice for small cohorts: once per size, at INFO
             _TOLD.add((n, p.threshold))
-            log.info("cohort of %d is below the size SecAgg+'s 2^-40 bounds need: complete graph, threshold %d "
-                     "(bounds at this size: failure <= %.2g, privacy <= %.2g)", n, p.threshold, b.failure, b.privacy)
+            log.info(
+                "cohort of %d is below the size SecAgg+'s 2^-40 bounds need: complete graph, threshold %d "
+                "(bounds at this size: failure <= %.2g, privacy <= %.2g)",
+                n,
+                p.threshold,
+                b.failure,
+                b.privacy,
+            )
         return p
 
 

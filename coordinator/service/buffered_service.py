@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedge.agent.core import topics
 from fedge.agent.core.errors import ProtocolError
 from fedge.agent.core.messages.common import Outbound
-from fedge.agent.core import topics
 from fedge.agent.core.messages.rounds import Decline, DeclineKind, RoundAnnounce, RoundEnd, Task, Trained
 from fedge.coordinator.rounds.buffered import Admission, GroupLedger, UpdateBuffer, group_event
 from fedge.coordinator.rounds.builder import Draw, build_round
@@ -66,7 +66,8 @@ class BufferedDriver:
         self.store = service._store()
         t = cfg.training
         self.group_training: TrainingConfig = dataclasses.replace(
-            t, goal=cfg.buffer, min_cohort=min(t.min_cohort, cfg.buffer))
+            t, goal=cfg.buffer, min_cohort=min(t.min_cohort, cfg.buffer)
+        )
         self.buffer = UpdateBuffer(cfg.buffer, cfg.max_staleness, parse_staleness(cfg.staleness), cfg.max_contributions)
         self.ledger = GroupLedger(cfg.max_contributions)
         self.training: dict[int, _Training] = {}  # training task id -> device, base version
@@ -116,11 +117,21 @@ class BufferedDriver:
         """One announcement opens the run: the devices that check in eligible are the ones given tasks."""
         svc, store, cfg = self.svc, self.store, self.svc.config
         model, rid, now = svc.current_model(), store.next_round_id(), svc.clock()
-        store.db[TASKS].insert({"round_id": rid, "device_id": "", "base_version": -1, "model_in": model.version,
-                                "status": "checkin", "started_at": now})
+        store.db[TASKS].insert(
+            {
+                "round_id": rid,
+                "device_id": "",
+                "base_version": -1,
+                "model_in": model.version,
+                "status": "checkin",
+                "started_at": now,
+            }
+        )
         svc._round_id, svc._checkins, svc._phase = rid, {}, "checkin"
         deadline = now + cfg.checkin_window_s
-        svc._publish(topics.ROUNDS, RoundAnnounce(rid, cfg.training.model_name, model.version, deadline, now), retain=True)
+        svc._publish(
+            topics.ROUNDS, RoundAnnounce(rid, cfg.training.model_name, model.version, deadline, now), retain=True
+        )
         active = set(active_ids(store))
         while not svc.stopping and svc.clock() < deadline and not active <= set(svc._checkins):
             svc._receive_one(min(deadline - svc.clock(), 0.25))
@@ -139,7 +150,9 @@ class BufferedDriver:
         if free <= 0:
             return
         busy = {t.device for t in self.training.values()} | self.engaged | self.declined
-        candidates = [d for d in active_ids(self.store) if d in self.pool and d not in busy and self.buffer.may_start(d)]
+        candidates = [
+            d for d in active_ids(self.store) if d in self.pool and d not in busy and self.buffer.may_start(d)
+        ]
         if not candidates:
             return
         model = self.svc.current_model()
@@ -147,8 +160,16 @@ class BufferedDriver:
         now = self.svc.clock()
         for d in self.svc.rng.permutation(candidates)[:free].tolist():
             rid = self.store.next_round_id()
-            self.store.db[TASKS].insert({"round_id": rid, "device_id": d, "base_version": self.buffer.version,
-                                         "model_in": model.version, "status": "training", "started_at": now})
+            self.store.db[TASKS].insert(
+                {
+                    "round_id": rid,
+                    "device_id": d,
+                    "base_version": self.buffer.version,
+                    "model_in": model.version,
+                    "status": "training",
+                    "started_at": now,
+                }
+            )
             self.training[rid] = _Training(d, self.buffer.version, now + EXPIRY_DEADLINES * plan.deadline_s)
             self.svc._send([Outbound(d, Task(rid, d, plan, model.weights, base_version=self.buffer.version))])
             log.info("training task on version %d", self.buffer.version, extra={"device": d, "round": rid})
@@ -179,7 +200,9 @@ class BufferedDriver:
             return
         self.engaged.add(device)
         self.open.append((rid, a))
-        self._settle(rid, "admitted", f"group target version {a.target_version}", staleness=a.staleness, weight=a.weight)
+        self._settle(
+            rid, "admitted", f"group target version {a.target_version}", staleness=a.staleness, weight=a.weight
+        )
         if self.buffer.full:
             group = self.buffer.close()
             self.closed.append((group.target_version, self.open))
@@ -192,12 +215,16 @@ class BufferedDriver:
             self._settle(rid, "expired", "no answer within two training deadlines")
 
     def _settle(self, rid: int, status: str, reason: str, **fields: Any) -> None:
-        self.store.db[TASKS].update(rid, {"status": status, "reason": reason[:500], "ended_at": self.svc.clock(), **fields})
+        self.store.db[TASKS].update(
+            rid, {"status": status, "reason": reason[:500], "ended_at": self.svc.clock(), **fields}
+        )
 
     def _abandon_tasks(self, reason: str, *, only_open: bool) -> None:
         statuses = "('training')" if only_open else "('training', 'admitted')"
-        self.store.db.execute(f"update {TASKS} set status = 'abandoned', reason = ?, ended_at = ? where status in {statuses}",
-                              [reason, self.svc.clock()])
+        self.store.db.execute(
+            f"update {TASKS} set status = 'abandoned', reason = ?, ended_at = ? where status in {statuses}",
+            [reason, self.svc.clock()],
+        )
         self.training.clear()
 
     # ------------------------------------------------------------------ groups
@@ -210,8 +237,17 @@ class BufferedDriver:
         rid = store.next_round_id()
         tcfg = self.group_training
         roster = identities(store, cohort) if tcfg.secagg else None
-        built = build_round(rid, tcfg, model.version, model.weights, cohort, Draw.poisson(len(cohort), 1.0), svc.clock,
-                            roster=roster, certificates=svc._certificate)
+        built = build_round(
+            rid,
+            tcfg,
+            model.version,
+            model.weights,
+            cohort,
+            Draw.poisson(len(cohort), 1.0),
+            svc.clock,
+            roster=roster,
+            certificates=svc._certificate,
+        )
         now = svc.clock()
         store.open_round(rid, goal=len(cohort), model_in=model.version, plan={}, now=now)
         store.add_members(rid, cohort, now)
@@ -224,8 +260,16 @@ class BufferedDriver:
         for o in built.engine.start():
             if isinstance(o.message, Task):  # the group's target is known: each device's weight goes with its task
                 task_rid, a = by_device[o.device_id]
-                o = Outbound(o.device_id, dataclasses.replace(o.message, weights=empty, base_version=a.base_version,
-                                                              staleness_weight=a.weight, trained_in=task_rid))
+                o = Outbound(
+                    o.device_id,
+                    dataclasses.replace(
+                        o.message,
+                        weights=empty,
+                        base_version=a.base_version,
+                        staleness_weight=a.weight,
+                        trained_in=task_rid,
+                    ),
+                )
             out.append(o)
         svc.engine, svc._phase, svc._round_id = built.engine, "engine", rid
         svc._pacer.clear()
@@ -266,4 +310,3 @@ class BufferedDriver:
         if on_round is not None:
             on_round(report)
         return report
-

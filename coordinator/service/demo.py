@@ -49,6 +49,7 @@ def shipped_profiles() -> Path:
             return d
     raise ConfigError(f"no shipped profiles under {ROOT} (profiles/ or firmware_configs/): a broken install?")
 
+
 TEST_EXAMPLES = 300
 #: Local training of the demo campaign (the rest comes from the command line).
 DEMO_TRAINING = {"epochs": 2, "batch_size": 16, "learning_rate": 0.2}
@@ -123,7 +124,9 @@ def dump_toml(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def agent_profile(broker_url: str, db_path: Path, training: TrainingConfig, protocol: str | None = None) -> dict[str, Any]:
+def agent_profile(
+    broker_url: str, db_path: Path, training: TrainingConfig, protocol: str | None = None
+) -> dict[str, Any]:
     """The pi4 profile with this demo's broker, store and model, and eligibility that a busy laptop passes."""
     with open(shipped_profiles() / "pi4.toml", "rb") as f:
         doc = tomllib.load(f)
@@ -134,11 +137,20 @@ def agent_profile(broker_url: str, db_path: Path, training: TrainingConfig, prot
     doc["network"] = net
     doc["storage"] = {"db_path": str(db_path)}
     doc["model"] = {"name": training.model_name, "input_shape": [64], "num_classes": 10}
-    doc["compute"].update(threads=1, epochs=training.epochs, batch_size=training.batch_size,
-                          learning_rate=training.learning_rate, max_train_seconds=60)
+    doc["compute"].update(
+        threads=1,
+        epochs=training.epochs,
+        batch_size=training.batch_size,
+        learning_rate=training.learning_rate,
+        max_train_seconds=60,
+    )
     doc["eligibility"].update(requires_charging=False, requires_idle=False, max_temperature_c=125)
-    doc["privacy"].update(mode=training.dp_mode, clip_norm=training.clip_norm,
-                          noise_multiplier=training.noise_multiplier or 1.0, epsilon_budget=1000.0)
+    doc["privacy"].update(
+        mode=training.dp_mode,
+        clip_norm=training.clip_norm,
+        noise_multiplier=training.noise_multiplier or 1.0,
+        epsilon_budget=1000.0,
+    )
     return doc
 
 
@@ -172,8 +184,9 @@ class DemoAgent:
     identity_seed: str = ""
 
 
-def prepare_agents(cfg: DemoConfig, work: Path, broker_url: str, authority_hex: str, *,
-                   use_daemon: bool, protocol: str) -> tuple[list[DemoAgent], Path]:
+def prepare_agents(
+    cfg: DemoConfig, work: Path, broker_url: str, authority_hex: str, *, use_daemon: bool, protocol: str
+) -> tuple[list[DemoAgent], Path]:
     """Data shards, profiles, identities and agent stores; returns the agents and the test split file."""
     from fedge.agent.core.crypto import IdentityKey
     from fedge.agent.local_data import import_examples
@@ -193,10 +206,16 @@ def prepare_agents(cfg: DemoConfig, work: Path, broker_url: str, authority_hex: 
         np.savez(data, x=x, y=y)
         profile.write_text(dump_toml(agent_profile(broker_url, db, cfg.training, protocol)))
         with AgentStore(db) as store:
-            import_examples(store, data, spec, split="train", test_fraction=0.0, rng=np.random.default_rng([cfg.seed, i]))
+            import_examples(
+                store, data, spec, split="train", test_fraction=0.0, rng=np.random.default_rng([cfg.seed, i])
+            )
         if use_daemon:
-            out = subprocess.run(_agent_cli("init", "--profile", str(profile), "--device-id", dev, "--authority", authority_hex),
-                                 capture_output=True, text=True, timeout=60)
+            out = subprocess.run(
+                _agent_cli("init", "--profile", str(profile), "--device-id", dev, "--authority", authority_hex),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             if out.returncode != 0:
                 raise ConfigError(f"fedge-agent init failed for {dev}: {out.stderr.strip()[-500:]}")
             identity = out.stdout.strip().split()[-1]  # "<device id> <public key hex>"
@@ -208,16 +227,33 @@ def prepare_agents(cfg: DemoConfig, work: Path, broker_url: str, authority_hex: 
     return agents, test_path
 
 
-def agent_command(agent: DemoAgent, broker_url: str, protocol: str, index: int, authority_hex: str,
-                  use_daemon: bool) -> list[str]:
+def agent_command(
+    agent: DemoAgent, broker_url: str, protocol: str, index: int, authority_hex: str, use_daemon: bool
+) -> list[str]:
     """``fedge-agent run`` for one agent, or the test suite's stand-in loop where no daemon is usable."""
     if use_daemon:
         return _agent_cli("--log-level", "WARNING", "run", "--profile", str(agent.profile))
     if not (ROOT / "tests" / "service_agent.py").exists():
         raise ConfigError("this install has no agent daemon (fedge-agent run) to run the demo with")
-    return [sys.executable, "-m", "tests.service_agent", "--broker", broker_url, "--device-id", agent.device_id,
-            "--data", str(agent.data), "--protocol", protocol, "--seed", str(index),
-            "--identity-seed", agent.identity_seed, "--authority", authority_hex]
+    return [
+        sys.executable,
+        "-m",
+        "tests.service_agent",
+        "--broker",
+        broker_url,
+        "--device-id",
+        agent.device_id,
+        "--data",
+        str(agent.data),
+        "--protocol",
+        protocol,
+        "--seed",
+        str(index),
+        "--identity-seed",
+        agent.identity_seed,
+        "--authority",
+        authority_hex,
+    ]
 
 
 class AgentFleet:
@@ -232,8 +268,11 @@ class AgentFleet:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         for i, cmd in enumerate(self.commands):
             with open(self.logs / f"agent-{i:02d}.log", "wb") as out:
-                self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                                   start_new_session=True))
+                self.procs.append(
+                    subprocess.Popen(
+                        cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                    )
+                )
         return self
 
     def alive(self) -> int:
@@ -298,9 +337,11 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> list[Ro
             url = broker.url
         protocol = broker.protocol if broker is not None else "5"
         use_daemon = daemon_available(embedded=protocol != "5")
-        echo(f"demo: {cfg.agents} agents, {cfg.rounds} rounds, broker {url} "
-             f"({broker.description if broker else 'given by --broker'}), dp {cfg.training.dp_mode}, "
-             f"secagg {'on' if cfg.training.secagg else 'off'}")
+        echo(
+            f"demo: {cfg.agents} agents, {cfg.rounds} rounds, broker {url} "
+            f"({broker.description if broker else 'given by --broker'}), dp {cfg.training.dp_mode}, "
+            f"secagg {'on' if cfg.training.secagg else 'off'}"
+        )
         db = work / "coordinator.db"
         store = Store(str(db))
         try:
@@ -314,18 +355,27 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> list[Ro
             echo("demo: no fedge-agent run that can reach this broker; using the test suite's stand-in agent loop")
         commands = [agent_command(a, url, protocol, i, authority_hex, use_daemon) for i, a in enumerate(agents)]
         fleet = AgentFleet(commands, work).start()
-        echo(f"demo: started {len(commands)} agent processes; each round waits up to {cfg.checkin_window_s:g} s "
-             "for them to check in")
+        echo(
+            f"demo: started {len(commands)} agent processes; each round waits up to {cfg.checkin_window_s:g} s "
+            "for them to check in"
+        )
         service_cfg = ServiceConfig(
-            db_path=str(db), training=cfg.training, broker_url=url, rounds=cfg.rounds,
-            checkin_window_s=cfg.checkin_window_s, epsilon_budget=cfg.epsilon_budget,
-            eval_data=str(test_path), mqtt_protocol=protocol,
+            db_path=str(db),
+            training=cfg.training,
+            broker_url=url,
+            rounds=cfg.rounds,
+            checkin_window_s=cfg.checkin_window_s,
+            epsilon_budget=cfg.epsilon_budget,
+            eval_data=str(test_path),
+            mqtt_protocol=protocol,
         )
 
         def progress(r: RoundReport) -> None:
-            line = (f"round {r.round_id}/{cfg.rounds}: accuracy {_fmt(r.accuracy, '.3f')} loss {_fmt(r.loss, '.3f')} "
-                    f"participants {r.participants} dropped {r.dropped} epsilon {_fmt(r.epsilon, '.3g')}"
-                    + (f" at delta {cfg.training.delta:g}" if r.epsilon is not None else ""))
+            line = (
+                f"round {r.round_id}/{cfg.rounds}: accuracy {_fmt(r.accuracy, '.3f')} loss {_fmt(r.loss, '.3f')} "
+                f"participants {r.participants} dropped {r.dropped} epsilon {_fmt(r.epsilon, '.3g')}"
+                + (f" at delta {cfg.training.delta:g}" if r.epsilon is not None else "")
+            )
             echo(line if r.status == "completed" else f"{line} abandoned: {r.reason}")
             if fleet is not None and fleet.alive() < len(fleet.procs):
                 echo(f"demo: warning: {len(fleet.procs) - fleet.alive()} agent processes exited (logs in {work})")
@@ -352,5 +402,11 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def _json_round(r: RoundReport) -> dict[str, Any]:
-    return {"round": r.round_id, "accuracy": r.accuracy, "loss": r.loss, "participants": r.participants,
-            "dropped": r.dropped, "epsilon": r.epsilon}
+    return {
+        "round": r.round_id,
+        "accuracy": r.accuracy,
+        "loss": r.loss,
+        "participants": r.participants,
+        "dropped": r.dropped,
+        "epsilon": r.epsilon,
+    }

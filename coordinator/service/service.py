@@ -29,26 +29,26 @@ from typing import Any
 import numpy as np
 
 from fedge.agent.core import topics, wire
-from fedge.agent.core.lifecycle import stop_signals
 from fedge.agent.core.errors import BudgetExhausted, ConfigError, FedgeError, ProtocolError, TransportError, WireError
+from fedge.agent.core.lifecycle import stop_signals
+from fedge.agent.core.messages.common import Outbound
 from fedge.agent.core.messages.fleet import InstallReport
 from fedge.agent.core.messages.rounds import CheckIn, DeclineKind, RoundAnnounce, RoundEnd
 from fedge.agent.core.transport import Inbound, Transport, open_transport
-from fedge.coordinator.service.broker import EmbeddedBroker, MosquittoBroker, local_broker
-from fedge.coordinator.service.config import ServiceConfig
-from fedge.agent.core.messages.common import Outbound
-from fedge.coordinator.rounds.engine import RoundEngine, RoundStatus
-from fedge.coordinator.rounds.audit import is_canary
-from fedge.coordinator.service.canaries import LiveCanaries
-from fedge.coordinator.service.enrollment import active_ids, authority, certificate, identities
 from fedge.coordinator.fleet.controller import FleetController
-from fedge.coordinator.service.pacing import Pacer
 from fedge.coordinator.fleet.releases import create_release
+from fedge.coordinator.rounds.audit import is_canary
 from fedge.coordinator.rounds.builder import Draw, build_round
+from fedge.coordinator.rounds.engine import RoundEngine, RoundStatus
+from fedge.coordinator.rounds.selection import select_cohort
 from fedge.coordinator.rounds.server_opt import ServerOptimizer
+from fedge.coordinator.service.broker import EmbeddedBroker, MosquittoBroker, local_broker
+from fedge.coordinator.service.canaries import LiveCanaries
+from fedge.coordinator.service.config import ServiceConfig
+from fedge.coordinator.service.enrollment import active_ids, authority, certificate, identities
+from fedge.coordinator.service.pacing import Pacer
 from fedge.coordinator.service.privacy_budget import CampaignBudget, mark_exhausted, selectable_devices
 from fedge.coordinator.service.quarantine import conflict_reason, quarantine
-from fedge.coordinator.rounds.selection import select_cohort
 from fedge.coordinator.store import ModelRecord, Store
 
 log = logging.getLogger(__name__)
@@ -159,11 +159,16 @@ class CoordinatorService:
             self._eval = load_eval_data(cfg.eval_data)
         if cfg.training.dp_mode != "off":
             self.budget = CampaignBudget(
-                self.store.db, cfg.campaign_id, budget_epsilon=cfg.epsilon_budget or 10.0,
-                delta=cfg.training.delta, clock=self.clock,
+                self.store.db,
+                cfg.campaign_id,
+                budget_epsilon=cfg.epsilon_budget or 10.0,
+                delta=cfg.training.delta,
+                clock=self.clock,
             )
         if cfg.training.secagg and not secure_available():
-            raise ConfigError("secure aggregation on the coordinator (coordinator/rounds/secure.py) is not available; use --no-secagg")
+            raise ConfigError(
+                "secure aggregation on the coordinator (coordinator/rounds/secure.py) is not available; use --no-secagg"
+            )
         self._ensure_model()
         saved = self.store.server_opt_state(self.config.server_opt.kind.value)
         if saved is not None:
@@ -175,13 +180,19 @@ class CoordinatorService:
         self.transport = open_transport(cfg.transport(self.broker_url, self.broker.protocol if self.broker else None))
         self.transport.connect()
         self.transport.subscribe(topics.ALL_DEVICES_OUT)
-        self.fleet = FleetController(self.store, clock=self.clock)  # releases and rollouts (coordinator/fleet/controller.py)
+        self.fleet = FleetController(
+            self.store, clock=self.clock
+        )  # releases and rollouts (coordinator/fleet/controller.py)
         self._fleet_due = 0.0
         self.publish_key_rotations()
         for rid in recovered:
             self._publish_end(RoundEnd(rid, "abandoned", RESTARTED, ""))
-        log.info("coordinator ready on %s (%s, db %s)", self.broker_url,
-                 self.broker.description if self.broker else "external broker", cfg.db_path)
+        log.info(
+            "coordinator ready on %s (%s, db %s)",
+            self.broker_url,
+            self.broker.description if self.broker else "external broker",
+            cfg.db_path,
+        )
         return self
 
     def run(self) -> list[RoundReport]:
@@ -301,24 +312,32 @@ class CoordinatorService:
         if self._stop.is_set():
             return self._abandon_early(rid, model, SHUT_DOWN)
         # a device quarantined during check-in (a clone answering twice) is not drawn
-        eligible = sorted(d for d, c in self._checkins.items()
-                          if c.eligible and d in active and d not in self._quarantined_now)
+        eligible = sorted(
+            d for d, c in self._checkins.items() if c.eligible and d in active and d not in self._quarantined_now
+        )
         # devices that declined for lack of privacy budget are never selected again (kept in SQLite)
         checked = len(eligible)
         eligible = selectable_devices(store.db, eligible, {}, math.inf)
-        spent = f" ({checked - len(eligible)} more out of privacy budget, see devices list)" if checked > len(eligible) else ""
+        spent = (
+            f" ({checked - len(eligible)} more out of privacy budget, see devices list)"
+            if checked > len(eligible)
+            else ""
+        )
         # Poisson sampling among the eligible check-ins: the accountant's rate is the rate each of
         # them was drawn with (only they could have been selected), not a share of the enrolled fleet
         drawn = select_cohort(eligible, tcfg.goal, tcfg.over_selection, self.rng)
         cohort = list(drawn.members)
         if len(eligible) < tcfg.min_cohort:
             return self._abandon_early(
-                rid, model,
-                f"check-in: {len(eligible)} eligible devices checked in{spent}, minimum cohort is {tcfg.min_cohort}"
+                rid,
+                model,
+                f"check-in: {len(eligible)} eligible devices checked in{spent}, minimum cohort is {tcfg.min_cohort}",
             )
         if len(cohort) < tcfg.min_cohort:
             return self._abandon_early(
-                rid, model, f"selection: {len(cohort)} of {len(eligible)} eligible devices drawn at rate "
+                rid,
+                model,
+                f"selection: {len(cohort)} of {len(eligible)} eligible devices drawn at rate "
                 f"{drawn.sampling_rate:.3g}, minimum cohort is {tcfg.min_cohort}",
             )
         # adaptive clipping: this round's C is what the last completed round chose (kept in the store)
@@ -326,17 +345,28 @@ class CoordinatorService:
         # the audit's canaries join with the rate real devices were drawn with; they are extra clients
         # of the round (the goal waits for them, distributed noise is planned over min_cohort + k shares)
         canaries = self._canaries(model).join(rid, drawn.sampling_rate) if cfg.audit_canaries else []
-        round_cfg = dataclasses.replace(tcfg, goal=tcfg.goal + len(canaries),
-                                        min_cohort=tcfg.min_cohort + len(canaries)) if canaries else tcfg
+        round_cfg = (
+            dataclasses.replace(tcfg, goal=tcfg.goal + len(canaries), min_cohort=tcfg.min_cohort + len(canaries))
+            if canaries
+            else tcfg
+        )
         roster = identities(store, cohort) if tcfg.secagg else None
         if roster is not None and self.canaries is not None:
             roster.update({c: self.canaries.identity(c) for c in canaries})
         suites = {d: self._checkins[d].secagg_suites for d in cohort}
         suites.update(dict.fromkeys(canaries, LiveCanaries.suites()))
         built = build_round(
-            rid, round_cfg, model.version, model.weights, cohort + canaries,
-            Draw.poisson(drawn.population, drawn.sampling_rate), self.clock, clip_norm=clip, roster=roster,
-            certificates=self._certificate, suites=suites,
+            rid,
+            round_cfg,
+            model.version,
+            model.weights,
+            cohort + canaries,
+            Draw.poisson(drawn.population, drawn.sampling_rate),
+            self.clock,
+            clip_norm=clip,
+            roster=roster,
+            certificates=self._certificate,
+            suites=suites,
         )
         plan, engine = built.plan, built.engine
         event = built.event if self.budget is not None else None
@@ -459,7 +489,9 @@ class CoordinatorService:
                 # a late second, different message for a past round: two processes hold this identity
                 self._reject(inbound.topic, device, rid, "conflict", f"a second, different {stage}", size)
                 return self._quarantine(device, rid, conflict_reason(rid, stage))
-            return self._reject(inbound.topic, device, rid, "stale", f"not for the current round {self._round_id}", size)
+            return self._reject(
+                inbound.topic, device, rid, "stale", f"not for the current round {self._round_id}", size
+            )
         if device in self._quarantined_now or (self._phase == "checkin" and store.quarantined(device) is not None):
             return self._reject(inbound.topic, device, rid, "quarantined", f"{stage} from a quarantined device", size)
         if not store.record_upload(rid, device, stage, inbound.payload, now):
@@ -528,8 +560,15 @@ class CoordinatorService:
     def _reject(self, topic: str, device: str | None, rid: int | None, kind: str, reason: str, size: int) -> None:
         log.warning("rejected input (%s): %s", kind, reason, extra={"device": device, "round": rid})
         self._store().db["rejections"].insert(
-            {"received_at": self.clock(), "topic": topic[:200], "device_id": device, "round_id": rid,
-             "kind": kind, "reason": reason[:500], "size": size}
+            {
+                "received_at": self.clock(),
+                "topic": topic[:200],
+                "device_id": device,
+                "round_id": rid,
+                "kind": kind,
+                "reason": reason[:500],
+                "size": size,
+            }
         )
 
     # ------------------------------------------------------------------ outbound
@@ -572,8 +611,13 @@ class CoordinatorService:
     def _canaries(self, model: ModelRecord) -> LiveCanaries:
         if self.canaries is None:
             store = self._store()
-            self.canaries = LiveCanaries(self.config.audit_canaries, int(model.weights.size),
-                                         self.config.training.delta, authority(store, self.clock), self.rng)
+            self.canaries = LiveCanaries(
+                self.config.audit_canaries,
+                int(model.weights.size),
+                self.config.training.delta,
+                authority(store, self.clock),
+                self.rng,
+            )
             log.info("privacy audit: %d canary pairs (never counted as devices)", self.config.audit_canaries)
         return self.canaries
 
@@ -584,10 +628,17 @@ class CoordinatorService:
         result = self.canaries.end_round(model_delta)
         if result is None:
             return {}
-        log.info("privacy audit after %d rounds: estimate %.3g, %.0f%% lower bound %.3g", result.rounds,
-                 result.all_rounds.epsilon_empirical, 100 * result.confidence, result.all_rounds.epsilon_lower_bound)
-        return {"epsilon_empirical": result.all_rounds.epsilon_empirical,
-                "epsilon_lower_bound": result.all_rounds.epsilon_lower_bound}
+        log.info(
+            "privacy audit after %d rounds: estimate %.3g, %.0f%% lower bound %.3g",
+            result.rounds,
+            result.all_rounds.epsilon_empirical,
+            100 * result.confidence,
+            result.all_rounds.epsilon_lower_bound,
+        )
+        return {
+            "epsilon_empirical": result.all_rounds.epsilon_empirical,
+            "epsilon_lower_bound": result.all_rounds.epsilon_lower_bound,
+        }
 
     def _certificate(self, device: str) -> bytes:
         if is_canary(device) and self.canaries is not None:
@@ -625,7 +676,6 @@ class CoordinatorService:
         if self._evaluator is None:
             from fedge.agent.training.models import load_spec
             from fedge.agent.training.trainer import Trainer
-
             from fedge.coordinator.fleet.releases import model_path
 
             name = self.config.training.model_name  # a zoo model, or a built one imported as a release
@@ -659,7 +709,11 @@ class CoordinatorService:
         fields: dict[str, Any] = {"participants": participants, "dropped": dropped, "stage": engine.stage}
         model_in = self.current_model()
         version = model_in.version
-        if outcome.status is RoundStatus.COMPLETED and outcome.new_weights is not None and outcome.aggregate is not None:
+        if (
+            outcome.status is RoundStatus.COMPLETED
+            and outcome.new_weights is not None
+            and outcome.aggregate is not None
+        ):
             version = f"{self.config.training.model_name}-r{rid}"
             # the server optimizer acts on the released mean only (post-processing: DP and SecAgg+ untouched)
             new_weights = self.server_opt.apply(model_in.weights, outcome.aggregate.mean_delta)
@@ -670,8 +724,13 @@ class CoordinatorService:
                 metrics = {"accuracy": ev.accuracy, "loss": ev.loss}
                 fields.update(metrics)
             store.put_model(
-                version, new_weights, architecture=self.config.training.model_name,
-                parent=model_in.version, metrics=metrics, produced_by_round=rid, now=now,
+                version,
+                new_weights,
+                architecture=self.config.training.model_name,
+                parent=model_in.version,
+                metrics=metrics,
+                produced_by_round=rid,
+                now=now,
             )
             fields["model_out"] = version
             create_release(store, version, clock=self.clock)  # every published global model is a signed release
@@ -690,8 +749,12 @@ class CoordinatorService:
             fields.update(self._audit(None))
             store.finish_round(rid, "abandoned", reason, now, **fields)
         members = {d for d in engine.cohort if not is_canary(d)}
-        counted = {r["device_id"] for r in store.db.query(
-            "select device_id from round_members where round_id = ? and last_stage not in ('selected')", [rid])}
+        counted = {
+            r["device_id"]
+            for r in store.db.query(
+                "select device_id from round_members where round_id = ? and last_stage not in ('selected')", [rid]
+            )
+        }
         for d in sorted(members - counted):
             store.db.execute(
                 "update round_members set dropped_at = ? where round_id = ? and device_id = ?", [engine.stage, rid, d]

@@ -229,7 +229,7 @@ class MqttTransport:
         done = threading.Event()
         with self._state_lock:
             rc, mid = self._client.subscribe(topic_filter, **self._sub_options())
-            if rc == paho.MQTT_ERR_SUCCESS:
+            if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
                 self._subacks[mid] = done
         if rc == paho.MQTT_ERR_NO_CONN:
             return  # subscribed again on connect
@@ -238,7 +238,7 @@ class MqttTransport:
         if not done.wait(self.config.publish_timeout_s):
             raise TransportError(f"subscribe to {topic_filter!r} not acknowledged in time")
         with self._state_lock:
-            why = self._failed_subs.pop(mid, None)
+            why = self._failed_subs.pop(mid, None) if mid is not None else None
         if why is not None:
             raise TransportError(f"broker refused subscription to {topic_filter!r}: {why}")
 
@@ -336,8 +336,8 @@ class MqttTransport:
         # The broker forgot us: subscribe again, and count as connected once it confirmed.
         with self._state_lock:
             for f in self._filters:
-                rc, mid = client.subscribe(f, **self._sub_options())
-                if rc == paho.MQTT_ERR_SUCCESS:
+                sub_rc, mid = client.subscribe(f, **self._sub_options())
+                if sub_rc == paho.MQTT_ERR_SUCCESS and mid is not None:
                     self._resubscribing.add(mid)
         if not self._resubscribing:
             self._up.set()
@@ -348,7 +348,8 @@ class MqttTransport:
             log.info("%s lost its broker connection (%s); reconnecting", self.config.client_id, rc)
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        self._raw.put((msg.topic, msg.payload, bool(msg.retain), bool(msg.dup), (self._generation, msg.mid)))
+        payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+        self._raw.put((msg.topic, payload, bool(msg.retain), bool(msg.dup), (self._generation, msg.mid)))
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
         if rc.is_failure:
