@@ -24,6 +24,7 @@ from fedge.agent.core.messages.rounds import Decline, DeclineKind, PlainUpdate, 
 from fedge.agent.core.privacy.adaptive import next_clip_norm
 from fedge.agent.core.secagg.quantize import to_signed
 from fedge.agent.core.update import Aggregate, decode_aggregate, extra_coordinates
+from fedge.coordinator.rounds.stages import RoundStage, check_round_transition
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ class RoundEngine:
         #: devices caught when they could no longer be left out (they finish the round), with the reason
         self.flagged_late: dict[str, str] = {}
         self._deadline = 0.0
-        self._stage = "training"
+        self._stage = RoundStage.TRAINING.value
 
     # -------------------------------------------------------------- driving
 
@@ -248,7 +249,7 @@ class RoundEngine:
         self._deadline = now + self.plan.deadline_s
         out = [Outbound(d, Task(self.round_id, d, self.plan, self.weights)) for d in self.cohort]
         out += self.aggregation.start(self.cohort, now)
-        self._stage = self.aggregation.stage
+        self._move_to(self.aggregation.stage)
         log.info("round started: %d devices selected", len(self.cohort), extra={"round": self.round_id})
         return out
 
@@ -335,8 +336,12 @@ class RoundEngine:
 
     # -------------------------------------------------------------- internals
 
+    def _move_to(self, stage: str) -> None:
+        """The only way the round's stage changes: forward, or to its end (:mod:`.stages`)."""
+        self._stage = check_round_transition(self._stage, stage).value
+
     def _enter_stage(self, now: float) -> None:
-        self._stage = self.aggregation.stage
+        self._move_to(self.aggregation.stage)
         self._deadline = now + self.settings.stage_timeout_s
 
     def _maybe_close_early(self) -> list[Outbound]:
@@ -369,7 +374,7 @@ class RoundEngine:
             return self._abandon("aggregate is not finite")
         new = (self.weights + agg.mean_delta).astype(np.float32)
         self.status = RoundStatus.COMPLETED
-        self._stage = "completed"
+        self._move_to(RoundStage.COMPLETED)
         self.reason = f"{len(survivors)} devices aggregated"
         self.outcome = RoundOutcome(
             RoundStatus.COMPLETED,
@@ -441,7 +446,7 @@ class RoundEngine:
     def _abandon(self, reason: str) -> list[Outbound]:
         if self.status is RoundStatus.RUNNING:
             self.status = RoundStatus.ABANDONED
-            self._stage = "abandoned"
+            self._move_to(RoundStage.ABANDONED)
             self.reason = reason
             self.outcome = RoundOutcome(
                 RoundStatus.ABANDONED, reason, None, 0, self._dropped(), None, flagged=self._flagged()
