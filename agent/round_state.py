@@ -8,16 +8,17 @@ Statuses: ``checked_in``/``ineligible`` after an announcement, ``training``, ``u
 from __future__ import annotations
 
 import dataclasses
-import enum
 import time
 from collections.abc import Callable
 
 import sqlite_utils
 
+from fedge.agent.core.names import ValueEnum
+
 TABLE = "round_state"
 
 
-class RoundStatus(str, enum.Enum):
+class RoundStatus(ValueEnum):
     """The device's status in one round (stored as its value)."""
 
     CHECKED_IN = "checked_in"

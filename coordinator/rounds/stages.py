@@ -8,12 +8,11 @@ stages), never revisited, and a round that ended never moves again.
 
 from __future__ import annotations
 
-import enum
-
 from fedge.agent.core.errors import ProtocolError
+from fedge.agent.core.names import ValueEnum
 
 
-class RoundStage(str, enum.Enum):
+class RoundStage(ValueEnum):
     """Where a round is, as the rounds table and the dashboard show it."""
 
     CHECKIN = "checkin"

@@ -7,16 +7,32 @@ quantized vector it would otherwise mask, so both paths aggregate with the same 
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from fedge.agent.core.names import ValueEnum
 from fedge.agent.core.wire import message
 
-DP_MODES = ("off", "local", "distributed")
-WEIGHTINGS = ("examples", "uniform")
+
+class DpMode(ValueEnum):
+    """Where the DP noise comes from: none, each report (local), or shares of the sum (distributed)."""
+
+    OFF = "off"
+    LOCAL = "local"
+    DISTRIBUTED = "distributed"
+
+
+class Weighting(ValueEnum):
+    """FedAvg's client weights: capped example counts, or 1 each (always under DP)."""
+
+    EXAMPLES = "examples"
+    UNIFORM = "uniform"
+
+
+DP_MODES = tuple(m.value for m in DpMode)
+WEIGHTINGS = tuple(w.value for w in Weighting)
 
 
 @dataclass(frozen=True)
@@ -28,13 +44,13 @@ class RoundPlan:
     epochs: int
     batch_size: int
     learning_rate: float
-    dp_mode: str
+    dp_mode: DpMode
     clip_norm: float
     noise_multiplier: float
     #: distributed DP: the number of clients whose noise shares add up to the central noise
     noise_clients: int
     #: ``examples``: FedAvg weighted by (capped) example counts; ``uniform``: every client 1
-    weighting: str
+    weighting: Weighting
     example_cap: int
     quant_bits: int
     quant_scale: float
@@ -68,6 +84,8 @@ class RoundPlan:
             raise ValueError(f"dp_mode must be one of {DP_MODES}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}")
+        object.__setattr__(self, "dp_mode", DpMode(self.dp_mode))
+        object.__setattr__(self, "weighting", Weighting(self.weighting))
         if self.epochs < 1 or self.batch_size < 1 or self.example_cap < 1 or self.noise_clients < 1:
             raise ValueError("epochs, batch_size, example_cap and noise_clients must be >= 1")
         if not 16 <= self.quant_bits <= 32:
@@ -199,7 +217,7 @@ class PlainUpdate:
             raise ValueError("vector must be a flat uint32 or uint16 vector")
 
 
-class DeclineKind(str, enum.Enum):
+class DeclineKind(ValueEnum):
     """Why a selected device will not take part, for the coordinator to act on (``reason`` is for people)."""
 
     BUDGET = "budget"  # its privacy budget is spent: never select it again in this campaign
