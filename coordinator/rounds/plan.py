@@ -11,7 +11,7 @@ import dataclasses
 import math
 
 from fedge.agent.core.errors import ConfigError
-from fedge.agent.core.messages.rounds import DP_MODES, RoundPlan
+from fedge.agent.core.messages.rounds import DP_MODES, DpMode, RoundPlan, Weighting
 from fedge.agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
 from fedge.agent.core.secagg.quantize import check_no_wrap, choose_scale, max_abs_int
 
@@ -150,11 +150,11 @@ def make_plan(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
-        dp_mode=cfg.dp_mode,
+        dp_mode=DpMode(cfg.dp_mode),
         clip_norm=c,
         noise_multiplier=cfg.noise_multiplier,
         noise_clients=min(cfg.min_cohort, cohort_size) if noise_clients is None else noise_clients,
-        weighting=weighting,
+        weighting=Weighting(weighting),
         example_cap=cfg.example_cap,
         quant_bits=cfg.quant_bits,
         quant_scale=scale,
