@@ -173,7 +173,8 @@ def run_command(profiles: str, profiles_dir: Path | None, server_opt: str, serve
     config = SimConfig(profiles=parse_profile_mix(profiles) if profiles else (), server_opt=opt, **options)  # type: ignore[arg-type]
     summary = runner.run(config, profile_dir=profiles_dir or DEFAULT_PROFILE_DIR)
     last = summary.rounds[-1]
-    eps = "" if last.epsilon is None else f", ε {last.epsilon:.4g} at δ={last.delta:g}"
+    relation = summary.extra.get("relation") or "relation n/a"
+    eps = "" if last.epsilon is None else f", ε {last.epsilon:.4g} at δ={last.delta:g} ({relation})"
     if last.epsilon_lower_bound is not None:
         eps += f" (audit: estimate {last.epsilon_empirical:.4g}, lower bound {last.epsilon_lower_bound:.4g})"
     click.echo(

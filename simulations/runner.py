@@ -263,7 +263,7 @@ def _run(
         )
         log.debug("model version done: accuracy %.4f", rec.accuracy, extra={"round": r})
         if show_progress and (config.dp != "off" or work.status != "completed"):
-            print(_round_line(rec, config.rounds), file=sys.stderr, flush=True)
+            print(_round_line(rec, config.rounds, _relation(engine)), file=sys.stderr, flush=True)
         return rec
 
     if config.mode == "buffered":
@@ -298,6 +298,8 @@ def _run(
                 "counts": np.bincount(population.assignment, minlength=len(population.names)).tolist(),
             },
             "setup_seconds": setup_seconds,
+            # the neighbouring relation every epsilon of this run is accounted under
+            "relation": _relation(engine),
         },
     )
     if config.out:
@@ -348,8 +350,14 @@ def _estimated_seconds(behaviour: RoundBehaviour) -> float:
     return float(np.max(behaviour.seconds[sent] + up))
 
 
-def _round_line(rec: RoundRecord, total: int) -> str:
-    """One progress line: accuracy, ε when accounted, and why a round was abandoned."""
-    eps = "ε n/a" if rec.epsilon is None else f"ε {rec.epsilon:.4g} (δ={rec.delta:g})"
+def _relation(engine: object) -> str | None:
+    """The neighbouring relation of the engine's accountant (None when nothing is accounted)."""
+    accountant = getattr(engine, "accountant", None)
+    return accountant.relation if accountant is not None and accountant.events else None
+
+
+def _round_line(rec: RoundRecord, total: int, relation: str | None = None) -> str:
+    """One progress line: accuracy, ε (with its δ and relation) when accounted, and why a round was abandoned."""
+    eps = "ε n/a" if rec.epsilon is None else f"ε {rec.epsilon:.4g} (δ={rec.delta:g}, {relation or 'relation n/a'})"
     line = f"round {rec.round}/{total}: accuracy {rec.accuracy:.4f}, {eps}, {rec.participants} participants"
     return line if rec.status == "completed" else f"{line}; abandoned: {rec.reason}"

@@ -46,6 +46,7 @@ def test_serve_with_audit_canaries_reports_the_audit_per_round(tmp_path, mosquit
     assert all(r["epsilon_lower_bound"] is not None for r in rounds)
     out = CliRunner().invoke(cli, ["rounds", "--db", str(fleet.db)])
     assert out.exit_code == 0, out.output
-    header, *rows = out.output.strip().splitlines()
+    relation, header, *rows = out.output.strip().splitlines()
+    assert "add-or-remove-one" in relation  # every epsilon names its neighbouring relation
     assert "audit-est" in header and "audit-lb" in header and len(rows) == ROUNDS
     assert all(row.split()[6] != "-" and row.split()[7] != "-" for row in rows), out.output

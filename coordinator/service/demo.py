@@ -33,7 +33,7 @@ from fedge.coordinator.rounds.plan import TrainingConfig
 from fedge.coordinator.service.broker import EmbeddedBroker, MosquittoBroker, local_broker
 from fedge.coordinator.service.config import ServiceConfig
 from fedge.coordinator.service.enrollment import authority_public_hex, enroll
-from fedge.coordinator.service.service import CoordinatorService, RoundReport, serve
+from fedge.coordinator.service.service import SERVICE_RELATION, CoordinatorService, RoundReport, serve
 from fedge.coordinator.store import Store
 
 log = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> list[Ro
             line = (
                 f"round {r.round_id}/{cfg.rounds}: accuracy {_fmt(r.accuracy, '.3f')} loss {_fmt(r.loss, '.3f')} "
                 f"participants {r.participants} dropped {r.dropped} epsilon {_fmt(r.epsilon, '.3g')}"
-                + (f" at delta {cfg.training.delta:g}" if r.epsilon is not None else "")
+                + (f" at delta {cfg.training.delta:g} ({SERVICE_RELATION})" if r.epsilon is not None else "")
             )
             echo(line if r.status == "completed" else f"{line} abandoned: {r.reason}")
             if fleet is not None and fleet.alive() < len(fleet.procs):

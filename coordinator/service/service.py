@@ -37,6 +37,7 @@ from fedge.agent.core.messages.rounds import CheckIn, DeclineKind, RoundAnnounce
 from fedge.agent.core.transport import Inbound, Transport, open_transport
 from fedge.coordinator.fleet.controller import FleetController
 from fedge.coordinator.fleet.releases import create_release
+from fedge.coordinator.rounds.accounting import RELATION_NAMES
 from fedge.coordinator.rounds.audit import is_canary
 from fedge.coordinator.rounds.builder import Draw, build_round
 from fedge.coordinator.rounds.engine import RoundEngine, RoundStatus
@@ -56,6 +57,9 @@ log = logging.getLogger(__name__)
 #: The longest a receive waits, so a stop request is seen promptly.
 POLL_S = 0.25
 RESTARTED = "coordinator restarted"
+#: The neighbouring relation of every epsilon the service reports: its cohorts are Poisson-sampled
+#: and buffered groups are accounted unamplified, both add-or-remove-one (docs/privacy.md).
+SERVICE_RELATION = RELATION_NAMES["poisson"]
 SHUT_DOWN = "coordinator shut down"
 
 
@@ -87,6 +91,7 @@ class RoundReport:
             "participants": self.participants,
             "dropped": self.dropped,
             "epsilon": self.epsilon,
+            "relation": SERVICE_RELATION if self.epsilon is not None else None,
             "epsilon_empirical": self.epsilon_empirical,
             "epsilon_lower_bound": self.epsilon_lower_bound,
         }

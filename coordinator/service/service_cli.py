@@ -419,6 +419,10 @@ def format_round(r: Any) -> str:
         f"round {r.round_id}: {r.status:<9} accuracy {_num(r.accuracy, '.3f')} loss {_num(r.loss, '.3f')} "
         f"participants {r.participants} dropped {r.dropped} epsilon {_num(r.epsilon, '.3g')}"
     )
+    if r.epsilon is not None:
+        from fedge.coordinator.service.service import SERVICE_RELATION
+
+        line += f" ({SERVICE_RELATION})"
     if r.epsilon_lower_bound is not None:
         line += f" (audit: estimate {_num(r.epsilon_empirical, '.3g')}, 95% lower bound {_num(r.epsilon_lower_bound, '.3g')})"
     if r.status != "completed":
@@ -442,6 +446,9 @@ def rounds_cmd(db: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"rounds": [r.to_dict() for r in reports]}, indent=2))
         return
+    from fedge.coordinator.service.service import SERVICE_RELATION
+
+    click.echo(f"epsilon: {SERVICE_RELATION} (the service's cohorts are Poisson-sampled)")
     click.echo(
         f"{'round':>5} {'status':<9} {'part':>4} {'drop':>4} {'acc':>6} {'epsilon':>8} {'audit-est':>9} "
         f"{'audit-lb':>8}  reason"
