@@ -33,6 +33,7 @@ from fedge.agent.core.messages.rounds import Task
 from fedge.agent.participant import LocalResult, Participant
 from fedge.agent.secure import PeerDirectory, secagg_factory
 from fedge.coordinator.rounds.audit import canary_update
+from fedge.simulations.world import build_world
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,12 @@ class DeviceHost:
         return {"replies": replies, "examples": self._examples}
 
 
+def build_host(r: dict[str, Any]) -> DeviceHost:
+    """A device host over a rebuilt world (what a worker process or Ray actor runs)."""
+    world = build_world(r)
+    return DeviceHost(world.federation.client, world.trainer)
+
+
 class HostPool:
     """A fixed set of device hosts; frames go out one at a time per host and replies come back as they finish."""
 
@@ -278,7 +285,6 @@ class LocalPool(HostPool):
 
 def _host_main(conn: Connection) -> None:
     """A worker process: build the world from the recipe frame, then answer frames until ``stop``."""
-    from fedge.simulations.world import build_host  # late: the worker imports the simulator itself
 
     try:
         host = build_host(unpack(conn.recv_bytes()))

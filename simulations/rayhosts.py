@@ -25,7 +25,7 @@ class _Host:
     """The actor body: a device host over a rebuilt world."""
 
     def __init__(self, recipe: dict[str, Any]) -> None:
-        from fedge.simulations.world import build_host
+        from fedge.simulations.hosts import build_host
 
         self.host = build_host(recipe)
 

@@ -48,11 +48,3 @@ def build_world(r: dict[str, Any]) -> World:
     federation = federate(data, parse_partition_spec(r["partition"]), r["population"], stream(seed, PARTITION))
     trainer, note = make_trainer(r["model"], data, stream(seed, INIT))
     return World(data, federation, trainer, note)
-
-
-def build_host(r: dict[str, Any]) -> Any:
-    """A device host over a rebuilt world (what a worker process or Ray actor runs)."""
-    from fedge.simulations.hosts import DeviceHost
-
-    world = build_world(r)
-    return DeviceHost(world.federation.client, world.trainer)

@@ -33,7 +33,7 @@ def test_a_seeded_run_reproduces_exactly_and_records_epsilon_and_dropouts(profil
     assert all(r.status == "completed" for r in a.rounds), [r.reason for r in a.rounds]
     assert all(e is not None and e > 0 for e in eps) and eps == sorted(eps) and eps[0] < eps[-1]
     for r in a.rounds:  # ε per round in the progress output
-        assert f"round {r.round}/3: accuracy {r.accuracy:.4f}, ε {r.epsilon:.4g} (δ=1e-05)" in progress
+        assert f"round {r.round}/3: accuracy {r.accuracy:.4f}, ε {r.epsilon:.4g} (δ=1e-05, replace-one)" in progress
 
     seen_stages = set()
     for r in a.rounds:
