@@ -44,6 +44,7 @@ def test_demo_uses_mosquitto_names_it_and_prints_no_broker_warning(tmp_path) -> 
         assert bad not in out, out[-3000:]
     rounds = [ln for ln in proc.stdout.splitlines() if ln.startswith("round ")]
     assert len(rounds) == 2 and all("participants 4 dropped 0" in ln for ln in rounds), rounds
-    assert all(ln.endswith("at delta 1e-06") for ln in rounds), rounds  # epsilon is never printed without its delta
+    # epsilon is never printed without its delta and its neighbouring relation
+    assert all(ln.endswith("at delta 1e-06 (add-or-remove-one)") for ln in rounds), rounds
     assert "waits up to 60 s for them to check in" in proc.stdout  # says what it waits for
     assert " INFO " not in out  # the demo's own lines, not the coordinator's INFO log
