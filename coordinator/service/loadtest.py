@@ -297,7 +297,10 @@ class _Monitor(threading.Thread):
 
     def run(self) -> None:
         seen: set[int] = set()
-        window = 5.0  # the first round's resets land in its first 5 s; later ones over the last round's length
+        # resets land in the first half of a round (its length guessed from the last one; the first round's
+        # in its first 0.5 s): drawn over a longer window, a short round ended before its resets fired,
+        # and a run could finish with none injected (seen in CI with 20 agents, rounds of about 1 s)
+        window = 0.5
         while not self.stop.wait(0.2):
             with contextlib.suppress(sqlite3.Error):
                 con = _ro(self.db)
@@ -312,7 +315,8 @@ class _Monitor(threading.Thread):
                 rid, stage = row
                 if rid not in seen:
                     seen.add(rid)
-                    window = self._last_length(rid - 1) or window
+                    last = self._last_length(rid - 1)
+                    window = 0.5 * last if last else window
                     if self.cfg.churn > 0:
                         for c in self.conns:
                             c.send(("churn", self.cfg.churn, window))
