@@ -133,6 +133,32 @@ class ProtocolEngine:
             return self.ledger.epsilon(cfg.delta) if cfg.dp_mode != "off" else None
         return self.accountant.epsilon(cfg.delta) if cfg.dp_mode != "off" and len(self.accountant.events) else None
 
+    def _abandoned(self, round_id: int, weights: np.ndarray, reason: str, unavailable: int) -> RoundWork:
+        """A round given up before it ran: nobody took part, the model is unchanged."""
+        log.warning("round abandoned: %s", reason, extra={"round": round_id})
+        dropped = {"unavailable": unavailable}
+        self.last = {
+            "status": "abandoned",
+            "reason": reason,
+            "participants": 0,
+            "dropped": dropped,
+            "bytes_up": 0,
+            "bytes_down": 0,
+        }
+        return RoundWork(
+            weights,
+            {},
+            0,
+            self._epsilon(),
+            participants=0,
+            bytes_up=0,
+            bytes_down=0,
+            dropped_per_stage=dropped,
+            status="abandoned",
+            reason=reason,
+            audit=self._audit_result(),
+        )
+
     def _audit_result(self) -> Any:
         """The audit over the rounds completed so far (None: no audit, or no round completed yet)."""
         return self.audit.result() if self.audit is not None and self.audit.rounds else None
@@ -163,28 +189,7 @@ class ProtocolEngine:
         root = int(rng.integers(2**63))
         if len(ids) < max(2, cfg.min_cohort):
             reason = f"{len(ids)} of {len(avail)} sampled devices available, minimum cohort is {max(2, cfg.min_cohort)}"
-            log.warning("round abandoned: %s", reason, extra={"round": round_id})
-            self.last = {
-                "status": "abandoned",
-                "reason": reason,
-                "participants": 0,
-                "dropped": {"unavailable": unavailable},
-                "bytes_up": 0,
-                "bytes_down": 0,
-            }
-            return RoundWork(
-                weights,
-                {},
-                0,
-                self._epsilon(),
-                participants=0,
-                bytes_up=0,
-                bytes_down=0,
-                dropped_per_stage={"unavailable": unavailable},
-                status="abandoned",
-                reason=reason,
-                audit=self._audit_result(),
-            )
+            return self._abandoned(round_id, weights, reason, unavailable)
         drop_at = [(st if st != NO_DROP else len(STAGES)) for st in behaviour.drop_stage[avail].tolist()]
         first_reply = 0 if cfg.secagg else STAGES.index("masked_input")  # the stage of the first answer
         task_s = None if behaviour.seconds is None else behaviour.seconds[avail]
@@ -263,28 +268,7 @@ class ProtocolEngine:
             )
         except GroupRefused as e:
             pool.broadcast(pack({"kind": "end"}))
-            log.warning("round abandoned: %s", e, extra={"round": round_id})
-            self.last = {
-                "status": "abandoned",
-                "reason": str(e),
-                "participants": 0,
-                "dropped": {"unavailable": unavailable},
-                "bytes_up": 0,
-                "bytes_down": 0,
-            }
-            return RoundWork(
-                weights,
-                {},
-                0,
-                self._epsilon(),
-                participants=0,
-                bytes_up=0,
-                bytes_down=0,
-                dropped_per_stage={"unavailable": unavailable},
-                status="abandoned",
-                reason=str(e),
-                audit=self._audit_result(),
-            )
+            return self._abandoned(round_id, weights, str(e), unavailable)
         plan, aggregation, engine = built.plan, built.aggregation, built.engine
         stage_seconds: dict[str, float] = collections.defaultdict(float)
         traffic = {"up": 0, "down": 0, "examples": 0}
