@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent_fixtures import FakeSysfs, MiniCoordinator, db_rows, digits_npz, stop, wait_for, write_profile
+from tests.checkout import checkout_copy
 from tests.mqtt_fixtures import needs_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,9 +29,10 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def device_venv(tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("device") / "venv"
+    src = checkout_copy(tmp_path_factory.mktemp("src"))  # a build in the checkout would leave build/ there
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     out = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", str(ROOT)], capture_output=True, text=True, timeout=600
+        [str(venv / "bin" / "pip"), "install", "-q", str(src)], capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return venv

@@ -5,7 +5,6 @@ so the test needs no index)."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -15,29 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.checkout import checkout_copy
 from tests.profiles_fixtures import PROFILE_DIR
-from tests.service_fixtures import ROOT
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """``pip wheel . --no-deps`` in a copy of the checkout's files (as a fresh clone would have them): a
     build/ left in the checkout by an earlier build would otherwise leak its stale files into the wheel."""
-    src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("wheel")
-    files = (
-        subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for f in filter(None, files):
-        if (ROOT / f).is_file():
-            (src / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, src / f)
+    src, out = checkout_copy(tmp_path_factory.mktemp("src")), tmp_path_factory.mktemp("wheel")
     r = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(out)],
         cwd=src,
