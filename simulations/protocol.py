@@ -67,6 +67,9 @@ class ProtocolSettings:
     group_size: int = 0
     #: threads closing the groups' stages (unmasking) side by side; 0 = the machine's cores
     group_workers: int = 0
+    #: a device whose simulated task outlasts the training deadline misses the round (device profiles
+    #: give devices speeds; without them every device is ideal and never late, as before the clock)
+    late_devices_miss: bool = True
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -193,7 +196,7 @@ class ProtocolEngine:
         drop_at = [(st if st != NO_DROP else len(STAGES)) for st in behaviour.drop_stage[avail].tolist()]
         first_reply = 0 if cfg.secagg else STAGES.index("masked_input")  # the stage of the first answer
         task_s = None if behaviour.seconds is None else behaviour.seconds[avail]
-        if task_s is not None and group is None:
+        if task_s is not None and group is None and s.late_devices_miss:
             # a device still training at the first deadline misses the round, as if it dropped there
             drop_at = [first_reply if t > cfg.train_deadline_s else st for st, t in zip(drop_at, task_s.tolist())]
         extras: list[list[Any]] = [[-1, 1.0]] * len(ids)

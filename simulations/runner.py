@@ -159,6 +159,7 @@ def protocol_engine(config: SimConfig, population: Population, trainer: object) 
         server_opt=config.server_opt,
         group_size=config.group_size,
         audit_seed=int(stream(config.seed, AUDIT).integers(2**63)),
+        late_devices_miss=bool(config.profiles),
     )
     hosts = config.host_count()
     r = recipe(
