@@ -1,5 +1,5 @@
 """The headline path says only what it is doing: ``fedge-coordinator demo --agents 8 --rounds 5`` prints its
-own lines and no warning, traceback or runtime banner."""
+own lines and no warning, traceback or runtime banner (the banner's own tests: test_training_runtime.py)."""
 
 from __future__ import annotations
 
@@ -9,42 +9,8 @@ import sys
 import pytest
 
 from tests.mqtt_fixtures import needs_mosquitto
-from tests.service_fixtures import ROOT
 
 PY = [sys.executable, "-c"]
-
-
-def test_the_tflite_banner_is_dropped_and_other_stderr_is_passed_on() -> None:
-    code = (
-        "import os\n"
-        "import fedge.agent.training.runtime as rt\n"
-        "from fedge.agent.training.models import MODELS_DIR\n"
-        "from fedge.coordinator.service.demo import quiet_tflite_banner\n"
-        "orig = rt.load_interpreter\n"
-        "def noisy(model, **kw):\n"
-        "    os.write(2, b'E real error from the runtime\\n')\n"
-        "    return orig(model, **kw)\n"
-        "rt.load_interpreter = noisy\n"
-        "quiet_tflite_banner()\n"
-        "rt.load_interpreter = orig\n"
-        "orig(MODELS_DIR / 'mlp.tflite')\n"  # a later interpreter: the runtime does not print it again
-        "print('done')\n"
-    )
-    r = subprocess.run([*PY, code], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == "done\n"
-    assert r.stderr == "E real error from the runtime\n"
-
-
-def test_without_quieting_the_runtime_prints_its_banner() -> None:
-    # the premise: if the runtime stopped printing it, the filter above would be dead code
-    code = (
-        "from fedge.agent.training.runtime import load_interpreter\n"
-        "from fedge.agent.training.models import MODELS_DIR\n"
-        "load_interpreter(MODELS_DIR / 'logreg.tflite')\n"
-    )
-    r = subprocess.run([*PY, code], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert "Created TensorFlow Lite XNNPACK delegate" in r.stderr
 
 
 @needs_mosquitto

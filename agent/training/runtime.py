@@ -3,19 +3,45 @@
 Both expose the same ``Interpreter`` API (signature runners, resource variables). tflite-runtime
 2.14 has no wheel past Python 3.11; ai-edge-litert is its successor for newer Pythons.
 Default ``num_threads=1``: with 2 threads tflite-runtime 2.14 was erratic and up to 200x slower.
+
+The C++ runtime writes its log straight to file descriptor 2, and the first interpreter allocated in a
+process prints :data:`XNNPACK_BANNER` there. Neither tflite-runtime 2.14 nor ai-edge-litert 2.3 honours
+``TF_CPP_MIN_LOG_LEVEL`` for it (measured: the line is printed at every level, 0 to 3), so
+:func:`load_interpreter` builds interpreters inside :func:`runtime_stderr`, which drops that one line and
+hands every other line on (the runtime's own lines to ``logging``, anything else back to stderr).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from fedge.agent.core.errors import TrainingError
 
+log = logging.getLogger(__name__)
+
 #: Interpreter modules in order of preference; the first importable one is used.
 RUNTIMES = ("tflite_runtime.interpreter", "ai_edge_litert.interpreter")
+#: What both runtimes print on stderr when the first interpreter of a process is allocated.
+XNNPACK_BANNER = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+#: The severities of the runtime's log lines (``SEVERITY: message``), as logging levels.
+RUNTIME_LEVELS = {
+    b"VERBOSE": logging.DEBUG,
+    b"INFO": logging.INFO,
+    b"WARNING": logging.WARNING,
+    b"ERROR": logging.ERROR,
+}
+#: Descriptor 2 is one per process: one capture at a time (nested ones, in one thread, hand on to the outer).
+_capturing = threading.RLock()
 
 
 def interpreter_module(runtime: str | None = None) -> ModuleType:
@@ -42,13 +68,63 @@ def load_interpreter(model: Path | str | bytes, *, num_threads: int = 1, runtime
         raise TrainingError(f"num_threads must be >= 1, got {num_threads}")
     mod = interpreter_module(runtime)
     try:
-        if isinstance(model, bytes):
-            interp = mod.Interpreter(model_content=model, num_threads=num_threads)
-        else:
-            interp = mod.Interpreter(model_path=str(model), num_threads=num_threads)
-        interp.allocate_tensors()
+        with runtime_stderr():
+            if isinstance(model, bytes):
+                interp = mod.Interpreter(model_content=model, num_threads=num_threads)
+            else:
+                interp = mod.Interpreter(model_path=str(model), num_threads=num_threads)
+            interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise TrainingError(
             f"cannot load TFLite model {model if not isinstance(model, bytes) else '<bytes>'}: {e}"
         ) from None
     return interp
+
+
+@contextlib.contextmanager
+def runtime_stderr() -> Iterator[None]:
+    """Capture what is written on file descriptor 2 while the block runs, then pass it on without
+    :data:`XNNPACK_BANNER`: the runtime's lines (``ERROR: ...``) to this module's logger at their level,
+    any other bytes (another thread's output) back to stderr unchanged. Without a descriptor 2 or a
+    temporary file, the block runs uncaptured."""
+    with _capturing, contextlib.ExitStack() as stack:
+        try:
+            sink = stack.enter_context(tempfile.TemporaryFile())
+            saved = os.dup(2)
+        except OSError:
+            saved = -1
+        if saved < 0:
+            yield
+            return
+        _flush_stderr()
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            _flush_stderr()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            _pass_on(sink.read())
+
+
+def _flush_stderr() -> None:
+    if sys.stderr is not None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+
+
+def _pass_on(captured: bytes) -> None:
+    other = []
+    for line in captured.splitlines(keepends=True):
+        text = line.rstrip(b"\r\n")
+        severity, sep, message = text.partition(b": ")
+        if text == XNNPACK_BANNER:
+            continue
+        if sep and severity in RUNTIME_LEVELS:
+            log.log(RUNTIME_LEVELS[severity], "TFLite runtime: %s", message.decode(errors="replace"))
+        else:
+            other.append(line)
+    if other:
+        with contextlib.suppress(OSError):
+            os.write(2, b"".join(other))

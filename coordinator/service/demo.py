@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from fedge.agent.core.errors import ConfigError, FedgeError, RoundFailed
+from fedge.agent.core.errors import ConfigError, RoundFailed
 from fedge.coordinator.rounds.plan import TrainingConfig
 from fedge.coordinator.service.broker import EmbeddedBroker, MosquittoBroker, local_broker
 from fedge.coordinator.service.config import ServiceConfig
@@ -291,38 +291,8 @@ class AgentFleet:
                 p.wait()
 
 
-#: What the TFLite runtime prints to stderr (from C++, once per process) when it makes its first interpreter.
-TFLITE_BANNER = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-
-
-def quiet_tflite_banner() -> None:
-    """Make this process's first TFLite interpreter now, with stderr (fd 2) caught, and write back all
-    it printed but the runtime's once-per-process INFO banner: no log level reaches that line, and
-    later interpreters (the coordinator's evaluation) do not print it again. Errors are passed on."""
-    from fedge.agent.training.models import MODELS_DIR
-    from fedge.agent.training.runtime import load_interpreter
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            load_interpreter(MODELS_DIR / "logreg.tflite")
-        except FedgeError as e:
-            log.debug("no TFLite interpreter to quiet: %s", e)
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        caught.seek(0)
-        rest = b"".join(ln for ln in caught.read().splitlines(keepends=True) if ln.rstrip() != TFLITE_BANNER)
-    if rest:
-        sys.stderr.buffer.write(rest)
-        sys.stderr.flush()
-
-
 def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> list[RoundReport]:
     """Run the demo end to end; return the round reports (also written to ``cfg.json_path``)."""
-    quiet_tflite_banner()
     for name in ("fedge.agent.core.migrations", "fedge.coordinator.service.enrollment", "fedge.agent.local_data"):
         logging.getLogger(name).setLevel(logging.WARNING)
     work = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="fedge-demo-"))
