@@ -37,10 +37,11 @@ from fedge.agent.core.messages.fleet import (
     InstallResult,
     KeyRotation,
     PinCommand,
+    ReleaseManifest,
     RollbackCommand,
     SignedRelease,
 )
-from fedge.agent.core.release import ReleaseManifest, apply_rotation, file_sha256, key_id, verify_signed
+from fedge.agent.core.release import apply_rotation, file_sha256, key_id, verify_signed
 
 log = logging.getLogger(__name__)
 

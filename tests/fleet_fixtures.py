@@ -18,7 +18,7 @@ import numpy as np
 from fedge.agent.core import topics, wire
 from fedge.agent.core.crypto import IdentityKey
 from fedge.agent.core.errors import TrainingError
-from fedge.agent.core.release import ReleaseManifest
+from fedge.agent.core.messages.fleet import ReleaseManifest
 from fedge.agent.core.transport.base import TransportConfig
 from fedge.agent.core.transport.memory import InMemoryBroker, InMemoryTransport
 from fedge.agent.local_data import import_examples

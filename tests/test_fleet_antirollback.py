@@ -9,8 +9,14 @@ import pytest
 
 from fedge.agent.core import wire
 from fedge.agent.core.crypto import IdentityKey
-from fedge.agent.core.messages.fleet import InstallCommand, InstallResult, RollbackCommand, SignedRelease
-from fedge.agent.core.release import ReleaseManifest, key_id, sign_release, weights_sha256
+from fedge.agent.core.messages.fleet import (
+    InstallCommand,
+    InstallResult,
+    ReleaseManifest,
+    RollbackCommand,
+    SignedRelease,
+)
+from fedge.agent.core.release import key_id, sign_release, weights_sha256
 from fedge.agent.releases import ReleaseManager
 from fedge.agent.store import Store as AgentStore
 

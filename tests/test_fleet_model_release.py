@@ -11,8 +11,8 @@ import pytest
 
 from fedge.agent.core import wire
 from fedge.agent.core.errors import ConfigError
-from fedge.agent.core.messages.fleet import InstallResult, SignedRelease
-from fedge.agent.core.release import ReleaseManifest, verify_signed
+from fedge.agent.core.messages.fleet import InstallResult, ReleaseManifest, SignedRelease
+from fedge.agent.core.release import verify_signed
 from fedge.agent.releases import LocalEvaluator, ReleaseManager
 from fedge.agent.store import Store as AgentStore
 from fedge.agent.training.memory import training_peak_bytes

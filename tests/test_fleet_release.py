@@ -11,9 +11,8 @@ import pytest
 from fedge.agent.core import wire
 from fedge.agent.core.crypto import IdentityKey
 from fedge.agent.core.errors import SecurityError
-from fedge.agent.core.messages.fleet import InstallCommand, InstallResult, SignedRelease
+from fedge.agent.core.messages.fleet import InstallCommand, InstallResult, ReleaseManifest, SignedRelease
 from fedge.agent.core.release import (
-    ReleaseManifest,
     apply_rotation,
     key_id,
     sign_release,

@@ -39,7 +39,7 @@ def _register_overrides() -> None:
     from fedge.agent.core.secagg.params import SecAggParams
 
     OVERRIDES[SecAggParams] = _secagg_params()
-    from fedge.agent.core.release import ReleaseManifest
+    from fedge.agent.core.messages.fleet import ReleaseManifest
 
     OVERRIDES[ReleaseManifest] = _release_manifest()
     OVERRIDES[Chunk] = st.builds(
@@ -106,7 +106,7 @@ def _secagg_params() -> st.SearchStrategy[Any]:
 
 def _release_manifest() -> st.SearchStrategy[Any]:
     """Valid ReleaseManifests: safe versions, hex hash and key id, finite metrics."""
-    from fedge.agent.core.release import ReleaseManifest
+    from fedge.agent.core.messages.fleet import ReleaseManifest
 
     version = st.from_regex(r"\A[A-Za-z0-9_.:+-]{1,64}\Z")
     finite = st.floats(allow_nan=False, allow_infinity=False)

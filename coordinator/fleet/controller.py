@@ -25,11 +25,11 @@ from fedge.agent.core.messages.fleet import (
     InstallCommand,
     InstallReport,
     InstallResult,
+    KeyRotation,
     PinCommand,
     RollbackCommand,
     SignedRelease,
 )
-from fedge.agent.core.release import KeyRotation
 from fedge.coordinator.fleet.releases import get_release, rotations, signed_release
 from fedge.coordinator.fleet.rollouts import (
     Criteria,

@@ -29,16 +29,8 @@ import numpy as np
 from fedge.agent.core import wire
 from fedge.agent.core.crypto import IdentityKey
 from fedge.agent.core.errors import ConfigError
-from fedge.agent.core.release import (
-    KeyRotation,
-    ReleaseManifest,
-    SignedRelease,
-    check_version,
-    file_sha256,
-    key_id,
-    sign_release,
-    sign_rotation,
-)
+from fedge.agent.core.messages.fleet import KeyRotation, ReleaseManifest, SignedRelease, check_version
+from fedge.agent.core.release import file_sha256, key_id, sign_release, sign_rotation
 from fedge.coordinator.store import Store
 
 log = logging.getLogger(__name__)

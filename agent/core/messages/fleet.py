@@ -1,30 +1,136 @@
-"""Fleet operations on the wire: install, roll back and pin commands, and the device's install report.
+"""Fleet operations on the wire: signed releases, key rotations, install, roll back and pin
+commands, and the device's install report.
 
-The release itself (:class:`~agent.core.release.SignedRelease`, ``fleet.release``) and key
-rotations (:class:`~agent.core.release.KeyRotation`, ``fleet.key_rotation``) are registered in
-:mod:`fedge.agent.core.release` next to the code that signs and verifies them; importing this module
-registers all of them. Commands go to ``device_in(id)``, reports come back on ``device_out(id)``.
+A release travels as a :class:`SignedRelease`: a :class:`ReleaseManifest` (what the coordinator
+signs, with its canonical bytes), the release key's signature and the weights. Trust in release
+keys moves by :class:`KeyRotation`. Signing and verifying them is :mod:`fedge.agent.core.release`.
+Commands go to ``device_in(id)``, reports come back on ``device_out(id)``.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import re
+import struct
 from dataclasses import dataclass
 
-from fedge.agent.core.release import KeyRotation, ReleaseManifest, SignedRelease, check_version
+import numpy as np
+
+from fedge.agent.core.crypto import transcript
 from fedge.agent.core.wire import message
 
-__all__ = [
-    "InstallCommand",
-    "InstallReport",
-    "InstallResult",
-    "KeyRotation",
-    "PinCommand",
-    "ReleaseManifest",
-    "RollbackCommand",
-    "SignedRelease",
-]
+_VERSION = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
+_F64 = struct.Struct(">d")
+
+
+def check_version(version: str) -> str:
+    """A release version is 1-64 of ``[A-Za-z0-9_.:+-]``; ValueError otherwise."""
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise ValueError(f"invalid release version {version!r}")
+    return version
+
+
+@dataclass(frozen=True)
+class ReleaseManifest:
+    """What the coordinator signs for one release. ``parent`` is "" for a first release;
+    ``produced_by`` lists the rounds that trained it, ``source`` says ``rounds`` or ``import:<file>``."""
+
+    version: str
+    parent: str
+    architecture: str
+    sha256: str
+    num_params: int
+    metrics: dict[str, float]
+    produced_by: tuple[int, ...]
+    source: str
+    key_id: str
+    created: float
+    #: SHA-256 of the architecture file (``.tflite``) and of its ``.json`` metadata the release
+    #: carries; both "" for a zoo architecture (the file is already on the device)
+    model_sha256: str = ""
+    model_meta_sha256: str = ""
+
+    @property
+    def carries_model(self) -> bool:
+        """True when the release carries its architecture file (a built model)."""
+        return bool(self.model_sha256)
+
+    def __post_init__(self) -> None:
+        check_version(self.version)
+        if bool(self.model_sha256) != bool(self.model_meta_sha256):
+            raise ValueError("model_sha256 and model_meta_sha256 go together")
+        for h in (self.model_sha256, self.model_meta_sha256):
+            if h and not _HEX64.match(h):
+                raise ValueError("model hashes must be 64 lowercase hex digits")
+        if self.parent:
+            check_version(self.parent)
+        if not self.architecture or len(self.architecture) > 64:
+            raise ValueError("architecture must be 1-64 characters")
+        if not _HEX64.match(self.sha256):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        if not _KEY_ID.match(self.key_id):
+            raise ValueError("key_id must be 16 lowercase hex digits")
+        if not 0 < self.num_params < 2**31:
+            raise ValueError("num_params out of range")
+        if not all(math.isfinite(v) for v in self.metrics.values()) or not math.isfinite(self.created):
+            raise ValueError("metrics and created must be finite")
+        if len(self.source) > 256:
+            raise ValueError("source is too long")
+
+    def canonical_bytes(self) -> bytes:
+        """The exact bytes signed: a domain-separated transcript of every field in a fixed order."""
+        metrics = b"".join(
+            struct.pack(">H", len(k.encode())) + k.encode() + _F64.pack(v) for k, v in sorted(self.metrics.items())
+        )
+        rounds = b"".join(struct.pack(">q", r) for r in self.produced_by)
+        fields: tuple[bytes | str | int, ...] = (
+            self.version,
+            self.parent,
+            self.architecture,
+            self.sha256,
+            self.num_params,
+            metrics,
+            rounds,
+            self.source,
+            self.key_id,
+            _F64.pack(self.created),
+        )
+        if self.carries_model:  # a release without model files signs exactly what it did before them
+            return transcript("release/manifest-with-model", *fields, self.model_sha256, self.model_meta_sha256)
+        return transcript("release/manifest", *fields)
+
+
+@message("fleet.release")
+@dataclass(frozen=True)
+class SignedRelease:
+    """A release as it travels: manifest, the release key's signature over it, the flat weights,
+    and for a built model its architecture file and metadata (empty for a zoo architecture)."""
+
+    manifest: ReleaseManifest
+    signature: bytes
+    weights: np.ndarray
+    model: bytes = b""
+    model_meta: bytes = b""
+
+
+@message("fleet.key_rotation")
+@dataclass(frozen=True)
+class KeyRotation:
+    """Trust ``new_public`` from now on and stop trusting ``retire`` (key ids).
+
+    Signed by a currently trusted key (``signer_key_id``) and by the new key itself;
+    ``sequence`` only grows, so an old rotation cannot be replayed.
+    """
+
+    sequence: int
+    new_public: bytes
+    retire: tuple[str, ...]
+    signer_key_id: str
+    signature: bytes
+    new_key_signature: bytes
 
 
 def _check_rollout(rollout_id: str) -> None:
