@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 FOLDERS = ("agent", "coordinator", "simulations")
 
 #: The shipped device profiles (firmware_configs/*.toml, trial/) as package data of ``fedge.profiles``,
-#: where the demo finds them outside a checkout (coordinator/service/demo.py, shipped_profiles()).
+#: where the demo and fedge-sim find them outside a checkout (agent/core/profiles.py, shipped_profiles()).
 PROFILES = {"fedge.profiles": "firmware_configs", "fedge.profiles.trial": "firmware_configs/trial"}
 
 setup(

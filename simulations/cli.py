@@ -145,7 +145,7 @@ def cli() -> None:
     "--profiles-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Where NAME.toml profiles live (default: the shipped firmware_configs/).",
+    help="Where NAME.toml profiles live (default: the shipped ones, firmware_configs/ in a checkout).",
 )
 @click.option("--local-epochs", type=int, default=1, show_default=True, help="Local passes over each client's data.")
 @click.option("--batch-size", type=int, default=10, show_default=True, help="Local minibatch size.")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fedge.agent.core.errors import ConfigError
-from fedge.agent.core.profiles import SimulationTraits, load_profile
+from fedge.agent.core.profiles import SimulationTraits, load_profile, shipped_profiles
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
 #: ``drop_stage`` value of a client that completes the round.
 NO_DROP = -1
-#: Where the shipped profiles live (repository root / firmware_configs).
-DEFAULT_PROFILE_DIR = Path(__file__).resolve().parent.parent / "firmware_configs"
+#: Where the shipped profiles live: the installed package's ``profiles/``, or a checkout's ``firmware_configs/``.
+DEFAULT_PROFILE_DIR = shipped_profiles()
 #: The profile of ``--profiles`` left out: always available, never drops, reference speed.
 IDEAL = SimulationTraits()
 

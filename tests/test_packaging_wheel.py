@@ -1,5 +1,5 @@
-"""The built wheel: it carries the shipped profiles, and ``fedge-coordinator demo`` runs from it outside
-the checkout (a fresh venv holding the wheel; its dependencies come from this venv through a .pth file,
+"""The built wheel: it carries the shipped profiles, and ``fedge-coordinator demo`` and ``fedge-sim
+--profiles`` run from it outside the checkout (a fresh venv holding the wheel; its dependencies come from this venv through a .pth file,
 so the test needs no index)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import sys
 import sysconfig
 import venv
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -43,10 +44,26 @@ def test_the_wheel_carries_every_shipped_profile(wheel: Path) -> None:
     assert not missing, missing
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_demo_runs_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
-    env_dir = tmp_path / "venv"
+@dataclass(frozen=True)
+class Installed:
+    """A fresh venv holding the wheel, and the environment to run its commands outside the checkout."""
+
+    python: Path
+    bin: Path
+    site: Path
+    env: dict[str, str]
+
+    def command(self, name: str, module: str) -> Path:
+        """The console script ``name`` (``fedge-sim``) running ``module``'s ``main``, as pip would write it."""
+        script = self.bin / name
+        script.write_text(f"#!{self.python}\nfrom {module} import main\nmain()\n")
+        script.chmod(0o755)
+        return script
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory) -> Installed:
+    env_dir = tmp_path_factory.mktemp("installed") / "venv"
     venv.create(env_dir, with_pip=False)
     py = env_dir / "bin" / "python"
     site = Path(
@@ -59,13 +76,18 @@ def test_demo_runs_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None
     )
     with zipfile.ZipFile(wheel) as z:  # what pip would unpack: the package and its metadata
         z.extractall(site)
-    scripts = env_dir / "bin" / "fedge-coordinator"
-    scripts.write_text(f"#!{py}\nfrom fedge.coordinator.service.cli import main\nmain()\n")
-    scripts.chmod(0o755)
     # the dependencies (this venv's site-packages) after the wheel, never the checkout or its editable hook
     (site / "zz-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"
+    return Installed(py, env_dir / "bin", site, env)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_demo_runs_from_the_installed_wheel(installed: Installed, tmp_path: Path) -> None:
+    py, site, env = installed.python, installed.site, installed.env
+    scripts = installed.command("fedge-coordinator", "fedge.coordinator.service.cli")
     where = subprocess.run(
         [str(py), "-c", "import fedge.coordinator.service.demo as d; print(d.__file__, d.shipped_profiles())"],
         cwd=tmp_path,
@@ -87,3 +109,31 @@ def test_demo_runs_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "round 1/1: accuracy" in r.stdout and "participants 2 dropped 0" in r.stdout, r.stdout
+
+
+@pytest.mark.timeout(120)
+def test_fedge_sim_mixes_the_shipped_profiles_from_the_installed_wheel(installed: Installed, tmp_path: Path) -> None:
+    """``--profiles`` names profiles the wheel carries, read from the installed package, not a checkout."""
+    sim = installed.command("fedge-sim", "fedge.simulations.cli")
+    where = subprocess.run(
+        [str(installed.python), "-c", "from fedge.simulations.population import DEFAULT_PROFILE_DIR as d; print(d)"],
+        cwd=tmp_path,
+        env=installed.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert where.returncode == 0, where.stderr
+    assert where.stdout.strip() == str(installed.site / "fedge" / "profiles")
+    r = subprocess.run(
+        [str(sim), "run", "--population", "6", "--per-round", "3", "--rounds", "1", "--model", "logreg"]
+        + ["--dataset", "digits", "--profiles", "pi4=0.5,phone=0.25,car=0.25", "--workers", "0"],
+        cwd=tmp_path,
+        env=installed.env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stdout.startswith("round 1: accuracy"), r.stdout
+    assert "XNNPACK" not in r.stderr, r.stderr  # the runtime's banner stays off an installed fedge's stderr too

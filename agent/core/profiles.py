@@ -15,6 +15,7 @@ import stat
 import tomllib
 from collections.abc import Mapping
 from os import PathLike
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -211,6 +212,19 @@ def parse_profile(mapping: Mapping[str, Any], source: str = "<profile>") -> Devi
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"{source}: expected a table of sections, got {type(mapping).__name__}")
     return build(DeviceProfile, mapping, source)
+
+
+#: The folder holding ``agent/``: ``fedge/`` in an installed wheel, the repository in a checkout.
+_INSTALL_ROOT = Path(__file__).resolve().parents[2]
+
+
+def shipped_profiles() -> Path:
+    """Where the shipped profiles are: ``fedge/profiles/`` (package data) in an installed wheel,
+    ``firmware_configs/`` in a checkout or an editable install."""
+    for d in (_INSTALL_ROOT / "profiles", _INSTALL_ROOT / "firmware_configs"):
+        if (d / "pi4.toml").is_file():
+            return d
+    raise ConfigError(f"no shipped profiles under {_INSTALL_ROOT} (profiles/ or firmware_configs/): a broken install?")
 
 
 #: A profile is a page of TOML; anything larger is not one (and is never read whole).

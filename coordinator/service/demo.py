@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from fedge.agent.core.errors import ConfigError, RoundFailed
+from fedge.agent.core.profiles import shipped_profiles
 from fedge.coordinator.rounds.plan import TrainingConfig
 from fedge.coordinator.service.broker import EmbeddedBroker, MosquittoBroker, local_broker
 from fedge.coordinator.service.config import ServiceConfig
@@ -39,15 +40,6 @@ from fedge.coordinator.store import Store
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def shipped_profiles() -> Path:
-    """Where the shipped profiles are: ``fedge/profiles/`` (package data) in an installed wheel,
-    ``firmware_configs/`` in a checkout or an editable install."""
-    for d in (ROOT / "profiles", ROOT / "firmware_configs"):
-        if (d / "pi4.toml").is_file():
-            return d
-    raise ConfigError(f"no shipped profiles under {ROOT} (profiles/ or firmware_configs/): a broken install?")
 
 
 TEST_EXAMPLES = 300
