@@ -52,6 +52,9 @@ SERVICE = (TOP, "coordinator", "service")
 #: Only the service room has a loop, a transport or signals.
 PROCESS_ONLY = {"signal", "threading", "paho", "fedge.agent.core.transport", "amqtt", "asyncio"}
 ROUNDS_FORBIDDEN = {"sqlite3", "sqlite_utils", "time", "datetime"} | PROCESS_ONLY
+#: The HTTP servers' lifecycle (the dashboard's and /metrics'): it may start a thread, and imports the standard
+#: library and fedge.agent.core only, so fleet/ and service/ can both use it without reaching each other.
+HTTP_SERVER = (TOP, "coordinator", "http_server")
 #: The only module (tests aside) that constructs a RoundEngine.
 ROUND_BUILDER = (TOP, "coordinator", "rounds", "builder")
 
@@ -156,9 +159,11 @@ def violations(path_parts: tuple[str, ...], source: str, is_package: bool = Fals
             area == "coordinator"
             and not _in(module, SERVICE)
             and (root in PROCESS_ONLY or any(_under(name, tuple(f.split("."))) for f in PROCESS_ONLY if "." in f))
-            and not (_in(module, FLEET) and root == "threading")
+            and not ((_in(module, FLEET) or module == HTTP_SERVER) and root == "threading")
         ):
             out.append(f"{where}:{line}: only coordinator/service/ has a loop, a transport or signals ({name})")
+        if module == HTTP_SERVER and root == TOP and not _under(name, (TOP, "agent", "core")):
+            out.append(f"{where}:{line}: coordinator/http_server.py imports fedge.agent.core only, not {name}")
         if area == "simulations" and (_under(name, SERVICE) or _under(name, FLEET)):
             out.append(f"{where}:{line}: simulations/ may import coordinator.rounds, never {name}")
     out += [f"{where}:{line}: allow_pickle must stay False" for line in pickle_loads(tree)]
@@ -233,6 +238,9 @@ F = TOP
             "from fedge.coordinator.service.service import serve",
             "never fedge.coordinator.service",
         ),
+        ((F, "coordinator", "http_server"), "from fedge.coordinator.fleet import dashboard", "fedge.agent.core only"),
+        ((F, "coordinator", "http_server"), "import signal", "only coordinator/service/"),
+        ((F, "coordinator", "x"), "import threading", "only coordinator/service/"),
         ((F, "simulations", "x"), "e = RoundEngine(1, plan, s, w, ids, agg, clock)", "constructs a RoundEngine"),
         ((F, "coordinator", "service", "service"), "e = engine.RoundEngine(1)", "constructs a RoundEngine"),
     ],
@@ -257,6 +265,8 @@ def test_checker_catches_violations(module, source, expected):
         ),
         ((F, "coordinator", "rounds", "builder"), "e = RoundEngine(1, plan, s, w, ids, agg, clock)"),
         ((F, "coordinator", "service", "service"), "import signal, threading, time\nimport sqlite_utils"),
+        ((F, "coordinator", "http_server"), "import threading\nfrom fedge.agent.core.errors import ConfigError"),
+        ((F, "coordinator", "fleet", "dashboard"), "from fedge.coordinator.http_server import BackgroundHTTPServer"),
     ],
 )
 def test_checker_allows_what_is_allowed(module, source):

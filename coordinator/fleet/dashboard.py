@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import sqlite3
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -24,6 +23,7 @@ from typing import Any
 import sqlite_utils
 
 from fedge.agent.core.errors import ConfigError
+from fedge.coordinator.http_server import BackgroundHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -421,45 +421,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+    def __init__(self, address: tuple[str, int], config: DashboardConfig) -> None:
+        self.config = config
+        super().__init__(address, _Handler)
+
+
+class Dashboard(BackgroundHTTPServer):
+    """The dashboard server: ``start()`` (background thread), ``url``, ``stop()``; or ``with``."""
 
     def __init__(self, config: DashboardConfig) -> None:
+        super().__init__("dashboard", config.host, config.port, lambda address: _Server(address, config))
         self.config = config
-        super().__init__((config.host, config.port), _Handler)
-
-
-class Dashboard:
-    """The dashboard server: ``start()`` (background thread), ``url``, ``stop()``; or ``serve_forever()``."""
-
-    def __init__(self, config: DashboardConfig) -> None:
-        self.config = config
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> Dashboard:
-        try:
-            self._server = _Server(self.config)
-        except OSError as e:
-            raise ConfigError(f"dashboard: cannot listen on {self.config.host}:{self.config.port} ({e})") from None
-        self._thread = threading.Thread(target=self._server.serve_forever, name="dashboard", daemon=True)
-        self._thread.start()
-        log.info("dashboard on %s", self.url)
-        return self
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/"
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> Dashboard:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,8 +31,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from fedge.agent.core.errors import ConfigError
 from fedge.coordinator.fleet.dashboard import rollouts_data
+from fedge.coordinator.http_server import BackgroundHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +163,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
     def __init__(self, address: tuple[str, int], registry: CollectorRegistry) -> None:
         self.registry = registry
         super().__init__(address, _Handler)
 
 
-class MetricsServer:
+class MetricsServer(BackgroundHTTPServer):
     """``GET /metrics`` on ``host:port`` (port 0: any free port) in a background thread."""
 
     def __init__(
@@ -181,33 +178,6 @@ class MetricsServer:
         port: int = 9464,
         broker_connected: Callable[[], bool] | None = None,
     ) -> None:
-        self.registry = registry_for(db_path, broker_connected)
-        self.host, self.port = host, port
-        self._server: _Server | None = None
-
-    def start(self) -> MetricsServer:
-        try:
-            self._server = _Server((self.host, self.port), self.registry)
-        except OSError as e:
-            raise ConfigError(f"metrics: cannot listen on {self.host}:{self.port} ({e})") from None
-        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
-        log.info("metrics on %s", self.url)
-        return self
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/metrics"
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> MetricsServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        registry = registry_for(db_path, broker_connected)
+        super().__init__("metrics", host, port, lambda address: _Server(address, registry), path="/metrics")
+        self.registry = registry
