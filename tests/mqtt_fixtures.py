@@ -1,5 +1,6 @@
 """Real brokers for transport tests: Mosquitto (plain, or TLS with the shipped config and ACL),
-the embedded amqtt broker, and an in-memory one.
+a bridged Mosquitto cluster (the shipped deploy/mosquitto/bridge/ configs: a hub and edges), the
+embedded amqtt broker, and an in-memory one.
 
 Import the fixtures explicitly: ``from tests.mqtt_fixtures import mosquitto, embedded_broker``.
 """
@@ -12,8 +13,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from fedge.coordinator.service.pki import make_broker_pki
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
 SHIPPED_ACL = ROOT / "deploy" / "mosquitto" / "acl"
+BRIDGE_DIR = ROOT / "deploy" / "mosquitto" / "bridge"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 needs_mosquitto = pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason="mosquitto is not installed")
 
@@ -181,6 +184,103 @@ def mosquitto_tls(tmp_path: Path) -> Iterator[TlsBroker]:
     broker = MosquittoProcess(conf, port, scheme="mqtts").start()
     yield TlsBroker(broker, pki)
     broker.kill()
+
+
+def render_bridge_conf(
+    src: Path, port: int, data: Path, *, edge: str | None = None, hub_port: int | None = None
+) -> str:
+    """A shipped deploy/mosquitto/bridge/ config on loopback: only the listener's port, the
+    persistence directory and, for an edge, its bridge's name and the hub's address rewritten."""
+    text = src.read_text()
+    rules = [(r"^listener 1883 127\.0\.0\.1$", f"listener {port} 127.0.0.1")]
+    rules.append((r"^persistence_location /var/lib/mosquitto/$", f"persistence_location {data}/"))
+    if edge is not None:
+        rules += [
+            (r"^connection edge-1$", f"connection {edge}"),
+            (r"^remote_clientid edge-1$", f"remote_clientid {edge}"),
+        ]
+        rules.append((r"^address hub\.fleet\.example:1883$", f"address 127.0.0.1:{hub_port}"))
+    for pattern, line in rules:
+        text, n = re.subn(pattern, line, text, flags=re.M)
+        assert n == 1, f"{src.name}: no line {pattern!r} to rewrite"
+    return ("user root\n" if os.geteuid() == 0 else "") + text
+
+
+class MosquittoCluster:
+    """A hub Mosquitto and edge Mosquittos bridged to it, on loopback, from the shipped configs.
+
+    The coordinator uses :attr:`hub`; devices use :attr:`edges` (``edges[i].url``). Each edge's
+    bridge is named ``edge-<i>``; :meth:`start` returns once the hub reports every bridge up.
+    """
+
+    def __init__(self, root: Path, edge_ports: Sequence[int], hub_port: int | None = None) -> None:
+        self.root = root
+        hub_port = hub_port or free_port()
+        self.hub = MosquittoProcess(self._conf("hub", BRIDGE_DIR / "hub.conf", hub_port), hub_port)
+        self.names = [f"edge-{i}" for i in range(len(edge_ports))]
+        self.edges = [
+            MosquittoProcess(self._conf(name, BRIDGE_DIR / "edge.conf", port, edge=name, hub_port=hub_port), port)
+            for name, port in zip(self.names, edge_ports)
+        ]
+
+    def _conf(self, name: str, src: Path, port: int, **kw: object) -> Path:
+        d = self.root / name
+        d.mkdir(parents=True, exist_ok=True)
+        conf = d / "mosquitto.conf"
+        conf.write_text(render_bridge_conf(src, port, d, **kw))  # type: ignore[arg-type]
+        return conf
+
+    def start(self, timeout: float = 30.0) -> MosquittoCluster:
+        self.hub.start()
+        for e in self.edges:
+            e.start()
+        self.wait_bridged(self.names, timeout)
+        return self
+
+    def wait_bridged(self, names: Sequence[str], timeout: float = 30.0) -> None:
+        """Block until the hub holds "1" for every named bridge's state (Mosquitto's notifications)."""
+        import paho.mqtt.client as paho
+
+        up: set[str] = set()
+        done = threading.Event()
+
+        def on_message(_c: object, _u: object, msg: paho.MQTTMessage) -> None:
+            name = msg.topic.split("/")[3]
+            (up.add if msg.payload == b"1" else up.discard)(name)
+            if set(names) <= up:
+                done.set()
+
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bridge-watch-{time.time_ns()}")
+        c.on_message = on_message
+        c.on_connect = lambda c, *_: c.subscribe("$SYS/broker/connection/+/state", 1)
+        c.connect("127.0.0.1", self.hub.port)
+        c.loop_start()
+        try:
+            if not done.wait(timeout):
+                logs = "\n".join(e.log.read_text()[-1500:] for e in self.edges)
+                raise AssertionError(f"bridges {sorted(set(names) - up)} not up within {timeout:g} s:\n{logs}")
+        finally:
+            c.disconnect()
+            c.loop_stop()
+
+    def kill(self) -> None:
+        for p in (*self.edges, self.hub):
+            p.kill()
+
+
+@pytest.fixture
+def mosquitto_cluster(tmp_path: Path) -> Iterator[Callable[..., MosquittoCluster]]:
+    """``mosquitto_cluster(edge_ports)``: a started :class:`MosquittoCluster`, killed after the test."""
+    made: list[MosquittoCluster] = []
+
+    def make(edge_ports: Sequence[int], hub_port: int | None = None) -> MosquittoCluster:
+        cluster = MosquittoCluster(tmp_path / f"cluster{len(made)}", edge_ports, hub_port)
+        made.append(cluster)
+        return cluster.start()
+
+    yield make
+    for c in made:
+        c.kill()
 
 
 @pytest.fixture

@@ -47,11 +47,26 @@ class TransportConfig:
     reconnect_max_s: int = 60
     max_inflight: int = 100
     receive_maximum: int = 1000
+    #: other brokers of the same cluster, tried in this order when ``broker_url`` is unreachable
+    #: (agent/core/transport/failover.py); all with ``broker_url``'s scheme
+    fallback_urls: tuple[str, ...] = ()
+    #: consecutive failed connection attempts to one broker (refused, timed out, or dropped within
+    #: ``keepalive_s`` of connecting) before moving to the next of ``fallback_urls``
+    failover_after: int = 3
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.broker_url).scheme
         if scheme not in _SCHEMES:
             raise ConfigError(f"broker_url {self.broker_url!r}: expected mqtt://, mqtts:// or memory://")
+        if self.fallback_urls and scheme == "memory":
+            raise ConfigError("fallback_urls: an in-memory transport has one broker")
+        for url in self.fallback_urls:
+            if urlsplit(url).scheme != scheme:  # TLS is not optional per broker
+                raise ConfigError(f"fallback_urls: {url!r}: expected a {scheme}:// broker like broker_url")
+        if len(set(self.urls)) != len(self.urls):
+            raise ConfigError("fallback_urls: a broker is listed twice")
+        if self.failover_after < 1:
+            raise ConfigError("failover_after must be at least 1")
         if self.protocol not in (MQTT_311, MQTT_5, MQTT_AUTO):
             raise ConfigError(f"protocol {self.protocol!r}: expected '3.1.1', '5' or 'auto'")
         if not self.client_id or len(self.client_id) > 128:
@@ -70,17 +85,27 @@ class TransportConfig:
             raise ConfigError("reconnect backoff must satisfy 0 < min <= max")
 
     @property
+    def urls(self) -> tuple[str, ...]:
+        """Every broker, in the order they are tried: ``broker_url`` first."""
+        return (self.broker_url, *self.fallback_urls)
+
+    @property
     def tls(self) -> bool:
         return urlsplit(self.broker_url).scheme == "mqtts"
 
     @property
     def host(self) -> str:
-        return urlsplit(self.broker_url).hostname or "127.0.0.1"
+        return endpoint(self.broker_url)[0]
 
     @property
     def port(self) -> int:
-        u = urlsplit(self.broker_url)
-        return u.port or _SCHEMES[u.scheme]
+        return endpoint(self.broker_url)[1]
+
+
+def endpoint(url: str) -> tuple[str, int]:
+    """(host, port) of a broker URL; the scheme's default port when the URL has none."""
+    u = urlsplit(url)
+    return u.hostname or "127.0.0.1", u.port or _SCHEMES[u.scheme]
 
 
 @dataclass(frozen=True)
@@ -105,7 +130,8 @@ class Transport(Protocol):
         """Message the broker publishes if this client vanishes; call before :meth:`connect`."""
 
     def connect(self) -> None:
-        """Connect (or raise TransportError after ``connect_timeout_s``); reconnects by itself after."""
+        """Connect (or raise TransportError after ``connect_timeout_s``); reconnects by itself after,
+        failing over to ``fallback_urls`` in turn when the broker stays unreachable."""
 
     def close(self) -> None:
         """Disconnect cleanly (no will) and release the network thread."""
@@ -113,6 +139,10 @@ class Transport(Protocol):
     @property
     def connected(self) -> bool:
         """Whether the broker session is up right now."""
+
+    @property
+    def url(self) -> str:
+        """The broker this transport is connected to, or trying now."""
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         """Block until connected or ``timeout``; return whether connected."""

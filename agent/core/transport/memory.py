@@ -199,6 +199,10 @@ class InMemoryTransport:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def url(self) -> str:
+        return self.config.broker_url
+
     def wait_connected(self, timeout: float | None = None) -> bool:
         return self._connected
 

@@ -5,6 +5,12 @@ queue that :meth:`MqttTransport.receive` drains on the caller's thread, where ch
 reassembled and checked. One network thread per transport (``loop_start``). paho's loop uses
 ``select``, which silently fails for socket numbers of 1,024 and up (paho issues #183, #819):
 keep few transports per process; :meth:`connect` warns when the socket number is that high.
+
+With ``fallback_urls`` the transport fails over between brokers of one cluster (a bridged
+Mosquitto set, or a clustered broker): :meth:`MqttTransport.connect` tries them in order, and after
+``failover_after`` failed reconnects to one broker the network thread points the same paho client
+at the next one (agent/core/transport/failover.py), so the will, the queued QoS 1 publishes (sent
+again to the new broker) and the subscriptions (made again: the new broker has no session) carry over.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fedge.agent.core.errors import TransportError
-from fedge.agent.core.transport.base import MQTT_311, MQTT_AUTO, Inbound, TransportConfig
+from fedge.agent.core.transport.base import MQTT_311, MQTT_AUTO, Inbound, TransportConfig, endpoint
 from fedge.agent.core.transport.chunks import Inbox, split
+from fedge.agent.core.transport.failover import Failover
 from fedge.agent.core.transport.filters import check_filter, check_topic
 
 log = logging.getLogger(__name__)
@@ -68,11 +75,28 @@ class Backoff:
 
 class _Client(paho.Client):
     """paho's client with :class:`Backoff` instead of its fixed doubling: each wait sets paho's
-    delay bounds to the drawn delay, then waits the way paho does (stopping early on disconnect())."""
+    delay bounds to the drawn delay, then waits the way paho does (stopping early on disconnect()).
+
+    ``before_reconnect`` runs first, on the network thread: when it returns True it has pointed the
+    client at another broker (``connect_async``), which is tried at once."""
 
     backoff: Backoff
+    before_reconnect: Callable[[paho.Client], bool] | None = None
+
+    #: why the last connection attempt failed before any MQTT (refused, unreachable, TLS)
+    connect_error: str | None = None
+
+    def reconnect(self) -> paho.MQTTErrorCode:
+        self.connect_error = None
+        try:
+            return super().reconnect()
+        except OSError as e:
+            self.connect_error = str(e) or type(e).__name__
+            raise
 
     def _reconnect_wait(self) -> None:
+        if self.before_reconnect is not None and self.before_reconnect(self):
+            return
         delay = self.backoff.next()
         with self._reconnect_delay_mutex:
             self._reconnect_min_delay = self._reconnect_max_delay = delay  # type: ignore[assignment]
@@ -107,6 +131,13 @@ class MqttTransport:
         self._failed_subs: dict[int, str] = {}
         self._filters: list[str] = []
         self._started = False
+        #: which broker of ``config.urls`` is in use, and when to move on (network thread only)
+        self._failover = Failover(config.urls, config.failover_after, config.keepalive_s, clock)
+        #: fail over while running only after connect() succeeded (it walks the list itself)
+        self._armed = False
+        self._failed_over = False
+        self._last_failure = ""
+        self._attempt_failed = threading.Event()
         self._seq = itertools.count()
         self._transfer_prefix = f"{config.client_id[:64]}.{time.time_ns():x}"
 
@@ -131,10 +162,12 @@ class MqttTransport:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         c.backoff = self.backoff
+        c.before_reconnect = self._before_reconnect
         c.max_inflight_messages_set(config.max_inflight)
         c.max_queued_messages_set(0)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
+        c.on_connect_fail = self._on_connect_fail
         c.on_message = self._on_message
         c.on_publish = self._on_publish
         c.on_subscribe = self._on_subscribe
@@ -152,21 +185,59 @@ class MqttTransport:
         self._client.will_set(self._will[0], self._will[1], qos=1, retain=retain)
 
     def connect(self) -> None:
+        """Connect to the first broker of ``config.urls`` that accepts, one attempt each, in order.
+
+        A broker with another after it is left as soon as the attempt fails (refused, unreachable);
+        the last one gets the whole ``connect_timeout_s``, as a single broker does.
+        """
         cfg = self.config
+        urls = cfg.urls
+        self._armed = False
+        failures: list[str] = []
+        for i, url in enumerate(urls):
+            self._failover.select(i)
+            why = self._connect_current(fail_fast=i + 1 < len(urls))
+            if why is not None:
+                host, port = endpoint(url)
+                failures.append(f"{host}:{port}: {why}")
+                continue
+            if i:
+                log.warning(
+                    "%s: broker %s unreachable (%s); connected to %s instead",
+                    cfg.client_id,
+                    urls[0],
+                    failures[0].split(": ", 1)[1],
+                    url,
+                    extra={"device": cfg.client_id},
+                )
+            self._armed = True
+            sock = self._client.socket()
+            if sock is not None and sock.fileno() >= _SELECT_LIMIT:
+                log.warning("socket number %d is past select()'s limit; paho may lose this connection", sock.fileno())
+            return
+        if len(urls) == 1:
+            raise TransportError(f"cannot connect {cfg.client_id} to {failures[0]}")
+        raise TransportError(f"cannot connect {cfg.client_id} to any of its {len(urls)} brokers: {'; '.join(failures)}")
+
+    def _connect_current(self, *, fail_fast: bool) -> str | None:
+        """Connect to the failover's current broker; None when up, else why not."""
+        cfg = self.config
+        host, port = endpoint(self._failover.current)
         # amqtt never answers an MQTT 5 CONNECT: in auto mode wait for it at most 5 s
-        why, tcp_up = self._connect_once(min(cfg.connect_timeout_s, 5.0) if self._auto else cfg.connect_timeout_s)
+        timeout = min(cfg.connect_timeout_s, 5.0) if self._auto else cfg.connect_timeout_s
+        why, tcp_up = self._connect_once(timeout, fail_fast=fail_fast)
         if why is not None and self._v5 and (why == _UNSUPPORTED or tcp_up):
             if self._auto:
                 # An MQTT 3.1.1-only broker refuses the MQTT 5 CONNECT, or (amqtt) never answers it.
                 log.info(
                     "%s: %s:%d %s to MQTT 5; trying MQTT 3.1.1",
                     cfg.client_id,
-                    cfg.host,
-                    cfg.port,
+                    host,
+                    port,
                     "refused" if why == _UNSUPPORTED else "did not answer",
                 )
                 self._client = self._new_client(v5=False)
-                why, tcp_up = self._connect_once(cfg.connect_timeout_s)
+                why, tcp_up = self._connect_once(cfg.connect_timeout_s, fail_fast=fail_fast)
                 if why is not None:
                     why = f"neither MQTT 5 nor MQTT 3.1.1 was accepted ({why})"
             else:
@@ -174,32 +245,41 @@ class MqttTransport:
                     f"{why}; the broker does not take MQTT 5 (an MQTT 3.1.1-only broker such as the embedded one?): "
                     'set [network] protocol = "3.1.1" or "auto"'
                 )
-        if why is not None:
-            raise TransportError(f"cannot connect {cfg.client_id} to {cfg.host}:{cfg.port}: {why}")
-        if not self._v5 and self._auto:
-            log.info("%s: connected to %s:%d with MQTT 3.1.1", cfg.client_id, cfg.host, cfg.port)
-        sock = self._client.socket()
-        if sock is not None and sock.fileno() >= _SELECT_LIMIT:
-            log.warning("socket number %d is past select()'s limit; paho may lose this connection", sock.fileno())
+        if why is None and not self._v5 and self._auto:
+            log.info("%s: connected to %s:%d with MQTT 3.1.1", cfg.client_id, host, port)
+        return why
 
-    def _connect_once(self, timeout_s: float) -> tuple[str | None, bool]:
-        """One connection attempt: (None, True) when up, else (why, whether TCP was connected)."""
+    def _connect_args(self) -> tuple[int, Any, Properties | None]:
+        """keepalive, clean_start and CONNECT properties, for paho's ``connect_async``."""
         cfg = self.config
         props = None
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 0 if cfg.clean_start else cfg.session_expiry_s
             props.ReceiveMaximum = cfg.receive_maximum
+        return cfg.keepalive_s, cfg.clean_start if self._v5 else 3, props
+
+    def _connect_once(self, timeout_s: float, *, fail_fast: bool = False) -> tuple[str | None, bool]:
+        """One connection attempt: (None, True) when up, else (why, whether TCP was connected).
+
+        paho retries a failed attempt by itself until ``timeout_s``; ``fail_fast`` gives up at the first."""
+        host, port = endpoint(self._failover.current)
+        keepalive, clean_start, props = self._connect_args()
         self._refused = None
-        self._client.connect_async(
-            cfg.host, cfg.port, cfg.keepalive_s, clean_start=cfg.clean_start if self._v5 else 3, properties=props
-        )
+        self._attempt_failed.clear()
+        self._client.connect_async(host, port, keepalive, clean_start=clean_start, properties=props)
         self._client.loop_start()
         self._started = True
         deadline = time.monotonic() + timeout_s
         while not self._up.wait(0.05):
-            if self._refused is not None or time.monotonic() > deadline:
-                why = self._refused or f"no acknowledgement within {timeout_s:g} s"
+            failed = fail_fast and self._attempt_failed.is_set()
+            if self._refused is not None or failed or time.monotonic() > deadline:
+                if self._refused is not None:
+                    why = self._refused
+                elif failed:
+                    why = f"no connection ({self._last_failure})"
+                else:
+                    why = f"no acknowledgement within {timeout_s:g} s"
                 tcp_up = self._client.socket() is not None
                 self._client.disconnect()
                 self._stop_loop()
@@ -209,9 +289,15 @@ class MqttTransport:
         return None, True
 
     def close(self) -> None:
+        self._armed = False
         if self._started:
             self._client.disconnect()
             self._stop_loop()
+
+    @property
+    def url(self) -> str:
+        """The broker in use (or being tried) right now: one of ``config.urls``."""
+        return self._failover.current
 
     @property
     def connected(self) -> bool:
@@ -326,10 +412,15 @@ class MqttTransport:
 
     def _on_connect(self, client: paho.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any) -> None:
         if rc.is_failure:
-            self._refused = str(rc)
+            self._refused = self._last_failure = str(rc)
+            self._failover.failed()
             return
         self._generation += 1
         self.backoff.reset()
+        self._failover.up()
+        if self._failed_over:
+            self._failed_over = False
+            log.info("%s: connected to %s", self.config.client_id, self.url, extra={"device": self.config.client_id})
         if flags.session_present or not self._filters:
             self._up.set()
             return
@@ -345,7 +436,38 @@ class MqttTransport:
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         self._up.clear()
         if rc.is_failure:
+            self._last_failure = str(rc)
+            self._failover.down()
             log.info("%s lost its broker connection (%s); reconnecting", self.config.client_id, rc)
+
+    def _on_connect_fail(self, client: paho.Client, _u: Any) -> None:
+        self._last_failure = getattr(client, "connect_error", None) or "no connection"
+        self._failover.failed()
+        self._attempt_failed.set()
+
+    def _before_reconnect(self, client: paho.Client) -> bool:
+        """Before paho's next reconnect: point ``client`` at the next broker when this one has failed
+        ``failover_after`` attempts in a row (then True: try it without waiting)."""
+        f, cfg = self._failover, self.config
+        if not self._armed or not f.due():
+            f.begin()
+            return False
+        left, to = f.advance()
+        log.warning(
+            "%s: broker %s unreachable (%d failed attempts, last: %s); failing over to %s",
+            cfg.client_id,
+            left,
+            cfg.failover_after,
+            self._last_failure,
+            to,
+            extra={"device": cfg.client_id},
+        )
+        host, port = endpoint(to)
+        keepalive, clean_start, props = self._connect_args()
+        client.connect_async(host, port, keepalive, clean_start=clean_start, properties=props)
+        self.backoff.reset()
+        self._failed_over = True
+        return True
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
