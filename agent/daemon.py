@@ -15,11 +15,8 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-import signal
-import threading
 import time
-import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,6 +34,7 @@ from fedge.agent.core.errors import (
     TransportError,
     WireError,
 )
+from fedge.agent.core.lifecycle import stop_signals
 from fedge.agent.core.messages.device import DeviceStatus
 from fedge.agent.core.messages.rounds import (
     CheckIn,
@@ -62,7 +60,6 @@ from fedge.agent.store import Store
 
 log = logging.getLogger(__name__)
 
-HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: Wire types whose sending spends privacy budget: the device's (noised) update leaves it.
 UPLOAD_STAGES = frozenset({"round.plain_update", "secagg.masked_input"})
 #: A SecAgg+ round is forgotten this many training deadlines after its task if no RoundEnd came.
@@ -85,20 +82,20 @@ class _ForceExit(BaseException):
 
 def contribution_for(round_id: int, plan: RoundPlan, dimension: int) -> Contribution:
     """The device-level privacy event of sending this round's update, as the plan privatizes it."""
-    z, offset = plan.noise_multiplier, 0.0
-    if plan.dp_mode == "distributed":
+    z, offset = plan.privacy.noise_multiplier, 0.0
+    if plan.privacy.mode == "distributed":
         from fedge.agent.core.privacy.discrete import accounted_noise
-        from fedge.agent.core.update import noise_plan, privacy_config
+        from fedge.agent.core.update import noise_plan
 
         # with adaptive clipping: the total z of the update and clip-bit queries, not z_Delta
-        z, offset = accounted_noise(privacy_config(plan), noise_plan(plan, dimension))
+        z, offset = accounted_noise(plan.privacy, noise_plan(plan, dimension))
     return Contribution(
         round_id,
-        plan.dp_mode,
-        z if plan.dp_mode != "off" else 0.0,
-        plan.clip_norm,
+        plan.privacy.mode,
+        z if plan.privacy.mode != "off" else 0.0,
+        plan.privacy.clip_norm,
         plan.sampling_rate,
-        plan.delta,
+        plan.privacy.delta,
         offset,
     )
 
@@ -239,22 +236,12 @@ class AgentDaemon:
         """Ask the loop to stop (from a signal handler or another thread)."""
         self.should_exit = True
 
-    @contextlib.contextmanager
-    def captured_signals(self) -> Iterator[None]:
-        """Handle SIGINT/SIGTERM while serving; restore the previous handlers afterwards."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        original = {s: signal.signal(s, self._on_signal) for s in HANDLED_SIGNALS}
-        try:
-            yield
-        finally:
-            for s, handler in original.items():
-                signal.signal(s, handler)
+    def captured_signals(self) -> contextlib.AbstractContextManager[None]:
+        """Handle SIGINT/SIGTERM while serving (:func:`~fedge.agent.core.lifecycle.stop_signals`):
+        the first asks to stop and wakes a blocking wait, a second SIGINT forces the exit."""
+        return stop_signals(self._on_stop_signal, lambda: self.should_exit, _ForceExit)
 
-    def _on_signal(self, sig: int, _frame: types.FrameType | None) -> None:
-        if self.should_exit and sig == signal.SIGINT:
-            raise _ForceExit()
+    def _on_stop_signal(self, _signum: int) -> None:
         self.should_exit = True
         if self._waiting:
             raise _Wakeup()
@@ -709,14 +696,14 @@ class AgentDaemon:
             task.weights,
             x,
             y,
-            epochs=plan.epochs,
-            batch_size=plan.batch_size,
-            learning_rate=plan.learning_rate,
+            epochs=plan.training.epochs,
+            batch_size=plan.training.batch_size,
+            learning_rate=plan.training.learning_rate,
             rng=self._rng,
             max_seconds=min(self.profile.compute.max_train_seconds, plan.deadline_s),
             should_abort=self._should_abort,
             clock=self._mono,
-            prox_mu=plan.prox_mu,
+            prox_mu=plan.training.prox_mu,
         )
         if r.stopped == "aborted":
             raise TrainingError(f"training aborted: {self._abort_reason}")

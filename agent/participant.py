@@ -87,13 +87,13 @@ class Participant:
         length, and (distributed DP) a release floor no lower than the planned number of noise
         shares, or the sum could carry less noise than this device accounts for."""
         plan, p = self.task.plan, cfg.params
-        if p.bits != plan.quant_bits or p.dim != self._input_size:
+        if p.bits != plan.quantization.bits or p.dim != self._input_size:
             self.client = None
             raise ProtocolError("secure aggregation parameters do not match the round plan")
-        if plan.dp_mode == "distributed" and p.min_clients < plan.noise_clients:
+        if plan.privacy.mode == "distributed" and p.min_clients < plan.privacy.min_clients:
             self.client = None
             raise ProtocolError(
-                f"secure aggregation would release a sum of {p.min_clients} inputs; the noise was planned for {plan.noise_clients}"
+                f"secure aggregation would release a sum of {p.min_clients} inputs; the noise was planned for {plan.privacy.min_clients}"
             )
 
     def _on_task(self, task: Task) -> list[Any]:

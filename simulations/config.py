@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.privacy.config import MODES as DP_MODES
 from fedge.coordinator.rounds.server_opt import ServerOptConfig
 from fedge.coordinator.rounds.staleness import parse_staleness
 from fedge.simulations.datasets import parse_dataset_spec
 from fedge.simulations.partition import parse_partition_spec
 
-DP_MODES = ("off", "local", "distributed")
 MODELS = ("logreg", "mlp", "cnn")
 ENGINES = ("local", "ray")
 MODES = ("sync", "buffered")

@@ -159,7 +159,7 @@ class DeviceHost:
 
         def train(task: Any) -> LocalResult:
             x, y = self.client_data(client)
-            p = task.plan
+            p = task.plan.training
             r = self.trainer.train(
                 task.weights if base is None else base,
                 x,
@@ -183,7 +183,7 @@ class DeviceHost:
         def train(task: Any) -> LocalResult:
             p = task.plan
             return LocalResult(
-                canary_update(self._audit_seed, index, task.weights.size, p.clip_norm), p.example_cap, 0.0
+                canary_update(self._audit_seed, index, task.weights.size, p.privacy.clip_norm), p.example_cap, 0.0
             )
 
         return train

@@ -190,8 +190,10 @@ class ProtocolEngine:
         ids = [f"c{int(k):07d}" for k in clients]
         unavailable = int((~avail).sum())
         root = int(rng.integers(2**63))
-        if len(ids) < max(2, cfg.min_cohort):
-            reason = f"{len(ids)} of {len(avail)} sampled devices available, minimum cohort is {max(2, cfg.min_cohort)}"
+        if len(ids) < max(2, cfg.min_clients):
+            reason = (
+                f"{len(ids)} of {len(avail)} sampled devices available, minimum cohort is {max(2, cfg.min_clients)}"
+            )
             return self._abandoned(round_id, weights, reason, unavailable)
         drop_at = [(st if st != NO_DROP else len(STAGES)) for st in behaviour.drop_stage[avail].tolist()]
         first_reply = 0 if cfg.secagg else STAGES.index("masked_input")  # the stage of the first answer
@@ -249,10 +251,10 @@ class ProtocolEngine:
         # group is no sample the coordinator drew: its plan and event claim no amplification.
         draw = Draw.fixed(s.population, len(behaviour.client_ids)) if group is None else Draw.fixed(len(ids), len(ids))
         # The canaries are extra clients of the round, outside the drawn cohort: the goal waits for them, and
-        # in distributed mode the noise is planned over min_cohort + k shares (canaries never drop), so the
+        # in distributed mode the noise is planned over min_clients + k shares (canaries never drop), so the
         # sum carries the planned noise, not k canaries' worth more, which would blunt the audit.
         k = len(canaries)
-        round_cfg = dataclasses.replace(cfg, goal=cfg.goal + k, min_cohort=cfg.min_cohort + k) if k else cfg
+        round_cfg = dataclasses.replace(cfg, goal=cfg.goal + k, min_clients=cfg.min_clients + k) if k else cfg
         try:
             built = build_round(
                 round_id,
@@ -378,7 +380,7 @@ class ProtocolEngine:
             else None,
             "groups": len(aggregation.groups) if isinstance(aggregation, GroupedAggregation) else 1,
             "refused_groups": dict(aggregation.refused) if isinstance(aggregation, GroupedAggregation) else {},
-            "clip_norm": plan.clip_norm,
+            "clip_norm": plan.privacy.clip_norm,
             "next_clip_norm": outcome.next_clip_norm if outcome else None,
         }
         new = weights

@@ -111,7 +111,7 @@ def training_config(config: SimConfig, population: Population) -> tuple[Training
     """The campaign the simulated coordinator runs, and the dropout rate SecAgg+ is sized for."""
     expected, dropout = expected_survivors(config, population)
     reports = max(1, round(expected))
-    min_cohort = min(config.per_round, max(2, math.floor(MIN_COHORT_SHARE * expected)))
+    min_clients = min(config.per_round, max(2, math.floor(MIN_COHORT_SHARE * expected)))
     cfg = TrainingConfig(
         model_name=config.model,
         epochs=config.local_epochs,
@@ -124,9 +124,9 @@ def training_config(config: SimConfig, population: Population) -> tuple[Training
         secagg=config.secagg,
         goal=config.per_round,
         over_selection=1.0,  # the runner already samples
-        min_cohort=min_cohort,
+        min_clients=min_clients,
         expected_reports=reports,
-        adaptive_quantile=config.adaptive_clip,
+        target_quantile=config.adaptive_clip,
         clip_count_stddev=config.clip_count_stddev,
         prox_mu=config.prox_mu,
     )
@@ -142,7 +142,7 @@ def group_config(config: SimConfig, population: Population) -> tuple[TrainingCon
     cfg, dropout = training_config(config, population)
     k = config.buffer
     return dataclasses.replace(
-        cfg, goal=k, min_cohort=max(2, math.floor(MIN_COHORT_SHARE * k)), expected_reports=k
+        cfg, goal=k, min_clients=max(2, math.floor(MIN_COHORT_SHARE * k)), expected_reports=k
     ), dropout
 
 

@@ -191,7 +191,7 @@ class MiniCoordinator:
             noise_multiplier=1.0,
             secagg=False,
             goal=2,
-            min_cohort=1,
+            min_clients=1,
             train_deadline_s=60.0,
         )
         self.t = MqttTransport(TransportConfig(broker_url=broker_url, client_id="mini-coordinator", clean_start=True))
@@ -226,8 +226,8 @@ class MiniCoordinator:
         """Tasks for ``cohort`` (plus a ghost that never answers, so the report stage stays open)."""
         members = [*cohort, "ghost-device"]
         plan = make_plan(self.cfg, "v0", len(members), 100)
-        settings = RoundSettings(goal=len(members), min_cohort=1, stage_timeout_s=30)
-        agg = PlainAggregation(self.weights.size + 1, plan.quant_bits, len(members), 1)
+        settings = RoundSettings(goal=len(members), min_clients=1, stage_timeout_s=30)
+        agg = PlainAggregation(self.weights.size + 1, plan.quantization.bits, len(members), 1)
         engine = RoundEngine(round_id, plan, settings, self.weights, members, agg, time.monotonic)
         with self.lock:
             self.engines[round_id] = engine

@@ -27,7 +27,7 @@ def secagg_training(agents: int, **kw: object) -> TrainingConfig:
     """SecAgg+ with distributed DP, every device in the cohort, short local training."""
     args: dict[str, object] = dict(
         goal=agents,
-        min_cohort=2,
+        min_clients=2,
         dp_mode="distributed",
         noise_multiplier=0.5,
         secagg=True,

@@ -33,7 +33,7 @@ def digits_split(
 
 def make_train_fn(trainer: Trainer, data: tuple[np.ndarray, np.ndarray], seed: int) -> Callable[[Any], LocalResult]:
     def train(task: Any) -> LocalResult:
-        p = task.plan
+        p = task.plan.training
         r = trainer.train(
             task.weights,
             data[0],

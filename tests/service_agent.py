@@ -94,7 +94,7 @@ class AgentLoop:
                 log.warning("%s: %s; subscribing again", self.device_id, e)
 
     def train(self, task: Task) -> LocalResult:
-        p = task.plan
+        p = task.plan.training
         r = self.trainer.train(
             task.weights,
             *self.data,

@@ -70,7 +70,7 @@ def service_config(fleet: Fleet, broker_url: str | None, **kw: object) -> Servic
         dp_mode="off",
         secagg=False,
         goal=len(fleet.devices),
-        min_cohort=2,
+        min_clients=2,
         train_deadline_s=30.0,
         stage_timeout_s=10.0,
     )
@@ -224,7 +224,7 @@ def serve_command(fleet: Fleet, url: str, rounds: int, *extra: str) -> list[str]
         str(rounds),
         "--goal",
         str(len(fleet.devices)),
-        "--min-cohort",
+        "--min-clients",
         "2",
         "--checkin-window",
         "20",

@@ -85,7 +85,9 @@ def test_secagg_task_without_an_enrollment_authority_is_declined(setup):
     d, coord, _ = setup
     coord.publish(topics.ROUNDS, wire.encode(RoundAnnounce(1, "mlp", "v0", 2000.0)))
     plan = make_plan(
-        TrainingConfig(secagg=True, dp_mode="local", noise_multiplier=1.0, train_deadline_s=60.0, goal=2, min_cohort=2),
+        TrainingConfig(
+            secagg=True, dp_mode="local", noise_multiplier=1.0, train_deadline_s=60.0, goal=2, min_clients=2
+        ),
         "v0",
         2,
         10,
@@ -133,7 +135,9 @@ def test_a_repeat_after_a_restart_gets_the_stored_answer_and_a_different_request
     d, coord, broker = setup
     coord.publish(topics.ROUNDS, wire.encode(RoundAnnounce(1, "mlp", "v0", 2000.0)))
     plan = make_plan(
-        TrainingConfig(secagg=True, dp_mode="local", noise_multiplier=1.0, train_deadline_s=60.0, goal=2, min_cohort=2),
+        TrainingConfig(
+            secagg=True, dp_mode="local", noise_multiplier=1.0, train_deadline_s=60.0, goal=2, min_clients=2
+        ),
         "v0",
         2,
         10,

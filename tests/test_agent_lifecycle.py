@@ -28,25 +28,27 @@ def test_signal_handlers_are_captured_and_restored(tmp_path):
     d = _daemon(tmp_path, "mqtt://127.0.0.1:1")
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with d.captured_signals():
-        assert signal.getsignal(signal.SIGTERM) == d._on_signal
-        assert signal.getsignal(signal.SIGINT) == d._on_signal
+        assert signal.getsignal(signal.SIGTERM) not in before
+        assert signal.getsignal(signal.SIGINT) not in before
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
 def test_first_signal_asks_to_stop_and_wakes_a_wait_second_sigint_forces(tmp_path):
     d = _daemon(tmp_path, "mqtt://127.0.0.1:1")
-    d._on_signal(signal.SIGTERM, None)  # not waiting: only a flag, the current step finishes
-    assert d.should_exit
-    d._waiting = True
-    with pytest.raises(_Wakeup):
-        d._on_signal(signal.SIGTERM, None)
-    with pytest.raises(_ForceExit):
-        d._on_signal(signal.SIGINT, None)
+    with d.captured_signals():
+        signal.raise_signal(signal.SIGTERM)  # not waiting: only a flag, the current step finishes
+        assert d.should_exit
+        d._waiting = True
+        with pytest.raises(_Wakeup):
+            signal.raise_signal(signal.SIGTERM)
+        with pytest.raises(_ForceExit):
+            signal.raise_signal(signal.SIGINT)
 
 
 @needs_mosquitto
 def test_sigterm_stops_an_idle_daemon_in_this_process(tmp_path, mosquitto):
     d = _daemon(tmp_path, mosquitto.url)
+    before = signal.getsignal(signal.SIGTERM)
     d.startup()
     assert d.transport is not None and d.transport.connected
     assert d._timeout() is None  # idle: it waits for a message with no timeout at all
@@ -56,7 +58,7 @@ def test_sigterm_stops_an_idle_daemon_in_this_process(tmp_path, mosquitto):
     assert d.serve(started=True) == 0
     assert time.monotonic() - t < 5
     assert d.store is None and d.transport is None
-    assert signal.getsignal(signal.SIGTERM) is not d._on_signal
+    assert signal.getsignal(signal.SIGTERM) == before  # restored
 
 
 @needs_mosquitto

@@ -17,7 +17,7 @@ pytestmark = [needs_mosquitto, pytest.mark.mosquitto]
 def test_three_daemons_complete_a_secagg_round_with_distributed_dp(tmp_path, mosquitto):
     assert daemon_available()
     training = TrainingConfig(
-        goal=3, min_cohort=2, dp_mode="distributed", noise_multiplier=0.5, secagg=True, **DEMO_TRAINING
+        goal=3, min_clients=2, dp_mode="distributed", noise_multiplier=0.5, secagg=True, **DEMO_TRAINING
     )
     cfg = DemoConfig(
         agents=3,

@@ -20,9 +20,9 @@ def test_a_decline_from_an_older_agent_decodes_as_failed():
 
 
 def test_the_engine_reports_budget_declines_by_kind_not_by_text():
-    cfg = TrainingConfig(goal=2, min_cohort=2, secagg=False)
+    cfg = TrainingConfig(goal=2, min_clients=2, secagg=False)
     plan = make_plan(cfg, "v0", 2, 2)
-    agg = PlainAggregation(5, plan.quant_bits, 2, 2)
+    agg = PlainAggregation(5, plan.quantization.bits, 2, 2)
     clock = FakeClock(100.0)
     # the one place a RoundEngine is built outside the round builder: a test (as the layering rule allows)
     engine = RoundEngine(1, plan, RoundSettings(2, 2, 10.0), np.zeros(4, np.float32), ["a", "b"], agg, clock)

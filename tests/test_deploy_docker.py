@@ -128,7 +128,7 @@ def test_the_entrypoints_run_a_fleet_round_on_mosquitto(mosquitto, tmp_path: Pat
                     "1",
                     "--goal",
                     "2",
-                    "--min-cohort",
+                    "--min-clients",
                     "2",
                     "--no-secagg",
                     "--dp",

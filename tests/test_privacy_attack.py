@@ -29,14 +29,14 @@ DIM = 4
 
 
 def _scores(update: np.ndarray, mode: str, z: float, seed: int) -> np.ndarray:
-    cfg = TrainingConfig(dp_mode=mode, noise_multiplier=z, clip_norm=1.0, goal=1, min_cohort=1, delta=DELTA)
+    cfg = TrainingConfig(dp_mode=mode, noise_multiplier=z, clip_norm=1.0, goal=1, min_clients=1, delta=DELTA)
     plan = make_plan(cfg, "v", 1, 1)
     rng = np.random.default_rng(seed)
     out = np.empty(TRIALS)
     for i in range(TRIALS):
         enc = encode_update(update, 10, plan, rng)
         agg = decode_aggregate(enc.vector.astype(np.uint64), plan, DIM)
-        out[i] = float(agg.mean_delta[0]) * plan.dp_denominator / (z * plan.clip_norm)
+        out[i] = float(agg.mean_delta[0]) * plan.dp_denominator / (z * plan.privacy.clip_norm)
     return out
 
 

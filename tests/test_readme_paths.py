@@ -128,7 +128,7 @@ def test_device_owner_and_operator_paths_work_as_written(tmp_path: Path) -> None
 
     # ---- three rounds: serve's own local broker, the real daemon on the trial profile
     serve = sh.start(
-        "fedge-coordinator serve --rounds 3 --goal 1 --min-cohort 1 --no-secagg --dp local "
+        "fedge-coordinator serve --rounds 3 --goal 1 --min-clients 1 --no-secagg --dp local "
         "--noise-multiplier 1.1 --clip 1.0",
         f"--local-port {port}",
         log="serve.log",

@@ -16,7 +16,7 @@ from fedge.agent.core.errors import ConfigError
 from fedge.agent.core.messages.rounds import PlainUpdate, Task
 from fedge.agent.core.messages.secagg import MaskedInput
 from fedge.agent.core.secagg.quantize import dequantize_sum, quantize
-from fedge.agent.core.update import encode_update, noise_plan, privacy_config
+from fedge.agent.core.update import encode_update, noise_plan
 from fedge.agent.daemon import contribution_for
 from fedge.agent.participant import LocalResult, Participant
 from fedge.agent.secure import PeerDirectory, secagg_factory, trusted_lookup
@@ -48,9 +48,9 @@ def _plain_round(cfg: TrainingConfig, deltas: dict[str, np.ndarray], clip: float
     n, dim = len(deltas), next(iter(deltas.values())).size
     plan = make_plan(cfg, "v", n, n, clip_norm=clip)
     clock = FakeClock()
-    agg = PlainAggregation(expected_length(np.zeros(dim), plan), plan.quant_bits, n, cfg.min_cohort)
+    agg = PlainAggregation(expected_length(np.zeros(dim), plan), plan.quantization.bits, n, cfg.min_clients)
     engine = RoundEngine(
-        round_id, plan, RoundSettings(n, cfg.min_cohort, 10.0), np.zeros(dim, np.float32), list(deltas), agg, clock
+        round_id, plan, RoundSettings(n, cfg.min_clients, 10.0), np.zeros(dim, np.float32), list(deltas), agg, clock
     )
     parts = {
         d: Participant(
@@ -78,8 +78,8 @@ def test_clip_norm_converges_to_the_target_quantile_of_update_norms() -> None:
             secagg=False,
             noise_multiplier=0.5,
             goal=n,
-            min_cohort=n,
-            adaptive_quantile=gamma,
+            min_clients=n,
+            target_quantile=gamma,
             adaptive_learning_rate=0.5,
             clip_count_stddev=0.3,
         )
@@ -103,8 +103,8 @@ def test_clip_bit_is_one_more_coordinate_and_reflects_the_norm_before_clipping()
         secagg=False,
         noise_multiplier=0.5,
         goal=4,
-        min_cohort=2,
-        adaptive_quantile=0.5,
+        min_clients=2,
+        target_quantile=0.5,
         clip_count_stddev=0.3,
     )
     plan = make_plan(cfg, "v", 4, 10, clip_norm=1.0)
@@ -115,8 +115,8 @@ def test_clip_bit_is_one_more_coordinate_and_reflects_the_norm_before_clipping()
     small = encode_update(delta / 10, 10, plan, np.random.default_rng(0))
     assert small.clip_bit == 0.5
     # weight stays last: 1 under DP
-    last = dequantize_sum(enc.vector[-1:], plan.quant_scale, plan.quant_bits)
-    assert last[0] == pytest.approx(1.0, abs=2 / plan.quant_scale)
+    last = dequantize_sum(enc.vector[-1:], plan.quantization.scale, plan.quantization.bits)
+    assert last[0] == pytest.approx(1.0, abs=2 / plan.quantization.scale)
 
 
 def test_secagg_round_shows_the_coordinator_only_the_noisy_bit_sum() -> None:
@@ -131,8 +131,8 @@ def test_secagg_round_shows_the_coordinator_only_the_noisy_bit_sum() -> None:
         secagg=True,
         noise_multiplier=0.2,
         goal=n,
-        min_cohort=10,
-        adaptive_quantile=0.5,
+        min_clients=10,
+        target_quantile=0.5,
         adaptive_learning_rate=0.2,
         clip_count_stddev=0.15,
     )
@@ -142,8 +142,8 @@ def test_secagg_round_shows_the_coordinator_only_the_noisy_bit_sum() -> None:
         roster = {d: k.public_bytes() for d, k in ids.items()}
         clock = FakeClock()
         plan = make_plan(cfg, "v", n, 100, clip_norm=1.0)
-        assert plan.adaptive and plan.clip_count_stddev == 0.15
-        agg = SecureAggregation(plan, r, roster, expected_length(np.zeros(dim), plan), clock, min_cohort=10)
+        assert plan.privacy.adaptive is not None and plan.privacy.adaptive.clip_count_stddev == 0.15
+        agg = SecureAggregation(plan, r, roster, expected_length(np.zeros(dim), plan), clock, min_clients=10)
         engine = RoundEngine(r, plan, RoundSettings(n, 10, 10.0), np.zeros(dim, np.float32), list(roster), agg, clock)
         parts = {
             d: Participant(
@@ -173,7 +173,9 @@ def test_secagg_round_shows_the_coordinator_only_the_noisy_bit_sum() -> None:
             if own is not None:
                 assert m.vector[dim] != own[dim]
         for d in deltas:  # each device's share already noised its bit before masking
-            own_bit = dequantize_sum(parts[d].encoded.vector[dim : dim + 1], plan.quant_scale, plan.quant_bits)[0]
+            own_bit = dequantize_sum(
+                parts[d].encoded.vector[dim : dim + 1], plan.quantization.scale, plan.quantization.bits
+            )[0]
             assert own_bit != parts[d].encoded.clip_bit
         noisy = engine.outcome.aggregate.clip_bit_sum
         errors.append(noisy - sum(bits))
@@ -182,7 +184,7 @@ def test_secagg_round_shows_the_coordinator_only_the_noisy_bit_sum() -> None:
         assert engine.outcome.next_clip_norm > 1.0
         # and the model part is the clipped mean, as without adaptive clipping
         clipped = [deltas[d] * min(1.0, 1.0 / float(np.linalg.norm(deltas[d]))) for d in deltas]
-        z_delta = privacy_config(plan).update_noise_multiplier
+        z_delta = plan.privacy.update_noise_multiplier
         tol = 6 * z_delta * 1.0 / plan.dp_denominator + 1e-3
         np.testing.assert_allclose(engine.outcome.aggregate.mean_delta, np.mean(clipped, axis=0), atol=tol)
     assert np.std(errors) > 0  # noise was added, not the exact sum
@@ -192,13 +194,12 @@ def test_vector_and_plan_unchanged_when_adaptive_clipping_is_off() -> None:
     dim = 30
     delta = np.random.default_rng(1).normal(0, 0.1, dim).astype(np.float32)
     for cfg in (
-        TrainingConfig(secagg=False, goal=5, min_cohort=2),
-        TrainingConfig(dp_mode="local", secagg=False, noise_multiplier=0.5, goal=5, min_cohort=2),
-        TrainingConfig(dp_mode="distributed", noise_multiplier=0.5, goal=5, min_cohort=2),
+        TrainingConfig(secagg=False, goal=5, min_clients=2),
+        TrainingConfig(dp_mode="local", secagg=False, noise_multiplier=0.5, goal=5, min_clients=2),
+        TrainingConfig(dp_mode="distributed", noise_multiplier=0.5, goal=5, min_clients=2),
     ):
         plan = make_plan(cfg, "v", 5, 50)
-        assert not plan.adaptive
-        assert (plan.adaptive_target_quantile, plan.adaptive_learning_rate, plan.clip_count_stddev) == (0, 0, 0)
+        assert plan.privacy.adaptive is None
         assert wire.decode(wire.encode(PlainUpdate(1, "d", np.zeros(1, np.uint32)))).vector.size == 1
         enc = encode_update(delta, 7, plan, np.random.default_rng(5))
         assert enc.vector.size == dim + 1 == expected_length(np.zeros(dim), plan) and enc.clip_bit is None
@@ -206,11 +207,11 @@ def test_vector_and_plan_unchanged_when_adaptive_clipping_is_off() -> None:
             # today's arithmetic, spelled out: [weight * delta, weight], clipped, quantized
             w = 7 / cfg.example_cap
             raw = np.append(delta.astype(np.float64) * w, w)
-            np.clip(raw, -plan.quant_range, plan.quant_range, out=raw)
-            expect = quantize(raw, plan.quant_scale, plan.quant_bits, np.random.default_rng(5))
+            np.clip(raw, -plan.quantization.range, plan.quantization.range, out=raw)
+            expect = quantize(raw, plan.quantization.scale, plan.quantization.bits, np.random.default_rng(5))
             np.testing.assert_array_equal(enc.vector, expect)
     engine, _ = _plain_round(
-        TrainingConfig(secagg=False, goal=3, min_cohort=3), _deltas_with_norms(np.ones(3), 8, 0), 1.0, 1, 1
+        TrainingConfig(secagg=False, goal=3, min_clients=3), _deltas_with_norms(np.ones(3), 8, 0), 1.0, 1, 1
     )
     assert engine.outcome.next_clip_norm is None and engine.outcome.aggregate.clip_bit_sum is None
 
@@ -219,13 +220,13 @@ def test_epsilon_of_an_adaptive_campaign_is_dp_accountings_for_the_total_z() -> 
     """The update gets z_Delta > z, the bit query sigma_b; the campaign and the device ledger
     account the total z (within 1% of dp-accounting driven directly), not z_Delta."""
     z, sigma_b, q, rounds, delta, dim = 0.8, 0.6, 0.05, 200, 1e-6, 1000
-    base = dict(noise_multiplier=z, goal=20, min_cohort=10, delta=delta)
+    base = dict(noise_multiplier=z, goal=20, min_clients=10, delta=delta)
     for mode in ("local", "distributed"):
         cfg = TrainingConfig(
-            dp_mode=mode, secagg=mode == "distributed", adaptive_quantile=0.5, clip_count_stddev=sigma_b, **base
+            dp_mode=mode, secagg=mode == "distributed", target_quantile=0.5, clip_count_stddev=sigma_b, **base
         )
         plan = make_plan(cfg, "v", 20, 400, clip_norm=0.7)
-        pc = privacy_config(plan)
+        pc = plan.privacy
         assert pc.update_noise_multiplier > 1.2 * z
         discrete = noise_plan(plan, dim) if mode == "distributed" else None
         acc = PrivacyAccountant()
@@ -246,21 +247,24 @@ def test_epsilon_of_an_adaptive_campaign_is_dp_accountings_for_the_total_z() -> 
 
 def test_config_and_plan_refuse_adaptive_clipping_without_dp_or_enough_bit_noise() -> None:
     with pytest.raises(ConfigError):
-        TrainingConfig(adaptive_quantile=0.5)  # DP off
+        TrainingConfig(target_quantile=0.5)  # DP off
     with pytest.raises(ConfigError):
         TrainingConfig(
-            dp_mode="local", secagg=False, noise_multiplier=1.0, adaptive_quantile=0.5, clip_count_stddev=0.4
+            dp_mode="local", secagg=False, noise_multiplier=1.0, target_quantile=0.5, clip_count_stddev=0.4
         )  # 2 sigma_b <= z
     with pytest.raises(ConfigError):
-        TrainingConfig(dp_mode="local", secagg=False, noise_multiplier=1.0, adaptive_quantile=1.5, clip_count_stddev=1)
-    cfg = TrainingConfig(dp_mode="local", secagg=False, noise_multiplier=0.5, goal=20, adaptive_quantile=0.5)
+        TrainingConfig(dp_mode="local", secagg=False, noise_multiplier=1.0, target_quantile=1.5, clip_count_stddev=1)
+    cfg = TrainingConfig(dp_mode="local", secagg=False, noise_multiplier=0.5, goal=20, target_quantile=0.5)
     assert cfg.adaptive.clip_count_stddev == 1.0  # the paper's default: expected clients / 20
     plan = make_plan(cfg, "v", 20, 20)
+    a = plan.privacy.adaptive
+    assert a is not None
+    off = dataclasses.replace(plan.privacy, mode="off", noise_multiplier=0.0)
     for bad in (
-        dict(dp_mode="off", dp_denominator=0, noise_multiplier=0.0),
-        dict(clip_count_stddev=0.1),
-        dict(adaptive_target_quantile=1.0),
-        dict(adaptive_learning_rate=0.0),
+        dict(privacy=off, dp_denominator=0),
+        dict(privacy=dataclasses.replace(plan.privacy, adaptive=dataclasses.replace(a, clip_count_stddev=0.1))),
+        dict(privacy=dataclasses.replace(plan.privacy, adaptive=dataclasses.replace(a, target_quantile=1.0))),
+        dict(privacy=dataclasses.replace(plan.privacy, adaptive=dataclasses.replace(a, learning_rate=0.0))),
     ):
         with pytest.raises(ValueError):
             dataclasses.replace(plan, **bad)

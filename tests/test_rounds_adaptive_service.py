@@ -27,7 +27,7 @@ def test_service_carries_next_clip_norm_into_the_next_plan(embedded_broker, tmp_
             dp_mode="local",
             noise_multiplier=0.5,
             clip_norm=50.0,
-            adaptive_quantile=0.5,
+            target_quantile=0.5,
             adaptive_learning_rate=0.5,
             clip_count_stddev=0.3,
         ),
@@ -43,7 +43,7 @@ def test_service_carries_next_clip_norm_into_the_next_plan(embedded_broker, tmp_
     assert rows[0]["clip_norm"] == 50.0
     for prev, cur in zip(rows, rows[1:]):
         assert cur["clip_norm"] == pytest.approx(prev["next_clip_norm"])
-        assert json.loads(cur["plan"])["clip_norm"] == pytest.approx(cur["clip_norm"])
+        assert json.loads(cur["plan"])["privacy"]["clip_norm"] == pytest.approx(cur["clip_norm"])
     # C moved every round (the geometric step is exp(-0.5 (b_bar - 1/2)), never exactly 1 here)
     assert all(r["next_clip_norm"] != r["clip_norm"] for r in rows)
-    assert all(json.loads(r["plan"])["adaptive_target_quantile"] == 0.5 for r in rows)
+    assert all(json.loads(r["plan"])["privacy"]["adaptive"]["target_quantile"] == 0.5 for r in rows)

@@ -82,17 +82,19 @@ def test_contribution_cap():
 
 
 def test_the_staleness_weight_scales_the_delta_and_not_the_weight_coordinate():
-    cfg = TrainingConfig(model_name="logreg", dp_mode="off", secagg=False, goal=4, min_cohort=2)
+    cfg = TrainingConfig(model_name="logreg", dp_mode="off", secagg=False, goal=4, min_clients=2)
     plan = make_plan(cfg, "v0", 4, 4)
     delta = np.linspace(-0.3, 0.3, 11)
     full = encode_update(delta, 50, plan, np.random.default_rng(1))
     half = encode_update(delta, 50, plan, np.random.default_rng(1), staleness_weight=0.5)
     from fedge.agent.core.secagg.quantize import dequantize_sum
 
-    f = dequantize_sum(full.vector, plan.quant_scale, plan.quant_bits)
-    h = dequantize_sum(half.vector, plan.quant_scale, plan.quant_bits)
+    f = dequantize_sum(full.vector, plan.quantization.scale, plan.quantization.bits)
+    h = dequantize_sum(half.vector, plan.quantization.scale, plan.quantization.bits)
     assert h[-1] == f[-1]  # the weight coordinate: unchanged
-    np.testing.assert_allclose(h[:-1], 0.5 * f[:-1], atol=2 / plan.quant_scale)  # stochastic rounding: 1 unit each
+    np.testing.assert_allclose(
+        h[:-1], 0.5 * f[:-1], atol=2 / plan.quantization.scale
+    )  # stochastic rounding: 1 unit each
     with pytest.raises(ProtocolError):
         encode_update(delta, 50, plan, np.random.default_rng(1), staleness_weight=1.5)
 
@@ -106,7 +108,7 @@ def _dp_plan(mode: str):
         clip_norm=1.0,
         delta=1e-5,
         goal=10,
-        min_cohort=7,
+        min_clients=7,
         expected_reports=10,
     )
     return make_plan(cfg, "v0", 10, 10)

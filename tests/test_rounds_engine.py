@@ -19,8 +19,8 @@ from tests.round_fixtures import deliver, digits_split, make_train_fn, trainer_f
 
 def _round(cfg, weights, cohort, participants, clock, round_id=1, drop=lambda d, m: False):
     plan = make_plan(cfg, "v0", len(cohort), 100)
-    settings = RoundSettings(goal=cfg.goal, min_cohort=cfg.min_cohort, stage_timeout_s=cfg.stage_timeout_s)
-    agg = PlainAggregation(weights.size + 1, plan.quant_bits, cfg.goal, cfg.min_cohort)
+    settings = RoundSettings(goal=cfg.goal, min_clients=cfg.min_clients, stage_timeout_s=cfg.stage_timeout_s)
+    agg = PlainAggregation(weights.size + 1, plan.quantization.bits, cfg.goal, cfg.min_clients)
     engine = RoundEngine(round_id, plan, settings, weights, cohort, agg, clock)
     deliver(engine, participants, engine.start(), drop)
     if engine.status is RoundStatus.RUNNING:
@@ -33,7 +33,7 @@ def test_plain_fedavg_improves_accuracy_on_real_digits() -> None:
     trainer = trainer_for("mlp")
     parts, (xt, yt) = digits_split(8)
     devices = [f"dev-{i}" for i in range(8)]
-    cfg = TrainingConfig(epochs=2, batch_size=16, learning_rate=0.2, secagg=False, goal=8, min_cohort=4)
+    cfg = TrainingConfig(epochs=2, batch_size=16, learning_rate=0.2, secagg=False, goal=8, min_clients=4)
     w = trainer.initial_weights()
     acc0 = trainer.evaluate(w, xt, yt).accuracy
     clock = FakeClock(1000.0)
@@ -55,7 +55,7 @@ def test_aggregate_equals_weighted_mean_of_deltas_up_to_quantization() -> None:
     d = 50
     deltas = {f"d{i}": rng.normal(0, 0.05, d).astype(np.float32) for i in range(5)}
     counts = {f"d{i}": 10 * (i + 1) for i in range(5)}
-    cfg = TrainingConfig(secagg=False, goal=5, min_cohort=5, clip_norm=1.0, example_cap=100)
+    cfg = TrainingConfig(secagg=False, goal=5, min_clients=5, clip_norm=1.0, example_cap=100)
 
     def fn(dev):
         return lambda task: LocalResult(deltas[dev], counts[dev])
@@ -65,14 +65,14 @@ def test_aggregate_equals_weighted_mean_of_deltas_up_to_quantization() -> None:
     assert engine.status is RoundStatus.COMPLETED
     wts = np.array([counts[k] / 100 for k in deltas])
     expect = sum(wts[i] * deltas[k] for i, k in enumerate(deltas)) / wts.sum()
-    scale = engine.plan.quant_scale
+    scale = engine.plan.quantization.scale
     np.testing.assert_allclose(engine.outcome.aggregate.mean_delta, expect, atol=5 * 2 / scale / wts.sum())
     assert engine.outcome.aggregate.total_weight == pytest.approx(wts.sum(), abs=5 / scale)
 
 
 def test_round_goes_on_with_whoever_reported_and_abandons_below_minimum() -> None:
     d = 10
-    cfg = TrainingConfig(secagg=False, goal=6, min_cohort=3)
+    cfg = TrainingConfig(secagg=False, goal=6, min_clients=3)
     mk = lambda k: Participant(k, lambda t: LocalResult(np.full(d, 0.01, np.float32), 5), np.random.default_rng(0))  # noqa: E731
     devs = [f"d{i}" for i in range(6)]
     # two silent devices: the deadline closes the stage with four
@@ -91,14 +91,14 @@ def test_round_goes_on_with_whoever_reported_and_abandons_below_minimum() -> Non
 
 def test_bad_uploads_are_refused_and_the_round_goes_on() -> None:
     d = 10
-    cfg = TrainingConfig(secagg=False, goal=3, min_cohort=2)
+    cfg = TrainingConfig(secagg=False, goal=3, min_clients=2)
     plan = make_plan(cfg, "v0", 3, 10)
     clock = FakeClock(1000.0)
-    agg = PlainAggregation(d + 1, plan.quant_bits, 3, 2)
+    agg = PlainAggregation(d + 1, plan.quantization.bits, 3, 2)
     e = RoundEngine(1, plan, RoundSettings(3, 2, 10), np.zeros(d, np.float32), ["a", "b", "c"], agg, clock)
     e.start()
     good = np.zeros(d + 1, np.uint32)
-    good[-1] = round(plan.quant_scale)  # weight 1
+    good[-1] = round(plan.quantization.scale)  # weight 1
     with pytest.raises(ProtocolError, match="shape"):
         e.receive("a", PlainUpdate(1, "a", np.zeros(d, np.uint32)))
     with pytest.raises(ProtocolError, match="not in round"):
@@ -117,7 +117,7 @@ def test_bad_uploads_are_refused_and_the_round_goes_on() -> None:
 
 
 def test_participant_declines_instead_of_sending_non_finite_updates() -> None:
-    cfg = TrainingConfig(secagg=False, goal=2, min_cohort=1)
+    cfg = TrainingConfig(secagg=False, goal=2, min_clients=1)
     bad = Participant("x", lambda t: LocalResult(np.array([np.nan, 1], np.float32), 3), np.random.default_rng(0))
     e = _round(cfg, np.zeros(2, np.float32), ["x"], {"x": bad}, FakeClock(1000.0))
     assert e.declined == {"x": "update must be a flat vector of finite numbers"}
@@ -154,10 +154,10 @@ def test_plain_uploads_outside_the_quantization_range_are_refused() -> None:
     from fedge.agent.core.secagg.quantize import max_abs_int
 
     d = 6
-    cfg = TrainingConfig(secagg=False, goal=3, min_cohort=2, dp_mode="local", noise_multiplier=1.0)
+    cfg = TrainingConfig(secagg=False, goal=3, min_clients=2, dp_mode="local", noise_multiplier=1.0)
     plan = make_plan(cfg, "v0", 3, 10)
-    limit = max_abs_int(plan.quant_range, plan.quant_scale)
-    agg = PlainAggregation(d + 1, plan.quant_bits, 3, 2, max_abs=limit)
+    limit = max_abs_int(plan.quantization.range, plan.quantization.scale)
+    agg = PlainAggregation(d + 1, plan.quantization.bits, 3, 2, max_abs=limit)
     e = RoundEngine(1, plan, RoundSettings(3, 2, 10), np.zeros(d, np.float32), ["a", "b", "c"], agg, FakeClock(1000.0))
     e.start()
     huge = np.full(d + 1, 1 << 30, np.uint32)
@@ -167,13 +167,13 @@ def test_plain_uploads_outside_the_quantization_range_are_refused() -> None:
     with pytest.raises(ProtocolError, match="positive weight"):
         e.receive("a", PlainUpdate(1, "a", no_weight))
     ok = np.zeros(d + 1, np.uint32)
-    ok[-1] = round(plan.quant_scale)
+    ok[-1] = round(plan.quantization.scale)
     e.receive("a", PlainUpdate(1, "a", ok))  # the honest upload of the same device is still taken
 
 
 def test_a_decline_after_uploading_is_refused_and_a_last_decline_finishes_the_round() -> None:
     d = 4
-    cfg = TrainingConfig(secagg=False, goal=3, min_cohort=1)
+    cfg = TrainingConfig(secagg=False, goal=3, min_clients=1)
     plan = make_plan(cfg, "v0", 3, 10)
     clock = FakeClock(1000.0)
     e = RoundEngine(
@@ -182,12 +182,12 @@ def test_a_decline_after_uploading_is_refused_and_a_last_decline_finishes_the_ro
         RoundSettings(3, 1, 10),
         np.zeros(d, np.float32),
         ["a", "b", "c"],
-        PlainAggregation(d + 1, plan.quant_bits, 3, 1),
+        PlainAggregation(d + 1, plan.quantization.bits, 3, 1),
         clock,
     )
     e.start()
     ok = np.zeros(d + 1, np.uint32)
-    ok[-1] = round(plan.quant_scale)
+    ok[-1] = round(plan.quantization.scale)
     e.receive("a", PlainUpdate(1, "a", ok))
     with pytest.raises(ProtocolError, match="already answered"):
         e.receive("a", Decline(1, "a", "changed my mind"))

@@ -68,14 +68,14 @@ def test_split_gives_groups_of_at_least_g_with_proportional_floors() -> None:
     assert [len(m) for m in g.groups] == [26, 26, 25, 26]
     assert sorted(sum(g.groups, ())) == ids
     assert g.floors == (21, 21, 20, 21)  # ceil(80 * size / 103)
-    assert sum(g.floors) >= 80 and g.noise_clients == 20
+    assert sum(g.floors) >= 80 and g.min_clients == 20
 
 
 @pytest.mark.parametrize("threads", [False, True])
 def test_grouped_round_equals_plain_mean_with_dropouts_in_every_group(threads) -> None:
     n, dim, gsize = 36, 30, 12
     deltas = _deltas(n, dim)
-    cfg = TrainingConfig(secagg=True, goal=n, min_cohort=24)
+    cfg = TrainingConfig(secagg=True, goal=n, min_clients=24)
     pool = ThreadPoolExecutor(3) if threads else None
     parallel = (lambda jobs: list(pool.map(lambda j: j(), jobs))) if pool else None
     built, parts, clock = _round(n, cfg, deltas, group_size=gsize, parallel=parallel)
@@ -100,7 +100,7 @@ def test_grouped_round_equals_plain_mean_with_dropouts_in_every_group(threads) -
     assert engine.outcome.participants == len(contributed) == 33
     assert sorted(engine.outcome.survivors) == sorted(contributed)
     expect = np.mean([deltas[d] for d in contributed], axis=0)
-    tol = 2 * len(contributed) / built.plan.quant_scale  # stochastic rounding: < 1 step per device
+    tol = 2 * len(contributed) / built.plan.quantization.scale  # stochastic rounding: < 1 step per device
     np.testing.assert_allclose(engine.outcome.aggregate.mean_delta, expect, atol=tol)
     assert engine.outcome.dropped["masked_input"] == 3 and engine.outcome.dropped["unmask"] == 3
 
@@ -108,7 +108,7 @@ def test_grouped_round_equals_plain_mean_with_dropouts_in_every_group(threads) -
 def test_group_below_its_floor_is_refused_with_its_reason_and_the_round_goes_on() -> None:
     n, dim, gsize = 30, 10, 10
     deltas = _deltas(n, dim, seed=5)
-    cfg = TrainingConfig(secagg=True, goal=n, min_cohort=18)
+    cfg = TrainingConfig(secagg=True, goal=n, min_clients=18)
     built, parts, clock = _round(n, cfg, deltas, group_size=gsize)
     agg = built.aggregation
     floor = agg.groups[0].params.min_clients
@@ -123,7 +123,7 @@ def test_group_below_its_floor_is_refused_with_its_reason_and_the_round_goes_on(
     assert f"group 0 (10 devices, floor {floor}) refused" in reason and "masked_input" in reason
     assert engine.outcome.participants == 20 and engine.outcome.dropped["refused_groups"] == 1
     others = [d for d in deltas if d not in agg.groups[0]._roster]
-    tol = 2 * 20 / built.plan.quant_scale
+    tol = 2 * 20 / built.plan.quantization.scale
     np.testing.assert_allclose(engine.outcome.aggregate.mean_delta, np.mean([deltas[d] for d in others], 0), atol=tol)
     with pytest.raises(ProtocolError, match="group 0"):
         agg.receive(sorted(agg.groups[0]._roster)[-1], object(), clock())
@@ -132,7 +132,7 @@ def test_group_below_its_floor_is_refused_with_its_reason_and_the_round_goes_on(
 def test_round_abandoned_when_groups_left_are_below_the_minimum_cohort() -> None:
     n, gsize = 20, 10
     deltas = _deltas(n, 6, seed=7)
-    cfg = TrainingConfig(secagg=True, goal=n, min_cohort=16)
+    cfg = TrainingConfig(secagg=True, goal=n, min_clients=16)
     built, parts, clock = _round(n, cfg, deltas, group_size=gsize)
     agg = built.aggregation
     victims = set(sorted(agg.groups[1]._roster)[:4])
@@ -147,18 +147,18 @@ def test_round_abandoned_when_groups_left_are_below_the_minimum_cohort() -> None
 def test_cohort_smaller_than_a_group_is_refused() -> None:
     deltas = _deltas(8, 4)
     with pytest.raises(GroupRefused, match="group of 8 devices is below the minimum group size 10"):
-        _round(8, TrainingConfig(secagg=True, goal=8, min_cohort=4), deltas, group_size=10)
+        _round(8, TrainingConfig(secagg=True, goal=8, min_clients=4), deltas, group_size=10)
 
 
 def test_distributed_dp_every_group_carries_the_noise_and_the_event_says_so() -> None:
     n = 40
-    cfg = TrainingConfig(secagg=True, goal=n, min_cohort=30, dp_mode="distributed", noise_multiplier=1.0)
+    cfg = TrainingConfig(secagg=True, goal=n, min_clients=30, dp_mode="distributed", noise_multiplier=1.0)
     deltas = _deltas(n, 8)
     ungrouped, _, _ = _round(n, cfg, deltas, group_size=0)
     built, _, _ = _round(n, cfg, deltas, group_size=10)
-    assert ungrouped.plan.noise_clients == 30 and ungrouped.event.groups == 1
+    assert ungrouped.plan.privacy.min_clients == 30 and ungrouped.event.groups == 1
     # four groups of 10, floors ceil(30 * 10 / 40) = 8: every device's share is 1/8 of sigma^2
-    assert built.plan.noise_clients == 8 and built.event.groups == 4
+    assert built.plan.privacy.min_clients == 8 and built.event.groups == 4
     assert all(g.params.min_clients >= 8 for g in built.aggregation.groups)
     # the same Gaussian event (a device moves one group sum), so the same epsilon
     assert built.event.noise_multiplier == pytest.approx(ungrouped.event.noise_multiplier)

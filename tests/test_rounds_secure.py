@@ -33,13 +33,13 @@ def _setup(n, cfg, deltas, *, certified=False, authority=None, clock=None, round
         roster,
         dim + 1,
         clock,
-        min_cohort=cfg.min_cohort,
+        min_clients=cfg.min_clients,
         certificates=certs.__getitem__ if certified else None,
     )
     engine = RoundEngine(
         round_id,
         plan,
-        RoundSettings(cfg.goal, cfg.min_cohort, 10.0),
+        RoundSettings(cfg.goal, cfg.min_clients, 10.0),
         np.zeros(dim, np.float32),
         list(roster),
         agg,
@@ -74,7 +74,7 @@ def test_secure_round_equals_plain_mean_with_dropouts_at_every_stage(stage_drop)
     n, dim = 16, 40
     rng = np.random.default_rng(3)
     deltas = {f"d{i:03d}": rng.normal(0, 0.05, dim).astype(np.float32) for i in range(n)}
-    cfg = TrainingConfig(secagg=True, goal=n, min_cohort=8)
+    cfg = TrainingConfig(secagg=True, goal=n, min_clients=8)
     engine, parts, clock, _ = _setup(n, cfg, deltas)
     kinds = {"advertise": KeyAdvertisement, "masked": MaskedInput, "consistency": SurvivorSignature}
     silent = {"d001", "d007"}
@@ -98,7 +98,7 @@ def test_secure_round_equals_plain_mean_with_dropouts_at_every_stage(stage_drop)
     contributed = [d for d in deltas if not (stage_drop in ("advertise", "shares", "masked") and d in silent)]
     assert engine.outcome.participants == len(contributed)
     expect = np.mean([deltas[d] for d in contributed], axis=0)
-    tol = 2 * len(contributed) / engine.plan.quant_scale
+    tol = 2 * len(contributed) / engine.plan.quantization.scale
     np.testing.assert_allclose(engine.outcome.aggregate.mean_delta, expect, atol=tol)
     if stage_drop:
         assert sum(engine.outcome.dropped.values()) == 2
@@ -107,7 +107,7 @@ def test_secure_round_equals_plain_mean_with_dropouts_at_every_stage(stage_drop)
 def test_too_many_dropouts_abandon_with_stage_and_counts() -> None:
     n, dim = 10, 8
     deltas = {f"d{i:03d}": np.full(dim, 0.01, np.float32) for i in range(n)}
-    cfg = TrainingConfig(secagg=True, goal=n, min_cohort=8)
+    cfg = TrainingConfig(secagg=True, goal=n, min_clients=8)
     engine, parts, clock, _ = _setup(n, cfg, deltas)
     drop = lambda d, m: isinstance(m, MaskedInput) and d < "d004"  # noqa: E731
     deliver(engine, parts, engine.start(), drop)
@@ -119,7 +119,7 @@ def test_too_many_dropouts_abandon_with_stage_and_counts() -> None:
 def test_certified_peers_and_a_substituted_identity_is_refused() -> None:
     n, dim = 8, 6
     deltas = {f"d{i:03d}": np.full(dim, 0.02, np.float32) for i in range(n)}
-    cfg = TrainingConfig(secagg=True, goal=n, min_cohort=4)
+    cfg = TrainingConfig(secagg=True, goal=n, min_clients=4)
     engine, parts, clock, authority = _setup(n, cfg, deltas, certified=True)
     out = engine.start()
     assert any(isinstance(o.message, Peers) for o in out)
@@ -149,7 +149,7 @@ def test_secure_fedavg_with_distributed_dp_learns_real_digits() -> None:
         model_name="logreg",
         secagg=True,
         goal=n,
-        min_cohort=10,
+        min_clients=10,
         dp_mode="distributed",
         noise_multiplier=0.3,
         clip_norm=2.0,
@@ -164,8 +164,8 @@ def test_secure_fedavg_with_distributed_dp_learns_real_digits() -> None:
         roster = {d: k.public_bytes() for d, k in ids.items()}
         clock = FakeClock()
         plan = make_plan(cfg, "v", n, n)
-        agg = SecureAggregation(plan, r, roster, w.size + 1, clock, min_cohort=cfg.min_cohort)
-        engine = RoundEngine(r, plan, RoundSettings(n, cfg.min_cohort, 10), w, list(roster), agg, clock)
+        agg = SecureAggregation(plan, r, roster, w.size + 1, clock, min_clients=cfg.min_clients)
+        engine = RoundEngine(r, plan, RoundSettings(n, cfg.min_clients, 10), w, list(roster), agg, clock)
         parts = {
             d: Participant(
                 d,
@@ -187,11 +187,11 @@ def test_plain_and_secure_rounds_give_the_same_aggregate() -> None:
     n, dim = 9, 30
     rng = np.random.default_rng(11)
     deltas = {f"d{i:03d}": rng.normal(0, 0.1, dim).astype(np.float32) for i in range(n)}
-    cfg_s = TrainingConfig(secagg=True, goal=n, min_cohort=5)
+    cfg_s = TrainingConfig(secagg=True, goal=n, min_clients=5)
     engine, parts, clock, _ = _setup(n, cfg_s, deltas)
     deliver(engine, parts, engine.start())
     _finish(engine, clock, parts)
-    cfg_p = TrainingConfig(secagg=False, goal=n, min_cohort=5)
+    cfg_p = TrainingConfig(secagg=False, goal=n, min_clients=5)
     plan = make_plan(cfg_p, "v0", n, 1000)
     pe = RoundEngine(
         1,
@@ -199,7 +199,7 @@ def test_plain_and_secure_rounds_give_the_same_aggregate() -> None:
         RoundSettings(n, 5, 10),
         np.zeros(dim, np.float32),
         list(deltas),
-        PlainAggregation(dim + 1, plan.quant_bits, n, 5),
+        PlainAggregation(dim + 1, plan.quantization.bits, n, 5),
         FakeClock(),
     )
     pparts = {
@@ -222,13 +222,13 @@ def test_a_device_refuses_secagg_parameters_weaker_than_its_plan() -> None:
 
     n, dim = 8, 5
     deltas = {f"d{i:03d}": np.full(dim, 0.01, np.float32) for i in range(n)}
-    cfg = TrainingConfig(secagg=True, goal=n, min_cohort=6, dp_mode="distributed", noise_multiplier=0.5)
+    cfg = TrainingConfig(secagg=True, goal=n, min_clients=6, dp_mode="distributed", noise_multiplier=0.5)
     engine, parts, _, _ = _setup(n, cfg, deltas)
     out = engine.start()
     dev = "d000"
     task = next(o.message for o in out if o.device_id == dev and type(o.message).__name__ == "Task")
     config = next(o.message for o in out if o.device_id == dev and isinstance(o.message, SecAggConfig))
-    assert config.params.min_clients >= task.plan.noise_clients
+    assert config.params.min_clients >= task.plan.privacy.min_clients
     weak = dataclasses.replace(config, params=dataclasses.replace(config.params, min_clients=1))
     parts[dev].handle(task)
     with pytest.raises(ProtocolError, match="noise was planned for 6"):

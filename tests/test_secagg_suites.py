@@ -133,7 +133,7 @@ def test_the_round_builder_runs_aes_only_when_every_member_reported_it() -> None
 
     cohort = sorted(_KEYS)[:10]
     roster = {d: _KEYS[d].public_bytes() for d in cohort}
-    cfg = TrainingConfig(secagg=True, goal=10, min_cohort=5)
+    cfg = TrainingConfig(secagg=True, goal=10, min_clients=5)
 
     def suite_of(suites):
         built = build_round(

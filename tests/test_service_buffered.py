@@ -71,7 +71,7 @@ def test_versions_advance_without_waiting_for_a_ten_times_slower_device(tmp_path
 
 
 def test_an_update_older_than_max_staleness_is_refused_with_its_reason(tmp_path, mosquitto):
-    training = secagg_training(2, secagg=False, dp_mode="off", noise_multiplier=0.0, min_cohort=1)
+    training = secagg_training(2, secagg=False, dp_mode="off", noise_multiplier=0.0, min_clients=1)
     with DaemonFleet(tmp_path, 2, mosquitto.url, training) as fleet:
         reports = fleet.serve(rounds=2, mode="buffered", buffer=1, concurrency=2, max_staleness=0)
     assert [r.status for r in reports] == ["completed", "completed"], [r.reason for r in reports]

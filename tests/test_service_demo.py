@@ -68,7 +68,7 @@ def test_ten_fedge_agent_run_processes_on_mosquitto_learn_with_secagg(mosquitto,
         pytest.skip("no agent daemon in this install")
     training = TrainingConfig(
         goal=10,
-        min_cohort=6,
+        min_clients=6,
         secagg=True,
         dp_mode="off",
         epochs=2,

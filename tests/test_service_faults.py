@@ -125,13 +125,13 @@ def test_broker_killed_mid_round_and_restarted(mosquitto, tmp_path) -> None:
         for r in store.rounds():
             if r["status"] != "completed":
                 continue
-            plan = RoundPlan(**json.loads(r["plan"]))
+            plan = RoundPlan.from_dict(json.loads(r["plan"]))
             w_in, w_out = store.model(r["model_in"]).weights, store.model(r["model_out"]).weights
             total = np.zeros(w_in.size + 1, np.uint64)
             for u in store.uploads(r["round_id"], "round.plain_update"):
                 if u["status"] == "accepted":
                     total += wire.decode(u["payload"]).vector
-            mask = np.uint64((1 << plan.quant_bits) - 1)
+            mask = np.uint64((1 << plan.quantization.bits) - 1)
             agg = decode_aggregate((total & mask).astype(np.uint32), plan, w_in.size)
             np.testing.assert_allclose(w_out, w_in + agg.mean_delta, rtol=0, atol=1e-6)
             assert r["participants"] == sum(

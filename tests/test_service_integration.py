@@ -54,7 +54,7 @@ def test_ten_agent_processes_three_secure_rounds_accuracy_improves(broker, reque
         mqtt_protocol=protocol,
         checkin_window_s=window,
         training=dict(
-            secagg=True, goal=AGENTS, min_cohort=6, learning_rate=0.2, train_deadline_s=20.0, stage_timeout_s=5.0
+            secagg=True, goal=AGENTS, min_clients=6, learning_rate=0.2, train_deadline_s=20.0, stage_timeout_s=5.0
         ),
     )
     with AgentProcesses(fleet, url, protocol):

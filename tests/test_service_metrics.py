@@ -53,7 +53,7 @@ def test_metrics_of_a_running_coordinator_match_its_rounds(mosquitto, tmp_path: 
         rounds=2,
         mqtt_protocol=MQTT_5,
         epsilon_budget=100.0,
-        training=dict(dp_mode="local", noise_multiplier=1.0, clip_norm=1.0, min_cohort=2),
+        training=dict(dp_mode="local", noise_multiplier=1.0, clip_norm=1.0, min_clients=2),
     )
     scrapes: list[dict] = []
     service = CoordinatorService(

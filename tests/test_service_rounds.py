@@ -41,7 +41,7 @@ def test_revoked_device_is_rejected_and_never_selected(embedded_broker, tmp_path
 def test_too_few_checkins_abandon_with_a_reason(embedded_broker, tmp_path) -> None:
     fleet = make_fleet(tmp_path, 3)
     cfg = service_config(
-        fleet, embedded_broker.url, rounds=1, mqtt_protocol=MQTT_311, checkin_window_s=1.0, training=dict(min_cohort=2)
+        fleet, embedded_broker.url, rounds=1, mqtt_protocol=MQTT_311, checkin_window_s=1.0, training=dict(min_clients=2)
     )
     with AgentThreads(fleet, embedded_broker.url, MQTT_311, devices=("dev-00",)):
         [report] = CoordinatorService(cfg).run()
@@ -131,7 +131,7 @@ def test_a_device_that_declines_for_budget_is_never_selected_again(embedded_brok
         rounds=2,
         mqtt_protocol=MQTT_311,
         checkin_window_s=5.0,
-        training=dict(secagg=False, goal=3, min_cohort=2),
+        training=dict(secagg=False, goal=3, min_clients=2),
     )
     agents = AgentThreads(fleet, embedded_broker.url, MQTT_311)
     spent = agents.loops[0]

@@ -29,7 +29,7 @@ def test_fedadam_on_the_released_mean_and_fedprox_on_devices_across_a_restart(tm
     store = Store(str(fleet.db))
     try:
         rows = list(store.rounds())
-        assert [json.loads(r["plan"])["prox_mu"] for r in rows] == [0.1, 0.1]
+        assert [json.loads(r["plan"])["training"]["prox_mu"] for r in rows] == [0.1, 0.1]
         state = store.server_opt_state("fedadam")
         assert state is not None and state["steps"] == 2  # restored after the restart, then stepped again
         moved = [np.abs(store.model(r["model_out"]).weights - store.model(r["model_in"]).weights).max() for r in rows]

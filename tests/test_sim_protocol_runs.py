@@ -93,9 +93,9 @@ def test_a_round_that_loses_too_many_devices_is_abandoned_with_a_reason_and_the_
         config.population, config.profiles, stream(config.seed, POPULATION), profile_dir=tmp_path
     )
     cfg, dropout = runner.training_config(config, population)
-    assert cfg.min_cohort < config.per_round  # the default tolerates the expected drops
+    assert cfg.min_clients < config.per_round  # the default tolerates the expected drops
     # a coordinator that needs every sampled device: any drop abandons the round
-    strict = dataclasses.replace(cfg, min_cohort=config.per_round)
+    strict = dataclasses.replace(cfg, min_clients=config.per_round)
     world = build_world(
         recipe(
             population=config.population,

@@ -78,7 +78,7 @@ def test_secagg_aggregate_equals_plain_aggregate_and_fedavg_up_to_quantization(t
     plan = make_plan(cfg, "r0", len(ids), config.population)
     n = int(sent.sum())
     # stochastic rounding: each of n clients is off by < 1/scale per coordinate (and the weight too)
-    tol = 2 * n / plan.quant_scale / weight
+    tol = 2 * n / plan.quantization.scale / weight
     err = np.abs(secure - fedavg).max()
     assert err <= tol, (err, tol)
     assert err > 0  # quantization is really there (a test that cannot fail is a defect)

@@ -81,37 +81,30 @@ def test_round_plan_carries_prox_mu_and_an_older_plan_decodes_without_it():
     import msgpack
 
     from fedge.agent.core import wire
-    from fedge.agent.core.messages.rounds import RoundPlan, Task
+    from fedge.agent.core.messages.rounds import QuantizationPlan, RoundPlan, Task, TrainingPlan, Weighting
+    from fedge.agent.core.privacy.config import PrivacyConfig
     from fedge.agent.core.wire import MAGIC, WIRE_VERSION, _to_plain
 
     plan = RoundPlan(
         "mlp",
         "mlp-0",
-        1,
-        16,
-        0.1,
-        "off",
-        1.0,
-        0.0,
-        1,
-        "examples",
+        TrainingPlan(1, 16, 0.1, prox_mu=0.01),
+        PrivacyConfig(noise_multiplier=0.0, delta=1e-5),
+        QuantizationPlan(32, 1.0, 1.0),
+        Weighting.EXAMPLES,
         100,
-        32,
-        1.0,
-        1.0,
         False,
         1.0,
-        1e-5,
         30.0,
-        prox_mu=0.01,
     )
     task = Task(3, "dev-1", plan, np.zeros(4, np.float32))
-    assert wire.decode(wire.encode(task), expect=Task).plan.prox_mu == 0.01
+    assert wire.decode(wire.encode(task), expect=Task).plan.training.prox_mu == 0.01
     plain = _to_plain(task)
-    old_plan = plain[2][: len(dataclasses.fields(RoundPlan)) - 1]  # a coordinator from before the field
+    old_plan = list(plain[2])
+    old_plan[2] = old_plan[2][: len(dataclasses.fields(TrainingPlan)) - 1]  # a coordinator from before the field
     old = msgpack.packb(
         [MAGIC, WIRE_VERSION, "round.task", [plain[0], plain[1], old_plan, *plain[3:]]], use_bin_type=True
     )
-    assert wire.decode(old, expect=Task).plan.prox_mu == 0.0
+    assert wire.decode(old, expect=Task).plan.training.prox_mu == 0.0
     with pytest.raises(ValueError, match="prox_mu"):
-        dataclasses.replace(plan, prox_mu=-1.0)
+        dataclasses.replace(plan.training, prox_mu=-1.0)

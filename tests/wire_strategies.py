@@ -34,8 +34,9 @@ OVERRIDES: dict[type, st.SearchStrategy[Any]] = {}
 
 
 def _register_overrides() -> None:
-    from fedge.agent.core.messages.rounds import DP_MODES, WEIGHTINGS, RoundPlan
+    from fedge.agent.core.messages.rounds import WEIGHTINGS, QuantizationPlan, RoundPlan, TrainingPlan
     from fedge.agent.core.messages.transport import Chunk
+    from fedge.agent.core.privacy.config import MODES, SAMPLINGS, AdaptiveClipping, PrivacyConfig
     from fedge.agent.core.secagg.params import SecAggParams
 
     OVERRIDES[SecAggParams] = _secagg_params()
@@ -53,38 +54,40 @@ def _register_overrides() -> None:
     )
     pos = st.floats(min_value=1e-6, max_value=1e6)
 
-    def _plan(adaptive: tuple[float, float, float] | None, **kw: Any) -> RoundPlan:
-        on = adaptive is not None and kw["dp_mode"] != "off"
-        q, eta, extra = adaptive if on else (0.0, 0.0, 0.0)
-        sigma_b = kw["noise_multiplier"] / 2 + extra if on else 0.0
+    def _plan(adaptive: tuple[float, float, float] | None, privacy: dict[str, Any], **kw: Any) -> RoundPlan:
+        if privacy["mode"] != "off" and privacy["noise_multiplier"] == 0:
+            privacy["noise_multiplier"] = 1.0
+        clipping = None
+        if adaptive is not None and privacy["mode"] != "off":
+            q, eta, extra = adaptive
+            clipping = AdaptiveClipping(q, eta, privacy["noise_multiplier"] / 2 + extra)
         return RoundPlan(
             **kw,
-            dp_denominator=0 if kw["dp_mode"] == "off" else 7,
-            adaptive_target_quantile=q,
-            adaptive_learning_rate=eta,
-            clip_count_stddev=sigma_b,
+            privacy=PrivacyConfig(**privacy, adaptive=clipping),
+            dp_denominator=0 if privacy["mode"] == "off" else 7,
         )
 
     OVERRIDES[RoundPlan] = st.builds(
         _plan,
         adaptive=st.none() | st.tuples(st.floats(0.01, 0.99), pos, pos),
+        privacy=st.fixed_dictionaries(
+            {
+                "mode": st.sampled_from(MODES),
+                "clip_norm": pos,
+                "noise_multiplier": st.floats(0, 100),
+                "min_clients": st.integers(1, 10**6),
+                "delta": st.floats(min_value=1e-12, max_value=0.5),
+                "sampling": st.sampled_from(SAMPLINGS),
+            }
+        ),
         model_name=st.text(max_size=8),
         model_version=st.text(max_size=8),
-        epochs=st.integers(1, 10),
-        batch_size=st.integers(1, 512),
-        learning_rate=pos,
-        dp_mode=st.sampled_from(DP_MODES),
-        clip_norm=pos,
-        noise_multiplier=st.floats(0, 100),
-        noise_clients=st.integers(1, 10**6),
+        training=st.builds(TrainingPlan, st.integers(1, 10), st.integers(1, 512), pos, st.floats(0, 10)),
+        quantization=st.builds(QuantizationPlan, st.integers(16, 32), pos, pos),
         weighting=st.sampled_from(WEIGHTINGS),
         example_cap=st.integers(1, 10**6),
-        quant_bits=st.integers(16, 32),
-        quant_scale=pos,
-        quant_range=pos,
         secagg=st.just(True),
         sampling_rate=st.floats(min_value=1e-6, max_value=1.0),
-        delta=st.floats(min_value=1e-12, max_value=0.5),
         deadline_s=pos,
     )
 

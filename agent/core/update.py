@@ -16,7 +16,7 @@ Vector layout (length d + 1, or d + 2 with adaptive clipping):
 The weight stays last. With adaptive clipping (Andrew et al. 2021) the clip bit b_i - 1/2
 (b_i = [norm before clipping <= the round's C]) is second to last, so under SecAgg+ the
 coordinator learns only the noisy *sum* of bits, never one device's bit. Its noise: in
-distributed mode each device adds a discrete-Gaussian share sigma_b * scale / sqrt(noise_clients)
+distributed mode each device adds a discrete-Gaussian share sigma_b * scale / sqrt(min_clients)
 (integer units) so the sum carries N_Z(0, (sigma_b * scale)^2); in local mode each device adds
 the whole N_Z(0, (sigma_b * scale)^2) to its own quantized bit, so each report alone is the
 accounted mechanism (the sum is noisier than central DP needs: local mode's price).
@@ -36,51 +36,33 @@ import numpy as np
 
 from fedge.agent.core.errors import ProtocolError
 from fedge.agent.core.messages.rounds import RoundPlan
-from fedge.agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
+from fedge.agent.core.privacy.config import DpMode
 from fedge.agent.core.privacy.discrete import DiscreteNoisePlan, add_noise_share, bit_noise_plan
 from fedge.agent.core.privacy.noise import privatize
 from fedge.agent.core.secagg.quantize import dequantize_sum, max_abs_int, quantize, to_signed
 
 
-def privacy_config(plan: RoundPlan) -> PrivacyConfig:
-    """The device's privacy configuration for a round, as the plan states it."""
-    return PrivacyConfig(
-        mode=plan.dp_mode,
-        clip_norm=plan.clip_norm,
-        noise_multiplier=plan.noise_multiplier if plan.dp_mode != "off" else 1.0,
-        delta=plan.delta,
-        min_clients=plan.noise_clients,
-        adaptive=adaptive_clipping(plan),
-    ).validate(secagg_enabled=plan.secagg)
-
-
-def adaptive_clipping(plan: RoundPlan) -> AdaptiveClipping | None:
-    """The plan's adaptive-clipping settings, or None when C is fixed."""
-    if not plan.adaptive:
-        return None
-    return AdaptiveClipping(plan.adaptive_target_quantile, plan.adaptive_learning_rate, plan.clip_count_stddev)
-
-
 def extra_coordinates(plan: RoundPlan) -> int:
     """Coordinates after the model's d: the weight, plus the clip bit with adaptive clipping."""
-    return 2 if plan.adaptive else 1
+    return 2 if plan.privacy.adaptive is not None else 1
 
 
 def noise_plan(plan: RoundPlan, dimension: int) -> DiscreteNoisePlan:
     """The discrete-Gaussian plan for a round's ``dimension`` model coordinates.
 
     Its noise is z_Delta * C: all of z, or with adaptive clipping what the bit query leaves.
-    Distributed mode splits it over ``plan.noise_clients`` shares; local mode puts all of it on
+    Distributed mode splits it over ``plan.privacy.min_clients`` shares; local mode puts all of it on
     each report (one "share": ``min_clients`` 1, so tau = 0 and the report alone is a discrete
     Gaussian mechanism with the same sensitivity bound, scale*C + sqrt(d)).
     """
-    z = privacy_config(plan).update_noise_multiplier if plan.dp_mode != "off" else plan.noise_multiplier
+    p = plan.privacy
+    z = p.update_noise_multiplier if p.mode != DpMode.OFF else p.noise_multiplier
     return DiscreteNoisePlan(
-        clip_norm=plan.clip_norm,
-        central_stddev=z * plan.clip_norm,
-        scale=plan.quant_scale,
-        bits=plan.quant_bits,
-        min_clients=plan.noise_clients if plan.dp_mode == "distributed" else 1,
+        clip_norm=p.clip_norm,
+        central_stddev=z * p.clip_norm,
+        scale=plan.quantization.scale,
+        bits=plan.quantization.bits,
+        min_clients=p.min_clients if p.mode == DpMode.DISTRIBUTED else 1,
         dimension=dimension,
     )
 
@@ -118,8 +100,7 @@ def encode_update(
     delta = np.asarray(delta, dtype=np.float64)
     if delta.ndim != 1 or not np.all(np.isfinite(delta)):
         raise ProtocolError("update must be a flat vector of finite numbers")
-    cfg = privacy_config(plan)
-    priv = privatize(delta, cfg, rng, ring=True)
+    priv = privatize(delta, plan.privacy, rng, ring=True)
     weight = client_weight(num_examples, plan)
     d, extra = delta.size, extra_coordinates(plan)
     vec = np.empty(d + extra, dtype=np.float64)
@@ -127,15 +108,17 @@ def encode_update(
     vec[-1] = weight
     if priv.clip_bit is not None:
         vec[d] = priv.clip_bit
-    np.clip(vec, -plan.quant_range, plan.quant_range, out=vec)
-    q = quantize(vec, plan.quant_scale, plan.quant_bits, rng)
-    if plan.dp_mode != "off":
+    box = plan.quantization
+    np.clip(vec, -box.range, box.range, out=vec)
+    q = quantize(vec, box.scale, box.bits, rng)
+    if plan.privacy.mode != DpMode.OFF:
         update_plan = noise_plan(plan, d)
         parts = [add_noise_share(q[:d], update_plan, rng)]
-        if priv.clip_bit is not None:
-            parts.append(add_noise_share(q[d : d + 1], bit_noise_plan(plan.clip_count_stddev, update_plan), rng))
+        if priv.clip_bit is not None and plan.privacy.adaptive is not None:
+            sigma_b = plan.privacy.adaptive.clip_count_stddev
+            parts.append(add_noise_share(q[d : d + 1], bit_noise_plan(sigma_b, update_plan), rng))
         q = np.concatenate(parts + [q[-1:]])
-        if plan.dp_mode == "local":
+        if plan.privacy.mode == DpMode.LOCAL:
             q = clamp_to_box(q, plan)
     return EncodedUpdate(vector=q, weight=weight, norm=priv.norm, was_clipped=priv.was_clipped, clip_bit=priv.clip_bit)
 
@@ -143,9 +126,10 @@ def encode_update(
 def clamp_to_box(q: np.ndarray, plan: RoundPlan) -> np.ndarray:
     """A locally noised report clamped to the plan's integer box +-ceil(range * scale), so the
     coordinator's range check accepts it (post-processing of the noised report: no privacy cost)."""
-    bound = max_abs_int(plan.quant_range, plan.quant_scale)
-    signed = np.clip(to_signed(q, plan.quant_bits), -bound, bound)
-    return (signed & np.int64((1 << plan.quant_bits) - 1)).astype(q.dtype)
+    box = plan.quantization
+    bound = max_abs_int(box.range, box.scale)
+    signed = np.clip(to_signed(q, box.bits), -bound, bound)
+    return (signed & np.int64((1 << box.bits) - 1)).astype(q.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,12 +147,12 @@ def decode_aggregate(total: np.ndarray, plan: RoundPlan, dimension: int) -> Aggr
     length = dimension + extra_coordinates(plan)
     if total.ndim != 1 or total.size != length:
         raise ProtocolError(f"aggregate has {total.size} coordinates, expected {length}")
-    s = dequantize_sum(total, plan.quant_scale, plan.quant_bits)
+    s = dequantize_sum(total, plan.quantization.scale, plan.quantization.bits)
     weight = float(s[-1])
     if not (math.isfinite(weight) and weight > 0):
         raise ProtocolError(f"aggregate weight {weight} is not positive")
-    denominator = plan.dp_denominator if plan.dp_mode != "off" else weight
-    bits = float(s[dimension]) if plan.adaptive else None
+    denominator = plan.dp_denominator if plan.privacy.mode != DpMode.OFF else weight
+    bits = float(s[dimension]) if plan.privacy.adaptive is not None else None
     return Aggregate(
         mean_delta=(s[:dimension] / denominator).astype(np.float32), total_weight=weight, clip_bit_sum=bits
     )

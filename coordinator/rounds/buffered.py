@@ -28,7 +28,7 @@ import logging
 
 from fedge.agent.core.errors import ConfigError, ProtocolError
 from fedge.agent.core.messages.rounds import RoundPlan
-from fedge.agent.core.update import noise_plan, privacy_config
+from fedge.agent.core.update import noise_plan
 from fedge.coordinator.rounds.accounting import PrivacyAccountant, RoundEvent, accounted_noise
 from fedge.coordinator.rounds.staleness import Staleness
 
@@ -138,9 +138,9 @@ class UpdateBuffer:
 
 def group_event(plan: RoundPlan, dimension: int) -> RoundEvent | None:
     """One group's privacy event: the plan's Gaussian (discrete, on the grid) without amplification."""
-    if plan.dp_mode == "off":
+    if plan.privacy.mode == "off":
         return None
-    z, offset = accounted_noise(privacy_config(plan), noise_plan(plan, dimension))
+    z, offset = accounted_noise(plan.privacy, noise_plan(plan, dimension))
     return RoundEvent(z, 1.0, "none", rdp_offset=offset)
 
 

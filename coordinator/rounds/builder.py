@@ -15,7 +15,7 @@ import numpy as np
 from fedge.agent.core.messages.rounds import RoundPlan
 from fedge.agent.core.secagg.params import SUITE, choose_suite
 from fedge.agent.core.secagg.quantize import max_abs_int
-from fedge.agent.core.update import noise_plan, privacy_config
+from fedge.agent.core.update import noise_plan
 from fedge.coordinator.rounds.accounting import RoundEvent, round_event_for
 from fedge.coordinator.rounds.engine import Aggregation, PlainAggregation, RoundEngine, RoundSettings, expected_length
 from fedge.coordinator.rounds.grouped import GroupedAggregation, Parallel, serial, split_cohort
@@ -69,12 +69,11 @@ class BuiltRound:
 def round_event(plan: RoundPlan, dimension: int, draw: Draw, groups: int = 1) -> RoundEvent | None:
     """The privacy event of a round run with ``plan`` over a cohort drawn as ``draw`` (None: DP off),
     aggregated in ``groups`` SecAgg+ groups (each group sum carrying the plan's noise on its own)."""
-    if plan.dp_mode == "off":
+    if plan.privacy.mode == "off":
         return None
-    config = dataclasses.replace(privacy_config(plan), sampling=draw.sampling)
     discrete = noise_plan(plan, dimension)  # local and distributed: both noise on the integer grid
     event = round_event_for(
-        config,
+        plan.privacy,
         sampling_rate=draw.sampling_rate,
         population=draw.population,
         sample_size=draw.sample_size,
@@ -115,9 +114,9 @@ def build_round(
     """
     n = len(cohort)
     rate = draw.sampling_rate if draw.sampling == "poisson" else None
-    settings = RoundSettings(min(training.goal, n), min(training.min_cohort, n), training.stage_timeout_s)
-    grouping = split_cohort(cohort, group_size, settings.min_cohort) if group_size and training.secagg else None
-    shares = grouping.noise_clients if grouping is not None and training.dp_mode == "distributed" else None
+    settings = RoundSettings(min(training.goal, n), min(training.min_clients, n), training.stage_timeout_s)
+    grouping = split_cohort(cohort, group_size, settings.min_clients) if group_size and training.secagg else None
+    shares = grouping.min_clients if grouping is not None and training.dp_mode == "distributed" else None
     plan = make_plan(
         training,
         model_version,
@@ -125,7 +124,8 @@ def build_round(
         max(draw.population, n),
         clip_norm=clip_norm,
         sampling_rate=rate,
-        noise_clients=shares,
+        min_clients=shares,
+        sampling=draw.sampling,
     )
     length = expected_length(weights, plan)
     aggregation: Aggregation
@@ -141,7 +141,7 @@ def build_round(
                 {d: roster[d] for d in members},
                 length,
                 clock,
-                min_cohort=floor,
+                min_clients=floor,
                 dropout_rate=risk.dropout_rate,
                 corrupt_fraction=risk.corrupt_fraction,
                 certificates=certificates,
@@ -149,21 +149,21 @@ def build_round(
             )
 
         if grouping is None:
-            aggregation = secure(cohort, settings.min_cohort)
+            aggregation = secure(cohort, settings.min_clients)
         else:
             aggregation = GroupedAggregation(
                 [secure(m, f) for m, f in zip(grouping.groups, grouping.floors)],
                 grouping.floors,
-                min_total=settings.min_cohort,
+                min_total=settings.min_clients,
                 parallel=parallel,
             )
     else:
         aggregation = PlainAggregation(
             length,
-            plan.quant_bits,
+            plan.quantization.bits,
             settings.goal,
-            settings.min_cohort,
-            max_abs=max_abs_int(plan.quant_range, plan.quant_scale),
+            settings.min_clients,
+            max_abs=max_abs_int(plan.quantization.range, plan.quantization.scale),
         )
     engine = RoundEngine(round_id, plan, settings, weights, list(cohort), aggregation, clock)
     groups = len(grouping.groups) if grouping is not None else 1

@@ -40,13 +40,13 @@ class RoundSettings:
     """Coordinator-side knobs of a round (the device-side ones are in the RoundPlan)."""
 
     goal: int
-    min_cohort: int
+    min_clients: int
     #: deadline of every SecAgg stage after the first (the first one includes training: plan.deadline_s)
     stage_timeout_s: float
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_cohort <= self.goal:
-            raise ValueError(f"need 1 <= min_cohort <= goal, got {self.min_cohort} and {self.goal}")
+        if not 1 <= self.min_clients <= self.goal:
+            raise ValueError(f"need 1 <= min_clients <= goal, got {self.min_clients} and {self.goal}")
         if not self.stage_timeout_s > 0:
             raise ValueError("stage_timeout_s must be > 0")
 
@@ -123,11 +123,11 @@ class PlainAggregation(Aggregation):
 
     first_stage = "report"
 
-    def __init__(self, length: int, bits: int, goal: int, min_cohort: int, max_abs: int | None = None) -> None:
+    def __init__(self, length: int, bits: int, goal: int, min_clients: int, max_abs: int | None = None) -> None:
         """``max_abs``: the largest |quantized value| the plan allows (``max_abs_int(range, scale)``);
         an upload outside it, or with a weight coordinate <= 0, is refused, so one device cannot
         wrap the sum or outweigh the others. Under SecAgg+ this cannot be checked (inputs are masked)."""
-        self.length, self.bits, self.goal, self.min_cohort = length, bits, goal, min_cohort
+        self.length, self.bits, self.goal, self.min_clients = length, bits, goal, min_clients
         self.max_abs = max_abs
         self._sum = np.zeros(length, dtype=np.uint64)
         self._from: list[str] = []
@@ -175,10 +175,10 @@ class PlainAggregation(Aggregation):
         return set(self._from)
 
     def close_stage(self, now: float) -> list[Outbound]:
-        if len(self._from) < self.min_cohort:
+        if len(self._from) < self.min_clients:
             raise RoundFailed(
                 f"stage report: {len(self._from)} of {len(self._cohort)} devices reported, "
-                f"minimum cohort is {self.min_cohort}"
+                f"minimum cohort is {self.min_clients}"
             )
         self._closed = True
         return []
@@ -397,12 +397,11 @@ class RoundEngine:
         the un-noised weight coordinate already reveals it (docs/privacy.md, known gaps), and
         dividing by it keeps b_bar unbiased when devices drop out.
         """
-        p = self.plan
-        if agg.clip_bit_sum is None or contributions < 1:
+        p = self.plan.privacy
+        if agg.clip_bit_sum is None or contributions < 1 or p.adaptive is None:
             return None
-        return next_clip_norm(
-            p.clip_norm, agg.clip_bit_sum, contributions, p.adaptive_target_quantile, p.adaptive_learning_rate
-        )
+        a = p.adaptive
+        return next_clip_norm(p.clip_norm, agg.clip_bit_sum, contributions, a.target_quantile, a.learning_rate)
 
     def _dropped(self) -> dict[str, int]:
         """Devices that did not make it into the aggregate, by where they were lost; each device once.
@@ -437,7 +436,7 @@ class RoundEngine:
         quiet = f", {silent} did not answer" if silent > 0 else ""
         return (
             f"{len(declined)} of {len(self.cohort)} devices declined ({why}){quiet}; {answered} answered, "
-            f"minimum cohort is {self.settings.min_cohort}"
+            f"minimum cohort is {self.settings.min_clients}"
         )
 
     def _flagged(self) -> dict[str, str]:

@@ -13,10 +13,10 @@ So each group is held to the floors a whole round is held to:
 - a group has at least ``group_size`` members, else it is refused (:class:`GroupRefused`) before
   anything is sent;
 - each group's SecAgg+ server refuses to release a sum of fewer than its floor (its share of the
-  round's minimum cohort, and in distributed DP at least ``plan.noise_clients``), so every group
-  sum carries the round's whole noise on its own. The builder plans ``noise_clients`` as the
+  round's minimum cohort, and in distributed DP at least ``plan.privacy.min_clients``), so every group
+  sum carries the round's whole noise on its own. The builder plans ``min_clients`` as the
   smallest group floor: each device adds a larger share than it would ungrouped, and the model's
-  total noise grows with the number of groups (variance up to ``cohort / noise_clients`` times
+  total noise grows with the number of groups (variance up to ``cohort / min_clients`` times
   sigma^2 instead of about sigma^2);
 - a group that falls below its floor mid-round is refused with its reason and left out; the round
   goes on with the others and is abandoned when every group is refused or the groups left hold
@@ -69,14 +69,14 @@ class GroupPlan:
     group_size: int
 
     @property
-    def noise_clients(self) -> int:
+    def min_clients(self) -> int:
         """The shares distributed noise is split over, so that every group sum carries all of it."""
         return min(self.floors)
 
 
-def split_cohort(cohort: Sequence[str], group_size: int, min_cohort: int) -> GroupPlan:
+def split_cohort(cohort: Sequence[str], group_size: int, min_clients: int) -> GroupPlan:
     """``cohort`` in groups of at least ``group_size`` (as many as fit, sizes differing by at most one,
-    in cohort order), each with the floor ``ceil(min_cohort * size / n)`` (at least 2).
+    in cohort order), each with the floor ``ceil(min_clients * size / n)`` (at least 2).
 
     :class:`GroupRefused` when the cohort is smaller than one group, with the reason.
     """
@@ -90,7 +90,7 @@ def split_cohort(cohort: Sequence[str], group_size: int, min_cohort: int) -> Gro
     count = n // group_size
     bounds = np.linspace(0, n, count + 1).round().astype(int).tolist()
     groups = tuple(tuple(cohort[a:b]) for a, b in zip(bounds, bounds[1:]))
-    floors = tuple(max(2, math.ceil(min_cohort * len(g) / n - 1e-9)) for g in groups)
+    floors = tuple(max(2, math.ceil(min_clients * len(g) / n - 1e-9)) for g in groups)
     return GroupPlan(groups, floors, group_size)
 
 

@@ -11,8 +11,8 @@ import dataclasses
 import math
 
 from fedge.agent.core.errors import ConfigError
-from fedge.agent.core.messages.rounds import DP_MODES, DpMode, RoundPlan, Weighting
-from fedge.agent.core.privacy.config import AdaptiveClipping, PrivacyConfig
+from fedge.agent.core.messages.rounds import QuantizationPlan, RoundPlan, TrainingPlan, Weighting
+from fedge.agent.core.privacy.config import MODES, AdaptiveClipping, DpMode, PrivacyConfig
 from fedge.agent.core.secagg.quantize import check_no_wrap, choose_scale, max_abs_int
 
 #: Local-mode noise is clipped to this many standard deviations before quantization
@@ -40,14 +40,15 @@ class TrainingConfig:
     example_cap: int = 256
     goal: int = 10
     over_selection: float = 1.3
-    min_cohort: int = 2
+    #: the fewest clients a round may aggregate, and so the shares distributed noise is split over
+    min_clients: int = 2
     train_deadline_s: float = 120.0
     stage_timeout_s: float = 30.0
     #: DP-FedAvg's fixed denominator: the number of reports a round expects (0: the goal)
     expected_reports: int = 0
     #: adaptive clipping (Andrew et al. 2021): the target quantile of the update norms that C
     #: follows (0: off, C fixed at ``clip_norm``, which is then only the first round's C)
-    adaptive_quantile: float = 0.0
+    target_quantile: float = 0.0
     #: eta_C of the geometric update C <- C exp(-eta (b_bar - gamma))
     adaptive_learning_rate: float = 0.2
     #: sigma_b, the noise on the clip-bit sum (0: the paper's expected_clients / 20)
@@ -58,38 +59,38 @@ class TrainingConfig:
     @property
     def adaptive(self) -> AdaptiveClipping | None:
         """The adaptive-clipping settings, None when C is fixed."""
-        if self.adaptive_quantile == 0:
+        if self.target_quantile == 0:
             return None
         sigma_b = self.clip_count_stddev or (self.expected_reports or self.goal) / 20
-        return AdaptiveClipping(self.adaptive_quantile, self.adaptive_learning_rate, sigma_b)
+        return AdaptiveClipping(self.target_quantile, self.adaptive_learning_rate, sigma_b)
 
     def __post_init__(self) -> None:
-        if self.dp_mode not in DP_MODES:
-            raise ConfigError(f"dp: expected one of {DP_MODES}, got {self.dp_mode!r}")
+        if self.dp_mode not in MODES:
+            raise ConfigError(f"dp: expected one of {MODES}, got {self.dp_mode!r}")
         if not (math.isfinite(self.prox_mu) and self.prox_mu >= 0):
             raise ConfigError(f"prox_mu: expected a finite number >= 0, got {self.prox_mu!r}")
         PrivacyConfig(
-            mode=self.dp_mode,
+            mode=DpMode(self.dp_mode),
             clip_norm=self.clip_norm,
             noise_multiplier=self.noise_multiplier if self.dp_mode != "off" else 1.0,
             delta=self.delta,
-            min_clients=self.min_cohort,
+            min_clients=self.min_clients,
         ).validate(secagg_enabled=self.secagg)
-        if self.adaptive_quantile != 0:
+        if self.target_quantile != 0:
             if self.dp_mode == "off":
-                raise ConfigError("adaptive_quantile: adaptive clipping needs DP on (dp_mode local or distributed)")
+                raise ConfigError("target_quantile: adaptive clipping needs DP on (dp_mode local or distributed)")
             if self.clip_count_stddev < 0:
                 raise ConfigError(f"clip_count_stddev: expected >= 0, got {self.clip_count_stddev}")
             PrivacyConfig(
-                mode=self.dp_mode,
+                mode=DpMode(self.dp_mode),
                 clip_norm=self.clip_norm,
                 noise_multiplier=self.noise_multiplier,
                 delta=self.delta,
-                min_clients=self.min_cohort,
+                min_clients=self.min_clients,
                 adaptive=self.adaptive,
             ).validate(secagg_enabled=self.secagg)
-        if not 1 <= self.min_cohort <= self.goal:
-            raise ConfigError(f"min_cohort: expected 1 <= min_cohort <= goal ({self.goal}), got {self.min_cohort}")
+        if not 1 <= self.min_clients <= self.goal:
+            raise ConfigError(f"min_clients: expected 1 <= min_clients <= goal ({self.goal}), got {self.min_clients}")
         if not 16 <= self.quant_bits <= 32:
             raise ConfigError(f"quant_bits: expected 16..32, got {self.quant_bits}")
         if self.over_selection < 1:
@@ -116,14 +117,16 @@ def make_plan(
     population: int,
     clip_norm: float | None = None,
     sampling_rate: float | None = None,
-    noise_clients: int | None = None,
+    min_clients: int | None = None,
+    sampling: str = "poisson",
 ) -> RoundPlan:
     """The plan for a round with ``cohort_size`` selected devices out of ``population``.
 
     ``clip_norm`` is the round's current C under adaptive clipping (the previous round's
     ``RoundOutcome.next_clip_norm``); None means ``cfg.clip_norm``. ``sampling_rate`` is the
     Poisson rate the cohort was drawn with; None means a fixed-size draw, ``cohort_size / population``.
-    ``noise_clients``: the shares distributed noise is split over (None: the minimum cohort); fewer
+    ``sampling`` names how the cohort was drawn (``poisson`` or ``fixed``), which the accountant needs.
+    ``min_clients``: the shares distributed noise is split over (None: the campaign's); fewer
     shares than the cohort means several noised sums add up (SecAgg+ groups), and the ring's
     headroom is sized for the summed noise.
     """
@@ -137,8 +140,8 @@ def make_plan(
     headroom = 1.0
     if cfg.dp_mode == "distributed":
         central = max(cfg.noise_multiplier * c, adaptive.clip_count_stddev if adaptive else 0.0)
-        shares = min(cfg.min_cohort, cohort_size) if noise_clients is None else noise_clients
-        summed = central * math.sqrt(max(1.0, cohort_size / shares)) if noise_clients is not None else central
+        shares = min(cfg.min_clients, cohort_size) if min_clients is None else min_clients
+        summed = central * math.sqrt(max(1.0, cohort_size / shares)) if min_clients is not None else central
         headroom += RING_NOISE_SIGMAS * summed / (cohort_size * r)
     scale = choose_scale(r, cfg.quant_bits, cohort_size, headroom)
     check_no_wrap(cohort_size, max_abs_int(r, scale), cfg.quant_bits)
@@ -147,25 +150,21 @@ def make_plan(
     return RoundPlan(
         model_name=cfg.model_name,
         model_version=model_version,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        dp_mode=DpMode(cfg.dp_mode),
-        clip_norm=c,
-        noise_multiplier=cfg.noise_multiplier,
-        noise_clients=min(cfg.min_cohort, cohort_size) if noise_clients is None else noise_clients,
+        training=TrainingPlan(cfg.epochs, cfg.batch_size, cfg.learning_rate, prox_mu=cfg.prox_mu),
+        privacy=PrivacyConfig(
+            mode=DpMode(cfg.dp_mode),
+            clip_norm=c,
+            noise_multiplier=cfg.noise_multiplier,
+            delta=cfg.delta,
+            sampling=sampling,
+            min_clients=min(cfg.min_clients, cohort_size) if min_clients is None else min_clients,
+            adaptive=adaptive,
+        ),
+        quantization=QuantizationPlan(bits=cfg.quant_bits, scale=scale, range=r),
         weighting=Weighting(weighting),
         example_cap=cfg.example_cap,
-        quant_bits=cfg.quant_bits,
-        quant_scale=scale,
-        quant_range=r,
         secagg=cfg.secagg,
         sampling_rate=min(1.0, cohort_size / population) if sampling_rate is None else sampling_rate,
-        delta=cfg.delta,
         deadline_s=cfg.train_deadline_s,
         dp_denominator=0 if cfg.dp_mode == "off" else min(cfg.expected_reports or cfg.goal, cohort_size),
-        prox_mu=cfg.prox_mu,
-        adaptive_target_quantile=adaptive.target_quantile if adaptive else 0.0,
-        adaptive_learning_rate=adaptive.learning_rate if adaptive else 0.0,
-        clip_count_stddev=adaptive.clip_count_stddev if adaptive else 0.0,
     )

@@ -3,7 +3,7 @@
 Wraps :class:`agent.core.secagg.server.SecAggServer` in the :class:`~coordinator.engine.Aggregation`
 interface. Parameters (k, t) are derived from the cohort size, the expected dropout rate and the
 assumed corrupt fraction; the server refuses to release a sum of fewer than
-``max(min_cohort, plan.noise_clients)`` inputs, so distributed DP noise is never thinner than
+``max(min_clients, plan.privacy.min_clients)`` inputs, so distributed DP noise is never thinner than
 planned.
 """
 
@@ -89,7 +89,7 @@ class SecureAggregation(Aggregation):
         length: int,
         clock: Callable[[], float],
         *,
-        min_cohort: int,
+        min_clients: int,
         dropout_rate: float = 0.1,
         corrupt_fraction: float = 0.05,
         certificates: CertificateLookup | None = None,
@@ -97,13 +97,15 @@ class SecureAggregation(Aggregation):
         suite: str = SUITE,
     ) -> None:
         n = len(roster)
-        minimum = min(n, max(min_cohort, plan.noise_clients if plan.dp_mode == "distributed" else 1, 2))
-        self.params = params or choose_params(n, dropout_rate, corrupt_fraction, length, plan.quant_bits, minimum)
+        minimum = min(n, max(min_clients, plan.privacy.min_clients if plan.privacy.mode == "distributed" else 1, 2))
+        self.params = params or choose_params(
+            n, dropout_rate, corrupt_fraction, length, plan.quantization.bits, minimum
+        )
         self.server = SecAggServer(
             self.params,
             round_id,
             roster,
-            max_abs_int=max_abs_int(plan.quant_range, plan.quant_scale),
+            max_abs_int=max_abs_int(plan.quantization.range, plan.quantization.scale),
             clock=clock,
             suite=suite,
         )

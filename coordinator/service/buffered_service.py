@@ -66,7 +66,7 @@ class BufferedDriver:
         self.store = service._store()
         t = cfg.training
         self.group_training: TrainingConfig = dataclasses.replace(
-            t, goal=cfg.buffer, min_cohort=min(t.min_cohort, cfg.buffer)
+            t, goal=cfg.buffer, min_clients=min(t.min_clients, cfg.buffer)
         )
         self.buffer = UpdateBuffer(cfg.buffer, cfg.max_staleness, parse_staleness(cfg.staleness), cfg.max_contributions)
         self.ledger = GroupLedger(cfg.max_contributions)
@@ -251,7 +251,9 @@ class BufferedDriver:
         now = svc.clock()
         store.open_round(rid, goal=len(cohort), model_in=model.version, plan={}, now=now)
         store.add_members(rid, cohort, now)
-        store.update_round(rid, plan=dataclasses.asdict(built.plan), stage="training", clip_norm=built.plan.clip_norm)
+        store.update_round(
+            rid, plan=dataclasses.asdict(built.plan), stage="training", clip_norm=built.plan.privacy.clip_norm
+        )
         for task_rid, _ in members:
             store.db[TASKS].update(task_rid, {"group_round": rid})
         by_device = {a.device: (task_rid, a) for task_rid, a in members}

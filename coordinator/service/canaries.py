@@ -64,7 +64,7 @@ class LiveCanaries:
 
         def train(task: Task) -> LocalResult:
             p = task.plan
-            return LocalResult(self._update(seed, index, task.weights.size, p.clip_norm), p.example_cap, 0.0)
+            return LocalResult(self._update(seed, index, task.weights.size, p.privacy.clip_norm), p.example_cap, 0.0)
 
         directory = PeerDirectory(authority_public=self._authority_public)
         factory = secagg_factory(cid, self._keys[cid], directory)

@@ -89,7 +89,7 @@ class LoadtestConfig:
             model_name="logreg",
             goal=self.agents,
             over_selection=1.0,
-            min_cohort=2,
+            min_clients=2,
             dp_mode="distributed",
             noise_multiplier=0.5,
             secagg=True,

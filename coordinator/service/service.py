@@ -332,26 +332,26 @@ class CoordinatorService:
         # them was drawn with (only they could have been selected), not a share of the enrolled fleet
         drawn = select_cohort(eligible, tcfg.goal, tcfg.over_selection, self.rng)
         cohort = list(drawn.members)
-        if len(eligible) < tcfg.min_cohort:
+        if len(eligible) < tcfg.min_clients:
             return self._abandon_early(
                 rid,
                 model,
-                f"check-in: {len(eligible)} eligible devices checked in{spent}, minimum cohort is {tcfg.min_cohort}",
+                f"check-in: {len(eligible)} eligible devices checked in{spent}, minimum cohort is {tcfg.min_clients}",
             )
-        if len(cohort) < tcfg.min_cohort:
+        if len(cohort) < tcfg.min_clients:
             return self._abandon_early(
                 rid,
                 model,
                 f"selection: {len(cohort)} of {len(eligible)} eligible devices drawn at rate "
-                f"{drawn.sampling_rate:.3g}, minimum cohort is {tcfg.min_cohort}",
+                f"{drawn.sampling_rate:.3g}, minimum cohort is {tcfg.min_clients}",
             )
         # adaptive clipping: this round's C is what the last completed round chose (kept in the store)
         clip = store.latest_next_clip_norm() if tcfg.adaptive is not None else None
         # the audit's canaries join with the rate real devices were drawn with; they are extra clients
-        # of the round (the goal waits for them, distributed noise is planned over min_cohort + k shares)
+        # of the round (the goal waits for them, distributed noise is planned over min_clients + k shares)
         canaries = self._canaries(model).join(rid, drawn.sampling_rate) if cfg.audit_canaries else []
         round_cfg = (
-            dataclasses.replace(tcfg, goal=tcfg.goal + len(canaries), min_cohort=tcfg.min_cohort + len(canaries))
+            dataclasses.replace(tcfg, goal=tcfg.goal + len(canaries), min_clients=tcfg.min_clients + len(canaries))
             if canaries
             else tcfg
         )
@@ -383,7 +383,7 @@ class CoordinatorService:
                 return self._abandon_early(rid, model, f"privacy budget: {e}")
         now = self.clock()
         store.add_members(rid, cohort, now)
-        store.update_round(rid, plan=dataclasses.asdict(plan), stage="training", clip_norm=plan.clip_norm)
+        store.update_round(rid, plan=dataclasses.asdict(plan), stage="training", clip_norm=plan.privacy.clip_norm)
         self.engine, self._phase = engine, "engine"
         self._pacer.clear()
         self._pacer.push(engine.start())

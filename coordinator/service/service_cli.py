@@ -50,7 +50,11 @@ def training_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--goal", type=int, default=None, help="Devices to aggregate per round [serve: 10; demo: --agents]."
         ),
         click.option(
-            "--min-cohort", type=int, default=2, show_default=True, help="Fewest reports a round may aggregate."
+            "--min-clients",
+            type=int,
+            default=2,
+            show_default=True,
+            help="Fewest reports a round may aggregate (and, in distributed DP, the shares its noise is split over).",
         ),
         click.option(
             "--dp",
@@ -104,7 +108,7 @@ def training_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _training(
     model: str,
     goal: int,
-    min_cohort: int,
+    min_clients: int,
     dp_mode: str,
     noise_multiplier: float,
     clip_norm: float,
@@ -119,7 +123,7 @@ def _training(
     return TrainingConfig(
         model_name=model,
         goal=goal,
-        min_cohort=min(min_cohort, goal),
+        min_clients=min(min_clients, goal),
         dp_mode=dp_mode,
         noise_multiplier=noise_multiplier if dp_mode != "off" else 0.0,
         clip_norm=clip_norm,
@@ -310,7 +314,7 @@ def serve_cmd(
     db: str,
     model: str,
     goal: int | None,
-    min_cohort: int,
+    min_clients: int,
     dp_mode: str | None,
     noise_multiplier: float | None,
     clip_norm: float,
@@ -347,12 +351,12 @@ def serve_cmd(
         training=_training(
             model,
             goal or 10,
-            min_cohort,
+            min_clients,
             dp_mode or "off",
             noise_multiplier or 1.0,
             clip_norm,
             secagg,
-            adaptive_quantile=adaptive_clip or 0.0,
+            target_quantile=adaptive_clip or 0.0,
             clip_count_stddev=clip_count_stddev,
             prox_mu=prox_mu,
         ),
@@ -484,7 +488,7 @@ def demo_cmd(
     agents: int,
     model: str,
     goal: int | None,
-    min_cohort: int,
+    min_clients: int,
     dp_mode: str | None,
     noise_multiplier: float | None,
     clip_norm: float,
@@ -512,7 +516,7 @@ def demo_cmd(
         agents=agents,
         rounds=5 if rounds is None else rounds,
         training=_training(
-            model, goal or agents, min_cohort, dp_mode, noise_multiplier or 0.5, clip_norm, secagg, **DEMO_TRAINING
+            model, goal or agents, min_clients, dp_mode, noise_multiplier or 0.5, clip_norm, secagg, **DEMO_TRAINING
         ),
         broker_url=broker_url,
         json_path=json_path,

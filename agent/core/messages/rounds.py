@@ -8,20 +8,16 @@ quantized vector it would otherwise mask, so both paths aggregate with the same 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from fedge.agent.core.errors import ConfigError
 from fedge.agent.core.names import ValueEnum
+from fedge.agent.core.privacy.config import AdaptiveClipping, DpMode, PrivacyConfig
 from fedge.agent.core.wire import message
-
-
-class DpMode(ValueEnum):
-    """Where the DP noise comes from: none, each report (local), or shares of the sum (distributed)."""
-
-    OFF = "off"
-    LOCAL = "local"
-    DISTRIBUTED = "distributed"
 
 
 class Weighting(ValueEnum):
@@ -31,89 +27,119 @@ class Weighting(ValueEnum):
     UNIFORM = "uniform"
 
 
-DP_MODES = tuple(m.value for m in DpMode)
 WEIGHTINGS = tuple(w.value for w in Weighting)
+
+
+def _positive(**values: float) -> None:
+    for name, v in values.items():
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a positive finite number")
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How a device trains in one round: local epochs, batch size and learning rate, and FedProx's
+    proximal coefficient mu (Li et al., MLSys 2020; 0 is plain FedAvg local training)."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    prox_mu: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        _positive(learning_rate=self.learning_rate)
+        if not (math.isfinite(self.prox_mu) and self.prox_mu >= 0):
+            raise ValueError("prox_mu must be a finite number >= 0")
+
+
+@dataclass(frozen=True)
+class QuantizationPlan:
+    """The fixed-point encoding both sides share: every coordinate is clipped to
+    [-range, range], multiplied by ``scale`` and rounded into Z_2^bits, sized so that the round's
+    sum (plus distributed noise) cannot wrap."""
+
+    bits: int
+    scale: float
+    range: float
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.bits <= 32:
+            raise ValueError("quantization bits must be in [16, 32]")
+        _positive(scale=self.scale, range=self.range)
 
 
 @dataclass(frozen=True)
 class RoundPlan:
-    """Everything a device needs to know to train and report for one round."""
+    """Everything a device needs to know to train and report for one round.
+
+    ``privacy`` is the round's :class:`PrivacyConfig` as the device applies it: its ``clip_norm``
+    is the round's C (adaptive clipping moves it between rounds), ``min_clients`` the number of
+    clients whose distributed noise shares add up to the central noise, ``delta`` always set.
+    """
 
     model_name: str
     model_version: str
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    dp_mode: DpMode
-    clip_norm: float
-    noise_multiplier: float
-    #: distributed DP: the number of clients whose noise shares add up to the central noise
-    noise_clients: int
+    training: TrainingPlan
+    privacy: PrivacyConfig
+    quantization: QuantizationPlan
     #: ``examples``: FedAvg weighted by (capped) example counts; ``uniform``: every client 1
     weighting: Weighting
     example_cap: int
-    quant_bits: int
-    quant_scale: float
-    #: quantization range: every coordinate is clipped to [-quant_range, quant_range] first
-    quant_range: float
     secagg: bool
+    #: the rate the cohort was drawn with (Poisson q, or m/N for a fixed-size draw)
     sampling_rate: float
-    delta: float
     deadline_s: float
     #: with DP on, FedAvg divides the noised sum by this fixed count (the round's goal) rather
     #: than by the number of survivors, so the released mean does not reveal that count
     #: (DP-FedAvg, McMahan et al. 2018); 0 when DP is off
     dp_denominator: int = 0
-    #: adaptive clipping (Andrew et al. 2021), all 0 when off: the target quantile gamma of the
-    #: update norms, the geometric learning rate eta_C, and sigma_b, the noise on the clip-bit sum
-    #: (``noise_multiplier`` stays the accounted total z; the update gets z_Delta)
-    adaptive_target_quantile: float = 0.0
-    adaptive_learning_rate: float = 0.0
-    clip_count_stddev: float = 0.0
-    #: FedProx's proximal coefficient mu (Li et al., MLSys 2020): the device adds
-    #: (mu/2)||w - w_global||^2 to its local objective; 0 is plain FedAvg local training
-    prox_mu: float = 0.0
 
-    @property
-    def adaptive(self) -> bool:
-        """Adaptive clipping is on: every update vector carries one clip-bit coordinate."""
-        return self.adaptive_target_quantile > 0
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RoundPlan:
+        """A plan from its ``dataclasses.asdict`` form (as the coordinator's store keeps it in JSON)."""
+        privacy = dict(d["privacy"])
+        if privacy.get("adaptive") is not None:
+            privacy["adaptive"] = AdaptiveClipping(**privacy["adaptive"])
+        return cls(
+            **{
+                **d,
+                "training": TrainingPlan(**d["training"]),
+                "privacy": PrivacyConfig(**privacy),
+                "quantization": QuantizationPlan(**d["quantization"]),
+            }
+        )
 
     def __post_init__(self) -> None:
-        if self.dp_mode not in DP_MODES:
-            raise ValueError(f"dp_mode must be one of {DP_MODES}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}")
-        object.__setattr__(self, "dp_mode", DpMode(self.dp_mode))
         object.__setattr__(self, "weighting", Weighting(self.weighting))
-        if self.epochs < 1 or self.batch_size < 1 or self.example_cap < 1 or self.noise_clients < 1:
-            raise ValueError("epochs, batch_size, example_cap and noise_clients must be >= 1")
-        if not 16 <= self.quant_bits <= 32:
-            raise ValueError("quant_bits must be in [16, 32]")
-        for name in ("learning_rate", "clip_norm", "quant_scale", "quant_range", "deadline_s"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a positive finite number")
-        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+        if self.example_cap < 1:
+            raise ValueError("example_cap must be >= 1")
+        _positive(deadline_s=self.deadline_s)
+        if not 0 < self.sampling_rate <= 1:
+            raise ValueError("sampling_rate must be in (0, 1]")
+        p = self.privacy
+        _positive(clip_norm=p.clip_norm)
+        if not (math.isfinite(p.noise_multiplier) and p.noise_multiplier >= 0):
             raise ValueError("noise_multiplier must be >= 0")
-        if not (0 < self.sampling_rate <= 1) or not (0 < self.delta < 1):
-            raise ValueError("sampling_rate must be in (0, 1] and delta in (0, 1)")
-        if self.dp_mode == "distributed" and not self.secagg:
-            raise ValueError("distributed DP requires secure aggregation")
-        if (self.dp_mode == "off") != (self.dp_denominator == 0) or self.dp_denominator < 0:
+        if p.delta is None or not 0 < p.delta < 1:
+            raise ValueError("a round's delta must be set, in (0, 1)")
+        if p.min_clients < 1:
+            raise ValueError("min_clients must be >= 1")
+        if (p.mode == DpMode.OFF) != (self.dp_denominator == 0) or self.dp_denominator < 0:
             raise ValueError("dp_denominator must be > 0 exactly when DP is on")
-        if not (math.isfinite(self.prox_mu) and self.prox_mu >= 0):
-            raise ValueError("prox_mu must be a finite number >= 0")
-        knobs = (self.adaptive_target_quantile, self.adaptive_learning_rate, self.clip_count_stddev)
-        if not all(math.isfinite(v) for v in knobs):
-            raise ValueError("adaptive clipping settings must be finite")
-        if any(knobs):
-            if not (0 < self.adaptive_target_quantile < 1 and self.adaptive_learning_rate > 0):
-                raise ValueError("adaptive clipping: target quantile in (0, 1) and learning rate > 0")
-            if self.dp_mode == "off":
+        a = p.adaptive
+        if a is not None:
+            if not all(math.isfinite(v) for v in (a.target_quantile, a.learning_rate, a.clip_count_stddev)):
+                raise ValueError("adaptive clipping settings must be finite")
+            if p.mode == DpMode.OFF:
                 raise ValueError("adaptive clipping requires DP on")
-            if not 2 * self.clip_count_stddev > self.noise_multiplier:
-                raise ValueError("adaptive clipping: 2 * clip_count_stddev must exceed noise_multiplier")
+        try:
+            p.validate(secagg_enabled=self.secagg)
+        except ConfigError as e:
+            raise ValueError(str(e)) from e
 
 
 @message("round.checkin")

@@ -11,8 +11,18 @@ import dataclasses
 import math
 
 from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.names import ValueEnum
 
-MODES = ("off", "local", "distributed")
+
+class DpMode(ValueEnum):
+    """Where the DP noise comes from: none, each report (local), or shares of the sum (distributed)."""
+
+    OFF = "off"
+    LOCAL = "local"
+    DISTRIBUTED = "distributed"
+
+
+MODES = tuple(m.value for m in DpMode)
 ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "fixed")
 
@@ -46,7 +56,7 @@ class PrivacyConfig:
     ``delta`` of ``None`` means :func:`default_delta` of the population.
     """
 
-    mode: str = "off"
+    mode: DpMode = DpMode.OFF
     clip_norm: float = 1.0
     noise_multiplier: float = 1.0
     delta: float | None = None
@@ -56,10 +66,13 @@ class PrivacyConfig:
     min_clients: int = 1
     adaptive: AdaptiveClipping | None = None
 
-    def validate(self, secagg_enabled: bool) -> PrivacyConfig:
-        """Raise :class:`ConfigError` for an invalid or unsafe combination; return self."""
+    def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"privacy.mode: expected one of {MODES}, got {self.mode!r}")
+        object.__setattr__(self, "mode", DpMode(self.mode))
+
+    def validate(self, secagg_enabled: bool) -> PrivacyConfig:
+        """Raise :class:`ConfigError` for an invalid or unsafe combination; return self."""
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"privacy.accountant: expected one of {ACCOUNTANTS}, got {self.accountant!r}")
         if self.sampling not in SAMPLINGS:
