@@ -14,6 +14,7 @@ from fedge.agent.core.errors import ConfigError
 from fedge.agent.core.profiles import DeviceProfile, load_profile
 from fedge.agent.core.topics import check_device_id
 from fedge.agent.core.transport.base import TransportConfig
+from fedge.agent.core.transport.failover import broker_order
 
 LOG_FORMATS = ("text", "json")
 #: The store's file name in the state directory.
@@ -53,7 +54,8 @@ class AgentConfig:
     profile: DeviceProfile
     profile_path: str
     db_path: str
-    broker_url: str
+    #: the brokers, as listed (``--broker`` or the profile's); each device tries them in its own order
+    broker_urls: tuple[str, ...]
     device_id: str | None = None
     data_path: str | None = None
     log_format: str = "text"
@@ -75,8 +77,11 @@ class AgentConfig:
             check_device_id(self.device_id)
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log format: expected one of {LOG_FORMATS}, got {self.log_format!r}")
-        if urlsplit(self.broker_url).scheme not in ("mqtt", "mqtts"):
-            raise ConfigError(f"broker: expected an mqtt:// or mqtts:// URL, got {self.broker_url!r}")
+        if not self.broker_urls:
+            raise ConfigError("broker: expected at least one mqtt:// or mqtts:// URL")
+        for url in self.broker_urls:
+            if urlsplit(url).scheme not in ("mqtt", "mqtts"):
+                raise ConfigError(f"broker: expected an mqtt:// or mqtts:// URL, got {url!r}")
         if self.authority_hex is not None:
             try:
                 if len(bytes.fromhex(self.authority_hex)) != 32:
@@ -88,11 +93,16 @@ class AgentConfig:
                 raise ConfigError(f"{name}: expected a positive number of seconds")
 
     def transport(self, device_id: str) -> TransportConfig:
-        """The broker connection: a persistent session named after the device."""
+        """The broker connection: a persistent session named after the device, on the broker its id
+        ranks first, failing over to the others in that ranking (rendezvous hashing: a fleet spreads
+        evenly, and a dead broker's devices spread evenly over the rest)."""
         net = self.profile.network
-        tls = urlsplit(self.broker_url).scheme == "mqtts"
+        first, *others = broker_order(self.broker_urls, device_id)
+        tls = urlsplit(first).scheme == "mqtts"
         return TransportConfig(
-            broker_url=self.broker_url,
+            broker_url=first,
+            fallback_urls=tuple(others),
+            failover_after=net.failover_after,
             client_id=device_id,
             username=net.username,
             password=None,
@@ -129,7 +139,7 @@ def resolve(
         profile=profile,
         profile_path=str(profile_path),
         db_path=store_path(profile, db_path),
-        broker_url=broker_url or profile.network.broker_url,
+        broker_urls=(broker_url,) if broker_url else profile.network.urls,
         device_id=device_id,
         data_path=data_path,
         log_format=log_format,

@@ -312,7 +312,7 @@ class AgentDaemon:
             self._schedule_retry()
             return
         self._connected = True
-        log.info("connected to %s", self.config.broker_url, extra=self._extra)
+        log.info("connected to %s", t.url, extra=self._extra)
         self._publish_status()
         self._flush()
 

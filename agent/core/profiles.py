@@ -27,6 +27,9 @@ PRIVACY_MODES = ("off", "local", "distributed")
 MODEL_NAMES = ("logreg", "mlp", "cnn")
 BROKER_SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 _URL_WHAT = "an mqtt:// or mqtts:// URL with a host (e.g. mqtts://broker.example:8883)"
+_URLS_WHAT = "mqtt:// or mqtts:// URLs with a host, one scheme for all"
+#: brokers one profile may list (a device tries each in turn; more is a cluster's job, not a list's)
+MAX_BROKERS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +71,16 @@ class Eligibility:
 
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
-    """``[network]``: the MQTT broker and how to reach it."""
+    """``[network]``: the MQTT broker (or the brokers of one cluster) and how to reach it.
 
-    broker_url: str = rule(pattern_what=_URL_WHAT)
+    Exactly one of ``broker_url`` and ``broker_urls``. With several, the agent connects to the one
+    its device id ranks first and fails over to the next in its ranking after ``failover_after``
+    failed attempts (agent/core/transport/failover.py); docs/scale.md, "Devices on more than one broker".
+    """
+
+    broker_url: str | None = rule(None, pattern_what=_URL_WHAT)
+    broker_urls: tuple[str, ...] | None = rule(None, min_len=1, max_len=MAX_BROKERS, pattern_what=_URLS_WHAT)
+    failover_after: int = rule(3, lo=1, hi=100)
     tls_ca: str | None = rule(None, min_len=1)
     tls_cert: str | None = rule(None, min_len=1)
     tls_key: str | None = rule(None, min_len=1)
@@ -82,45 +92,71 @@ class NetworkConfig:
     protocol: str = rule("auto", choices=("auto", "5", "3.1.1"))
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.broker_url)
-        try:
-            port = parts.port
-        except ValueError:
-            port = -1
-        if (
-            parts.scheme not in BROKER_SCHEMES
-            or not parts.hostname
-            or port == -1
-            or parts.password is not None
-            or parts.username is not None
-            or parts.path not in ("", "/")
-            or parts.query
-            or parts.fragment
-        ):
-            raise ConfigError(f"broker_url: expected {_URL_WHAT}, no credentials or path, got {show(self.broker_url)}")
+        if self.broker_url is None and self.broker_urls is None:
+            raise ConfigError(f"broker_url: missing; expected {_URL_WHAT} (or broker_urls, a list of them)")
+        if self.broker_url is not None and self.broker_urls is not None:
+            raise ConfigError("broker_urls: expected either broker_url or broker_urls, not both")
+        if self.broker_url is not None:
+            _check_url("broker_url", self.broker_url)
+        else:
+            for i, url in enumerate(self.urls):
+                _check_url(f"broker_urls[{i}]", url)
+            if len(set(self.urls)) != len(self.urls):
+                raise ConfigError(f"broker_urls: expected each broker once, got {show(self.urls)}")
+            if len({urlsplit(u).scheme for u in self.urls}) > 1:
+                raise ConfigError(
+                    f"broker_urls: expected one scheme for all (TLS for all or none), got {show(self.urls)}"
+                )
         if (self.tls_cert is None) != (self.tls_key is None):
             missing = "tls_key" if self.tls_key is None else "tls_cert"
             raise ConfigError(f"{missing}: missing; expected tls_cert and tls_key together (client certificate)")
         if not self.tls:
             for name in ("tls_ca", "tls_cert", "tls_key"):
                 if getattr(self, name) is not None:
-                    raise ConfigError(f"{name}: expected only with an mqtts:// broker_url, got {show(self.broker_url)}")
+                    raise ConfigError(f"{name}: expected only with an mqtts:// broker_url, got {show(self.urls[0])}")
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every broker listed: ``broker_urls``, or ``broker_url`` alone."""
+        if self.broker_urls is not None:
+            return self.broker_urls
+        assert self.broker_url is not None
+        return (self.broker_url,)
 
     @property
     def tls(self) -> bool:
-        """Whether the broker connection uses TLS."""
-        return urlsplit(self.broker_url).scheme == "mqtts"
+        """Whether the broker connections use TLS (one scheme for all)."""
+        return urlsplit(self.urls[0]).scheme == "mqtts"
 
     @property
     def host(self) -> str:
-        """Broker host name or address."""
-        return urlsplit(self.broker_url).hostname or ""
+        """The first listed broker's host name or address."""
+        return urlsplit(self.urls[0]).hostname or ""
 
     @property
     def port(self) -> int:
-        """Broker port: the one in the URL, else 1883 (mqtt) or 8883 (mqtts)."""
-        parts = urlsplit(self.broker_url)
+        """The first listed broker's port: the one in the URL, else 1883 (mqtt) or 8883 (mqtts)."""
+        parts = urlsplit(self.urls[0])
         return parts.port or BROKER_SCHEMES[parts.scheme]
+
+
+def _check_url(field: str, url: str) -> None:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (
+        parts.scheme not in BROKER_SCHEMES
+        or not parts.hostname
+        or port == -1
+        or parts.password is not None
+        or parts.username is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise ConfigError(f"{field}: expected {_URL_WHAT}, no credentials or path, got {show(url)}")
 
 
 @dataclasses.dataclass(frozen=True)
