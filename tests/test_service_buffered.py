@@ -85,3 +85,54 @@ def test_an_update_older_than_max_staleness_is_refused_with_its_reason(tmp_path,
     aggregated = [t for t in tasks if t["status"] == "aggregated"]
     assert len(aggregated) == 2 and all(t["staleness"] == 0 and t["weight"] == 1.0 for t in aggregated)
     assert not {t["round_id"] for t in refused} & {t["round_id"] for t in aggregated}
+
+
+def test_a_restarted_buffered_campaign_keeps_its_epsilon_and_contribution_caps(tmp_path, mosquitto):
+    """The second run is ``fedge-coordinator serve --mode buffered`` on the first run's store: it composes
+    onto the stored epsilon (one event per group until --max-contributions groups), keeps each device's
+    count of aggregated updates, and stops by itself when no device may contribute any more."""
+    from click.testing import CliRunner
+
+    from fedge.coordinator.service.cli import cli
+
+    training = secagg_training(2, secagg=False, dp_mode="local", noise_multiplier=1.0, min_clients=1, goal=1)
+    buffered = dict(mode="buffered", buffer=1, concurrency=2, max_staleness=10, max_contributions=2)
+    with DaemonFleet(tmp_path, 2, mosquitto.url, training) as fleet:
+        first = fleet.serve(rounds=1, **buffered)
+        assert [r.status for r in first] == ["completed"], [r.reason for r in first]
+        args = ["serve", "--db", str(fleet.db), "--broker", mosquitto.url, "--mqtt-protocol", "5"]
+        args += ["--no-secagg", "--dp", "local", "--noise-multiplier", "1.0", "--goal", "1", "--min-clients", "1"]
+        args += ["--epsilon-budget", "1000", "--checkin-window", "60", "--rounds", "5"]
+        args += ["--mode", "buffered", "--buffer", "1", "--concurrency", "2", "--max-staleness", "10"]
+        args += ["--max-contributions", "2", "--staleness", "constant"]
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    groups = _rows(
+        fleet.db, "select * from rounds where status = 'completed' and epsilon is not null order by round_id"
+    )
+    assert len(groups) == 4, groups  # 2 devices x 2 contributions; then it stopped without waiting for more
+    eps = [g["epsilon"] for g in groups]
+    assert eps[0] < eps[1], eps  # the restarted run composed onto the stored epsilon
+    assert eps[1] == eps[2] == eps[3], eps  # max_contributions 2: no device is in more than two groups
+    assert len(_rows(fleet.db, "select * from privacy_rounds")) == 2
+    counts = _rows(
+        fleet.db, "select device_id, count(*) as n from buffered_tasks where status = 'aggregated' group by device_id"
+    )
+    assert sorted(c["n"] for c in counts) == [2, 2], counts
+
+
+def test_buffered_settings_are_checked_before_serving():
+    from fedge.agent.core.errors import ConfigError
+    from fedge.coordinator.service.config import ServiceConfig
+
+    secure = secagg_training(2)
+    with pytest.raises(ConfigError, match="group of one device"):
+        ServiceConfig(db_path="x.db", training=secure, mode="buffered", buffer=1)
+    with pytest.raises(ConfigError, match="staleness"):
+        ServiceConfig(db_path="x.db", training=secure, mode="buffered", staleness="poly")
+    with pytest.raises(ConfigError, match="max_staleness"):
+        ServiceConfig(db_path="x.db", training=secure, mode="buffered", max_staleness=-1)
+    adaptive = secagg_training(2, target_quantile=0.5, clip_count_stddev=1.0)
+    with pytest.raises(ConfigError, match="adaptive clipping"):
+        ServiceConfig(db_path="x.db", training=adaptive, mode="buffered")
+    assert ServiceConfig(db_path="x.db", training=secure, mode="buffered", buffer=2).buffer == 2

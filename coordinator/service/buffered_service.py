@@ -15,8 +15,10 @@ The round protocol is kept; asynchrony comes from giving every device's training
 - Each completed group's unmasked mean is one buffered update, applied by the server optimizer
   (``--server-lr``) and stored, released and announced like a synchronous round's model.
 
-Privacy: each group is one unamplified Gaussian event (:func:`group_event`), composed by
-:class:`GroupLedger` up to the per-device cap; epsilon after each version is in ``rounds``.
+Privacy: each group is one unamplified Gaussian event (:func:`group_event`). The campaign's budget
+(:class:`CampaignBudget`, in SQLite, so it holds across restarts) composes one event per group until
+``max_contributions`` groups are composed (the worst device is in at most that many; 0: every
+group), checks the budget before a group's devices mask, and gives epsilon after each version.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedge.agent.core import topics
-from fedge.agent.core.errors import ProtocolError
+from fedge.agent.core.errors import BudgetExhausted, ProtocolError
 from fedge.agent.core.messages.common import Outbound
-from fedge.agent.core.messages.rounds import Decline, DeclineKind, RoundAnnounce, RoundEnd, Task, Trained
-from fedge.coordinator.rounds.buffered import Admission, GroupLedger, UpdateBuffer, group_event
+from fedge.agent.core.messages.rounds import Decline, DeclineKind, RoundAnnounce, RoundEnd, RoundPlan, Task, Trained
+from fedge.coordinator.rounds.accounting import RoundEvent
+from fedge.coordinator.rounds.buffered import Admission, UpdateBuffer, group_event
 from fedge.coordinator.rounds.builder import Draw, build_round
 from fedge.coordinator.rounds.engine import RoundEngine, RoundStatus
 from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
@@ -69,7 +72,11 @@ class BufferedDriver:
             t, goal=cfg.buffer, min_clients=min(t.min_clients, cfg.buffer)
         )
         self.buffer = UpdateBuffer(cfg.buffer, cfg.max_staleness, parse_staleness(cfg.staleness), cfg.max_contributions)
-        self.ledger = GroupLedger(cfg.max_contributions)
+        # a restarted campaign keeps its caps: updates aggregated before count against them
+        for row in self.store.db.query(
+            f"select device_id, count(*) as n from {TASKS} where status = 'aggregated' group by device_id"
+        ):
+            self.buffer.contributions[row["device_id"]] = row["n"]
         self.training: dict[int, _Training] = {}  # training task id -> device, base version
         self.open: list[tuple[int, Admission]] = []  # (training task id, admission) of the open group
         self.closed: collections.deque[tuple[int, list[tuple[int, Admission]]]] = collections.deque()
@@ -93,6 +100,9 @@ class BufferedDriver:
             while len(reports) < svc.config.rounds and not svc.stopping and not svc.budget_spent:
                 self._expire()
                 self._fill_slots()
+                if self.engine is None and not self.closed and not self.training and not self._startable():
+                    log.warning("buffered mode: no device may train any more (caps used, declined or gone); stopping")
+                    break
                 if self.engine is None and self.closed:
                     self._start_group()
                 engine = self.engine
@@ -174,6 +184,12 @@ class BufferedDriver:
             self.svc._send([Outbound(d, Task(rid, d, plan, model.weights, base_version=self.buffer.version))])
             log.info("training task on version %d", self.buffer.version, extra={"device": d, "round": rid})
 
+    def _startable(self) -> bool:
+        """Whether any checked-in device could still be given a training task."""
+        return any(
+            d in self.pool and d not in self.declined and self.buffer.may_start(d) for d in active_ids(self.store)
+        )
+
     def receive(self, device: str, msg: Any) -> None:
         """A training task's answer (stored by the service first): admit it, refuse it, or free the slot."""
         rid = msg.round_id
@@ -248,6 +264,16 @@ class BufferedDriver:
             roster=roster,
             certificates=svc._certificate,
         )
+        event = self._event(built.plan)
+        if event is not None and svc.budget is not None:
+            try:
+                svc.budget.check_round(event, rid)
+            except BudgetExhausted as e:  # before any device masks: the group's sum is never made
+                svc.budget_spent = True
+                for task_rid, _ in members:
+                    self._settle(task_rid, "abandoned", f"privacy budget: {e}")
+                log.warning("group not started: %s", e, extra={"round": rid})
+                return
         now = svc.clock()
         store.open_round(rid, goal=len(cohort), model_in=model.version, plan={}, now=now)
         store.add_members(rid, cohort, now)
@@ -279,6 +305,14 @@ class BufferedDriver:
         self.engine, self.members = built.engine, members
         log.info("group of %d started for target version %d", len(cohort), target, extra={"round": rid})
 
+    def _event(self, plan: RoundPlan) -> RoundEvent | None:
+        """The group's privacy event while the campaign still composes one per group (None: DP off,
+        or ``max_contributions`` groups already composed, so no device's epsilon grows)."""
+        cap, budget = self.svc.config.max_contributions, self.svc.budget
+        if budget is None or (cap and len(budget.history()) >= cap):
+            return None
+        return group_event(plan, int(self.svc.current_model().weights.size))
+
     def _end_group(self, engine: RoundEngine) -> RoundReport:
         svc, store = self.svc, self.store
         svc._send(svc._pacer.admit())
@@ -295,17 +329,11 @@ class BufferedDriver:
             self.engaged.discard(a.device)
             store.db[TASKS].update(task_rid, {"status": "aggregated" if a.device in survivors else "dropped"})
         self.engine, self.members = None, []
-        if ok:
-            event = group_event(engine.plan, int(svc.current_model().weights.size))
-            if event is not None:
-                self.ledger.record(event)
-                delta = svc.config.training.delta
-                eps = self.ledger.epsilon(delta)
-                store.update_round(rid, epsilon=eps, delta=delta)
-                budget = svc.config.epsilon_budget
-                if budget is not None and eps is not None and eps >= budget:
-                    svc.budget_spent = True
-                    log.warning("privacy budget: epsilon %.3g reached the campaign's %.3g", eps, budget)
+        budget = svc.budget
+        if ok and budget is not None:
+            event = self._event(engine.plan)
+            eps = budget.record_round(rid, event) if event is not None else budget.epsilon_so_far()
+            store.update_round(rid, epsilon=eps, delta=budget.delta)
         from fedge.coordinator.service.service import round_report
 
         report = round_report(store.round(rid) or {}, report.model_version)

@@ -9,6 +9,7 @@ from fedge.agent.core.errors import ConfigError
 from fedge.agent.core.transport.base import MQTT_5, MQTT_311, MQTT_AUTO, TransportConfig
 from fedge.coordinator.rounds.plan import TrainingConfig
 from fedge.coordinator.rounds.server_opt import ServerOptConfig
+from fedge.coordinator.rounds.staleness import parse_staleness
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,16 @@ class ServiceConfig:
             raise ConfigError(f"mode: expected 'sync' or 'buffered', got {self.mode!r}")
         if self.concurrency < 1:
             raise ConfigError(f"concurrency: expected >= 1, got {self.concurrency}")
+        if self.buffer < 1 or self.max_staleness < 0 or self.max_contributions < 0:
+            raise ConfigError(
+                f"buffer >= 1, max_staleness >= 0 and max_contributions >= 0 expected, got {self.buffer}, "
+                f"{self.max_staleness} and {self.max_contributions}"
+            )
+        if self.mode == "buffered" and self.training.secagg and self.buffer < 2:
+            raise ConfigError("buffer: a SecAgg+ group of one device would reveal its update; use --buffer 2 or more")
+        parse_staleness(self.staleness)
+        if self.mode == "buffered" and self.training.target_quantile:
+            raise ConfigError("adaptive clipping: not in buffered mode (every group must carry the same privacy event)")
         if self.rounds < 0:
             raise ConfigError(f"rounds: expected >= 0, got {self.rounds}")
         for name in ("checkin_window_s", "shutdown_timeout_s"):

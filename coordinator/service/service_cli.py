@@ -310,6 +310,52 @@ def devices_revoke(device_id: str, db: str) -> None:
     help="Serve Prometheus text metrics at http://HOST:PORT/metrics (0: any free port) [default: off].",
 )
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics endpoint listens on.")
+@click.option(
+    "--mode",
+    type=click.Choice(["sync", "buffered"]),
+    default="sync",
+    show_default=True,
+    help="sync: announced rounds; buffered: devices train as they are free, SecAgg+ groups of --buffer "
+    "make the model versions (--rounds versions).",
+)
+@click.option(
+    "--buffer",
+    type=int,
+    default=2,
+    show_default=True,
+    metavar="K",
+    help="Buffered: devices per SecAgg+ group; each group's sum is one model version.",
+)
+@click.option(
+    "--concurrency",
+    type=int,
+    default=4,
+    show_default=True,
+    metavar="C",
+    help="Buffered: devices training at any time.",
+)
+@click.option(
+    "--max-staleness",
+    type=int,
+    default=4,
+    show_default=True,
+    metavar="S",
+    help="Buffered: refuse an update more than S model versions old.",
+)
+@click.option(
+    "--staleness",
+    default="poly:0.5",
+    show_default=True,
+    help="Buffered: staleness weight, poly:A (1/(1+tau)^A), constant or hinge:A,B.",
+)
+@click.option(
+    "--max-contributions",
+    type=int,
+    default=0,
+    show_default=True,
+    metavar="M",
+    help="Buffered: updates a device may contribute per campaign (0: no cap; DP composes M groups).",
+)
 def serve_cmd(
     db: str,
     model: str,
@@ -338,6 +384,12 @@ def serve_cmd(
     audit_canaries: int,
     metrics_port: int | None,
     metrics_host: str,
+    mode: str,
+    buffer: int,
+    concurrency: int,
+    max_staleness: int,
+    staleness: str,
+    max_contributions: int,
 ) -> None:
     """Run training rounds over MQTT (a local broker on 127.0.0.1 unless --broker: Mosquitto when installed,
     else the embedded amqtt); Ctrl-C stops gracefully."""
@@ -373,6 +425,12 @@ def serve_cmd(
         mqtt_protocol=mqtt_protocol,
         audit_canaries=audit_canaries,
         server_opt=ServerOptConfig(ServerOptKind(server_opt), learning_rate=server_lr),
+        mode=mode,
+        buffer=buffer,
+        concurrency=concurrency,
+        max_staleness=max_staleness,
+        staleness=staleness,
+        max_contributions=max_contributions,
     )
     service = CoordinatorService(cfg, on_round=lambda r: click.echo(format_round(r)))
     metrics = None
