@@ -16,10 +16,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -37,6 +35,7 @@ from fedge.coordinator.rounds.grouped import GroupedAggregation, GroupRefused
 from fedge.coordinator.rounds.plan import TrainingConfig
 from fedge.coordinator.rounds.secure import SecureAggregation
 from fedge.coordinator.rounds.server_opt import ServerOptConfig, ServerOptimizer
+from fedge.coordinator.workers import GroupWorkers
 from fedge.simulations.clock import STAGE_SECONDS
 from fedge.simulations.engine import RoundWork
 from fedge.simulations.federation import Federation
@@ -109,26 +108,13 @@ class ProtocolEngine:
         self.audit: CanaryAudit | None = None
         #: buffered mode: each group accounted unamplified, capped per device (None: synchronous rounds)
         self.ledger: GroupLedger | None = None
-        self._threads: ThreadPoolExecutor | None = None
+        self._groups = GroupWorkers(settings.group_workers)
 
     def close(self) -> None:
         """Stop the device hosts (worker processes, actors) and the group threads."""
         if self.pool is not None:
             self.pool.close()
-        if self._threads is not None:
-            self._threads.shutdown()
-            self._threads = None
-
-    def _parallel(self, jobs: list[Any]) -> list[Any]:
-        """Close SecAgg+ groups side by side: masks are expanded by libsodium and summed by numpy, which
-        release the GIL. Threads, not processes: a group's server state would have to be pickled."""
-        if len(jobs) < 2:
-            return [job() for job in jobs]
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(
-                self.settings.group_workers or os.cpu_count() or 1, thread_name_prefix="fedge-group"
-            )
-        return list(self._threads.map(lambda job: job(), jobs))
+        self._groups.close()
 
     def _epsilon(self) -> float | None:
         cfg = self.settings.training
@@ -269,7 +255,7 @@ class ProtocolEngine:
                 risk=SecureRisk(s.dropout_rate, s.corrupt_fraction),
                 suites=dict.fromkeys(ids, supported_suites()),
                 group_size=s.group_size if group is None else 0,
-                parallel=self._parallel,
+                parallel=self._groups,
             )
         except GroupRefused as e:
             pool.broadcast(pack({"kind": "end"}))

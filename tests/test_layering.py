@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,9 @@ ROUNDS_FORBIDDEN = {"sqlite3", "sqlite_utils", "time", "datetime"} | PROCESS_ONL
 #: The HTTP servers' lifecycle (the dashboard's and /metrics'): it may start a thread, and imports the standard
 #: library and fedge.agent.core only, so fleet/ and service/ can both use it without reaching each other.
 HTTP_SERVER = (TOP, "coordinator", "http_server")
+#: The worker threads of a round's SecAgg+ group closes, shared by the service and the simulator: the
+#: standard library and fedge.agent.core only.
+WORKERS = (TOP, "coordinator", "workers")
 #: The only module (tests aside) that constructs a RoundEngine.
 ROUND_BUILDER = (TOP, "coordinator", "rounds", "builder")
 
@@ -164,6 +168,8 @@ def violations(path_parts: tuple[str, ...], source: str, is_package: bool = Fals
             out.append(f"{where}:{line}: only coordinator/service/ has a loop, a transport or signals ({name})")
         if module == HTTP_SERVER and root == TOP and not _under(name, (TOP, "agent", "core")):
             out.append(f"{where}:{line}: coordinator/http_server.py imports fedge.agent.core only, not {name}")
+        if module == WORKERS and root == TOP and not _under(name, (TOP, "agent", "core")):
+            out.append(f"{where}:{line}: coordinator/workers.py imports fedge.agent.core only, not {name}")
         if area == "simulations" and (_under(name, SERVICE) or _under(name, FLEET)):
             out.append(f"{where}:{line}: simulations/ may import coordinator.rounds, never {name}")
     out += [f"{where}:{line}: allow_pickle must stay False" for line in pickle_loads(tree)]
@@ -241,6 +247,7 @@ F = TOP
         ((F, "coordinator", "http_server"), "from fedge.coordinator.fleet import dashboard", "fedge.agent.core only"),
         ((F, "coordinator", "http_server"), "import signal", "only coordinator/service/"),
         ((F, "coordinator", "x"), "import threading", "only coordinator/service/"),
+        ((F, "coordinator", "workers"), "from fedge.coordinator.rounds import grouped", "fedge.agent.core only"),
         ((F, "simulations", "x"), "e = RoundEngine(1, plan, s, w, ids, agg, clock)", "constructs a RoundEngine"),
         ((F, "coordinator", "service", "service"), "e = engine.RoundEngine(1)", "constructs a RoundEngine"),
     ],
@@ -285,3 +292,177 @@ def test_agent_never_loads_cryptography_or_scipy():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120, cwd=ROOT, env=env
     )
     assert out.stdout.strip() == "[]", out.stderr
+
+
+# ---------------------------------------------------------------- stores and import cycles
+
+#: The modules that make a store's tables: each side's ordered migration list (``MIGRATIONS`` in
+#: its ``store.py``) and the fleet's schema that the coordinator's list names. They import
+#: fedge.agent.core and each other only, never a feature, and no other module creates, alters or
+#: drops a table (feature modules keep their queries). ``agent/core/migrations.py`` is the
+#: mechanism: it makes the ``_migrations`` table it records them in.
+SCHEMA_MODULES = {
+    (TOP, "agent", "store"),
+    (TOP, "coordinator", "store"),
+    (TOP, "coordinator", "fleet_schema"),
+}
+MIGRATION_MECHANISM = (TOP, "agent", "core", "migrations")
+_DDL = re.compile(r"\b(create|alter|drop)\s+(table|index|trigger|view)\b", re.IGNORECASE)
+#: sqlite-utils calls that change a schema, on ``db["t"]`` or ``db.table("t")``.
+_DDL_CALLS = {"create", "add_column", "create_index", "transform", "drop", "add_foreign_key"}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    return {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+
+
+def schema_violations(module: tuple[str, ...], source: str, is_package: bool = False) -> list[str]:
+    """Schema code where it does not belong, in one module, as ``module:line: why``."""
+    tree = ast.parse(source)
+    where = ".".join(module)
+    out = []
+    if module in SCHEMA_MODULES:
+        allowed = [(TOP, "agent", "core"), *SCHEMA_MODULES]
+        for line, name in imports(tree, module, is_package):
+            parts = tuple(name.split("."))
+            # ``from fedge.coordinator import fleet_schema`` also names its package, which is no feature
+            if parts[0] == TOP and not any(_under(name, a) or a[: len(parts)] == parts for a in allowed):
+                out.append(f"{where}:{line}: a store's migrations import no feature code ({name})")
+        return out
+    for node in getattr(tree, "body", []):
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and any(getattr(t, "id", "") == "MIGRATIONS" for t in targets):
+            out.append(f"{where}:{node.lineno}: one migration list per side, in its store.py (MIGRATIONS)")
+    if module == MIGRATION_MECHANISM:
+        return out
+    docs = _docstrings(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            if _DDL.search(node.value):
+                out.append(f"{where}:{node.lineno}: schema SQL belongs to the store's migrations")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _DDL_CALLS:
+            on = node.func.value
+            if isinstance(on, ast.Subscript) or (
+                isinstance(on, ast.Call) and isinstance(on.func, ast.Attribute) and on.func.attr == "table"
+            ):
+                out.append(f"{where}:{node.lineno}: schema changes belong to the store's migrations")
+    return out
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_the_stores_make_tables(path):
+    assert schema_violations(module_name(path), path.read_text(), path.name == "__init__.py") == []
+
+
+def test_each_side_has_its_migration_list_in_a_schema_module():
+    for module in [(TOP, "agent", "store"), (TOP, "coordinator", "store")]:
+        assert module in SCHEMA_MODULES
+        source = (ROOT / Path(*module[1:])).with_suffix(".py").read_text()
+        assert re.search(r"^MIGRATIONS: ", source, re.MULTILINE), module
+
+
+@pytest.mark.parametrize(
+    "module,source,expected",
+    [
+        ((F, "agent", "store"), "from fedge.agent import outbox", "import no feature code"),
+        ((F, "agent", "store"), "def m():\n    from fedge.agent.releases import x", "import no feature code"),
+        ((F, "coordinator", "store"), "from fedge.coordinator.service import privacy_budget", "no feature code"),
+        ((F, "coordinator", "store"), "from fedge.coordinator import service", "no feature code"),
+        ((F, "agent", "outbox"), "def f(db):\n    db.execute('create table t (x)')", "schema SQL belongs"),
+        ((F, "agent", "x"), "def f(db):\n    db.execute(f'ALTER TABLE {T} add column y')", "schema SQL belongs"),
+        ((F, "coordinator", "service", "x"), "def f(db):\n    db['t'].create({'a': int})", "schema changes"),
+        ((F, "agent", "core", "privacy", "x"), "def f(db):\n    db.table(T).add_column('y', str)", "schema changes"),
+        ((F, "coordinator", "fleet", "x"), "MIGRATIONS = []", "one migration list per side"),
+    ],
+)
+def test_schema_checker_catches_violations(module, source, expected):
+    found = schema_violations(module, source)
+    assert any(expected in v for v in found), found
+
+
+@pytest.mark.parametrize(
+    "module,source",
+    [
+        ((F, "agent", "store"), "from fedge.agent.core import migrations\ndef m(db):\n    db['t'].create({})"),
+        ((F, "coordinator", "store"), "from fedge.coordinator import fleet_schema\nMIGRATIONS = []"),
+        ((F, "agent", "outbox"), '"""Rows are kept until the create table check..."""\ndb.execute("select 1")'),
+        ((F, "agent", "x"), "key = IdentityKey.create()\nrows = db['t'].insert({'a': 1})"),
+        (MIGRATION_MECHANISM, "db.execute('create table if not exists _migrations (id integer)')"),
+    ],
+)
+def test_schema_checker_allows_what_is_allowed(module, source):
+    assert schema_violations(module, source) == []
+
+
+#: Import edges allowed to close a cycle, each with its reason. The wire registry loads every message
+#: module by name before its first encode or decode (``wire._ensure_loaded``), and each message
+#: module registers itself with ``wire.message``: a plugin load, not a dependency.
+CYCLE_EXCEPTIONS = {
+    ("fedge.agent.core.wire", "fedge.agent.core.messages"): "the wire registry loads messages/ on first use",
+}
+
+
+def import_graph(root: str) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports (wherever in the module), from the AST."""
+    paths = {".".join(module_name(p)): p for p in (ROOT / root).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        module = module_name(path)
+        found = imports(ast.parse(path.read_text()), module, path.name == "__init__.py")
+        graph[name] = {n for _, n in found if n in paths and n != name and (name, n) not in CYCLE_EXCEPTIONS}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(cycles)
+
+
+def test_the_agent_has_no_import_cycles():
+    """No module of fedge.agent reaches itself through imports (including imports inside functions)."""
+    graph = import_graph("agent")
+    assert {"fedge.agent.store", "fedge.agent.local_data", "fedge.agent.core.messages.fleet"} <= set(graph)
+    assert import_cycles(graph) == []
+
+
+def test_cycle_finder_finds_cycles():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}, "f": set()}
+    assert import_cycles(graph) == [["a", "b", "c"]]
+    assert import_cycles({"x": {"y"}, "y": {"x"}, "z": {"w"}, "w": set()}) == [["x", "y"]]

@@ -56,6 +56,10 @@ class ServiceConfig:
     max_staleness: int = 4
     staleness: str = "poly:0.5"
     max_contributions: int = 0
+    #: SecAgg+ groups of at least this many devices per round (0: one group), their closes on
+    #: ``group_workers`` threads (0: one per CPU); each group sum carries the round's whole noise
+    group_size: int = 0
+    group_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "buffered"):
@@ -70,6 +74,13 @@ class ServiceConfig:
         if self.mode == "buffered" and self.training.secagg and self.buffer < 2:
             raise ConfigError("buffer: a SecAgg+ group of one device would reveal its update; use --buffer 2 or more")
         parse_staleness(self.staleness)
+        if self.group_size == 1 or self.group_size < 0 or self.group_workers < 0:
+            raise ConfigError(
+                f"group_size: expected 0 (one group) or >= 2, and group_workers >= 0; got {self.group_size}, "
+                f"{self.group_workers}"
+            )
+        if self.group_size and not self.training.secagg:
+            raise ConfigError("group_size: groups are SecAgg+ groups; turn secure aggregation on or drop --group-size")
         if self.mode == "buffered" and self.training.target_quantile:
             raise ConfigError("adaptive clipping: not in buffered mode (every group must carry the same privacy event)")
         if self.rounds < 0:

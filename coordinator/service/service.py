@@ -41,6 +41,7 @@ from fedge.coordinator.rounds.accounting import RELATION_NAMES
 from fedge.coordinator.rounds.audit import is_canary
 from fedge.coordinator.rounds.builder import Draw, build_round
 from fedge.coordinator.rounds.engine import RoundEngine, RoundStatus
+from fedge.coordinator.rounds.grouped import GroupRefused
 from fedge.coordinator.rounds.selection import select_cohort
 from fedge.coordinator.rounds.server_opt import ServerOptimizer
 from fedge.coordinator.service.broker import EmbeddedBroker, MosquittoBroker, local_broker
@@ -51,6 +52,7 @@ from fedge.coordinator.service.pacing import Pacer
 from fedge.coordinator.service.privacy_budget import CampaignBudget, mark_exhausted, selectable_devices
 from fedge.coordinator.service.quarantine import conflict_reason, quarantine
 from fedge.coordinator.store import ModelRecord, Store
+from fedge.coordinator.workers import GroupWorkers
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,7 @@ class CoordinatorService:
         self._evaluator: Any = None
         self._eval: tuple[np.ndarray, np.ndarray] | None = None
         self.budget_spent = False
+        self._groups = GroupWorkers(config.group_workers)
         #: the live privacy audit's canary clients (``audit_canaries``), made when the model is known
         self.canaries: LiveCanaries | None = None
         #: the server's update rule; its state is restored from the store at start and saved each round
@@ -252,6 +255,7 @@ class CoordinatorService:
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
+        self._groups.close()
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -360,19 +364,24 @@ class CoordinatorService:
             roster.update({c: self.canaries.identity(c) for c in canaries})
         suites = {d: self._checkins[d].secagg_suites for d in cohort}
         suites.update(dict.fromkeys(canaries, LiveCanaries.suites()))
-        built = build_round(
-            rid,
-            round_cfg,
-            model.version,
-            model.weights,
-            cohort + canaries,
-            Draw.poisson(drawn.population, drawn.sampling_rate),
-            self.clock,
-            clip_norm=clip,
-            roster=roster,
-            certificates=self._certificate,
-            suites=suites,
-        )
+        try:
+            built = build_round(
+                rid,
+                round_cfg,
+                model.version,
+                model.weights,
+                cohort + canaries,
+                Draw.poisson(drawn.population, drawn.sampling_rate),
+                self.clock,
+                clip_norm=clip,
+                roster=roster,
+                certificates=self._certificate,
+                suites=suites,
+                group_size=cfg.group_size,
+                parallel=self._groups,
+            )
+        except GroupRefused as e:
+            return self._abandon_early(rid, model, f"groups: {e}")
         plan, engine = built.plan, built.engine
         event = built.event if self.budget is not None else None
         if event is not None:

@@ -356,6 +356,22 @@ def devices_revoke(device_id: str, db: str) -> None:
     metavar="M",
     help="Buffered: updates a device may contribute per campaign (0: no cap; DP composes M groups).",
 )
+@click.option(
+    "--group-size",
+    type=int,
+    default=0,
+    show_default=True,
+    metavar="G",
+    help="SecAgg+ groups of at least G devices per round, unmasked side by side (0: one group); "
+    "each group sum carries the round's whole noise.",
+)
+@click.option(
+    "--group-workers",
+    type=int,
+    default=0,
+    metavar="N",
+    help="Threads that close the groups of a round [default: one per CPU].",
+)
 def serve_cmd(
     db: str,
     model: str,
@@ -390,6 +406,8 @@ def serve_cmd(
     max_staleness: int,
     staleness: str,
     max_contributions: int,
+    group_size: int,
+    group_workers: int,
 ) -> None:
     """Run training rounds over MQTT (a local broker on 127.0.0.1 unless --broker: Mosquitto when installed,
     else the embedded amqtt); Ctrl-C stops gracefully."""
@@ -431,6 +449,8 @@ def serve_cmd(
         max_staleness=max_staleness,
         staleness=staleness,
         max_contributions=max_contributions,
+        group_size=group_size,
+        group_workers=group_workers,
     )
     service = CoordinatorService(cfg, on_round=lambda r: click.echo(format_round(r)))
     metrics = None
