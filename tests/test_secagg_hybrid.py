@@ -258,3 +258,27 @@ def test_ml_kem_is_loaded_only_when_a_round_runs_the_hybrid_suite() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120, cwd=ROOT, env=env
     )
     assert out.stdout.split() == ["False", "True"], out.stderr
+
+
+def test_the_round_builder_picks_the_hybrid_only_when_asked_or_required() -> None:
+    import numpy as np
+
+    from fedge.coordinator.rounds.builder import Draw, build_round
+    from fedge.coordinator.rounds.plan import TrainingConfig
+
+    ids = [f"d{i}" for i in range(4)]
+    roster = {d: IdentityKey.generate().public_bytes() for d in ids}
+    cfg = TrainingConfig(goal=4, min_clients=2)
+    everyone = supported_suites()
+
+    def suite(reports: dict[str, tuple[str, ...]], prefer: bool) -> str | None:
+        built = build_round(
+            1, cfg, "v0", np.zeros(3, np.float32), ids, Draw.fixed(4, 4), lambda: 0.0,
+            roster=roster, suites=reports, prefer_hybrid=prefer,
+        )  # fmt: skip
+        return built.suite
+
+    assert suite(dict.fromkeys(ids, everyone), prefer=True) == SUITE_PQ
+    assert suite(dict.fromkeys(ids, everyone), prefer=False) != SUITE_PQ
+    classic_one = {**dict.fromkeys(ids, everyone), "d0": (SUITE,)}
+    assert suite(classic_one, prefer=True) == SUITE  # one device without the hybrid: nobody gets it

@@ -64,6 +64,8 @@ class BuiltRound:
     engine: RoundEngine
     #: the accountant's event for this round, or None with DP off
     event: RoundEvent | None
+    #: the SecAgg+ cipher suite of every group (None: secure aggregation off)
+    suite: str | None = None
 
 
 def round_event(plan: RoundPlan, dimension: int, draw: Draw, groups: int = 1) -> RoundEvent | None:
@@ -98,13 +100,15 @@ def build_round(
     suites: Mapping[str, Sequence[str]] | None = None,
     group_size: int = 0,
     parallel: Parallel = serial,
+    prefer_hybrid: bool = False,
 ) -> BuiltRound:
     """Plan, settings, aggregation and engine of one round over ``cohort``, and its privacy event.
 
     ``roster`` maps each cohort member to its identity key (needed with SecAgg+); ``clip_norm``
     is the round's C under adaptive clipping (None: the config's); ``suites`` the SecAgg+ cipher
     suites each member reported at check-in (AES masks when every member runs them; None or a
-    missing member: ChaCha20).
+    missing member: ChaCha20; the X25519 + ML-KEM-768 hybrid when every member runs it and either
+    ``prefer_hybrid`` or a member requires it).
 
     ``group_size`` G > 0 with SecAgg+: the cohort is split into SecAgg+ groups of at least G devices
     (:mod:`.grouped`), each held to its share of the minimum cohort, with distributed noise split
@@ -129,10 +133,15 @@ def build_round(
     )
     length = expected_length(weights, plan)
     aggregation: Aggregation
+    suite: str | None = None
     if plan.secagg:
         if roster is None:
             raise ValueError("secure aggregation needs the cohort's identity keys (roster)")
-        suite = choose_suite([suites.get(d, ()) for d in cohort]) if suites is not None else SUITE
+        suite = (
+            choose_suite([suites.get(d, ()) for d in cohort], prefer_hybrid=prefer_hybrid)
+            if suites is not None
+            else SUITE
+        )
 
         def secure(members: Sequence[str], floor: int) -> SecureAggregation:
             return SecureAggregation(
@@ -167,4 +176,4 @@ def build_round(
         )
     engine = RoundEngine(round_id, plan, settings, weights, list(cohort), aggregation, clock)
     groups = len(grouping.groups) if grouping is not None else 1
-    return BuiltRound(plan, settings, aggregation, engine, round_event(plan, weights.size, draw, groups))
+    return BuiltRound(plan, settings, aggregation, engine, round_event(plan, weights.size, draw, groups), suite)

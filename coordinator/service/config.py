@@ -60,6 +60,8 @@ class ServiceConfig:
     #: ``group_workers`` threads (0: one per CPU); each group sum carries the round's whole noise
     group_size: int = 0
     group_workers: int = 0
+    #: SecAgg+ rounds use the X25519 + ML-KEM-768 hybrid suite whenever every device of the cohort runs it
+    prefer_hybrid: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "buffered"):

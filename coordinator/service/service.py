@@ -379,6 +379,7 @@ class CoordinatorService:
                 suites=suites,
                 group_size=cfg.group_size,
                 parallel=self._groups,
+                prefer_hybrid=cfg.prefer_hybrid,
             )
         except GroupRefused as e:
             return self._abandon_early(rid, model, f"groups: {e}")
@@ -393,6 +394,8 @@ class CoordinatorService:
         now = self.clock()
         store.add_members(rid, cohort, now)
         store.update_round(rid, plan=dataclasses.asdict(plan), stage="training", clip_norm=plan.privacy.clip_norm)
+        if built.suite is not None:
+            log.info("SecAgg+ suite %s for %d devices", built.suite, len(cohort), extra={"round": rid})
         self.engine, self._phase = engine, "engine"
         self._pacer.clear()
         self._pacer.push(engine.start())

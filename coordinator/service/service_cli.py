@@ -372,6 +372,12 @@ def devices_revoke(device_id: str, db: str) -> None:
     metavar="N",
     help="Threads that close the groups of a round [default: one per CPU].",
 )
+@click.option(
+    "--prefer-hybrid",
+    is_flag=True,
+    help="SecAgg+ with the X25519 + ML-KEM-768 hybrid suite whenever every device in the round runs it "
+    "(needs the pq extra on both sides) [default: only when a device requires it].",
+)
 def serve_cmd(
     db: str,
     model: str,
@@ -408,6 +414,7 @@ def serve_cmd(
     max_contributions: int,
     group_size: int,
     group_workers: int,
+    prefer_hybrid: bool,
 ) -> None:
     """Run training rounds over MQTT (a local broker on 127.0.0.1 unless --broker: Mosquitto when installed,
     else the embedded amqtt); Ctrl-C stops gracefully."""
@@ -451,6 +458,7 @@ def serve_cmd(
         max_contributions=max_contributions,
         group_size=group_size,
         group_workers=group_workers,
+        prefer_hybrid=prefer_hybrid,
     )
     service = CoordinatorService(cfg, on_round=lambda r: click.echo(format_round(r)))
     metrics = None
