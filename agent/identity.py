@@ -13,14 +13,6 @@ from fedge.agent.core.topics import check_device_id
 TABLE = "identity"
 
 
-def ensure_schema(db: sqlite_utils.Database) -> None:
-    """Migration: at most one row (id = 1) with the device id and the 32-byte private seed."""
-    db.execute(
-        f"create table if not exists {TABLE} (id integer primary key check (id = 1), device_id text not null,"
-        " private_key blob not null, created real not null)"
-    )
-
-
 def stored_device_id(db: sqlite_utils.Database) -> str | None:
     """The device id this store was initialised with, or None."""
     if TABLE not in db.table_names():
@@ -54,11 +46,6 @@ def load(db: sqlite_utils.Database) -> tuple[str, IdentityKey]:
     if device_id is None:
         raise ConfigError("the store has no identity yet; run `fedge-agent init --profile FILE --device-id ID` first")
     return device_id, load_or_create(db, device_id, create=False)
-
-
-def ensure_authority_schema(db: sqlite_utils.Database) -> None:
-    """Migration: the enrollment authority's public key the device trusts for SecAgg+ peers (optional)."""
-    db.execute(f"alter table {TABLE} add column authority_public blob")
 
 
 def stored_authority(db: sqlite_utils.Database) -> bytes | None:

@@ -18,14 +18,6 @@ from fedge.agent.core.errors import TrainingError
 TABLE = "model_cache"
 
 
-def ensure_schema(db: sqlite_utils.Database) -> None:
-    """Migration: one row per model version."""
-    db.execute(
-        f"create table if not exists {TABLE} (version text primary key, sha256 text not null,"
-        " weights blob not null, stored real not null)"
-    )
-
-
 class ModelCache:
     """The model_cache table of one store; keeps the ``keep`` newest versions."""
 

@@ -35,16 +35,6 @@ class OutboxItem:
     attempts: int
 
 
-def ensure_schema(db: sqlite_utils.Database) -> None:
-    """Migration: the outbox table, unique by (round_id, stage)."""
-    db.execute(
-        f"create table if not exists {TABLE} ("
-        " id integer primary key autoincrement, round_id integer not null, stage text not null,"
-        " topic text not null, payload blob not null, created real not null,"
-        " attempts integer not null default 0, unique (round_id, stage))"
-    )
-
-
 class Outbox:
     """The outbox table of one store; not thread-safe (the daemon's main thread owns it)."""
 

@@ -79,24 +79,6 @@ def write_model_files(models_dir: str | Path, manifest: ReleaseManifest, model: 
     return path
 
 
-def ensure_schema(db: sqlite_utils.Database) -> None:
-    """Migration: trusted release keys, installed releases (current and previous), pin, rollouts taken."""
-    db.execute("create table release_keys (key_id text primary key, public blob not null, added real not null)")
-    db.execute(
-        "create table release_state (id integer primary key check (id = 1), rotation_seq integer not null,"
-        " pinned text not null)"
-    )
-    db.execute("insert into release_state (id, rotation_seq, pinned) values (1, 0, '')")
-    db.execute(
-        "create table releases (version text primary key, slot text not null unique, release blob not null,"
-        " installed real not null)"
-    )
-    db.execute(
-        "create table rollouts_taken (rollout_id text primary key, version text not null, result text not null,"
-        " at real not null)"
-    )
-
-
 @dataclass(frozen=True)
 class Installed:
     """One installed release: its manifest, verified weights, and a built model's files (else empty)."""

@@ -43,14 +43,6 @@ class Answered:
         return self.digest == request_digest(payload)
 
 
-def ensure_schema(db: sqlite_utils.Database) -> None:
-    """Migration: one row per (round, request type) the device answered."""
-    db.execute(
-        f"create table if not exists {TABLE} (round_id integer not null, request text not null,"
-        " digest blob not null, replies blob not null, primary key (round_id, request))"
-    )
-
-
 def request_digest(payload: bytes) -> bytes:
     """Identifies a request's bytes (not a security check: the request was authenticated by its channel)."""
     return hashlib.sha256(bytes(payload)).digest()

@@ -49,14 +49,6 @@ class RoundRecord:
         object.__setattr__(self, "status", RoundStatus(self.status))
 
 
-def ensure_schema(db: sqlite_utils.Database) -> None:
-    """Migration: one row per round the device heard of."""
-    db.execute(
-        f"create table if not exists {TABLE} (round_id integer primary key, stage text not null,"
-        " status text not null, updated real not null)"
-    )
-
-
 class RoundStates:
     """The round_state table of one store."""
 

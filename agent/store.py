@@ -1,7 +1,12 @@
 """The agent's SQLite store (sqlite-utils): one file per device, evolved by ordered, recorded migrations.
 
-To change the schema, append ``("NNN_what", function)`` to :data:`MIGRATIONS`; never edit,
-rename or reorder an applied one. :class:`Store` applies pending migrations when it opens.
+This module owns the store's schema: every table is created here, by the migrations in
+:data:`MIGRATIONS`, and it imports no feature module. The features (identity, outbox, round
+state, model cache, releases, replies, the privacy ledger, local data) keep their own queries on
+the tables made here. To change the schema, append ``("NNN_what", function)`` to
+:data:`MIGRATIONS`; never edit, rename or reorder an applied one: devices record the names
+(``_migrations``), and :class:`Store` refuses a store that names one it does not know.
+:class:`Store` applies pending migrations when it opens.
 """
 
 from __future__ import annotations
@@ -11,10 +16,8 @@ from pathlib import Path
 
 import sqlite_utils
 
-from fedge.agent import identity, model_cache, outbox, releases, replies, round_state
 from fedge.agent.core import migrations
 from fedge.agent.core.errors import ConfigError
-from fedge.agent.core.privacy import ledger as privacy_ledger
 
 
 def _m001_examples(db: sqlite_utils.Database) -> None:
@@ -27,16 +30,101 @@ def _m001_examples(db: sqlite_utils.Database) -> None:
     db.execute("create index examples_split on examples (split)")
 
 
+def _m002_privacy_ledger(db: sqlite_utils.Database) -> None:
+    """The device's privacy ledger: one row per contribution it sent (kept if it already exists)."""
+    if "privacy_ledger" not in db.table_names():
+        db.table("privacy_ledger").create(
+            {
+                "round_id": int,
+                "mode": str,
+                "noise_multiplier": float,
+                "clip_norm": float,
+                "sampling_rate": float,
+                "delta": float,
+                "rdp_offset": float,
+                "recorded_at": float,
+            },
+            pk="round_id",
+            not_null={"mode", "noise_multiplier", "clip_norm", "sampling_rate", "delta", "rdp_offset"},
+        )
+
+
+def _m003_round_state(db: sqlite_utils.Database) -> None:
+    """One row per round the device heard of: its last stage and status."""
+    db.execute(
+        "create table if not exists round_state (round_id integer primary key, stage text not null,"
+        " status text not null, updated real not null)"
+    )
+
+
+def _m004_outbox(db: sqlite_utils.Database) -> None:
+    """Messages kept until the broker acknowledged them, unique by (round_id, stage)."""
+    db.execute(
+        "create table if not exists outbox ("
+        " id integer primary key autoincrement, round_id integer not null, stage text not null,"
+        " topic text not null, payload blob not null, created real not null,"
+        " attempts integer not null default 0, unique (round_id, stage))"
+    )
+
+
+def _m005_model_cache(db: sqlite_utils.Database) -> None:
+    """Global model weights received, one row per model version."""
+    db.execute(
+        "create table if not exists model_cache (version text primary key, sha256 text not null,"
+        " weights blob not null, stored real not null)"
+    )
+
+
+def _m006_identity(db: sqlite_utils.Database) -> None:
+    """At most one row (id = 1) with the device id and the 32-byte private seed."""
+    db.execute(
+        "create table if not exists identity (id integer primary key check (id = 1), device_id text not null,"
+        " private_key blob not null, created real not null)"
+    )
+
+
+def _m007_releases(db: sqlite_utils.Database) -> None:
+    """Trusted release keys, installed releases (current and previous), the pin, rollouts taken."""
+    db.execute("create table release_keys (key_id text primary key, public blob not null, added real not null)")
+    db.execute(
+        "create table release_state (id integer primary key check (id = 1), rotation_seq integer not null,"
+        " pinned text not null)"
+    )
+    db.execute("insert into release_state (id, rotation_seq, pinned) values (1, 0, '')")
+    db.execute(
+        "create table releases (version text primary key, slot text not null unique, release blob not null,"
+        " installed real not null)"
+    )
+    db.execute(
+        "create table rollouts_taken (rollout_id text primary key, version text not null, result text not null,"
+        " at real not null)"
+    )
+
+
+def _m008_identity_authority(db: sqlite_utils.Database) -> None:
+    """The enrollment authority's public key the device trusts for SecAgg+ peers (optional)."""
+    db.execute("alter table identity add column authority_public blob")
+
+
+def _m009_round_replies(db: sqlite_utils.Database) -> None:
+    """What the device answered, one row per (round, request type)."""
+    db.execute(
+        "create table if not exists round_replies (round_id integer not null, request text not null,"
+        " digest blob not null, replies blob not null, primary key (round_id, request))"
+    )
+
+
+#: Every migration of the agent's store, in the order applied; the names are on devices for good.
 MIGRATIONS: list[migrations.Migration] = [
     ("001_examples", _m001_examples),
-    ("002_privacy_ledger", privacy_ledger.ensure_schema),
-    ("003_round_state", round_state.ensure_schema),
-    ("004_outbox", outbox.ensure_schema),
-    ("005_model_cache", model_cache.ensure_schema),
-    ("006_identity", identity.ensure_schema),
-    ("007_releases", releases.ensure_schema),
-    ("008_identity_authority", identity.ensure_authority_schema),
-    ("009_round_replies", replies.ensure_schema),
+    ("002_privacy_ledger", _m002_privacy_ledger),
+    ("003_round_state", _m003_round_state),
+    ("004_outbox", _m004_outbox),
+    ("005_model_cache", _m005_model_cache),
+    ("006_identity", _m006_identity),
+    ("007_releases", _m007_releases),
+    ("008_identity_authority", _m008_identity_authority),
+    ("009_round_replies", _m009_round_replies),
 ]
 
 

@@ -8,7 +8,8 @@ import pytest
 import sqlite_utils
 
 from fedge.agent.core.errors import BudgetExhausted, ProtocolError
-from fedge.agent.core.privacy.ledger import Contribution, DeviceLedger, ensure_schema
+from fedge.agent.core.privacy.ledger import Contribution, DeviceLedger
+from fedge.agent.store import Store as AgentStore
 from fedge.coordinator.rounds.accounting import RoundEvent, epsilon_of_events
 from fedge.coordinator.service.privacy_budget import CampaignBudget, mark_exhausted, selectable_devices
 from fedge.coordinator.service.privacy_budget import ensure_schema as ensure_coordinator_schema
@@ -18,18 +19,16 @@ def _contribution(round_id: int, z: float = 2.0, mode: str = "local") -> Contrib
     return Contribution(round_id, mode, z, 1.0, 0.1, 1e-5)
 
 
-def test_ledger_schema_is_idempotent(tmp_path):
-    db = sqlite_utils.Database(tmp_path / "agent.db")
-    ensure_schema(db)
-    ensure_schema(db)
+def test_campaign_schema_is_idempotent(tmp_path):
+    db = sqlite_utils.Database(tmp_path / "coord.db")
     ensure_coordinator_schema(db)
     ensure_coordinator_schema(db)
-    assert "privacy_ledger" in db.table_names()
+    assert {"privacy_campaigns", "privacy_rounds", "privacy_exhausted_devices"} <= set(db.table_names())
 
 
 def test_device_refuses_over_budget_even_after_reopen(tmp_path):
     path = tmp_path / "agent.db"
-    ledger = DeviceLedger(sqlite_utils.Database(path), clock=lambda: 1.0)
+    ledger = DeviceLedger(AgentStore(path).db, clock=lambda: 1.0)
     budget = 3.0
     r = 0
     while True:
@@ -45,7 +44,7 @@ def test_device_refuses_over_budget_even_after_reopen(tmp_path):
     # the same figure as dp-accounting's PLD accountant composing r unsampled Gaussians with z = 2
     assert spent == pytest.approx(epsilon_of_events([RoundEvent(2.0, 1.0, "none")] * r, 1e-5, "pld"), rel=1e-3)
     # a restart: a fresh connection to the same file still refuses
-    reopened = DeviceLedger(sqlite_utils.Database(path))
+    reopened = DeviceLedger(AgentStore(path).db)
     assert reopened.epsilon_spent(1e-5) == pytest.approx(spent)
     with pytest.raises(BudgetExhausted, match="budget"):
         reopened.check_can_contribute(budget, _contribution(r))
@@ -54,7 +53,7 @@ def test_device_refuses_over_budget_even_after_reopen(tmp_path):
 
 
 def test_ledger_rejects_double_recording_and_mode_off_is_infinite(tmp_path):
-    ledger = DeviceLedger(sqlite_utils.Database(tmp_path / "agent.db"))
+    ledger = DeviceLedger(AgentStore(tmp_path / "agent.db").db)
     ledger.record(_contribution(1))
     with pytest.raises(ProtocolError):
         ledger.record(_contribution(1))
@@ -106,7 +105,7 @@ def test_coordinator_stops_selecting_spent_devices(tmp_path):
 
 def test_device_and_coordinator_agree_end_to_end(tmp_path):
     """A device declines when over budget; the coordinator marks it and never selects it again."""
-    agent_db = sqlite_utils.Database(tmp_path / "agent.db")
+    agent_db = AgentStore(tmp_path / "agent.db").db
     coord_db = sqlite_utils.Database(tmp_path / "coord.db")
     ledger = DeviceLedger(agent_db)
     selected_rounds = []

@@ -126,30 +126,14 @@ def composed_epsilon(contributions: list[Contribution], delta: float) -> float:
     return gdp_epsilon(math.sqrt(inv), delta) + sum(c.rdp_offset for c in contributions)
 
 
-def ensure_schema(db: sqlite_utils.Database) -> None:
-    """Create the ledger table if it is missing (idempotent)."""
-    if TABLE not in db.table_names():
-        db.table(TABLE).create(
-            {
-                "round_id": int,
-                "mode": str,
-                "noise_multiplier": float,
-                "clip_norm": float,
-                "sampling_rate": float,
-                "delta": float,
-                "rdp_offset": float,
-                "recorded_at": float,
-            },
-            pk="round_id",
-            not_null={"mode", "noise_multiplier", "clip_norm", "sampling_rate", "delta", "rdp_offset"},
-        )
-
-
 class DeviceLedger:
-    """Contributions recorded in ``db`` and the epsilon they add up to (exact Gaussian composition)."""
+    """Contributions recorded in ``db`` and the epsilon they add up to (exact Gaussian composition).
+
+    ``db`` is an agent store's (:class:`fedge.agent.store.Store`): its migration ``002_privacy_ledger``
+    made the table.
+    """
 
     def __init__(self, db: sqlite_utils.Database, *, clock: Callable[[], float] = time.time) -> None:
-        ensure_schema(db)
         self._db = db
         self._clock = clock
 
