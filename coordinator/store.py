@@ -1,6 +1,8 @@
 """The coordinator's SQLite store (sqlite-utils): devices, rounds, uploads, models.
 
-Schema changes are migrations appended to :data:`MIGRATIONS`. Uploads are keyed by
+This module owns the store's schema: every table is made by :data:`MIGRATIONS` (the fleet's
+through :mod:`fedge.coordinator.fleet_schema`), and it imports no feature code; the features
+keep their own queries. Schema changes are migrations appended to :data:`MIGRATIONS`. Uploads are keyed by
 (round, device, stage), so a redelivered message (QoS 1, agent restart) is recognised and never
 counted twice; the coordinator acknowledges a message only after :meth:`Store.record_upload`.
 """
@@ -181,6 +183,27 @@ def _m011_buffered_tasks(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m012_privacy_budget(db: sqlite_utils.Database) -> None:
+    """The campaign's privacy budget: its settings, epsilon after each accounted round, and the
+    devices that declined for lack of budget. Kept when present: before this migration the budget
+    made them on first use."""
+    names = set(db.table_names())
+    if "privacy_campaigns" not in names:
+        db["privacy_campaigns"].create(
+            {"campaign_id": str, "budget_epsilon": float, "delta": float, "accountant": str, "stopped": int},
+            pk="campaign_id",
+            defaults={"stopped": 0},
+        )
+    if "privacy_rounds" not in names:
+        db["privacy_rounds"].create(
+            {"campaign_id": str, "round_id": int, "event": str, "epsilon": float, "recorded_at": float},
+            pk=("campaign_id", "round_id"),
+        )
+    if "privacy_exhausted_devices" not in names:
+        db["privacy_exhausted_devices"].create({"device_id": str, "marked_at": float}, pk="device_id")
+
+
+#: Every migration of the coordinator's store, in the order applied; never rename or reorder one.
 MIGRATIONS: list[migrations.Migration] = [
     ("001_core", _m001_core),
     ("002_service", _m002_service),
@@ -193,6 +216,7 @@ MIGRATIONS: list[migrations.Migration] = [
     ("009_model_files", _m009_model_files),
     ("010_server_opt_state", _m010_server_opt_state),
     ("011_buffered_tasks", _m011_buffered_tasks),
+    ("012_privacy_budget", _m012_privacy_budget),
 ]
 
 

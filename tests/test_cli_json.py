@@ -6,7 +6,6 @@ import json
 
 import click
 import pytest
-import sqlite_utils
 
 from fedge.agent.cli import cli as agent_cli
 from fedge.agent.cli import main as agent_main
@@ -16,6 +15,7 @@ from fedge.coordinator.rounds.accounting import RoundEvent, epsilon
 from fedge.coordinator.service.cli import cli as coordinator_cli
 from fedge.coordinator.service.cli import main as coordinator_main
 from fedge.coordinator.service.privacy_budget import CampaignBudget
+from fedge.coordinator.store import Store as CoordinatorStore
 
 #: Command names that report rather than act.
 REPORTING = {"list", "show", "status", "stats", "history", "rounds", "identity", "epsilon"}
@@ -62,7 +62,7 @@ def _run(main, argv, capsys):
 
 def test_privacy_history_json(tmp_path, capsys) -> None:
     path = tmp_path / "coord.db"
-    budget = CampaignBudget(sqlite_utils.Database(path), "c1", budget_epsilon=10.0, delta=1e-5)
+    budget = CampaignBudget(CoordinatorStore(str(path)).db, "c1", budget_epsilon=10.0, delta=1e-5)
     for r in range(3):
         budget.record_round(r, RoundEvent(1.0, 0.05))
     code, out, _ = _run(

@@ -7,23 +7,56 @@ import math
 import pytest
 import sqlite_utils
 
-from fedge.agent.core.errors import BudgetExhausted, ProtocolError
+from fedge.agent.core import migrations
+from fedge.agent.core.errors import BudgetExhausted, ConfigError, ProtocolError
 from fedge.agent.core.privacy.ledger import Contribution, DeviceLedger
 from fedge.agent.store import Store as AgentStore
 from fedge.coordinator.rounds.accounting import RoundEvent, epsilon_of_events
-from fedge.coordinator.service.privacy_budget import CampaignBudget, mark_exhausted, selectable_devices
-from fedge.coordinator.service.privacy_budget import ensure_schema as ensure_coordinator_schema
+from fedge.coordinator.service.privacy_budget import (
+    CampaignBudget,
+    campaign_history,
+    mark_exhausted,
+    selectable_devices,
+)
+from fedge.coordinator.store import MIGRATIONS as COORDINATOR_MIGRATIONS
+from fedge.coordinator.store import Store as CoordinatorStore
 
 
 def _contribution(round_id: int, z: float = 2.0, mode: str = "local") -> Contribution:
     return Contribution(round_id, mode, z, 1.0, 0.1, 1e-5)
 
 
-def test_campaign_schema_is_idempotent(tmp_path):
+def _coord(path) -> sqlite_utils.Database:
+    return CoordinatorStore(str(path)).db
+
+
+def test_a_budget_made_before_its_migration_is_kept(tmp_path):
+    """Before ``012_privacy_budget`` the budget made its tables on first use: a store with a campaign
+    and those tables, migrated up to 011, opens with the campaign and its marks intact."""
+    path = tmp_path / "coord.db"
+    old = sqlite_utils.Database(path)
+    migrations.apply(old, COORDINATOR_MIGRATIONS[:-1])
+    assert COORDINATOR_MIGRATIONS[-1][0] == "012_privacy_budget"
+    COORDINATOR_MIGRATIONS[-1][1](old)  # the same calls the budget made on first use
+    old["privacy_campaigns"].insert(
+        {"campaign_id": "c1", "budget_epsilon": 2.0, "delta": 1e-5, "accountant": "rdp", "stopped": 0}
+    )
+    old["privacy_rounds"].insert({"campaign_id": "c1", "round_id": 1, "event": "{}", "epsilon": 0.5, "recorded_at": 0})
+    mark_exhausted(old, "dev1", clock=lambda: 0.0)
+    old.conn.close()
+    db = _coord(path)
+    assert migrations.applied(db)[-1] == "012_privacy_budget"
+    assert campaign_history(db, "c1") == [(1, 0.5)]
+    assert selectable_devices(db, ["dev1", "dev2"], {}, 3.0) == ["dev2"]
+
+
+def test_history_of_a_store_without_budget_tables_is_a_config_error(tmp_path):
+    """``privacy history`` reads the file as it is: a store migrated before 012 that never ran a
+    campaign has no budget tables, and that is "no privacy budget is stored", not a SQLite error."""
     db = sqlite_utils.Database(tmp_path / "coord.db")
-    ensure_coordinator_schema(db)
-    ensure_coordinator_schema(db)
-    assert {"privacy_campaigns", "privacy_rounds", "privacy_exhausted_devices"} <= set(db.table_names())
+    migrations.apply(db, COORDINATOR_MIGRATIONS[:-1])
+    with pytest.raises(ConfigError, match="no privacy budget"):
+        campaign_history(db, "c1")
 
 
 def test_device_refuses_over_budget_even_after_reopen(tmp_path):
@@ -66,7 +99,7 @@ def test_ledger_rejects_double_recording_and_mode_off_is_infinite(tmp_path):
 def test_campaign_stops_at_budget_and_stays_stopped_after_restart(tmp_path):
     path = tmp_path / "coord.db"
     event = RoundEvent(1.0, 0.05)
-    budget = CampaignBudget(sqlite_utils.Database(path), "c1", budget_epsilon=2.0, delta=1e-5, clock=lambda: 0.0)
+    budget = CampaignBudget(_coord(path), "c1", budget_epsilon=2.0, delta=1e-5, clock=lambda: 0.0)
     r = 0
     with pytest.raises(BudgetExhausted, match="stopped"):
         while True:
@@ -77,7 +110,7 @@ def test_campaign_stops_at_budget_and_stays_stopped_after_restart(tmp_path):
     assert all(a[1] < b[1] for a, b in zip(history, history[1:]))  # epsilon recorded per round, growing
     assert history[-1][1] <= 2.0
     assert history[-1][1] == pytest.approx(epsilon_of_events([event] * r, 1e-5), rel=1e-9)
-    restarted = CampaignBudget(sqlite_utils.Database(path), "c1", budget_epsilon=2.0, delta=1e-5)
+    restarted = CampaignBudget(_coord(path), "c1", budget_epsilon=2.0, delta=1e-5)
     assert restarted.stopped
     assert restarted.epsilon_so_far() == pytest.approx(history[-1][1])
     with pytest.raises(BudgetExhausted):
@@ -85,7 +118,7 @@ def test_campaign_stops_at_budget_and_stays_stopped_after_restart(tmp_path):
 
 
 def test_campaign_refuses_changed_settings(tmp_path):
-    db = sqlite_utils.Database(tmp_path / "coord.db")
+    db = _coord(tmp_path / "coord.db")
     CampaignBudget(db, "c1", budget_epsilon=2.0, delta=1e-5)
     with pytest.raises(Exception, match="differ"):
         CampaignBudget(db, "c1", budget_epsilon=20.0, delta=1e-5)
@@ -93,20 +126,20 @@ def test_campaign_refuses_changed_settings(tmp_path):
 
 def test_coordinator_stops_selecting_spent_devices(tmp_path):
     path = tmp_path / "coord.db"
-    db = sqlite_utils.Database(path)
+    db = _coord(path)
     devices = ["a", "b", "c", "d"]
     assert selectable_devices(db, devices, {}, 3.0) == devices
     mark_exhausted(db, "b", clock=lambda: 0.0)
     reported = {"c": 3.0, "d": 2.9}
     # after a restart, the marks are still there
-    again = sqlite_utils.Database(path)
+    again = _coord(path)
     assert selectable_devices(again, devices, reported, 3.0) == ["a", "d"]
 
 
 def test_device_and_coordinator_agree_end_to_end(tmp_path):
     """A device declines when over budget; the coordinator marks it and never selects it again."""
     agent_db = AgentStore(tmp_path / "agent.db").db
-    coord_db = sqlite_utils.Database(tmp_path / "coord.db")
+    coord_db = _coord(tmp_path / "coord.db")
     ledger = DeviceLedger(agent_db)
     selected_rounds = []
     for r in range(20):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import sqlite_utils
 
 from fedge.agent.cli import main as agent_main
 from fedge.agent.core.privacy.ledger import Contribution, DeviceLedger
@@ -13,6 +12,7 @@ from fedge.agent.store import Store
 from fedge.coordinator.rounds.accounting import RoundEvent, epsilon
 from fedge.coordinator.service.cli import main as coordinator_main
 from fedge.coordinator.service.privacy_budget import CampaignBudget
+from fedge.coordinator.store import Store as CoordinatorStore
 
 
 def _run(main, argv, capsys):
@@ -40,7 +40,7 @@ def test_coordinator_epsilon_prints_dp_accounting_figure(capsys):
 
 def test_coordinator_history_prints_epsilon_per_round(tmp_path, capsys):
     path = tmp_path / "coord.db"
-    budget = CampaignBudget(sqlite_utils.Database(path), "c1", budget_epsilon=10.0, delta=1e-5)
+    budget = CampaignBudget(CoordinatorStore(str(path)).db, "c1", budget_epsilon=10.0, delta=1e-5)
     for r in range(3):
         budget.record_round(r, RoundEvent(1.0, 0.05))
     code, out, _ = _run(coordinator_main, ["privacy", "history", "--db", str(path), "--campaign", "c1"], capsys)

@@ -45,6 +45,7 @@ COORDINATOR_MIGRATIONS = [
     "009_model_files",
     "010_server_opt_state",
     "011_buffered_tasks",
+    "012_privacy_budget",
 ]
 
 

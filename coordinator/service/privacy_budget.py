@@ -4,7 +4,9 @@ A campaign's epsilon is the population-level, user-level guarantee: one sampled 
 per round (as the coordinator actually samples), composed with ``dp-accounting``
 (:mod:`fedge.coordinator.rounds.accounting`). A round whose epsilon would exceed the budget is
 refused with :class:`BudgetExhausted` and the campaign is marked stopped; both the rounds and
-the stop survive a restart because they live in SQLite (sqlite-utils).
+the stop survive a restart because they live in the coordinator's store, whose migration
+``012_privacy_budget`` (:mod:`fedge.coordinator.store`) makes the tables; every function here
+takes that store's database.
 """
 
 from __future__ import annotations
@@ -27,24 +29,6 @@ ROUNDS = "privacy_rounds"
 EXHAUSTED = "privacy_exhausted_devices"
 
 
-def ensure_schema(db: sqlite_utils.Database) -> None:
-    """Create the budget tables if they are missing (idempotent)."""
-    names = set(db.table_names())
-    if CAMPAIGNS not in names:
-        db[CAMPAIGNS].create(
-            {"campaign_id": str, "budget_epsilon": float, "delta": float, "accountant": str, "stopped": int},
-            pk="campaign_id",
-            defaults={"stopped": 0},
-        )
-    if ROUNDS not in names:
-        db[ROUNDS].create(
-            {"campaign_id": str, "round_id": int, "event": str, "epsilon": float, "recorded_at": float},
-            pk=("campaign_id", "round_id"),
-        )
-    if EXHAUSTED not in names:
-        db[EXHAUSTED].create({"device_id": str, "marked_at": float}, pk="device_id")
-
-
 class CampaignBudget:
     """One campaign's epsilon so far, its budget, and the refusal to exceed it."""
 
@@ -65,7 +49,6 @@ class CampaignBudget:
             raise ConfigError(f"campaign delta: expected a number in (0, 1), got {delta!r}")
         if accountant not in ACCOUNTANTS:
             raise ConfigError(f"campaign accountant: expected one of {ACCOUNTANTS}, got {accountant!r}")
-        ensure_schema(db)
         self._db, self.campaign_id, self._clock = db, campaign_id, clock
         want = {"budget_epsilon": budget_epsilon, "delta": delta, "accountant": accountant}
         rows = list(db[CAMPAIGNS].rows_where("campaign_id = ?", [campaign_id]))
@@ -136,7 +119,6 @@ class CampaignBudget:
 
 def mark_exhausted(db: sqlite_utils.Database, device_id: str, clock: Callable[[], float] = time.time) -> None:
     """Remember that ``device_id`` declined for lack of budget, so it is not selected again."""
-    ensure_schema(db)
     db[EXHAUSTED].upsert({"device_id": device_id, "marked_at": clock()}, pk="device_id")
 
 
@@ -150,15 +132,13 @@ def selectable_devices(
 
     This filter only saves wasted selections; each device enforces its budget itself.
     """
-    ensure_schema(db)
     exhausted = {r["device_id"] for r in db[EXHAUSTED].rows}
     return [d for d in candidates if d not in exhausted and not reported_epsilon.get(d, 0.0) >= budget_epsilon]
 
 
 def campaign_history(db: sqlite_utils.Database, campaign_id: str) -> list[tuple[int, float]]:
     """(round id, epsilon so far) of a stored campaign, oldest first; unknown campaign is a ConfigError."""
-    ensure_schema(db)
-    if not db[CAMPAIGNS].count_where("campaign_id = ?", [campaign_id]):
+    if CAMPAIGNS not in db.table_names() or not db[CAMPAIGNS].count_where("campaign_id = ?", [campaign_id]):
         raise ConfigError(f"campaign {campaign_id!r}: no privacy budget is stored for it")
     return [
         (r["round_id"], r["epsilon"])

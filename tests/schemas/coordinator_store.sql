@@ -16,6 +16,15 @@
 -- index sqlite_autoindex_pins_1 on pins
 (automatic);
 
+-- index sqlite_autoindex_privacy_campaigns_1 on privacy_campaigns
+(automatic);
+
+-- index sqlite_autoindex_privacy_exhausted_devices_1 on privacy_exhausted_devices
+(automatic);
+
+-- index sqlite_autoindex_privacy_rounds_1 on privacy_rounds
+(automatic);
+
 -- index sqlite_autoindex_release_keys_1 on release_keys
 (automatic);
 
@@ -112,6 +121,31 @@ CREATE TABLE "pins" (
    "selector" TEXT PRIMARY KEY,
    "version" TEXT,
    "created" REAL
+);
+
+-- table privacy_campaigns on privacy_campaigns
+CREATE TABLE "privacy_campaigns" (
+   "campaign_id" TEXT PRIMARY KEY,
+   "budget_epsilon" REAL,
+   "delta" REAL,
+   "accountant" TEXT,
+   "stopped" INTEGER DEFAULT 0
+);
+
+-- table privacy_exhausted_devices on privacy_exhausted_devices
+CREATE TABLE "privacy_exhausted_devices" (
+   "device_id" TEXT PRIMARY KEY,
+   "marked_at" REAL
+);
+
+-- table privacy_rounds on privacy_rounds
+CREATE TABLE "privacy_rounds" (
+   "campaign_id" TEXT,
+   "round_id" INTEGER,
+   "event" TEXT,
+   "epsilon" REAL,
+   "recorded_at" REAL,
+   PRIMARY KEY ("campaign_id", "round_id")
 );
 
 -- table rejections on rejections
