@@ -148,97 +148,168 @@ def write_csv(summary: Summary, out: Path) -> Path:
 
 
 def write_plots(summary: Summary, out: Path) -> list[Path]:
-    """PNG plots: accuracy against rounds, against ε (if accounted), and per client group at the last round."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Write the PNG plots this run has data for (:func:`figures`); return the files written."""
     out.mkdir(parents=True, exist_ok=True)
-    rounds = [r.round for r in summary.rounds]
-    acc = [r.accuracy for r in summary.rounds]
-    paths = []
+    return [_save(fig, out / name) for name, fig in figures(summary).items()]
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(rounds, acc, marker=".")
-    ax.set(xlabel="round", ylabel="test accuracy", title="Accuracy against rounds")
-    ax.grid(alpha=0.3)
-    paths.append(_save(fig, out / PLOTS[0]))
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    eps = [(r.epsilon, r.accuracy) for r in summary.rounds if r.epsilon is not None]
+#: Labels of the data-size quartile groups (``size:q1`` ... ``size:q4``).
+SIZE_QUARTILES = {"q1": "Q1 (fewest examples)", "q2": "Q2", "q3": "Q3", "q4": "Q4 (most examples)"}
+ACCURACY_LABEL = "test accuracy (fraction correct)"
+_CHANCE_STYLE = {"linestyle": "--", "color": "0.45", "linewidth": 1.2}
+
+
+def num_classes(summary: Summary) -> int | None:
+    """The data set's number of classes (``summary.json``'s ``data.num_classes``), None when unknown."""
+    data = summary.extra.get("data")
+    n = data.get("num_classes") if isinstance(data, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 2 else None
+
+
+def group_label(group: str, summary: Summary) -> str:
+    """A client group as a reader says it: ``profile:pi4`` -> ``pi4 (n=12)`` (n: the profile's devices
+    in the population, when the summary names them), ``size:q1`` -> ``Q1 (fewest examples)``."""
+    kind, _, name = group.partition(":")
+    if kind == "profile":
+        pop = summary.extra.get("population")
+        counts = dict(zip(pop.get("profiles", []), pop.get("counts", []))) if isinstance(pop, dict) else {}
+        return f"{name} (n={counts[name]})" if name in counts else name
+    if kind == "size":
+        return SIZE_QUARTILES.get(name, f"data size {name}")
+    return group.replace(":", " ")
+
+
+def figures(summary: Summary) -> dict[str, Any]:
+    """The plots this run has data for, as matplotlib figures keyed by file name (in :data:`PLOTS` order).
+
+    Accuracy against rounds; accuracy against ε only when some round has a finite ε (DP on); accuracy
+    per client group at the last round when groups were evaluated; the accountant's ε against the
+    canary audit only when either has a value. Accuracy plots carry a dashed chance level
+    (1/``num_classes``) when the summary names the class count; every legend sits outside the axes.
+    """
+    out: dict[str, Any] = {}
+    rows = summary.rounds
+    if not rows:
+        return out
+    chance = num_classes(summary)
+    delta = f"δ = {rows[-1].delta:g}"
+
+    fig, ax = _figure((6, 4))
+    ax.plot([r.round for r in rows], [r.accuracy for r in rows], marker=".", label="global model")
+    _accuracy_axes(ax, chance)
+    _round_axis(ax)
+    ax.set(xlabel="round", title="Accuracy against rounds")
+    _legend_outside(ax)
+    out[PLOTS[0]] = fig
+
+    eps = [(r.epsilon, r.accuracy) for r in rows if r.epsilon is not None and math.isfinite(r.epsilon)]
     if eps:
-        ax.plot([e for e, _ in eps], [a for _, a in eps], marker=".")
-        ax.set(xlabel=f"ε (δ = {summary.rounds[-1].delta:g})", ylabel="test accuracy")
-    else:
-        ax.text(
-            0.5, 0.5, "no privacy accounting in this run (--dp off)", ha="center", va="center", transform=ax.transAxes
-        )
-    ax.set_title("Accuracy against ε")
+        fig, ax = _figure((6, 4))
+        ax.plot([e for e, _ in eps], [a for _, a in eps], marker=".", label="global model")
+        _accuracy_axes(ax, chance)
+        ax.set(xlabel=f"ε spent so far ({delta})", title="Accuracy against ε")
+        _legend_outside(ax)
+        out[PLOTS[1]] = fig
+
+    last = rows[-1].group_accuracy
+    if last:
+        out[PLOTS[2]] = _group_figure(summary, last, chance)
+
+    audit = _audit_figure(summary, delta)
+    if audit is not None:
+        out[PLOTS[3]] = audit
+    return out
+
+
+def _figure(size: tuple[float, float], ncols: int = 1) -> tuple[Any, Any]:
+    """A figure of its own (no pyplot state) with an Agg canvas, and its axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols)
+    return fig, axes
+
+
+def _round_axis(ax: Any) -> None:
+    """Integer ticks on the x axis (rounds, uploads: no round 2.5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _accuracy_axes(ax: Any, classes: int | None) -> None:
+    """Accuracy from 0 to 1, its axis title, and the dashed chance level 1/classes when known."""
+    if classes is not None:
+        ax.axhline(1 / classes, **_CHANCE_STYLE, label=f"chance (1/{classes} = {1 / classes:.2g})")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(ACCURACY_LABEL)
     ax.grid(alpha=0.3)
-    paths.append(_save(fig, out / PLOTS[1]))
-
-    paths_tail = [_audit_plot(summary, out / PLOTS[3], plt)]
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    last = summary.rounds[-1].group_accuracy if summary.rounds else {}
-    names = sorted(last)
-    ax.bar(range(len(names)), [last[n] for n in names])
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set(ylabel="accuracy", title="Accuracy per client group (last round)", ylim=(0, 1))
-    fig.tight_layout()
-    paths.append(_save(fig, out / PLOTS[2]))
-    return paths + paths_tail
 
 
-def _audit_plot(summary: Summary, path: Path, plt: Any) -> Path:
-    """Accountant ε against the canary audit's estimate and lower bound, over rounds."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+def _legend_outside(ax: Any) -> None:
+    """The legend to the right of the axes, where it cannot cover a point (savefig keeps it in the image)."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False, fontsize="small")
+
+
+def _group_figure(summary: Summary, accuracy: dict[str, float], chance: int | None) -> Any:
+    """Bars per client group, device profiles and data-size quartiles in two colours, named for a reader."""
+    names = sorted(accuracy, key=lambda g: (not g.startswith("profile:"), g))
+    kinds = {
+        "profile": ("C0", "device profile (n: its devices in the population)"),
+        "size": ("C2", "quartile of local data size"),
+    }
+    fig, ax = _figure((7.5, 4))
+    seen: set[str] = set()
+    for i, g in enumerate(names):
+        kind = g.partition(":")[0]
+        colour, label = kinds.get(kind, ("C7", "other group"))
+        bars = ax.bar(i, accuracy[g], color=colour, label=None if kind in seen else label)
+        ax.bar_label(bars, fmt="%.2f", fontsize="small")
+        seen.add(kind)
+    ax.set_xticks(range(len(names)), [group_label(g, summary) for g in names], rotation=30, ha="right")
+    _accuracy_axes(ax, chance)
+    ax.xaxis.grid(False)
+    ax.set_axisbelow(True)
+    ax.set(xlabel="client group", title=f"Accuracy per client group (round {summary.rounds[-1].round})")
+    _legend_outside(ax)
+    return fig
+
+
+def _audit_figure(summary: Summary, delta: str) -> Any | None:
+    """Accountant ε against the canary audit's estimate and lower bound, over rounds; None when none has a value."""
     rounds = [r.round for r in summary.rounds]
     series = [
         ("epsilon", "accountant ε", "-"),
         ("epsilon_empirical", "audit estimate (Gaussian fit)", "--"),
         ("epsilon_lower_bound", "audit lower bound (95%)", ":"),
     ]
-    drawn = False
+    drawn = []
     for key, label, style in series:
         values = [getattr(r, key) for r in summary.rounds]
-        if any(v is not None and math.isfinite(v) for v in values):
-            ax.plot(
-                rounds,
-                [math.nan if v is None or not math.isfinite(v) else v for v in values],
-                style,
-                marker=".",
-                label=label,
-            )
-            drawn = True
-    if drawn:
-        ax.set(xlabel="round", ylabel=f"ε (δ = {summary.rounds[-1].delta:g})")
-        ax.legend()
-    else:
-        ax.text(
-            0.5,
-            0.5,
-            "no ε and no audit in this run (--dp off, no --audit-canaries)",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-        )
-    ax.set_title("Accountant ε against the canary audit")
+        finite = [math.nan if v is None or not math.isfinite(v) else v for v in values]
+        if any(not math.isnan(v) for v in finite):
+            drawn.append((label, style, finite))
+    if not drawn:
+        return None
+    fig, ax = _figure((6, 4))
+    for label, style, values in drawn:
+        ax.plot(rounds, values, style, marker=".", label=label)
+    _round_axis(ax)
+    ax.set(xlabel="round", ylabel=f"ε ({delta})", title="Accountant ε against the canary audit")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    _legend_outside(ax)
+    return fig
 
 
 def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
 
 def write_report(summary: Summary, out: Path) -> list[Path]:
-    """Everything a run leaves in ``out``: summary.json, rounds.csv and the plots."""
+    """Everything a run leaves in ``out``: summary.json, rounds.csv and the plots it has data for (the files written)."""
     return [write_summary(summary, out), write_csv(summary, out), *write_plots(summary, out)]
 
 
@@ -255,23 +326,28 @@ def progress(items: Iterable[T], total: int, desc: str = "rounds", stream: Any =
         print(f"{desc}: {i}/{total}", file=stream, flush=True)
 
 
-def write_comparison(runs: dict[str, Summary], path: Path) -> Path:
-    """One PNG comparing runs (e.g. sync and buffered): accuracy against simulated time and against uploads."""
-    import matplotlib
+def comparison_figure(runs: dict[str, Summary]) -> Any:
+    """Runs side by side (e.g. sync and buffered): accuracy against simulated time and against uploads.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    One legend for both panels, right of them; the chance level when every run names the same class count.
+    """
+    fig, (left, right) = _figure((11, 4), ncols=2)
     for name, summary in runs.items():
         rows = summary.rounds
         left.plot([r.sim_seconds for r in rows], [r.accuracy for r in rows], marker=".", label=name)
         right.plot([r.uploads for r in rows], [r.accuracy for r in rows], marker=".", label=name)
-    left.set(xlabel="simulated seconds", ylabel="test accuracy", title="Accuracy against simulated time")
-    right.set(xlabel="updates aggregated", ylabel="test accuracy", title="Accuracy against uploads")
+    classes = {num_classes(s) for s in runs.values()}
+    chance = classes.pop() if len(classes) == 1 else None
     for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+        _accuracy_axes(ax, chance)
+    _round_axis(right)
+    left.set(xlabel="simulated time (s)", title="Accuracy against simulated time")
+    right.set(xlabel="updates aggregated (count)", title="Accuracy against uploads")
+    _legend_outside(right)
+    return fig
+
+
+def write_comparison(runs: dict[str, Summary], path: Path) -> Path:
+    """Write :func:`comparison_figure` as one PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _save(fig, path)
+    return _save(comparison_figure(runs), path)
