@@ -34,6 +34,24 @@ def test_pacer_admits_in_batches_and_frees_slots_on_replies() -> None:
         Pacer(0)
 
 
+def test_pacer_repeats_the_stage_requests_of_devices_that_owe_a_reply() -> None:
+    p = Pacer(10)
+    p.push([ob("a"), ob("b"), ob("c")])
+    p.admit()
+    p.answered("b")
+    assert [(o.device_id, o.message) for o in p.resend()] == [("a", "task"), ("c", "task")]
+    p.push([ob("c", "peers")])  # a second message to c in the same stage is repeated with the first
+    p.admit()
+    assert [(o.device_id, o.message) for o in p.resend()] == [("a", "task"), ("c", "task"), ("c", "peers")]
+    p.new_stage()  # a new stage: nothing of the last one is repeated
+    assert p.resend() == []
+    p.push([ob("d")])
+    assert p.resend() == []  # only what was admitted (sent) is repeated
+    p.admit()
+    p.clear()
+    assert p.resend() == []
+
+
 @pytest.mark.timeout(120)
 def test_service_with_a_batch_of_one_serialises_uploads(embedded_broker, tmp_path) -> None:
     fleet = make_fleet(tmp_path, 4)

@@ -97,7 +97,9 @@ class BufferedDriver:
         self._abandon_tasks("coordinator restarted", only_open=True)
         try:
             self.pool = self._check_in()
+            svc.watch_link()
             while len(reports) < svc.config.rounds and not svc.stopping and not svc.budget_spent:
+                svc.repeat_after_reconnect()
                 self._expire()
                 self._fill_slots()
                 if self.engine is None and not self.closed and not self.training and not self._startable():

@@ -60,6 +60,8 @@ class LoadtestConfig:
     rounds: int = 3
     churn: float = 0.0
     broker_restart: bool = False
+    #: the restart is a crash: SIGKILL, so the broker comes back with what it last autosaved
+    broker_crash: bool = False
     broker_url: str | None = None
     workdir: str | None = None
     agents_per_worker: int = 100
@@ -79,8 +81,10 @@ class LoadtestConfig:
                 f"agents per worker: expected 1..{MAX_AGENTS_PER_WORKER} (paho's select() "
                 f"breaks at descriptor 1,024), got {self.agents_per_worker}"
             )
-        if self.broker_restart and self.broker_url is not None:
-            raise ConfigError("--broker-restart needs the broker this command starts (not --broker)")
+        if (self.broker_restart or self.broker_crash) and self.broker_url is not None:
+            raise ConfigError("--broker-restart and --broker-crash need the broker this command starts (not --broker)")
+        if self.broker_restart and self.broker_crash:
+            raise ConfigError("--broker-restart (graceful) and --broker-crash: choose one")
 
     def training(self) -> Any:
         from fedge.coordinator.rounds.plan import TrainingConfig
@@ -165,6 +169,15 @@ class Mosquitto:
 
     def restart(self) -> None:
         self.stop()
+        self.start()
+
+    def crash(self) -> None:
+        """SIGKILL, then start again: sessions, subscriptions and queued messages since the last autosave
+        are gone, as after a power cut."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
         self.start()
 
 
@@ -321,14 +334,18 @@ class _Monitor(threading.Thread):
                         for c in self.conns:
                             c.send(("churn", self.cfg.churn, window))
                 if (
-                    self.cfg.broker_restart
+                    (self.cfg.broker_restart or self.cfg.broker_crash)
                     and self.broker is not None
                     and not self.restarts
                     and rid == self._restart_round
                     and stage not in ("checkin", "", None)
                 ):
-                    log.warning("load test: restarting the broker mid-round", extra={"round": rid})
-                    self.broker.restart()
+                    how = "crashing (SIGKILL) and restarting" if self.cfg.broker_crash else "restarting"
+                    log.warning("load test: %s the broker mid-round", how, extra={"round": rid})
+                    if self.cfg.broker_crash:
+                        self.broker.crash()
+                    else:
+                        self.broker.restart()
                     self.restarts += 1
 
     def _last_length(self, rid: int) -> float | None:
@@ -430,13 +447,15 @@ def _rounds(db: Path, ids: list[int]) -> list[dict[str, Any]]:
     try:
         out = []
         for rid in ids:
-            status, participants, dropped, started, ended = con.execute(
-                "select status, participants, dropped, started_at, ended_at from rounds where round_id = ?", (rid,)
+            status, reason, participants, dropped, started, ended = con.execute(
+                "select status, reason, participants, dropped, started_at, ended_at from rounds where round_id = ?",
+                (rid,),
             ).fetchone()
             out.append(
                 {
                     "round": rid,
                     "status": status,
+                    "reason": reason or "",
                     "participants": participants or 0,
                     "dropped": sum(json.loads(dropped).values()) if dropped else 0,
                     "seconds": round((ended or started) - started, 1),

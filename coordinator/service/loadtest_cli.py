@@ -16,6 +16,11 @@ import click
     help="Fraction of agents whose connection is reset at a random moment of each round.",
 )
 @click.option("--broker-restart", is_flag=True, help="Restart the broker once, mid-round (SIGTERM, then start).")
+@click.option(
+    "--broker-crash",
+    is_flag=True,
+    help="Crash the broker once, mid-round (SIGKILL, then start: what it had not autosaved is gone).",
+)
 @click.option("--broker", "broker_url", default=None, help="Use this broker URL instead of starting Mosquitto.")
 @click.option(
     "--agents-per-worker",
@@ -39,6 +44,7 @@ def loadtest(
     rounds: int,
     churn: float,
     broker_restart: bool,
+    broker_crash: bool,
     broker_url: str | None,
     agents_per_worker: int,
     checkin_window: float,
@@ -55,6 +61,7 @@ def loadtest(
             rounds=rounds,
             churn=churn,
             broker_restart=broker_restart,
+            broker_crash=broker_crash,
             broker_url=broker_url,
             agents_per_worker=agents_per_worker,
             checkin_window_s=checkin_window,

@@ -23,6 +23,8 @@ class Pacer:
         self.batch = batch
         self._queue: deque[Outbound] = deque()
         self._owing: set[str] = set()
+        #: this stage's admitted messages per device that has not answered yet (for :meth:`resend`)
+        self._sent: dict[str, list[Outbound]] = {}
 
     def push(self, outbound: Iterable[Outbound]) -> None:
         self._queue.extend(outbound)
@@ -30,10 +32,12 @@ class Pacer:
     def answered(self, device_id: str) -> None:
         """``device_id`` replied: its slot is free."""
         self._owing.discard(device_id)
+        self._sent.pop(device_id, None)
 
     def new_stage(self) -> None:
         """A stage closed: whoever did not answer in time no longer holds a slot."""
         self._owing.clear()
+        self._sent.clear()
 
     def admit(self) -> list[Outbound]:
         """The messages that may go out now, in order (a device already owing us is not held back)."""
@@ -42,9 +46,16 @@ class Pacer:
             d = self._queue[0].device_id
             if d not in self._owing and len(self._owing) >= self.batch:
                 break
-            out.append(self._queue.popleft())
+            o = self._queue.popleft()
+            out.append(o)
             self._owing.add(d)
+            self._sent.setdefault(d, []).append(o)
         return out
+
+    def resend(self) -> list[Outbound]:
+        """This stage's admitted messages to every device that has not answered: sent again after the
+        broker may have lost them (a repeat is harmless, the device answers it from its store)."""
+        return [o for sent in self._sent.values() for o in sent]
 
     @property
     def waiting(self) -> int:
@@ -58,3 +69,4 @@ class Pacer:
     def clear(self) -> None:
         self._queue.clear()
         self._owing.clear()
+        self._sent.clear()

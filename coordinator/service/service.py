@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: The longest a receive waits, so a stop request is seen promptly.
 POLL_S = 0.25
+#: after the broker link came back, a round's unanswered requests are repeated this often until it ends
+RESEND_S = 5.0
 RESTARTED = "coordinator restarted"
 #: The neighbouring relation of every epsilon the service reports: its cohorts are Poisson-sampled
 #: and buffered groups are accounted unamplified, both add-or-remove-one (docs/privacy.md).
@@ -148,6 +150,8 @@ class CoordinatorService:
         self._evaluator: Any = None
         self._eval: tuple[np.ndarray, np.ndarray] | None = None
         self.budget_spent = False
+        self._link_seen = 0  # the transport's connections when the round's watch began
+        self._resend_at: float | None = None
         self._groups = GroupWorkers(config.group_workers)
         #: the live privacy audit's canary clients (``audit_canaries``), made when the model is known
         self.canaries: LiveCanaries | None = None
@@ -399,8 +403,10 @@ class CoordinatorService:
         self.engine, self._phase = engine, "engine"
         self._pacer.clear()
         self._pacer.push(engine.start())
+        self.watch_link()
         stage = engine.stage
         while engine.status is RoundStatus.RUNNING and not self._stop.is_set():
+            self.repeat_after_reconnect()
             self._send(self._pacer.admit())
             left = engine.deadline - self.clock()
             if left > 0:
@@ -618,6 +624,35 @@ class CoordinatorService:
             self._store().db.execute(
                 "update rounds set bytes_down = coalesce(bytes_down, 0) + ? where round_id = ?", [sent, self._round_id]
             )
+
+    def watch_link(self) -> None:
+        """Start a round's watch on the broker link (see :meth:`repeat_after_reconnect`)."""
+        self._link_seen = self.transport.connections if self.transport is not None else 0
+        self._resend_at = None
+
+    def repeat_after_reconnect(self) -> None:
+        """Once the link dropped and came back, the broker may have lost our session and with it what
+        devices sent meanwhile (published to no subscriber) and what we sent them (a crashed broker
+        keeps only what it autosaved): repeat this stage's requests to the devices that owe a reply,
+        now and every RESEND_S until the round ends. A repeat is harmless: a device answers it from
+        its store, and a stored upload is never counted twice."""
+        t = self.transport
+        if t is None:
+            return
+        now = self.clock()
+        if t.connections != self._link_seen:
+            self._link_seen, self._resend_at = t.connections, now
+        if self._resend_at is None or now < self._resend_at or not t.connected:
+            return
+        again = [o for o in self._pacer.resend() if not is_canary(o.device_id)]
+        if again:
+            log.info(
+                "broker link came back: repeating %d requests to devices that owe a reply",
+                len(again),
+                extra={"round": self._round_id},
+            )
+            self._send(again)
+        self._resend_at = now + RESEND_S
 
     def _from_canary(self, canary: str, msg: Any) -> None:
         """A canary's reply goes to the engine as a device's would (it is never stored as an upload)."""

@@ -144,6 +144,11 @@ class Transport(Protocol):
     def url(self) -> str:
         """The broker this transport is connected to, or trying now."""
 
+    @property
+    def connections(self) -> int:
+        """Successful connections so far: a change means the link dropped and came back, after which
+        the broker may have forgotten the session (and what was published meanwhile)."""
+
     def wait_connected(self, timeout: float | None = None) -> bool:
         """Block until connected or ``timeout``; return whether connected."""
 

@@ -203,6 +203,10 @@ class InMemoryTransport:
     def url(self) -> str:
         return self.config.broker_url
 
+    @property
+    def connections(self) -> int:
+        return self._epoch
+
     def wait_connected(self, timeout: float | None = None) -> bool:
         return self._connected
 

@@ -300,6 +300,10 @@ class MqttTransport:
         return self._failover.current
 
     @property
+    def connections(self) -> int:
+        return self._generation
+
+    @property
     def connected(self) -> bool:
         return self._up.is_set()
 
