@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import sqlite_utils
 
@@ -79,6 +79,12 @@ class Replies:
             f"select digest, replies from {TABLE} where round_id = ? and request = ?", [round_id, request]
         ).fetchone()
         return Answered(bytes(row[0]), _unpack(bytes(row[1]))) if row else None
+
+    def stored(self) -> Iterator[tuple[int, Reply]]:
+        """Every reply the store holds, with its round id (oldest round first): what this device sent."""
+        for round_id, blob in self._db.execute(f"select round_id, replies from {TABLE} order by round_id").fetchall():
+            for reply in _unpack(bytes(blob)):
+                yield round_id, reply
 
     def put(self, round_id: int, request: str, payload: bytes, replies: Sequence[Reply]) -> None:
         """Record (committed on return) the answer to a request; the first answer stays."""

@@ -468,7 +468,9 @@ def _rounds(db: Path, ids: list[int]) -> list[dict[str, Any]]:
 
 def _audit(db: Path, work: Path, agents: int) -> tuple[int, int]:
     """(lost uploads, double-counted contributions) from the coordinator's and the agents' stores."""
-    from fedge.agent.replies import _unpack
+    import sqlite_utils
+
+    from fedge.agent.replies import Replies
 
     con = _ro(db)
     try:
@@ -495,15 +497,14 @@ def _audit(db: Path, work: Path, agents: int) -> tuple[int, int]:
         a = _ro(work / dev / "agent.db")
         try:
             pending = set(a.execute("select round_id, stage from outbox").fetchall())
-            for rid, blob in a.execute("select round_id, replies from round_replies"):
-                for r in _unpack(blob):
-                    if (
-                        r.stage in UPLOAD_STAGES
-                        and (rid, r.stage) not in pending
-                        and (rid, dev, r.stage) not in stored
-                        and (rid, dev) not in rejected
-                    ):
-                        lost += 1
+            for rid, r in Replies(sqlite_utils.Database(a)).stored():
+                if (
+                    r.stage in UPLOAD_STAGES
+                    and (rid, r.stage) not in pending
+                    and (rid, dev, r.stage) not in stored
+                    and (rid, dev) not in rejected
+                ):
+                    lost += 1
             double += sum(
                 n - 1 for (n,) in a.execute("select count(*) from privacy_ledger group by round_id having count(*) > 1")
             )
