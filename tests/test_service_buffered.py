@@ -39,7 +39,12 @@ def _slow_down(fleet: DaemonFleet, i: int, factor: int) -> None:
         import_examples(store, more, load_spec(fleet.training.model_name), split="train")
 
 
-def test_versions_advance_without_waiting_for_a_ten_times_slower_device(tmp_path, mosquitto):
+def test_versions_advance_without_waiting_for_a_ten_times_slower_device(tmp_path, mosquitto, caplog):
+    import logging
+
+    from fedge.agent.core.secagg.params import choose_suite, supported_suites
+
+    caplog.set_level(logging.INFO, logger="fedge.coordinator.service.buffered_service")
     training = secagg_training(4, epochs=20, train_deadline_s=120.0)
     fleet = DaemonFleet(tmp_path, 4, mosquitto.url, training)
     _slow_down(fleet, 0, 60)
@@ -48,6 +53,8 @@ def test_versions_advance_without_waiting_for_a_ten_times_slower_device(tmp_path
         reports = fleet.serve(rounds=3, mode="buffered", buffer=2, concurrency=4, max_staleness=10)
     assert [r.status for r in reports] == ["completed"] * 3, [r.reason for r in reports]
     assert all(r.participants == 2 and r.epsilon is not None for r in reports), reports
+    # groups run the suite their devices reported at check-in (AES masks where they all have them), not a default
+    assert caplog.text.count(f"SecAgg+ suite {choose_suite([supported_suites()] * 2)} for 2 devices") >= 3
     eps = [r.epsilon for r in reports]
     assert eps == sorted(eps) and eps[0] < eps[-1]  # epsilon after each version, composed
     groups = _rows(fleet.db, "select * from rounds order by round_id")

@@ -86,6 +86,7 @@ class BufferedDriver:
         self.members: list[tuple[int, Admission]] = []
         self.base_model = service.current_model().version  # version index 0 of this run
         self.pool: set[str] = set()  # devices that checked in eligible when the run started
+        self.suites: dict[str, tuple[str, ...]] = {}  # the SecAgg+ suites each of them reported
 
     # ------------------------------------------------------------------ the loop
 
@@ -148,6 +149,7 @@ class BufferedDriver:
         while not svc.stopping and svc.clock() < deadline and not active <= set(svc._checkins):
             svc._receive_one(min(deadline - svc.clock(), 0.25))
         pool = {d for d, c in svc._checkins.items() if c.eligible and d in active}
+        self.suites = {d: svc._checkins[d].secagg_suites for d in pool}
         svc._round_id, svc._phase = None, "idle"
         svc._publish_end(RoundEnd(rid, "completed", f"buffered mode: {len(pool)} devices checked in", model.version))
         self._settle(rid, "closed", f"{len(pool)} eligible devices checked in")
@@ -265,7 +267,11 @@ class BufferedDriver:
             svc.clock,
             roster=roster,
             certificates=svc._certificate,
+            suites={d: self.suites.get(d, ()) for d in cohort},
+            prefer_hybrid=svc.config.prefer_hybrid,
         )
+        if built.suite is not None:
+            log.info("SecAgg+ suite %s for %d devices", built.suite, len(cohort), extra={"round": rid})
         event = self._event(built.plan)
         if event is not None and svc.budget is not None:
             try:
