@@ -187,39 +187,70 @@ def mosquitto_tls(tmp_path: Path) -> Iterator[TlsBroker]:
 
 
 def render_bridge_conf(
-    src: Path, port: int, data: Path, *, edge: str | None = None, hub_port: int | None = None
+    src: Path,
+    port: int,
+    data: Path,
+    *,
+    edge: str | None = None,
+    hub_port: int | None = None,
+    pki: Path | None = None,
 ) -> str:
     """A shipped deploy/mosquitto/bridge/ config on loopback: only the listener's port, the
-    persistence directory and, for an edge, its bridge's name and the hub's address rewritten."""
+    persistence directory and, for an edge, its bridge's name and the hub's address rewritten.
+
+    With ``pki`` (holding the certificates and ACL files the configs name) its production form, made
+    as the files say: the loopback lines deleted, the commented settings in force, and
+    /etc/mosquitto/fedge/ read as ``pki``."""
     text = src.read_text()
-    rules = [(r"^listener 1883 127\.0\.0\.1$", f"listener {port} 127.0.0.1")]
-    rules.append((r"^persistence_location /var/lib/mosquitto/$", f"persistence_location {data}/"))
-    if edge is not None:
-        rules += [
-            (r"^connection edge-1$", f"connection {edge}"),
-            (r"^remote_clientid edge-1$", f"remote_clientid {edge}"),
-        ]
-        rules.append((r"^address hub\.fleet\.example:1883$", f"address 127.0.0.1:{hub_port}"))
-    for pattern, line in rules:
+
+    def sub(pattern: str, line: str) -> None:
+        nonlocal text
         text, n = re.subn(pattern, line, text, flags=re.M)
         assert n == 1, f"{src.name}: no line {pattern!r} to rewrite"
+
+    if pki is None:
+        sub(r"^listener 1883 127\.0\.0\.1$", f"listener {port} 127.0.0.1")
+        if edge is not None:
+            sub(r"^address hub\.fleet\.example:1883$", f"address 127.0.0.1:{hub_port}")
+    else:
+        sub(r"^listener 1883 127\.0\.0\.1\n", "")
+        sub(r"^allow_anonymous true\n", "")
+        if edge is not None:
+            sub(r"^address hub\.fleet\.example:1883\n", "")
+        text = re.sub(r"^#([a-z_]+ .*)$", r"\1", text, flags=re.M)  # settings; prose is "# ..."
+        sub(r"^listener 8883$", f"listener {port} 127.0.0.1")
+        if edge is not None:
+            sub(r"^address hub\.fleet\.example:8883$", f"address 127.0.0.1:{hub_port}")
+            text = text.replace("/etc/mosquitto/fedge/edge-1.", f"/etc/mosquitto/fedge/{edge}.")
+        text = text.replace("/etc/mosquitto/fedge/", f"{pki}/")
+    sub(r"^persistence_location /var/lib/mosquitto/$", f"persistence_location {data}/")
+    if edge is not None:
+        sub(r"^connection edge-1$", f"connection {edge}")
+        sub(r"^remote_clientid edge-1$", f"remote_clientid {edge}")
     return ("user root\n" if os.geteuid() == 0 else "") + text
 
 
 class MosquittoCluster:
     """A hub Mosquitto and edge Mosquittos bridged to it, on loopback, from the shipped configs.
 
-    The coordinator uses :attr:`hub`; devices use :attr:`edges` (``edges[i].url``). Each edge's
-    bridge is named ``edge-<i>``; :meth:`start` returns once the hub reports every bridge up.
+    The coordinator uses :attr:`hub`; devices use :attr:`edges` (``edges[i].url``). The edges'
+    bridges are named ``edge-1``, ``edge-2``... as in hub.acl; :meth:`start` returns once the hub
+    reports every bridge up. With ``pki`` (see :func:`bridge_pki`) the production form: TLS with
+    certificates everywhere, the device ACL on the edges and hub.acl on the hub.
     """
 
-    def __init__(self, root: Path, edge_ports: Sequence[int], hub_port: int | None = None) -> None:
-        self.root = root
+    def __init__(
+        self, root: Path, edge_ports: Sequence[int], hub_port: int | None = None, pki: Path | None = None
+    ) -> None:
+        self.root, self.pki = root, pki
+        scheme = "mqtt" if pki is None else "mqtts"
         hub_port = hub_port or free_port()
-        self.hub = MosquittoProcess(self._conf("hub", BRIDGE_DIR / "hub.conf", hub_port), hub_port)
-        self.names = [f"edge-{i}" for i in range(len(edge_ports))]
+        self.hub = MosquittoProcess(self._conf("hub", BRIDGE_DIR / "hub.conf", hub_port), hub_port, scheme=scheme)
+        self.names = [f"edge-{i + 1}" for i in range(len(edge_ports))]
         self.edges = [
-            MosquittoProcess(self._conf(name, BRIDGE_DIR / "edge.conf", port, edge=name, hub_port=hub_port), port)
+            MosquittoProcess(
+                self._conf(name, BRIDGE_DIR / "edge.conf", port, edge=name, hub_port=hub_port), port, scheme=scheme
+            )
             for name, port in zip(self.names, edge_ports)
         ]
 
@@ -227,7 +258,7 @@ class MosquittoCluster:
         d = self.root / name
         d.mkdir(parents=True, exist_ok=True)
         conf = d / "mosquitto.conf"
-        conf.write_text(render_bridge_conf(src, port, d, **kw))  # type: ignore[arg-type]
+        conf.write_text(render_bridge_conf(src, port, d, pki=self.pki, **kw))  # type: ignore[arg-type]
         return conf
 
     def start(self, timeout: float = 30.0) -> MosquittoCluster:
@@ -251,13 +282,15 @@ class MosquittoCluster:
                 done.set()
 
         c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bridge-watch-{time.time_ns()}")
+        if self.pki is not None:  # the coordinator's certificate may read the bridges' states
+            c.tls_set(str(self.pki / "ca.crt"), str(self.pki / "coordinator.crt"), str(self.pki / "coordinator.key"))
         c.on_message = on_message
         c.on_connect = lambda c, *_: c.subscribe("$SYS/broker/connection/+/state", 1)
         c.connect("127.0.0.1", self.hub.port)
         c.loop_start()
         try:
             if not done.wait(timeout):
-                logs = "\n".join(e.log.read_text()[-1500:] for e in self.edges)
+                logs = "\n".join(p.log.read_text()[-1500:] for p in (self.hub, *self.edges))
                 raise AssertionError(f"bridges {sorted(set(names) - up)} not up within {timeout:g} s:\n{logs}")
         finally:
             c.disconnect()
@@ -268,13 +301,32 @@ class MosquittoCluster:
             p.kill()
 
 
+def bridge_pki(directory: Path, edges: int, devices: Sequence[str]) -> Path:
+    """What the bridge configs' production form reads from /etc/mosquitto/fedge/: the fleet CA, the
+    hub's and the edges' server certificates, a client certificate per edge bridge (``edge-<i>``),
+    the coordinator and each device, and the shipped ACL files."""
+    names = tuple(f"edge-{i + 1}" for i in range(edges))
+    make_broker_pki(directory, (*names, *devices))
+    for ext in ("crt", "key"):
+        shutil.copy(directory / f"broker.{ext}", directory / f"hub.{ext}")
+    shutil.copy(SHIPPED_ACL, directory / "acl")
+    shutil.copy(BRIDGE_DIR / "hub.acl", directory / "hub.acl")
+    return directory
+
+
 @pytest.fixture
 def mosquitto_cluster(tmp_path: Path) -> Iterator[Callable[..., MosquittoCluster]]:
-    """``mosquitto_cluster(edge_ports)``: a started :class:`MosquittoCluster`, killed after the test."""
+    """``mosquitto_cluster(edge_ports, tls_devices=None)``: a started :class:`MosquittoCluster`
+    (the production TLS form, with certificates for ``tls_devices``, when that is given), killed
+    after the test."""
     made: list[MosquittoCluster] = []
 
-    def make(edge_ports: Sequence[int], hub_port: int | None = None) -> MosquittoCluster:
-        cluster = MosquittoCluster(tmp_path / f"cluster{len(made)}", edge_ports, hub_port)
+    def make(
+        edge_ports: Sequence[int], hub_port: int | None = None, tls_devices: Sequence[str] | None = None
+    ) -> MosquittoCluster:
+        root = tmp_path / f"cluster{len(made)}"
+        pki = None if tls_devices is None else bridge_pki(root / "pki", len(edge_ports), tls_devices)
+        cluster = MosquittoCluster(root, edge_ports, hub_port, pki)
         made.append(cluster)
         return cluster.start()
 
