@@ -59,6 +59,27 @@ def test_demo_runs_and_writes_the_rounds_json(tmp_path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_the_demo_runs_buffered_mode_and_counts_versions(tmp_path) -> None:
+    out = tmp_path / "rounds.json"
+    args = ["--log-level", "WARNING", "demo", "--mode", "buffered", "--buffer", "2", "--agents", "4"]
+    args += ["--rounds", "3", "--json", str(out), "--workdir", str(tmp_path / "work")]
+    proc = subprocess.run(
+        [sys.executable, "-c", "from fedge.coordinator.service.cli import main; main()", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "buffered mode without DP" in proc.stdout and "dp off, secagg on" in proc.stdout
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("version ")]
+    assert [ln.split(":")[0] for ln in lines] == ["version 1/3", "version 2/3", "version 3/3"], proc.stdout
+    rounds = json.loads(out.read_text())["rounds"]
+    assert len(rounds) == 3 and all(r["participants"] == 2 and r["epsilon"] is None for r in rounds), rounds
+
+
+@pytest.mark.slow
 @pytest.mark.mosquitto
 @needs_mosquitto
 @pytest.mark.timeout(240)

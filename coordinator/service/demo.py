@@ -61,6 +61,9 @@ class DemoConfig:
     checkin_window_s: float = 60.0
     seed: int = 0
     agent_start_timeout_s: float = 60.0
+    #: ``buffered``: devices train as they are free and groups of ``buffer`` make the versions (``rounds``)
+    mode: str = "sync"
+    buffer: int = 2
 
     def __post_init__(self) -> None:
         if not 2 <= self.agents <= 200:
@@ -330,11 +333,20 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> list[Ro
             epsilon_budget=cfg.epsilon_budget,
             eval_data=str(test_path),
             mqtt_protocol=protocol,
+            mode=cfg.mode,
+            buffer=cfg.buffer,
+            concurrency=cfg.agents,
+            max_staleness=max(4, cfg.agents // cfg.buffer),
         )
 
+        done = [0]
+
         def progress(r: RoundReport) -> None:
+            done[0] += 1
+            # buffered: training tasks share the round ids, so the group's id is not a count of versions
+            step = f"round {r.round_id}/{cfg.rounds}" if cfg.mode == "sync" else f"version {done[0]}/{cfg.rounds}"
             line = (
-                f"round {r.round_id}/{cfg.rounds}: accuracy {_fmt(r.accuracy, '.3f')} loss {_fmt(r.loss, '.3f')} "
+                f"{step}: accuracy {_fmt(r.accuracy, '.3f')} loss {_fmt(r.loss, '.3f')} "
                 f"participants {r.participants} dropped {r.dropped} epsilon {_fmt(r.epsilon, '.3g')}"
                 + (f" at delta {cfg.training.delta:g} ({SERVICE_RELATION})" if r.epsilon is not None else "")
             )

@@ -558,6 +558,14 @@ def rounds_cmd(db: str, as_json: bool) -> None:
 @click.option("--agents", type=int, default=8, show_default=True, help="Agent processes to start.")
 @training_options
 @click.option(
+    "--mode",
+    type=click.Choice(["sync", "buffered"]),
+    default="sync",
+    show_default=True,
+    help="buffered: every agent trains as soon as it is free; SecAgg+ groups of --buffer make each version.",
+)
+@click.option("--buffer", type=int, default=2, show_default=True, metavar="K", help="Buffered: devices per group.")
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False),
@@ -583,6 +591,8 @@ def demo_cmd(
     checkin_window: float | None,
     broker_url: str | None,
     rounds: int | None,
+    mode: str,
+    buffer: int,
     json_path: str | None,
     workdir: str | None,
 ) -> None:
@@ -596,6 +606,12 @@ def demo_cmd(
     _quiet_broker_logs()
     if secagg is None:
         secagg = secure_available()
+    if dp_mode is None and mode == "buffered":
+        dp_mode = "off"
+        click.echo(
+            "demo: buffered mode without DP (a group of a few devices cannot hide its noise: "
+            "with --dp distributed each version carries the noise of a whole round); pass --dp to change it"
+        )
     if dp_mode is None:
         dp_mode = "distributed" if secagg else "local"
     cfg = DemoConfig(
@@ -609,6 +625,8 @@ def demo_cmd(
         workdir=workdir,
         epsilon_budget=epsilon_budget or 50.0,
         checkin_window_s=checkin_window or 60.0,
+        mode=mode,
+        buffer=buffer,
     )
     run_demo(cfg, echo=click.echo)
 
