@@ -44,7 +44,7 @@ LAYERS = (
 NOT_YET: tuple[str, ...] = ()
 #: Initial embedding rows are uniform in +-EMBEDDING_INIT (Keras's default for Embedding).
 EMBEDDING_INIT = 0.05
-_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Weight:
 
     name: str
     shape: tuple[int, ...]
-    init: str  # "zeros", "he_uniform", "glorot_uniform" or "uniform_0.05" (embedding rows)
+    init: str  # "zeros", "he_uniform", "glorot_uniform", "uniform_0.05" (embedding rows) or "keras" (given)
 
 
 @dataclass(frozen=True)
@@ -163,8 +163,8 @@ class _Parser:
     def layer_name(self, kind: str, given: Any, where: str) -> str:
         self.counts[kind] = self.counts.get(kind, 0) + 1
         name = given if given is not None else f"{kind}{self.counts[kind]}"
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ConfigError(f"{where}: name must match {_NAME.pattern}, got {name!r}")
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise ConfigError(f"{where}: name must match {NAME.pattern}, got {name!r}")
         if name in self.names:
             raise ConfigError(f"{where}: duplicate layer name {name!r}")
         self.names.add(name)
@@ -339,13 +339,18 @@ def parse(text: str, source: str = "<spec>") -> Network:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML ({e})") from None
+    return from_dict(raw, source)
+
+
+def from_dict(raw: dict[str, Any], source: str = "<spec>") -> Network:
+    """A :class:`Network` from a spec's tables as TOML decodes them (what a Keras model translates to)."""
     allowed = {"name", "version", "seed", "input_shape", "loss", "layers", "description"}
     extra = set(raw) - allowed
     if extra:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(sorted(extra))}; allowed: {', '.join(sorted(allowed))}")
     name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ConfigError(f"{source}: name must match {_NAME.pattern}, got {name!r}")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ConfigError(f"{source}: name must match {NAME.pattern}, got {name!r}")
     version = _int(raw.get("version", 1), f"{source}: version")
     seed = _int(raw.get("seed", 0), f"{source}: seed", lo=0)
     shape_raw = raw.get("input_shape")
@@ -403,6 +408,8 @@ def initial_weights(net: Network) -> dict[str, np.ndarray]:
             limit = float(w.init[len("uniform_") :])
             out[w.name] = rng.uniform(-limit, limit, size=w.shape).astype(np.float32)
             continue
+        if w.init not in ("he_uniform", "glorot_uniform"):
+            raise ConfigError(f"{net.name}: weight {w.name} has no initialiser to draw from ({w.init!r})")
         fan_in = math.prod(w.shape[:-1])
         fan_out = w.shape[-1] * math.prod(w.shape[:-2]) if len(w.shape) > 2 else w.shape[-1]
         limit = math.sqrt(6.0 / fan_in) if w.init == "he_uniform" else math.sqrt(6.0 / (fan_in + fan_out))

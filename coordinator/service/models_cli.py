@@ -1,4 +1,5 @@
-"""``fedge-coordinator models``: build trainable .tflite models from layer specs. Thin: one library call.
+"""``fedge-coordinator models``: build trainable .tflite models from layer specs or Keras Sequential
+models (``.keras``). Thin: one library call.
 
 The builder (``fedge.agent.training.modelgen.custom``) needs TensorFlow, the ``modelgen`` extra;
 without it the command prints one line naming the extra (``cliutil.run``).
@@ -11,7 +12,7 @@ import click
 
 @click.group("models")
 def models() -> None:
-    """Trainable models from layer specs (TOML; see docs/training.md)."""
+    """Trainable models from layer specs (TOML) or Keras Sequential models (.keras); see docs/training.md."""
 
 
 @models.command("build")
@@ -21,7 +22,11 @@ def models() -> None:
 )
 @click.option("--check", is_flag=True, help="Rebuild and compare with the files in --out byte for byte; write nothing.")
 def models_build(specs: tuple[str, ...], out: str, check: bool) -> None:
-    """Build each SPEC, check it against its numpy reference on the installed runtime, write it to --out."""
+    """Build each SPEC, check it against its numpy reference on the installed runtime, write it to --out.
+
+    SPEC is a layer spec (.toml) or a Keras Sequential saved with model.save('NAME.keras'): translated
+    into the same spec (its weights become the initial weights, the model is named after the file) and
+    also held to Keras's own outputs."""
     from fedge.agent.training.modelgen.custom import build_file, same_as_written, write
 
     differs = []
@@ -38,7 +43,7 @@ def models_build(specs: tuple[str, ...], out: str, check: bool) -> None:
             continue
         tfl, _ = write(built, out)
         click.echo(f"{head} -> {tfl}")
-        for line in built.report.lines():
+        for line in built.lines():
             click.echo(f"  {line}")
     if differs:
         raise click.ClickException(f"rebuilt models differ from --out: {', '.join(differs)}")

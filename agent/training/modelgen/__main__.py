@@ -35,10 +35,7 @@ def specs_main(check: bool, names: list[str]) -> int:
             failed += not same
         else:
             write(built, SPECS_DIR)
-            print(
-                f"{built.net.name}: {len(built.data)} bytes in {built.seconds:.1f} s; "
-                + "; ".join(built.report.lines())
-            )
+            print(f"{built.net.name}: {len(built.data)} bytes in {built.seconds:.1f} s; " + "; ".join(built.lines()))
     return 1 if failed else 0
 
 
