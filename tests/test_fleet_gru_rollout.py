@@ -1,0 +1,135 @@
+"""End to end over a real Mosquitto: a signed release carries the committed Embedding + GRU
+Shakespeare model (``agent/models/specs/shakespeare_gru``, 80 character ids in, the next character
+out), a rollout installs it on real ``fedge-agent run`` daemons, and one SecAgg+ round with
+distributed DP then trains it on their local text through ``serve``'s code."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedge.agent.local_data import import_examples
+from fedge.agent.releases import ReleaseManager
+from fedge.agent.store import Store as AgentStore
+from fedge.agent.training.models import MODELS_DIR, load_spec
+from fedge.coordinator.fleet.controller import create_rollout, get_rollout
+from fedge.coordinator.fleet.releases import import_model, trusted_keys
+from fedge.coordinator.fleet.rollouts import Spec, Status, Target
+from fedge.coordinator.service.config import ServiceConfig
+from fedge.coordinator.service.service import CoordinatorService
+from fedge.coordinator.store import Store
+from fedge.simulations.shakespeare import SEQ_LEN, encode
+from tests.daemon_fleet import DaemonFleet, secagg_training
+from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401
+
+pytestmark = [needs_mosquitto, pytest.mark.mosquitto, pytest.mark.slow]
+
+GRU = MODELS_DIR / "specs" / "shakespeare_gru.tflite"
+#: Each device's lines (Sonnet 18 and Hamlet, public domain), long enough for a few dozen windows.
+TEXTS = (
+    "Shall I compare thee to a summer's day? Thou art more lovely and more temperate: Rough winds do "
+    "shake the darling buds of May, And summer's lease hath all too short a date; Sometime too hot the "
+    "eye of heaven shines, And often is his gold complexion dimm'd; And every fair from fair sometime "
+    "declines, By chance or nature's changing course untrimm'd;",
+    "To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer The slings "
+    "and arrows of outrageous fortune, Or to take arms against a sea of troubles And by opposing end "
+    "them. To die: to sleep; No more; and by a sleep to say we end The heart-ache and the thousand "
+    "natural shocks That flesh is heir to,",
+)
+
+
+def windows(text: str, path: Path, stride: int = 8) -> Path:
+    """80 character ids in, the next one out: an .npz of float ids (exact in float32) and labels."""
+    ids = encode(text)
+    starts = range(0, len(ids) - SEQ_LEN, stride)
+    x = np.stack([ids[s : s + SEQ_LEN] for s in starts]).astype(np.float32)
+    y = np.array([ids[s + SEQ_LEN] for s in starts], np.int64)
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def test_a_rollout_installs_the_gru_model_and_a_secagg_dp_round_trains_it(tmp_path, mosquitto):  # noqa: F811
+    fleet = DaemonFleet(tmp_path / "w", 2, mosquitto.url, secagg_training(2, batch_size=10, learning_rate=1.0))
+    spec = load_spec(GRU)
+    assert spec.input_shape == (SEQ_LEN,) and spec.num_classes == 80
+    fleet.test_data = windows(" ".join(TEXTS), tmp_path / "test.npz", stride=16)
+
+    store = Store(str(fleet.db))
+    try:
+        import_model(store, GRU, version="gru-0")
+        keys = trusted_keys(store)
+    finally:
+        store.close()
+    for a in fleet.agents:  # enrollment hands the device the release key (fedge-agent init --release-key)
+        with AgentStore(a.db) as s:
+            for public in keys.values():
+                ReleaseManager(s.db, a.device_id).trust_key(public)
+
+    cfg = ServiceConfig(
+        db_path=str(fleet.db),
+        training=fleet.training,
+        broker_url=mosquitto.url,
+        rounds=0,
+        checkin_window_s=30.0,
+        eval_data=str(fleet.test_data),
+        mqtt_protocol="5",
+        epsilon_budget=1000.0,
+    )
+    t0 = time.monotonic()
+    with fleet:
+        deadline = time.monotonic() + 60  # commands to a device with no session yet would be lost
+        while not all("connected to" in fleet.log(i) for i in range(2)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # The daemons started on the zoo's mlp and the digits they were made with. Each device's own
+        # text (80 character ids a window) replaces them before the rollout: a daemon loads its
+        # examples for the new architecture when the release installs.
+        for i, a in enumerate(fleet.agents):
+            with AgentStore(a.db) as s:
+                with s.db.conn:
+                    s.db.execute("delete from examples")
+                got = import_examples(s, windows(TEXTS[i], tmp_path / f"text-{i}.npz"), spec)
+                assert got.train >= 30
+        service = CoordinatorService(cfg).start()
+        try:
+            ops = Store(str(fleet.db))
+            try:
+                create_rollout(ops, Spec("to-gru", "gru-0", Target(device_class="pi4")))
+            finally:
+                ops.close()
+            deadline = time.monotonic() + 90
+            while get_rollout(service.store, "to-gru").progress.status is Status.ACTIVE and time.monotonic() < deadline:
+                service.idle(0.5)
+            view = get_rollout(service.store, "to-gru")
+            assert view.progress.status is Status.COMPLETED and view.counts["installed"] == 2, view.to_dict()
+        finally:
+            service.shutdown()
+        for i in range(2):
+            assert "now training model shakespeare_gru" in fleet.log(i)
+            assert fleet.agent_rows(i, "select version from releases where slot = 'current'") == [("gru-0",)]
+
+        # serve --model shakespeare_gru: one SecAgg+ round with distributed DP on the installed model
+        fleet.training = dataclasses.replace(fleet.training, model_name="shakespeare_gru")
+        (report,) = fleet.serve(rounds=1)
+        assert (report.status, report.participants) == ("completed", 2), report
+        assert report.model_version == "shakespeare_gru-r1" and report.accuracy is not None
+        assert report.epsilon is not None and report.epsilon > 0
+        for i in range(2):
+            assert fleet.trained(i, report.round_id) == 1, fleet.log(i)
+            log = fleet.log(i)
+            assert "sent secagg.masked_input" in log and "contribution recorded: mode distributed z 0.5" in log
+    assert time.monotonic() - t0 < 90
+
+    store = Store(str(fleet.db))
+    try:
+        before, after = store.model("gru-0"), store.model("shakespeare_gru-r1")
+        assert after.architecture == "shakespeare_gru" and after.parent == "gru-0"
+        assert after.weights.size == before.weights.size == spec.num_params
+        assert not np.array_equal(after.weights, before.weights)  # the round moved the weights
+        row = next(store.db.query("select model_sha256 from releases where version = 'shakespeare_gru-r1'"))
+        assert row["model_sha256"]
+    finally:
+        store.close()
