@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from fedge.agent.core.transport.base import TransportConfig
+from fedge.agent.core.transport.netloop import NetworkLoop
 from fedge.coordinator.service.broker import EmbeddedBroker, free_port
 from fedge.coordinator.service.pki import make_broker_pki
 
@@ -340,3 +341,14 @@ def embedded_broker() -> Iterator[EmbeddedBroker]:
     """The coordinator's embedded amqtt broker on a free loopback port."""
     with EmbeddedBroker() as b:
         yield b
+
+
+@pytest.fixture(params=["own-thread", "shared-loop"])
+def network(request: pytest.FixtureRequest) -> Iterator[NetworkLoop | None]:
+    """How a test's paho transports run: each on its own network thread (``None``, the default), or
+    all on one shared :class:`NetworkLoop` (``MqttTransport(config, network=...)``), closed after."""
+    if request.param == "own-thread":
+        yield None
+        return
+    with NetworkLoop(name="test-netloop") as loop:
+        yield loop

@@ -12,22 +12,31 @@ from fedge.agent.core import topics
 from fedge.agent.core.errors import TransportError
 from fedge.agent.core.transport.base import MQTT_5, MQTT_311, TransportConfig
 from fedge.agent.core.transport.mqtt import MqttTransport
+from fedge.agent.core.transport.netloop import NetworkLoop
 from tests.mqtt_fixtures import PASSWORDS, MosquittoProcess, TlsBroker, needs_mosquitto
 from tests.transport_fixtures import payload
 
 pytestmark = [needs_mosquitto, pytest.mark.mosquitto, pytest.mark.timeout(60)]
 
 
+class Made(list[MqttTransport]):
+    """The transports a test made (all on ``network``), closed after it."""
+
+    def __init__(self, network: NetworkLoop | None) -> None:
+        super().__init__()
+        self.network = network
+
+
 @pytest.fixture
-def made() -> Iterator[list[MqttTransport]]:
-    ts: list[MqttTransport] = []
+def made(network: NetworkLoop | None) -> Iterator[Made]:
+    ts = Made(network)
     yield ts
     for t in ts:
         t.close()
 
 
-def connect(made: list[MqttTransport], cfg: TransportConfig) -> MqttTransport:
-    t = MqttTransport(cfg)
+def connect(made: Made, cfg: TransportConfig) -> MqttTransport:
+    t = MqttTransport(cfg, network=made.network)
     made.append(t)
     t.connect()
     return t
@@ -91,7 +100,9 @@ def test_client_id_is_the_certificate_identity(mosquitto_tls: TlsBroker, made: l
 
 
 @pytest.mark.parametrize("plain", [False, True], ids=["tls-without-client-cert", "plain-mqtt-on-tls-port"])
-def test_connect_without_client_certificate_times_out(mosquitto_tls: TlsBroker, plain: bool) -> None:
+def test_connect_without_client_certificate_times_out(
+    mosquitto_tls: TlsBroker, plain: bool, network: NetworkLoop | None
+) -> None:
     pki = mosquitto_tls.pki
     if plain:  # TLS port spoken to in plain MQTT
         cfg = TransportConfig(mosquitto_tls.url.replace("mqtts", "mqtt"), "dev-a", connect_timeout_s=2.0)
@@ -99,14 +110,12 @@ def test_connect_without_client_certificate_times_out(mosquitto_tls: TlsBroker, 
         cfg = TransportConfig(mosquitto_tls.url, "dev-a", tls_ca=str(pki / "ca.crt"), connect_timeout_s=2.0)
     t0 = time.monotonic()
     with pytest.raises(TransportError):
-        MqttTransport(cfg).connect()
+        MqttTransport(cfg, network=network).connect()
     assert time.monotonic() - t0 < 8
 
 
 @pytest.mark.parametrize("protocol", [MQTT_5, MQTT_311])
-def test_per_device_password_credentials(
-    mosquitto_passwords: MosquittoProcess, made: list[MqttTransport], protocol: str
-) -> None:
+def test_per_device_password_credentials(mosquitto_passwords: MosquittoProcess, made: Made, protocol: str) -> None:
     url = mosquitto_passwords.url
     ok = connect(made, TransportConfig(url, "dev-a", username="dev-a", password=PASSWORDS["dev-a"], protocol=protocol))
     ok.publish(topics.device_out("dev-a"), payload(10))
@@ -114,7 +123,8 @@ def test_per_device_password_credentials(
         t0 = time.monotonic()
         with pytest.raises(TransportError):  # refused at once, not after the timeout
             MqttTransport(
-                TransportConfig(url, "dev-x", username=user, password=pw, protocol=protocol, connect_timeout_s=10)
+                TransportConfig(url, "dev-x", username=user, password=pw, protocol=protocol, connect_timeout_s=10),
+                network=made.network,
             ).connect()
         assert time.monotonic() - t0 < 5
 

@@ -12,6 +12,7 @@ import pytest
 from fedge.agent.core.errors import TransportError
 from fedge.agent.core.transport.base import TransportConfig
 from fedge.agent.core.transport.mqtt import Backoff, MqttTransport
+from fedge.agent.core.transport.netloop import NetworkLoop
 from fedge.coordinator.service.broker import free_port
 
 FLEET = 1000
@@ -77,9 +78,11 @@ def test_the_same_seed_reproduces_the_sequence() -> None:
         Backoff(0, 10)
 
 
-def test_the_paho_client_waits_the_drawn_delays() -> None:
-    # nobody listens on the port: paho's network thread retries, asking our backoff each time
-    t = MqttTransport(TransportConfig(f"mqtt://127.0.0.1:{free_port()}", "x", protocol="5", connect_timeout_s=2.5))
+def test_the_paho_client_waits_the_drawn_delays(network: NetworkLoop | None) -> None:
+    # nobody listens on the port: the network thread (paho's, or the shared loop) retries, asking
+    # our backoff each time
+    cfg = TransportConfig(f"mqtt://127.0.0.1:{free_port()}", "x", protocol="5", connect_timeout_s=2.5)
+    t = MqttTransport(cfg, network=network)
     drawn: list[float] = []
     seen = threading.Event()
 

@@ -63,7 +63,7 @@ def test_broker_for_embedded_and_external() -> None:
         pass
 
 
-def test_clients_subscribing_together_all_get_their_messages_and_no_broker_error(caplog) -> None:
+def test_clients_subscribing_together_all_get_their_messages_and_no_broker_error(caplog, network) -> None:
     """amqtt awaits while iterating its subscription table: clients connecting and subscribing at
     once used to raise "dictionary changed size during iteration", killing a session being set up."""
     import threading
@@ -77,7 +77,7 @@ def test_clients_subscribing_together_all_get_their_messages_and_no_broker_error
         sender.subscribe("fedge/v1/rounds/#")
         sender.publish("fedge/v1/rounds/current", payload(50), retain=True)
         clients = [
-            MqttTransport(TransportConfig(b.url, f"dev-{i}", protocol=MQTT_311, connect_timeout_s=10))
+            MqttTransport(TransportConfig(b.url, f"dev-{i}", protocol=MQTT_311, connect_timeout_s=10), network=network)
             for i in range(12)
         ]
         errors: list[BaseException] = []

@@ -17,6 +17,7 @@ from fedge.agent.core.messages.device import DeviceStatus
 from fedge.agent.core.transport.base import MQTT_5, TransportConfig
 from fedge.agent.core.transport.failover import Failover, broker_order
 from fedge.agent.core.transport.mqtt import MqttTransport
+from fedge.agent.core.transport.netloop import NetworkLoop
 from fedge.coordinator.service.broker import free_port
 from tests.mqtt_fixtures import needs_mosquitto
 
@@ -150,13 +151,16 @@ def received(t: MqttTransport, timeout: float, quiet_s: float = 1.0) -> list[byt
 @needs_mosquitto
 @pytest.mark.mosquitto
 @pytest.mark.timeout(90)
-def test_a_crashed_edge_fails_over_and_keeps_publishing_and_receiving(tmp_path, mosquitto_cluster, caplog) -> None:
+def test_a_crashed_edge_fails_over_and_keeps_publishing_and_receiving(
+    tmp_path, mosquitto_cluster, caplog, network: NetworkLoop | None
+) -> None:
     cluster = mosquitto_cluster([free_port(), free_port()])
     a, b = cluster.edges
     hub = MqttTransport(TransportConfig(cluster.hub.url, "coordinator", clean_start=True, protocol=MQTT_5))
     dev = MqttTransport(
         TransportConfig(a.url, "dev-1", fallback_urls=(b.url,), protocol=MQTT_5, publish_timeout_s=60),
         rng=random.Random(1),
+        network=network,
     )
     try:
         hub.connect()
@@ -195,12 +199,15 @@ def test_a_crashed_edge_fails_over_and_keeps_publishing_and_receiving(tmp_path, 
 @needs_mosquitto
 @pytest.mark.mosquitto
 @pytest.mark.timeout(60)
-def test_connect_leaves_a_dead_first_broker_at_once(tmp_path, mosquitto_cluster, caplog) -> None:
+def test_connect_leaves_a_dead_first_broker_at_once(
+    tmp_path, mosquitto_cluster, caplog, network: NetworkLoop | None
+) -> None:
     cluster = mosquitto_cluster([free_port()])
     dead = f"mqtt://127.0.0.1:{free_port()}"  # nobody listens there
     live = cluster.edges[0].url
     caplog.set_level(logging.WARNING, logger="fedge.agent.core.transport.mqtt")
-    t = MqttTransport(TransportConfig(dead, "dev-2", fallback_urls=(live,), protocol=MQTT_5, connect_timeout_s=10))
+    cfg = TransportConfig(dead, "dev-2", fallback_urls=(live,), protocol=MQTT_5, connect_timeout_s=10)
+    t = MqttTransport(cfg, network=network)
     try:
         started = time.monotonic()
         t.connect()
@@ -212,7 +219,8 @@ def test_connect_leaves_a_dead_first_broker_at_once(tmp_path, mosquitto_cluster,
         t.close()
     # every broker down: one error naming each
     t = MqttTransport(
-        TransportConfig(dead, "dev-3", fallback_urls=(f"mqtt://127.0.0.1:{free_port()}",), connect_timeout_s=1)
+        TransportConfig(dead, "dev-3", fallback_urls=(f"mqtt://127.0.0.1:{free_port()}",), connect_timeout_s=1),
+        network=network,
     )
     with pytest.raises(TransportError, match="to any of its 2 brokers: 127.0.0.1:.*; 127.0.0.1:"):
         t.connect()
@@ -222,7 +230,9 @@ def test_connect_leaves_a_dead_first_broker_at_once(tmp_path, mosquitto_cluster,
 @needs_mosquitto
 @pytest.mark.mosquitto
 @pytest.mark.timeout(90)
-def test_the_production_form_bridges_over_tls_under_the_acls_and_fails_over(mosquitto_cluster) -> None:
+def test_the_production_form_bridges_over_tls_under_the_acls_and_fails_over(
+    mosquitto_cluster, network: NetworkLoop | None
+) -> None:
     cluster = mosquitto_cluster([free_port(), free_port()], tls_devices=("dev-a", "dev-b"))
     pki = cluster.pki
     e1, e2 = (e.url for e in cluster.edges)
@@ -240,8 +250,10 @@ def test_the_production_form_bridges_over_tls_under_the_acls_and_fails_over(mosq
         )
 
     hub = MqttTransport(config("coordinator", cluster.hub.url, clean_start=True))
-    a = MqttTransport(config("dev-a", e1, fallback_urls=(e2,), publish_timeout_s=60), rng=random.Random(2))
-    b = MqttTransport(config("dev-b", e2))
+    a = MqttTransport(
+        config("dev-a", e1, fallback_urls=(e2,), publish_timeout_s=60), rng=random.Random(2), network=network
+    )
+    b = MqttTransport(config("dev-b", e2), network=network)
     try:
         hub.connect()
         hub.subscribe(HUB_SEES)

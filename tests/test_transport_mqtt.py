@@ -1,4 +1,5 @@
-"""The paho transport against real brokers: Mosquitto (MQTT 5 and 3.1.1) and the embedded amqtt."""
+"""The paho transport against real brokers: Mosquitto (MQTT 5 and 3.1.1) and the embedded amqtt;
+each test with the transports on their own network threads and on one shared NetworkLoop."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from fedge.agent.core.errors import TransportError
 from fedge.agent.core.transport.base import MQTT_5, MQTT_311, Inbound, TransportConfig
 from fedge.agent.core.transport.chunks import split
 from fedge.agent.core.transport.mqtt import MqttTransport
+from fedge.agent.core.transport.netloop import NetworkLoop
 from fedge.coordinator.service.broker import free_port
 from tests.mqtt_fixtures import MosquittoProcess, needs_mosquitto
 from tests.transport_fixtures import GARBAGE, corrupt, payload
@@ -33,15 +35,16 @@ KINDS = [
 class Clients:
     """Makes transports against one broker and closes them all at the end."""
 
-    def __init__(self, url: str, protocol: str) -> None:
-        self.url, self.protocol = url, protocol
+    def __init__(self, url: str, protocol: str, network: NetworkLoop | None = None) -> None:
+        self.url, self.protocol, self.network = url, protocol, network
         self.made: list[MqttTransport] = []
 
     def __call__(self, cid: str, *, connect: bool = True, **kw) -> MqttTransport:
         kw.setdefault("protocol", self.protocol)
         kw.setdefault("reconnect_min_s", 1)
         kw.setdefault("reconnect_max_s", 2)
-        t = MqttTransport(TransportConfig(self.url, cid, connect_timeout_s=5, publish_timeout_s=20, **kw))
+        cfg = TransportConfig(self.url, cid, connect_timeout_s=5, publish_timeout_s=20, **kw)
+        t = MqttTransport(cfg, network=self.network)
         self.made.append(t)
         if connect:
             t.connect()
@@ -53,9 +56,9 @@ class Clients:
 
 
 @pytest.fixture(params=KINDS)
-def clients(request: pytest.FixtureRequest) -> Iterator[Clients]:
+def clients(request: pytest.FixtureRequest, network: NetworkLoop | None) -> Iterator[Clients]:
     fixture, protocol = request.param
-    c = Clients(request.getfixturevalue(fixture).url, protocol)
+    c = Clients(request.getfixturevalue(fixture).url, protocol, network)
     yield c
     c.close()
 
@@ -113,8 +116,10 @@ def test_bad_inputs_dropped_logged_and_receiver_goes_on(clients: Clients, caplog
 @needs_mosquitto
 @pytest.mark.mosquitto
 @pytest.mark.parametrize("protocol", [MQTT_5, MQTT_311])
-def test_unacked_message_redelivered_after_reconnect(mosquitto: MosquittoProcess, protocol: str) -> None:
-    c = Clients(mosquitto.url, protocol)
+def test_unacked_message_redelivered_after_reconnect(
+    mosquitto: MosquittoProcess, protocol: str, network: NetworkLoop | None
+) -> None:
+    c = Clients(mosquitto.url, protocol, network)
     try:
         coord = c("coordinator", chunk_bytes=64 * 1024)
         coord.subscribe(topics.ALL_DEVICES_OUT)
@@ -138,8 +143,10 @@ def test_unacked_message_redelivered_after_reconnect(mosquitto: MosquittoProcess
 @needs_mosquitto
 @pytest.mark.mosquitto
 @pytest.mark.parametrize("sessions_kept", [True, False], ids=["sessions-kept", "sessions-lost"])
-def test_broker_killed_and_restarted_client_reconnects(mosquitto: MosquittoProcess, sessions_kept: bool) -> None:
-    c = Clients(mosquitto.url, MQTT_5)
+def test_broker_killed_and_restarted_client_reconnects(
+    mosquitto: MosquittoProcess, sessions_kept: bool, network: NetworkLoop | None
+) -> None:
+    c = Clients(mosquitto.url, MQTT_5, network)
     try:
         coord, dev = c("coordinator"), c("dev-a")
         coord.subscribe(topics.ALL_DEVICES_OUT)
@@ -180,11 +187,11 @@ def test_broker_killed_and_restarted_client_reconnects(mosquitto: MosquittoProce
         c.close()
 
 
-def test_connect_timeout_when_nobody_answers() -> None:
+def test_connect_timeout_when_nobody_answers(network: NetworkLoop | None) -> None:
     cfg = TransportConfig(f"mqtt://127.0.0.1:{free_port()}", "x", connect_timeout_s=1.0)
     t0 = time.monotonic()
     with pytest.raises(TransportError):
-        MqttTransport(cfg).connect()
+        MqttTransport(cfg, network=network).connect()
     assert time.monotonic() - t0 < 5
 
 
@@ -199,7 +206,9 @@ import sys, time
 from fedge.agent.core import topics
 from fedge.agent.core.transport.base import TransportConfig
 from fedge.agent.core.transport.mqtt import MqttTransport
-t = MqttTransport(TransportConfig(sys.argv[1], "dev-a", protocol=sys.argv[2]))
+from fedge.agent.core.transport.netloop import NetworkLoop
+network = NetworkLoop().start() if sys.argv[4] == "shared-loop" else None
+t = MqttTransport(TransportConfig(sys.argv[1], "dev-a", protocol=sys.argv[2]), network=network)
 t.set_will(topics.device_status("dev-a"), bytes.fromhex(sys.argv[3]))
 t.connect()
 print("up", flush=True)
@@ -210,14 +219,15 @@ time.sleep(60)
 @needs_mosquitto
 @pytest.mark.mosquitto
 @pytest.mark.parametrize("protocol", [MQTT_5, MQTT_311])
-def test_last_will_published_when_a_device_process_dies(mosquitto: MosquittoProcess, protocol: str) -> None:
+@pytest.mark.parametrize("loop", ["own-thread", "shared-loop"])
+def test_last_will_published_when_a_device_process_dies(mosquitto: MosquittoProcess, protocol: str, loop: str) -> None:
     c = Clients(mosquitto.url, protocol)
     will = payload(40, seed=7)
     try:
         coord = c("coordinator")
         coord.subscribe(topics.ALL_DEVICES_STATUS)
         child = subprocess.Popen(
-            [sys.executable, "-c", _WILL_CHILD, mosquitto.url, protocol, will.hex()],
+            [sys.executable, "-c", _WILL_CHILD, mosquitto.url, protocol, will.hex(), loop],
             stdout=subprocess.PIPE,
             cwd=str(Path(__file__).resolve().parent.parent),
         )

@@ -12,6 +12,7 @@ import pytest
 from fedge.agent.config import resolve
 from fedge.agent.core.errors import TransportError
 from fedge.agent.core.transport.mqtt import MqttTransport
+from fedge.agent.core.transport.netloop import NetworkLoop
 from fedge.coordinator.service.config import ServiceConfig
 from tests.mqtt_fixtures import needs_mosquitto
 from tests.profiles_fixtures import ROOT
@@ -40,15 +41,15 @@ def _round_trip(agent: MqttTransport, coordinator: MqttTransport) -> None:
     agent.ack(m)
 
 
-def _agent(tmp_path: Path, url: str, protocol: str | None = None) -> MqttTransport:
+def _agent(tmp_path: Path, url: str, protocol: str | None = None, network: NetworkLoop | None = None) -> MqttTransport:
     cfg = resolve(_profile(tmp_path, url, protocol), db_path=str(tmp_path / "a.db"))
-    return MqttTransport(cfg.transport("pi-1"))
+    return MqttTransport(cfg.transport("pi-1"), network=network)
 
 
-def test_a_profile_without_protocol_reaches_the_embedded_broker(tmp_path, embedded_broker) -> None:
+def test_a_profile_without_protocol_reaches_the_embedded_broker(tmp_path, embedded_broker, network) -> None:
     coordinator = MqttTransport(ServiceConfig(db_path=str(tmp_path / "c.db")).transport(embedded_broker.url))
     coordinator.connect()
-    agent = _agent(tmp_path, embedded_broker.url)
+    agent = _agent(tmp_path, embedded_broker.url, network=network)
     t0 = time.monotonic()
     agent.connect()
     took = time.monotonic() - t0
@@ -61,12 +62,12 @@ def test_a_profile_without_protocol_reaches_the_embedded_broker(tmp_path, embedd
 
 
 @needs_mosquitto
-def test_the_same_profile_speaks_mqtt5_to_mosquitto(tmp_path, mosquitto) -> None:
+def test_the_same_profile_speaks_mqtt5_to_mosquitto(tmp_path, mosquitto, network) -> None:
     coordinator = MqttTransport(
         ServiceConfig(db_path=str(tmp_path / "c.db"), broker_url=mosquitto.url).transport(mosquitto.url)
     )
     coordinator.connect()
-    agent = _agent(tmp_path, mosquitto.url)
+    agent = _agent(tmp_path, mosquitto.url, network=network)
     agent.connect()
     try:
         assert agent._v5 and coordinator._v5  # no fallback where MQTT 5 is spoken
@@ -76,8 +77,8 @@ def test_the_same_profile_speaks_mqtt5_to_mosquitto(tmp_path, mosquitto) -> None
         coordinator.close()
 
 
-def test_pinned_mqtt5_against_the_embedded_broker_fails_naming_the_fix(tmp_path, embedded_broker) -> None:
-    agent = _agent(tmp_path, embedded_broker.url, protocol="5")
+def test_pinned_mqtt5_against_the_embedded_broker_fails_naming_the_fix(tmp_path, embedded_broker, network) -> None:
+    agent = _agent(tmp_path, embedded_broker.url, protocol="5", network=network)
     with pytest.raises(TransportError) as info:
         agent.connect()
     msg = str(info.value)

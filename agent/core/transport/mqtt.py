@@ -5,6 +5,9 @@ queue that :meth:`MqttTransport.receive` drains on the caller's thread, where ch
 reassembled and checked. One network thread per transport (``loop_start``). paho's loop uses
 ``select``, which silently fails for socket numbers of 1,024 and up (paho issues #183, #819):
 keep few transports per process; :meth:`connect` warns when the socket number is that high.
+A process with many transports (the load test's workers) passes them one shared
+:class:`~agent.core.transport.netloop.NetworkLoop` instead (``network=``): one thread and epoll
+for all of them, with the same reconnect backoff, failover, resubscription and acknowledgements.
 
 With ``fallback_urls`` the transport fails over between brokers of one cluster (a bridged
 Mosquitto set, or a clustered broker): :meth:`MqttTransport.connect` tries them in order, and after
@@ -37,6 +40,7 @@ from fedge.agent.core.transport.base import MQTT_311, MQTT_AUTO, Inbound, Transp
 from fedge.agent.core.transport.chunks import Inbox, split
 from fedge.agent.core.transport.failover import Failover
 from fedge.agent.core.transport.filters import check_filter, check_topic
+from fedge.agent.core.transport.netloop import NetworkLoop
 
 log = logging.getLogger(__name__)
 _SELECT_LIMIT = 1024
@@ -86,6 +90,9 @@ class _Client(paho.Client):
     #: why the last connection attempt failed before any MQTT (refused, unreachable, TLS)
     connect_error: str | None = None
 
+    #: on a shared :class:`NetworkLoop`: wakes it after a packet was queued (from any thread)
+    on_queued: Callable[[], None] | None = None
+
     def reconnect(self) -> paho.MQTTErrorCode:
         self.connect_error = None
         try:
@@ -94,24 +101,50 @@ class _Client(paho.Client):
             self.connect_error = str(e) or type(e).__name__
             raise
 
-    def _reconnect_wait(self) -> None:
+    def reconnect_delay(self) -> float | None:
+        """Seconds to wait before the next attempt, or None: ``before_reconnect`` moved the client to
+        another broker, try it at once. (A shared :class:`NetworkLoop` asks this; paho's own loop
+        waits it in :meth:`_reconnect_wait`.)"""
         if self.before_reconnect is not None and self.before_reconnect(self):
-            return
+            return None
         delay = self.backoff.next()
+        log.debug("reconnecting in %.2f s", delay)
+        return delay
+
+    def _reconnect_wait(self) -> None:
+        delay = self.reconnect_delay()
+        if delay is None:
+            return
         with self._reconnect_delay_mutex:
             self._reconnect_min_delay = self._reconnect_max_delay = delay  # type: ignore[assignment]
             self._reconnect_delay = None
-        log.debug("reconnecting in %.2f s", delay)
         super()._reconnect_wait()
+
+    def _packet_queue(self, *args: Any, **kwargs: Any) -> paho.MQTTErrorCode:
+        rc = super()._packet_queue(*args, **kwargs)
+        hook = self.on_queued
+        if hook is not None:
+            hook()
+        return rc
 
 
 class MqttTransport:
-    """A :class:`~agent.core.transport.base.Transport` over a real MQTT broker."""
+    """A :class:`~agent.core.transport.base.Transport` over a real MQTT broker.
+
+    Its paho client runs on its own network thread, or on ``network`` (a started
+    :class:`NetworkLoop` shared with other transports of the process) when one is given.
+    """
 
     def __init__(
-        self, config: TransportConfig, *, clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None
+        self,
+        config: TransportConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        network: NetworkLoop | None = None,
     ) -> None:
         self.config = config
+        self._network = network
         #: reconnect delays, drawn for this client (kept across the MQTT 5 -> 3.1.1 fallback)
         self.backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s, rng)
         #: "auto": MQTT 5 first, MQTT 3.1.1 when the broker refuses it or never answers its CONNECT
@@ -212,7 +245,7 @@ class MqttTransport:
                 )
             self._armed = True
             sock = self._client.socket()
-            if sock is not None and sock.fileno() >= _SELECT_LIMIT:
+            if self._network is None and sock is not None and sock.fileno() >= _SELECT_LIMIT:
                 log.warning("socket number %d is past select()'s limit; paho may lose this connection", sock.fileno())
             return
         if len(urls) == 1:
@@ -268,7 +301,10 @@ class MqttTransport:
         self._refused = None
         self._attempt_failed.clear()
         self._client.connect_async(host, port, keepalive, clean_start=clean_start, properties=props)
-        self._client.loop_start()
+        if self._network is None:
+            self._client.loop_start()
+        else:
+            self._network.attach(self._client)  # type: ignore[arg-type]
         self._started = True
         deadline = time.monotonic() + timeout_s
         while not self._up.wait(0.05):
@@ -408,7 +444,10 @@ class MqttTransport:
                 self._client.ack(mid, 1)
 
     def _stop_loop(self) -> None:
-        self._client.loop_stop()
+        if self._network is None:
+            self._client.loop_stop()
+        else:
+            self._network.detach(self._client)  # type: ignore[arg-type]
         self._up.clear()
         self._started = False
 
