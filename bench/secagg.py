@@ -1,14 +1,26 @@
 """One full SecAgg+ round in one process (every client and the server), against its primitive floor.
 
 Runs one round per cipher suite (``--suite``, default every suite this machine supports: ChaCha20
-masks, and AES-256-CTR masks where libsodium has AES instructions). The floor is what the
-cryptographic primitives alone need on one core, measured in the same run (CPU time, best of three
-samples before and three after the rounds): the suite's mask keystream
-(``agent.core.crypto.keystream.expand_into``) for (k+1)*n*d*4 bytes, 2k X25519 agreements
-and 2k Ed25519 verifications per client. ``ratio`` = seconds (wall) / floor;
-``cpu_ratio`` = CPU seconds of the round / floor, which other load on the machine does not skew.
-Dropouts are spread evenly over the five stages. Inputs are random quantized vectors (what
-``quantize`` returns) made just in time per client; their generation time is excluded.
+masks; AES-256-CTR masks where libsodium has AES instructions; the X25519 + ML-KEM-768 hybrid where
+``cryptography`` runs ML-KEM). The floor is what the cryptographic primitives alone need on one
+core, measured in the same run (CPU time, best of three samples before and three after the
+rounds): the suite's mask keystream (``agent.core.crypto.keystream.expand_into``) for
+(k+1)*n*d*4 bytes, 2k X25519 agreements and 2k Ed25519 verifications per client; for the hybrid
+suite also what ML-KEM-768 alone needs: 2 key generations from a seed, 3k/2 encapsulations (each
+parsing the peer's encapsulation key, as a device must) and 3k/2 decapsulations per client (k
+channel ciphertexts each way, one mask ciphertext per pair).
+
+``ratio`` = seconds (wall) / floor; ``cpu_ratio`` = CPU seconds of the round / floor, which other
+load on the machine does not skew (``cpu_share`` = CPU / wall seconds: how much of a core the
+round got; ``load_avg_1m``: the machine's load when it ended). Dropouts are spread evenly over
+the five stages. Inputs are random quantized vectors (what ``quantize`` returns) made just in
+time per client; their generation time is excluded.
+
+Suites run in the order given (default: ChaCha20, AES, hybrid); every suite after the classic one
+(ChaCha20) also reports ``vs_classic``: its wall and CPU time over the classic round's of the same
+run, and its extra upload per device. ``--params coordinator`` sizes k and t as the coordinator
+does (``coordinator.rounds.secure.choose_params``: dropout cap at 2^-21, correctness 2^-21) instead
+of ``derive_params(n, dropout, corrupt)``.
 
 Run: ``.venv/bin/python bench/secagg.py --clients 1000 --dim 100000 --dropout 0.05``; the last
 lines are one JSON object per suite.
@@ -30,11 +42,19 @@ sys.path.insert(0, str(ROOT))
 
 import nacl.bindings as nb  # noqa: E402
 
-from fedge.agent.core.crypto import IdentityKey  # noqa: E402
+from fedge.agent.core.crypto import IdentityKey, kem  # noqa: E402
 from fedge.agent.core.crypto.keystream import CHACHA20, expand_into  # noqa: E402
 from fedge.agent.core.secagg.client import SecAggClient  # noqa: E402
 from fedge.agent.core.secagg.loopback import run_round  # noqa: E402
-from fedge.agent.core.secagg.params import MASK_STREAMS, derive_params, params_bounds, supported_suites  # noqa: E402
+from fedge.agent.core.secagg.params import (  # noqa: E402
+    HYBRID_SUITES,
+    MASK_STREAMS,
+    SUITE,
+    SecAggParams,
+    derive_params,
+    params_bounds,
+    supported_suites,
+)
 from fedge.agent.core.secagg.quantize import check_no_wrap  # noqa: E402
 from fedge.agent.core.secagg.server import SecAggServer  # noqa: E402
 from fedge.agent.core.secagg.stages import ORDER  # noqa: E402
@@ -75,12 +95,45 @@ def ed25519_verify_rate(count: int = 1500) -> float:
     return count / (clock() - t0)
 
 
-def primitive_rates(dim: int, stream: str, repeats: int = 3) -> dict[str, float]:
-    return {
+def mlkem_rates(count: int = 400) -> dict[str, float]:
+    """ML-KEM-768 operations per CPU second: key generation from a 64-byte seed, encapsulation to
+    a peer's 1,184-byte key (parsing it included: a device meets each peer key once) and
+    decapsulation, through ``agent.core.crypto.kem`` as the round calls them."""
+    keys = [kem.KemKey(os.urandom(kem.SEED_BYTES)) for _ in range(count)]
+    pubs = [key.public_bytes() for key in keys]
+    seeds = [os.urandom(kem.SEED_BYTES) for _ in range(count)]
+    t0 = clock()
+    for seed in seeds:
+        kem.KemKey(seed)
+    keygen = count / (clock() - t0)
+    t0 = clock()
+    cts = [kem.encapsulate(pub)[1] for pub in pubs]
+    encap = count / (clock() - t0)
+    t0 = clock()
+    for key, ct in zip(keys, cts):
+        key.decapsulate(ct)
+    decap = count / (clock() - t0)
+    return {"mlkem_keygen": keygen, "mlkem_encapsulate": encap, "mlkem_decapsulate": decap}
+
+
+def primitive_rates(dim: int, stream: str, hybrid: bool, repeats: int = 3) -> dict[str, float]:
+    rates = {
         "keystream": max(keystream_rate(dim, stream=stream) for _ in range(repeats)),
         "x25519": max(x25519_rate() for _ in range(repeats)),
         "ed25519_verify": max(ed25519_verify_rate() for _ in range(repeats)),
     }
+    if hybrid:
+        samples = [mlkem_rates() for _ in range(repeats)]
+        rates |= {key: max(s[key] for s in samples) for key in samples[0]}
+    return rates
+
+
+def round_params(args: argparse.Namespace) -> SecAggParams:
+    if args.params == "coordinator":
+        from fedge.coordinator.rounds.secure import choose_params
+
+        return choose_params(args.clients, args.dropout, args.corrupt, args.dim, args.bits, 2)
+    return derive_params(args.clients, args.dropout, args.corrupt, args.dim, bits=args.bits)
 
 
 def main() -> None:
@@ -92,17 +145,29 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--suite", action="append", choices=sorted(MASK_STREAMS), help="repeatable; default: all supported")
+    ap.add_argument("--params", choices=("derive", "coordinator"), default="derive", help="how k and t are sized")
     args = ap.parse_args()
+    classic: dict | None = None
     for suite in args.suite or supported_suites():
-        run(args, suite)
+        out = run(args, suite)
+        if suite == SUITE:
+            classic = out
+        elif classic is not None:
+            out["vs_classic"] = {
+                "seconds": round(out["seconds"] / classic["seconds"], 3),
+                "cpu_seconds": round(out["cpu_seconds"] / classic["cpu_seconds"], 3),
+                "extra_upload_bytes_per_client": out["upload_bytes_per_client"] - classic["upload_bytes_per_client"],
+            }
+        print(json.dumps(out), flush=True)
 
 
-def run(args: argparse.Namespace, suite: str) -> None:
+def run(args: argparse.Namespace, suite: str) -> dict:
     stream = MASK_STREAMS[suite]
+    hybrid = suite in HYBRID_SUITES
     n, d = args.clients, args.dim
     rng = np.random.default_rng(args.seed)
 
-    params = derive_params(n, args.dropout, args.corrupt, d, bits=args.bits)
+    params = round_params(args)
     k, t = params.neighbours, params.threshold
     max_abs = (2 ** (args.bits - 1) - 1) // n
     check_no_wrap(n, max_abs, args.bits)
@@ -128,14 +193,14 @@ def run(args: argparse.Namespace, suite: str) -> None:
         gen_time[1] += time.process_time() - c0
         return v
 
-    rates_before = primitive_rates(d, stream)
+    rates_before = primitive_rates(d, stream, hybrid)
     server = SecAggServer(params, 1, roster, max_abs_int=max_abs, clock=time.monotonic, stage_timeout=1e9, suite=suite)
     clients = {dev: SecAggClient(dev, key, roster.get, round_id=1) for dev, key in idents.items()}
     cpu0, t0 = time.process_time(), time.perf_counter()
     result, uploaded = run_round(server, clients, make_input, drop)
     wall = time.perf_counter() - t0 - gen_time[0]
     cpu = time.process_time() - cpu0 - gen_time[1]
-    rates_after = primitive_rates(d, stream)
+    rates_after = primitive_rates(d, stream, hybrid)
     rates = {key: max(rates_before[key], rates_after[key]) for key in rates_before}
 
     expect = np.zeros(d, np.uint64)
@@ -149,6 +214,12 @@ def run(args: argparse.Namespace, suite: str) -> None:
         "x25519": 2 * k * n / rates["x25519"],
         "ed25519_verify": 2 * k * n / rates["ed25519_verify"],
     }
+    if hybrid:
+        floor_parts |= {
+            "mlkem_keygen": 2 * n / rates["mlkem_keygen"],
+            "mlkem_encapsulate": 1.5 * k * n / rates["mlkem_encapsulate"],
+            "mlkem_decapsulate": 1.5 * k * n / rates["mlkem_decapsulate"],
+        }
     floor = sum(floor_parts.values())
     survivors_up = [uploaded[dev] for dev in ids if dev in set(result.survivors) and dev not in drop[ORDER[-2]]]
     up = float(np.mean(survivors_up)) if survivors_up else 0.0
@@ -159,6 +230,7 @@ def run(args: argparse.Namespace, suite: str) -> None:
         "dropout": args.dropout,
         "corrupt": args.corrupt,
         "bits": args.bits,
+        "params": args.params,
         "k": k,
         "t": t,
         "survivors": len(result.survivors),
@@ -172,14 +244,17 @@ def run(args: argparse.Namespace, suite: str) -> None:
             "keystream_gb_s": round(rates["keystream"] / 1e9, 2),
             "x25519_per_s": round(rates["x25519"]),
             "ed25519_verify_per_s": round(rates["ed25519_verify"]),
-        },
+        }
+        | ({key + "_per_s": round(rates[key]) for key in rates if key.startswith("mlkem")} if hybrid else {}),
         "ratio": round(wall / floor, 3),
         "cpu_ratio": round(cpu / floor, 3),
+        "cpu_share": round(cpu / wall, 3),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "upload_bytes_per_client": round(up),
         "upload_vs_fp32": round(up / (4 * d), 4),
         "bounds": params_bounds(params, args.dropout, args.corrupt).as_dict(),
     }
-    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":
