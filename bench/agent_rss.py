@@ -11,13 +11,23 @@ Everything runs in this machine's same session: Mosquitto (or the embedded broke
 mosquitto binary is installed), one ``fedge-agent run`` subprocess, a test-side coordinator
 running the real RoundEngine. Peak RSS is the kernel's VmHWM of each process.
 
-Run: ``.venv/bin/python bench/agent_rss.py [--epochs N]``; the last line is JSON.
+Per SecAgg+ suite (``--suites``, default every suite this machine runs): ``--devices`` enrolled
+``fedge-agent run`` daemons whose profiles require the suite (``[secagg] require_suite``, so the
+coordinator can pick no other) and the real coordinator service in this process run one SecAgg+
+round with distributed DP over Mosquitto. For each daemon: VmRSS once connected (``startup``),
+VmHWM after the round (``peak``), VmRSS after the round ended and ``--idle-s`` of idling
+(``steady``), and whether ``cryptography`` is mapped into it; the means over the daemons, and
+each suite's over the classic suite's (ChaCha20) of the same run. Mosquitto is required here.
+
+Run: ``.venv/bin/python bench/agent_rss.py [--epochs N] [--part plain|suites|all]``; the last
+line is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -31,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
+from fedge.agent.core.secagg.params import SUITE, SUITE_AES, SUITE_PQ, supported_suites  # noqa: E402
 from fedge.coordinator.service.broker import EmbeddedBroker, free_port  # noqa: E402
 from tests.agent_fixtures import (  # noqa: E402
     FakeSysfs,
@@ -73,15 +84,27 @@ IMPORT_GROUPS = {
     "crypto (pynacl)": "import fedge.agent.core.crypto",
     "dp_accounting (scipy; the daemon never imports it)": "import dp_accounting",
     "whole daemon module": "import sys; sys.modules['pandas'] = None; import fedge.agent.daemon",
+    "ML-KEM-768 (cryptography; the hybrid suite loads it)": "from fedge.agent.core.crypto import kem; kem.load()",
 }
 
 
-def vm_hwm_kib(pid: int) -> int:
+def vm_kib(pid: int, field: str) -> int:
+    """A memory field of /proc/<pid>/status (VmHWM: peak resident, VmRSS: resident now), in KiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError("no VmHWM")
+    raise RuntimeError(f"no {field}")
+
+
+def vm_hwm_kib(pid: int) -> int:
+    return vm_kib(pid, "VmHWM")
+
+
+def maps_cryptography(pid: int) -> bool:
+    """Whether ``cryptography``'s compiled core is mapped into the process (it was imported)."""
+    with open(f"/proc/{pid}/maps") as f:
+        return any("cryptography/hazmat/bindings" in line for line in f)
 
 
 def run_py(code: str, *args: str) -> int:
@@ -108,7 +131,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--idle-s", type=float, default=3.0)
+    ap.add_argument("--part", choices=("all", "plain", "suites"), default="all")
+    ap.add_argument("--suites", action="append", choices=(SUITE, SUITE_AES, SUITE_PQ), help="repeatable")
+    ap.add_argument("--devices", type=int, default=3, help="daemons per SecAgg+ round")
     a = ap.parse_args()
+    result: dict = {}
+    if a.part in ("all", "plain"):
+        result |= plain_round(a)
+    if a.part in ("all", "suites"):
+        result["secagg_suites"] = suite_rounds(a)
+    print(json.dumps(result))
+
+
+def plain_round(a: argparse.Namespace) -> dict:
+    """The daemon in a plain (no SecAgg) round against the floors, as described above."""
     tmp = Path(tempfile.mkdtemp(prefix="fedge-agent-rss-"))
     url, stop_broker = start_broker(tmp)
     try:
@@ -157,7 +193,7 @@ def main() -> None:
     finally:
         stop_broker()
         shutil.rmtree(tmp, ignore_errors=True)
-    result = {
+    return {
         "baseline_import_tflite_numpy_mib": round(baseline / 1024, 1),
         "train_only_mib": round(train_only / 1024, 1),
         "agent_after_startup_mib": round(after_startup / 1024, 1),
@@ -176,7 +212,85 @@ def main() -> None:
         "epochs": a.epochs,
         "exit_code": rc,
     }
-    print(json.dumps(result))
+
+
+class _Lines(logging.Handler):
+    """Keeps the messages logged to it (the coordinator names each round's suite)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def suite_rounds(a: argparse.Namespace) -> dict:
+    """One real SecAgg+ round per suite; the daemons' RSS, and ratios to the classic suite's."""
+    from tests.daemon_fleet import DaemonFleet, secagg_training
+
+    if not os.path.exists(shutil.which("mosquitto") or "/usr/sbin/mosquitto"):
+        raise SystemExit("the SecAgg+ suite rounds need a mosquitto binary (the daemons speak MQTT 5)")
+    suites = a.suites or list(supported_suites())
+    out: dict[str, dict] = {}
+    for suite in suites:
+        tmp = Path(tempfile.mkdtemp(prefix="fedge-agent-rss-suite-"))
+        url, stop_broker = start_broker(tmp)
+        said = _Lines()
+        logger = logging.getLogger("fedge.coordinator.service.service")
+        logger.addHandler(said)
+        logger.setLevel(logging.INFO)
+        try:
+            fleet = DaemonFleet(tmp / "fleet", a.devices, url, secagg_training(a.devices, epochs=a.epochs))
+            for agent in fleet.agents:
+                with open(agent.profile, "a") as f:
+                    f.write(f'\n[secagg]\nrequire_suite = "{suite}"\n')
+            with fleet:
+                pids = [p.pid for p in fleet.procs]
+                for i in range(a.devices):
+                    wait_for(lambda i=i: "connected to" in fleet.log(i), 60, "the daemon to connect")
+                time.sleep(0.5)
+                startup = [vm_kib(pid, "VmRSS") for pid in pids]
+                t0 = time.monotonic()
+                reports = fleet.serve(rounds=1)
+                round_s = time.monotonic() - t0
+                peak = [vm_kib(pid, "VmHWM") for pid in pids]
+                time.sleep(a.idle_s)
+                steady = [vm_kib(pid, "VmRSS") for pid in pids]
+                loaded = [maps_cryptography(pid) for pid in pids]
+        finally:
+            stop_broker()
+            shutil.rmtree(tmp, ignore_errors=True)
+            logger.removeHandler(said)
+        if [r.status for r in reports] != ["completed"]:
+            raise SystemExit(f"{suite}: the round did not complete: {reports}")
+        if not any(f"SecAgg+ suite {suite} for" in m for m in said.lines):
+            raise SystemExit(f"{suite}: the coordinator did not run the round with it: {said.lines}")
+
+        def mib(values: list[int]) -> float:
+            return round(sum(values) / len(values) / 1024, 2)
+
+        out[suite] = {
+            "startup_mib": mib(startup),
+            "peak_mib": mib(peak),
+            "steady_mib": mib(steady),
+            "per_device_peak_mib": [round(v / 1024, 2) for v in peak],
+            "per_device_steady_mib": [round(v / 1024, 2) for v in steady],
+            "cryptography_loaded": loaded,
+            "participants": reports[0].participants,
+            "round_s": round(round_s, 2),
+        }
+    if SUITE in out:
+        base = out[SUITE]
+        for suite, row in out.items():
+            if suite != SUITE:
+                row["vs_classic"] = {
+                    "peak": round(row["peak_mib"] / base["peak_mib"], 3),
+                    "steady": round(row["steady_mib"] / base["steady_mib"], 3),
+                    "peak_extra_mib": round(row["peak_mib"] - base["peak_mib"], 2),
+                    "steady_extra_mib": round(row["steady_mib"] - base["steady_mib"], 2),
+                }
+    return {"devices": a.devices, "epochs": a.epochs, "idle_s": a.idle_s, "suites": out}
 
 
 if __name__ == "__main__":
