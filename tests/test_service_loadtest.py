@@ -1,12 +1,16 @@
 """``fedge-coordinator loadtest`` end to end: 20 real agents (``AgentDaemon``s in two worker
 processes) against a Mosquitto it starts and the real coordinator service, one SecAgg+ round with
 distributed DP while a quarter of the agents have their connection reset and the broker restarts
-mid-round; the JSON it writes is checked against the stores it leaves behind."""
+mid-round; the JSON it writes is checked against the stores it leaves behind. And one worker
+process whose agents hold more than 1,024 descriptors, on one shared network loop."""
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import threading
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -85,3 +89,52 @@ def test_a_broker_crash_mid_round_loses_no_upload_and_counts_none_twice(tmp_path
     assert [x["status"] for x in result["rounds"]] == ["completed"] * 3, result["rounds"]
     assert all(x["participants"] >= 16 for x in result["rounds"]), result["rounds"]  # SecAgg+ tolerates a few
     assert result["lost_uploads"] == 0 and result["double_counted"] == 0, result
+
+
+class WorkerWatch(threading.Thread):
+    """Samples this process's multiprocessing children (the load test's workers): the most threads
+    and the highest descriptor number each had."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.threads: dict[int, int] = {}
+        self.max_fd: dict[int, int] = {}
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+                for pid in children.read_text().split():
+                    try:
+                        if b"multiprocessing.spawn" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                            continue
+                        status = Path(f"/proc/{pid}/status").read_text()
+                        fds = [int(fd) for fd in os.listdir(f"/proc/{pid}/fd")]
+                    except (OSError, ValueError):
+                        continue  # gone meanwhile
+                    threads = int(next(x for x in status.splitlines() if x.startswith("Threads:")).split()[1])
+                    p = int(pid)
+                    self.threads[p] = max(self.threads.get(p, 0), threads)
+                    self.max_fd[p] = max(self.max_fd.get(p, 0), max(fds, default=0))
+
+
+@pytest.mark.timeout(150)
+def test_one_worker_past_descriptor_1024_runs_a_round_on_one_network_thread(tmp_path):
+    """220 agents in one worker process hold about 1,100 descriptors: paho's own select() loop cannot
+    serve sockets numbered past 1,024, the shared network loop (epoll) does. The round completes with
+    every agent, and the worker runs a thread per agent (its daemon) plus a handful, not two per agent."""
+    agents = 220
+    out, work = tmp_path / "result.json", tmp_path / "work"
+    watch = WorkerWatch()
+    watch.start()
+    args = ["loadtest", "--agents", str(agents), "--rounds", "1", "--agents-per-worker", str(agents)]
+    r = CliRunner().invoke(cli, [*args, "--checkin-window", "10", "--workdir", str(work), "--json", str(out)])
+    watch.stop.set()
+    watch.join(5)
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    assert [(x["status"], x["participants"]) for x in result["rounds"]] == [("completed", agents)], result
+    assert result["lost_uploads"] == 0 and result["double_counted"] == 0
+    [worker] = watch.threads  # one worker process
+    assert watch.max_fd[worker] >= 1024, watch.max_fd
+    assert agents < watch.threads[worker] <= agents + 12, watch.threads
