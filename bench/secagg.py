@@ -20,7 +20,9 @@ Suites run in the order given (default: ChaCha20, AES, hybrid); every suite afte
 (ChaCha20) also reports ``vs_classic``: its wall and CPU time over the classic round's of the same
 run, and its extra upload per device. ``--params coordinator`` sizes k and t as the coordinator
 does (``coordinator.rounds.secure.choose_params``: dropout cap at 2^-21, correctness 2^-21) instead
-of ``derive_params(n, dropout, corrupt)``.
+of ``derive_params(n, dropout, corrupt)``. ``--time-kem`` times every ML-KEM call of the hybrid
+round in place (``kem_in_round``: calls and CPU seconds per operation, and the round's CPU without
+them), to split the hybrid's cost from the code around it; use it at a small ``--dim``.
 
 Run: ``.venv/bin/python bench/secagg.py --clients 1000 --dim 100000 --dropout 0.05``; the last
 lines are one JSON object per suite.
@@ -33,7 +35,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -128,6 +132,43 @@ def primitive_rates(dim: int, stream: str, hybrid: bool, repeats: int = 3) -> di
     return rates
 
 
+class KemTimer:
+    """Wraps ``kem.encapsulate``, ``KemKey.decapsulate`` and ``KemKey.__init__`` for one round and
+    sums the CPU time of each (two clock reads per call); ``restore`` puts the originals back."""
+
+    def __init__(self) -> None:
+        self.calls = {"keygen": 0, "encapsulate": 0, "decapsulate": 0}
+        self.seconds = dict.fromkeys(self.calls, 0.0)
+        self._orig = (kem.encapsulate, kem.KemKey.decapsulate, kem.KemKey.__init__)
+        encap, decap, init = self._orig
+
+        def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*a: Any) -> Any:
+                c0 = clock()
+                try:
+                    return fn(*a)
+                finally:
+                    self.seconds[name] += clock() - c0
+                    self.calls[name] += 1
+
+            return call
+
+        kem.encapsulate = timed("encapsulate", encap)
+        kem.KemKey.decapsulate = timed("decapsulate", decap)  # type: ignore[method-assign]
+        kem.KemKey.__init__ = timed("keygen", init)  # type: ignore[method-assign]
+
+    def restore(self) -> None:
+        kem.encapsulate, kem.KemKey.decapsulate, kem.KemKey.__init__ = self._orig  # type: ignore[method-assign]
+
+    def report(self, cpu: float) -> dict:
+        return {
+            "calls": self.calls,
+            "cpu_seconds": {key: round(v, 3) for key, v in self.seconds.items()},
+            "us_per_call": {key: round(v / max(self.calls[key], 1) * 1e6, 1) for key, v in self.seconds.items()},
+            "round_cpu_without_kem": round(cpu - sum(self.seconds.values()), 3),
+        }
+
+
 def round_params(args: argparse.Namespace) -> SecAggParams:
     if args.params == "coordinator":
         from fedge.coordinator.rounds.secure import choose_params
@@ -146,6 +187,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--suite", action="append", choices=sorted(MASK_STREAMS), help="repeatable; default: all supported")
     ap.add_argument("--params", choices=("derive", "coordinator"), default="derive", help="how k and t are sized")
+    ap.add_argument("--time-kem", action="store_true", help="time the hybrid round's ML-KEM calls in place")
     args = ap.parse_args()
     classic: dict | None = None
     for suite in args.suite or supported_suites():
@@ -196,8 +238,13 @@ def run(args: argparse.Namespace, suite: str) -> dict:
     rates_before = primitive_rates(d, stream, hybrid)
     server = SecAggServer(params, 1, roster, max_abs_int=max_abs, clock=time.monotonic, stage_timeout=1e9, suite=suite)
     clients = {dev: SecAggClient(dev, key, roster.get, round_id=1) for dev, key in idents.items()}
+    timer = KemTimer() if args.time_kem and hybrid else None
     cpu0, t0 = time.process_time(), time.perf_counter()
-    result, uploaded = run_round(server, clients, make_input, drop)
+    try:
+        result, uploaded = run_round(server, clients, make_input, drop)
+    finally:
+        if timer is not None:
+            timer.restore()
     wall = time.perf_counter() - t0 - gen_time[0]
     cpu = time.process_time() - cpu0 - gen_time[1]
     rates_after = primitive_rates(d, stream, hybrid)
@@ -254,6 +301,8 @@ def run(args: argparse.Namespace, suite: str) -> dict:
         "upload_vs_fp32": round(up / (4 * d), 4),
         "bounds": params_bounds(params, args.dropout, args.corrupt).as_dict(),
     }
+    if timer is not None:
+        out["kem_in_round"] = timer.report(cpu)
     return out
 
 
