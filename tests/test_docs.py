@@ -101,3 +101,21 @@ def test_shell_completion_lines_in_the_readme_work(prog: str) -> None:
         timeout=60,
     )
     assert done.returncode == 0 and f"plain,{first}" in done.stdout.splitlines()
+
+
+#: ``import agent...`` / ``from coordinator... import`` in a doc's code: a name fedge no longer installs.
+BARE_IMPORT = re.compile(r"^\s*(?:from|import)\s+(agent|coordinator|simulations)(?:\.|\s|$)", re.M)
+
+
+def test_no_doc_imports_a_module_under_a_name_fedge_does_not_install():
+    """Only ``fedge`` is installed (``fedge.agent``, ``fedge.coordinator``, ``fedge.simulations``): a doc
+    that shows ``from coordinator.pki import ...`` hands its reader an ImportError."""
+    root = README.parent
+    docs = [p for p in root.rglob("*.md") if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    docs = [p for p in docs if "egg-info" not in str(p) and "node_modules" not in str(p)]
+    bad = [
+        f"{p.relative_to(root)}:{p.read_text()[: m.start()].count(chr(10)) + 1}: {m.group(0).strip()}"
+        for p in docs
+        for m in BARE_IMPORT.finditer(p.read_text())
+    ]
+    assert not bad, bad
