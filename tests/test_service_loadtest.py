@@ -138,3 +138,20 @@ def test_one_worker_past_descriptor_1024_runs_a_round_on_one_network_thread(tmp_
     [worker] = watch.threads  # one worker process
     assert watch.max_fd[worker] >= 1024, watch.max_fd
     assert agents < watch.threads[worker] <= agents + 12, watch.threads
+
+
+def test_every_agent_of_a_fleet_larger_than_the_data_gets_a_shard():
+    """2,000 agents over 1,497 training images: before, 503 shards were empty and the load test died
+    preparing them ("data.npz: no examples")."""
+    import numpy as np
+
+    from fedge.coordinator.service.loadtest import MIN_SHARD, shards
+
+    parts, test = shards(2000, seed=0)
+    assert len(parts) == 2000 and all(len(y) == MIN_SHARD and len(x) == len(y) for x, y in parts)
+    assert len(test[1]) == 300
+    small, _ = shards(20, seed=0)  # fewer agents than images: disjoint shards that cover the training set
+    sizes = [len(y) for _, y in small]
+    assert sizes == [1497 // 20] * 20  # 74 each: windows that never wrap round, so no image is shared
+    first, last = small[0][0], small[-1][0]
+    assert not np.array_equal(first, last)

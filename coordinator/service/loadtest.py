@@ -198,6 +198,28 @@ def _device_id(i: int) -> str:
     return f"load-{i:05d}"
 
 
+#: every agent trains on at least this many examples (the load test's batch size)
+MIN_SHARD = 8
+
+
+def shards(total: int, seed: int) -> tuple[list[tuple[Any, Any]], tuple[Any, Any]]:
+    """``total`` training shards of the digits and the held-out test set: disjoint while the digits go
+    round (1,497 training images: up to 187 agents of 8), beyond that consecutive windows of
+    ``MIN_SHARD`` over the shuffled images, so examples repeat across agents but none has an empty store."""
+    import numpy as np
+
+    from fedge.coordinator.service.demo import split_digits
+
+    (train,), test = split_digits(1, seed)
+    n = len(train[1])
+    size = max(MIN_SHARD, n // total)
+    parts = []
+    for i in range(total):
+        idx = (i * size + np.arange(size)) % n
+        parts.append((train[0][idx], train[1][idx]))
+    return parts, test
+
+
 def _prepare(
     indices: list[int], total: int, seed: int, work: Path, broker_url: str, authority_hex: str, training: Any
 ) -> list[tuple[str, str, Path]]:
@@ -208,9 +230,9 @@ def _prepare(
     from fedge.agent.local_data import import_examples
     from fedge.agent.store import Store as AgentStore
     from fedge.agent.training.models import load_spec
-    from fedge.coordinator.service.demo import agent_profile, dump_toml, split_digits
+    from fedge.coordinator.service.demo import agent_profile, dump_toml
 
-    parts, test = split_digits(total, seed)
+    parts, test = shards(total, seed)
     if 0 in indices:
         np.savez(work / "test.npz", x=test[0], y=test[1])
     spec = load_spec(training.model_name)
