@@ -79,7 +79,7 @@ def test_a_broker_crash_mid_round_loses_no_upload_and_counts_none_twice(tmp_path
     and the stores show no upload lost and none counted twice."""
     out, work = tmp_path / "result.json", tmp_path / "work"
     args = ["loadtest", "--agents", "20", "--rounds", "3", "--broker-crash", "--agents-per-worker", "10"]
-    args += ["--checkin-window", "10", "--workdir", str(work), "--json", str(out)]
+    args += ["--checkin-window", "10", "--stage-timeout", "60", "--workdir", str(work), "--json", str(out)]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     result = json.loads(out.read_text())

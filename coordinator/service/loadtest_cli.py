@@ -31,6 +31,13 @@ import click
 )
 @click.option("--checkin-window", type=float, default=30.0, show_default=True, help="Check-in window (s).")
 @click.option(
+    "--stage-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds a SecAgg+ stage waits for replies: N agents on one machine share its cores, so large N needs more.",
+)
+@click.option(
     "--workdir",
     default=None,
     type=click.Path(file_okay=False),
@@ -48,6 +55,7 @@ def loadtest(
     broker_url: str | None,
     agents_per_worker: int,
     checkin_window: float,
+    stage_timeout: float,
     workdir: str | None,
     json_path: str | None,
 ) -> None:
@@ -65,6 +73,7 @@ def loadtest(
             broker_url=broker_url,
             agents_per_worker=agents_per_worker,
             checkin_window_s=checkin_window,
+            stage_timeout_s=stage_timeout,
             workdir=workdir,
         )
     except ConfigError as e:
