@@ -647,16 +647,17 @@ class AgentDaemon:
     def _load_data(self) -> None:
         from fedge.agent.training.models import load_spec
 
-        self.spec = load_spec(self._active_model())
+        spec = load_spec(self._active_model())
         if self.config.data_path:
             from fedge.agent.local_data import read_examples
 
-            x, y = read_examples(self.config.data_path, self.spec)
+            x, y = read_examples(self.config.data_path, spec)
         else:
             from fedge.agent.local_data import load_examples
 
-            x, y = load_examples(self.store, "train", self.spec)
-        self._data = (x, y.astype(np.int32))
+            x, y = load_examples(self.store, "train", spec)
+        # model and data change together: a failure leaves the daemon on what it had
+        self.spec, self._data = spec, (x, y.astype(np.int32))
 
     def _should_abort(self) -> bool:
         """Checked before every training step: a stop request, or eligibility lost (re-read every recheck_s)."""

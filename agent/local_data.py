@@ -138,23 +138,40 @@ def import_examples(
     return ImportResult(str(path), len(x) - n_test, n_test)
 
 
-def load_examples(store: Store, split: str, spec: ModelSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """All examples of ``split`` in import order: (x float32 [n, *shape], y int32)."""
+def _stored_shape(store: Store, split: str, spec: ModelSpec | None) -> tuple[int, ...] | None:
+    """The shape ``split``'s examples are read in for ``spec`` (None: the split is empty); TrainingError
+    when they cannot feed it."""
     if split not in SPLITS:
         raise ConfigError(f"split: expected one of {SPLITS}, got {split!r}")
     shapes = [r["shape"] for r in store.db.query("select distinct shape from examples where split = ?", [split])]
     if len(shapes) > 1:
         raise TrainingError(f"split {split!r} mixes example shapes {shapes}; data was imported for different models")
     if not shapes:
-        shape = tuple(spec.input_shape) if spec else (0,)
-        return np.zeros((0, *shape), np.float32), np.zeros(0, np.int32)
+        return None
     shape = tuple(json.loads(shapes[0]))
     if spec is not None and shape != spec.input_shape:
         # the same features in another layout (flat 64 for an 8x8x1 model a release brought) are
         # read in the model's shape, row-major as the model's own input; other sizes are refused
         if len(shape) != 1 or math.prod(shape) != spec.example_size:
-            raise TrainingError(f"stored examples have shape {shape}; model {spec.name} takes {spec.input_shape}")
+            raise TrainingError(
+                f"stored {split} examples have shape {shape}; model {spec.name} takes {spec.input_shape}"
+            )
         shape = spec.input_shape
+    return shape
+
+
+def check_fits(store: Store, spec: ModelSpec) -> None:
+    """TrainingError naming the split when this device's stored examples cannot feed ``spec`` (read no rows)."""
+    for split in SPLITS:
+        _stored_shape(store, split, spec)
+
+
+def load_examples(store: Store, split: str, spec: ModelSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """All examples of ``split`` in import order: (x float32 [n, *shape], y int32)."""
+    shape = _stored_shape(store, split, spec)
+    if shape is None:
+        empty = tuple(spec.input_shape) if spec else (0,)
+        return np.zeros((0, *empty), np.float32), np.zeros(0, np.int32)
     rows = store.db.execute("select features, label from examples where split = ? order by id", [split]).fetchall()
     x = np.frombuffer(b"".join(r[0] for r in rows), dtype="<f4").reshape(len(rows), *shape)
     y = np.fromiter((r[1] for r in rows), dtype=np.int32, count=len(rows))

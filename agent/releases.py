@@ -30,7 +30,7 @@ import numpy as np
 import sqlite_utils
 
 from fedge.agent.core import wire
-from fedge.agent.core.errors import ConfigError, FedgeError, ProtocolError, SecurityError
+from fedge.agent.core.errors import ConfigError, FedgeError, ProtocolError, SecurityError, TrainingError
 from fedge.agent.core.messages.fleet import (
     InstallCommand,
     InstallReport,
@@ -110,7 +110,7 @@ class LocalEvaluator:
         self._models_dir = models_dir
 
     def __call__(self, manifest: ReleaseManifest, weights: np.ndarray) -> tuple[float, int] | None:
-        from fedge.agent.local_data import load_examples
+        from fedge.agent.local_data import check_fits, load_examples
         from fedge.agent.training.models import load_spec
         from fedge.agent.training.trainer import Trainer
 
@@ -123,6 +123,8 @@ class LocalEvaluator:
         trainer = self._trainers.get(key)
         if trainer is None:
             trainer = self._trainers[key] = Trainer(load_spec(name), self._threads)
+        # a model this device's data cannot feed would install and then never train: refuse it now
+        check_fits(self._store, trainer.spec)
         x, y = load_examples(self._store, "test", trainer.spec)
         if len(y) == 0:
             trainer.set_flat_weights(weights)  # still proves the release loads into the interpreter
@@ -325,7 +327,7 @@ class ReleaseManager:
             if release.manifest.carries_model:
                 self._prepare_model(release)
             metric = self._evaluate(release.manifest, weights)
-        except ModelTooLarge as e:
+        except (ModelTooLarge, TrainingError) as e:  # too large, or this device's data cannot feed it
             log.warning("release %s refused: %s", version, e, extra=self._extra)
             return self._done(rollout_id, version, InstallResult.FAILED, detail=f"install failed: {e}"[:500])
         except (FedgeError, ValueError, RuntimeError, MemoryError, OSError) as e:

@@ -148,6 +148,28 @@ def test_a_model_over_the_memory_cap_fails_to_install_with_the_reason(tmp_path, 
         s.close()
 
 
+def test_a_model_this_devices_data_cannot_feed_fails_to_install_with_the_reason(tmp_path, coord):
+    """Before, the release installed (only the test split was checked, and this device has none), then the
+    daemon switched its model, failed on its own data and a restart refused to start. Now the install
+    fails, naming the shapes, and the device keeps running what it ran."""
+    from fedge.agent.local_data import import_examples
+
+    import_model(coord, SPECS / "har_cnn1d.tflite", version="har-0")
+    s, mgr = _device(tmp_path, coord)
+    try:
+        data = tmp_path / "digits.npz"
+        rng = np.random.default_rng(0)
+        np.savez(data, x=rng.normal(size=(20, 64)).astype(np.float32), y=rng.integers(0, 10, 20))
+        import_examples(s, data, load_spec("mlp"), split="train", test_fraction=0.0)
+        assert mgr.install(signed_release(coord, "mlp-0"), "r0").result is InstallResult.INSTALLED
+        report = mgr.install(signed_release(coord, "har-0"), "r1")
+        assert report.result is InstallResult.FAILED, report
+        assert "stored train examples have shape (64,); model har_cnn1d takes (128, 6)" in report.detail, report
+        assert mgr.running() == "mlp-0" and mgr.taken("r1") == "failed"
+    finally:
+        s.close()
+
+
 def test_measured_training_memory_grows_with_the_batch():
     small = training_peak_bytes(SPECS / "har_cnn1d.tflite", 32)
     large = training_peak_bytes(SPECS / "har_cnn1d.tflite", 256)
