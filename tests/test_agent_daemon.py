@@ -167,7 +167,11 @@ def test_training_aborts_cleanly_when_the_device_stops_being_eligible(device, mo
     db = device["db"]
     proc = start_agent(device["profile"], device["log"], "--data", str(device["data"]))
     try:
-        with MiniCoordinator(mosquitto.url, epochs=2000) as c:
+        # Training must outlast the daemon's eligibility recheck (every second): 2,000 epochs of this MLP on
+        # 400 examples took under a second on an idle machine (50,000 steps), so it finished and uploaded
+        # before any recheck saw the flip and no decline came. 100,000 epochs is about a minute of training,
+        # cut short by the abort.
+        with MiniCoordinator(mosquitto.url, epochs=100_000) as c:
             _round(c, 1)
             # The round's status says "training" before the daemon's start-of-training eligibility check;
             # the model is cached only after that check, right before the trainer runs. Flipping at
@@ -241,7 +245,8 @@ def test_sigterm_during_training_declines_and_exits_cleanly(device, mosquitto):
     db = device["db"]
     proc = start_agent(device["profile"], device["log"], "--data", str(device["data"]))
     try:
-        with MiniCoordinator(mosquitto.url, epochs=2000) as c:
+        # long enough to be stopped mid-training: 2,000 epochs can finish in under a second on an idle machine
+        with MiniCoordinator(mosquitto.url, epochs=100_000) as c:
             _round(c, 1)
             wait_for(
                 lambda: db_rows(db, "select status from round_state where round_id = 1") == [("training",)],
