@@ -123,10 +123,10 @@ def test_killed_mid_upload_and_restarted_counts_the_update_exactly_once(device, 
     proc = start_agent(device["profile"], device["log"], "--data", str(device["data"]))
     broker = psutil.Process(mosquitto._proc.pid)
     try:
-        # long enough that the broker is suspended while the device still trains: with 40 epochs a loaded
+        # long enough (about 1.5 s idle) that the broker is suspended while the device still trains: with 40 epochs a loaded
         # machine could finish training and have the upload acknowledged before the suspend (seen once at
         # load average 50), and the test would wait in vain for an unacknowledged upload
-        with MiniCoordinator(mosquitto.url, epochs=300) as c:
+        with MiniCoordinator(mosquitto.url, epochs=3000) as c:
             _round(c, 1)
             wait_for(
                 lambda: db_rows(db, "select status from round_state where round_id = 1") == [("training",)],
