@@ -23,6 +23,16 @@ from tests.agent_fixtures import start_agent, stop
 from tests.mqtt_proxy import MqttProxy
 
 
+def rows(db: Path | str, sql: str) -> list[dict]:
+    """``sql``'s rows as dicts, read from the coordinator's store read-only (the service may still hold it)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute(sql).fetchall()]
+    finally:
+        con.close()
+
+
 def secagg_training(agents: int, **kw: object) -> TrainingConfig:
     """SecAgg+ with distributed DP, every device in the cohort, short local training."""
     args: dict[str, object] = dict(

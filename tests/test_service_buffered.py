@@ -5,27 +5,16 @@ hold the versions up; an update more than --max-staleness versions old is refuse
 
 from __future__ import annotations
 
-import sqlite3
-
 import numpy as np
 import pytest
 
 from fedge.agent.local_data import import_examples
 from fedge.agent.store import Store as AgentStore
 from fedge.agent.training.models import load_spec
-from tests.daemon_fleet import DaemonFleet, secagg_training
+from tests.daemon_fleet import DaemonFleet, rows, secagg_training
 from tests.mqtt_fixtures import needs_mosquitto
 
 pytestmark = [needs_mosquitto, pytest.mark.mosquitto, pytest.mark.timeout(300)]
-
-
-def _rows(db, sql):
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(sql).fetchall()]
-    finally:
-        con.close()
 
 
 def _slow_down(fleet: DaemonFleet, i: int, factor: int) -> None:
@@ -57,8 +46,8 @@ def test_versions_advance_without_waiting_for_a_ten_times_slower_device(tmp_path
     assert caplog.text.count(f"SecAgg+ suite {choose_suite([supported_suites()] * 2)} for 2 devices") >= 3
     eps = [r.epsilon for r in reports]
     assert eps == sorted(eps) and eps[0] < eps[-1]  # epsilon after each version, composed
-    groups = _rows(fleet.db, "select * from rounds order by round_id")
-    tasks = _rows(fleet.db, "select * from buffered_tasks where base_version >= 0 order by round_id")
+    groups = rows(fleet.db, "select * from rounds order by round_id")
+    tasks = rows(fleet.db, "select * from buffered_tasks where base_version >= 0 order by round_id")
     first_slow = next(t for t in tasks if t["device_id"] == slow)
     assert first_slow["base_version"] == 0
     # a version was made while the slow device was still training on version 0, and its update, when it
@@ -82,7 +71,7 @@ def test_an_update_older_than_max_staleness_is_refused_with_its_reason(tmp_path,
     with DaemonFleet(tmp_path, 2, mosquitto.url, training) as fleet:
         reports = fleet.serve(rounds=2, mode="buffered", buffer=1, concurrency=2, max_staleness=0)
     assert [r.status for r in reports] == ["completed", "completed"], [r.reason for r in reports]
-    tasks = _rows(fleet.db, "select * from buffered_tasks where base_version >= 0 order by round_id")
+    tasks = rows(fleet.db, "select * from buffered_tasks where base_version >= 0 order by round_id")
     # both first tasks trained on version 0; whichever answered second found version 1 as its target
     first_two = tasks[:2]
     assert [t["base_version"] for t in first_two] == [0, 0]
@@ -114,15 +103,13 @@ def test_a_restarted_buffered_campaign_keeps_its_epsilon_and_contribution_caps(t
         args += ["--max-contributions", "2", "--staleness", "constant"]
         result = CliRunner().invoke(cli, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
-    groups = _rows(
-        fleet.db, "select * from rounds where status = 'completed' and epsilon is not null order by round_id"
-    )
+    groups = rows(fleet.db, "select * from rounds where status = 'completed' and epsilon is not null order by round_id")
     assert len(groups) == 4, groups  # 2 devices x 2 contributions; then it stopped without waiting for more
     eps = [g["epsilon"] for g in groups]
     assert eps[0] < eps[1], eps  # the restarted run composed onto the stored epsilon
     assert eps[1] == eps[2] == eps[3], eps  # max_contributions 2: no device is in more than two groups
-    assert len(_rows(fleet.db, "select * from privacy_rounds")) == 2
-    counts = _rows(
+    assert len(rows(fleet.db, "select * from privacy_rounds")) == 2
+    counts = rows(
         fleet.db, "select device_id, count(*) as n from buffered_tasks where status = 'aggregated' group by device_id"
     )
     assert sorted(c["n"] for c in counts) == [2, 2], counts

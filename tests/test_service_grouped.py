@@ -5,7 +5,6 @@ accountant's event says how many sums were revealed (each carrying the round's w
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 from click.testing import CliRunner
@@ -13,19 +12,10 @@ from click.testing import CliRunner
 from fedge.agent.core.errors import ConfigError
 from fedge.coordinator.service.cli import cli
 from fedge.coordinator.service.config import ServiceConfig
-from tests.daemon_fleet import DaemonFleet, secagg_training
+from tests.daemon_fleet import DaemonFleet, rows, secagg_training
 from tests.mqtt_fixtures import needs_mosquitto
 
 pytestmark = [needs_mosquitto, pytest.mark.mosquitto, pytest.mark.timeout(300)]
-
-
-def _rows(db, sql):
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(sql).fetchall()]
-    finally:
-        con.close()
 
 
 def test_serve_aggregates_a_round_in_secagg_groups_with_the_noise_in_every_group(tmp_path, mosquitto):
@@ -37,7 +27,7 @@ def test_serve_aggregates_a_round_in_secagg_groups_with_the_noise_in_every_group
         args += ["--group-size", "3", "--group-workers", "2"]
         result = CliRunner().invoke(cli, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
-    rounds = _rows(fleet.db, "select * from rounds order by round_id")
+    rounds = rows(fleet.db, "select * from rounds order by round_id")
     assert [r["status"] for r in rounds] == ["completed", "completed"], [r["reason"] for r in rounds]
     assert all(r["participants"] == 6 for r in rounds), rounds
     assert rounds[0]["model_in"] != rounds[1]["model_in"]  # the first round's group sums made a new model
@@ -45,7 +35,7 @@ def test_serve_aggregates_a_round_in_secagg_groups_with_the_noise_in_every_group
         # two groups of 3, each held to ceil(4 * 3 / 6) = 2 survivors, the noise split over 2 shares
         # (ungrouped it would be 4), so each revealed group sum carries all of it
         assert json.loads(r["plan"])["privacy"]["min_clients"] == 2
-    events = [json.loads(e["event"]) for e in _rows(fleet.db, "select event from privacy_rounds order by round_id")]
+    events = [json.loads(e["event"]) for e in rows(fleet.db, "select event from privacy_rounds order by round_id")]
     assert [e["groups"] for e in events] == [2, 2]
 
 
