@@ -11,12 +11,33 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from http.server import ThreadingHTTPServer
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
 from fedge.agent.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A handler that answers with one whole body (plus ``extra_headers``) and logs requests at DEBUG
+    under ``log_name``, not on stderr as the standard library does."""
+
+    log_name = "http"
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+    def _send(self, status: HTTPStatus, ctype: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in self.extra_headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt: str, *args: object) -> None:
+        log.debug(f"{self.log_name}: " + fmt, *args)
 
 
 class BackgroundHTTPServer:

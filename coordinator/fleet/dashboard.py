@@ -16,14 +16,14 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
 from fedge.agent.core.errors import ConfigError
-from fedge.coordinator.http_server import BackgroundHTTPServer
+from fedge.coordinator.http_server import BackgroundHTTPServer, QuietHandler
 
 log = logging.getLogger(__name__)
 
@@ -563,7 +563,9 @@ def render_page(
 # ---------------------------------------------------------------------- server
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
+    log_name = "dashboard"
+    extra_headers = (("Cache-Control", "no-store"),)
     server: _Server
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -596,17 +598,6 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"read-only")
 
     do_PUT = do_DELETE = do_PATCH = do_POST
-
-    def _send(self, status: HTTPStatus, ctype: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, fmt: str, *args: Any) -> None:
-        log.debug("dashboard: " + fmt, *args)
 
 
 class _Server(ThreadingHTTPServer):

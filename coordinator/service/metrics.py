@@ -22,7 +22,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from fedge.coordinator.fleet.dashboard import rollouts_data
-from fedge.coordinator.http_server import BackgroundHTTPServer
+from fedge.coordinator.http_server import BackgroundHTTPServer, QuietHandler
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,8 @@ def registry_for(db_path: str, broker_connected: Callable[[], bool] | None = Non
     return registry
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
+    log_name = "metrics"
     server: _Server
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -150,16 +151,6 @@ class _Handler(BaseHTTPRequestHandler):
             log.warning("metrics: store query failed: %s", e)
             return self._send(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", b"database busy or not migrated")
         self._send(HTTPStatus.OK, CONTENT_TYPE_LATEST, body)
-
-    def _send(self, status: HTTPStatus, ctype: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, fmt: str, *args: Any) -> None:
-        log.debug("metrics: " + fmt, *args)
 
 
 class _Server(ThreadingHTTPServer):
