@@ -6,9 +6,9 @@ masks; AES-256-CTR masks where libsodium has AES instructions; the X25519 + ML-K
 core, measured in the same run (CPU time, best of three samples before and three after the
 rounds): the suite's mask keystream (``agent.core.crypto.keystream.expand_into``) for
 (k+1)*n*d*4 bytes, 2k X25519 agreements and 2k Ed25519 verifications per client; for the hybrid
-suite also what ML-KEM-768 alone needs: 2 key generations from a seed, 3k/2 encapsulations (each
-parsing the peer's encapsulation key, as a device must) and 3k/2 decapsulations per client (k
-channel ciphertexts each way, one mask ciphertext per pair).
+suite also what ML-KEM-768 alone needs: 1 key generation from a seed, k encapsulations (each
+parsing the peer's encapsulation key, as a device must) and k decapsulations per client (one
+channel ciphertext per neighbour each way; the pair secrets travel inside the channels).
 
 ``ratio`` = seconds (wall) / floor; ``cpu_ratio`` = CPU seconds of the round / floor, which other
 load on the machine does not skew (``cpu_share`` = CPU / wall seconds: how much of a core the
@@ -263,9 +263,9 @@ def run(args: argparse.Namespace, suite: str) -> dict:
     }
     if hybrid:
         floor_parts |= {
-            "mlkem_keygen": 2 * n / rates["mlkem_keygen"],
-            "mlkem_encapsulate": 1.5 * k * n / rates["mlkem_encapsulate"],
-            "mlkem_decapsulate": 1.5 * k * n / rates["mlkem_decapsulate"],
+            "mlkem_keygen": n / rates["mlkem_keygen"],
+            "mlkem_encapsulate": k * n / rates["mlkem_encapsulate"],
+            "mlkem_decapsulate": k * n / rates["mlkem_decapsulate"],
         }
     floor = sum(floor_parts.values())
     survivors_up = [uploaded[dev] for dev in ids if dev in set(result.survivors) and dev not in drop[ORDER[-2]]]

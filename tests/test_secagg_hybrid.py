@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedge.agent.core import wire
 from fedge.agent.core.crypto import IdentityKey, derive_key, kem
-from fedge.agent.core.errors import ProtocolError, SecurityError
-from fedge.agent.core.messages.secagg import RelayedShares
+from fedge.agent.core.errors import ProtocolError, SecurityError, WireError
+from fedge.agent.core.messages.secagg import MaskedInput, RelayedShares, UnmaskShares
 from fedge.agent.core.secagg import derive
 from fedge.agent.core.secagg.client import SecAggClient
+from fedge.agent.core.secagg.graph import neighbour_table
 from fedge.agent.core.secagg.loopback import run_round
 from fedge.agent.core.secagg.params import SUITE, SUITE_AES, SUITE_PQ, SecAggParams, choose_suite, supported_suites
 from fedge.agent.core.secagg.server import SecAggServer
@@ -108,7 +110,11 @@ def test_the_combiner_is_blake2b_over_both_secrets_concatenated_with_the_ciphert
     mask = derive.hybrid_pair_mask_key(dh, ss, 7, 9, 3)
     assert mask == derive.hybrid_pair_mask_key(dh, ss, 7, 3, 9)  # one key per pair, either end
     assert mask == _derive_key_stdlib(dh + ss, "secagg/pq/pair-mask", [7, 3, 9], 32)
-    assert derive.mask_kem_seed(dh) == derive_key(dh, "secagg/pq/s-mlkem", length=64)
+    # what the mask secret sigma yields: the s-key, the pair secret i < j seals to j, the pad j > i seals to i
+    assert derive.mask_x25519_private(dh) == derive_key(dh, "secagg/pq/s-x25519", length=32)
+    assert derive.pair_secret(dh, 7, 3, 9) == _derive_key_stdlib(dh, "secagg/pq/pair-secret", [7, 3, 9], 32)
+    assert derive.wrap_key(dh, 7, 3, 9) == _derive_key_stdlib(dh, "secagg/pq/pair-wrap", [7, 3, 9], 32)
+    assert derive.wrap_key(dh, 7, 3, 9) != derive.pair_secret(dh, 7, 3, 9)
 
 
 # ---------------------------------------------------------------------------- rounds
@@ -154,6 +160,129 @@ def test_a_hybrid_round_with_many_dropouts_after_share_keys_recovers_every_pair_
     result, _ = run_round(server, clients, inputs, drop)
     survivors = [d for d in ids if d not in drop[Stage.MASKED_INPUT]]
     assert np.array_equal(result.total.astype(np.uint64), plain_sum(inputs, survivors, params.bits))
+
+
+def _pairs(params: SecAggParams) -> list[tuple[int, int]]:
+    """Neighbour pairs (i < j) of the test graph (graph seed bytes(range(32)), as in _round)."""
+    table = neighbour_table(bytes(range(32)), params.num_clients, params.neighbours)
+    return sorted({(min(i, j), max(i, j)) for i in range(params.num_clients) for j in table[i].tolist()})
+
+
+def test_a_larger_index_dropping_after_its_shares_is_unmasked_through_the_smaller_survivors_wrap() -> None:
+    """j > i drops at MASKED_INPUT after sending shares; i survives, chose the pair secret, and
+    wrapped it in its masked input under the pad j sealed to it. The coordinator opens the wrap with
+    the pad rebuilt from j's mask secret, even when i itself goes silent after its masked input (at
+    CONSISTENCY_CHECK or UNMASK): nothing from i is needed after MASKED_INPUT."""
+    server, clients, inputs = _round(PARAMS, seed=21)
+    ids = sorted(_KEYS)
+    pairs = _pairs(PARAMS)
+    j = max(b for _, b in pairs)  # the largest index: every one of its neighbours is smaller
+    smaller = sorted(a for a, b in pairs if b == j)
+    assert len(smaller) >= 2
+    drop = {Stage.MASKED_INPUT: {ids[j]}, Stage.CONSISTENCY_CHECK: {ids[smaller[0]]}, Stage.UNMASK: {ids[smaller[1]]}}
+    opened = []
+    orig = server._dropped_pair_secret
+
+    def spy(i: int, jj: int, sigma: bytes) -> bytes:
+        opened.append((i, jj))
+        return orig(i, jj, sigma)
+
+    server._dropped_pair_secret = spy  # type: ignore[method-assign]
+    result, _ = run_round(server, clients, inputs, drop)
+    survivors = [d for d in ids if d != ids[j]]
+    assert list(result.survivors) == survivors
+    assert np.array_equal(result.total.astype(np.uint64), plain_sum(inputs, survivors, PARAMS.bits))
+    assert {(i, j) for i in smaller} <= set(opened)  # every pair went through the wrap, the silent ones too
+
+
+def test_the_wrap_is_what_removes_a_dropped_larger_neighbours_pair_mask() -> None:
+    """A survivor's wrap flipped in one bit leaves that pair's mask in the sum: the coordinator cannot
+    tell (a survivor can spoil the sum as it can with its masked input in every suite), but the sum is
+    wrong, never the neighbour's secrets revealed."""
+    server, clients, inputs = _round(PARAMS, seed=22)
+    ids = sorted(_KEYS)
+    pairs = _pairs(PARAMS)
+    j = max(b for _, b in pairs)
+    i = min(a for a, b in pairs if b == j)
+    orig = server.receive
+
+    def tamper(msg):
+        if isinstance(msg, MaskedInput) and msg.device_id == ids[i]:
+            wraps = bytearray(msg.pair_wraps)
+            wraps[-1] ^= 1  # j is i's largest neighbour: its wrap is the last
+            msg = MaskedInput(msg.device_id, msg.round_id, msg.vector, bytes(wraps))
+        orig(msg)
+
+    server.receive = tamper  # type: ignore[method-assign]
+    result, _ = run_round(server, clients, inputs, {Stage.MASKED_INPUT: {ids[j]}})
+    survivors = [d for d in ids if d != ids[j]]
+    assert list(result.survivors) == survivors
+    assert not np.array_equal(result.total.astype(np.uint64), plain_sum(inputs, survivors, PARAMS.bits))
+
+
+def _to_masked_input(seed: int):
+    server, clients, inputs = _round(PARAMS, seed=seed)
+    for d, c in clients.items():
+        c.set_input(inputs[d])
+    cfg = server.start()
+    for c in clients.values():
+        server.receive(c.handle(cfg))
+    for d, req in server.close_stage().items():
+        server.receive(clients[d].handle(req))
+    return server, clients, server.close_stage()
+
+
+def test_a_malformed_pair_wraps_field_is_refused_with_a_clear_error() -> None:
+    server, clients, relayed = _to_masked_input(seed=23)
+    ids = sorted(_KEYS)
+    d = ids[0]  # index 0: every neighbour is larger, so it wraps one pair secret per held neighbour
+    reply = clients[d].handle(relayed[d])
+    assert len(reply.pair_wraps) == 32 * len(relayed[d].senders) > 0
+    for bad in (reply.pair_wraps[:-1], reply.pair_wraps + bytes(32), b""):
+        with pytest.raises(ProtocolError, match="pair_wraps must be"):
+            server.receive(MaskedInput(d, reply.round_id, reply.vector, bad))
+    with pytest.raises(WireError, match="pair_wraps: expected bytes"):
+        wire.decode(wire.encode(MaskedInput(d, reply.round_id, reply.vector, "x" * 32)))  # type: ignore[arg-type]
+    server.receive(reply)  # the well-formed one is still taken
+    # the largest index wraps nothing
+    last = ids[-1]
+    assert clients[last].handle(relayed[last]).pair_wraps == b""
+
+
+def test_pair_secrets_open_only_for_neighbours_the_signed_survivor_set_lists_dropped() -> None:
+    """A client reveals a neighbour's mask-secret share (which opens its wraps and the pair secrets it
+    chose) only when the signed survivor set lists it dropped, and the self-mask share otherwise: for a
+    neighbour listed alive the coordinator gets no share that opens a pair secret."""
+    server, clients, inputs = _round(PARAMS, seed=24)
+    ids = sorted(_KEYS)
+    dropped = {ids[5], ids[17]}
+    unmasks: list[UnmaskShares] = []
+    orig = server.receive
+
+    def spy(msg):
+        if isinstance(msg, UnmaskShares):
+            unmasks.append(msg)
+        orig(msg)
+
+    opened: list[int] = []
+    pair_secret = server._dropped_pair_secret
+
+    def spy_open(i: int, j: int, sigma: bytes) -> bytes:
+        opened.append(j)
+        return pair_secret(i, j, sigma)
+
+    server.receive = spy  # type: ignore[method-assign]
+    server._dropped_pair_secret = spy_open  # type: ignore[method-assign]
+    result, _ = run_round(server, clients, inputs, {Stage.MASKED_INPUT: dropped})
+    assert set(result.survivors) == set(ids) - dropped
+    assert np.array_equal(result.total.astype(np.uint64), plain_sum(inputs, sorted(result.survivors), PARAMS.bits))
+    revealed = {ids[j] for m in unmasks for j in m.dropped.tolist()}
+    assert revealed == dropped
+    for m in unmasks:
+        assert not set(m.alive.tolist()) & set(m.dropped.tolist())
+        assert len(m.key_shares) == len(m.dropped) and len(m.self_mask_shares) == len(m.alive)
+    # the coordinator opened the pair secrets (chosen or wrapped) of the dropped devices' pairs, no others
+    assert opened and {ids[j] for j in opened} == dropped
 
 
 def test_a_device_requiring_the_hybrid_refuses_a_classic_round_before_anything_changes() -> None:

@@ -22,6 +22,11 @@ from fedge.agent.core.wire import message
 
 #: Sealed share size: nonce 12 + (sender, receiver) 8 + 2 x 11 uint32 field elements + tag 16.
 SEALED_SHARE_BYTES = 12 + 8 + 88 + 16
+#: The 32-byte pair item the hybrid suite seals with each share (the pair secret to a larger index,
+#: the wrap key to a smaller one; docs/secagg.md, "Hybrid suite").
+PAIR_ITEM_BYTES = 32
+#: Sealed share size under the hybrid suite.
+SEALED_SHARE_BYTES_PQ = SEALED_SHARE_BYTES + PAIR_ITEM_BYTES
 SIGNATURE_BYTES = 64
 
 
@@ -48,8 +53,8 @@ class SecAggConfig:
 @dataclass(frozen=True)
 class KeyAdvertisement:
     """A device's two X25519 public keys for the round, signed with its identity key. Under the
-    hybrid suite ``kem_public`` holds its two ML-KEM-768 encapsulation keys (channel || mask,
-    1,184 bytes each), signed with them; empty otherwise."""
+    hybrid suite ``kem_public`` holds its ML-KEM-768 encapsulation key for share channels (1,184
+    bytes), signed with them; empty otherwise."""
 
     device_id: str
     round_id: int
@@ -79,11 +84,11 @@ class NeighbourKeys:
 @dataclass(frozen=True)
 class EncryptedShares:
     """A device's AEAD-sealed shares, one per neighbour (roster ``recipients``, uint32), each
-    :data:`SEALED_SHARE_BYTES` long and concatenated; the coordinator only relays them. With them
-    the device commits to its self-mask seed (32 bytes), which the coordinator checks at unmask.
-    Under the hybrid suite ``kem_ciphertexts`` holds, per recipient in the same order, the ML-KEM
-    ciphertext to its channel key, and for recipients with a larger roster index also the ciphertext
-    to its mask key and the padded pair secret (``derive.kem_item_bytes``); empty otherwise."""
+    :data:`SEALED_SHARE_BYTES` long (:data:`SEALED_SHARE_BYTES_PQ` under the hybrid suite) and
+    concatenated; the coordinator only relays them. With them the device commits to its self-mask
+    seed (32 bytes), which the coordinator checks at unmask. Under the hybrid suite
+    ``kem_ciphertexts`` holds, per recipient in the same order, the 1,088-byte ML-KEM ciphertext to
+    its channel key; empty otherwise."""
 
     device_id: str
     round_id: int
@@ -97,8 +102,8 @@ class EncryptedShares:
 @dataclass(frozen=True)
 class RelayedShares:
     """Sealed shares addressed to one device from the neighbours (roster ``senders``) that
-    answered SHARE_KEYS, concatenated in the same order; under the hybrid suite the senders' KEM
-    items for this device too (see :class:`EncryptedShares`)."""
+    answered SHARE_KEYS, concatenated in the same order; under the hybrid suite the senders' ML-KEM
+    ciphertexts to this device too (see :class:`EncryptedShares`)."""
 
     round_id: int
     senders: np.ndarray
@@ -109,11 +114,16 @@ class RelayedShares:
 @message("secagg.masked_input")
 @dataclass(frozen=True)
 class MaskedInput:
-    """The device's masked vector (uint32, or uint16 when bits <= 16)."""
+    """The device's masked vector (uint32, or uint16 when bits <= 16). Under the hybrid suite
+    ``pair_wraps`` holds, for each neighbour with a larger roster index whose shares the device
+    held (ascending), the pair secret it chose one-time-padded with the wrap key that neighbour
+    sent it (32 bytes each): the coordinator opens one only with the mask secret of a neighbour
+    that dropped. Empty otherwise."""
 
     device_id: str
     round_id: int
     vector: np.ndarray
+    pair_wraps: bytes = b""
 
 
 @message("secagg.survivors")

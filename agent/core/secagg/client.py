@@ -40,7 +40,9 @@ from fedge.agent.core.crypto import (
 )
 from fedge.agent.core.errors import ProtocolError, RoundFailed, SecurityError
 from fedge.agent.core.messages.secagg import (
+    PAIR_ITEM_BYTES,
     SEALED_SHARE_BYTES,
+    SEALED_SHARE_BYTES_PQ,
     SIGNATURE_BYTES,
     EncryptedShares,
     KeyAdvertisement,
@@ -96,7 +98,6 @@ class SecAggClient:
         self._require_suite = require_suite  # the profile's [secagg] require_suite: no other is run
         self.stage: Stage | None = None
         self._input: np.ndarray | None = None
-        self._sent_secret: bytes = b""  # the hybrid suite's last channel encapsulation secret
         #: each stage's handler, named once (the stages of :mod:`.stages`)
         self._handlers: dict[Stage, Callable[[Any], Any]] = {
             Stage.ADVERTISE_KEYS: self._on_advertise_keys,
@@ -179,13 +180,12 @@ class SecAggClient:
         self._c_key = AgreementKey.generate()
         kem_pub = b""
         if self._hybrid:
-            # one mask secret sigma (Shamir-shared) yields the s-key and the mask KEM key; the channel
-            # KEM key is never shared (docs/secagg.md, "Hybrid suite")
+            # the Shamir-shared mask secret sigma yields the s-key and the pair secrets this device
+            # chooses; the channel KEM key is never shared (docs/secagg.md, "Hybrid suite")
             self._sigma = random_bytes(32)
             self._s_key = AgreementKey(derive.mask_x25519_private(self._sigma))
-            self._s_kem = kem.KemKey(derive.mask_kem_seed(self._sigma))
             self._c_kem = kem.KemKey(random_bytes(kem.SEED_BYTES))
-            kem_pub = self._c_kem.public_bytes() + self._s_kem.public_bytes()
+            kem_pub = self._c_kem.public_bytes()
         else:
             self._s_key = AgreementKey.generate()
         c_pub, s_pub = self._c_key.public_bytes(), self._s_key.public_bytes()
@@ -195,7 +195,7 @@ class SecAggClient:
     def _on_share_keys(self, msg: NeighbourKeys) -> EncryptedShares:
         p, t = self._params, self._params.threshold
         idx = derive.index_list(msg.indices, p.num_clients)
-        kem_bytes = 2 * kem.PUBLIC_BYTES if self._hybrid else 0
+        kem_bytes = kem.PUBLIC_BYTES if self._hybrid else 0
         keys = derive.chunks(msg.keys, 64 + kem_bytes, len(idx))
         sigs = derive.chunks(msg.signatures, SIGNATURE_BYTES, len(idx))
         my_c, my_s = self._c_key.public_bytes(), self._s_key.public_bytes()
@@ -223,37 +223,28 @@ class SecAggClient:
         c_key, rid, me, digest = self._c_key, self._rid, self._me, self._digest
         head = _SHARE_HEAD.pack
         self._share_keys: dict[int, bytes] = {}
-        blobs, items = [], []
+        self._pair_secrets: dict[int, bytes] = {}
+        blobs, cts = [], []
         for pos, j in enumerate(order):
             plain = head(me, j) + shares[pos].tobytes()
+            dh = self._agree(c_key, peers[j][0])
+            ad = derive.share_associated(digest, me, j)
             if self._hybrid:
-                dh = self._agree(c_key, peers[j][0])
                 self._share_keys[j] = dh  # the key to open j's shares needs j's ciphertext too
-                item = self._kem_item(j, peer_kems[j])
-                key = derive.hybrid_share_key(dh, self._sent_secret, item[: kem.CIPHERTEXT_BYTES], rid, me, j)
-                ad = derive.share_associated(digest, me, j) + derive.kem_item_binding(item)
-                items.append(item)
+                ss, ct = kem.encapsulate(peer_kems[j])
+                key = derive.hybrid_share_key(dh, ss, ct, rid, me, j)
+                if me < j:  # this device chooses the pair secret and seals it to j
+                    plain += self._pair_secrets.setdefault(j, derive.pair_secret(self._sigma, rid, me, j))
+                else:  # j chooses it; j will wrap it for the coordinator under this pad
+                    plain += derive.wrap_key(self._sigma, rid, j, me)
+                cts.append(ct)
             else:
-                key = derive.share_key(self._agree(c_key, peers[j][0]), rid, me, j)
+                key = derive.share_key(dh, rid, me, j)
                 self._share_keys[j] = key
-                ad = derive.share_associated(digest, me, j)
             blobs.append(seal(key, plain, ad))
         self._peers = peers
-        self._sent_secret = b""
         commitment = derive.seed_commitment(self._self_seed, rid, me)
-        return EncryptedShares(self.device_id, rid, derive.indices(order), b"".join(blobs), commitment, b"".join(items))
-
-    def _kem_item(self, j: int, peer_kem: bytes) -> bytes:
-        """Encapsulate to j's channel key (its secret kept for sealing); when this device has the
-        smaller index, also send the pair secret to j's mask key, padded with a second encapsulation."""
-        ss, ct = kem.encapsulate(peer_kem[: kem.PUBLIC_BYTES])
-        self._sent_secret = ss
-        if self._me > j:
-            return ct
-        ss_m, ct_m = kem.encapsulate(peer_kem[kem.PUBLIC_BYTES :])
-        rid, me = self._rid, self._me
-        pad = derive.xor(derive.pair_transport_secret(self._sigma, rid, me, j), derive.pad_key(ss_m, ct_m, rid, me, j))
-        return ct + ct_m + pad
+        return EncryptedShares(self.device_id, rid, derive.indices(order), b"".join(blobs), commitment, b"".join(cts))
 
     def _on_masked_input(self, msg: RelayedShares) -> MaskedInput:
         p = self._params
@@ -262,44 +253,44 @@ class SecAggClient:
         if self._input.shape != (p.dim,):
             raise ProtocolError(f"input has {self._input.shape[0]} values, round expects {p.dim}")
         idx = derive.index_list(msg.senders, p.num_clients)
-        blobs = derive.chunks(msg.ciphertexts, SEALED_SHARE_BYTES, len(idx))
+        hybrid = self._hybrid
+        blobs = derive.chunks(msg.ciphertexts, SEALED_SHARE_BYTES_PQ if hybrid else SEALED_SHARE_BYTES, len(idx))
+        cts = derive.chunks(msg.kem_ciphertexts, kem.CIPHERTEXT_BYTES, len(idx)) if hybrid else None
         rid, me, digest = self._rid, self._me, self._digest
         held: dict[int, np.ndarray] = {}
         rows = np.empty((len(idx), 2, _LIMBS), np.uint32)  # one block for all held shares
-        items = self._kem_items(idx, msg.kem_ciphertexts) if self._hybrid else None
-        self._pair_secrets: dict[int, bytes] = {}
+        want = _SHARE_PLAIN + (PAIR_ITEM_BYTES if hybrid else 0)
+        pair_items: dict[int, bytes] = {}  # hybrid: the pair secret from j < me, the wrap key from j > me
         for pos, (j, blob) in enumerate(zip(idx, blobs)):
             key = self._share_keys.get(j)
             if key is None:
                 raise ProtocolError("shares from a device this one did not share with")
-            ad = derive.share_associated(digest, j, me)
-            if items is not None:
-                item = items[pos]
-                ct = item[: kem.CIPHERTEXT_BYTES]
+            if cts is not None:
+                ct = cts[pos]
                 key = derive.hybrid_share_key(key, self._c_kem.decapsulate(ct), ct, rid, j, me)
-                ad += derive.kem_item_binding(item)
-                if j < me:  # j chose the pair secret and sent it under this device's mask key
-                    ct_m, pad = item[kem.CIPHERTEXT_BYTES : 2 * kem.CIPHERTEXT_BYTES], item[2 * kem.CIPHERTEXT_BYTES :]
-                    self._pair_secrets[j] = derive.xor(
-                        pad, derive.pad_key(self._s_kem.decapsulate(ct_m), ct_m, rid, j, me)
-                    )
-                else:
-                    self._pair_secrets[j] = derive.pair_transport_secret(self._sigma, rid, me, j)
-            plain = open_sealed(key, blob, ad)
-            if len(plain) != _SHARE_PLAIN or _SHARE_HEAD.unpack_from(plain) != (j, me):
+            plain = open_sealed(key, blob, derive.share_associated(digest, j, me))
+            if len(plain) != want or _SHARE_HEAD.unpack_from(plain) != (j, me):
                 raise SecurityError("bad share")
-            rows[pos] = np.frombuffer(plain, "<u4", offset=_SHARE_HEAD.size).reshape(2, _LIMBS)
+            rows[pos] = np.frombuffer(plain, "<u4", count=2 * _LIMBS, offset=_SHARE_HEAD.size).reshape(2, _LIMBS)
             held[j] = rows[pos]
+            if hybrid:
+                pair_items[j] = plain[_SHARE_PLAIN:]
         if len(held) < p.threshold:
             raise RoundFailed(f"masked_input: shares from {len(held)} neighbours, threshold {p.threshold}")
         self._held = held
         acc = MaskAccumulator(p.dim, derive.word_dtype(p), initial=self._input, stream=self._stream)
         keys, signs = [derive.self_mask_key(self._self_seed, rid, me)], [1]
         s_key = self._s_key
+        wraps = []
         for j in sorted(held):
             dh = self._agree(s_key, self._peers[j][1])
-            if self._hybrid:
-                keys.append(derive.hybrid_pair_mask_key(dh, self._pair_secrets[j], rid, me, j))
+            if hybrid:
+                if j < me:  # j chose the pair secret
+                    secret = pair_items[j]
+                else:  # this device chose it; wrapped under j's pad for the coordinator, in case j dropped
+                    secret = self._pair_secrets[j]
+                    wraps.append(derive.xor(secret, pair_items[j]))
+                keys.append(derive.hybrid_pair_mask_key(dh, secret, rid, me, j))
             else:
                 keys.append(derive.pair_mask_key(dh, rid, me, j))
             signs.append(derive.mask_sign(me, j))
@@ -307,18 +298,7 @@ class SecAggClient:
         acc.add_masks(keys, signs)
         vec = derive.reduce_bits(acc.value(), p.bits)
         self._input = None  # the plain vector is no longer needed
-        return MaskedInput(self.device_id, rid, vec)
-
-    def _kem_items(self, senders: list[int], packed: bytes) -> list[bytes]:
-        """Split the relayed KEM items, one per sender (sizes from ``derive.kem_item_bytes``)."""
-        sizes = [derive.kem_item_bytes(j, self._me, kem.CIPHERTEXT_BYTES) for j in senders]
-        if len(packed) != sum(sizes):
-            raise ProtocolError("packed field has the wrong length")
-        out, at = [], 0
-        for size in sizes:
-            out.append(packed[at : at + size])
-            at += size
-        return out
+        return MaskedInput(self.device_id, rid, vec, b"".join(wraps))
 
     def _on_consistency_check(self, msg: Survivors) -> SurvivorSignature:
         p = self._params

@@ -32,7 +32,7 @@ def config_digest(cfg: SecAggConfig) -> bytes:
 
 def advert_payload(digest: bytes, device_id: str, c_public: bytes, s_public: bytes, kem_public: bytes = b"") -> bytes:
     """What a device signs to advertise its keys (the server cannot substitute them); the hybrid
-    suite's two ML-KEM encapsulation keys are signed with them."""
+    suite's ML-KEM encapsulation key is signed with them."""
     if kem_public:
         return transcript("secagg/advertise", digest, device_id, c_public, s_public, kem_public)
     return transcript("secagg/advertise", digest, device_id, c_public, s_public)
@@ -134,12 +134,11 @@ def indices(ids: list[int]) -> np.ndarray:
 
 # ---------------------------------------------------------------------- hybrid suite (X25519 + ML-KEM-768)
 #
-# Concatenate-then-KDF (the IETF hybrid drafts' combiner, with every ciphertext bound as in the
+# Concatenate-then-KDF (the IETF hybrid drafts' combiner, with the ciphertext bound as in the
 # Giacon-Heuer-Poettering KEM combiner): a key is derive_key(x25519_secret || mlkem_secret, label,
 # round, pair, ciphertext). derive_key hashes the concatenation first (BLAKE2b extract), so the key
-# is as strong as the stronger of the two secrets. See docs/secagg.md, "Hybrid suite".
-
-KEM_PAD_BYTES = 32
+# is as strong as the stronger of the two secrets. The pair secrets travel inside the share
+# channels; see docs/secagg.md, "Hybrid suite".
 
 
 def mask_x25519_private(sigma: bytes) -> bytes:
@@ -147,20 +146,17 @@ def mask_x25519_private(sigma: bytes) -> bytes:
     return derive_key(sigma, "secagg/pq/s-x25519", length=32)
 
 
-def mask_kem_seed(sigma: bytes) -> bytes:
-    """The 64-byte ML-KEM-768 seed ``d || z`` of a hybrid device's mask KEM key, from its mask secret."""
-    return derive_key(sigma, "secagg/pq/s-mlkem", length=64)
-
-
-def pair_transport_secret(sigma: bytes, round_id: int, i: int, j: int) -> bytes:
-    """The post-quantum pair secret client ``i < j`` chooses for the pair {i, j} and sends to j
-    under ML-KEM: a function of i's mask secret, so recoverable from i's Shamir shares."""
+def pair_secret(sigma: bytes, round_id: int, i: int, j: int) -> bytes:
+    """The post-quantum pair secret client ``i < j`` chooses for the pair {i, j} and seals into its
+    share to j: a function of i's mask secret, so recoverable from i's Shamir shares."""
     return derive_key(sigma, "secagg/pq/pair-secret", round_id, i, j, length=32)
 
 
-def pad_key(kem_secret: bytes, ciphertext: bytes, round_id: int, i: int, j: int) -> bytes:
-    """One-time pad over the pair secret, from the ML-KEM secret of i's encapsulation to j."""
-    return derive_key(kem_secret, "secagg/pq/pair-pad", round_id, i, j, ciphertext, length=KEM_PAD_BYTES)
+def wrap_key(sigma: bytes, round_id: int, i: int, j: int) -> bytes:
+    """The one-time pad client ``j > i`` seals into its share to i, over which i sends the coordinator
+    the pair secret of {i, j} with its masked input: a function of j's mask secret, so the
+    coordinator opens it exactly when it rebuilds j's mask secret (j dropped)."""
+    return derive_key(sigma, "secagg/pq/pair-wrap", round_id, i, j, length=32)
 
 
 def xor(a: bytes, b: bytes) -> bytes:
@@ -174,21 +170,17 @@ def hybrid_share_key(
     dh: bytes, kem_secret: bytes, ciphertext: bytes, round_id: int, sender: int, receiver: int
 ) -> bytes:
     """AEAD key of the shares ``sender`` seals to ``receiver``: X25519 c-agreement || ML-KEM secret of
-    the sender's encapsulation to the receiver's channel key (one key per direction)."""
+    the sender's encapsulation to the receiver's channel key, the ciphertext bound (one key per
+    direction; a changed ciphertext gives another key, so the AEAD refuses it)."""
     return derive_key(dh + kem_secret, "secagg/pq/share-key", round_id, sender, receiver, ciphertext, length=32)
 
 
 def hybrid_pair_mask_key(dh: bytes, pair_secret: bytes, round_id: int, i: int, j: int) -> bytes:
-    """Keystream key of the pair {i, j}'s mask: X25519 s-agreement || the ML-KEM-transported pair secret."""
+    """Keystream key of the pair {i, j}'s mask: X25519 s-agreement || the pair secret (sealed in the
+    post-quantum share channel)."""
     return derive_key(dh + pair_secret, "secagg/pq/pair-mask", round_id, min(i, j), max(i, j), length=MASK_KEY_BYTES)
 
 
-def kem_item_bytes(sender: int, receiver: int, ciphertext_bytes: int) -> int:
-    """Bytes ``sender`` sends ``receiver`` beside its sealed share: the channel ciphertext, plus the
-    mask ciphertext and the padded pair secret when ``sender < receiver`` (it encapsulates for the pair)."""
-    return ciphertext_bytes + (ciphertext_bytes + KEM_PAD_BYTES if sender < receiver else 0)
-
-
-def kem_item_binding(item: bytes) -> bytes:
-    """Bound into the sealed share's associated data: a relay cannot swap the ciphertexts beside it."""
-    return transcript("secagg/pq/kem-item", item)
+def wrapped_count(me: int, held: list[int]) -> int:
+    """How many pair secrets ``me`` wraps in its masked input: one per held neighbour above it."""
+    return sum(1 for j in held if j > me)

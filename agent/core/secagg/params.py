@@ -55,8 +55,9 @@ SUITE = "fedge-secagg+/x25519-blake2b-chacha20"
 SUITE_AES = "fedge-secagg+/x25519-blake2b-aes256ctr"
 #: The hybrid post-quantum suite: every pairwise key (share encryption and pair masks) combines
 #: X25519 with ML-KEM-768 (FIPS 203) by concatenate-then-KDF (docs/secagg.md, "Hybrid suite");
-#: ChaCha20 masks. Runs where ``cryptography`` with ML-KEM is installed (the ``pq`` extra).
-SUITE_PQ = "fedge-secagg+/x25519-mlkem768-blake2b-chacha20"
+#: ChaCha20 masks. Runs where ``cryptography`` with ML-KEM is installed (the ``pq`` extra). v2: one
+#: ML-KEM key per device, pair secrets sealed in the share channels (v1 had a second, mask KEM key).
+SUITE_PQ = "fedge-secagg+/x25519-mlkem768-blake2b-chacha20/v2"
 #: Suite -> mask stream (``agent.core.crypto.keystream``).
 MASK_STREAMS = {SUITE: CHACHA20, SUITE_AES: AES256_CTR, SUITE_PQ: CHACHA20}
 #: Suites whose pairwise keys include ML-KEM-768.

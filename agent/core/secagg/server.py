@@ -29,7 +29,9 @@ from fedge.agent.core.crypto import MaskAccumulator, agree, kem, random_bytes, s
 from fedge.agent.core.crypto.agreement import AgreementKey
 from fedge.agent.core.errors import ProtocolError, RoundFailed, SecurityError
 from fedge.agent.core.messages.secagg import (
+    PAIR_ITEM_BYTES,
     SEALED_SHARE_BYTES,
+    SEALED_SHARE_BYTES_PQ,
     EncryptedShares,
     KeyAdvertisement,
     MaskedInput,
@@ -99,7 +101,8 @@ class SecAggServer:
         seed = graph_seed if graph_seed is not None else random_bytes(32)
         self._stream = mask_stream(suite)  # the coordinator masks too: a suite it cannot run is refused
         self._hybrid = suite in HYBRID_SUITES
-        self._kem_bytes = 2 * kem.PUBLIC_BYTES if self._hybrid else 0
+        self._kem_bytes = kem.PUBLIC_BYTES if self._hybrid else 0
+        self._sealed_bytes = SEALED_SHARE_BYTES_PQ if self._hybrid else SEALED_SHARE_BYTES
         self.config = SecAggConfig(round_id, params, seed, "\n".join(self._ids).encode(), suite)
         self._digest = derive.config_digest(self.config)
         self._table = neighbour_table(seed, params.num_clients, params.neighbours)
@@ -284,36 +287,26 @@ class SecAggServer:
         got = derive.index_list(msg.recipients, self.params.num_clients)
         if not set(got) <= (self._nbr_sets[i] & self._u1) or len(got) < self.params.threshold:
             raise ProtocolError("shares addressed to non-neighbours or too few")
-        derive.chunks(msg.ciphertexts, SEALED_SHARE_BYTES, len(got))
+        derive.chunks(msg.ciphertexts, self._sealed_bytes, len(got))
         if len(msg.seed_commitment) != 32:
             raise ProtocolError("seed commitment must be 32 bytes")
-        ct = kem.CIPHERTEXT_BYTES
-        want = sum(derive.kem_item_bytes(i, j, ct) for j in got) if self._hybrid else 0
-        if len(msg.kem_ciphertexts) != want:
+        if len(msg.kem_ciphertexts) != (kem.CIPHERTEXT_BYTES * len(got) if self._hybrid else 0):
             raise ProtocolError("KEM ciphertexts have the wrong length")
 
     def _close_share_keys(self) -> dict[str, Any]:
         # sent_to[i][j]: where i's sealed share for j sits in i's reply (no copies of the ciphertexts)
         sent_to = {i: {j: pos for pos, j in enumerate(m.recipients.tolist())} for i, m in self._replies.items()}
         replies = self._replies
-        S = SEALED_SHARE_BYTES
+        S, C = self._sealed_bytes, kem.CIPHERTEXT_BYTES
         self._commitments = {i: m.seed_commitment for i, m in replies.items()}
 
         def sealed(j: int, i: int) -> bytes:
             pos = sent_to[j][i]
             return replies[j].ciphertexts[pos * S : (pos + 1) * S]
 
-        # kem_items[j][i]: the KEM item j sent beside its share for i (hybrid suite)
-        self._kem_items: dict[int, dict[int, bytes]] = {}
-        if self._hybrid:
-            ct = kem.CIPHERTEXT_BYTES
-            for j, m in replies.items():
-                row, at = {}, 0
-                for i in m.recipients.tolist():
-                    size = derive.kem_item_bytes(j, i, ct)
-                    row[i] = m.kem_ciphertexts[at : at + size]
-                    at += size
-                self._kem_items[j] = row
+        def kem_ct(j: int, i: int) -> bytes:  # hybrid: j's encapsulation to i's channel key
+            pos = sent_to[j][i]
+            return replies[j].kem_ciphertexts[pos * C : (pos + 1) * C]
 
         # i's secrets are held by the live neighbours it sent shares to
         u2 = self._prune(set(sent_to), lambda i, a: sum(1 for j in sent_to[i] if j in a))
@@ -330,11 +323,13 @@ class SecAggServer:
         out = {}
         for i in sorted(u2):
             snd = self._senders[i]
-            items = b"".join(self._kem_items[j][i] for j in snd) if self._hybrid else b""
+            items = b"".join(kem_ct(j, i) for j in snd) if self._hybrid else b""
             out[self._ids[i]] = RelayedShares(
                 self.round_id, derive.indices(snd), b"".join(sealed(j, i) for j in snd), items
             )
         self._sum = MaskAccumulator(self.params.dim, self._dtype, stream=self._stream)
+        #: hybrid: each survivor's wrapped pair secrets, for its larger held neighbours in order
+        self._wraps: dict[int, bytes] = {}
         self._open(Stage.MASKED_INPUT, u2)
         return out
 
@@ -344,6 +339,11 @@ class SecAggServer:
         v = msg.vector
         if v.dtype != self._dtype or v.shape != (self.params.dim,):
             raise ProtocolError(f"masked input must be {self._dtype} of shape ({self.params.dim},)")
+        want = PAIR_ITEM_BYTES * derive.wrapped_count(i, self._senders[i]) if self._hybrid else 0
+        if len(msg.pair_wraps) != want:
+            raise ProtocolError(f"pair_wraps must be {want} bytes: 32 per held neighbour with a larger index")
+        if self._hybrid:
+            self._wraps[i] = msg.pair_wraps
         self._sum.add_vector(v)  # streaming: the vector need not be kept
 
     def _close_masked_input(self) -> dict[str, Any]:
@@ -430,29 +430,14 @@ class SecAggServer:
         for j in sorted(self._u2 - self._u3):
             sk = sigma = known[j]
             if self._hybrid:
-                sigma, sk = sk, derive.mask_x25519_private(sk)
-                s_kem = None
+                sk = derive.mask_x25519_private(sigma)
             for i in self._holders[j]:
                 if i in self._u3 and j in self._senders[i]:
                     dh = agree(sk, self._adverts[i].s_public)
                     if not self._hybrid:
                         keys.append(derive.pair_mask_key(dh, rid, i, j))
-                    elif j < i:  # j chose the pair secret: it follows from j's mask secret
-                        keys.append(
-                            derive.hybrid_pair_mask_key(dh, derive.pair_transport_secret(sigma, rid, j, i), rid, i, j)
-                        )
-                    else:  # i sent it under j's mask KEM key, rebuilt from j's mask secret
-                        item = self._kem_items.get(i, {}).get(j)
-                        if item is None:
-                            self.fail(f"{self._ids[i]} sent no pair secret to the dropped {self._ids[j]}")
-                        if s_kem is None:
-                            s_kem = kem.KemKey(derive.mask_kem_seed(sigma))
-                        ct_m, pad = (
-                            item[kem.CIPHERTEXT_BYTES : 2 * kem.CIPHERTEXT_BYTES],
-                            item[2 * kem.CIPHERTEXT_BYTES :],
-                        )
-                        secret = derive.xor(pad, derive.pad_key(s_kem.decapsulate(ct_m), ct_m, rid, i, j))
-                        keys.append(derive.hybrid_pair_mask_key(dh, secret, rid, i, j))
+                    else:
+                        keys.append(derive.hybrid_pair_mask_key(dh, self._dropped_pair_secret(i, j, sigma), rid, i, j))
                     signs.append(-derive.mask_sign(i, j))
         acc = self._sum
         acc.add_masks(keys, signs)  # one pass over the sum for all the masks
@@ -468,13 +453,20 @@ class SecAggServer:
             return False
         if j in self._u3:
             return derive.seed_commitment(secret, self.round_id, j) == self._commitments[j]
-        if self._hybrid:  # the mask secret must give both advertised mask keys
-            adv = self._adverts[j]
-            x_ok = AgreementKey(derive.mask_x25519_private(secret)).public_bytes() == adv.s_public
-            return (
-                x_ok and kem.KemKey(derive.mask_kem_seed(secret)).public_bytes() == adv.kem_public[kem.PUBLIC_BYTES :]
-            )
+        if self._hybrid:  # the mask secret must give the advertised mask key
+            return AgreementKey(derive.mask_x25519_private(secret)).public_bytes() == self._adverts[j].s_public
         return AgreementKey.from_private_bytes(secret).public_bytes() == self._adverts[j].s_public
+
+    def _dropped_pair_secret(self, i: int, j: int, sigma: bytes) -> bytes:
+        """The pair secret of survivor i and dropped j (hybrid suite), from j's rebuilt mask secret:
+        j chose it when j < i; else i chose it and wrapped it in its masked input under the pad j
+        sealed to it, which follows from j's mask secret too."""
+        rid = self.round_id
+        if j < i:
+            return derive.pair_secret(sigma, rid, j, i)
+        pos = sum(1 for h in self._senders[i] if i < h < j)  # i's wraps follow its larger held neighbours
+        wrapped = self._wraps[i][pos * PAIR_ITEM_BYTES : (pos + 1) * PAIR_ITEM_BYTES]
+        return derive.xor(wrapped, derive.wrap_key(sigma, rid, i, j))
 
     def _correct(self, j: int, shares: list[tuple[int, np.ndarray]]) -> bytes | None:
         """Decode j's secret from all its shares with error correction; record who sent bad ones."""
