@@ -131,6 +131,13 @@ def cli() -> None:
     "side, the coordinator adding the group sums (0: one group).",
 )
 @click.option(
+    "--group-engine",
+    type=click.Choice(["process", "ray", "thread"]),
+    default=None,
+    help="Where each group's SecAgg+ server runs: worker processes, Ray actors, or threads of the driver "
+    "[default: ray under --engine ray, else process].",
+)
+@click.option(
     "--prox-mu",
     type=float,
     default=0.0,
@@ -170,6 +177,7 @@ def run_command(profiles: str, profiles_dir: Path | None, server_opt: str, serve
     from fedge.simulations.population import DEFAULT_PROFILE_DIR, parse_profile_mix
 
     opt = ServerOptConfig(ServerOptKind(server_opt), learning_rate=server_lr)
+    options["group_engine"] = options.get("group_engine") or ""  # "": follows --engine
     config = SimConfig(profiles=parse_profile_mix(profiles) if profiles else (), server_opt=opt, **options)  # type: ignore[arg-type]
     summary = runner.run(config, profile_dir=profiles_dir or DEFAULT_PROFILE_DIR)
     last = summary.rounds[-1]

@@ -11,6 +11,7 @@ from fedge.agent.core.errors import ConfigError
 from fedge.agent.core.privacy.config import MODES as DP_MODES
 from fedge.coordinator.rounds.server_opt import ServerOptConfig
 from fedge.coordinator.rounds.staleness import parse_staleness
+from fedge.coordinator.workers import ENGINES as GROUP_ENGINES
 from fedge.simulations.datasets import parse_dataset_spec
 from fedge.simulations.partition import parse_partition_spec
 
@@ -72,6 +73,9 @@ class SimConfig:
     max_contributions: int = 0
     #: SecAgg+ groups of at least G devices per round (coordinator/rounds/grouped.py); 0 = one group
     group_size: int = 0
+    #: where each group's SecAgg+ server runs: ``process`` (worker processes), ``ray`` (Ray actors) or
+    #: ``thread`` (the driver); "" = Ray actors under ``--engine ray``, else worker processes
+    group_engine: str = ""
 
     def __post_init__(self) -> None:
         def need(ok: bool, flag: str, what: str) -> None:
@@ -138,6 +142,11 @@ class SimConfig:
             f"expected >= 0 (0: no cap), got {self.max_contributions}",
         )
         need(self.group_size == 0 or self.group_size >= 2, "--group-size", f"expected 0 or >= 2, got {self.group_size}")
+        need(
+            self.group_engine in ("", *GROUP_ENGINES),
+            "--group-engine",
+            f"expected one of {', '.join(GROUP_ENGINES)}, got {self.group_engine!r}",
+        )
         if self.group_size:
             need(self.secagg, "--group-size", "needs --secagg (each group is one SecAgg+ instance)")
             need(self.mode == "sync", "--group-size", "not available with --mode buffered (--buffer is its group)")
@@ -164,6 +173,11 @@ class SimConfig:
     def sampling_rate(self) -> float:
         """Probability that a given client is in a round's cohort."""
         return self.per_round / self.population
+
+    @property
+    def groups_on(self) -> str:
+        """Where the groups' SecAgg+ servers run (``group_engine`` resolved)."""
+        return self.group_engine or ("ray" if self.engine == "ray" else "process")
 
     def host_count(self) -> int:
         """How many device hosts run the cohort (``workers`` resolved); results do not depend on it."""

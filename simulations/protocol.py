@@ -33,6 +33,7 @@ from fedge.coordinator.rounds.builder import Draw, SecureRisk, build_round
 from fedge.coordinator.rounds.engine import RoundStatus
 from fedge.coordinator.rounds.grouped import GroupedAggregation, GroupRefused
 from fedge.coordinator.rounds.plan import TrainingConfig
+from fedge.coordinator.rounds.remote import HOST as GROUP_HOST
 from fedge.coordinator.rounds.secure import SecureAggregation
 from fedge.coordinator.rounds.server_opt import ServerOptConfig, ServerOptimizer
 from fedge.coordinator.workers import GroupWorkers
@@ -64,8 +65,10 @@ class ProtocolSettings:
     server_opt: ServerOptConfig = ServerOptConfig()
     #: SecAgg+ groups of at least this many devices (coordinator/rounds/grouped.py); 0 = one group
     group_size: int = 0
-    #: threads closing the groups' stages (unmasking) side by side; 0 = the machine's cores
+    #: workers running the groups' SecAgg+ servers side by side; 0 = the machine's cores
     group_workers: int = 0
+    #: where they run: ``process``, ``ray`` or ``thread`` (coordinator/workers.py)
+    group_engine: str = "thread"
     #: a device whose simulated task outlasts the training deadline misses the round (device profiles
     #: give devices speeds; without them every device is ideal and never late, as before the clock)
     late_devices_miss: bool = True
@@ -108,7 +111,7 @@ class ProtocolEngine:
         self.audit: CanaryAudit | None = None
         #: buffered mode: each group accounted unamplified, capped per device (None: synchronous rounds)
         self.ledger: GroupLedger | None = None
-        self._groups = GroupWorkers(settings.group_workers)
+        self._groups = GroupWorkers(settings.group_workers, settings.group_engine, GROUP_HOST)
 
     def close(self) -> None:
         """Stop the device hosts (worker processes, actors) and the group threads."""
@@ -256,6 +259,7 @@ class ProtocolEngine:
                 suites=dict.fromkeys(ids, supported_suites()),
                 group_size=s.group_size if group is None else 0,
                 parallel=self._groups,
+                hosts=self._groups.hosts,
             )
         except GroupRefused as e:
             pool.broadcast(pack({"kind": "end"}))

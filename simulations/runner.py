@@ -158,6 +158,7 @@ def protocol_engine(config: SimConfig, population: Population, trainer: object) 
         audit_canaries=config.audit_canaries,
         server_opt=config.server_opt,
         group_size=config.group_size,
+        group_engine=config.groups_on,
         audit_seed=int(stream(config.seed, AUDIT).integers(2**63)),
         late_devices_miss=bool(config.profiles),
     )

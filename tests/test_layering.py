@@ -56,8 +56,9 @@ ROUNDS_FORBIDDEN = {"sqlite3", "sqlite_utils", "time", "datetime"} | PROCESS_ONL
 #: The HTTP servers' lifecycle (the dashboard's and /metrics'): it may start a thread, and imports the standard
 #: library and fedge.agent.core only, so fleet/ and service/ can both use it without reaching each other.
 HTTP_SERVER = (TOP, "coordinator", "http_server")
-#: The worker threads of a round's SecAgg+ group closes, shared by the service and the simulator: the
-#: standard library and fedge.agent.core only.
+#: Where a round's SecAgg+ groups run (threads, worker processes, Ray actors), shared by the service and
+#: the simulator: the standard library and fedge.agent.core only (a worker imports the host it runs by
+#: name); it owns its workers' lifecycle, so it may use threads and ignore SIGINT in a worker.
 WORKERS = (TOP, "coordinator", "workers")
 #: The only module (tests aside) that constructs a RoundEngine.
 ROUND_BUILDER = (TOP, "coordinator", "rounds", "builder")
@@ -164,6 +165,7 @@ def violations(path_parts: tuple[str, ...], source: str, is_package: bool = Fals
             and not _in(module, SERVICE)
             and (root in PROCESS_ONLY or any(_under(name, tuple(f.split("."))) for f in PROCESS_ONLY if "." in f))
             and not ((_in(module, FLEET) or module == HTTP_SERVER) and root == "threading")
+            and not (module == WORKERS and root in {"threading", "signal"})
         ):
             out.append(f"{where}:{line}: only coordinator/service/ has a loop, a transport or signals ({name})")
         if module == HTTP_SERVER and root == TOP and not _under(name, (TOP, "agent", "core")):

@@ -16,7 +16,10 @@ from fedge.simulations.world import BEHAVIOUR, COHORT, POPULATION, TRAIN, build_
 from tests.sim_protocol_fixtures import FLAKY, small_config, write_profile
 
 
-def test_grouped_round_equals_one_group_to_the_bit_with_dropouts(tmp_path) -> None:
+@pytest.mark.parametrize("where", ["thread", "process", "ray"])
+def test_grouped_round_equals_one_group_to_the_bit_with_dropouts(tmp_path, where) -> None:
+    if where == "ray":
+        pytest.importorskip("ray")
     write_profile(tmp_path, "flaky", FLAKY)
     config = small_config(per_round=80, dp="off", noise_multiplier=0.0)
     world = build_world(
@@ -39,9 +42,10 @@ def test_grouped_round_equals_one_group_to_the_bit_with_dropouts(tmp_path) -> No
     behaviour = draw_round_behaviour(population, cohort, r, stream(config.seed, BEHAVIOUR, r))
 
     def one_round(group_size: int) -> tuple[np.ndarray, ProtocolEngine]:
-        engine = ProtocolEngine(
-            world.trainer, ProtocolSettings(cfg, config.population, dropout_rate=dropout, group_size=group_size)
+        settings = ProtocolSettings(
+            cfg, config.population, dropout_rate=dropout, group_size=group_size, group_engine=where, group_workers=2
         )
+        engine = ProtocolEngine(world.trainer, settings)
         try:
             work = engine(r, weights, behaviour, world.federation, stream(config.seed, TRAIN, r))
         finally:
@@ -67,6 +71,11 @@ def test_group_size_needs_secagg_and_sync_rounds() -> None:
         SimConfig(**base, secagg=True, group_size=1)
     with pytest.raises(ConfigError, match="--group-size: not available with --mode buffered"):
         SimConfig(**base, secagg=True, group_size=10, mode="buffered", buffer=5)
+    with pytest.raises(ConfigError, match="--group-engine: expected one of thread, process, ray, got 'gpu'"):
+        SimConfig(**base, secagg=True, group_size=10, group_engine="gpu")
+    assert SimConfig(**base, secagg=True, group_size=10).groups_on == "process"
+    assert SimConfig(**base, secagg=True, group_size=10, engine="ray").groups_on == "ray"
+    assert SimConfig(**base, secagg=True, group_size=10, engine="ray", group_engine="thread").groups_on == "thread"
 
 
 def test_cohort_smaller_than_a_group_abandons_the_round_with_the_reason(tmp_path) -> None:

@@ -18,9 +18,10 @@ from fedge.agent.core.secagg.quantize import max_abs_int
 from fedge.agent.core.update import noise_plan
 from fedge.coordinator.rounds.accounting import RoundEvent, round_event_for
 from fedge.coordinator.rounds.engine import Aggregation, PlainAggregation, RoundEngine, RoundSettings, expected_length
-from fedge.coordinator.rounds.grouped import GroupedAggregation, Parallel, serial, split_cohort
+from fedge.coordinator.rounds.grouped import Group, GroupedAggregation, Parallel, serial, split_cohort
 from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
-from fedge.coordinator.rounds.secure import CertificateLookup, SecureAggregation
+from fedge.coordinator.rounds.remote import GroupHosts, RemoteGroup
+from fedge.coordinator.rounds.secure import CertificateLookup, GroupSpec, SecureAggregation, secure_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +101,7 @@ def build_round(
     suites: Mapping[str, Sequence[str]] | None = None,
     group_size: int = 0,
     parallel: Parallel = serial,
+    hosts: GroupHosts | None = None,
     prefer_hybrid: bool = False,
 ) -> BuiltRound:
     """Plan, settings, aggregation and engine of one round over ``cohort``, and its privacy event.
@@ -113,7 +115,8 @@ def build_round(
     ``group_size`` G > 0 with SecAgg+: the cohort is split into SecAgg+ groups of at least G devices
     (:mod:`.grouped`), each held to its share of the minimum cohort, with distributed noise split
     over the smallest group floor so every group sum carries all of it; ``parallel`` runs the
-    groups' stage closes (unmasking) on the driver's workers. :class:`~.grouped.GroupRefused` when
+    groups' stage closes (unmasking) side by side; ``hosts`` (None: this process) runs each group's
+    SecAgg+ server in a worker process or Ray actor (:mod:`.remote`). :class:`~.grouped.GroupRefused` when
     the cohort cannot make one group.
     """
     n = len(cohort)
@@ -143,13 +146,12 @@ def build_round(
             else SUITE
         )
 
-        def secure(members: Sequence[str], floor: int) -> SecureAggregation:
-            return SecureAggregation(
+        def spec(members: Sequence[str], floor: int) -> GroupSpec:
+            return secure_spec(
                 plan,
                 round_id,
                 {d: roster[d] for d in members},
                 length,
-                clock,
                 min_clients=floor,
                 dropout_rate=risk.dropout_rate,
                 corrupt_fraction=risk.corrupt_fraction,
@@ -157,11 +159,16 @@ def build_round(
                 suite=suite,
             )
 
+        def group(i: int, members: Sequence[str], floor: int) -> Group:
+            if hosts is None:
+                return SecureAggregation.from_spec(spec(members, floor), clock)
+            return RemoteGroup(spec(members, floor), hosts.channel(i), f"{round_id}/{i}", clock())
+
         if grouping is None:
-            aggregation = secure(cohort, settings.min_clients)
+            aggregation = SecureAggregation.from_spec(spec(cohort, settings.min_clients), clock)
         else:
             aggregation = GroupedAggregation(
-                [secure(m, f) for m, f in zip(grouping.groups, grouping.floors)],
+                [group(i, m, f) for i, (m, f) in enumerate(zip(grouping.groups, grouping.floors))],
                 grouping.floors,
                 min_total=settings.min_clients,
                 parallel=parallel,

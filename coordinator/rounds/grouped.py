@@ -42,11 +42,14 @@ import numpy as np
 from fedge.agent.core.errors import ConfigError, ProtocolError, RoundFailed
 from fedge.agent.core.messages.common import Outbound
 from fedge.coordinator.rounds.engine import Aggregation
+from fedge.coordinator.rounds.remote import RemoteGroup
 from fedge.coordinator.rounds.secure import SecureAggregation
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: One group: run here, or by a worker process or Ray actor (:mod:`.remote`).
+Group = SecureAggregation | RemoteGroup
 #: Runs independent jobs (one per group) and returns their results in order: the driver's workers.
 Parallel = Callable[[Sequence[Callable[[], Any]]], list[Any]]
 
@@ -94,7 +97,7 @@ def split_cohort(cohort: Sequence[str], group_size: int, min_clients: int) -> Gr
     return GroupPlan(groups, floors, group_size)
 
 
-def _close(agg: SecureAggregation, now: float) -> tuple[list[Outbound], str | None]:
+def _close(agg: Group, now: float) -> tuple[list[Outbound], str | None]:
     try:
         return agg.close_stage(now), None
     except RoundFailed as e:
@@ -102,7 +105,8 @@ def _close(agg: SecureAggregation, now: float) -> tuple[list[Outbound], str | No
 
 
 class GroupedAggregation(Aggregation):
-    """Several :class:`SecureAggregation` groups behind one aggregation interface, in lockstep.
+    """Several SecAgg+ groups (each a :class:`SecureAggregation` here or a :class:`RemoteGroup` run by a
+    worker) behind one aggregation interface, in lockstep.
 
     Every group is at the same stage; a stage closes for all groups when every live group has all
     its replies, or at the engine's deadline. Closing runs through ``parallel`` (each group's unmask
@@ -111,7 +115,7 @@ class GroupedAggregation(Aggregation):
 
     def __init__(
         self,
-        groups: Sequence[SecureAggregation],
+        groups: Sequence[Group],
         floors: Sequence[int],
         *,
         min_total: int,
@@ -131,7 +135,7 @@ class GroupedAggregation(Aggregation):
                     f"group {i}: SecAgg+ would release a sum of {g.params.min_clients} devices, "
                     f"below its floor of {floors[i]}"
                 )
-            for d in g._roster:
+            for d in g.roster_ids:
                 if d in self.group_of:
                     raise ValueError(f"device {d!r} is in two groups")
                 self.group_of[d] = i
@@ -147,9 +151,10 @@ class GroupedAggregation(Aggregation):
         g = self.groups[i]
         self.refused[i] = f"group {i} ({g.params.num_clients} devices, floor {g.params.min_clients}) refused: {reason}"
         log.warning("%s", self.refused[i], extra={"round": g.round_id})
+        g.dispose()
 
     def _all_ready(self) -> bool:
-        return all(self.groups[i].server.ready() for i in self._live())
+        return all(self.groups[i].ready() for i in self._live())
 
     # ------------------------------------------------------------------ interface
 
@@ -171,7 +176,7 @@ class GroupedAggregation(Aggregation):
     def start(self, cohort: Sequence[str], now: float) -> list[Outbound]:
         out: list[Outbound] = []
         for g in self.groups:
-            out += g.start(list(g._roster), now)
+            out += g.start(list(g.roster_ids), now)
         return out
 
     def receive(self, device_id: str, msg: Any, now: float) -> list[Outbound]:
@@ -180,8 +185,14 @@ class GroupedAggregation(Aggregation):
             raise ProtocolError(f"device {device_id!r} is in no group")
         if i in self.refused:
             raise ProtocolError(self.refused[i])
-        self.groups[i].server.receive(msg)  # closing waits for every group (lockstep)
-        if self.groups[i].server.ready() and self._all_ready():
+        try:
+            ready = self.groups[i].offer(msg)  # closing waits for every group (lockstep)
+        except RoundFailed as e:  # its worker is gone: the group is lost, the others go on
+            self._refuse(i, str(e))
+            if not self._live():
+                raise RoundFailed("every group was refused: " + "; ".join(self.refused.values())) from None
+            return self.close_stage(now) if self._all_ready() else []
+        if ready and self._all_ready():
             return self.close_stage(now)
         return []
 

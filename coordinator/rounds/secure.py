@@ -9,6 +9,7 @@ planned.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from fedge.agent.core.errors import ProtocolError
 from fedge.agent.core.messages.common import Outbound
 from fedge.agent.core.messages.rounds import Peers, RoundPlan
 from fedge.agent.core.secagg.graph import neighbour_table
@@ -76,6 +78,76 @@ def choose_params(
         return p
 
 
+@dataclasses.dataclass(frozen=True)
+class GroupSpec:
+    """Everything one SecAgg+ instance is built from, in plain values: what a worker process or a
+    Ray actor receives to run a group (:mod:`.remote`), and what the driver builds locally from."""
+
+    round_id: int
+    params: SecAggParams
+    #: device id -> enrolled identity key, the instance's roster
+    roster: Mapping[str, bytes]
+    #: the largest |quantized value| a device may contribute (the wrap check)
+    max_abs_int: int
+    suite: str = SUITE
+    #: device id -> enrollment certificate, when devices get certified peer lists (``Peers``)
+    certificates: Mapping[str, bytes] | None = None
+
+    def to_plain(self) -> dict[str, Any]:
+        """msgpack-ready values (no pickle crosses a process)."""
+        return {
+            "round_id": self.round_id,
+            "params": dataclasses.asdict(self.params),
+            "roster": [[d, k] for d, k in self.roster.items()],
+            "max_abs_int": self.max_abs_int,
+            "suite": self.suite,
+            "certificates": None if self.certificates is None else [[d, c] for d, c in self.certificates.items()],
+        }
+
+    @classmethod
+    def from_plain(cls, d: Mapping[str, Any]) -> GroupSpec:
+        """The inverse of :meth:`to_plain`; ProtocolError on anything malformed."""
+        try:
+            certs = d["certificates"]
+            return cls(
+                int(d["round_id"]),
+                SecAggParams(**d["params"]),
+                {str(k): bytes(v) for k, v in d["roster"]},
+                int(d["max_abs_int"]),
+                str(d["suite"]),
+                None if certs is None else {str(k): bytes(v) for k, v in certs},
+            )
+        except (KeyError, TypeError, ValueError, InvalidParams) as e:
+            raise ProtocolError(f"malformed group spec: {e}") from None
+
+
+def secure_spec(
+    plan: RoundPlan,
+    round_id: int,
+    roster: Mapping[str, bytes],
+    length: int,
+    *,
+    min_clients: int,
+    dropout_rate: float = 0.1,
+    corrupt_fraction: float = 0.05,
+    certificates: CertificateLookup | None = None,
+    params: SecAggParams | None = None,
+    suite: str = SUITE,
+) -> GroupSpec:
+    """The spec of one SecAgg+ instance over ``roster`` for ``plan``: parameters sized for the
+    roster, a floor of ``max(min_clients, plan.privacy.min_clients)`` in distributed DP."""
+    n = len(roster)
+    minimum = min(n, max(min_clients, plan.privacy.min_clients if plan.privacy.mode == "distributed" else 1, 2))
+    return GroupSpec(
+        round_id,
+        params or choose_params(n, dropout_rate, corrupt_fraction, length, plan.quantization.bits, minimum),
+        dict(roster),
+        max_abs_int(plan.quantization.range, plan.quantization.scale),
+        suite,
+        None if certificates is None else {d: certificates(d) for d in roster},
+    )
+
+
 class SecureAggregation(Aggregation):
     """The SecAgg+ stages behind the engine's aggregation interface."""
 
@@ -96,23 +168,55 @@ class SecureAggregation(Aggregation):
         params: SecAggParams | None = None,
         suite: str = SUITE,
     ) -> None:
-        n = len(roster)
-        minimum = min(n, max(min_clients, plan.privacy.min_clients if plan.privacy.mode == "distributed" else 1, 2))
-        self.params = params or choose_params(
-            n, dropout_rate, corrupt_fraction, length, plan.quantization.bits, minimum
-        )
-        self.server = SecAggServer(
-            self.params,
+        spec = secure_spec(
+            plan,
             round_id,
             roster,
-            max_abs_int=max_abs_int(plan.quantization.range, plan.quantization.scale),
-            clock=clock,
+            length,
+            min_clients=min_clients,
+            dropout_rate=dropout_rate,
+            corrupt_fraction=corrupt_fraction,
+            certificates=certificates,
+            params=params,
             suite=suite,
         )
-        self.round_id = round_id
-        self._roster = dict(roster)
-        self._certificates = certificates
+        self._setup(spec, clock)
+
+    @classmethod
+    def from_spec(cls, spec: GroupSpec, clock: Callable[[], float]) -> SecureAggregation:
+        """The instance ``spec`` describes (a group's, in the driver or in a worker)."""
+        self = cls.__new__(cls)
+        self._setup(spec, clock)
+        return self
+
+    def _setup(self, spec: GroupSpec, clock: Callable[[], float]) -> None:
+        self.params = spec.params
+        self.server = SecAggServer(
+            self.params, spec.round_id, spec.roster, max_abs_int=spec.max_abs_int, clock=clock, suite=spec.suite
+        )
+        self.round_id = spec.round_id
+        self._roster = dict(spec.roster)
+        self._certificates = spec.certificates
         self._dropped: dict[str, int] = {}
+
+    @property
+    def roster_ids(self) -> tuple[str, ...]:
+        """The instance's devices."""
+        return tuple(self._roster)
+
+    def offer(self, msg: Any) -> bool:
+        """Store one device reply (ProtocolError/SecurityError when it is refused); True once every
+        reply the stage waits for is in. Closing is the caller's (groups close in lockstep)."""
+        self.server.receive(msg)
+        return self.server.ready()
+
+    def ready(self) -> bool:
+        """Every reply the current stage waits for is in."""
+        return self.server.ready()
+
+    def dispose(self) -> None:
+        """Nothing to release: the instance lives in this process (a :class:`~.remote.RemoteGroup`
+        tells its worker)."""
 
     # ------------------------------------------------------------------ interface
 
@@ -139,7 +243,7 @@ class SecureAggregation(Aggregation):
                             self.round_id,
                             tuple(nbrs),
                             tuple(self._roster[x] for x in nbrs),
-                            tuple(self._certificates(x) for x in nbrs),
+                            tuple(self._certificates[x] for x in nbrs),
                         ),
                     )
                 )

@@ -10,6 +10,7 @@ from fedge.agent.core.transport.base import MQTT_5, MQTT_311, MQTT_AUTO, Transpo
 from fedge.coordinator.rounds.plan import TrainingConfig
 from fedge.coordinator.rounds.server_opt import ServerOptConfig
 from fedge.coordinator.rounds.staleness import parse_staleness
+from fedge.coordinator.workers import ENGINES as GROUP_ENGINES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +57,12 @@ class ServiceConfig:
     max_staleness: int = 4
     staleness: str = "poly:0.5"
     max_contributions: int = 0
-    #: SecAgg+ groups of at least this many devices per round (0: one group), their closes on
-    #: ``group_workers`` threads (0: one per CPU); each group sum carries the round's whole noise
+    #: SecAgg+ groups of at least this many devices per round (0: one group), each group's SecAgg+
+    #: server run by one of ``group_workers`` workers (0: one per CPU) of ``group_engine`` (worker
+    #: processes, Ray actors, or threads of this process); each group sum carries the round's whole noise
     group_size: int = 0
     group_workers: int = 0
+    group_engine: str = "process"
     #: SecAgg+ rounds use the X25519 + ML-KEM-768 hybrid suite whenever every device of the cohort runs it
     prefer_hybrid: bool = False
 
@@ -81,6 +84,8 @@ class ServiceConfig:
                 f"group_size: expected 0 (one group) or >= 2, and group_workers >= 0; got {self.group_size}, "
                 f"{self.group_workers}"
             )
+        if self.group_engine not in GROUP_ENGINES:
+            raise ConfigError(f"group_engine: expected one of {', '.join(GROUP_ENGINES)}, got {self.group_engine!r}")
         if self.group_size and not self.training.secagg:
             raise ConfigError("group_size: groups are SecAgg+ groups; turn secure aggregation on or drop --group-size")
         if self.mode == "buffered" and self.training.target_quantile:

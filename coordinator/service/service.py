@@ -42,6 +42,7 @@ from fedge.coordinator.rounds.audit import is_canary
 from fedge.coordinator.rounds.builder import Draw, build_round
 from fedge.coordinator.rounds.engine import RoundEngine, RoundStatus
 from fedge.coordinator.rounds.grouped import GroupRefused
+from fedge.coordinator.rounds.remote import HOST as GROUP_HOST
 from fedge.coordinator.rounds.selection import select_cohort
 from fedge.coordinator.rounds.server_opt import ServerOptimizer
 from fedge.coordinator.service.broker import EmbeddedBroker, MosquittoBroker, local_broker
@@ -152,7 +153,7 @@ class CoordinatorService:
         self.budget_spent = False
         self._link_seen = 0  # the transport's connections when the round's watch began
         self._resend_at: float | None = None
-        self._groups = GroupWorkers(config.group_workers)
+        self._groups = GroupWorkers(config.group_workers, config.group_engine, GROUP_HOST)
         #: the live privacy audit's canary clients (``audit_canaries``), made when the model is known
         self.canaries: LiveCanaries | None = None
         #: the server's update rule; its state is restored from the store at start and saved each round
@@ -383,6 +384,7 @@ class CoordinatorService:
                 suites=suites,
                 group_size=cfg.group_size,
                 parallel=self._groups,
+                hosts=self._groups.hosts,
                 prefer_hybrid=cfg.prefer_hybrid,
             )
         except GroupRefused as e:

@@ -370,7 +370,15 @@ def devices_revoke(device_id: str, db: str) -> None:
     type=int,
     default=0,
     metavar="N",
-    help="Threads that close the groups of a round [default: one per CPU].",
+    help="Workers that run the groups of a round [default: one per CPU].",
+)
+@click.option(
+    "--group-engine",
+    type=click.Choice(["process", "ray", "thread"]),
+    default="process",
+    show_default=True,
+    help="Where each group's SecAgg+ server runs: worker processes, Ray actors (past one machine: "
+    "RAY_ADDRESS names the cluster; the ray extra), or threads of this process.",
 )
 @click.option(
     "--prefer-hybrid",
@@ -414,6 +422,7 @@ def serve_cmd(
     max_contributions: int,
     group_size: int,
     group_workers: int,
+    group_engine: str,
     prefer_hybrid: bool,
 ) -> None:
     """Run training rounds over MQTT (a local broker on 127.0.0.1 unless --broker: Mosquitto when installed,
@@ -458,6 +467,7 @@ def serve_cmd(
         max_contributions=max_contributions,
         group_size=group_size,
         group_workers=group_workers,
+        group_engine=group_engine,
         prefer_hybrid=prefer_hybrid,
     )
     service = CoordinatorService(cfg, on_round=lambda r: click.echo(format_round(r)))
