@@ -192,4 +192,5 @@ class SimConfig:
         d = dataclasses.asdict(self)
         d["profiles"] = {name: share for name, share in self.profiles}
         d["sampling"] = {"scheme": SAMPLING_SCHEME, "rate": self.sampling_rate}
+        d["group_engine"] = self.groups_on
         return d

@@ -13,7 +13,7 @@ from fedge.simulations.config import SimConfig
 from fedge.simulations.population import draw_round_behaviour, make_population
 from fedge.simulations.protocol import ProtocolEngine, ProtocolSettings
 from fedge.simulations.world import BEHAVIOUR, COHORT, POPULATION, TRAIN, build_world, recipe, stream
-from tests.sim_protocol_fixtures import FLAKY, small_config, write_profile
+from tests.sim_protocol_fixtures import FLAKY, numbers, small_config, write_profile
 
 
 @pytest.mark.parametrize("where", ["thread", "process", "ray"])
@@ -94,3 +94,17 @@ def test_cohort_smaller_than_a_group_abandons_the_round_with_the_reason(tmp_path
     last = summary.rounds[-1]
     assert last.status == "abandoned"
     assert "group of 20 devices is below the minimum group size 30" in last.reason
+
+
+def test_ray_engine_runs_device_hosts_and_groups_on_actors_with_the_same_numbers(tmp_path) -> None:
+    """``--engine ray``: device hosts and the groups' SecAgg+ servers on Ray actors (a local Ray), every
+    number the same as worker processes give for the same seed."""
+    pytest.importorskip("ray")
+    write_profile(tmp_path, "flaky", FLAKY)
+    runs = {}
+    for engine in ("local", "ray"):
+        config = small_config(per_round=60, group_size=20, workers=2, engine=engine, out=str(tmp_path / engine))
+        runs[engine] = runner.run(config, show_progress=False, profile_dir=tmp_path)
+    assert runs["local"].config["group_engine"] == "process" and runs["ray"].config["group_engine"] == "ray"
+    assert all(r.status == "completed" for r in runs["ray"].rounds)
+    assert numbers(runs["ray"]) == numbers(runs["local"])
