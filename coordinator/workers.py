@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from fedge.agent.core.errors import ConfigError, RoundFailed
@@ -157,16 +156,12 @@ class GroupWorkers:
     def _start_processes(self) -> None:
         import socket
 
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
         pending = []
         for i in range(self.workers):
             ours, theirs = socket.socketpair()
             proc = subprocess.Popen(
                 [sys.executable, "-m", "fedge.coordinator.workers", str(theirs.fileno()), self._host],
                 pass_fds=[theirs.fileno()],
-                env=env,
                 stdin=subprocess.DEVNULL,
             )
             theirs.close()
@@ -188,18 +183,10 @@ class GroupWorkers:
         self._ray = ray
         if not ray.is_initialized():
             self._ray_started = True
-            root = str(Path(__file__).resolve().parent.parent)
-            env = {"env_vars": {"PYTHONPATH": root}}
             if os.environ.get("RAY_ADDRESS"):  # a cluster: its nodes need fedge installed
-                ray.init(log_to_driver=False, configure_logging=False, runtime_env=env)
+                ray.init(log_to_driver=False, configure_logging=False)
             else:
-                ray.init(
-                    num_cpus=self.workers,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    configure_logging=False,
-                    runtime_env=env,
-                )
+                ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
         # no CPU reserved: a group actor mostly waits for the driver, and must never wait for the
         # device hosts' CPUs; SPREAD puts them on different nodes of a cluster
         actor = ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(_RayHost)
