@@ -8,7 +8,7 @@ import pytest
 
 from fedge.agent.core.messages.common import Outbound
 from fedge.agent.core.transport.base import MQTT_311
-from fedge.coordinator.service.pacing import Pacer
+from fedge.coordinator.service.pacing import Pacer, ResendSchedule
 from fedge.coordinator.service.service import CoordinatorService
 from fedge.coordinator.store import Store
 from tests.service_fixtures import AgentThreads, make_fleet, service_config
@@ -66,3 +66,17 @@ def test_service_with_a_batch_of_one_serialises_uploads(embedded_broker, tmp_pat
         store.close()
     # one task at a time: each upload comes at least one "training time" (0.3 s) after the last
     assert len(t) == 4 and min(np.diff(t)) >= 0.25, np.diff(t)
+
+
+def test_resends_after_a_reconnect_come_at_once_then_at_doubling_gaps_up_to_the_cap() -> None:
+    s = ResendSchedule(5.0, 60.0)
+    s.watch(1)
+    assert not any(s.due(1, True, t) for t in range(0, 300, 1))  # no reconnect, no repeat
+    times = [t / 2 for t in range(600, 1200) if s.due(2, True, t / 2)]  # reconnected at t = 300 s
+    assert times == [300.0, 305.0, 315.0, 335.0, 375.0, 435.0, 495.0, 555.0]  # gaps 5, 10, 20, 40, 60, 60...
+    assert not s.due(2, False, 620.0) and s.due(2, True, 620.0)  # nothing while the link is down
+    assert s.due(3, True, 621.0) and not s.due(3, True, 625.0) and s.due(3, True, 626.0)  # a new reconnect starts over
+    s.watch(3)
+    assert not s.due(3, True, 700.0)  # a new round's watch: the link as it is is no reconnect
+    with pytest.raises(ValueError):
+        ResendSchedule(10.0, 5.0)

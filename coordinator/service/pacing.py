@@ -70,3 +70,32 @@ class Pacer:
         self._queue.clear()
         self._owing.clear()
         self._sent.clear()
+
+
+class ResendSchedule:
+    """When to repeat a round's unanswered requests after the broker link came back: at once, then
+    after ``first`` seconds, each gap doubling up to ``cap`` (a round of devices still training would
+    otherwise get their task, model weights included, every ``first`` seconds until it ends).
+    A new reconnect starts over. Pure: the caller passes the link's connection count and the time."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        if not 0 < first <= cap:
+            raise ValueError("resend gaps: expected 0 < first <= cap")
+        self.first, self.cap = first, cap
+        self._seen = 0
+        self._at: float | None = None
+        self._gap = first
+
+    def watch(self, connections: int) -> None:
+        """A round's watch begins: the link as it is now is no reconnect."""
+        self._seen, self._at, self._gap = connections, None, self.first
+
+    def due(self, connections: int, connected: bool, now: float) -> bool:
+        """True when the requests should be repeated now (and the next repeat is scheduled)."""
+        if connections != self._seen:
+            self._seen, self._at, self._gap = connections, now, self.first
+        if self._at is None or now < self._at or not connected:
+            return False
+        self._at = now + self._gap
+        self._gap = min(self._gap * 2, self.cap)
+        return True

@@ -49,7 +49,7 @@ from fedge.coordinator.service.broker import EmbeddedBroker, MosquittoBroker, lo
 from fedge.coordinator.service.canaries import LiveCanaries
 from fedge.coordinator.service.config import ServiceConfig
 from fedge.coordinator.service.enrollment import active_ids, authority, certificate, identities
-from fedge.coordinator.service.pacing import Pacer
+from fedge.coordinator.service.pacing import Pacer, ResendSchedule
 from fedge.coordinator.service.privacy_budget import CampaignBudget, mark_exhausted, selectable_devices
 from fedge.coordinator.service.quarantine import conflict_reason, quarantine
 from fedge.coordinator.store import ModelRecord, Store
@@ -59,8 +59,10 @@ log = logging.getLogger(__name__)
 
 #: The longest a receive waits, so a stop request is seen promptly.
 POLL_S = 0.25
-#: after the broker link came back, a round's unanswered requests are repeated this often until it ends
+#: after the broker link came back, a round's unanswered requests are repeated at once, then after
+#: RESEND_S, the gaps doubling up to RESEND_MAX_S, until the round ends
 RESEND_S = 5.0
+RESEND_MAX_S = 60.0
 RESTARTED = "coordinator restarted"
 #: The neighbouring relation of every epsilon the service reports: its cohorts are Poisson-sampled
 #: and buffered groups are accounted unamplified, both add-or-remove-one (docs/privacy.md).
@@ -151,8 +153,7 @@ class CoordinatorService:
         self._evaluator: Any = None
         self._eval: tuple[np.ndarray, np.ndarray] | None = None
         self.budget_spent = False
-        self._link_seen = 0  # the transport's connections when the round's watch began
-        self._resend_at: float | None = None
+        self._resends = ResendSchedule(RESEND_S, RESEND_MAX_S)
         self._groups = GroupWorkers(config.group_workers, config.group_engine, GROUP_HOST)
         #: the live privacy audit's canary clients (``audit_canaries``), made when the model is known
         self.canaries: LiveCanaries | None = None
@@ -629,22 +630,16 @@ class CoordinatorService:
 
     def watch_link(self) -> None:
         """Start a round's watch on the broker link (see :meth:`repeat_after_reconnect`)."""
-        self._link_seen = self.transport.connections if self.transport is not None else 0
-        self._resend_at = None
+        self._resends.watch(self.transport.connections if self.transport is not None else 0)
 
     def repeat_after_reconnect(self) -> None:
         """Once the link dropped and came back, the broker may have lost our session and with it what
         devices sent meanwhile (published to no subscriber) and what we sent them (a crashed broker
         keeps only what it autosaved): repeat this stage's requests to the devices that owe a reply,
-        now and every RESEND_S until the round ends. A repeat is harmless: a device answers it from
-        its store, and a stored upload is never counted twice."""
+        now and then at doubling gaps (:class:`ResendSchedule`) until the round ends. A repeat is
+        harmless: a device answers it from its store, and a stored upload is never counted twice."""
         t = self.transport
-        if t is None:
-            return
-        now = self.clock()
-        if t.connections != self._link_seen:
-            self._link_seen, self._resend_at = t.connections, now
-        if self._resend_at is None or now < self._resend_at or not t.connected:
+        if t is None or not self._resends.due(t.connections, t.connected, self.clock()):
             return
         again = [o for o in self._pacer.resend() if not is_canary(o.device_id)]
         if again:
@@ -654,7 +649,6 @@ class CoordinatorService:
                 extra={"round": self._round_id},
             )
             self._send(again)
-        self._resend_at = now + RESEND_S
 
     def _from_canary(self, canary: str, msg: Any) -> None:
         """A canary's reply goes to the engine as a device's would (it is never stored as an upload)."""
