@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +38,35 @@ ENGINES = ("thread", "process", "ray")
 _CAST, _CALL, _STOP = b"c", b"q", b"stop"
 #: How long a starting worker may take to import its host before it is given up.
 START_TIMEOUT_S = 120.0
+
+
+def spawn(module: str, *args: str) -> tuple[subprocess.Popen, Connection]:
+    """A worker: a fresh interpreter running ``python -m module FD *args`` (nothing forked, nothing
+    pickled) on one end of a socket pair; returns the process and our end."""
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, str(theirs.fileno()), *args],
+        pass_fds=[theirs.fileno()],
+        stdin=subprocess.DEVNULL,
+    )
+    theirs.close()
+    return proc, Connection(ours.detach())
+
+
+def stop(workers: Sequence[tuple[subprocess.Popen, Connection]], frame: bytes) -> None:
+    """Send each worker ``frame`` (its stop), give each 10 s to exit, kill what is left, close our ends."""
+    for _, conn in workers:
+        try:
+            conn.send_bytes(frame)
+        except OSError:
+            pass
+    for proc, conn in workers:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        conn.close()
 
 
 def _factory(host: str) -> Callable[[Callable[[], float]], Any]:
@@ -117,7 +147,7 @@ class GroupWorkers:
         self._host = host or ""
         self._pool: ThreadPoolExecutor | None = None
         self._channels: list[Any] = []
-        self._procs: list[subprocess.Popen] = []
+        self._procs: list[tuple[subprocess.Popen, Connection]] = []
         self._ray: Any = None
         self._ray_started = False
         self._actors: list[Any] = []
@@ -154,23 +184,13 @@ class GroupWorkers:
         log.info("%d group workers (%s) started", self.workers, self.engine)
 
     def _start_processes(self) -> None:
-        import socket
-
-        pending = []
-        for i in range(self.workers):
-            ours, theirs = socket.socketpair()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "fedge.coordinator.workers", str(theirs.fileno()), self._host],
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-            )
-            theirs.close()
-            self._procs.append(proc)
-            pending.append((i, proc, Connection(ours.detach())))
-        for i, proc, conn in pending:
-            answer = conn.recv_bytes() if conn.poll(START_TIMEOUT_S) else b"no answer"
+        self._procs = [spawn("fedge.coordinator.workers", self._host) for _ in range(self.workers)]
+        for i, (proc, conn) in enumerate(self._procs):
+            try:
+                answer = conn.recv_bytes() if conn.poll(START_TIMEOUT_S) else b"no answer"
+            except (EOFError, OSError):
+                answer = b"the worker exited"
             if answer != b"ok":
-                conn.close()
                 self.close()
                 raise ConfigError(f"group worker failed to start: {answer.decode(errors='replace')}")
             self._channels.append(_PipeChannel(f"p{i}", proc, conn))
@@ -199,21 +219,7 @@ class GroupWorkers:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-        for ch in self._channels:
-            if isinstance(ch, _PipeChannel):
-                try:
-                    ch._conn.send_bytes(_STOP)
-                except OSError:
-                    pass
-        for proc in self._procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for ch in self._channels:
-            if isinstance(ch, _PipeChannel):
-                ch._conn.close()
+        stop(self._procs, _STOP)
         if self._ray is not None:
             for a in self._actors:
                 try:

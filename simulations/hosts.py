@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import socket
-import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -33,6 +29,7 @@ from fedge.agent.core.messages.rounds import Task
 from fedge.agent.participant import LocalResult, Participant
 from fedge.agent.secure import PeerDirectory, secagg_factory
 from fedge.coordinator.rounds.audit import canary_update
+from fedge.coordinator.workers import spawn, stop
 from fedge.simulations.world import build_world
 
 log = logging.getLogger(__name__)
@@ -311,24 +308,11 @@ class ProcessPool(HostPool):
 
     def __init__(self, recipe: dict[str, Any], workers: int) -> None:
         self.size = workers
-        self._conns: list[Connection] = []
-        self._procs: list[subprocess.Popen] = []
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-        for _ in range(workers):
-            ours, theirs = socket.socketpair()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "fedge.simulations.hosts", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()],
-                env=env,
-                stdin=subprocess.DEVNULL,
-            )
-            theirs.close()
-            conn = Connection(ours.detach())
+        self._workers = [spawn("fedge.simulations.hosts") for _ in range(workers)]
+        self._conns = [conn for _, conn in self._workers]
+        self._procs = [proc for proc, _ in self._workers]
+        for conn in self._conns:
             conn.send_bytes(pack(recipe))
-            self._conns.append(conn)
-            self._procs.append(proc)
         for conn in self._conns:
             try:
                 answer = unpack(conn.recv_bytes())
@@ -360,20 +344,8 @@ class ProcessPool(HostPool):
                 yield h, reply
 
     def close(self) -> None:
-        for conn in self._conns:
-            try:
-                conn.send_bytes(b"stop")
-            except OSError:
-                pass
-        for proc in self._procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for conn in self._conns:
-            conn.close()
-        self._conns, self._procs = [], []
+        stop(self._workers, b"stop")
+        self._workers, self._conns, self._procs = [], [], []
 
 
 if __name__ == "__main__":  # a worker of ProcessPool: python -m fedge.simulations.hosts FD

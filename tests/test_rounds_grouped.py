@@ -238,8 +238,9 @@ def test_a_worker_killed_mid_round_loses_its_groups_with_the_reason_and_the_othe
 
         def drop(dev, msg):  # the worker of group 1 (groups spread round-robin: p1) dies at masked input
             if isinstance(msg, MaskedInput) and not killed:
-                workers._procs[1].kill()
-                workers._procs[1].wait()
+                proc, _ = workers._procs[1]
+                proc.kill()
+                proc.wait()
                 killed.append(dev)
             return False
 

@@ -11,7 +11,7 @@ from tests.sim_protocol_fixtures import numbers, small_config
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
-    reason="Ray is an optional extra (pip install 'fedge[ray]'); CI does not install it",
+    reason="Ray is an optional extra (pip install 'fedge[ray]'); scripts/test installs it",
 )
 
 

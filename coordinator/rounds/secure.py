@@ -160,27 +160,10 @@ class SecureAggregation(Aggregation):
         roster: Mapping[str, bytes],
         length: int,
         clock: Callable[[], float],
-        *,
-        min_clients: int,
-        dropout_rate: float = 0.1,
-        corrupt_fraction: float = 0.05,
-        certificates: CertificateLookup | None = None,
-        params: SecAggParams | None = None,
-        suite: str = SUITE,
+        **options: Any,
     ) -> None:
-        spec = secure_spec(
-            plan,
-            round_id,
-            roster,
-            length,
-            min_clients=min_clients,
-            dropout_rate=dropout_rate,
-            corrupt_fraction=corrupt_fraction,
-            certificates=certificates,
-            params=params,
-            suite=suite,
-        )
-        self._setup(spec, clock)
+        """The instance over ``roster`` for ``plan``; ``options`` are :func:`secure_spec`'s."""
+        self._setup(secure_spec(plan, round_id, roster, length, **options), clock)
 
     @classmethod
     def from_spec(cls, spec: GroupSpec, clock: Callable[[], float]) -> SecureAggregation:
