@@ -60,9 +60,9 @@ class RayPool(HostPool):
                     configure_logging=False,
                     runtime_env=env,
                 )
-        actor = ray.remote(num_cpus=1)(_Host)
+        actor: Any = ray.remote(num_cpus=1)(_Host)
         self.size = workers
-        self._actors = [actor.remote(recipe) for _ in range(workers)]
+        self._actors: list[Any] = [actor.remote(recipe) for _ in range(workers)]
 
     def exchange(self, frames: Sequence[Iterable[bytes]]) -> Iterator[tuple[int, bytes]]:
         ray = self._ray
