@@ -143,6 +143,9 @@ class GroupHost:
             self._group(key).offer(wire.decode(data))
         except (RoundFailed, ProtocolError, SecurityError, WireError) as e:
             self._rejected.setdefault(key, []).append([device, f"{type(e).__name__}: {e}"])
+        except Exception as e:  # a bug, never the device's fault: refuse its reply, keep the worker
+            log.exception("group host %s failed on a reply from %s", key, device)
+            self._rejected.setdefault(key, []).append([device, f"internal error: {type(e).__name__}: {e}"])
 
     def _state(self, key: str) -> dict[str, Any]:
         g = self._groups[key]
