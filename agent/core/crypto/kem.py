@@ -2,11 +2,11 @@
 
 The implementation is ``cryptography``'s (OpenSSL 3.5+ underneath; the ``pq`` extra installs it):
 it costs the agent about 8.7 MiB of RSS, so nothing here is imported until :func:`load` runs, and
-:func:`available` only looks for the files. Keys are rebuilt from their 64-byte FIPS 203 seed
-``d || z`` (what SecAgg+ Shamir-shares, derived from the device's mask secret), encapsulation is
-randomized by OpenSSL, every failure is an opaque :class:`SecurityError`. ML-KEM decapsulation
-never fails on a well-sized ciphertext (implicit rejection returns ``SHAKE256(z || c)``), so a
-tampered ciphertext only shows up as an AEAD failure or masks that do not cancel.
+:func:`available` only looks for the files. Keys are built from a 64-byte FIPS 203 seed
+``d || z`` (random and never shared: SecAgg+ uses one per device per round, for its share channels),
+encapsulation is randomized by OpenSSL, every failure is an opaque :class:`SecurityError`. ML-KEM
+decapsulation never fails on a well-sized ciphertext (implicit rejection returns ``SHAKE256(z || c)``),
+so a tampered ciphertext shows up as the AEAD failure of the share it keys.
 """
 
 from __future__ import annotations
