@@ -1,4 +1,8 @@
-"""Fixtures for tests that run a CLI in-process: keep its once-per-process logging setup contained."""
+"""Fixtures for tests that run a CLI in-process: keep its once-per-process logging setup contained.
+
+It applies to every test: a CLI run in one test used to leave the root logger at INFO with a handler
+bound to a closed stderr, so later tests saw records (and "Logging error" noise) they never asked for,
+and what a test captured depended on the order the suite ran in."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import pytest
 from fedge.agent.core import logs
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def isolated_logging() -> Iterator[None]:
     """Undo what ``logs.configure`` did, so the handler it installs (bound to a captured stderr)
     does not outlive the test and later tests can configure logging again."""
