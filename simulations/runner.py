@@ -353,8 +353,10 @@ def _estimated_seconds(behaviour: RoundBehaviour) -> float:
 
 
 def _relation(engine: object) -> str | None:
-    """The neighbouring relation of the engine's accountant (None when nothing is accounted)."""
-    accountant = getattr(engine, "accountant", None)
+    """The neighbouring relation of the engine's accountant (None when nothing is accounted); a
+    buffered run accounts in its group ledger, not in the round accountant."""
+    ledger = getattr(engine, "ledger", None)
+    accountant = ledger.accountant if ledger is not None else getattr(engine, "accountant", None)
     return accountant.relation if accountant is not None and accountant.events else None
 
 

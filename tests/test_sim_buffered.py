@@ -133,6 +133,8 @@ def test_with_dp_epsilon_per_version_is_the_capped_unamplified_composition():
         acc.compose(dp_accounting.GaussianDpEvent(event.noise_multiplier), m)
         assert r.epsilon == pytest.approx(acc.get_epsilon(1e-5) + m * event.rdp_offset, rel=1e-9)
     assert summary.rounds[1].epsilon == summary.rounds[3].epsilon > summary.rounds[0].epsilon
+    # the summary names the relation the group ledger accounted under (it read the unused round accountant)
+    assert summary.extra["relation"] == "add-or-remove-one"
 
 
 def test_sync_rounds_on_the_simulated_clock(tmp_path):
