@@ -117,6 +117,22 @@ def test_campaign_stops_at_budget_and_stays_stopped_after_restart(tmp_path):
         restarted.check_round(RoundEvent(100.0, 0.001))
 
 
+def test_a_check_counts_the_rounds_still_running_as_spent(tmp_path):
+    """Buffered groups run at once: a group is checked as if the running ones were recorded first."""
+    event = RoundEvent(2.0, 1.0, "none", rdp_offset=1e-6)
+    budget = CampaignBudget(_coord(tmp_path / "coord.db"), "c1", budget_epsilon=50.0, delta=1e-5, clock=lambda: 0.0)
+    budget.record_round(0, event)
+    for pending in (0, 2):
+        want = epsilon_of_events([event] * (2 + pending), 1e-5)
+        assert budget.check_round(event, 1, pending=pending) == pytest.approx(want, rel=1e-9)
+    three = epsilon_of_events([event] * 3, 1e-5)
+    tight = CampaignBudget(_coord(tmp_path / "b.db"), "c2", budget_epsilon=three * 1.001, delta=1e-5)
+    tight.record_round(0, event)
+    tight.check_round(event, 1, pending=1)  # two running or recorded, plus this one: within budget
+    with pytest.raises(BudgetExhausted):
+        tight.check_round(event, 1, pending=2)
+
+
 def test_campaign_refuses_changed_settings(tmp_path):
     db = _coord(tmp_path / "coord.db")
     CampaignBudget(db, "c1", budget_epsilon=2.0, delta=1e-5)

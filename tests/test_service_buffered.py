@@ -66,6 +66,26 @@ def test_versions_advance_without_waiting_for_a_ten_times_slower_device(tmp_path
     )
 
 
+def test_groups_run_their_secagg_rounds_at_once_and_are_applied_in_order(tmp_path, mosquitto):
+    """Six devices trained at once close three groups of two together: their SecAgg+ rounds overlap
+    in time (one waiting out a stage holds up no other group), and each version is made from the one
+    before it, in the groups' target order."""
+    training = secagg_training(6, epochs=2)
+    with DaemonFleet(tmp_path, 6, mosquitto.url, training) as fleet:
+        reports = fleet.serve(rounds=3, mode="buffered", buffer=2, concurrency=6, max_staleness=10)
+    assert [r.status for r in reports] == ["completed"] * 3, [r.reason for r in reports]
+    groups = rows(fleet.db, "select * from rounds where round_id in (select group_round from buffered_tasks)")
+    assert len(groups) == 3
+    spans = sorted((g["started_at"], g["ended_at"]) for g in groups)
+    overlaps = sum(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+    assert overlaps >= 1, spans  # groups ran one after another before: never an overlap
+    models = {m["version"]: m for m in rows(fleet.db, "select version, parent from models")}
+    made = [g["model_out"] for g in sorted(groups, key=lambda g: g["round_id"])]
+    assert [models[v]["parent"] for v in made[1:]] == made[:-1], (made, models)
+    tasks = rows(fleet.db, "select * from buffered_tasks where base_version >= 0 and status = 'aggregated'")
+    assert len(tasks) == 6 and sorted(t["staleness"] for t in tasks) == [0, 0, 1, 1, 2, 2], tasks
+
+
 def test_an_update_older_than_max_staleness_is_refused_with_its_reason(tmp_path, mosquitto):
     training = secagg_training(2, secagg=False, dp_mode="off", noise_multiplier=0.0, min_clients=1)
     with DaemonFleet(tmp_path, 2, mosquitto.url, training) as fleet:

@@ -232,8 +232,8 @@ class PrivacyAccountant:
         self._live_count = len(self._events)
         return self._live
 
-    def _offset(self, extra: RoundEvent | None = None) -> float:
-        return sum(e.rdp_offset for e in self._events) + (extra.rdp_offset if extra else 0.0)
+    def _offset(self) -> float:
+        return sum(e.rdp_offset for e in self._events)
 
     def epsilon(self, delta: float) -> float:
         """Epsilon at ``delta`` over every recorded round."""
@@ -244,17 +244,19 @@ class PrivacyAccountant:
             self._cache[key] = eps + self._offset()
         return self._cache[key]
 
-    def epsilon_if(self, event: RoundEvent, delta: float) -> float:
-        """Epsilon at ``delta`` if ``event`` were recorded next (nothing is recorded)."""
+    def epsilon_if(self, event: RoundEvent, delta: float, times: int = 1) -> float:
+        """Epsilon at ``delta`` if ``event`` were recorded next, ``times`` times (nothing is recorded)."""
         _check_delta(delta)
+        if times < 1:
+            raise ValueError(f"times: expected >= 1, got {times}")
         _common_relation(self._events[-1:] + [event])
         trial = (
             copy.deepcopy(self._accountant())
             if self._events
             else _new_accountant(self.accountant, event.neighboring_relation())
         )
-        trial.compose(event.dp_event())
-        return float(trial.get_epsilon(delta)) + self._offset(event)
+        trial.compose(event.dp_event(), times)
+        return float(trial.get_epsilon(delta)) + self._offset() + times * event.rdp_offset
 
     def to_json(self) -> str:
         """A plain JSON document (never pickle) that :meth:`from_json` restores."""

@@ -11,14 +11,19 @@ The round protocol is kept; asynchrony comes from giving every device's training
   ``max_staleness`` versions or the per-device cap). A full group of ``buffer`` devices is a
   SecAgg+ round of its own (:func:`build_round`, a row in ``rounds``), whose tasks name the
   training task (``trained_in``) and carry the device's staleness weight for the group's target
-  version; the device weights its kept delta and masks it. Groups run one after another.
-- Each completed group's unmasked mean is one buffered update, applied by the server optimizer
-  (``--server-lr``) and stored, released and announced like a synchronous round's model.
+  version; the device weights its kept delta and masks it. A group starts as soon as it closes,
+  while earlier groups may still be in their SecAgg+ stages (one waiting out a dropout's stage
+  timeout holds up no other group); each group has its own :class:`Pacer`.
+- Groups are applied in the order they closed (their target versions): each completed group's
+  unmasked mean is one buffered update, applied by the server optimizer (``--server-lr``) to the
+  version before it and stored, released and announced like a synchronous round's model; a group
+  that ends before an earlier one waits for it.
 
 Privacy: each group is one unamplified Gaussian event (:func:`group_event`). The campaign's budget
 (:class:`CampaignBudget`, in SQLite, so it holds across restarts) composes one event per group until
 ``max_contributions`` groups are composed (the worst device is in at most that many; 0: every
-group), checks the budget before a group's devices mask, and gives epsilon after each version.
+group), checks the budget before a group's devices mask (counting the groups still running as spent), and
+gives epsilon after each version.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from fedge.coordinator.rounds.engine import RoundEngine, RoundStatus
 from fedge.coordinator.rounds.plan import TrainingConfig, make_plan
 from fedge.coordinator.rounds.staleness import parse_staleness
 from fedge.coordinator.service.enrollment import active_ids, identities
+from fedge.coordinator.service.pacing import Pacer
 from fedge.coordinator.service.privacy_budget import mark_exhausted
 
 if TYPE_CHECKING:
@@ -58,6 +64,21 @@ class _Training:
     device: str
     base_version: int
     expires: float
+
+
+@dataclasses.dataclass
+class _Group:
+    """One closed group's SecAgg+ round while it runs; its requests paced on their own."""
+
+    target: int
+    engine: RoundEngine
+    members: list[tuple[int, Admission]]
+    pacer: Pacer
+    event: RoundEvent | None
+
+    @property
+    def round_id(self) -> int:
+        return self.engine.round_id
 
 
 class BufferedDriver:
@@ -82,8 +103,7 @@ class BufferedDriver:
         self.closed: collections.deque[tuple[int, list[tuple[int, Admission]]]] = collections.deque()
         self.engaged: set[str] = set()  # devices admitted to a group that has not ended
         self.declined: set[str] = set()  # devices that declined a training task: not asked again this run
-        self.engine: RoundEngine | None = None
-        self.members: list[tuple[int, Admission]] = []
+        self.running: collections.deque[_Group] = collections.deque()  # started groups, in target order
         self.base_model = service.current_model().version  # version index 0 of this run
         self.pool: set[str] = set()  # devices that checked in eligible when the run started
         self.suites: dict[str, tuple[str, ...]] = {}  # the SecAgg+ suites each of them reported
@@ -91,7 +111,11 @@ class BufferedDriver:
     # ------------------------------------------------------------------ the loop
 
     def owns(self, rid: int) -> bool:
-        return rid in self.training
+        """Whether ``rid`` is one of this run's training tasks or running groups."""
+        return rid in self.training or self._group(rid) is not None
+
+    def _group(self, rid: int) -> _Group | None:
+        return next((g for g in self.running if g.round_id == rid), None)
 
     def run(self) -> list[RoundReport]:
         svc, reports = self.svc, []
@@ -103,28 +127,68 @@ class BufferedDriver:
                 svc.repeat_after_reconnect()
                 self._expire()
                 self._fill_slots()
-                if self.engine is None and not self.closed and not self.training and not self._startable():
+                if not self.running and not self.closed and not self.training and not self._startable():
                     log.warning("buffered mode: no device may train any more (caps used, declined or gone); stopping")
                     break
-                if self.engine is None and self.closed:
+                while self.closed and len(reports) + len(self.running) < svc.config.rounds and not svc.budget_spent:
                     self._start_group()
-                engine = self.engine
-                if engine is None:
+                if not self.running:
                     svc._receive_one(0.25)
                     continue
-                svc._send(svc._pacer.admit())
-                left = engine.deadline - svc.clock()
+                for g in self.running:
+                    svc._send(g.pacer.admit(), round_id=g.round_id)
+                live = [g.engine.deadline for g in self.running if g.engine.status is RoundStatus.RUNNING]
+                left = min(live, default=svc.clock()) - svc.clock()
                 svc._receive_one(min(max(left, 0.0), 0.25))
-                stage = engine.stage
-                svc._pacer.push(engine.tick())
-                if engine.stage != stage:
-                    svc._pacer.new_stage()
-                    self.store.set_stage(engine.round_id, engine.stage)
-                if engine.status is not RoundStatus.RUNNING:
-                    reports.append(self._end_group(engine))
+                for g in self.running:
+                    engine = g.engine
+                    if engine.status is not RoundStatus.RUNNING:
+                        continue
+                    stage = engine.stage
+                    g.pacer.push(engine.tick())
+                    if engine.stage != stage:
+                        g.pacer.new_stage()
+                        self.store.set_stage(engine.round_id, engine.stage)
+                # applied in target order: a group that ended early waits for the ones before it
+                while self.running and self.running[0].engine.status is not RoundStatus.RUNNING:
+                    reports.append(self._end_group(self.running.popleft()))
         finally:
+            self._abandon_groups("coordinator stopped")
             self._abandon_tasks("coordinator stopped", only_open=False)
         return reports
+
+    def _abandon_groups(self, reason: str) -> None:
+        """End every running group as abandoned (its round row, RoundEnd); nothing of it is applied."""
+        while self.running:
+            g = self.running.popleft()
+            try:
+                if g.engine.status is RoundStatus.RUNNING:
+                    g.engine.abandon(reason)
+                self.buffer.applied(False)
+                for _, a in g.members:
+                    self.engaged.discard(a.device)
+                if g.engine.status is RoundStatus.COMPLETED:  # ended, but an earlier group was still running
+                    self.store.finish_round(g.round_id, "abandoned", reason, self.svc.clock())
+                    self.svc._publish_end(RoundEnd(g.round_id, "abandoned", reason, self.svc.current_model().version))
+                else:
+                    self.svc._finish(g.engine, None)
+            except Exception:  # stopping: the next start abandons whatever is left open
+                log.error("could not close group %d", g.round_id, exc_info=True)
+
+    def resend(self) -> list[tuple[int, list[Outbound]]]:
+        """Each running group's requests to devices that owe a reply (after the broker link came back)."""
+        return [(g.round_id, g.pacer.resend()) for g in self.running]
+
+    def exclude(self, device: str, rid: int, reason: str) -> None:
+        """Leave a quarantined device out of its running group, if it is not too late."""
+        g = self._group(rid)
+        if g is None or g.engine.status is not RoundStatus.RUNNING:
+            return
+        out = g.engine.exclude(device, reason)
+        if device in g.engine.excluded:
+            self.svc._quarantined_now.add(device)
+            g.pacer.answered(device)
+        g.pacer.push(out)
 
     def _check_in(self) -> set[str]:
         """One announcement opens the run: the devices that check in eligible are the ones given tasks."""
@@ -195,8 +259,17 @@ class BufferedDriver:
         )
 
     def receive(self, device: str, msg: Any) -> None:
-        """A training task's answer (stored by the service first): admit it, refuse it, or free the slot."""
+        """A training task's answer (stored by the service first): admit it, refuse it, or free the slot;
+        or a group member's SecAgg+ message, for its group's engine."""
         rid = msg.round_id
+        g = self._group(rid)
+        if g is not None:
+            if g.engine.status is not RoundStatus.RUNNING:
+                raise ProtocolError(f"group round {rid} has ended")
+            out = g.engine.receive(device, msg)
+            g.pacer.answered(device)
+            g.pacer.push(out)
+            return
         task = self.training.get(rid)
         if task is None or task.device != device:
             raise ProtocolError("not this device's training task")
@@ -275,7 +348,7 @@ class BufferedDriver:
         event = self._event(built.plan)
         if event is not None and svc.budget is not None:
             try:
-                svc.budget.check_round(event, rid)
+                svc.budget.check_round(event, rid, pending=sum(g.event is not None for g in self.running))
             except BudgetExhausted as e:  # before any device masks: the group's sum is never made
                 svc.budget_spent = True
                 for task_rid, _ in members:
@@ -307,23 +380,29 @@ class BufferedDriver:
                     ),
                 )
             out.append(o)
-        svc.engine, svc._phase, svc._round_id = built.engine, "engine", rid
-        svc._pacer.clear()
-        svc._pacer.push(out)
-        self.engine, self.members = built.engine, members
-        log.info("group of %d started for target version %d", len(cohort), target, extra={"round": rid})
+        pacer = Pacer(svc.config.pacing_batch)
+        pacer.push(out)
+        self.running.append(_Group(target, built.engine, members, pacer, event))
+        log.info(
+            "group of %d started for target version %d (%d groups running)",
+            len(cohort),
+            target,
+            len(self.running),
+            extra={"round": rid},
+        )
 
     def _event(self, plan: RoundPlan) -> RoundEvent | None:
         """The group's privacy event while the campaign still composes one per group (None: DP off,
-        or ``max_contributions`` groups already composed, so no device's epsilon grows)."""
+        or ``max_contributions`` groups already composed or running, so no device's epsilon grows)."""
         cap, budget = self.svc.config.max_contributions, self.svc.budget
-        if budget is None or (cap and len(budget.history()) >= cap):
+        running = sum(g.event is not None for g in self.running)
+        if budget is None or (cap and len(budget.history()) + running >= cap):
             return None
         return group_event(plan, int(self.svc.current_model().weights.size))
 
-    def _end_group(self, engine: RoundEngine) -> RoundReport:
-        svc, store = self.svc, self.store
-        svc._send(svc._pacer.admit())
+    def _end_group(self, g: _Group) -> RoundReport:
+        svc, store, engine = self.svc, self.store, g.engine
+        svc._send(g.pacer.admit(), round_id=g.round_id)
         on_round, svc.on_round = svc.on_round, None
         try:
             report = svc._finish(engine, None)  # server optimizer (--server-lr), model, release, RoundEnd
@@ -333,13 +412,12 @@ class BufferedDriver:
         self.buffer.applied(ok)
         rid = engine.round_id
         survivors = set(engine.outcome.survivors) if ok and engine.outcome is not None else set()
-        for task_rid, a in self.members:
+        for task_rid, a in g.members:
             self.engaged.discard(a.device)
             store.db[TASKS].update(task_rid, {"status": "aggregated" if a.device in survivors else "dropped"})
-        self.engine, self.members = None, []
         budget = svc.budget
         if ok and budget is not None:
-            event = self._event(engine.plan)
+            event = g.event
             eps = budget.record_round(rid, event) if event is not None else budget.epsilon_so_far()
             store.update_round(rid, epsilon=eps, delta=budget.delta)
         from fedge.coordinator.service.service import round_report

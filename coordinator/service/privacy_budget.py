@@ -74,11 +74,14 @@ class CampaignBudget:
         """Epsilon at the campaign's delta over every recorded round."""
         return self._accountant.epsilon(self.delta)
 
-    def check_round(self, event: RoundEvent, round_id: int | None = None) -> float:
-        """The epsilon after a round of ``event``; :class:`BudgetExhausted` (and stop) if over budget."""
+    def check_round(self, event: RoundEvent, round_id: int | None = None, *, pending: int = 0) -> float:
+        """The epsilon after a round of ``event``; :class:`BudgetExhausted` (and stop) if over budget.
+
+        ``pending``: rounds of the same event already started and not yet recorded (buffered groups
+        running at once), counted as if recorded first, so concurrent rounds never overshoot."""
         if self.stopped:
             raise BudgetExhausted(f"campaign {self.campaign_id!r} is stopped: its privacy budget is spent")
-        eps = self._accountant.epsilon_if(event, self.delta)
+        eps = self._accountant.epsilon_if(event, self.delta, times=1 + pending)
         if eps > self.budget_epsilon:
             self._db[CAMPAIGNS].update(self.campaign_id, {"stopped": 1})
             log.warning(

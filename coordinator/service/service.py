@@ -543,6 +543,9 @@ class CoordinatorService:
     def _quarantine(self, device: str, rid: int | None, reason: str) -> None:
         """Quarantine a device and leave it out of the running round; the round goes on without it."""
         quarantine(self._store(), device, reason, now=self.clock(), round_id=rid)
+        if rid is not None and self.buffered is not None and self.buffered.owns(rid):
+            self.buffered.exclude(device, rid, reason)  # a running buffered group: left out if not too late
+            return
         if rid != self._round_id:
             return  # caught after its round: never selected again
         if self._phase == "checkin":
@@ -611,7 +614,10 @@ class CoordinatorService:
         except TransportError as e:
             log.warning("could not publish the round end: %s", e, extra={"round": end.round_id})
 
-    def _send(self, outbound: list[Outbound]) -> None:
+    def _send(self, outbound: list[Outbound], round_id: int | None = None) -> None:
+        """Publish to devices (canaries answered in process) and count the bytes against the round
+        (``round_id``, else the running round)."""
+        rid = self._round_id if round_id is None else round_id
         sent = 0
         for o in outbound:
             if is_canary(o.device_id):
@@ -622,10 +628,10 @@ class CoordinatorService:
                 sent += self._publish(topics.device_in(o.device_id), o.message)
             except TransportError as e:
                 # paho keeps the QoS 1 message and may still deliver it; the stage deadline decides.
-                log.warning("send failed: %s", e, extra={"device": o.device_id, "round": self._round_id})
-        if sent and self._round_id is not None:
+                log.warning("send failed: %s", e, extra={"device": o.device_id, "round": rid})
+        if sent and rid is not None:
             self._store().db.execute(
-                "update rounds set bytes_down = coalesce(bytes_down, 0) + ? where round_id = ?", [sent, self._round_id]
+                "update rounds set bytes_down = coalesce(bytes_down, 0) + ? where round_id = ?", [sent, rid]
             )
 
     def watch_link(self) -> None:
@@ -641,14 +647,18 @@ class CoordinatorService:
         t = self.transport
         if t is None or not self._resends.due(t.connections, t.connected, self.clock()):
             return
-        again = [o for o in self._pacer.resend() if not is_canary(o.device_id)]
-        if again:
-            log.info(
-                "broker link came back: repeating %d requests to devices that owe a reply",
-                len(again),
-                extra={"round": self._round_id},
-            )
-            self._send(again)
+        pending = [(self._round_id, self._pacer.resend())]
+        if self.buffered is not None:
+            pending += self.buffered.resend()
+        for rid, sent in pending:
+            again = [o for o in sent if not is_canary(o.device_id)]
+            if again:
+                log.info(
+                    "broker link came back: repeating %d requests to devices that owe a reply",
+                    len(again),
+                    extra={"round": rid},
+                )
+                self._send(again, round_id=rid)
 
     def _from_canary(self, canary: str, msg: Any) -> None:
         """A canary's reply goes to the engine as a device's would (it is never stored as an upload)."""
