@@ -11,9 +11,12 @@ a weighted, clipped update never exceeds the clip norm, so DP sensitivity is unc
 - ``hinge:A,B``: s = 1 for tau <= B, else 1 / (A (tau - B) + 1) (FedBuff's hinge).
 
 NVIDIA FLARE's edge FedBuff uses 1 / (1 + tau^0.5), which halves an update that is a single
-version old. With C devices training and groups of K, the typical staleness is about C / K - 1
-versions, so tau = 1 or 2 is the normal case, not the exception; 1 / (1 + tau)^0.5 keeps 0.71
-and 0.58 of such updates and still gives 0.30 at tau = 10. See docs/simulations.md.
+version old. Staleness is large in practice: with C devices training and groups of K, about C / K
+versions are made while a device trains, and its target also counts the groups still in their
+SecAgg+ stages; measured on the simulated clock (C = 12, K = 5) the mean was 6.5-7.2. There
+1 / (1 + tau)^0.5 keeps 0.36 of an update, and it reached the synchronous accuracy in half the
+time on 6 of 8 seeds, against 1 of 8 for 1 / (1 + tau) and 0 of 8 for ``constant``
+(docs/simulations.md, "Buffered against synchronous").
 """
 
 from __future__ import annotations
