@@ -34,7 +34,7 @@ def test_versions_advance_without_waiting_for_a_ten_times_slower_device(tmp_path
     from fedge.agent.core.secagg.params import choose_suite, supported_suites
 
     caplog.set_level(logging.INFO, logger="fedge.coordinator.service.buffered_service")
-    training = secagg_training(4, epochs=20, train_deadline_s=120.0)
+    training = secagg_training(4, epochs=100, train_deadline_s=120.0)
     fleet = DaemonFleet(tmp_path, 4, mosquitto.url, training)
     _slow_down(fleet, 0, 60)
     slow = fleet.devices[0]
