@@ -118,8 +118,9 @@ def test_a_seed_reproduces_a_buffered_run():
     assert len(a.rounds) == 6 and sim == sorted(sim) and sim[0] > 0 and ups == sorted(ups) and ups[-1] > 0
 
 
-def test_with_dp_epsilon_per_version_is_the_capped_unamplified_composition():
-    cfg = buffered_config(dp="distributed", noise_multiplier=0.7, clip=1.0, delta=1e-5, max_contributions=2, rounds=4)
+@pytest.mark.parametrize("dp", ["distributed", "local"])
+def test_with_dp_epsilon_per_version_is_the_capped_unamplified_composition(dp):
+    cfg = buffered_config(dp=dp, noise_multiplier=0.7, clip=1.0, delta=1e-5, max_contributions=2, rounds=4)
     summary = runner.run(cfg, show_progress=False)
     assert all(r.status == "completed" for r in summary.rounds), [r.reason for r in summary.rounds]
     population = make_population(cfg.population, cfg.profiles, np.random.default_rng(0))
