@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from fedge.agent.core.errors import ConfigError
@@ -47,18 +46,15 @@ class RayPool(HostPool):
             raise ConfigError("--engine ray: Ray is not installed (pip install 'fedge[ray]')") from None
         self._ray = ray
         self._started = not ray.is_initialized()
-        if self._started:
-            root = str(Path(__file__).resolve().parent.parent)
-            env = {"env_vars": {"PYTHONPATH": root}}
+        if self._started:  # workers import fedge as installed, never the repository root (one import name)
             if os.environ.get("RAY_ADDRESS"):  # a cluster: its nodes need fedge installed
-                ray.init(log_to_driver=False, configure_logging=False, runtime_env=env)
+                ray.init(log_to_driver=False, configure_logging=False)
             else:  # a local Ray sized to the hosts
                 ray.init(
                     num_cpus=max(workers, 1),
                     include_dashboard=False,
                     log_to_driver=False,
                     configure_logging=False,
-                    runtime_env=env,
                 )
         actor: Any = ray.remote(num_cpus=1)(_Host)
         self.size = workers

@@ -36,7 +36,7 @@ from fedge.coordinator.service.config import ServiceConfig
 from fedge.coordinator.service.service import CoordinatorService
 from tests.agent_fixtures import start_agent, wait_for
 from tests.daemon_fleet import DaemonFleet, secagg_training
-from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401
+from tests.mqtt_fixtures import needs_mosquitto
 from tests.mqtt_proxy import MqttProxy, _Pair
 
 pytestmark = [needs_mosquitto, pytest.mark.mosquitto, pytest.mark.slow]

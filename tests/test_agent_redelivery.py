@@ -13,7 +13,7 @@ import pytest
 from fedge.agent.core import topics
 from tests.agent_fixtures import wait_for
 from tests.daemon_fleet import DaemonFleet, proxies_for, secagg_training
-from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401
+from tests.mqtt_fixtures import needs_mosquitto
 from tests.service_fixtures import wait_for_row
 
 pytestmark = [needs_mosquitto, pytest.mark.mosquitto, pytest.mark.slow]

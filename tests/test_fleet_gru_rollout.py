@@ -24,7 +24,7 @@ from fedge.coordinator.service.service import CoordinatorService
 from fedge.coordinator.store import Store
 from fedge.simulations.shakespeare import SEQ_LEN, encode
 from tests.daemon_fleet import DaemonFleet, secagg_training
-from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401
+from tests.mqtt_fixtures import needs_mosquitto
 
 pytestmark = [needs_mosquitto, pytest.mark.mosquitto, pytest.mark.slow]
 

@@ -468,3 +468,49 @@ def test_cycle_finder_finds_cycles():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}, "f": set()}
     assert import_cycles(graph) == [["a", "b", "c"]]
     assert import_cycles({"x": {"y"}, "y": {"x"}, "z": {"w"}, "w": set()}) == [["x", "y"]]
+
+
+# ---------------------------------------------------------------------- fixtures come from the plugins
+
+PLUGINS = ("tests.mqtt_fixtures", "tests.cli_fixtures")
+
+
+def _fixture_names(module: str) -> set[str]:
+    """Functions decorated with ``pytest.fixture`` (called or not) in a plugin module."""
+    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            for d in node.decorator_list:
+                target = d.func if isinstance(d, ast.Call) else d
+                if isinstance(target, ast.Attribute) and target.attr == "fixture":
+                    names.add(node.name)
+    return names
+
+
+def fixtures_imported_by_name(source: str, fixtures: dict[str, set[str]]) -> list[str]:
+    """``module.name`` for every plugin fixture a test module imports (it must use it by name only:
+    an import shadows the plugin's fixture and needs a ``noqa``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module in fixtures:
+            found += [f"{node.module}.{a.name}" for a in node.names if a.name in fixtures[node.module]]
+    return found
+
+
+def test_no_test_module_imports_a_plugin_fixture():
+    fixtures = {m: _fixture_names(m) for m in PLUGINS}
+    assert fixtures["tests.mqtt_fixtures"] >= {"mosquitto", "embedded_broker"}
+    bad = {
+        p.name: names
+        for p in sorted((ROOT / "tests").glob("*.py"))
+        if (names := fixtures_imported_by_name(p.read_text(), fixtures))
+    }
+    assert not bad, f"use plugin fixtures by name, do not import them: {bad}"
+
+
+def test_fixture_import_checker_catches_an_import():
+    fixtures = {"tests.mqtt_fixtures": {"mosquitto"}}
+    src = "from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401\n"
+    assert fixtures_imported_by_name(src, fixtures) == ["tests.mqtt_fixtures.mosquitto"]
+    assert fixtures_imported_by_name("from tests.mqtt_fixtures import needs_mosquitto\n", fixtures) == []

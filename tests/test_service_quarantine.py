@@ -21,7 +21,7 @@ from fedge.agent.core import topics, wire
 from fedge.coordinator.service.cli import cli
 from tests.agent_fixtures import wait_for
 from tests.daemon_fleet import DaemonFleet, secagg_training
-from tests.mqtt_fixtures import mosquitto, needs_mosquitto  # noqa: F401
+from tests.mqtt_fixtures import needs_mosquitto
 
 AGENTS = 5  # a complete SecAgg+ graph of 3 cannot lose a device (threshold 2 of 2 neighbours); of 5 it can
 
