@@ -42,6 +42,7 @@ def cli() -> None:
 @click.option("--delta", type=float, default=1e-5, show_default=True, help="δ of the (ε, δ) guarantee.")
 @click.option(
     "--adaptive-clip",
+    "target_quantile",
     type=float,
     default=0.0,
     metavar="QUANTILE",

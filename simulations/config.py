@@ -50,7 +50,7 @@ class SimConfig:
     #: process; None = 2 when the machine has 2 cores and the cohort is large enough to gain from it
     workers: int | None = None
     #: adaptive clipping (DP on): C follows this quantile of the update norms, ``clip`` is the first C; 0 = off
-    adaptive_clip: float = 0.0
+    target_quantile: float = 0.0
     #: adaptive clipping: sigma_b, the noise on the clip-bit sum (0: expected reports / 20)
     clip_count_stddev: float = 0.0
     #: canary audit (coordinator/rounds/audit.py): M canaries inserted and M withheld; 0 = no audit
@@ -110,9 +110,9 @@ class SimConfig:
         need(self.noise_multiplier >= 0, "--noise-multiplier", f"expected >= 0, got {self.noise_multiplier}")
         need(self.clip > 0, "--clip", f"expected > 0, got {self.clip}")
         need(
-            self.adaptive_clip == 0 or (0 < self.adaptive_clip < 1 and self.dp != "off"),
+            self.target_quantile == 0 or (0 < self.target_quantile < 1 and self.dp != "off"),
             "--adaptive-clip",
-            f"expected a quantile in (0, 1) with --dp local or distributed, got {self.adaptive_clip}",
+            f"expected a quantile in (0, 1) with --dp local or distributed, got {self.target_quantile}",
         )
         need(0 < self.delta < 1, "--delta", f"expected 0 < delta < 1, got {self.delta}")
         need(self.seed >= 0, "--seed", f"expected >= 0, got {self.seed}")
@@ -159,7 +159,7 @@ class SimConfig:
             )
             need(self.audit_canaries == 0, "--audit-canaries", "not available with --mode buffered")
             need(
-                self.adaptive_clip == 0,
+                self.target_quantile == 0,
                 "--adaptive-clip",
                 "not available with --mode buffered (every group must have the same privacy event)",
             )

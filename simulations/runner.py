@@ -126,7 +126,7 @@ def training_config(config: SimConfig, population: Population) -> tuple[Training
         over_selection=1.0,  # the runner already samples
         min_clients=min_clients,
         expected_reports=reports,
-        target_quantile=config.adaptive_clip,
+        target_quantile=config.target_quantile,
         clip_count_stddev=config.clip_count_stddev,
         prox_mu=config.prox_mu,
     )

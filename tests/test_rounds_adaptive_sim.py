@@ -16,7 +16,7 @@ from tests.sim_protocol_fixtures import small_config
 
 def test_simulated_rounds_carry_the_adaptive_clip_norm_and_account_the_total_z() -> None:
     # C starts at 50, far above any logreg delta on digits: every bit says "fit", so C shrinks
-    config = small_config(profiles=(), clip=50.0, adaptive_clip=0.5, noise_multiplier=0.5, rounds=3)
+    config = small_config(profiles=(), clip=50.0, target_quantile=0.5, noise_multiplier=0.5, rounds=3)
     world = build_world(
         recipe(
             population=config.population,

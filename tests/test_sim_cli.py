@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from fedge.agent.core.cliutil import run as run_cli
 from fedge.simulations import runner
 from fedge.simulations.cli import cli
 from fedge.simulations.config import SimConfig
+from fedge.simulations.population import make_population
 from fedge.simulations.report import ROUND_KEYS, RoundRecord, Summary
 
 RESEARCHER = (
@@ -21,6 +23,19 @@ RESEARCHER = (
 
 def _sim(argv: str) -> int:
     return run_cli(cli, "fedge-sim", argv.split())
+
+
+def test_adaptive_clip_flag_is_the_target_quantile_of_the_config(monkeypatch, tmp_path) -> None:
+    """One name end to end: ``--adaptive-clip Q`` is ``SimConfig.target_quantile``, as in TrainingConfig."""
+    seen: list[SimConfig] = []
+    one_round = RoundRecord(1, 0.5, 1.0, None, 1e-6, 1, 0, 0, 0, 0.0)
+    monkeypatch.setattr(runner, "run", lambda config, **_: seen.append(config) or Summary({}, (one_round,)))
+    argv = "run --population 20 --per-round 5 --rounds 2 --model logreg --dataset digits --dp local"
+    argv += " --noise-multiplier 0.5 --clip-count-stddev 1"
+    assert _sim(f"{argv} --adaptive-clip 0.5 --out {tmp_path}") == 0
+    population = make_population(20, (), np.random.default_rng(0))
+    assert seen[0].target_quantile == 0.5
+    assert runner.training_config(seen[0], population)[0].target_quantile == 0.5
 
 
 def test_the_researchers_command_parses_into_one_config(monkeypatch, tmp_path) -> None:

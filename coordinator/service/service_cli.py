@@ -263,7 +263,7 @@ def devices_revoke(device_id: str, db: str) -> None:
 @click.option("--tls-key", default=None, help="Client key for mqtts://.")
 @click.option(
     "--adaptive-clip",
-    "adaptive_clip",
+    "target_quantile",
     type=float,
     default=None,
     metavar="QUANTILE",
@@ -406,7 +406,7 @@ def serve_cmd(
     tls_ca: str | None,
     tls_cert: str | None,
     tls_key: str | None,
-    adaptive_clip: float | None,
+    target_quantile: float | None,
     clip_count_stddev: float,
     server_opt: str,
     server_lr: float,
@@ -442,7 +442,7 @@ def serve_cmd(
             noise_multiplier or 1.0,
             clip_norm,
             secagg,
-            target_quantile=adaptive_clip or 0.0,
+            target_quantile=target_quantile or 0.0,
             clip_count_stddev=clip_count_stddev,
             prox_mu=prox_mu,
         ),
