@@ -3,7 +3,7 @@
 The agent store keeps the current release and the one before it (for rollback), the release keys
 the device trusts (the first comes with enrollment, later ones by signed rotation), the version
 it is pinned to, and every rollout it took. A release is installed only after
-:func:`~agent.core.release.verify_release` accepted it and it ran on held-out local data; on any
+:func:`~fedge.agent.core.release.verify_release` accepted it and it ran on held-out local data; on any
 failure the previous release keeps running. The daemon passes each fleet command to
 :meth:`ReleaseManager.handle` and publishes the reports it returns on ``device_out``.
 
@@ -11,7 +11,7 @@ A release that carries its architecture (a built model: ``.tflite`` and ``.json`
 against the SHA-256s its signed manifest names, written under the device's models directory
 (``<models_dir>/<model sha256 prefix>/<architecture>.tflite``) and kept in the store with the
 release; before it is installed, one training step is run in a fresh process to measure the
-memory its training takes (:func:`~agent.training.memory.training_peak_bytes`), and a model over
+memory its training takes (:func:`~fedge.agent.training.memory.training_peak_bytes`), and a model over
 the profile's cap (``[compute] memory_mb``) fails to install, saying how much it needs.
 """
 

@@ -1,7 +1,7 @@
-"""Device-side glue between a round's :class:`~agent.participant.Participant` and SecAgg+.
+"""Device-side glue between a round's :class:`~fedge.agent.participant.Participant` and SecAgg+.
 
 :class:`PeerDirectory` holds the neighbours' identity keys a device trusts for one round: either
-certified by the enrollment authority (:class:`~agent.core.messages.rounds.Peers`, the MQTT
+certified by the enrollment authority (:class:`~fedge.agent.core.messages.rounds.Peers`, the MQTT
 deployment) or handed over by a trusted party (the simulator, which plays the PKI).
 """
 
@@ -59,8 +59,8 @@ def secagg_factory(
     """What a Participant calls to build its SecAgg+ client for a task, with its input set.
 
     ``verifier`` checks peers' signatures and ``agreement`` computes X25519 secrets; a simulator
-    host passes one shared :class:`~agent.core.crypto.SignatureMemo` and
-    :class:`~agent.core.crypto.AgreementMemo` for all of its devices. ``require_suite`` (the
+    host passes one shared :class:`~fedge.agent.core.crypto.SignatureMemo` and
+    :class:`~fedge.agent.core.crypto.AgreementMemo` for all of its devices. ``require_suite`` (the
     profile's ``[secagg] require_suite``) makes the client refuse a round with any other suite.
     """
 

@@ -4,7 +4,7 @@ Up to C devices train at any time. When a slot frees, a client is drawn uniforml
 training (and, with ``--max-contributions``, not used up); it is available with its profile's
 probability (else another is drawn: no time passes), takes the newest model version and trains for
 its task time (:mod:`fedge.simulations.clock`). Finished devices enter the open group in arrival
-order (:class:`coordinator.rounds.buffered.UpdateBuffer`: refused when more than S versions
+order (:class:`fedge.coordinator.rounds.buffered.UpdateBuffer`: refused when more than S versions
 stale). A full group of K is run at once by the protocol engine (build_round, the real
 SecureAggregation and Participant code), each member training from the version it was sent and
 scaling its clipped delta by s(tau) before masking; the group's SecAgg+ stages take simulated

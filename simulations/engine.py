@@ -39,7 +39,7 @@ class RoundWork:
     dropped_per_stage: dict[str, int] | None = None
     status: str = "completed"
     reason: str = ""
-    #: the canary audit after this round (:class:`coordinator.rounds.audit.AuditResult`), None without one
+    #: the canary audit after this round (:class:`fedge.coordinator.rounds.audit.AuditResult`), None without one
     audit: Any = None
     #: how long the round lasted on the simulated clock (None: the driver estimates it from the behaviour)
     sim_seconds: float | None = None

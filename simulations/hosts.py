@@ -1,6 +1,6 @@
 """Device hosts: the simulated devices of a round, a shard per host, talking to the driver in wire bytes.
 
-A :class:`DeviceHost` holds the :class:`agent.participant.Participant` of each device in its
+A :class:`DeviceHost` holds the :class:`fedge.agent.participant.Participant` of each device in its
 shard for one round and answers batches of coordinator messages with the devices' replies. Every
 frame between driver and host is msgpack of plain values and raw :mod:`fedge.agent.core.wire` blobs:
 nothing is pickled, so a host may live in this process, in a worker process
@@ -34,7 +34,7 @@ from fedge.simulations.world import build_world
 
 log = logging.getLogger(__name__)
 
-#: The stage (index into :data:`simulations.population.STAGES`) of each device reply; without secure aggregation the plain upload stands at masked_input.
+#: The stage (index into :data:`fedge.simulations.population.STAGES`) of each device reply; without secure aggregation the plain upload stands at masked_input.
 REPLY_STAGE = {
     "KeyAdvertisement": 0,
     "EncryptedShares": 1,

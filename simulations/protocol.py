@@ -1,9 +1,9 @@
 """The protocol round engine of the simulator: fedge's own agent and coordinator code, in memory.
 
-Every cohort member is an :class:`agent.participant.Participant` (training, clipping, noise,
+Every cohort member is an :class:`fedge.agent.participant.Participant` (training, clipping, noise,
 quantization, SecAgg+ client) living on a device host (:mod:`fedge.simulations.hosts`: in this
 process, on worker processes, or on Ray actors); the coordinator side, in this process, is
-:class:`coordinator.engine.RoundEngine` with :class:`coordinator.secure.SecureAggregation` (or
+:class:`fedge.coordinator.rounds.engine.RoundEngine` with :class:`fedge.coordinator.rounds.secure.SecureAggregation` (or
 plain aggregation). Every message crosses as real wire bytes, so bytes up and down are counted
 as they would travel on MQTT. There is no second implementation of the protocol: only the
 transport (batches of wire blobs) and the clock (jumped to each stage deadline) are simulated.
@@ -89,7 +89,7 @@ class GroupSpec:
 
 
 class ProtocolEngine:
-    """A :data:`simulations.engine.RoundEngine` that runs the real protocol for each round.
+    """A :data:`fedge.simulations.engine.RoundEngine` that runs the real protocol for each round.
 
     ``pool`` holds the device hosts (default: one host in this process over ``trainer`` and the
     round's federation). Results do not depend on the pool: each device's randomness derives from

@@ -1,7 +1,7 @@
 """Device hosts on Ray actors: the same hosts and frames as worker processes, past one machine.
 
 Each actor rebuilds the world from the recipe and answers wire-byte frames
-(:class:`simulations.hosts.DeviceHost`). Ray serialises the actor class (by reference), the
+(:class:`fedge.simulations.hosts.DeviceHost`). Ray serialises the actor class (by reference), the
 recipe (plain values) and the frames (bytes); protocol objects never cross it.
 Ray is an optional extra (``pip install fedge[ray]``); results equal the local engine's for the
 same seed.

@@ -48,7 +48,7 @@ class RoundRecord:
     (``profile:pi4``, ``size:q1``) to the global model's accuracy on that group's clients.
     ``epsilon_empirical`` and ``epsilon_lower_bound`` are the canary audit's Gaussian-fit estimate
     and one-run lower bound over the rounds so far (every round's aggregate seen), None without
-    ``--audit-canaries``; ``audit`` holds its full figures (:class:`coordinator.rounds.audit.AuditResult`).
+    ``--audit-canaries``; ``audit`` holds its full figures (:class:`fedge.coordinator.rounds.audit.AuditResult`).
     ``sim_seconds`` is the simulated time (:mod:`fedge.simulations.clock`) when this model version
     was made (or the round ended), ``uploads`` the updates aggregated into the model so far. Buffered
     mode: ``refused`` updates since the last version (too stale), and the staleness of this group's

@@ -2,7 +2,7 @@
 
 Each round samples a cohort uniformly without replacement, draws its behaviour (availability,
 drop stage) from the device profiles, and hands the cohort to one :data:`RoundEngine` call: by
-default :class:`simulations.protocol.ProtocolEngine`, the agent's and coordinator's own protocol
+default :class:`fedge.simulations.protocol.ProtocolEngine`, the agent's and coordinator's own protocol
 code (training, clipping and noise, quantization, SecAgg+, ε accounting) on device hosts in this
 process, on worker processes or on Ray actors. Client data is built per client when a device
 trains, so memory follows the cohort.

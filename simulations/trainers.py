@@ -1,6 +1,6 @@
 """The simulated devices' local trainer, and evaluation of the global model.
 
-Local training is the zoo's :class:`agent.training.trainer.Trainer` (TFLite) when the data fits a
+Local training is the zoo's :class:`fedge.agent.training.trainer.Trainer` (TFLite) when the data fits a
 zoo model. For flat data of another width (Synthetic has 60 features; the zoo's logreg and mlp
 take 64) :class:`ReferenceTrainer` runs the zoo's numpy reference formulas
 (:mod:`fedge.agent.training.reference`) with the first layer sized to the data, and says so, unless the

@@ -39,7 +39,7 @@ class DashboardConfig:
 
 
 class _ReadOnlyStore:
-    """Just enough of :class:`coordinator.store.Store` for the release and rollout readers."""
+    """Just enough of :class:`fedge.coordinator.store.Store` for the release and rollout readers."""
 
     def __init__(self, path: str) -> None:
         if not Path(path).exists():

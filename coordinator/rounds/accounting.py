@@ -54,7 +54,7 @@ class RoundEvent:
     population: int | None = None
     sample_size: int | None = None
     rdp_offset: float = 0.0
-    #: SecAgg+ groups the round was aggregated in (``coordinator.rounds.grouped``): each group's sum
+    #: SecAgg+ groups the round was aggregated in (``fedge.coordinator.rounds.grouped``): each group's sum
     #: is revealed and carries this event's noise on its own; a device is in one group, so the event
     #: (its z and sampling) is the same as ungrouped. 1: one sum.
     groups: int = 1

@@ -2,7 +2,7 @@
 
 Devices train on whichever model version is newest when they start. When one finishes it is
 admitted to the open group, in arrival order; a group holds ``size`` (K) devices and is then
-closed and run as one SecAgg+ round (:func:`coordinator.rounds.builder.build_round`), whose
+closed and run as one SecAgg+ round (:func:`fedge.coordinator.rounds.builder.build_round`), whose
 unmasked sum is one buffered update applied with the server learning rate.
 
 Every group is applied to one model version, its *target*: the newest version plus the groups

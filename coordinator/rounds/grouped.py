@@ -25,7 +25,7 @@ So each group is held to the floors a whole round is held to:
 A device is in exactly one group, so its data moves one group sum (add/remove: by C; replace-one:
 by 2C within a group or by C in each of two groups, an L2 move of at most 2C over the released
 sums, each with its own noise): the round is the same Gaussian event as ungrouped, which
-:class:`~coordinator.rounds.accounting.RoundEvent` records with ``groups`` set.
+:class:`~fedge.coordinator.rounds.accounting.RoundEvent` records with ``groups`` set.
 """
 
 from __future__ import annotations

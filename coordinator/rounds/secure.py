@@ -1,6 +1,6 @@
 """SecAgg+ as the round engine's aggregation: the coordinator learns only the sum.
 
-Wraps :class:`agent.core.secagg.server.SecAggServer` in the :class:`~coordinator.engine.Aggregation`
+Wraps :class:`fedge.agent.core.secagg.server.SecAggServer` in the :class:`~fedge.coordinator.rounds.engine.Aggregation`
 interface. Parameters (k, t) are derived from the cohort size, the expected dropout rate and the
 assumed corrupt fraction; the server refuses to release a sum of fewer than
 ``max(min_clients, plan.privacy.min_clients)`` inputs, so distributed DP noise is never thinner than

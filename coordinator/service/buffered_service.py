@@ -7,7 +7,7 @@ The round protocol is kept; asynchrony comes from giving every device's training
   goes to a free device with the newest model; the device trains, keeps its delta and answers
   :class:`Trained` (nothing of the update leaves it). At most ``concurrency`` are out at once.
 - Each arrival is admitted, in arrival order, to the open group by the pure
-  :class:`~coordinator.rounds.buffered.UpdateBuffer` (refused with its reason beyond
+  :class:`~fedge.coordinator.rounds.buffered.UpdateBuffer` (refused with its reason beyond
   ``max_staleness`` versions or the per-device cap). A full group of ``buffer`` devices is a
   SecAgg+ round of its own (:func:`build_round`, a row in ``rounds``), whose tasks name the
   training task (``trained_in``) and carry the device's staleness weight for the group's target

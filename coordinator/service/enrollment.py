@@ -1,7 +1,7 @@
 """Device enrollment: which devices may take part, with their Ed25519 identity key, class and tags.
 
 The service rejects every message from a device that is not enrolled here or was revoked
-(:meth:`coordinator.store.Store.require_device`). Enrolling also issues the device a certificate
+(:meth:`fedge.coordinator.store.Store.require_device`). Enrolling also issues the device a certificate
 from the enrollment authority (:mod:`fedge.agent.core.certs`): SecAgg+ peers check each other's keys
 against the authority's public key, which a device receives when it is enrolled. The authority's
 key is generated on first use and kept in the coordinator's store (one row); a deployment that

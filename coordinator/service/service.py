@@ -5,7 +5,7 @@ left open (reason ``coordinator restarted``: the engine and SecAgg+ state lived 
 round cannot resume safely), starts the embedded broker when no URL is given, connects and
 subscribes. ``run_round`` announces a round (retained on ``ROUNDS``), collects check-ins for the
 window, selects with over-selection, sends tasks in paced batches, feeds every upload to the
-:class:`~coordinator.engine.RoundEngine`, ticks it at its deadlines, and at the end stores the new
+:class:`~fedge.coordinator.rounds.engine.RoundEngine`, ticks it at its deadlines, and at the end stores the new
 model, the metrics and epsilon, and publishes ``RoundEnd``. ``shutdown`` is bounded.
 
 Exactly once: every inbound message is decoded, checked against the enrolled devices and stored

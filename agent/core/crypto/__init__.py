@@ -6,7 +6,7 @@ domain-separation labels), :mod:`.aead` (ChaCha20-Poly1305; nonces chosen here),
 :mod:`.keystream` (ChaCha20 mask expansion into numpy buffers), :mod:`.transcript` (hashes of
 length-prefixed parts, for signing) and :mod:`.shamir` (t-of-n sharing of 32-byte
 keys in a prime field, vectorised). Every failed security check raises an opaque
-:class:`~agent.core.errors.SecurityError`. ``cryptography`` is not used here: it cost the agent
+:class:`~fedge.agent.core.errors.SecurityError`. ``cryptography`` is not used here: it cost the agent
 8.7 MiB of RSS (the coordinator still uses it for X.509).
 """
 

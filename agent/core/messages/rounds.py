@@ -146,7 +146,7 @@ class RoundPlan:
 @dataclass(frozen=True)
 class CheckIn:
     """A device is eligible (or not) for the announced round and says what it holds, and which
-    SecAgg+ cipher suites it runs (``agent.core.secagg.params.supported_suites``)."""
+    SecAgg+ cipher suites it runs (``fedge.agent.core.secagg.params.supported_suites``)."""
 
     device_id: str
     round_id: int

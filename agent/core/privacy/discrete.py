@@ -174,7 +174,7 @@ def accounted_noise(config: PrivacyConfig, discrete: DiscreteNoisePlan | None = 
     Mode off gives z = 0 (non-private). With a discrete plan (distributed: shares; local: one
     whole discrete Gaussian per report, ``min_clients`` 1), z shrinks by the rounding inflation (``scale*C / (scale*C + sqrt(d))``) and the offset is the plan's tau*d.
     With adaptive clipping z is the configured total (update and clip-bit queries composed);
-    on the ring, ``discrete`` must carry the update's z_Delta (as ``agent.core.update.noise_plan``
+    on the ring, ``discrete`` must carry the update's z_Delta (as ``fedge.agent.core.update.noise_plan``
     builds it) and the two discrete queries are composed with their own rounding inflation.
     """
     z = 0.0 if config.mode == "off" else config.noise_multiplier

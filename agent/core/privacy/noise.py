@@ -74,7 +74,7 @@ def privatize(
 
     ``clip_norm`` overrides ``config.clip_norm`` (adaptive clipping sends the round's C).
     With ``ring=True`` (the real pipeline, local and distributed) no float noise is added: the
-    caller quantizes and then calls :func:`agent.core.privacy.discrete.add_noise_share`;
+    caller quantizes and then calls :func:`fedge.agent.core.privacy.discrete.add_noise_share`;
     ``ring=False`` adds float noise instead (float-only studies).
     """
     c = config.clip_norm if clip_norm is None else clip_norm

@@ -58,7 +58,7 @@ SUITE_AES = "fedge-secagg+/x25519-blake2b-aes256ctr"
 #: ChaCha20 masks. Runs where ``cryptography`` with ML-KEM is installed (the ``pq`` extra). v2: one
 #: ML-KEM key per device, pair secrets sealed in the share channels (v1 had a second, mask KEM key).
 SUITE_PQ = "fedge-secagg+/x25519-mlkem768-blake2b-chacha20/v2"
-#: Suite -> mask stream (``agent.core.crypto.keystream``).
+#: Suite -> mask stream (``fedge.agent.core.crypto.keystream``).
 MASK_STREAMS = {SUITE: CHACHA20, SUITE_AES: AES256_CTR, SUITE_PQ: CHACHA20}
 #: Suites whose pairwise keys include ML-KEM-768.
 HYBRID_SUITES = frozenset({SUITE_PQ})

@@ -21,7 +21,7 @@ def open_transport(
     config: TransportConfig, *, memory_broker: InMemoryBroker | None = None, network: NetworkLoop | None = None
 ) -> Transport:
     """An unconnected transport for ``config``: in memory for ``memory://``, else over paho, on its
-    own network thread or on ``network`` (one :class:`~agent.core.transport.netloop.NetworkLoop`
+    own network thread or on ``network`` (one :class:`~fedge.agent.core.transport.netloop.NetworkLoop`
     shared by many transports of one process)."""
     if config.broker_url.startswith("memory://"):
         if memory_broker is None:

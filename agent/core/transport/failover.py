@@ -7,7 +7,7 @@ that order. The ranking is stable (SHA-256, not Python's salted ``hash``), sprea
 and when one broker is gone its devices spread evenly over the others instead of all landing on
 its neighbour in the list; adding or removing a broker moves only the devices that ranked it first.
 
-:class:`Failover` is the bookkeeping :class:`~agent.core.transport.mqtt.MqttTransport` keeps on
+:class:`Failover` is the bookkeeping :class:`~fedge.agent.core.transport.mqtt.MqttTransport` keeps on
 paho's network thread: failed attempts on the current broker, and whether to move on. Pure: no
 I/O, time passed in.
 """

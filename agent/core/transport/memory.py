@@ -1,6 +1,6 @@
 """An in-process broker and transport with the MQTT semantics fedge relies on, for simulation.
 
-Same interface as :class:`~agent.core.transport.mqtt.MqttTransport`: QoS 1 with manual
+Same interface as :class:`~fedge.agent.core.transport.mqtt.MqttTransport`: QoS 1 with manual
 acknowledgement, ``+``/``#`` filters, retained messages, persistent sessions that queue while
 the client is away, redelivery of unacknowledged messages on reconnect, last wills, and the same
 chunking. Delivery is synchronous and ordered, so a single-threaded simulation is deterministic.
@@ -164,7 +164,7 @@ class InMemoryBroker:
 
 
 class InMemoryTransport:
-    """A :class:`~agent.core.transport.base.Transport` attached to an :class:`InMemoryBroker`."""
+    """A :class:`~fedge.agent.core.transport.base.Transport` attached to an :class:`InMemoryBroker`."""
 
     def __init__(
         self, config: TransportConfig, broker: InMemoryBroker, *, clock: Callable[[], float] = time.monotonic

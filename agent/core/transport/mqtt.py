@@ -6,7 +6,7 @@ reassembled and checked. One network thread per transport (``loop_start``). paho
 ``select``, which silently fails for socket numbers of 1,024 and up (paho issues #183, #819):
 keep few transports per process; :meth:`connect` warns when the socket number is that high.
 A process with many transports (the load test's workers) passes them one shared
-:class:`~agent.core.transport.netloop.NetworkLoop` instead (``network=``): one thread and epoll
+:class:`~fedge.agent.core.transport.netloop.NetworkLoop` instead (``network=``): one thread and epoll
 for all of them, with the same reconnect backoff, failover, resubscription and acknowledgements.
 
 With ``fallback_urls`` the transport fails over between brokers of one cluster (a bridged
@@ -129,7 +129,7 @@ class _Client(paho.Client):
 
 
 class MqttTransport:
-    """A :class:`~agent.core.transport.base.Transport` over a real MQTT broker.
+    """A :class:`~fedge.agent.core.transport.base.Transport` over a real MQTT broker.
 
     Its paho client runs on its own network thread, or on ``network`` (a started
     :class:`NetworkLoop` shared with other transports of the process) when one is given.

@@ -17,7 +17,7 @@ runs on the loop thread, and so do the client's callbacks (``on_connect_fail`` o
 thread): keep them short, as with ``loop_start()``.
 
 Other threads (``publish()``, ``subscribe()``, ``ack()``) queue packets; the client's
-``on_queued`` hook (see :class:`~agent.core.transport.mqtt.MqttTransport`) wakes the loop to
+``on_queued`` hook (see :class:`~fedge.agent.core.transport.mqtt.MqttTransport`) wakes the loop to
 write them.
 """
 
