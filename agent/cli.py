@@ -67,6 +67,10 @@ def check_config(ctx: click.Context, files: tuple[str, ...]) -> None:
             click.echo(f"{ctx.find_root().info_name}: error: {e}", err=True)
             continue
         click.echo(f"OK {path} ({profile.device.class_}, model {profile.model.name})")
+        from fedge.agent.config import missing_tls_files
+
+        for m in missing_tls_files(profile):  # fine where the profile is written; run refuses it on the device
+            click.echo(f"{ctx.find_root().info_name}: warning: {path}: {m}: not readable on this machine", err=True)
     if failed:
         ctx.exit(ConfigError.exit_code)
 
@@ -197,7 +201,7 @@ def run_agent(
     # sqlite-utils imports pandas when it is installed; the daemon never uses it (RSS budget).
     if "pandas" not in sys.modules:
         sys.modules["pandas"] = None  # type: ignore[assignment]
-    from fedge.agent.config import resolve
+    from fedge.agent.config import check_tls_files, resolve
     from fedge.agent.daemon import AgentDaemon
 
     try:
@@ -210,6 +214,7 @@ def run_agent(
             log_format=ctx.find_root().meta.get("log_format", "text"),
             authority_hex=authority,
         )
+        check_tls_files(cfg)  # a missing certificate: one line naming it, 78
         open_store(cfg.db_path, create=False).close()  # a missing, corrupt or foreign store: one line, 78
         daemon = AgentDaemon(cfg)
         daemon.startup()

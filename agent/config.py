@@ -120,6 +120,27 @@ class AgentConfig:
         )
 
 
+def missing_tls_files(profile: DeviceProfile, broker_urls: tuple[str, ...] | None = None) -> list[str]:
+    """``field: path`` of every TLS file an ``mqtts://`` broker of the profile needs and this machine
+    cannot read (empty when no broker uses TLS)."""
+    net = profile.network
+    urls = broker_urls if broker_urls is not None else net.urls
+    if not any(urlsplit(u).scheme == "mqtts" for u in urls):
+        return []
+    named = (("tls_ca", net.tls_ca), ("tls_cert", net.tls_cert), ("tls_key", net.tls_key))
+    return [f"{name}: {path}" for name, path in named if path and not os.access(path, os.R_OK)]
+
+
+def check_tls_files(cfg: AgentConfig) -> None:
+    """ConfigError naming each TLS file the daemon's brokers need and cannot read (paho's own error
+    names no file)."""
+    missing = missing_tls_files(cfg.profile, cfg.broker_urls)
+    if missing:
+        raise ConfigError(
+            f"{'; '.join(missing)}: no such readable file (needed for mqtts://; profile {cfg.profile_path})"
+        )
+
+
 def resolve(
     profile_path: str | os.PathLike[str],
     *,
