@@ -82,3 +82,15 @@ def test_release_and_rollout_commands(tmp_path, isolated_logging):
     assert _run("rollouts", "pin", "tag:lab", "lr-1", "--db", db)[0] == 0
     assert _run("rollouts", "pin", "nope", "lr-1", "--db", db)[0] == 2
     assert _run("rollouts", "create", "--release", "missing", "--class", "pi4", "--db", db)[0] == 2
+
+
+def test_a_command_that_creates_a_store_says_so(tmp_path, capsys, isolated_logging):
+    """A mistyped ``--db`` on ``releases import`` makes a new store with a new release key: it says so."""
+    np.savez(tmp_path / "w.npz", weights=np.zeros(650, np.float32))
+    db = tmp_path / "typo.db"
+    argv = ["releases", "import", str(tmp_path / "w.npz"), "--version", "lr-1", "--architecture", "logreg"]
+    assert run(cli, "fedge-coordinator", [*argv, "--db", str(db)]) == 0
+    err = capsys.readouterr().err
+    assert f"{db}: no coordinator store there yet; creating a new one" in err, err
+    assert run(cli, "fedge-coordinator", [*argv[:3], "--version", "lr-2", *argv[5:], "--db", str(db)]) == 0
+    assert "creating" not in capsys.readouterr().err  # an existing store: nothing to say

@@ -22,6 +22,17 @@ def _existing_db(_ctx: click.Context, _param: click.Parameter, value: str) -> st
     return value
 
 
+def _new_db(ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """Say so when the store does not exist yet: a mistyped ``--db`` makes a new store (with new keys)."""
+    import os
+
+    if not ctx.resilient_parsing and not os.path.exists(value):
+        click.echo(
+            f"{ctx.find_root().info_name}: {value}: no coordinator store there yet; creating a new one", err=True
+        )
+    return value
+
+
 #: ``--db`` of a command that reads or changes a store: a mistyped path is an error, not a new empty store.
 db_option = click.option(
     "--db",
@@ -37,7 +48,8 @@ new_db_option = click.option(
     default=DEFAULT_DB,
     show_default=True,
     type=click.Path(dir_okay=False),
-    help="The coordinator's SQLite store (created if missing).",
+    callback=_new_db,
+    help="The coordinator's SQLite store (created if missing, and said so).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
