@@ -141,6 +141,7 @@ class AgentDaemon:
         self.session = secrets.token_hex(8)
         #: coordinator clock minus this device's, measured from the last live announcement (None: not yet)
         self.clock_offset: float | None = None
+        self._reannounced: set[int] = set()  # round ids announced again after they ended here (warned once)
         self._skew_warned = False
         #: buffered mode: training task id -> (its task, what training produced), kept in memory until
         #: the group task that aggregates it (lost on restart: that group task is then declined)
@@ -429,8 +430,20 @@ class AgentDaemon:
 
     def _on_announce(self, a: RoundAnnounce, *, retained: bool = False) -> None:
         extra = self._extra | {"round": a.round_id}
-        if self.rounds.get(a.round_id) is not None:
-            return  # already answered (a retained announcement seen again, or a redelivery)
+        seen = self.rounds.get(a.round_id)
+        if seen is not None:  # already answered (a retained announcement seen again, or a redelivery)
+            if not retained and seen.status is RoundStatus.ENDED and a.round_id not in self._reannounced:
+                # a fresh announcement of a round that ended here: a coordinator on a new store restarts
+                # its round ids, and this device sits out every id it has used; say so once per id
+                self._reannounced.add(a.round_id)
+                log.warning(
+                    "round %d announced again, but this device took part in a round %d that ended; ignored "
+                    "(a coordinator started on a new store reuses round ids)",
+                    a.round_id,
+                    a.round_id,
+                    extra=extra,
+                )
+            return
         self._refresh_model()
         now = self._clock()
         if a.sent_at > 0 and not retained:

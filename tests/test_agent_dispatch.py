@@ -157,3 +157,20 @@ def test_a_repeat_after_a_restart_gets_the_stored_answer_and_a_different_request
         assert again.rounds.get(1).status == "declined"
     finally:
         again.shutdown()
+
+
+def test_a_fresh_announcement_of_a_round_that_ended_here_is_ignored_with_a_warning_once(setup, caplog):
+    """A coordinator started on a new store reuses round ids: the device sits the round out, and says why."""
+    import logging
+
+    from fedge.agent.round_state import RoundStatus
+
+    d, coord, _ = setup
+    d.rounds.set(3, "end", RoundStatus.ENDED)  # this device took part in a round 3 that ended
+    caplog.set_level(logging.WARNING, logger="fedge.agent.daemon")
+    for _ in range(2):
+        coord.publish(topics.ROUNDS, wire.encode(RoundAnnounce(3, "mlp", "v0", 2000.0)))
+        pump(d)
+    assert replies(coord) == []  # no check-in: the round id is used up here
+    warned = [r for r in caplog.records if "announced again" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING and warned[0].round == 3
