@@ -122,3 +122,25 @@ def test_ten_fedge_agent_run_processes_on_mosquitto_learn_with_secagg(mosquitto,
     with np.load(tmp_path / "work" / "test.npz") as f:
         acc0 = Trainer(load_spec("mlp")).evaluate(w0, f["x"], f["y"]).accuracy
     assert reports[-1].accuracy >= acc0 + 0.25, (acc0, [r.accuracy for r in reports])
+
+
+@pytest.mark.timeout(240)
+def test_demo_with_a_given_broker_that_speaks_only_mqtt_311_finds_its_version(embedded_broker, tmp_path) -> None:
+    """``demo --broker URL`` does not force MQTT 5: on the embedded broker (3.1.1 only) the coordinator
+    and the real agent daemons fall back to 3.1.1 and the round completes (it waited 10 s and exited 9)."""
+    if not daemon_available(embedded=True):
+        pytest.skip("no agent daemon in this install")
+    training = TrainingConfig(goal=2, min_clients=2, secagg=True, dp_mode="off", epochs=1, train_deadline_s=60.0)
+    cfg = DemoConfig(
+        agents=2,
+        rounds=1,
+        training=training,
+        broker_url=embedded_broker.url,
+        workdir=str(tmp_path / "work"),
+        checkin_window_s=60.0,
+    )
+    lines: list[str] = []
+    reports = run_demo(cfg, echo=lines.append)
+    assert not any("stand-in" in ln for ln in lines), lines
+    assert [r.status for r in reports] == ["completed"], [r.reason for r in reports]
+    assert reports[0].participants == 2

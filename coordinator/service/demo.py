@@ -300,7 +300,8 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> list[Ro
         if url is None:
             broker = local_broker().start()  # Mosquitto when installed, else the embedded amqtt
             url = broker.url
-        protocol = broker.protocol if broker is not None else "5"
+        # a broker given by --broker: MQTT 5, else 3.1.1 when it refuses 5 (the daemon and serve both fall back)
+        protocol = broker.protocol if broker is not None else "auto"
         use_daemon = daemon_available(embedded=protocol != "5")
         echo(
             f"demo: {cfg.agents} agents, {cfg.rounds} rounds, broker {url} "
