@@ -56,3 +56,25 @@ def test_a_round_without_selectable_devices_says_they_are_out_of_budget(tmp_path
     assert report.reason == (
         "check-in: 0 eligible devices checked in (2 more out of privacy budget, see devices list), minimum cohort is 2"
     ), report.reason
+
+
+def test_a_check_in_window_reports_its_count_while_it_waits_and_when_it_closes(tmp_path) -> None:
+    """Three devices enrolled, two running: the operator sees "2/3 checked in" while the window is
+    open and once more when it closes with one silent, instead of nothing until the round's line."""
+    from fedge.agent.core.transport.base import MQTT_311
+    from fedge.coordinator.service.broker import EmbeddedBroker
+    from fedge.coordinator.service.service import CoordinatorService, checkin_printer
+    from tests.service_fixtures import AgentThreads, make_fleet, service_config
+
+    fleet = make_fleet(tmp_path, 3)
+    import dataclasses
+
+    two = dataclasses.replace(fleet, devices=fleet.devices[:2])
+    lines: list[str] = []
+    with EmbeddedBroker() as broker, AgentThreads(two, broker.url, MQTT_311):
+        cfg = service_config(fleet, broker.url, rounds=1, mqtt_protocol=MQTT_311, checkin_window_s=7.0)
+        (report,) = CoordinatorService(cfg, on_checkin=checkin_printer(lines.append)).run()
+    assert report.status == "completed" and report.participants == 2, report.reason
+    waiting = [ln for ln in lines if "s left)" in ln]
+    assert waiting and all(ln.startswith("round 1: ") and "/3 enrolled devices checked in" in ln for ln in waiting)
+    assert lines[-1] == "round 1: 2/3 enrolled devices checked in, 2 eligible (window closed)", lines

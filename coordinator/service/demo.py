@@ -34,7 +34,7 @@ from fedge.coordinator.rounds.plan import TrainingConfig
 from fedge.coordinator.service.broker import EmbeddedBroker, MosquittoBroker, local_broker
 from fedge.coordinator.service.config import ServiceConfig
 from fedge.coordinator.service.enrollment import authority_public_hex, enroll
-from fedge.coordinator.service.service import SERVICE_RELATION, CoordinatorService, RoundReport, serve
+from fedge.coordinator.service.service import SERVICE_RELATION, CoordinatorService, RoundReport, checkin_printer, serve
 from fedge.coordinator.store import Store
 
 log = logging.getLogger(__name__)
@@ -355,7 +355,7 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print) -> list[Ro
             if fleet is not None and fleet.alive() < len(fleet.procs):
                 echo(f"demo: warning: {len(fleet.procs) - fleet.alive()} agent processes exited (logs in {work})")
 
-        service = CoordinatorService(service_cfg, on_round=progress)
+        service = CoordinatorService(service_cfg, on_round=progress, on_checkin=checkin_printer(echo))
         reports = serve(service)
         if cfg.json_path:
             Path(cfg.json_path).write_text(json.dumps({"rounds": [_json_round(r) for r in reports]}, indent=2) + "\n")

@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 #: The longest a receive waits, so a stop request is seen promptly.
 POLL_S = 0.25
+#: how often a waiting check-in window reports its count (:attr:`CoordinatorService.on_checkin`)
+CHECKIN_PROGRESS_S = 5.0
 #: after the broker link came back, a round's unanswered requests are repeated at once, then after
 #: RESEND_S, the gaps doubling up to RESEND_MAX_S, until the round ends
 RESEND_S = 5.0
@@ -132,11 +134,14 @@ class CoordinatorService:
         clock: Callable[[], float] = time.time,
         rng: np.random.Generator | None = None,
         on_round: Callable[[RoundReport], None] | None = None,
+        on_checkin: Callable[[CheckinProgress], None] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.rng = rng if rng is not None else np.random.default_rng()
         self.on_round = on_round
+        #: called while a round's check-in window is open, every ``CHECKIN_PROGRESS_S`` and when it closes
+        self.on_checkin = on_checkin
         self.store: Store | None = None
         self.transport: Transport | None = None
         self.broker: EmbeddedBroker | MosquittoBroker | None = None
@@ -319,11 +324,17 @@ class CoordinatorService:
         log.info("round announced; check-in until +%.1f s", cfg.checkin_window_s, extra=extra)
         active = set(active_ids(store))
         self._quarantined_now = set()
+        next_progress = self.clock() + CHECKIN_PROGRESS_S
         while not self._stop.is_set():
             left = deadline - self.clock()
             if left <= 0 or (active and active - self._quarantined_now <= set(self._checkins)):
                 break
+            if self.on_checkin is not None and self.clock() >= next_progress:
+                next_progress = self.clock() + CHECKIN_PROGRESS_S
+                self.on_checkin(self._checkin_progress(rid, active, left))
             self._receive_one(min(left, POLL_S))
+        if self.on_checkin is not None and not self._stop.is_set():
+            self.on_checkin(self._checkin_progress(rid, active, 0.0))
         if self._stop.is_set():
             return self._abandon_early(rid, model, SHUT_DOWN)
         # a device quarantined during check-in (a clone answering twice) is not drawn
@@ -740,6 +751,16 @@ class CoordinatorService:
             self._evaluator = Trainer(load_spec(model_path(self._store(), name) or name), num_threads=1)
         return self._evaluator
 
+    def _checkin_progress(self, rid: int, active: set[str], left: float) -> CheckinProgress:
+        c = self._checkins
+        return CheckinProgress(
+            rid,
+            len(active),
+            sum(1 for d in c if d in active),
+            sum(1 for d, m in c.items() if d in active and m.eligible),
+            left,
+        )
+
     def _abandon_early(self, rid: int, model: ModelRecord, reason: str) -> RoundReport:
         store = self._store()
         store.finish_round(rid, "abandoned", reason, self.clock(), stage="abandoned", participants=0)
@@ -827,6 +848,36 @@ class CoordinatorService:
         if self.on_round is not None:
             self.on_round(report)
         return report
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckinProgress:
+    """A round's check-in so far: of ``enrolled`` active devices, ``checked_in`` answered, ``eligible`` of
+    them may train; ``left_s`` seconds of the window remain (0: it closed)."""
+
+    round_id: int
+    enrolled: int
+    checked_in: int
+    eligible: int
+    left_s: float
+
+    def line(self) -> str:
+        when = f"{self.left_s:.0f} s left" if self.left_s > 0 else "window closed"
+        return (
+            f"round {self.round_id}: {self.checked_in}/{self.enrolled} enrolled devices checked in, "
+            f"{self.eligible} eligible ({when})"
+        )
+
+
+def checkin_printer(echo: Callable[[str], None]) -> Callable[[CheckinProgress], None]:
+    """An ``on_checkin`` for people: a line every few seconds while devices are awaited, and one when
+    the window closes with some enrolled devices silent (all answered: nothing to say)."""
+
+    def show(p: CheckinProgress) -> None:
+        if p.left_s > 0 or p.checked_in < p.enrolled:
+            echo(p.line())
+
+    return show
 
 
 def round_report(row: dict[str, Any], version: str | None = None) -> RoundReport:

@@ -441,7 +441,7 @@ def serve_cmd(
     else the embedded amqtt); Ctrl-C stops gracefully."""
     from fedge.coordinator.rounds.server_opt import ServerOptConfig, ServerOptKind
     from fedge.coordinator.service.config import ServiceConfig
-    from fedge.coordinator.service.service import CoordinatorService, serve
+    from fedge.coordinator.service.service import CoordinatorService, checkin_printer, serve
 
     _quiet_broker_logs()
     cfg = ServiceConfig(
@@ -482,7 +482,11 @@ def serve_cmd(
         group_engine=group_engine,
         prefer_hybrid=prefer_hybrid,
     )
-    service = CoordinatorService(cfg, on_round=lambda r: click.echo(format_round(r)))
+    service = CoordinatorService(
+        cfg,
+        on_round=lambda r: click.echo(format_round(r)),
+        on_checkin=checkin_printer(lambda line: click.echo(line, err=True)),
+    )
     metrics = None
     if metrics_port is not None:
         from fedge.coordinator.service.metrics import MetricsServer
