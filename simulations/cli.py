@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -15,6 +18,28 @@ from fedge.coordinator.rounds.server_opt import ServerOptConfig, ServerOptKind
 @logging_options
 def cli() -> None:
     """fedge simulator: accuracy, privacy and cost of a federated deployment, before deploying it."""
+
+
+#: the protocol's per-round loggers: INFO in a live coordinator, noise over a simulation's rounds, where
+#: the progress bar and one line per run say it (shown again with --log-level DEBUG)
+ROUND_LOGGERS = ("fedge.coordinator.rounds", "fedge.agent", "fedge.simulations.protocol")
+
+
+@contextlib.contextmanager
+def _quiet_rounds() -> Iterator[None]:
+    """Raise the per-round loggers to WARNING for one run unless DEBUG was asked; restore them after."""
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ROUND_LOGGERS]
+    before = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(logging.WARNING, lg.level))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, before):
+            lg.setLevel(level)
 
 
 @cli.command("run")
@@ -180,7 +205,8 @@ def run_command(profiles: str, profiles_dir: Path | None, server_opt: str, serve
     opt = ServerOptConfig(ServerOptKind(server_opt), learning_rate=server_lr)
     options["group_engine"] = options.get("group_engine") or ""  # "": follows --engine
     config = SimConfig(profiles=parse_profile_mix(profiles) if profiles else (), server_opt=opt, **options)  # type: ignore[arg-type]
-    summary = runner.run(config, profile_dir=profiles_dir or DEFAULT_PROFILE_DIR)
+    with _quiet_rounds():
+        summary = runner.run(config, profile_dir=profiles_dir or DEFAULT_PROFILE_DIR)
     last = summary.rounds[-1]
     relation = summary.extra.get("relation") or "relation n/a"
     eps = "" if last.epsilon is None else f", ε {last.epsilon:.4g} at δ={last.delta:g} ({relation})"

@@ -151,3 +151,22 @@ def test_a_swapped_round_engine_gets_the_cohort_and_reports_its_epsilon(tmp_path
     assert "protocol" in summary.rounds[0].seconds_per_stage
     doc = json.loads((tmp_path / "summary.json").read_text())
     assert doc["rounds"][1]["epsilon"] == 1.0 and doc["engine"] == "engine"
+
+
+def test_a_run_keeps_the_protocols_per_round_info_lines_out_unless_debug_is_asked(tmp_path, caplog) -> None:
+    """Three INFO lines per round per stage buried the progress; --log-level DEBUG shows them again,
+    and the loggers' levels are restored after the run (in-process callers and later tests see no change)."""
+    import logging
+
+    argv = f"run --population 10 --per-round 4 --rounds 2 --model logreg --dataset digits --secagg --out {tmp_path}"
+    caplog.set_level(logging.DEBUG)
+    assert _sim(f"--log-level INFO {argv}") == 0
+    per_round = [
+        r for r in caplog.records if r.name.startswith(("fedge.coordinator.rounds", "fedge.simulations.protocol"))
+    ]
+    assert not [r for r in per_round if r.levelno < logging.WARNING], [r.getMessage() for r in per_round]
+    assert any(r.name == "fedge.simulations.runner" for r in caplog.records)  # the run's own INFO line stays
+    assert logging.getLogger("fedge.coordinator.rounds").level == logging.NOTSET
+    caplog.clear()
+    assert _sim(f"--log-level DEBUG {argv}") == 0
+    assert any(r.name == "fedge.coordinator.rounds.engine" and r.levelno == logging.INFO for r in caplog.records)
