@@ -49,7 +49,8 @@ def _quiet_rounds() -> Iterator[None]:
 @click.option(
     "--model",
     required=True,
-    help="Zoo model (logreg, mlp or cnn) or the path of a built .tflite (fedge-coordinator models build).",
+    help="Zoo model (logreg, mlp or cnn), the path of a built .tflite (fedge-coordinator models build) or of a "
+    "layer spec (.toml): the .tflite beside it if built from it, else built (needs the modelgen extra).",
 )
 @click.option(
     "--dataset",

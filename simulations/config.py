@@ -12,6 +12,7 @@ from fedge.agent.core.privacy.config import MODES as DP_MODES
 from fedge.coordinator.rounds.server_opt import ServerOptConfig
 from fedge.coordinator.rounds.staleness import parse_staleness
 from fedge.coordinator.workers import ENGINES as GROUP_ENGINES
+from fedge.simulations import spec_model
 from fedge.simulations.datasets import parse_dataset_spec
 from fedge.simulations.partition import parse_partition_spec
 
@@ -89,10 +90,13 @@ class SimConfig:
             f"expected 1..population ({self.population}), got {self.per_round}",
         )
         need(self.rounds >= 1, "--rounds", f"expected >= 1, got {self.rounds}")
+        if spec_model.is_spec(self.model):  # the .tflite built from it (beside it, cached or built now)
+            object.__setattr__(self, "model", str(spec_model.resolve(self.model)))
         need(
             self.model in MODELS or (self.model.endswith(".tflite") and os.path.isfile(self.model)),
             "--model",
-            f"expected one of {', '.join(MODELS)} or the path of a built .tflite (its .json beside it), got {self.model!r}",
+            f"expected one of {', '.join(MODELS)}, the path of a built .tflite (its .json beside it) "
+            f"or of a layer spec (.toml), got {self.model!r}",
         )
         need(self.dp in DP_MODES, "--dp", f"expected one of {', '.join(DP_MODES)}, got {self.dp!r}")
         need(self.workers is None or self.workers >= 0, "--workers", f"expected >= 0, got {self.workers}")

@@ -12,6 +12,7 @@ height 1; :attr:`Layer.p` holds the two-dimensional parameters (``kh, kw, sh, sw
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tomllib
@@ -21,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from fedge.agent.core.errors import ConfigError
+from fedge.agent.core.errors import ConfigError, TrainingError
+from fedge.agent.training.models import load_spec
 
 LOSSES = ("softmax_cross_entropy", "binary_cross_entropy", "mean_squared_error")
 ACTIVATIONS = ("relu", "relu6", "tanh", "sigmoid")
@@ -45,6 +47,8 @@ NOT_YET: tuple[str, ...] = ()
 #: Initial embedding rows are uniform in +-EMBEDDING_INIT (Keras's default for Embedding).
 EMBEDDING_INIT = 0.05
 NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+#: Bumped when the builder's graphs change (recorded in the metadata: ``generator.builder``).
+BUILDER_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,55 @@ class Network:
                 parts.append(layer.kind)
         dims = "x".join(str(d) for d in self.input_shape)
         return f"{dims} -> " + " -> ".join(parts) + f" ({self.loss})"
+
+
+def metadata(net: Network, tensorflow: str) -> dict[str, Any]:
+    """What a model built from ``net`` says about itself (the zoo's keys, plus loss, target and layers);
+    ``tensorflow`` is the version that converted it. The builder embeds this in the ``.tflite`` and writes
+    it beside it (with the file's sha256), so a built file can be matched to its spec without TensorFlow
+    (:func:`built_mismatch`)."""
+    return {
+        "name": net.name,
+        "architecture": net.architecture,
+        "description": net.description,
+        "version": net.version,
+        "input_shape": [None, *net.input_shape],
+        "num_classes": net.num_outputs,
+        "loss": net.loss,
+        "target": net.target,
+        "layers": [layer.describe() for layer in net.layers],
+        "weights": [{"name": w.name, "shape": list(w.shape), "init": w.init} for w in net.weights],
+        "num_params": net.num_params,
+        "signatures": {
+            "train": f"x float32[batch,...], y {net.target['dtype']}{net.target['shape']}, lr float32 scalar "
+            "-> loss (one SGD step)".replace("None", "batch"),
+            "infer": "x -> logits float32[batch,num_classes]",
+            "get_weights": "-> one float32 tensor per weight name",
+            "set_weights": "one float32 tensor per weight name -> count",
+        },
+        "generator": {"tensorflow": tensorflow, "seed": net.seed, "builder": BUILDER_VERSION},
+    }
+
+
+def built_mismatch(net: Network, tflite: str | Path) -> str | None:
+    """Why the built model at ``tflite`` (its ``.json`` beside it) is not ``net`` built by this builder, or
+    None when it is: its sidecar and embedded metadata agree with the file's sha256, and every key of the
+    metadata (layers, weight names, shapes and initialisers, seed, builder version) is what ``net``
+    gives, whichever TensorFlow converted it."""
+    p = Path(tflite)
+    if not p.is_file() or not p.with_suffix(".json").is_file():
+        return f"no built model {p.name} with its {p.with_suffix('.json').name}"
+    try:
+        load_spec(p)  # the sidecar's sha256 and the embedded copy of the metadata
+    except TrainingError as e:
+        return str(e)
+    have = json.loads(p.with_suffix(".json").read_text())
+    want = metadata(net, str(have.get("generator", {}).get("tensorflow", "")))
+    have.pop("sha256", None)
+    if have != want:
+        keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        return f"{p.name} was built from a different spec or builder (differs in {', '.join(keys)})"
+    return None
 
 
 def _int(v: Any, where: str, lo: int = 1) -> int:

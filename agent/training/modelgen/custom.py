@@ -32,7 +32,7 @@ from fedge.agent.training.modelgen.layers import SpecModel
 from fedge.agent.training.tflite_file import read_model_file
 
 #: Bumped when the builder's graphs change (recorded in the metadata).
-BUILDER_VERSION = 1
+BUILDER_VERSION = layerspec.BUILDER_VERSION
 #: A Keras model's built outputs against Keras's own (float32, two different graphs).
 KERAS_ATOL, KERAS_RTOL = 1e-5, 1e-4
 
@@ -57,27 +57,7 @@ class Built:
 
 def metadata(net: Network) -> dict[str, Any]:
     """What the model file says about itself (the zoo's keys, plus loss, target and layers)."""
-    return {
-        "name": net.name,
-        "architecture": net.architecture,
-        "description": net.description,
-        "version": net.version,
-        "input_shape": [None, *net.input_shape],
-        "num_classes": net.num_outputs,
-        "loss": net.loss,
-        "target": net.target,
-        "layers": [layer.describe() for layer in net.layers],
-        "weights": [{"name": w.name, "shape": list(w.shape), "init": w.init} for w in net.weights],
-        "num_params": net.num_params,
-        "signatures": {
-            "train": f"x float32[batch,...], y {net.target['dtype']}{net.target['shape']}, lr float32 scalar "
-            "-> loss (one SGD step)".replace("None", "batch"),
-            "infer": "x -> logits float32[batch,num_classes]",
-            "get_weights": "-> one float32 tensor per weight name",
-            "set_weights": "one float32 tensor per weight name -> count",
-        },
-        "generator": {"tensorflow": tf.__version__, "seed": net.seed, "builder": BUILDER_VERSION},
-    }
+    return layerspec.metadata(net, tf.__version__)
 
 
 def convert(net: Network, init: dict[str, np.ndarray] | None = None) -> bytes:
