@@ -15,17 +15,26 @@ from pathlib import Path
 
 import pytest
 
+from fedge.agent.training.models import MODELS_DIR
 from tests.checkout import checkout_copy
 from tests.profiles_fixtures import PROFILE_DIR
 
 
+@dataclass(frozen=True)
+class Built:
+    """The wheel and what the build printed (verbose: setuptools' warnings included)."""
+
+    wheel: Path
+    log: str
+
+
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def built(tmp_path_factory) -> Built:
     """``pip wheel . --no-deps`` in a copy of the checkout's files (as a fresh clone would have them): a
     build/ left in the checkout by an earlier build would otherwise leak its stale files into the wheel."""
     src, out = checkout_copy(tmp_path_factory.mktemp("src")), tmp_path_factory.mktemp("wheel")
     r = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(out)],
+        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-v", "-w", str(out)],
         cwd=src,
         capture_output=True,
         text=True,
@@ -33,7 +42,12 @@ def wheel(tmp_path_factory) -> Path:
     )
     assert r.returncode == 0, r.stderr[-3000:]
     [whl] = out.glob("fedge-*.whl")
-    return whl
+    return Built(whl, r.stdout + r.stderr)
+
+
+@pytest.fixture(scope="module")
+def wheel(built: Built) -> Path:
+    return built.wheel
 
 
 def test_the_wheel_carries_every_shipped_profile(wheel: Path) -> None:
@@ -42,6 +56,23 @@ def test_the_wheel_carries_every_shipped_profile(wheel: Path) -> None:
     assert "trial/local.toml" in shipped and "pi4.toml" in shipped
     missing = [p for p in shipped if f"fedge/profiles/{p}" not in names]
     assert not missing, missing
+
+
+def test_the_wheel_carries_the_zoo_and_the_example_specs_with_their_models(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = sorted(
+        p.relative_to(MODELS_DIR).as_posix()
+        for pattern in ("*.tflite", "*.json", "specs/*.toml", "specs/*.tflite", "specs/*.json")
+        for p in MODELS_DIR.glob(pattern)
+    )
+    assert "mlp.tflite" in shipped and "specs/har_cnn1d.toml" in shipped and "specs/har_cnn1d.tflite" in shipped
+    missing = [p for p in shipped if f"fedge/agent/models/{p}" not in names]
+    assert not missing, missing
+
+
+def test_the_build_ignores_no_package_data(built: Built) -> None:
+    """Every folder holding package data is a package of the configuration (setuptools warns otherwise)."""
+    assert "would be ignored" not in built.log and "absent from the `packages` configuration" not in built.log
 
 
 @dataclass(frozen=True)
@@ -136,4 +167,19 @@ def test_fedge_sim_mixes_the_shipped_profiles_from_the_installed_wheel(installed
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert r.stdout.startswith("round 1: accuracy"), r.stdout
+
+
+@pytest.mark.timeout(120)
+def test_a_shipped_spec_resolves_to_its_model_in_the_installed_wheel(installed: Installed, tmp_path: Path) -> None:
+    """``fedge-sim run --model .../specs/har_cnn1d.toml`` outside a checkout: the wheel's spec and .tflite."""
+    code = (
+        "from fedge.agent.training.models import MODELS_DIR as m; from fedge.simulations.config import SimConfig; "
+        "print(SimConfig(population=2, per_round=1, rounds=1, model=str(m / 'specs' / 'har_cnn1d.toml'), "
+        "dataset='digits').model)"
+    )
+    r = subprocess.run(
+        [str(installed.python), "-c", code], cwd=tmp_path, env=installed.env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == str(installed.site / "fedge" / "agent" / "models" / "specs" / "har_cnn1d.tflite")
     assert "XNNPACK" not in r.stderr, r.stderr  # the runtime's banner stays off an installed fedge's stderr too
