@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from fedge.agent.core.errors import ConfigError
-from fedge.agent.training import reference
+from fedge.agent.training import acceptance, layerspec, reference
 from fedge.agent.training.models import MODELS_DIR, family_of, list_models, load_spec, model_for
 from fedge.agent.training.runtime import load_interpreter
 from fedge.agent.training.tflite_file import read_model_file
+from fedge.agent.training.trainer import Trainer
 from tests.training_fixtures import data_for
 
 MODELS = ["logreg", "mlp", "cnn", "logreg60", "mlp60"]
@@ -210,3 +211,34 @@ def test_60_input_models_differ_from_the_64_input_ones_only_in_the_first_layer()
         assert a.weight_shapes[1:] == b.weight_shapes[1:]
         assert (a.weight_shapes[0], b.weight_shapes[0]) == ((60, *b.weight_shapes[0][1:]), b.weight_shapes[0])
         assert b.num_params - a.num_params == 4 * b.weight_shapes[0][1]
+
+
+#: Every committed model file: the zoo and the example specs' builds (agent/models/specs/).
+COMMITTED = sorted([*MODELS_DIR.glob("*.tflite"), *(MODELS_DIR / "specs").glob("*.tflite")])
+
+
+def test_the_op_check_covers_every_committed_model():
+    specs = sorted(p.stem for p in (MODELS_DIR / "specs").glob("*.toml"))
+    assert len(COMMITTED) == 12 and len(specs) == 7
+    assert {p.stem for p in COMMITTED} == set(MODELS) | set(specs)
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
+def test_builtin_ops_at_version_one_and_every_signature_runs(path):
+    """Every op is a builtin at version 1, the version every TFLite runtime that has the op runs (tflite-runtime
+    2.14 and ai-edge-litert 2.3 among them), and each of the four signatures runs on the installed runtime."""
+    info = read_model_file(path.read_bytes())
+    assert info.op_codes, "no op codes read"
+    assert [op.custom_code for op in info.op_codes if op.is_custom] == []
+    newer = sorted({(op.builtin_code, op.version) for op in info.op_codes if op.version != 1})
+    assert newer == [], f"{path.name}: builtin ops (code, version) past version 1: {newer}"
+    spec, rng = load_spec(path), np.random.default_rng(0)
+    if path.parent.name == "specs":
+        x, y = acceptance.batch(layerspec.load(path.with_suffix(".toml")), 8, rng)
+    else:
+        x, y = rng.random((8, *spec.input_shape), np.float32), rng.integers(0, spec.num_classes, 8)
+    trainer = Trainer(spec)  # set_weights, train and get_weights
+    w0 = trainer.initial_weights()
+    out = trainer.train(w0, x, y, epochs=1, batch_size=4, learning_rate=0.01, rng=rng)
+    assert out.delta.shape == w0.shape and np.isfinite(out.delta).all() and np.abs(out.delta).max() > 0
+    assert np.isfinite(trainer.evaluate(w0 + out.delta, x, y).loss)  # infer
