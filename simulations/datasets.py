@@ -25,7 +25,7 @@ SYNTHETIC_TEST_SHARE = 0.2
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What ``--dataset`` asked for: ``kind`` is synthetic, digits, mnist, har, shakespeare or npz."""
+    """What ``--dataset`` asked for: ``kind`` is synthetic, digits, mnist, har, har_windows, shakespeare or npz."""
 
     kind: str
     alpha: float = 0.0
@@ -34,7 +34,8 @@ class DatasetSpec:
 
 
 def parse_dataset_spec(spec: str) -> DatasetSpec:
-    """Parse ``synthetic:ALPHA,BETA``, ``digits``, ``mnist``, ``har``, ``shakespeare`` or a path to an ``.npz`` file."""
+    """Parse ``synthetic:ALPHA,BETA``, ``digits``, ``mnist``, ``har``, ``har:windows``, ``shakespeare`` or a path
+    to an ``.npz`` file."""
     s = spec.strip()
     if s.startswith("synthetic:"):
         parts = s[len("synthetic:") :].split(",")
@@ -47,10 +48,13 @@ def parse_dataset_spec(spec: str) -> DatasetSpec:
         return DatasetSpec("synthetic", alpha=alpha, beta=beta)
     if s in ("digits", "mnist", "har", "shakespeare"):
         return DatasetSpec(s)
+    if s == "har:windows":
+        return DatasetSpec("har_windows")
     if s.endswith(".npz"):
         return DatasetSpec("npz", path=s)
     raise ConfigError(
-        f"--dataset {spec!r}: expected synthetic:ALPHA,BETA, digits, mnist, har, shakespeare or a path to a .npz file"
+        f"--dataset {spec!r}: expected synthetic:ALPHA,BETA, digits, mnist, har, har:windows, shakespeare or a path "
+        "to a .npz file"
     )
 
 
@@ -140,6 +144,15 @@ def har(rng: np.random.Generator) -> ArrayDataset:
 
     x, y, users = hapt_examples()
     return _split("har", x, y, (x.shape[1],), rng, writers=users)
+
+
+def har_windows(rng: np.random.Generator) -> ArrayDataset:
+    """UCI HAPT raw windows (:func:`fedge.simulations.har.hapt_windows`): [128, 6], 12 activities, one
+    writer per user."""
+    from fedge.simulations.har import hapt_windows
+
+    x, y, users = hapt_windows()
+    return _split("har_windows", x, y, tuple(x.shape[1:]), rng, writers=users)
 
 
 def shakespeare() -> ArrayDataset:
@@ -316,6 +329,8 @@ def load_dataset(spec: DatasetSpec, num_devices: int, rng: np.random.Generator) 
         return mnist5k(rng)
     if spec.kind == "har":
         return har(rng)
+    if spec.kind == "har_windows":
+        return har_windows(rng)
     if spec.kind == "shakespeare":
         return shakespeare()
     return from_npz(spec.path, rng)

