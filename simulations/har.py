@@ -13,8 +13,9 @@ so the zoo's ``logreg60``/``mlp60`` take them. Labels are 0..5 (``--dataset har`
 ``--dataset har:windows`` (:func:`hapt_windows`) keeps the raw windows instead: [128, 6], each
 channel standardised over all windows, every sample of a window carrying one of the 12 activities
 (the 6 basic ones and the 6 postural transitions, labels 0..11), for a model over time series
-such as the shipped ``agent/models/specs/har_cnn1d``. Licence: the package states none;
-the UCI repository's terms for HAPT (Reyes-Ortiz et al., 2016) apply; see docs/simulations.md.
+such as the shipped ``agent/models/specs/har_cnn1d``. Licence: the package ships no licence file or
+licence metadata; UCI's terms for HAPT (Reyes-Ortiz et al., 2016) could not be checked offline; see
+docs/simulations.md.
 """
 
 from __future__ import annotations

