@@ -48,11 +48,14 @@ class Participant:
         secagg_factory: SecAggFactory | None = None,
         peers: Any = None,
         staleness_weight: float = 1.0,
+        noise_share: bool = True,
     ) -> None:
         """``staleness_weight``: buffered aggregation's s(tau) for this device's update in this round
-        (sent with the group's configuration; 1 in synchronous rounds)."""
+        (sent with the group's configuration; 1 in synchronous rounds). ``noise_share`` False: an
+        audit canary's participant, which adds no distributed-DP noise share (``encode_update``)."""
         self.device_id = device_id
         self.staleness_weight = staleness_weight
+        self.noise_share = noise_share
         self._train = train
         self._rng = rng
         self._secagg_factory = secagg_factory
@@ -111,7 +114,12 @@ class Participant:
         try:
             self.local = self._train(task)
             self.encoded = encode_update(
-                self.local.delta, self.local.num_examples, task.plan, self._rng, self.staleness_weight
+                self.local.delta,
+                self.local.num_examples,
+                task.plan,
+                self._rng,
+                self.staleness_weight,
+                noise_share=self.noise_share,
             )
         except BudgetExhausted as e:
             log.info("declining: %s", e, extra=extra)

@@ -135,8 +135,14 @@ class DeviceHost:
                 factory = secagg_factory(
                     device, key, PeerDirectory(trusted=self._peer_key), self._signatures, self._agreements
                 )
+            # a canary (client < 0) adds no distributed noise share: the coordinator knows its randomness
             self._participants[device] = Participant(
-                device, train, np.random.default_rng(own_seed), factory, staleness_weight=weight
+                device,
+                train,
+                np.random.default_rng(own_seed),
+                factory,
+                staleness_weight=weight,
+                noise_share=client >= 0,
             )
             self._drop_at[device] = drop_at
         log.debug("host holds %d devices", len(self._participants), extra={"round": rid})
@@ -174,8 +180,8 @@ class DeviceHost:
 
     def _canary_fn(self, index: int) -> Callable[[Any], LocalResult]:
         """A canary client (:mod:`fedge.coordinator.rounds.audit`): no data, no training; its delta is its
-        direction at the round's clip norm, at full weight. Clipping, noise, quantization and masking are
-        the participant's own, as for any device."""
+        direction at the round's clip norm, at full weight. Clipping, quantization and masking are the
+        participant's own, as for any device; it adds no distributed-DP noise share (see ``_begin``)."""
 
         def train(task: Any) -> LocalResult:
             p = task.plan

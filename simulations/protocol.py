@@ -239,11 +239,11 @@ class ProtocolEngine:
         # the cohort was drawn from the whole population; availability only thins it further. A buffered
         # group is no sample the coordinator drew: its plan and event claim no amplification.
         draw = Draw.fixed(s.population, len(behaviour.client_ids)) if group is None else Draw.fixed(len(ids), len(ids))
-        # The canaries are extra clients of the round, outside the drawn cohort: the goal waits for them, and
-        # in distributed mode the noise is planned over min_clients + k shares (canaries never drop), so the
-        # sum carries the planned noise, not k canaries' worth more, which would blunt the audit.
+        # The canaries are extra clients of the round, outside the drawn cohort: the goal and the release
+        # floor wait for them. They add no noise share (the coordinator would know it), so in distributed
+        # mode the noise is planned over the real clients' min_clients alone (build_round's ``canaries``).
         k = len(canaries)
-        round_cfg = dataclasses.replace(cfg, goal=cfg.goal + k, min_clients=cfg.min_clients + k) if k else cfg
+        round_cfg = dataclasses.replace(cfg, goal=cfg.goal + k) if k else cfg
         try:
             built = build_round(
                 round_id,
@@ -260,6 +260,7 @@ class ProtocolEngine:
                 group_size=s.group_size if group is None else 0,
                 parallel=self._groups,
                 hosts=self._groups.hosts,
+                canaries=k,
             )
         except GroupRefused as e:
             pool.broadcast(pack({"kind": "end"}))

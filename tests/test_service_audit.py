@@ -4,6 +4,7 @@ masked, noised), are never counted as devices, and the audit is reported per rou
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -38,9 +39,13 @@ def test_serve_with_audit_canaries_reports_the_audit_per_round(tmp_path, mosquit
         members = {m["device_id"] for m in store.db.query("select device_id from round_members")}
         devices = {d["device_id"] for d in store.db.query("select device_id from devices")}
         uploads = {u["device_id"] for u in store.db.query("select device_id from uploads")}
+        plans = [json.loads(r["plan"]) for r in store.db.query("select plan from rounds")]
     finally:
         store.close()
     assert members == devices == uploads == set(fleet.devices)
+    # canaries add no noise share (the coordinator knows their randomness): the devices' noise is
+    # split over the campaign's min_clients (2), not min_clients + canaries
+    assert plans and all(p["privacy"]["min_clients"] == training.min_clients for p in plans), plans
     # the dashboard shows the audit beside epsilon, and charts it with epsilon
     assert "audit (estimate / 95% lower bound)" in page and "audit 95% lower bound" in page
     assert all(r["epsilon_lower_bound"] is not None for r in rounds)

@@ -87,13 +87,24 @@ class EncodedUpdate:
 
 
 def encode_update(
-    delta: np.ndarray, num_examples: int, plan: RoundPlan, rng: np.random.Generator, staleness_weight: float = 1.0
+    delta: np.ndarray,
+    num_examples: int,
+    plan: RoundPlan,
+    rng: np.random.Generator,
+    staleness_weight: float = 1.0,
+    *,
+    noise_share: bool = True,
 ) -> EncodedUpdate:
     """Clip, noise, weight, quantize (and in distributed mode noise in the ring) one delta.
 
     ``staleness_weight`` s in (0, 1] (buffered aggregation, ``coordinator/rounds/staleness.py``)
     scales the clipped delta only, not the weight coordinate: the mean becomes sum(s w delta) / sum(w),
     FedBuff's sum(s delta) / K with uniform weights, and a scaled update stays within C.
+
+    ``noise_share=False`` (an audit canary run by the coordinator, whose randomness the coordinator
+    knows) adds no distributed-DP share, to the update nor to the clip bit: the round's noise is
+    planned over the real devices alone, so a canary's share would count for nothing against the
+    coordinator. Local mode's noise is each report's own and is always added.
     """
     if not 0 < staleness_weight <= 1:
         raise ProtocolError(f"staleness weight must be in (0, 1], got {staleness_weight!r}")
@@ -111,7 +122,7 @@ def encode_update(
     box = plan.quantization
     np.clip(vec, -box.range, box.range, out=vec)
     q = quantize(vec, box.scale, box.bits, rng)
-    if plan.privacy.mode != DpMode.OFF:
+    if plan.privacy.mode == DpMode.LOCAL or (plan.privacy.mode == DpMode.DISTRIBUTED and noise_share):
         update_plan = noise_plan(plan, d)
         parts = [add_noise_share(q[:d], update_plan, rng)]
         if priv.clip_bit is not None and plan.privacy.adaptive is not None:

@@ -103,6 +103,7 @@ def build_round(
     parallel: Parallel = serial,
     hosts: GroupHosts | None = None,
     prefer_hybrid: bool = False,
+    canaries: int = 0,
 ) -> BuiltRound:
     """Plan, settings, aggregation and engine of one round over ``cohort``, and its privacy event.
 
@@ -118,10 +119,21 @@ def build_round(
     groups' stage closes (unmasking) side by side; ``hosts`` (None: this process) runs each group's
     SecAgg+ server in a worker process or Ray actor (:mod:`.remote`). :class:`~.grouped.GroupRefused` when
     the cohort cannot make one group.
+
+    ``canaries`` k > 0: the last k members of ``cohort`` are a privacy audit's canary clients, run by
+    the coordinator (which knows their randomness) and adding no distributed-DP noise share. The
+    noise is planned over ``training.min_clients`` real devices as without canaries, so the real
+    devices' shares alone carry the round's promise; the engine and the SecAgg+ floor wait for
+    ``min_clients + k`` inputs, so every released sum holds at least ``min_clients`` real shares
+    however many canaries it holds. The goal is the caller's (canaries included). Not with groups.
     """
     n = len(cohort)
+    if canaries < 0 or canaries >= n:
+        raise ValueError(f"canaries: expected 0 <= k < cohort size ({n}), got {canaries}")
+    if canaries and group_size:
+        raise ValueError("audit canaries cannot run in SecAgg+ groups (a group's floor would count them as noise)")
     rate = draw.sampling_rate if draw.sampling == "poisson" else None
-    settings = RoundSettings(min(training.goal, n), min(training.min_clients, n), training.stage_timeout_s)
+    settings = RoundSettings(min(training.goal, n), min(training.min_clients + canaries, n), training.stage_timeout_s)
     grouping = split_cohort(cohort, group_size, settings.min_clients) if group_size and training.secagg else None
     shares = grouping.min_clients if grouping is not None and training.dp_mode == "distributed" else None
     plan = make_plan(

@@ -4,7 +4,9 @@ Each inserted canary of a :class:`~fedge.coordinator.rounds.audit.CanaryAudit` i
 :class:`~fedge.agent.participant.Participant` with its own identity key and an enrollment
 certificate from the coordinator's authority, so real devices check it as they check any peer.
 Its training is replaced by the canary update (its direction at the round's clip norm); clipping,
-noise, quantization and SecAgg+ masking are the participant's own. Messages to and from a canary
+quantization and SecAgg+ masking are the participant's own. It adds no distributed-DP noise share:
+its randomness lives in the coordinator, which could subtract it, so the round's noise is planned
+over the real devices' ``min_clients`` alone and a canary's share would only blunt the audit. Messages to and from a canary
 go through the wire codec but not the broker. Canaries are never devices: they are not in the
 store's device table, round members or participant counts. The audit seed comes from the OS and
 lives in this process only, so the audit covers the rounds of one ``serve`` run.
@@ -69,7 +71,9 @@ class LiveCanaries:
         directory = PeerDirectory(authority_public=self._authority_public)
         factory = secagg_factory(cid, self._keys[cid], directory)
         rng = np.random.default_rng(self._rng.integers(2**63))
-        return Participant(cid, train, rng, factory, directory)
+        # no noise share: this process knows the canary's randomness, so its noise could be subtracted;
+        # the round's noise is planned over the real devices alone (build_round's ``canaries``)
+        return Participant(cid, train, rng, factory, directory, noise_share=False)
 
     @staticmethod
     def _update(seed: int, index: int, dimension: int, clip_norm: float) -> np.ndarray:

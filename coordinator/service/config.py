@@ -88,6 +88,8 @@ class ServiceConfig:
             raise ConfigError(f"group_engine: expected one of {', '.join(GROUP_ENGINES)}, got {self.group_engine!r}")
         if self.group_size and not self.training.secagg:
             raise ConfigError("group_size: groups are SecAgg+ groups; turn secure aggregation on or drop --group-size")
+        if self.group_size and self.audit_canaries:
+            raise ConfigError("audit_canaries: not with --group-size (a group's noise floor would count canaries)")
         if self.mode == "buffered" and self.training.target_quantile:
             raise ConfigError("adaptive clipping: not in buffered mode (every group must carry the same privacy event)")
         if self.rounds < 0:

@@ -369,13 +369,11 @@ class CoordinatorService:
         # adaptive clipping: this round's C is what the last completed round chose (kept in the store)
         clip = store.latest_next_clip_norm() if tcfg.adaptive is not None else None
         # the audit's canaries join with the rate real devices were drawn with; they are extra clients
-        # of the round (the goal waits for them, distributed noise is planned over min_clients + k shares)
+        # of the round (the goal and the release floor wait for them) that add no noise share: the
+        # coordinator knows their randomness, so distributed noise is planned over the real devices'
+        # min_clients alone (build_round's ``canaries``)
         canaries = self._canaries(model).join(rid, drawn.sampling_rate) if cfg.audit_canaries else []
-        round_cfg = (
-            dataclasses.replace(tcfg, goal=tcfg.goal + len(canaries), min_clients=tcfg.min_clients + len(canaries))
-            if canaries
-            else tcfg
-        )
+        round_cfg = dataclasses.replace(tcfg, goal=tcfg.goal + len(canaries)) if canaries else tcfg
         roster = identities(store, cohort) if tcfg.secagg else None
         if roster is not None and self.canaries is not None:
             roster.update({c: self.canaries.identity(c) for c in canaries})
@@ -398,6 +396,7 @@ class CoordinatorService:
                 parallel=self._groups,
                 hosts=self._groups.hosts,
                 prefer_hybrid=cfg.prefer_hybrid,
+                canaries=len(canaries),
             )
         except GroupRefused as e:
             return self._abandon_early(rid, model, f"groups: {e}")
