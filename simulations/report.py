@@ -34,6 +34,11 @@ ROUND_KEYS = (
 )
 #: Further plain columns of ``rounds.csv``.
 EXTRA_KEYS = ("examples", "status", "reason", "refused", "staleness_mean", "staleness_max")
+#: ``rounds.csv``'s neighbouring-relation columns (after ``ROUND_KEYS``): the accountant's epsilon's
+#: (``summary.json``'s ``relation``) and the canary audit's (always replace-one), empty without a figure.
+RELATION_KEYS = ("relation", "audit_relation")
+#: The neighbouring relation of every canary-audit figure (``coordinator.rounds.audit.AUDIT_RELATION``).
+AUDIT_RELATION = "replace-one"
 PLOTS = ("accuracy_vs_round.png", "accuracy_vs_epsilon.png", "accuracy_per_group.png", "epsilon_audit.png")
 T = TypeVar("T")
 
@@ -126,11 +131,13 @@ def write_csv(summary: Summary, out: Path) -> Path:
     groups = sorted({k for r in summary.rounds for k in r.group_accuracy})
     header = [
         *ROUND_KEYS,
+        *RELATION_KEYS,
         *EXTRA_KEYS,
         *(f"dropped_{s}" for s in stages),
         *(f"seconds_{s}" for s in timers),
         *(f"accuracy_{g}" for g in groups),
     ]
+    relation = summary.extra.get("relation") or ""
     path = out / "rounds.csv"
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -138,7 +145,10 @@ def write_csv(summary: Summary, out: Path) -> Path:
         for r in summary.rounds:
             w.writerow(
                 [
-                    *("" if getattr(r, k) is None else getattr(r, k) for k in (*ROUND_KEYS, *EXTRA_KEYS)),
+                    *("" if getattr(r, k) is None else getattr(r, k) for k in ROUND_KEYS),
+                    relation if r.epsilon is not None else "",
+                    AUDIT_RELATION if r.epsilon_lower_bound is not None or r.epsilon_empirical is not None else "",
+                    *("" if getattr(r, k) is None else getattr(r, k) for k in EXTRA_KEYS),
                     *(r.dropped_per_stage.get(s, "") for s in stages),
                     *(r.seconds_per_stage.get(s, "") for s in timers),
                     *(r.group_accuracy.get(g, "") for g in groups),
@@ -192,7 +202,8 @@ def figures(summary: Summary) -> dict[str, Any]:
     if not rows:
         return out
     chance = num_classes(summary)
-    delta = f"δ = {rows[-1].delta:g}"
+    relation = summary.extra.get("relation")
+    delta = f"δ = {rows[-1].delta:g}" + (f", {relation}" if relation else "")
 
     fig, ax = _figure((6, 4))
     ax.plot([r.round for r in rows], [r.accuracy for r in rows], marker=".", label="global model")
@@ -281,9 +292,9 @@ def _audit_figure(summary: Summary, delta: str) -> Any | None:
     """Accountant ε against the canary audit's estimate and lower bound, over rounds; None when none has a value."""
     rounds = [r.round for r in summary.rounds]
     series = [
-        ("epsilon", "accountant ε", "-"),
-        ("epsilon_empirical", "audit estimate (Gaussian fit)", "--"),
-        ("epsilon_lower_bound", "audit lower bound (95%)", ":"),
+        ("epsilon", f"accountant ε ({summary.extra.get('relation') or 'relation n/a'})", "-"),
+        ("epsilon_empirical", f"audit estimate (Gaussian fit, {AUDIT_RELATION})", "--"),
+        ("epsilon_lower_bound", f"audit lower bound (95%, {AUDIT_RELATION})", ":"),
     ]
     drawn = []
     for key, label, style in series:

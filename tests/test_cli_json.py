@@ -72,6 +72,8 @@ def test_privacy_history_json(tmp_path, capsys) -> None:
     doc = json.loads(out)
     assert doc["campaign"] == "c1" and [r["round"] for r in doc["rounds"]] == [0, 1, 2]
     assert doc["rounds"][-1]["epsilon"] == pytest.approx(budget.epsilon_so_far(), rel=1e-9)
+    assert doc["relation"] == "add-or-remove-one" and doc["delta"] == 1e-5
+    assert {r["relation"] for r in doc["rounds"]} == {"add-or-remove-one"}
 
 
 def test_privacy_epsilon_json(capsys) -> None:

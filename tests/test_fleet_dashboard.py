@@ -368,3 +368,20 @@ def test_a_mixed_phase_splits_the_bar_by_outcome():
     cell = _rollout_cell(_phase(devices=4, installed=2, failed=1, sent=1))
     assert '<span class="ok" style="width:50%">' in cell and '<span class="failed" style="width:25%">' in cell
     assert "2 installed, 1 failed (1 install failed), 1 pending" in cell
+
+
+def test_every_epsilon_on_the_page_names_its_neighbouring_relation():
+    """The accountant's epsilon is add-or-remove-one (the service's), the live audit's figures replace-one."""
+    from fedge.coordinator.fleet import dashboard
+    from fedge.coordinator.rounds.audit import AUDIT_RELATION
+    from fedge.coordinator.service.service import SERVICE_RELATION
+
+    assert (dashboard.EPSILON_RELATION, dashboard.AUDIT_RELATION) == (SERVICE_RELATION, AUDIT_RELATION)
+    rounds = [
+        dict(round=1, status="completed", reason="", participants=3, dropped=0, accuracy=0.5, loss=1.0,
+             epsilon=1.5, delta=1e-5, dp="distributed", relation="add-or-remove-one",
+             epsilon_empirical=0.4, epsilon_lower_bound=0.1, audit_relation="replace-one"),
+    ]  # fmt: skip
+    page = render_page(rounds, [], [])
+    assert "epsilon (add-or-remove-one)" in page and "audit, replace-one (estimate / 95% lower bound)" in page
+    assert "ε (accountant, add-or-remove-one)" in page and "audit estimate (replace-one)" in page

@@ -64,3 +64,6 @@ def test_devices_list_shows_activity_as_table_and_json(tmp_path):
     rows = json.loads(CliRunner().invoke(cli, ["devices", "list", "--json", "--db", path]).output)
     assert rows[0]["rounds_contributed"] == 1 and [e["eligible"] for e in rows[0]["eligibility"]] == [True, False, True]
     assert np.isclose(rows[0]["epsilon_spent"], 0.9)
+    # every epsilon names its neighbouring relation: the device ledger's add-or-remove-one
+    assert rows[0]["epsilon_relation"] == "add-or-remove-one"
+    assert out.output.splitlines()[0].startswith("epsilon: add-or-remove-one")

@@ -17,6 +17,7 @@ import pytest
 
 from fedge.agent.core.privacy import discrete
 from fedge.agent.core.privacy.ledger import gdp_epsilon as ledger_gdp_epsilon
+from fedge.coordinator.rounds.audit import AUDIT_RELATION as AUDIT_RELATION_OF_AUDIT
 from fedge.coordinator.rounds.audit import CanaryAudit, canary_direction, canary_id, canary_index
 from fedge.coordinator.rounds.audit_stats import (
     gaussian_fit_epsilon,
@@ -27,6 +28,7 @@ from fedge.coordinator.rounds.audit_stats import (
 )
 from fedge.simulations import runner
 from fedge.simulations.config import SimConfig
+from fedge.simulations.report import AUDIT_RELATION, figures
 
 PAIRS = 64
 #: With 64 pairs every guess right proves 2.64 at 95% (Bonferroni over 4 guess counts); the most there is.
@@ -139,7 +141,21 @@ def test_the_audit_is_written_beside_epsilon_and_plotted(tmp_path):
     with (tmp_path / "rounds.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert float(rows[-1]["epsilon_lower_bound"]) == pytest.approx(run.rounds[-1].epsilon_lower_bound)
+    # every epsilon names its neighbouring relation: fixed-size cohorts and the audit's pairs are replace-one
+    assert (rows[-1]["relation"], rows[-1]["audit_relation"]) == ("replace-one", "replace-one")
+    figs = figures(run)
+    labels = [ln.get_label() for ln in figs["epsilon_audit.png"].axes[0].get_lines()]
+    assert labels == [
+        "accountant ε (replace-one)",
+        "audit estimate (Gaussian fit, replace-one)",
+        "audit lower bound (95%, replace-one)",
+    ]
+    assert figs["accuracy_vs_epsilon.png"].axes[0].get_xlabel() == "ε spent so far (δ = 1e-05, replace-one)"
     assert (tmp_path / "epsilon_audit.png").stat().st_size > 1000
+
+
+def test_the_reports_audit_relation_is_the_audits():
+    assert AUDIT_RELATION == AUDIT_RELATION_OF_AUDIT == "replace-one"
 
 
 def test_canaries_change_no_device_count():

@@ -48,6 +48,8 @@ def test_coordinator_history_prints_epsilon_per_round(tmp_path, capsys):
     lines = out.strip().splitlines()
     assert [ln.split()[1] for ln in lines] == ["0", "1", "2"]
     assert float(lines[-1].split()[3]) == pytest.approx(budget.epsilon_so_far(), rel=1e-5)
+    # every epsilon names its delta and neighbouring relation (Poisson-sampled rounds: add-or-remove-one)
+    assert all(ln.endswith("at delta 1e-05 (add-or-remove-one)") for ln in lines), lines
     code, _, err = _run(coordinator_main, ["privacy", "history", "--db", str(path), "--campaign", "nope"], capsys)
     assert code == 2 and "nope" in err
 

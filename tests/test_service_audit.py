@@ -47,11 +47,16 @@ def test_serve_with_audit_canaries_reports_the_audit_per_round(tmp_path, mosquit
     # split over the campaign's min_clients (2), not min_clients + canaries
     assert plans and all(p["privacy"]["min_clients"] == training.min_clients for p in plans), plans
     # the dashboard shows the audit beside epsilon, and charts it with epsilon
-    assert "audit (estimate / 95% lower bound)" in page and "audit 95% lower bound" in page
+    assert "audit, replace-one (estimate / 95% lower bound)" in page and "epsilon (add-or-remove-one)" in page
+    assert "audit 95% lower bound (replace-one)" in page and "ε (accountant, add-or-remove-one)" in page
     assert all(r["epsilon_lower_bound"] is not None for r in rounds)
     out = CliRunner().invoke(cli, ["rounds", "--db", str(fleet.db)])
     assert out.exit_code == 0, out.output
     relation, header, *rows = out.output.strip().splitlines()
     assert "add-or-remove-one" in relation  # every epsilon names its neighbouring relation
+    assert "audit-est, audit-lb: replace-one" in relation  # and so does every audit figure
+    doc = CliRunner().invoke(cli, ["rounds", "--db", str(fleet.db), "--json"])
+    assert all(r["relation"] == "add-or-remove-one" for r in json.loads(doc.output)["rounds"])
+    assert all(r["audit_relation"] == "replace-one" for r in json.loads(doc.output)["rounds"])
     assert "audit-est" in header and "audit-lb" in header and len(rows) == ROUNDS
     assert all(row.split()[6] != "-" and row.split()[7] != "-" for row in rows), out.output

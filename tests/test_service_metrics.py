@@ -65,7 +65,7 @@ def test_metrics_of_a_running_coordinator_match_its_rounds(mosquitto, tmp_path: 
     with metrics, AgentThreads(fleet, mosquitto.url, MQTT_5):
         reports = service.run()
         assert [r.status for r in reports] == ["completed", "completed"], [r.reason for r in reports]
-        after = _scrape(metrics.url)[1]  # the service has shut down: no broker session
+        text, after = _scrape(metrics.url)  # the service has shut down: no broker session
     assert len(scrapes) == 2
     last = scrapes[-1]
     assert last[("fedge_rounds_total", (("status", "completed"),))] == 2
@@ -75,6 +75,8 @@ def test_metrics_of_a_running_coordinator_match_its_rounds(mosquitto, tmp_path: 
     assert last[("fedge_broker_connected", ())] == 1
     assert last[("fedge_epsilon_spent", ())] == pytest.approx(reports[-1].epsilon)
     assert last[("fedge_epsilon_delta", ())] > 0
+    help_line = next(ln for ln in text.splitlines() if ln.startswith("# HELP fedge_epsilon_spent"))
+    assert "add-or-remove-one" in help_line  # every epsilon names its neighbouring relation
     assert last[("fedge_rejections_total", (("kind", "unknown_device"),))] >= 1
     assert scrapes[0][("fedge_rounds_total", (("status", "completed"),))] == 1
     assert after[("fedge_broker_connected", ())] == 0

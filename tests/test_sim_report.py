@@ -168,7 +168,7 @@ def test_without_dp_no_epsilon_plot_is_written_and_the_report_lists_what_it_wrot
     audited = write_report(_run([None, None], epsilon_empirical=0.3, epsilon_lower_bound=0.1), tmp_path / "audit")
     assert [p.name for p in audited][2:] == [PLOTS[0], PLOTS[2], PLOTS[3]]  # no accuracy against ε
     (ax,) = figures(_run([None], epsilon_empirical=0.3))[PLOTS[3]].axes
-    assert [line.get_label() for line in ax.get_lines()] == ["audit estimate (Gaussian fit)"]
+    assert [line.get_label() for line in ax.get_lines()] == ["audit estimate (Gaussian fit, replace-one)"]
 
 
 def test_progress_prints_plain_lines_off_a_terminal() -> None:

@@ -25,6 +25,12 @@ import sqlite_utils
 from fedge.agent.core.errors import ConfigError
 from fedge.coordinator.http_server import BackgroundHTTPServer, QuietHandler
 
+#: The neighbouring relation of the service's epsilon (``service.SERVICE_RELATION``, Poisson-sampled
+#: cohorts) and of the live audit's figures (``rounds.audit.AUDIT_RELATION``), printed beside them;
+#: spelled out so the page does not import the accountant (tests check they agree).
+EPSILON_RELATION = "add-or-remove-one"
+AUDIT_RELATION = "replace-one"
+
 log = logging.getLogger(__name__)
 
 
@@ -83,8 +89,10 @@ def rounds_data(store: Any) -> list[dict[str, Any]]:
                 # the round's DP mode as planned (off, local, distributed); None before it had a plan
                 "dp": privacy.get("mode") if isinstance(privacy, dict) else None,
                 "model": r.get("model_out"),
+                "relation": EPSILON_RELATION if eps is not None else None,
                 "epsilon_empirical": r.get("epsilon_empirical"),
                 "epsilon_lower_bound": r.get("epsilon_lower_bound"),
+                "audit_relation": AUDIT_RELATION if r.get("epsilon_lower_bound") is not None else None,
             }
         )
     return out
@@ -436,9 +444,9 @@ def _epsilon_chart(rounds: list[dict[str, Any]], xs: list[int]) -> str:
     series: dict[str, Sequence[float | None]] = {
         name: values
         for name, values in (
-            ("ε (accountant)", [r["epsilon"] for r in rounds]),
-            ("audit estimate", [r.get("epsilon_empirical") for r in rounds]),
-            ("audit 95% lower bound", [r.get("epsilon_lower_bound") for r in rounds]),
+            (f"ε (accountant, {EPSILON_RELATION})", [r["epsilon"] for r in rounds]),
+            (f"audit estimate ({AUDIT_RELATION})", [r.get("epsilon_empirical") for r in rounds]),
+            (f"audit 95% lower bound ({AUDIT_RELATION})", [r.get("epsilon_lower_bound") for r in rounds]),
         )
         if any(v is not None for v in values)
     }
@@ -535,8 +543,8 @@ def render_page(
                 "participants",
                 "dropped",
                 "accuracy",
-                "epsilon",
-                "audit (estimate / 95% lower bound)",
+                f"epsilon ({EPSILON_RELATION})",
+                f"audit, {AUDIT_RELATION} (estimate / 95% lower bound)",
                 "reason",
             ],
             round_rows,

@@ -52,6 +52,8 @@ CANARY_PREFIX = "canary-"
 CONFIDENCE = 0.95
 #: Relation multiple of the Gaussian fit under replace-one (see the module docstring).
 REPLACE_ONE_MULTIPLE = 2.0
+#: The neighbouring relation of every audit figure (estimate and lower bound), as printed beside it.
+AUDIT_RELATION = "replace-one"
 
 
 def canary_direction(seed: int, index: int, dimension: int) -> np.ndarray:

@@ -82,19 +82,22 @@ def privacy_epsilon(
 @click.option("--campaign", required=True, help="Campaign id.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
 def privacy_history(db: str, campaign: str, as_json: bool) -> None:
-    """Print epsilon so far after each accounted round of a campaign."""
+    """Print epsilon so far after each accounted round of a campaign, with its delta and neighbouring relation."""
     import sqlite_utils
 
-    from fedge.coordinator.service.privacy_budget import campaign_history
+    from fedge.coordinator.service.privacy_budget import CAMPAIGNS, campaign_history, campaign_relations
 
-    history = campaign_history(sqlite_utils.Database(db), campaign)
+    store = sqlite_utils.Database(db)
+    history = campaign_history(store, campaign)
+    relations = campaign_relations(store, campaign)
+    delta = store.table(CAMPAIGNS).get(campaign)["delta"]
     if as_json:
-        click.echo(
-            json.dumps({"campaign": campaign, "rounds": [{"round": r, "epsilon": e} for r, e in history]}, indent=2)
-        )
+        rounds = [{"round": r, "epsilon": e, "relation": rel} for (r, e), rel in zip(history, relations)]
+        relation = relations[-1] if relations else None
+        click.echo(json.dumps({"campaign": campaign, "delta": delta, "relation": relation, "rounds": rounds}, indent=2))
         return
-    for round_id, eps in history:
-        click.echo(f"round {round_id} epsilon {eps:.6g}")
+    for (round_id, eps), relation in zip(history, relations):
+        click.echo(f"round {round_id} epsilon {eps:.6g} at delta {delta:g} ({relation})")
 
 
 from fedge.coordinator.service.service_cli import COMMANDS as _SERVICE_COMMANDS  # noqa: E402

@@ -15,6 +15,7 @@ from typing import Any
 from fedge.agent.core import wire
 from fedge.agent.core.errors import WireError
 from fedge.agent.core.messages.rounds import CheckIn
+from fedge.agent.core.privacy.ledger import LEDGER_RELATION
 from fedge.coordinator.store import Store
 
 #: Upload stages that carry a device's update.
@@ -47,6 +48,8 @@ class DeviceActivity:
             "rounds_selected": self.selected,
             "rounds_contributed": self.contributed,
             "epsilon_spent": self.epsilon_spent,
+            # the device ledger's relation (its own unamplified figure), None without a figure
+            "epsilon_relation": LEDGER_RELATION if self.epsilon_spent is not None else None,
             "eligibility": [{"round": r, "eligible": ok} for r, ok in self.eligibility],
             "release": self.release,
             "not_selected": self.not_selected,

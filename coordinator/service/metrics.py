@@ -10,7 +10,8 @@ Metric names (all prefixed ``fedge_``):
 - ``round_participants_total``, ``last_round_participants``: devices whose inputs were aggregated
 - ``round_drops_total{stage}``: devices lost per stage (``declined``, ``excluded``, or the protocol stage)
 - ``rejections_total{kind}``: refused input by kind
-- ``epsilon_spent``, ``epsilon_delta``: the campaign's epsilon so far and its delta (absent while DP is off)
+- ``epsilon_spent``, ``epsilon_delta``: the campaign's epsilon so far and its delta (absent while DP is off);
+  its neighbouring relation (add-or-remove-one: Poisson-sampled cohorts) is in the help text
 - ``rollout_devices{rollout,version,state}``, ``rollout_phase{rollout}``, ``rollout_status{rollout,status}``
 - ``broker_connected``: 1 while the coordinator's broker session is up
 """
@@ -31,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from fedge.coordinator.fleet.dashboard import rollouts_data
+from fedge.coordinator.fleet.dashboard import EPSILON_RELATION, rollouts_data
 from fedge.coordinator.http_server import BackgroundHTTPServer, QuietHandler
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,11 @@ def _rounds(db: sqlite_utils.Database) -> Iterator[Metric]:
     yield d
     spent = [r for r in rows if r["epsilon"] is not None]
     if spent:
-        yield GaugeMetricFamily("fedge_epsilon_spent", "The campaign's epsilon so far", value=spent[-1]["epsilon"])
+        yield GaugeMetricFamily(
+            "fedge_epsilon_spent",
+            f"The campaign's epsilon so far, {EPSILON_RELATION} neighbouring relation (Poisson-sampled cohorts)",
+            value=spent[-1]["epsilon"],
+        )
         if spent[-1]["delta"] is not None:
             yield GaugeMetricFamily("fedge_epsilon_delta", "The delta of fedge_epsilon_spent", value=spent[-1]["delta"])
 

@@ -139,6 +139,17 @@ def selectable_devices(
     return [d for d in candidates if d not in exhausted and not reported_epsilon.get(d, 0.0) >= budget_epsilon]
 
 
+def campaign_relations(db: sqlite_utils.Database, campaign_id: str) -> list[str]:
+    """The neighbouring relation (``add-or-remove-one`` or ``replace-one``) each stored round of a
+    campaign is accounted under, in :func:`campaign_history`'s order (all the same: a campaign never
+    composes rounds of two relations)."""
+    campaign_history(db, campaign_id)  # the same ConfigError for an unknown campaign
+    return [
+        RoundEvent(**json.loads(r["event"])).relation
+        for r in db[ROUNDS].rows_where("campaign_id = ?", [campaign_id], order_by="round_id")
+    ]
+
+
 def campaign_history(db: sqlite_utils.Database, campaign_id: str) -> list[tuple[int, float]]:
     """(round id, epsilon so far) of a stored campaign, oldest first; unknown campaign is a ConfigError."""
     if CAMPAIGNS not in db.table_names() or not db[CAMPAIGNS].count_where("campaign_id = ?", [campaign_id]):

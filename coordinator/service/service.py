@@ -38,7 +38,7 @@ from fedge.agent.core.transport import Inbound, Transport, open_transport
 from fedge.coordinator.fleet.controller import FleetController
 from fedge.coordinator.fleet.releases import create_release
 from fedge.coordinator.rounds.accounting import RELATION_NAMES
-from fedge.coordinator.rounds.audit import is_canary
+from fedge.coordinator.rounds.audit import AUDIT_RELATION, is_canary
 from fedge.coordinator.rounds.builder import Draw, build_round
 from fedge.coordinator.rounds.engine import RoundEngine, RoundStatus
 from fedge.coordinator.rounds.grouped import GroupRefused
@@ -103,6 +103,10 @@ class RoundReport:
             "relation": SERVICE_RELATION if self.epsilon is not None else None,
             "epsilon_empirical": self.epsilon_empirical,
             "epsilon_lower_bound": self.epsilon_lower_bound,
+            # the audit's figures are replace-one (a pair's coin swaps one canary for another)
+            "audit_relation": AUDIT_RELATION
+            if self.epsilon_empirical is not None or self.epsilon_lower_bound is not None
+            else None,
         }
 
 

@@ -192,6 +192,7 @@ def devices_enroll(device_id: str, identity_hex: str, device_class: str, tags: t
 def devices_list(db: str, as_json: bool) -> None:
     """List enrolled devices: last seen, rounds selected/contributed, epsilon, eligibility history, release,
     and why rounds no longer select a device."""
+    from fedge.agent.core.privacy.ledger import LEDGER_RELATION
     from fedge.coordinator.service.device_report import activities
     from fedge.coordinator.service.enrollment import list_devices
     from fedge.coordinator.store import Store
@@ -205,6 +206,7 @@ def devices_list(db: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([{**d.to_dict(), **acts[d.device_id].to_dict()} for d in rows], indent=2))
         return
+    click.echo(f"epsilon: {LEDGER_RELATION}, each device's own ledger (unamplified), as it last reported")
     click.echo(
         f"{'device':<24} {'class':<8} {'status':<8} {'identity':<18} {'last seen':<17} {'sel/contrib':<11} "
         f"{'epsilon':>8} {'eligible (old..new)':<19} {'release':<16} tags"
@@ -540,7 +542,12 @@ def format_round(r: Any) -> str:
 
         line += f" ({SERVICE_RELATION})"
     if r.epsilon_lower_bound is not None:
-        line += f" (audit: estimate {_num(r.epsilon_empirical, '.3g')}, 95% lower bound {_num(r.epsilon_lower_bound, '.3g')})"
+        from fedge.coordinator.rounds.audit import AUDIT_RELATION
+
+        line += (
+            f" (audit, {AUDIT_RELATION}: estimate {_num(r.epsilon_empirical, '.3g')}, "
+            f"95% lower bound {_num(r.epsilon_lower_bound, '.3g')})"
+        )
     if r.status != "completed":
         line += f" ({r.reason})"
     return line
@@ -562,9 +569,15 @@ def rounds_cmd(db: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"rounds": [r.to_dict() for r in reports]}, indent=2))
         return
+    from fedge.coordinator.rounds.audit import AUDIT_RELATION
     from fedge.coordinator.service.service import SERVICE_RELATION
 
-    click.echo(f"epsilon: {SERVICE_RELATION} (the service's cohorts are Poisson-sampled)")
+    audit = (
+        f"; audit-est, audit-lb: {AUDIT_RELATION} (the canary audit's pairs; bounded by 2 x epsilon)"
+        if any(r.epsilon_lower_bound is not None for r in reports)
+        else ""
+    )
+    click.echo(f"epsilon: {SERVICE_RELATION} (the service's cohorts are Poisson-sampled){audit}")
     click.echo(
         f"{'round':>5} {'status':<9} {'part':>4} {'drop':>4} {'acc':>6} {'epsilon':>8} {'audit-est':>9} "
         f"{'audit-lb':>8}  reason"
