@@ -83,11 +83,13 @@ class _ForceExit(BaseException):
 def contribution_for(round_id: int, plan: RoundPlan, dimension: int) -> Contribution:
     """The device-level privacy event of sending this round's update, as the plan privatizes it."""
     z, offset = plan.privacy.noise_multiplier, 0.0
-    if plan.privacy.mode == "distributed":
+    if plan.privacy.mode in ("local", "distributed"):
         from fedge.agent.core.privacy.discrete import accounted_noise
         from fedge.agent.core.update import noise_plan
 
-        # with adaptive clipping: the total z of the update and clip-bit queries, not z_Delta
+        # both modes noise on the integer grid: the z the coordinator accounts (rounding-inflated
+        # sensitivity, and with adaptive clipping the total of the update and clip-bit queries) and
+        # its RDP offset, from the same noise_plan (coordinator/rounds/builder.round_event)
         z, offset = accounted_noise(plan.privacy, noise_plan(plan, dimension))
     return Contribution(
         round_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -74,3 +75,30 @@ def test_local_adaptive_bit_is_noised_on_the_grid_and_composed():
     z, offset = accounted_noise(cfg, update)
     assert z == pytest.approx((update.effective_noise_multiplier**-2 + bit.effective_noise_multiplier**-2) ** -0.5)
     assert offset == 0.0 and z < 1.0
+
+
+@pytest.mark.parametrize("adaptive", [0.0, 0.5])
+def test_local_device_ledger_accounts_what_the_coordinator_accounts(tmp_path, adaptive):
+    """The device ledger (agent/daemon.contribution_for) and the coordinator (builder.round_event) take
+    the same accounted z (rounding-inflated, and composed with the clip bit) and RDP offset, so the
+    unamplified epsilon of the device's reports equals the coordinator's figure for them exactly."""
+    from fedge.agent.core.privacy.ledger import DeviceLedger, composed_epsilon
+    from fedge.agent.daemon import contribution_for
+    from fedge.agent.store import Store
+    from fedge.coordinator.rounds.accounting import RoundEvent, epsilon_of_events
+
+    plan = local_plan(z=1.3, target_quantile=adaptive, clip_count_stddev=5.0 if adaptive else 0.0)
+    event = round_event(plan, D, Draw.poisson(10, 1.0))  # every device in: the unamplified event
+    c = contribution_for(7, plan, D)
+    assert (c.noise_multiplier, c.rdp_offset) == (event.noise_multiplier, event.rdp_offset)
+    assert c.noise_multiplier < 1.3  # the accounted z, not the raw one
+    with Store(tmp_path / "agent.db") as store:
+        ledger = DeviceLedger(store.db)
+        ledger.record(c)
+        ledger.record(contribution_for(8, plan, D))
+        recorded = ledger.contributions()
+        spent = ledger.epsilon_spent(1e-5)
+    as_device = [RoundEvent(x.noise_multiplier, 1.0, "none", rdp_offset=x.rdp_offset) for x in recorded]
+    assert epsilon_of_events(as_device, 1e-5) == epsilon_of_events([event, event], 1e-5)
+    coordinator = [dataclasses.replace(c, noise_multiplier=event.noise_multiplier, rdp_offset=event.rdp_offset)] * 2
+    assert spent == composed_epsilon(coordinator, 1e-5)
