@@ -351,7 +351,15 @@ class ProtocolEngine:
         elif engine.status is RoundStatus.COMPLETED and built.event is not None:
             self.accountant.record(built.event)
         dropped = {"unavailable": unavailable, **(dict(outcome.dropped) if outcome else {})}
-        participants = outcome.participants - len(canaries) if outcome else 0
+        # canaries are never devices: not in the participant count, nor in the reason's count
+        participants = (
+            (sum(1 for d in outcome.survivors if not is_canary(d)) if canaries else outcome.participants)
+            if outcome
+            else 0
+        )
+        reason = engine.reason
+        if canaries and outcome is not None and engine.status is RoundStatus.COMPLETED:
+            reason = f"{participants} devices aggregated (and {len(outcome.survivors) - participants} audit canaries)"
         audit = None
         if self.audit is not None:
             started = time.perf_counter()
@@ -361,7 +369,7 @@ class ProtocolEngine:
             stage_seconds["audit"] = time.perf_counter() - started
         self.last = {
             "status": engine.status.value,
-            "reason": engine.reason,
+            "reason": reason,
             "participants": participants,
             "dropped": dropped,
             "bytes_up": traffic["up"],
@@ -400,7 +408,7 @@ class ProtocolEngine:
             bytes_down=traffic["down"],
             dropped_per_stage=dropped,
             status=engine.status.value,
-            reason=engine.reason,
+            reason=reason,
             audit=audit,
             sim_seconds=sim,
         )

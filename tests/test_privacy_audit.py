@@ -169,3 +169,6 @@ def test_canaries_change_no_device_count():
             b.bytes_up,
         )
         assert a.epsilon_lower_bound is None and b.epsilon_lower_bound is not None
+        # the round's reason counts devices, not canaries (it said "74 devices aggregated")
+        assert a.reason == "10 devices aggregated"
+        assert b.reason == f"10 devices aggregated (and {PAIRS} audit canaries)", b.reason
