@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 
 import pytest
 from click.testing import CliRunner
@@ -54,9 +55,21 @@ def test_serve_with_audit_canaries_reports_the_audit_per_round(tmp_path, mosquit
     assert out.exit_code == 0, out.output
     relation, header, *rows = out.output.strip().splitlines()
     assert "add-or-remove-one" in relation  # every epsilon names its neighbouring relation
+    assert relation.startswith("epsilon at delta ")  # and its delta
     assert "audit-est, audit-lb: replace-one" in relation  # and so does every audit figure
     doc = CliRunner().invoke(cli, ["rounds", "--db", str(fleet.db), "--json"])
     assert all(r["relation"] == "add-or-remove-one" for r in json.loads(doc.output)["rounds"])
+    assert all(0 < r["delta"] < 1 for r in json.loads(doc.output)["rounds"])
+    from fedge.coordinator.service.service import round_report
+    from fedge.coordinator.service.service_cli import format_round
+
+    db = sqlite3.connect(fleet.db)
+    db.row_factory = sqlite3.Row
+    try:
+        line = format_round(round_report(dict(db.execute("select * from rounds order by round_id desc").fetchone())))
+    finally:
+        db.close()
+    assert " at delta " in line and line.index(" at delta ") < line.index("(add-or-remove-one)"), line
     assert all(r["audit_relation"] == "replace-one" for r in json.loads(doc.output)["rounds"])
     assert "audit-est" in header and "audit-lb" in header and len(rows) == ROUNDS
     assert all(row.split()[6] != "-" and row.split()[7] != "-" for row in rows), out.output

@@ -89,6 +89,8 @@ class RoundReport:
     #: the live privacy audit after this round (``serve --audit-canaries``), None without one
     epsilon_empirical: float | None = None
     epsilon_lower_bound: float | None = None
+    #: the delta of ``epsilon`` (the campaign's), None without one
+    delta: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +102,7 @@ class RoundReport:
             "participants": self.participants,
             "dropped": self.dropped,
             "epsilon": self.epsilon,
+            "delta": self.delta if self.epsilon is not None else None,
             "relation": SERVICE_RELATION if self.epsilon is not None else None,
             "epsilon_empirical": self.epsilon_empirical,
             "epsilon_lower_bound": self.epsilon_lower_bound,
@@ -900,6 +903,7 @@ def round_report(row: dict[str, Any], version: str | None = None) -> RoundReport
         model_version=version or row.get("model_out") or row.get("model_in") or "",
         epsilon_empirical=row.get("epsilon_empirical"),
         epsilon_lower_bound=row.get("epsilon_lower_bound"),
+        delta=row.get("delta"),
     )
 
 

@@ -540,7 +540,7 @@ def format_round(r: Any) -> str:
     if r.epsilon is not None:
         from fedge.coordinator.service.service import SERVICE_RELATION
 
-        line += f" ({SERVICE_RELATION})"
+        line += (f" at delta {r.delta:g}" if r.delta is not None else "") + f" ({SERVICE_RELATION})"
     if r.epsilon_lower_bound is not None:
         from fedge.coordinator.rounds.audit import AUDIT_RELATION
 
@@ -577,7 +577,9 @@ def rounds_cmd(db: str, as_json: bool) -> None:
         if any(r.epsilon_lower_bound is not None for r in reports)
         else ""
     )
-    click.echo(f"epsilon: {SERVICE_RELATION} (the service's cohorts are Poisson-sampled){audit}")
+    deltas = sorted({r.delta for r in reports if r.epsilon is not None and r.delta is not None})
+    at = f" at delta {', '.join(f'{d:g}' for d in deltas)}" if deltas else ""
+    click.echo(f"epsilon{at}: {SERVICE_RELATION} (the service's cohorts are Poisson-sampled){audit}")
     click.echo(
         f"{'round':>5} {'status':<9} {'part':>4} {'drop':>4} {'acc':>6} {'epsilon':>8} {'audit-est':>9} "
         f"{'audit-lb':>8}  reason"
