@@ -55,6 +55,7 @@ def test_a_round_without_selectable_devices_says_they_are_out_of_budget(tmp_path
     assert report.status == "abandoned"
     assert report.reason == (
         "check-in: 0 eligible devices checked in (2 more out of privacy budget, see devices list), minimum cohort is 2"
+        " (of 2 enrolled: 2 answered eligible, 0 ineligible, 0 silent)"
     ), report.reason
 
 

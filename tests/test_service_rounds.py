@@ -43,10 +43,55 @@ def test_too_few_checkins_abandon_with_a_reason(embedded_broker, tmp_path) -> No
     cfg = service_config(
         fleet, embedded_broker.url, rounds=1, mqtt_protocol=MQTT_311, checkin_window_s=1.0, training=dict(min_clients=2)
     )
-    with AgentThreads(fleet, embedded_broker.url, MQTT_311, devices=("dev-00",)):
+    with AgentThreads(fleet, embedded_broker.url, MQTT_311, devices=("dev-00",)), _Stranger(embedded_broker.url):
         [report] = CoordinatorService(cfg).run()
     assert report.status == "abandoned"
-    assert report.reason == "check-in: 1 eligible devices checked in, minimum cohort is 2"
+    # counts that add up to the enrolled devices, and the unknown device that tried
+    assert report.reason == (
+        "check-in: 1 eligible devices checked in, minimum cohort is 2 (of 3 enrolled: 1 answered eligible, "
+        "0 ineligible, 2 silent, and 1 unknown devices refused (see rejections))"
+    ), report.reason
+
+
+class _Stranger:
+    """A device nobody enrolled, checking in to every announcement."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        from fedge.agent.core.transport import open_transport
+        from fedge.agent.core.transport.base import TransportConfig
+
+        self.t = open_transport(TransportConfig(broker_url=url, client_id="stranger", protocol=MQTT_311))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        from fedge.agent.core import topics, wire
+        from fedge.agent.core.messages.rounds import CheckIn, RoundAnnounce
+
+        while not self.stop.is_set():
+            inbound = self.t.receive(0.1)
+            if inbound is None:
+                continue
+            self.t.ack(inbound)
+            msg = wire.decode(inbound.payload)
+            if isinstance(msg, RoundAnnounce):
+                checkin = CheckIn("stranger", msg.round_id, "pi4", msg.model_version, True, 100, 0.0)
+                self.t.publish(topics.device_out("stranger"), wire.encode(checkin))
+
+    def __enter__(self) -> _Stranger:
+        from fedge.agent.core import topics
+
+        self.t.connect()
+        self.t.subscribe(topics.ROUNDS)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.t.close()
 
 
 @pytest.mark.timeout(120)

@@ -364,7 +364,8 @@ class CoordinatorService:
             return self._abandon_early(
                 rid,
                 model,
-                f"check-in: {len(eligible)} eligible devices checked in{spent}, minimum cohort is {tcfg.min_clients}",
+                f"check-in: {len(eligible)} eligible devices checked in{spent}, minimum cohort is {tcfg.min_clients}"
+                f" ({self._checkin_counts(active, since=now)})",
             )
         if len(cohort) < tcfg.min_clients:
             return self._abandon_early(
@@ -756,6 +757,31 @@ class CoordinatorService:
             name = self.config.training.model_name  # a zoo model, or a built one imported as a release
             self._evaluator = Trainer(load_spec(model_path(self._store(), name) or name), num_threads=1)
         return self._evaluator
+
+    def _checkin_counts(self, active: set[str], *, since: float) -> str:
+        """Who answered a check-in that found too few devices, in counts that add up to the enrolled."""
+        c = self._checkins
+        answered = {d for d in c if d in active}
+        quarantined = answered & self._quarantined_now
+        yes = sum(1 for d in answered - quarantined if c[d].eligible)
+        parts = [
+            f"of {len(active)} enrolled: {yes} answered eligible",
+            f"{len(answered) - len(quarantined) - yes} ineligible",
+        ]
+        if quarantined:
+            parts.append(f"{len(quarantined)} quarantined")
+        parts.append(f"{len(active) - len(answered)} silent")
+        unknown = (
+            self._store()
+            .db.execute(
+                "select count(distinct device_id) from rejections where kind = 'unknown_device' and received_at >= ?",
+                [since],
+            )
+            .fetchone()[0]
+        )
+        if unknown:
+            parts.append(f"and {unknown} unknown devices refused (see rejections)")
+        return ", ".join(parts)
 
     def _checkin_progress(self, rid: int, active: set[str], left: float) -> CheckinProgress:
         c = self._checkins

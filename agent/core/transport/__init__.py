@@ -1,6 +1,6 @@
 """One transport interface for both sides: MQTT over paho, and an in-memory twin for simulation.
 
-``from agent.core.transport import TransportConfig, open_transport`` — the factory picks the
+``from fedge.agent.core.transport import TransportConfig, open_transport`` — the factory picks the
 implementation from the URL (``mqtt://``, ``mqtts://`` or ``memory://`` with a broker given).
 """
 
