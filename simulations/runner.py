@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedge.agent.core.privacy.config import DpMode
 from fedge.coordinator.rounds.plan import TrainingConfig
 from fedge.simulations.clock import DeviceClock, example_counts
 from fedge.simulations.config import SimConfig
@@ -117,7 +118,7 @@ def training_config(config: SimConfig, population: Population) -> tuple[Training
         epochs=config.local_epochs,
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
-        dp_mode=config.dp,
+        dp_mode=DpMode(config.dp),
         clip_norm=config.clip,
         noise_multiplier=config.noise_multiplier if config.dp != "off" else 0.0,
         delta=config.delta,

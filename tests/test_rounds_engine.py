@@ -196,3 +196,22 @@ def test_a_decline_after_uploading_is_refused_and_a_last_decline_finishes_the_ro
     e.receive("c", Decline(1, "c", "not eligible"))
     # nobody is outstanding: the round completes now, not at the deadline
     assert e.status is RoundStatus.COMPLETED and e.outcome.participants == 1 and clock.t == 1000.0
+
+
+def test_training_config_reads_dp_mode_and_weighting_into_their_enums_once() -> None:
+    """One vocabulary: flags, files and stored plans spell the values; the config holds the enums."""
+    import dataclasses
+
+    from fedge.agent.core.errors import ConfigError
+    from fedge.agent.core.messages.rounds import Weighting
+    from fedge.agent.core.privacy.config import DpMode
+    from fedge.coordinator.rounds.plan import TrainingConfig
+
+    cfg = TrainingConfig(dp_mode="local", noise_multiplier=1.0, weighting="uniform", secagg=False)
+    assert cfg.dp_mode is DpMode.LOCAL and cfg.weighting is Weighting.UNIFORM
+    assert dataclasses.asdict(cfg)["dp_mode"] == "local"  # a stored plan still reads "local"
+    assert TrainingConfig().dp_mode is DpMode.OFF and TrainingConfig().weighting is Weighting.EXAMPLES
+    with pytest.raises(ConfigError, match="weighting"):
+        TrainingConfig(weighting="median")
+    with pytest.raises(ConfigError, match="dp"):
+        TrainingConfig(dp_mode="central")

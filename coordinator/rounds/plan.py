@@ -11,7 +11,7 @@ import dataclasses
 import math
 
 from fedge.agent.core.errors import ConfigError
-from fedge.agent.core.messages.rounds import QuantizationPlan, RoundPlan, TrainingPlan, Weighting
+from fedge.agent.core.messages.rounds import WEIGHTINGS, QuantizationPlan, RoundPlan, TrainingPlan, Weighting
 from fedge.agent.core.privacy.config import MODES, AdaptiveClipping, DpMode, PrivacyConfig
 from fedge.agent.core.secagg.quantize import check_no_wrap, choose_scale, max_abs_int
 
@@ -30,13 +30,13 @@ class TrainingConfig:
     epochs: int = 1
     batch_size: int = 16
     learning_rate: float = 0.1
-    dp_mode: str = "off"
+    dp_mode: DpMode = DpMode.OFF
     clip_norm: float = 1.0
     noise_multiplier: float = 0.0
     delta: float = 1e-6
     secagg: bool = True
     quant_bits: int = 32
-    weighting: str = "examples"
+    weighting: Weighting = Weighting.EXAMPLES
     example_cap: int = 256
     goal: int = 10
     over_selection: float = 1.3
@@ -65,12 +65,17 @@ class TrainingConfig:
         return AdaptiveClipping(self.target_quantile, self.adaptive_learning_rate, sigma_b)
 
     def __post_init__(self) -> None:
+        # the enums' values are what flags, files and stored plans spell; each is read once, here
         if self.dp_mode not in MODES:
             raise ConfigError(f"dp: expected one of {MODES}, got {self.dp_mode!r}")
+        object.__setattr__(self, "dp_mode", DpMode(self.dp_mode))
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"weighting: expected 'examples' or 'uniform', got {self.weighting!r}")
+        object.__setattr__(self, "weighting", Weighting(self.weighting))
         if not (math.isfinite(self.prox_mu) and self.prox_mu >= 0):
             raise ConfigError(f"prox_mu: expected a finite number >= 0, got {self.prox_mu!r}")
         PrivacyConfig(
-            mode=DpMode(self.dp_mode),
+            mode=self.dp_mode,
             clip_norm=self.clip_norm,
             noise_multiplier=self.noise_multiplier if self.dp_mode != "off" else 1.0,
             delta=self.delta,
@@ -82,7 +87,7 @@ class TrainingConfig:
             if self.clip_count_stddev < 0:
                 raise ConfigError(f"clip_count_stddev: expected >= 0, got {self.clip_count_stddev}")
             PrivacyConfig(
-                mode=DpMode(self.dp_mode),
+                mode=self.dp_mode,
                 clip_norm=self.clip_norm,
                 noise_multiplier=self.noise_multiplier,
                 delta=self.delta,
@@ -95,8 +100,6 @@ class TrainingConfig:
             raise ConfigError(f"quant_bits: expected 16..32, got {self.quant_bits}")
         if self.over_selection < 1:
             raise ConfigError(f"over_selection: expected >= 1, got {self.over_selection}")
-        if self.weighting not in ("examples", "uniform"):
-            raise ConfigError(f"weighting: expected 'examples' or 'uniform', got {self.weighting!r}")
 
 
 def quant_range(cfg: TrainingConfig, clip_norm: float | None = None) -> float:
@@ -146,13 +149,13 @@ def make_plan(
     scale = choose_scale(r, cfg.quant_bits, cohort_size, headroom)
     check_no_wrap(cohort_size, max_abs_int(r, scale), cfg.quant_bits)
     # Under DP every client weighs the same: a data-size weight would change the sensitivity.
-    weighting = "uniform" if cfg.dp_mode != "off" else cfg.weighting
+    weighting = Weighting.UNIFORM if cfg.dp_mode is not DpMode.OFF else cfg.weighting
     return RoundPlan(
         model_name=cfg.model_name,
         model_version=model_version,
         training=TrainingPlan(cfg.epochs, cfg.batch_size, cfg.learning_rate, prox_mu=cfg.prox_mu),
         privacy=PrivacyConfig(
-            mode=DpMode(cfg.dp_mode),
+            mode=cfg.dp_mode,
             clip_norm=c,
             noise_multiplier=cfg.noise_multiplier,
             delta=cfg.delta,
@@ -161,7 +164,7 @@ def make_plan(
             adaptive=adaptive,
         ),
         quantization=QuantizationPlan(bits=cfg.quant_bits, scale=scale, range=r),
-        weighting=Weighting(weighting),
+        weighting=weighting,
         example_cap=cfg.example_cap,
         secagg=cfg.secagg,
         sampling_rate=min(1.0, cohort_size / population) if sampling_rate is None else sampling_rate,

@@ -97,6 +97,7 @@ class LoadtestConfig:
             raise ConfigError("--broker-restart (graceful) and --broker-crash: choose one")
 
     def training(self) -> Any:
+        from fedge.agent.core.privacy.config import DpMode
         from fedge.coordinator.rounds.plan import TrainingConfig
 
         return TrainingConfig(
@@ -104,7 +105,7 @@ class LoadtestConfig:
             goal=self.agents,
             over_selection=1.0,
             min_clients=2,
-            dp_mode="distributed",
+            dp_mode=DpMode.DISTRIBUTED,
             noise_multiplier=0.5,
             secagg=True,
             epochs=1,

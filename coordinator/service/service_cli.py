@@ -127,6 +127,7 @@ def _training(
     secagg: bool | None,
     **kw: Any,
 ) -> Any:
+    from fedge.agent.core.privacy.config import DpMode
     from fedge.coordinator.rounds.plan import TrainingConfig
     from fedge.coordinator.service.service import secure_available
 
@@ -136,7 +137,7 @@ def _training(
         model_name=model,
         goal=goal,
         min_clients=min(min_clients, goal),
-        dp_mode=dp_mode,
+        dp_mode=DpMode(dp_mode),
         noise_multiplier=noise_multiplier if dp_mode != "off" else 0.0,
         clip_norm=clip_norm,
         secagg=secagg,
