@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,7 +57,7 @@ from fedge.agent.participant import LocalResult, Participant
 from fedge.agent.releases import FLEET_COMMANDS, LocalEvaluator, ReleaseManager, outbox_key
 from fedge.agent.replies import Answered, Replies, Reply
 from fedge.agent.round_state import RoundStates, RoundStatus
-from fedge.agent.store import Store
+from fedge.agent.store import Store, is_corruption
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +172,19 @@ class AgentDaemon:
         return code
 
     def startup(self) -> None:
-        """Open the store, identity and data; connect (a broker that is down is retried by run())."""
+        """Open the store, identity and data; connect (a broker that is down is retried by run()).
+        The store is checked when it opens; a corrupt page read here still is its StoreError (exit 78)."""
+        self.store = Store(self.config.db_path)
+        try:
+            self._start(self.store)
+        except sqlite3.DatabaseError as e:
+            if not is_corruption(e):
+                raise
+            raise self.store.error(e) from e
+
+    def _start(self, store: Store) -> None:
         cfg = self.config
-        self.store = Store(cfg.db_path)
-        db = self.store.db
+        db = store.db
         self.device_id = cfg.device_id or ident.stored_device_id(db) or ""
         if not self.device_id:
             raise ConfigError("no device id: pass --device-id or run `fedge-agent init` first")
@@ -192,7 +202,7 @@ class AgentDaemon:
             self.device_id,
             clock=self._clock,
             models_dir=models_dir,
-            evaluator=LocalEvaluator(self.store, compute.threads, models_dir=models_dir),
+            evaluator=LocalEvaluator(store, compute.threads, models_dir=models_dir),
             memory_cap_mb=compute.memory_mb,
             batch_size=compute.batch_size,
             num_threads=compute.threads,

@@ -112,6 +112,64 @@ def test_a_bad_store_exits_78_with_one_line_naming_the_file(tmp_path, make, comm
     assert str(db) in _one_line(out.stderr) and "internal error" not in out.stderr
 
 
+def _agent_store(tmp_path: Path) -> Path:
+    """A real store as the agent leaves it: 300 examples imported, ``init``, then 40 rounds recorded."""
+    from fedge.agent.round_state import RoundStates, RoundStatus
+    from fedge.agent.store import Store
+
+    db = tmp_path / "agent.db"
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((300, 64), dtype=np.float32), y=rng.integers(0, 10, 300))
+    imported = _run([*AGENT, "data", "import", "d.npz", "--model", "mlp", "--db", str(db)], tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    assert _run([*AGENT, "init", "--profile", TRIAL, "--device-id", "pi-9", "--db", str(db)], tmp_path).returncode == 0
+    with Store(db) as store:
+        rounds = RoundStates(store.db)
+        for rid in range(1, 41):
+            rounds.set(rid, "ended", RoundStatus.ENDED)
+    assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
+    return db
+
+
+def _corrupt_table_page(db: Path, table: str) -> None:
+    """Overwrite the middle of the rows on ``table``'s root page; the SQLite header stays intact."""
+    with sqlite3.connect(db) as c:
+        (root,) = c.execute("select rootpage from sqlite_master where name = ?", [table]).fetchone()
+        (page_size,) = c.execute("pragma page_size").fetchone()
+    c.close()
+    with db.open("r+b") as f:
+        f.seek((root - 1) * page_size)
+        page = f.read(page_size)
+        content = int.from_bytes(page[5:7], "big") or 65536  # where the page's cells start
+        assert content < page_size, f"{table}: no rows on page {root}"
+        middle = (root - 1) * page_size + (content + page_size) // 2
+        f.seek(middle - 16)
+        f.write(b"\xa5" * 32)
+    assert db.read_bytes()[:16] == b"SQLite format 3\x00"
+
+
+@pytest.mark.parametrize("table", ["identity", "round_state"])
+@pytest.mark.parametrize("command", [["run", "--profile", TRIAL], ["status", "--profile", TRIAL]])
+def test_a_store_with_a_corrupt_table_page_exits_78_naming_the_file(tmp_path, table, command) -> None:
+    db = _agent_store(tmp_path)
+    _corrupt_table_page(db, table)
+    out = _run([*AGENT, *command, "--db", str(db)], tmp_path, timeout=30)
+    assert out.returncode == 78, out.stderr
+    line = _one_line(out.stderr)
+    assert str(db) in line and "corrupt" in line and "internal error" not in line
+
+
+@pytest.mark.parametrize("command", [["run", "--profile", TRIAL], ["data", "stats"]])
+def test_a_corrupt_examples_page_exits_78_naming_the_file_when_read(tmp_path, command) -> None:
+    # the examples are left out of the check at open (their size); reading them meets the damage
+    db = _agent_store(tmp_path)
+    _corrupt_table_page(db, "examples")
+    out = _run([*AGENT, *command, "--db", str(db)], tmp_path, timeout=30)
+    assert out.returncode == 78, out.stderr
+    line = _one_line(out.stderr)
+    assert str(db) in line and "corrupt" in line and "internal error" not in line
+
+
 @pytest.mark.parametrize("command", [["check-config"], ["run", "--profile"], ["status", "--profile"]])
 def test_a_non_regular_profile_is_refused_at_once(tmp_path, command) -> None:
     fifo = tmp_path / "fifo.toml"
