@@ -16,11 +16,13 @@ from fedge.agent.core.secagg.stages import Stage
 from tests.secagg_fixtures import make_round, plain_sum
 
 
-def _round_with_forged_shares(liars: int):
+def _round_with_forged_shares(liars: int, *, first: int = 0):
     """n = 8, complete graph, t = 4, all eight unmask: 7 shares per secret, so one bad share is correctable.
 
-    Each liar shifts its share of one victim's self-mask seed by a field element that keeps every
-    limb in range (Shamir is linear: only a cross-check or the commitment can tell)."""
+    The liars are devices ``first`` .. ``first + liars - 1`` in the order the server receives
+    the replies (which is the order of each secret's shares). Each shifts its share of one
+    victim's self-mask seed by a field element that keeps every limb in range (Shamir is linear:
+    only a cross-check or the commitment can tell)."""
     r = make_round(SecAggParams(8, 7, 4, 6), seed=5)
     for d, c in r.clients.items():
         c.set_input(r.inputs[d])
@@ -31,7 +33,7 @@ def _round_with_forged_shares(liars: int):
             r.server.receive(r.clients[d].handle(m))
         out = r.server.close_stage()
     ids = sorted(r.clients)
-    victim, forgers = ids[7], ids[:liars]
+    victim, forgers = ids[7], ids[first : first + liars]
     for d in ids:
         reply = r.clients[d].handle(out[d])
         if d in forgers:
@@ -50,6 +52,33 @@ def test_a_forged_share_at_unmask_is_corrected_and_its_sender_recorded() -> None
     assert np.array_equal(result.total.astype(np.uint64), want)
     assert result.bad_share_senders == forgers == ("dev-0000",)
     assert len(result.survivors) == 8
+
+
+@pytest.mark.parametrize("first, liars", [(5, 1), (6, 1), (5, 2)], ids=["6th-share", "7th-share", "6th-and-7th"])
+def test_a_forged_share_outside_the_first_t_plus_1_is_recorded_too(first: int, liars: int) -> None:
+    # the victim's 7 shares arrive in reply order; the first t + 1 = 5 rebuild and cross-check its
+    # seed, so these forgers' shares are never in the quick reconstruction, and 2 of them are more
+    # than decoding could correct: each is checked against the polynomial the first t fixed
+    r, want, forgers = _round_with_forged_shares(liars=liars, first=first)
+    r.server.close_stage()
+    result = r.server.result()
+    assert np.array_equal(result.total.astype(np.uint64), want)
+    assert result.bad_share_senders == forgers and len(forgers) == liars
+    assert len(result.survivors) == 8
+
+
+def test_off_polynomial_names_every_share_off_the_polynomial_of_the_first_t() -> None:
+    rng = np.random.default_rng(3)
+    t, s = 3, 10
+    secrets = rng.integers(0, 256, (4, 32), dtype=np.uint8)
+    xs = np.arange(1, s + 1)
+    shares = np.transpose(shamir.split(secrets, xs, t), (1, 0, 2)).astype(np.uint64)  # (R, s, 11)
+    bad = {(0, 9), (2, 3), (2, 4), (2, 5), (2, 6), (2, 7), (3, 8)}  # row 2: 5 of 7 spare shares, past decoding
+    for row, col in bad:
+        limb = int(rng.integers(0, shamir.LIMBS))
+        shares[row, col, limb] = (shares[row, col, limb] + 1) % shamir.PRIME
+    off = shamir.off_polynomial(np.tile(xs, (4, 1)), shares, t)
+    assert {(int(a), int(b)) for a, b in zip(*np.nonzero(off))} == bad
 
 
 def test_more_forged_shares_than_correctable_fail_the_round_not_the_sum() -> None:

@@ -273,4 +273,4 @@ class SecureAggregation(Aggregation):
         return []
 
     def flagged(self) -> dict[str, str]:
-        return {d: "forged Shamir share at unmask (corrected)" for d in self.server.bad_share_senders}
+        return {d: "forged Shamir share at unmask (corrected or left out)" for d in self.server.bad_share_senders}

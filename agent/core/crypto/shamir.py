@@ -144,17 +144,34 @@ def combine(xs: np.ndarray, shares: np.ndarray, t: int) -> np.ndarray:
     secret = np.zeros((x.shape[0], LIMBS), np.uint64)
     for i in range(t):
         secret = (secret + _mulmod(w[:, i : i + 1], y[:, i, :])) % _P
-    if x.shape[1] > t:
-        # every extra share must lie on the polynomial through the first t
-        for e in range(t, x.shape[1]):
-            xe = xu[:, e : e + 1]
-            we = _weights_at(xu[:, :t], xe)
-            val = np.zeros_like(secret)
-            for i in range(t):
-                val = (val + _mulmod(we[:, i : i + 1], y[:, i, :])) % _P
-            if (val != y[:, e, :]).any():
-                raise SecurityError("inconsistent shares")
+    if x.shape[1] > t and off_polynomial(xu, y, t).any():  # every extra share must lie on it too
+        raise SecurityError("inconsistent shares")
     return from_limbs(secret)
+
+
+def off_polynomial(xs: np.ndarray, shares: np.ndarray, t: int) -> np.ndarray:
+    """Which shares do not lie on the polynomial through the first ``t`` shares of their row.
+
+    ``xs`` is (R, s) distinct x-coordinates in 1..p-1 and ``shares`` (R, s, 11), s >= t; returns
+    (R, s) bool, False for the first t. Once the first t are known good (their secret matched a
+    commitment), this names every wrong share among the rest, however many there are, where
+    :func:`decode` corrects at most (s - t) // 2.
+    """
+    x = np.asarray(xs, dtype=np.uint64)
+    y = np.asarray(shares, dtype=np.uint64)
+    if x.ndim != 2 or y.shape != (*x.shape, LIMBS) or not 1 <= t <= x.shape[1]:
+        raise ValueError("xs must be (R, s) and shares (R, s, 11), with s >= t >= 1")
+    r, s = x.shape
+    off = np.zeros((r, s), bool)
+    if s == t:
+        return off
+    e = s - t
+    w = _weights_at(np.repeat(x[:, :t], e, axis=0), x[:, t:].reshape(-1, 1)).reshape(r, e, t)
+    val = np.zeros((r, e, LIMBS), np.uint64)
+    for i in range(t):
+        val = (val + _mulmod(w[:, :, i : i + 1], y[:, None, i, :])) % _P
+    off[:, t:] = (val != y[:, t:, :]).any(axis=2)
+    return off
 
 
 def _weights_at(x: np.ndarray, at: np.ndarray) -> np.ndarray:

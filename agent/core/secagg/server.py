@@ -414,15 +414,23 @@ class SecAggServer:
                 f"the {kind} of {self._ids[worst[1]]} got {worst[0]} shares from {len(self._replies)} unmasking devices, threshold {t}"
             )
         secrets = self._reconstruct(got)
+        rebuilt = []  # secrets the first t shares gave right: every other share is checked against them
         for j in sorted(self._u2):
-            if not self._secret_ok(j, secrets[j]):
+            if self._secret_ok(j, secrets[j]):
+                rebuilt.append(j)
+            else:
                 secrets[j] = self._correct(j, got[j])  # a forged share slipped past the quick check
             if not self._secret_ok(j, secrets[j]):
                 what = "self-mask seed" if j in self._u3 else "mask key"
                 against = "its commitment" if j in self._u3 else "its advertisement"
                 self.fail(f"the reconstructed {what} of {self._ids[j]} does not match {against}")
+        self._attribute(got, rebuilt)
         if self.bad_share_senders:
-            log.warning("corrected forged shares from %s", ", ".join(self.bad_share_senders), extra=self._extra())
+            log.warning(
+                "forged Shamir shares from %s (corrected or left out; senders recorded)",
+                ", ".join(self.bad_share_senders),
+                extra=self._extra(),
+            )
         # every secret of _u2 passed _secret_ok (None never does), so each is known bytes from here
         known = {j: s for j, s in secrets.items() if s is not None}
         keys = [derive.self_mask_key(known[j], rid, j) for j in sorted(self._u3)]
@@ -479,6 +487,26 @@ class SecAggServer:
         senders = {self._ids[x - 1] for x in bad}
         self.bad_share_senders = tuple(sorted(set(self.bad_share_senders) | senders))
         return secret
+
+    def _attribute(self, got: dict[int, list[tuple[int, np.ndarray]]], rebuilt: list[int]) -> None:
+        """Record the sender of every share of a ``rebuilt`` secret that is off its polynomial.
+
+        For these secrets the first t shares gave the committed (advertised) secret, so they fix
+        the polynomial; only one more share was cross-checked, so a forger further down the list
+        would otherwise go unrecorded. Batched by share count, like :meth:`_reconstruct`."""
+        t = self.params.threshold
+        groups: dict[int, list[int]] = {}
+        for j in rebuilt:
+            if len(got[j]) > t + 1:
+                groups.setdefault(len(got[j]), []).append(j)
+        senders: set[str] = set()
+        for js in groups.values():
+            xs = np.array([[i + 1 for i, _ in got[j]] for j in js], np.int64)
+            ys = np.array([[row for _, row in got[j]] for j in js], np.uint32)
+            off = shamir.off_polynomial(xs, ys, t)
+            senders.update(self._ids[int(x) - 1] for x in xs[off])
+        if senders:
+            self.bad_share_senders = tuple(sorted(set(self.bad_share_senders) | senders))
 
     def _reconstruct(self, got: dict[int, list[tuple[int, np.ndarray]]]) -> dict[int, bytes | None]:
         """Batched Shamir: t shares per secret, plus one more to check them when available.
