@@ -111,13 +111,31 @@ def test_with_dp_off_the_audit_finds_every_canary():
         assert r.epsilon_lower_bound == pytest.approx(MAX_BOUND) and r.epsilon_empirical > 50
 
 
+#: Enough pairs that a one-run audit could prove more than z = 2's reported epsilon after one round (4.73):
+#: all 1,024 guesses right proves 5.40. At z = 1 and 0.5 the reported epsilon (10.7 and more) is above
+#: what any affordable one-run audit can prove (6.79 at 16,384 pairs): no audit there can fail, so none
+#: is claimed (docs/privacy.md); the replace-one attack tests (test_privacy_attack.py) cover those z.
+FAILABLE_PAIRS = 1024
+
+
 @pytest.mark.parametrize("dp", ["local", "distributed"])
-@pytest.mark.parametrize("z", [0.5, 1.0, 2.0])
-def test_with_dp_on_the_lower_bound_never_exceeds_the_reported_epsilon(dp, z):
+def test_with_dp_on_the_lower_bound_stays_at_or_below_the_reported_epsilon_where_it_could_exceed_it(dp):
+    run = audited(dp, 2.0, rounds=1, audit_canaries=FAILABLE_PAIRS)
+    (r,) = run.rounds
+    most = one_run_epsilon_lower_bound(FAILABLE_PAIRS, FAILABLE_PAIRS, FAILABLE_PAIRS, 1e-5, 1 - 0.05 / 4)
+    assert r.participants == 10 and r.epsilon == pytest.approx(4.73, abs=0.01)
+    assert most > r.epsilon + 0.5  # the assertion below can fail: a leaking mechanism could prove up to `most`
+    assert r.epsilon_lower_bound <= r.epsilon, (r.epsilon_lower_bound, r.epsilon)
+
+
+@pytest.mark.parametrize("dp", ["local", "distributed"])
+@pytest.mark.parametrize("z", [0.5, 1.0])
+def test_at_small_noise_multipliers_the_reported_epsilon_is_beyond_what_64_pairs_can_prove(dp, z):
+    """Said, not claimed as a check: here the audit runs (one line per round) but cannot test the accountant."""
     run = audited(dp, z)
     for r in run.rounds:
-        assert r.participants == 10
-        assert r.epsilon_lower_bound <= r.epsilon, (r.round, r.epsilon_lower_bound, r.epsilon)
+        assert r.participants == 10 and r.epsilon_lower_bound is not None
+        assert r.epsilon > MAX_BOUND, (r.epsilon, MAX_BOUND)
 
 
 @pytest.mark.parametrize("dp", ["local", "distributed"])
