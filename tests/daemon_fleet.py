@@ -61,6 +61,7 @@ class DaemonFleet:
         broker_url: str,
         training: TrainingConfig,
         url_for: Callable[[int], str] | None = None,
+        protocol: str = "5",
     ) -> None:
         self.work, self.training, self.broker_url = work, training, broker_url
         work.mkdir(parents=True, exist_ok=True)
@@ -70,7 +71,7 @@ class DaemonFleet:
             authority = authority_public_hex(store)
             demo = DemoConfig(agents=agents, rounds=1, training=training, broker_url=broker_url, workdir=str(work))
             self.agents, self.test_data = prepare_agents(
-                demo, work, broker_url, authority, use_daemon=True, protocol="5"
+                demo, work, broker_url, authority, use_daemon=True, protocol=protocol
             )
             for a in self.agents:
                 enroll(store, a.device_id, a.identity_hex, "pi4", ("test",))

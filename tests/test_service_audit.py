@@ -19,9 +19,11 @@ from tests.mqtt_fixtures import needs_mosquitto
 
 AGENTS, PAIRS, ROUNDS = 3, 8, 2
 
-pytestmark = [needs_mosquitto, pytest.mark.mosquitto, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.timeout(240)]
 
 
+@needs_mosquitto
+@pytest.mark.mosquitto
 def test_serve_with_audit_canaries_reports_the_audit_per_round(tmp_path, mosquitto):
     training = secagg_training(AGENTS, noise_multiplier=1.0)
     with DaemonFleet(tmp_path, AGENTS, mosquitto.url, training) as fleet:
@@ -73,3 +75,27 @@ def test_serve_with_audit_canaries_reports_the_audit_per_round(tmp_path, mosquit
     assert all(r["audit_relation"] == "replace-one" for r in json.loads(doc.output)["rounds"])
     assert "audit-est" in header and "audit-lb" in header and len(rows) == ROUNDS
     assert all(row.split()[6] != "-" and row.split()[7] != "-" for row in rows), out.output
+
+
+def test_the_serve_command_on_the_embedded_broker_prints_the_audit_per_round(tmp_path, embedded_broker):
+    """`fedge-coordinator serve --audit-canaries` as an operator runs it, on the embedded broker (MQTT
+    3.1.1), with real `fedge-agent run` processes: one line per round carries the audit beside epsilon."""
+    from fedge.agent.core.cliutil import run as run_cli
+
+    training = secagg_training(AGENTS, noise_multiplier=1.0)
+    args = ["serve", "--db", str(tmp_path / "coordinator.db"), "--broker", embedded_broker.url]
+    args += ["--mqtt-protocol", "3.1.1", "--rounds", str(ROUNDS), "--audit-canaries", str(PAIRS)]
+    args += ["--goal", str(AGENTS), "--min-clients", "2", "--dp", "distributed", "--noise-multiplier", "1.0"]
+    args += ["--epsilon-budget", "1000", "--checkin-window", "60"]
+    runner = CliRunner()
+    with DaemonFleet(tmp_path, AGENTS, embedded_broker.url, training, protocol="3.1.1") as fleet:
+        args += ["--eval-data", str(fleet.test_data)]
+        with runner.isolation() as (out, _err, *_):
+            code = run_cli(cli, "fedge-coordinator", args)
+            lines = out.getvalue().decode().splitlines()
+    assert code == 0, lines
+    rounds = [ln for ln in lines if ln.startswith("round ") and "accuracy" in ln]
+    assert len(rounds) == ROUNDS, lines
+    for ln in rounds:
+        assert "completed" in ln and f"participants {AGENTS}" in ln, ln
+        assert "(add-or-remove-one)" in ln and "(audit, replace-one: estimate " in ln, ln
