@@ -62,8 +62,10 @@ class DaemonFleet:
         training: TrainingConfig,
         url_for: Callable[[int], str] | None = None,
         protocol: str = "5",
+        env_for: Callable[[int], dict[str, str]] | None = None,
     ) -> None:
         self.work, self.training, self.broker_url = work, training, broker_url
+        self.env_for = env_for
         work.mkdir(parents=True, exist_ok=True)
         self.db = work / "coordinator.db"
         store = Store(str(self.db))
@@ -88,8 +90,9 @@ class DaemonFleet:
         return [a.device_id for a in self.agents]
 
     def start(self) -> DaemonFleet:
-        for a in self.agents:
-            self.procs.append(start_agent(a.profile, self.work / f"{a.device_id}.log"))
+        for i, a in enumerate(self.agents):
+            env = self.env_for(i) if self.env_for else None
+            self.procs.append(start_agent(a.profile, self.work / f"{a.device_id}.log", env=env))
         return self
 
     def stop(self) -> None:
