@@ -231,5 +231,11 @@ def test_revoked_devices_are_skipped_and_a_rollback_without_previous_release_end
     fleet.pump()
     view = get_rollout(fleet.store, "mixed")
     assert view.progress.status is Status.ROLLED_BACK
-    assert (view.counts["rolled_back"], view.counts["failed"]) == (1, 1)  # car-9 cannot go back
+    # car-9 cannot go back: counted as such (not as a failed install) and named in the rollout's reason
+    assert (view.counts["rolled_back"], view.counts["rollback_failed"], view.counts["failed"]) == (1, 1, 0)
+    assert view.progress.reason.endswith("; 1 devices could not roll back (no previous release)"), view.progress
     assert fleet.agents["dev-005"].manager.running() == R1 and fresh.manager.running() == R2
+    from fedge.coordinator.fleet.dashboard import _phase_cell
+
+    (phase,) = view.to_dict()["phases"]
+    assert "1 failed (1 could not roll back)" in _phase_cell(phase)

@@ -420,7 +420,7 @@ class FleetController:
                 and msg.result is InstallResult.FAILED
                 and msg.running == row["version"]
             ):
-                new = DeviceState.FAILED  # cannot roll back (no previous release): still runs it; the rollout can end
+                new = DeviceState.ROLLBACK_FAILED  # no previous release: still runs it; the rollout can end
             elif state in (DeviceState.SENT, DeviceState.TIMED_OUT):
                 new = _REPORTED.get(msg.result, state)
             else:

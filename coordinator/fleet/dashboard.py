@@ -424,11 +424,13 @@ def _phase_cell(p: dict[str, Any]) -> str:
     """One phase: a bar split into installed (green), failed (red: install failed or no report in time),
     rolled back (amber) and skipped (grey), with the counts; what is still pending is the bar's empty rest."""
     n = p["devices"]
-    failed = p["failed"] + p["timed_out"]
+    failed = p["failed"] + p["timed_out"] + p.get("rollback_failed", 0)
     back = p["rolled_back"] + p["rollback_sent"]
     parts = [("ok", p["installed"]), ("failed", failed), ("back", back), ("skipped", p["skipped"])]
     segments = "".join(f'<span class="{cls}" style="width:{100.0 * k / n:.0f}%"></span>' for cls, k in parts if k and n)
-    why = [f"{k} {what}" for what, k in (("install failed", p["failed"]), ("timed out", p["timed_out"])) if k]
+    kinds = (("install failed", p["failed"]), ("timed out", p["timed_out"]))
+    kinds += (("could not roll back", p.get("rollback_failed", 0)),)
+    why = [f"{k} {what}" for what, k in kinds if k]
     failures = f"{failed} failed ({', '.join(why)})" if failed else "0 failed"
     skipped = f", {p['skipped']} skipped" if p["skipped"] else ""
     pending = p["sent"] + p.get("waiting", 0)

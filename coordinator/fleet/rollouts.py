@@ -48,6 +48,8 @@ class DeviceState(str, enum.Enum):
     TIMED_OUT = "timed_out"  # no report within report_timeout_s: not executed
     ROLLBACK_SENT = "rollback_sent"
     ROLLED_BACK = "rolled_back"  # answered the rollback (rolled back, or was not running the release)
+    #: answered the rollback but cannot leave the release (no previous release): it still runs it
+    ROLLBACK_FAILED = "rollback_failed"
 
 
 EXECUTED = frozenset({DeviceState.INSTALLED, DeviceState.FAILED})
@@ -244,7 +246,13 @@ def advance(
     if st is Status.ABORTED:
         back = tuple(sorted(d for d, r in devices.items() if r.state in NEEDS_ROLLBACK))
         if not back and not any(r.state is DeviceState.ROLLBACK_SENT for r in devices.values()):
-            return Decision(replace(progress, status=Status.ROLLED_BACK), timed_out=timed_out)
+            stuck = sum(r.state is DeviceState.ROLLBACK_FAILED for r in devices.values())
+            ended = replace(progress, status=Status.ROLLED_BACK)
+            if stuck:  # ended, but not every device could leave the release: the reason says so
+                ended = replace(
+                    ended, reason=f"{progress.reason}; {stuck} devices could not roll back (no previous release)"
+                )
+            return Decision(ended, timed_out=timed_out)
         return Decision(progress, rollback=back, timed_out=timed_out)
     if st in (Status.COMPLETED, Status.ROLLED_BACK):
         return Decision(progress, timed_out=timed_out)

@@ -293,7 +293,18 @@ def rollouts_show(rollout_id: str, db: str, as_json: bool) -> None:
         + (f" ({d['reason']})" if d["reason"] else "")
     )
     _echo_table(
-        ["phase", "percent", "devices", "installed", "failed", "skipped", "pending", "timed out", "rolled back"],
+        [
+            "phase",
+            "percent",
+            "devices",
+            "installed",
+            "failed",
+            "skipped",
+            "pending",
+            "timed out",
+            "rolled back",
+            "rollback failed",
+        ],
         [
             [
                 str(p["phase"]),
@@ -305,6 +316,7 @@ def rollouts_show(rollout_id: str, db: str, as_json: bool) -> None:
                 str(p["sent"] + p["waiting"]),
                 str(p["timed_out"]),
                 str(p["rolled_back"]),
+                str(p["rollback_failed"]),
             ]
             for p in d["phases"]
         ],
