@@ -41,7 +41,7 @@ from fedge.agent.core.messages.fleet import (
     RollbackCommand,
     SignedRelease,
 )
-from fedge.agent.core.release import apply_rotation, file_sha256, key_id, verify_signed
+from fedge.agent.core.release import apply_rotation, file_sha256, key_id, verify_rollback, verify_signed
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +258,10 @@ class ReleaseManager:
     def pinned(self) -> str:
         return self._db.execute("select pinned from release_state where id = 1").fetchone()[0]
 
+    def _taken_version(self, rollout_id: str) -> str | None:
+        row = self._db.execute("select version from rollouts_taken where rollout_id = ?", [rollout_id]).fetchone()
+        return row[0] if row else None
+
     def taken(self, rollout_id: str) -> str | None:
         """The recorded result of a rollout the device took, or None."""
         row = self._db.execute("select result from rollouts_taken where rollout_id = ?", [rollout_id]).fetchone()
@@ -279,6 +283,15 @@ class ReleaseManager:
             if isinstance(msg, InstallCommand):
                 return [self.install(msg.release, msg.rollout_id)]
             if isinstance(msg, RollbackCommand):
+                try:
+                    verify_rollback(msg, self.trusted_keys())
+                except SecurityError:
+                    log.warning("rollback refused: not signed by a trusted release key", extra=self._extra)
+                    return [
+                        self._report(
+                            msg.rollout_id, msg.version, InstallResult.REFUSED, detail="rollback signature refused"
+                        )
+                    ]
                 return [self.rollback(msg.rollout_id, msg.version)]
             if isinstance(msg, PinCommand):
                 return [self.pin(msg.version, msg.release)]
@@ -363,8 +376,14 @@ class ReleaseManager:
         """Leave ``version`` for the previous release; UNCHANGED when ``version`` is not running."""
         if self.running() != version:
             return self._report(rollout_id, version, InstallResult.UNCHANGED, detail="not running that version")
-        if rollout_id and self.taken(rollout_id) != InstallResult.INSTALLED.value:
-            return self._report(rollout_id, version, InstallResult.UNCHANGED, detail="not a rollout this device took")
+        if rollout_id and (self.taken(rollout_id), self._taken_version(rollout_id)) != (
+            InstallResult.INSTALLED.value,
+            version,
+        ):
+            # only the rollout that installed this version may take it back
+            return self._report(
+                rollout_id, version, InstallResult.UNCHANGED, detail="not the rollout that installed it"
+            )
         if self.previous() is None:
             return self._report(rollout_id, version, InstallResult.FAILED, detail="no previous release")
         with self._db.conn:

@@ -16,7 +16,7 @@ from fedge.agent.core.messages.fleet import (
     RollbackCommand,
     SignedRelease,
 )
-from fedge.agent.core.release import key_id, sign_release, weights_sha256
+from fedge.agent.core.release import key_id, sign_release, sign_rollback, weights_sha256
 from fedge.agent.releases import ReleaseManager
 from fedge.agent.store import Store as AgentStore
 
@@ -66,7 +66,7 @@ def test_an_old_genuine_release_under_a_new_rollout_id_is_refused(device):
     # an older release signed later than v2 but named as v2's parent is refused too
     assert send(InstallCommand(DEVICE, "ro-evil-2", _release(key, "v1", 300.0))).result is InstallResult.REFUSED
     # the signed rollback of a rollout it took still goes back
-    assert send(RollbackCommand(DEVICE, "ro-2", "v2")).result is InstallResult.ROLLED_BACK
+    assert send(sign_rollback(key, DEVICE, "ro-2", "v2")).result is InstallResult.ROLLED_BACK
     assert manager.running() == "v1"
     # newer releases and other model lines install as before
     assert (
@@ -81,5 +81,28 @@ def test_a_rollback_names_a_rollout_the_device_took(device):
     assert (
         send(InstallCommand(DEVICE, "ro-2", _release(key, "v2", 200.0, parent="v1"))).result is InstallResult.INSTALLED
     )
-    assert send(RollbackCommand(DEVICE, "ro-other", "v2")).result is InstallResult.UNCHANGED
+    assert send(sign_rollback(key, DEVICE, "ro-other", "v2")).result is InstallResult.UNCHANGED
+    # a rollout the device took, but not the one that installed what it runs now
+    assert send(sign_rollback(key, DEVICE, "ro-1", "v2")).result is InstallResult.UNCHANGED
     assert manager.running() == "v2"
+
+
+def test_a_rollback_not_signed_by_a_trusted_release_key_is_refused(device):
+    """Going back is as guarded as going forward: unsigned, forged or another key's rollbacks change nothing."""
+    key, manager, send = device
+    assert send(InstallCommand(DEVICE, "ro-1", _release(key, "v1", 100.0))).result is InstallResult.INSTALLED
+    assert (
+        send(InstallCommand(DEVICE, "ro-2", _release(key, "v2", 200.0, parent="v1"))).result is InstallResult.INSTALLED
+    )
+    stranger = IdentityKey.generate()
+    good = sign_rollback(key, DEVICE, "ro-2", "v2")
+    forged = [
+        sign_rollback(stranger, DEVICE, "ro-2", "v2"),  # an untrusted key
+        RollbackCommand(DEVICE, "ro-2", "v2", good.key_id, bytes(64)),  # the trusted key's id, no signature
+        RollbackCommand(DEVICE, "ro-2", "v2", good.key_id, sign_rollback(key, "dev-2", "ro-2", "v2").signature),
+    ]
+    for cmd in forged:
+        report = send(cmd)
+        assert report.result is InstallResult.REFUSED and report.detail == "rollback signature refused", report
+    assert manager.running() == "v2"
+    assert send(good).result is InstallResult.ROLLED_BACK and manager.running() == "v1"

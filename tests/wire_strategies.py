@@ -43,6 +43,16 @@ def _register_overrides() -> None:
     from fedge.agent.core.messages.fleet import ReleaseManifest
 
     OVERRIDES[ReleaseManifest] = _release_manifest()
+    from fedge.agent.core.messages.fleet import RollbackCommand
+
+    OVERRIDES[RollbackCommand] = st.builds(
+        RollbackCommand,
+        st.text(max_size=20),
+        st.from_regex(r"\A[A-Za-z0-9_.:-]{1,32}\Z"),
+        st.from_regex(r"\A[A-Za-z0-9_.:+-]{1,64}\Z"),
+        st.from_regex(r"\A[0-9a-f]{16}\Z"),
+        st.binary(min_size=64, max_size=64),
+    )
     OVERRIDES[Chunk] = st.builds(
         lambda tid, count, data, extra, digest, pick: Chunk(tid, pick % count, count, len(data) + extra, digest, data),
         st.text(min_size=1, max_size=16),

@@ -25,7 +25,7 @@ import numpy as np
 
 from fedge.agent.core.crypto import IdentityKey, transcript, verify
 from fedge.agent.core.errors import SecurityError
-from fedge.agent.core.messages.fleet import KeyRotation, ReleaseManifest, SignedRelease
+from fedge.agent.core.messages.fleet import KeyRotation, ReleaseManifest, RollbackCommand, SignedRelease
 
 
 def key_id(public: bytes) -> str:
@@ -89,6 +89,33 @@ def verify_signed(release: SignedRelease, trusted_keys: Mapping[str, bytes]) -> 
     return verify_release(
         release.manifest, release.signature, release.weights, trusted_keys, release.model, release.model_meta
     )
+
+
+# ---------------------------------------------------------------------- rollback
+
+
+def rollback_payload(device_id: str, rollout_id: str, version: str, signer_key_id: str) -> bytes:
+    """What the release key signs for a rollback: this device, this rollout, this version."""
+    return transcript("release/rollback", device_id, rollout_id, version, signer_key_id)
+
+
+def sign_rollback(key: IdentityKey, device_id: str, rollout_id: str, version: str) -> RollbackCommand:
+    """A rollback command for one device, signed by the release key ``key``."""
+    kid = key_id(key.public_bytes())
+    return RollbackCommand(
+        device_id, rollout_id, version, kid, key.sign(rollback_payload(device_id, rollout_id, version, kid))
+    )
+
+
+def verify_rollback(cmd: RollbackCommand, trusted_keys: Mapping[str, bytes]) -> None:
+    """SecurityError unless a trusted release key signed ``cmd`` (one opaque refusal)."""
+    public = trusted_keys.get(cmd.key_id)
+    if public is None or key_id(public) != cmd.key_id:
+        raise SecurityError("rollback refused")
+    try:
+        verify(public, rollback_payload(cmd.device_id, cmd.rollout_id, cmd.version, cmd.key_id), bytes(cmd.signature))
+    except SecurityError:
+        raise SecurityError("rollback refused") from None
 
 
 # ---------------------------------------------------------------------- key rotation

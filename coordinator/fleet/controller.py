@@ -27,10 +27,10 @@ from fedge.agent.core.messages.fleet import (
     InstallResult,
     KeyRotation,
     PinCommand,
-    RollbackCommand,
     SignedRelease,
 )
-from fedge.coordinator.fleet.releases import get_release, rotations, signed_release
+from fedge.agent.core.release import sign_rollback
+from fedge.coordinator.fleet.releases import get_release, release_key, rotations, signed_release
 from fedge.coordinator.fleet.rollouts import (
     Criteria,
     Decision,
@@ -360,9 +360,11 @@ def _apply(store: Store, rollout_id: str, d: Decision, now: float, out: list[Out
         store.db.execute(set_state, [DeviceState.SENT.value, now, rollout_id, dev])
         assert release is not None
         out.append(Outbound(dev, InstallCommand(dev, rollout_id, release)))
+    key = release_key(store) if d.rollback else None
     for dev in d.rollback:
         store.db.execute(set_state, [DeviceState.ROLLBACK_SENT.value, now, rollout_id, dev])
-        out.append(Outbound(dev, RollbackCommand(dev, rollout_id, spec.version)))
+        assert key is not None
+        out.append(Outbound(dev, sign_rollback(key, dev, rollout_id, spec.version)))
     _set_status(store, rollout_id, d.progress, now)
     if d.rollback or d.progress.status in (Status.COMPLETED, Status.ROLLED_BACK):
         log.info("rollout %s: %s %s", rollout_id, d.progress.status.value, d.progress.reason)
@@ -413,6 +415,7 @@ class FleetController:
             if row is None:
                 raise ProtocolError(f"device is not in rollout {msg.rollout_id!r}")
             state = DeviceState(row["state"])
+            new: DeviceState
             if msg.result in (InstallResult.ROLLED_BACK, InstallResult.UNCHANGED):
                 new = DeviceState.ROLLED_BACK if state is DeviceState.ROLLBACK_SENT else state
             elif (

@@ -428,8 +428,8 @@ def _phase_cell(p: dict[str, Any]) -> str:
     back = p["rolled_back"] + p["rollback_sent"]
     parts = [("ok", p["installed"]), ("failed", failed), ("back", back), ("skipped", p["skipped"])]
     segments = "".join(f'<span class="{cls}" style="width:{100.0 * k / n:.0f}%"></span>' for cls, k in parts if k and n)
-    kinds = (("install failed", p["failed"]), ("timed out", p["timed_out"]))
-    kinds += (("could not roll back", p.get("rollback_failed", 0)),)
+    kinds = [("install failed", p["failed"]), ("timed out", p["timed_out"])]
+    kinds.append(("could not roll back", p.get("rollback_failed", 0)))
     why = [f"{k} {what}" for what, k in kinds if k]
     failures = f"{failed} failed ({', '.join(why)})" if failed else "0 failed"
     skipped = f", {p['skipped']} skipped" if p["skipped"] else ""

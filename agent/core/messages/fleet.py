@@ -154,15 +154,21 @@ class InstallCommand:
 @message("fleet.rollback")
 @dataclass(frozen=True)
 class RollbackCommand:
-    """Leave ``version`` (installed by ``rollout_id``) for the release the device ran before it."""
+    """Leave ``version`` (installed by ``rollout_id``) for the release the device ran before it;
+    signed by a release key (``key_id``) over device, rollout and version, like a release
+    (:func:`fedge.agent.core.release.sign_rollback`): going back is as guarded as going forward."""
 
     device_id: str
     rollout_id: str
     version: str
+    key_id: str
+    signature: bytes
 
     def __post_init__(self) -> None:
         _check_rollout(self.rollout_id)
         check_version(self.version)
+        if not _KEY_ID.match(self.key_id):
+            raise ValueError(f"rollback key id: expected 16 hex digits, got {self.key_id!r}")
 
 
 @message("fleet.pin")
