@@ -90,3 +90,26 @@ def test_validation() -> None:
         for t in range(1, k + 1):
             sh = shamir.split(s, np.arange(1, k + 1), t)
             assert np.array_equal(shamir.combine(np.arange(1, k + 1)[None, :], sh.transpose(1, 0, 2), t), s)
+
+
+@settings(max_examples=40)
+@given(
+    s=st.integers(3, 24),
+    data=st.data(),
+)
+def test_off_polynomial_names_exactly_the_shares_off_the_first_ts_polynomial(s, data) -> None:
+    """Honest rows are screened out by one random dual-code check; a row with shares shifted at any
+    positions after the first t and in any limb is looked at exactly and those positions named."""
+    t = data.draw(st.integers(1, s - 1))
+    rows = data.draw(st.integers(1, 6))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    xs = np.stack([rng.permutation(np.arange(1, 200))[:s] for _ in range(rows)]).astype(np.int64)
+    ys = np.stack([shamir.split(rng.integers(0, 256, (1, 32), dtype=np.uint8), x, t)[:, 0, :] for x in xs])
+    assert not shamir.off_polynomial(xs, ys, t).any()
+    want = np.zeros((rows, s), bool)
+    for _ in range(data.draw(st.integers(1, 3))):
+        r, i, limb = int(rng.integers(rows)), int(rng.integers(t, s)), int(rng.integers(shamir.LIMBS))
+        ys[r, i, limb] = (int(ys[r, i, limb]) + int(rng.integers(1, shamir.PRIME))) % shamir.PRIME
+        want[r, i] = True
+    assert np.array_equal(shamir.off_polynomial(xs, ys, t), want)

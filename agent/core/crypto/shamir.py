@@ -149,6 +149,10 @@ def combine(xs: np.ndarray, shares: np.ndarray, t: int) -> np.ndarray:
     return from_limbs(secret)
 
 
+#: elements of one chunk's Lagrange weights in :func:`off_polynomial` (8 MB as uint64)
+_CHUNK_ELEMENTS = 1 << 20
+
+
 def off_polynomial(xs: np.ndarray, shares: np.ndarray, t: int) -> np.ndarray:
     """Which shares do not lie on the polynomial through the first ``t`` shares of their row.
 
@@ -165,13 +169,48 @@ def off_polynomial(xs: np.ndarray, shares: np.ndarray, t: int) -> np.ndarray:
     off = np.zeros((r, s), bool)
     if s == t:
         return off
+    suspect = np.flatnonzero(~_on_one_polynomial(x, y, t))  # usually none: the exact check is for those
+    x, y = x[suspect], y[suspect]
+    r = len(suspect)
     e = s - t
-    w = _weights_at(np.repeat(x[:, :t], e, axis=0), x[:, t:].reshape(-1, 1)).reshape(r, e, t)
-    val = np.zeros((r, e, LIMBS), np.uint64)
-    for i in range(t):
-        val = (val + _mulmod(w[:, :, i : i + 1], y[:, None, i, :])) % _P
-    off[:, t:] = (val != y[:, t:, :]).any(axis=2)
+    exact = np.zeros((r, s), bool)
+    # rows in chunks: the Lagrange weights are (rows, e, t) uint64 and their temporaries several
+    # times that, about 150 MB at once for 1,000 secrets of 120 shares; a chunk keeps it near 8 MB
+    step = max(1, _CHUNK_ELEMENTS // (e * t))
+    for a in range(0, r, step):
+        xc, yc = x[a : a + step], y[a : a + step]
+        n = len(xc)
+        w = _weights_at(np.repeat(xc[:, :t], e, axis=0), xc[:, t:].reshape(-1, 1)).reshape(n, e, t)
+        val = np.zeros((n, e, LIMBS), np.uint64)
+        for i in range(t):
+            val = (val + _mulmod(w[:, :, i : i + 1], yc[:, None, i, :])) % _P
+        exact[a : a + step, t:] = (val != yc[:, t:, :]).any(axis=2)
+    off[suspect] = exact
     return off
+
+
+def _on_one_polynomial(x: np.ndarray, y: np.ndarray, t: int) -> np.ndarray:
+    """(R,) bool: whether each row's shares (every limb) lie on one polynomial of degree < t.
+
+    The shares form a Reed-Solomon codeword iff they are orthogonal to its dual code, whose
+    words are c_i = v_i f(x_i) with v_i = 1 / prod_{j != i} (x_i - x_j) and deg f < s - t. One
+    dual word with a random f (from OS randomness, drawn here, unknown to whoever sent the shares)
+    tells a non-codeword with probability 1 - 1/p per limb: O(s^2) work per row instead of the
+    exact check's O((s - t) t^2). False only means "look closer"; True is wrong with prob <= 1/p."""
+    r, s = x.shape
+    diff = np.ones((r, s), np.uint64)
+    for j in range(s):
+        d = (x + _P - x[:, j : j + 1]) % _P
+        d[:, j] = 1
+        diff = _mulmod(diff, d)
+    v = _inv(diff)
+    coeffs = _field_random((r, s - t))
+    f = np.zeros((r, s), np.uint64)
+    for k in range(s - t):  # Horner: f(x) for each row's points
+        f = (_mulmod(f, x) + coeffs[:, k : k + 1]) % _P
+    c = _mulmod(v, f)
+    total = _mulmod(c[:, :, None], y).sum(axis=1) % _P  # s terms < p each: no uint64 overflow
+    return ~(total != 0).any(axis=1)
 
 
 def _weights_at(x: np.ndarray, at: np.ndarray) -> np.ndarray:
