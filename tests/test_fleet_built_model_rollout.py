@@ -1,7 +1,9 @@
-"""End to end over a real Mosquitto: a signed release carries the committed Embedding + GRU
-Shakespeare model (``agent/models/specs/shakespeare_gru``, 80 character ids in, the next character
-out), a rollout installs it on real ``fedge-agent run`` daemons, and one SecAgg+ round with
-distributed DP then trains it on their local text through ``serve``'s code."""
+"""End to end over a real Mosquitto, for each of the two built example models a user brings: a
+signed release carries the committed model (the Embedding + GRU Shakespeare model
+``agent/models/specs/shakespeare_gru``, 80 character ids in, the next character out; the 1-D CNN
+``har_cnn1d``, 128 samples of 6 phone sensor channels in, one of 12 activities out), a rollout
+installs it on real ``fedge-agent run`` daemons, and one SecAgg+ round with distributed DP then
+trains it on their local data through ``serve``'s code."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from tests.mqtt_fixtures import needs_mosquitto
 pytestmark = [needs_mosquitto, pytest.mark.mosquitto, pytest.mark.slow]
 
 GRU = MODELS_DIR / "specs" / "shakespeare_gru.tflite"
+HAR = MODELS_DIR / "specs" / "har_cnn1d.tflite"
 #: Each device's lines (Sonnet 18 and Hamlet, public domain), long enough for a few dozen windows.
 TEXTS = (
     "Shall I compare thee to a summer's day? Thou art more lovely and more temperate: Rough winds do "
@@ -52,15 +55,45 @@ def windows(text: str, path: Path, stride: int = 8) -> Path:
     return path
 
 
-def test_a_rollout_installs_the_gru_model_and_a_secagg_dp_round_trains_it(tmp_path, mosquitto):  # noqa: F811
-    fleet = DaemonFleet(tmp_path / "w", 2, mosquitto.url, secagg_training(2, batch_size=10, learning_rate=1.0))
-    spec = load_spec(GRU)
-    assert spec.input_shape == (SEQ_LEN,) and spec.num_classes == 80
-    fleet.test_data = windows(" ".join(TEXTS), tmp_path / "test.npz", stride=16)
+def text_data(tmp: Path) -> tuple[list[Path], Path]:
+    """Each device's own lines as windows, and both texts as the held-out set."""
+    return [windows(t, tmp / f"text-{i}.npz") for i, t in enumerate(TEXTS)], windows(
+        " ".join(TEXTS), tmp / "test.npz", stride=16
+    )
+
+
+def sensor_data(tmp: Path) -> tuple[list[Path], Path]:
+    """UCI HAPT's raw windows (``--dataset har:windows``): users 1 and 2 are the devices, user 3 the held-out set."""
+    from fedge.simulations.har import hapt_windows
+
+    x, y, users = hapt_windows()
+    paths = []
+    for i, user in enumerate((1, 2, 3)):
+        mine = users == user
+        paths.append(tmp / f"user-{user}.npz")
+        np.savez(paths[-1], x=x[mine], y=y[mine])
+    return paths[:2], paths[2]
+
+
+CASES = [
+    pytest.param(GRU, (SEQ_LEN,), 80, text_data, 1.0, id="shakespeare_gru"),
+    pytest.param(HAR, (128, 6), 12, sensor_data, 0.05, id="har_cnn1d"),
+]
+
+
+@pytest.mark.parametrize(("model", "shape", "classes", "data", "lr"), CASES)
+def test_a_rollout_installs_a_built_model_and_a_secagg_dp_round_trains_it(
+    tmp_path, mosquitto, model, shape, classes, data, lr
+):
+    name = model.stem
+    fleet = DaemonFleet(tmp_path / "w", 2, mosquitto.url, secagg_training(2, batch_size=10, learning_rate=lr))
+    spec = load_spec(model)
+    assert spec.input_shape == shape and spec.num_classes == classes
+    local, fleet.test_data = data(tmp_path)
 
     store = Store(str(fleet.db))
     try:
-        import_model(store, GRU, version="gru-0")
+        import_model(store, model, version=f"{name}-0")
         keys = trusted_keys(store)
     finally:
         store.close()
@@ -85,37 +118,39 @@ def test_a_rollout_installs_the_gru_model_and_a_secagg_dp_round_trains_it(tmp_pa
         while not all("connected to" in fleet.log(i) for i in range(2)) and time.monotonic() < deadline:
             time.sleep(0.2)
         # The daemons started on the zoo's mlp and the digits they were made with. Each device's own
-        # text (80 character ids a window) replaces them before the rollout: a daemon loads its
+        # data (text or sensor windows) replaces them before the rollout: a daemon loads its
         # examples for the new architecture when the release installs.
         for i, a in enumerate(fleet.agents):
             with AgentStore(a.db) as s:
                 with s.db.conn:
                     s.db.execute("delete from examples")
-                got = import_examples(s, windows(TEXTS[i], tmp_path / f"text-{i}.npz"), spec)
+                got = import_examples(s, local[i], spec)
                 assert got.train >= 30
         service = CoordinatorService(cfg).start()
         try:
             ops = Store(str(fleet.db))
             try:
-                create_rollout(ops, Spec("to-gru", "gru-0", Target(device_class="pi4")))
+                create_rollout(ops, Spec("to-built", f"{name}-0", Target(device_class="pi4")))
             finally:
                 ops.close()
             deadline = time.monotonic() + 90
-            while get_rollout(service.store, "to-gru").progress.status is Status.ACTIVE and time.monotonic() < deadline:
+            while (
+                get_rollout(service.store, "to-built").progress.status is Status.ACTIVE and time.monotonic() < deadline
+            ):
                 service.idle(0.5)
-            view = get_rollout(service.store, "to-gru")
+            view = get_rollout(service.store, "to-built")
             assert view.progress.status is Status.COMPLETED and view.counts["installed"] == 2, view.to_dict()
         finally:
             service.shutdown()
         for i in range(2):
-            assert "now training model shakespeare_gru" in fleet.log(i)
-            assert fleet.agent_rows(i, "select version from releases where slot = 'current'") == [("gru-0",)]
+            assert f"now training model {name}" in fleet.log(i)
+            assert fleet.agent_rows(i, "select version from releases where slot = 'current'") == [(f"{name}-0",)]
 
-        # serve --model shakespeare_gru: one SecAgg+ round with distributed DP on the installed model
-        fleet.training = dataclasses.replace(fleet.training, model_name="shakespeare_gru")
+        # serve --model NAME: one SecAgg+ round with distributed DP on the installed model
+        fleet.training = dataclasses.replace(fleet.training, model_name=name)
         (report,) = fleet.serve(rounds=1)
         assert (report.status, report.participants) == ("completed", 2), report
-        assert report.model_version == "shakespeare_gru-r1" and report.accuracy is not None
+        assert report.model_version == f"{name}-r1" and report.accuracy is not None
         assert report.epsilon is not None and report.epsilon > 0
         for i in range(2):
             assert fleet.trained(i, report.round_id) == 1, fleet.log(i)
@@ -125,11 +160,11 @@ def test_a_rollout_installs_the_gru_model_and_a_secagg_dp_round_trains_it(tmp_pa
 
     store = Store(str(fleet.db))
     try:
-        before, after = store.model("gru-0"), store.model("shakespeare_gru-r1")
-        assert after.architecture == "shakespeare_gru" and after.parent == "gru-0"
+        before, after = store.model(f"{name}-0"), store.model(f"{name}-r1")
+        assert after.architecture == name and after.parent == f"{name}-0"
         assert after.weights.size == before.weights.size == spec.num_params
         assert not np.array_equal(after.weights, before.weights)  # the round moved the weights
-        row = next(store.db.query("select model_sha256 from releases where version = 'shakespeare_gru-r1'"))
+        row = next(store.db.query("select model_sha256 from releases where version = ?", [f"{name}-r1"]))
         assert row["model_sha256"]
     finally:
         store.close()
