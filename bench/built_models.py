@@ -151,15 +151,9 @@ def daemon_rss(models: list[str], examples: int = 128) -> list[dict]:
 
     from bench.agent_rss import start_broker, vm_kib
     from fedge.agent.local_data import import_examples
-    from fedge.agent.releases import ReleaseManager
     from fedge.agent.store import Store as AgentStore
     from fedge.agent.training.models import load_spec
-    from fedge.coordinator.fleet.controller import create_rollout, get_rollout
-    from fedge.coordinator.fleet.releases import import_model, trusted_keys
-    from fedge.coordinator.fleet.rollouts import Spec, Status, Target
-    from fedge.coordinator.service.config import ServiceConfig
-    from fedge.coordinator.service.service import CoordinatorService
-    from fedge.coordinator.store import Store
+    from fedge.coordinator.fleet.rollouts import Status
     from tests.daemon_fleet import DaemonFleet, secagg_training
 
     out = []
@@ -180,48 +174,18 @@ def daemon_rss(models: list[str], examples: int = 128) -> list[dict]:
                     x = rng.standard_normal((examples, *spec.input_shape)).astype(np.float32)
                 np.savez(tmp / f"data-{i}.npz", x=x, y=rng.integers(0, spec.num_classes, examples))
             fleet.test_data = tmp / "data-2.npz"
-            store = Store(str(fleet.db))
-            try:
-                import_model(store, path, version=f"{name}-0")
-                keys = trusted_keys(store)
-            finally:
-                store.close()
-            for a in fleet.agents:
-                with AgentStore(a.db) as s:
-                    for public in keys.values():
-                        ReleaseManager(s.db, a.device_id).trust_key(public)
-            cfg = ServiceConfig(
-                db_path=str(fleet.db), training=fleet.training, broker_url=url, rounds=0, checkin_window_s=30.0,
-                eval_data=str(fleet.test_data), mqtt_protocol="5", epsilon_budget=1000.0,
-            )  # fmt: skip
+            fleet.release_model(path, f"{name}-0")
             with fleet:
                 pids = [p.pid for p in fleet.procs]
-                deadline = time.monotonic() + 60
-                while not all("connected to" in fleet.log(i) for i in range(2)) and time.monotonic() < deadline:
-                    time.sleep(0.2)
+                fleet.wait_connected()
                 startup = [vm_kib(pid, "VmRSS") for pid in pids]
                 for i, a in enumerate(fleet.agents):
                     with AgentStore(a.db) as s:
                         with s.db.conn:
                             s.db.execute("delete from examples")
                         import_examples(s, tmp / f"data-{i}.npz", spec)
-                service = CoordinatorService(cfg).start()
-                try:
-                    ops = Store(str(fleet.db))
-                    try:
-                        create_rollout(ops, Spec("to-built", f"{name}-0", Target(device_class="pi4")))
-                    finally:
-                        ops.close()
-                    deadline = time.monotonic() + 120
-                    while (
-                        get_rollout(service.store, "to-built").progress.status is Status.ACTIVE
-                        and time.monotonic() < deadline
-                    ):
-                        service.idle(0.5)
-                    if get_rollout(service.store, "to-built").progress.status is not Status.COMPLETED:
-                        raise SystemExit(f"{name}: the rollout did not complete")
-                finally:
-                    service.shutdown()
+                if fleet.roll_out(f"{name}-0", timeout_s=120).progress.status is not Status.COMPLETED:
+                    raise SystemExit(f"{name}: the rollout did not complete")
                 fleet.training = dataclasses.replace(fleet.training, model_name=name)
                 (report,) = fleet.serve(rounds=1)
                 peak = [vm_kib(pid, "VmHWM") for pid in pids]

@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 import sqlite3
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedge.coordinator.rounds.plan import TrainingConfig
 from fedge.coordinator.service.config import ServiceConfig
@@ -21,6 +23,9 @@ from fedge.coordinator.service.service import CoordinatorService, RoundReport
 from fedge.coordinator.store import Store
 from tests.agent_fixtures import start_agent, stop
 from tests.mqtt_proxy import MqttProxy
+
+if TYPE_CHECKING:
+    from fedge.coordinator.fleet.controller import RolloutView
 
 
 def rows(db: Path | str, sql: str) -> list[dict]:
@@ -118,6 +123,63 @@ class DaemonFleet:
             **kw,
         )  # type: ignore[arg-type]
         return CoordinatorService(cfg).run()
+
+    def release_model(self, model: Path, version: str) -> None:
+        """Import a built ``.tflite`` as signed release ``version``, and have every daemon trust the
+        release key (what ``fedge-agent init --release-key`` does at enrollment). Before :meth:`start`."""
+        from fedge.agent.releases import ReleaseManager
+        from fedge.agent.store import Store as AgentStore
+        from fedge.coordinator.fleet.releases import import_model, trusted_keys
+
+        store = Store(str(self.db))
+        try:
+            import_model(store, model, version=version)
+            keys = trusted_keys(store)
+        finally:
+            store.close()
+        for a in self.agents:
+            with AgentStore(a.db) as s:
+                for public in keys.values():
+                    ReleaseManager(s.db, a.device_id).trust_key(public)
+
+    def wait_connected(self, timeout_s: float = 60.0) -> None:
+        """Until every started daemon logged its connection (commands to a device with no session yet
+        would be lost)."""
+        deadline = time.monotonic() + timeout_s
+        while not all("connected to" in self.log(i) for i in range(len(self.agents))) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def roll_out(self, version: str, rollout_id: str = "to-built", timeout_s: float = 90.0) -> RolloutView:
+        """``serve --rounds 0`` on this fleet's store while a rollout of ``version`` to every daemon (all
+        are class pi4) runs, until it leaves ``active`` or ``timeout_s`` passes; the rollout as it ended."""
+        from fedge.coordinator.fleet.controller import create_rollout, get_rollout
+        from fedge.coordinator.fleet.rollouts import Spec, Status, Target
+
+        cfg = ServiceConfig(
+            db_path=str(self.db),
+            training=self.training,
+            broker_url=self.broker_url,
+            rounds=0,
+            checkin_window_s=30.0,
+            eval_data=str(self.test_data),
+            mqtt_protocol="5",
+            epsilon_budget=1000.0,
+        )
+        service = CoordinatorService(cfg).start()
+        try:
+            ops = Store(str(self.db))
+            try:
+                create_rollout(ops, Spec(rollout_id, version, Target(device_class="pi4")))
+            finally:
+                ops.close()
+            deadline = time.monotonic() + timeout_s
+            while (
+                get_rollout(service.store, rollout_id).progress.status is Status.ACTIVE and time.monotonic() < deadline
+            ):
+                service.idle(0.5)
+            return get_rollout(service.store, rollout_id)
+        finally:
+            service.shutdown()
 
     def log(self, i: int) -> str:
         return (self.work / f"{self.agents[i].device_id}.log").read_text()

@@ -15,14 +15,9 @@ import numpy as np
 import pytest
 
 from fedge.agent.local_data import import_examples
-from fedge.agent.releases import ReleaseManager
 from fedge.agent.store import Store as AgentStore
 from fedge.agent.training.models import MODELS_DIR, load_spec
-from fedge.coordinator.fleet.controller import create_rollout, get_rollout
-from fedge.coordinator.fleet.releases import import_model, trusted_keys
-from fedge.coordinator.fleet.rollouts import Spec, Status, Target
-from fedge.coordinator.service.config import ServiceConfig
-from fedge.coordinator.service.service import CoordinatorService
+from fedge.coordinator.fleet.rollouts import Status
 from fedge.coordinator.store import Store
 from fedge.simulations.shakespeare import SEQ_LEN, encode
 from tests.daemon_fleet import DaemonFleet, secagg_training
@@ -91,32 +86,10 @@ def test_a_rollout_installs_a_built_model_and_a_secagg_dp_round_trains_it(
     assert spec.input_shape == shape and spec.num_classes == classes
     local, fleet.test_data = data(tmp_path)
 
-    store = Store(str(fleet.db))
-    try:
-        import_model(store, model, version=f"{name}-0")
-        keys = trusted_keys(store)
-    finally:
-        store.close()
-    for a in fleet.agents:  # enrollment hands the device the release key (fedge-agent init --release-key)
-        with AgentStore(a.db) as s:
-            for public in keys.values():
-                ReleaseManager(s.db, a.device_id).trust_key(public)
-
-    cfg = ServiceConfig(
-        db_path=str(fleet.db),
-        training=fleet.training,
-        broker_url=mosquitto.url,
-        rounds=0,
-        checkin_window_s=30.0,
-        eval_data=str(fleet.test_data),
-        mqtt_protocol="5",
-        epsilon_budget=1000.0,
-    )
+    fleet.release_model(model, f"{name}-0")
     t0 = time.monotonic()
     with fleet:
-        deadline = time.monotonic() + 60  # commands to a device with no session yet would be lost
-        while not all("connected to" in fleet.log(i) for i in range(2)) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        fleet.wait_connected()
         # The daemons started on the zoo's mlp and the digits they were made with. Each device's own
         # data (text or sensor windows) replaces them before the rollout: a daemon loads its
         # examples for the new architecture when the release installs.
@@ -126,22 +99,8 @@ def test_a_rollout_installs_a_built_model_and_a_secagg_dp_round_trains_it(
                     s.db.execute("delete from examples")
                 got = import_examples(s, local[i], spec)
                 assert got.train >= 30
-        service = CoordinatorService(cfg).start()
-        try:
-            ops = Store(str(fleet.db))
-            try:
-                create_rollout(ops, Spec("to-built", f"{name}-0", Target(device_class="pi4")))
-            finally:
-                ops.close()
-            deadline = time.monotonic() + 90
-            while (
-                get_rollout(service.store, "to-built").progress.status is Status.ACTIVE and time.monotonic() < deadline
-            ):
-                service.idle(0.5)
-            view = get_rollout(service.store, "to-built")
-            assert view.progress.status is Status.COMPLETED and view.counts["installed"] == 2, view.to_dict()
-        finally:
-            service.shutdown()
+        view = fleet.roll_out(f"{name}-0")
+        assert view.progress.status is Status.COMPLETED and view.counts["installed"] == 2, view.to_dict()
         for i in range(2):
             assert f"now training model {name}" in fleet.log(i)
             assert fleet.agent_rows(i, "select version from releases where slot = 'current'") == [(f"{name}-0",)]
