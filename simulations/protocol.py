@@ -27,7 +27,7 @@ from fedge.agent.core.errors import ProtocolError
 from fedge.agent.core.messages.common import Outbound
 from fedge.agent.core.secagg.params import supported_suites
 from fedge.coordinator.rounds.accounting import PrivacyAccountant
-from fedge.coordinator.rounds.audit import CanaryAudit, canary_index, is_canary
+from fedge.coordinator.rounds.audit import CanaryAudit, canary_index, devices_aggregated, is_canary
 from fedge.coordinator.rounds.buffered import GroupLedger, group_event
 from fedge.coordinator.rounds.builder import Draw, SecureRisk, build_round
 from fedge.coordinator.rounds.engine import RoundStatus
@@ -351,15 +351,13 @@ class ProtocolEngine:
         elif engine.status is RoundStatus.COMPLETED and built.event is not None:
             self.accountant.record(built.event)
         dropped = {"unavailable": unavailable, **(dict(outcome.dropped) if outcome else {})}
-        # canaries are never devices: not in the participant count, nor in the reason's count
-        participants = (
-            (sum(1 for d in outcome.survivors if not is_canary(d)) if canaries else outcome.participants)
-            if outcome
-            else 0
+        participants, reason = (
+            devices_aggregated(
+                outcome.survivors, outcome.participants, engine.reason, engine.status is RoundStatus.COMPLETED
+            )
+            if outcome is not None
+            else (0, engine.reason)
         )
-        reason = engine.reason
-        if canaries and outcome is not None and engine.status is RoundStatus.COMPLETED:
-            reason = f"{participants} devices aggregated (and {len(outcome.survivors) - participants} audit canaries)"
         audit = None
         if self.audit is not None:
             started = time.perf_counter()

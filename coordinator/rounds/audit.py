@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -82,6 +83,17 @@ def canary_index(device_id: str) -> int | None:
 
 def is_canary(device_id: str) -> bool:
     return device_id.startswith(CANARY_PREFIX)
+
+
+def devices_aggregated(survivors: Sequence[str], participants: int, reason: str, completed: bool) -> tuple[int, str]:
+    """A round's participant count and reason with canaries left out: canaries are never devices.
+    Without canaries among ``survivors``, ``participants`` and ``reason`` as the engine gave them."""
+    devices = sum(1 for d in survivors if not is_canary(d))
+    if devices == len(survivors):
+        return participants, reason
+    if completed:
+        reason = f"{devices} devices aggregated (and {len(survivors) - devices} audit canaries)"
+    return devices, reason
 
 
 @dataclasses.dataclass(frozen=True)

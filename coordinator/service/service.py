@@ -38,7 +38,7 @@ from fedge.agent.core.transport import Inbound, Transport, open_transport
 from fedge.coordinator.fleet.controller import FleetController
 from fedge.coordinator.fleet.releases import create_release
 from fedge.coordinator.rounds.accounting import RELATION_NAMES
-from fedge.coordinator.rounds.audit import AUDIT_RELATION, is_canary
+from fedge.coordinator.rounds.audit import AUDIT_RELATION, devices_aggregated, is_canary
 from fedge.coordinator.rounds.builder import Draw, build_round
 from fedge.coordinator.rounds.engine import RoundEngine, RoundStatus
 from fedge.coordinator.rounds.grouped import GroupRefused
@@ -811,12 +811,9 @@ class CoordinatorService:
         for device, reason in sorted(outcome.flagged.items()):  # e.g. forged shares corrected at unmask
             quarantine(store, device, reason, now=now, round_id=rid)
         dropped = dict(outcome.dropped)
-        canaries = [d for d in engine.cohort if is_canary(d)]
-        # canaries are never devices: not in the participant count, nor in the reason's count
-        participants = sum(1 for d in outcome.survivors if not is_canary(d)) if canaries else outcome.participants
-        reason = outcome.reason
-        if canaries and outcome.status is RoundStatus.COMPLETED:
-            reason = f"{participants} devices aggregated (and {len(outcome.survivors) - participants} audit canaries)"
+        participants, reason = devices_aggregated(
+            outcome.survivors, outcome.participants, outcome.reason, outcome.status is RoundStatus.COMPLETED
+        )
         fields: dict[str, Any] = {"participants": participants, "dropped": dropped, "stage": engine.stage}
         model_in = self.current_model()
         version = model_in.version
