@@ -3,6 +3,10 @@
 Both expose the same ``Interpreter`` API (signature runners, resource variables). tflite-runtime
 2.14 has no wheel past Python 3.11; ai-edge-litert is its successor for newer Pythons.
 Default ``num_threads=1``: with 2 threads tflite-runtime 2.14 was erratic and up to 200x slower.
+Interpreters run the builtin kernels only, without the runtime's default XNNPACK delegate: with it,
+tflite-runtime 2.14 corrupted the heap when a GRU trained at batch 2, 4 or 8 between inference calls of
+other sizes (SIGSEGV or SIGABRT; ``tests/test_training_delegates.py``). Training steps cost the same
+without it; ``bench/delegates.py`` measures both.
 
 The C++ runtime writes its log straight to file descriptor 2, and the first interpreter allocated in a
 process prints :data:`XNNPACK_BANNER` there. Neither tflite-runtime 2.14 nor ai-edge-litert 2.3 honours
@@ -69,10 +73,15 @@ def load_interpreter(model: Path | str | bytes, *, num_threads: int = 1, runtime
     mod = interpreter_module(runtime)
     try:
         with runtime_stderr():
+            builtin_only = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
             if isinstance(model, bytes):
-                interp = mod.Interpreter(model_content=model, num_threads=num_threads)
+                interp = mod.Interpreter(
+                    model_content=model, num_threads=num_threads, experimental_op_resolver_type=builtin_only
+                )
             else:
-                interp = mod.Interpreter(model_path=str(model), num_threads=num_threads)
+                interp = mod.Interpreter(
+                    model_path=str(model), num_threads=num_threads, experimental_op_resolver_type=builtin_only
+                )
             interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise TrainingError(
