@@ -23,6 +23,9 @@ from fedge.agent.training.runtime import load_interpreter
 
 log = logging.getLogger(__name__)
 
+#: A loss this large has overflowed: tflite-runtime's builtin kernels saturate at float32's largest
+#: value where XNNPACK's give inf, and either way the weights have diverged.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: ``TrainResult.stopped`` reasons.
 STOP_TIME_CAP = "time cap"
 STOP_ABORTED = "aborted"
@@ -125,7 +128,8 @@ class Trainer:
         """Run ``epochs`` of shuffled mini-batch SGD from ``global_weights`` and return the delta.
 
         The cap and the abort signal are checked before every step, so training stops within
-        one step of either. A non-finite loss raises TrainingError (the update is useless).
+        one step of either. A non-finite loss, or one saturated at float32's largest value, raises
+        TrainingError (the update is useless).
 
         ``prox_mu`` > 0 adds FedProx's proximal term (mu/2)||w - w_global||^2 (Li et al., MLSys
         2020) exactly: after each TFLite step w' = w - lr grad f(w), the weights become
@@ -162,7 +166,7 @@ class Trainer:
                     break
                 idx = order[lo : lo + batch_size]
                 batch_loss = float(self._train(x=x[idx], y=y[idx], lr=lr)["loss"])
-                if not math.isfinite(batch_loss):
+                if not math.isfinite(batch_loss) or abs(batch_loss) >= FLOAT32_MAX:
                     raise TrainingError(
                         f"{self.spec.name}: loss became {batch_loss} at step {steps + 1}; lower the learning rate"
                     )
