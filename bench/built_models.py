@@ -95,6 +95,24 @@ def _peak_kib() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
+def random_examples(path: str | Path, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random examples of a committed model's input (token ids below the vocabulary when its first
+    layer is an embedding) and random targets of its loss (class ids, or 0/1 floats)."""
+    from fedge.agent.training.models import load_spec
+
+    spec = load_spec(str(path))
+    first = (json.loads(Path(path).with_suffix(".json").read_text()).get("layers") or [{}])[0]
+    if first.get("type") == "embedding":
+        x = rng.integers(0, first["vocab"], (n, *spec.input_shape)).astype(np.float32)
+    else:
+        x = rng.standard_normal((n, *spec.input_shape)).astype(np.float32)
+    if spec.class_labels:
+        y = rng.integers(0, spec.num_classes, n).astype(np.int32)
+    else:
+        y = rng.integers(0, 2, (n, spec.num_classes)).astype(np.float32)
+    return x, y
+
+
 def probe(path: str, examples: int, batch_size: int) -> dict:
     """In a fresh process: the floor after imports, then one epoch through the Trainer."""
     from fedge.agent.training.runtime import interpreter_module, runtime_name
@@ -105,17 +123,8 @@ def probe(path: str, examples: int, batch_size: int) -> dict:
     from fedge.agent.training.trainer import Trainer
 
     spec = load_spec(path)
-    meta = json.loads(Path(path).with_suffix(".json").read_text())
     rng = np.random.default_rng(0)
-    first = meta["layers"][0]
-    if first["type"] == "embedding":
-        x = rng.integers(0, first["vocab"], (examples, *spec.input_shape)).astype(np.float32)
-    else:
-        x = rng.standard_normal((examples, *spec.input_shape)).astype(np.float32)
-    if spec.class_labels:
-        y = rng.integers(0, spec.num_classes, examples).astype(np.int32)
-    else:
-        y = rng.integers(0, 2, (examples, spec.num_classes)).astype(np.float32)
+    x, y = random_examples(path, examples, rng)
     trainer = Trainer(spec)
     t0 = time.perf_counter()
     trainer.train(trainer.initial_weights(), x, y, epochs=1, batch_size=batch_size, learning_rate=0.01, rng=rng)
@@ -160,18 +169,13 @@ def daemon_rss(models: list[str], examples: int = 128) -> list[dict]:
     for name in models:
         path = SPECS / f"{name}.tflite"
         spec = load_spec(path)
-        meta = json.loads(path.with_suffix(".json").read_text())
         tmp = Path(tempfile.mkdtemp(prefix="fedge-built-rss-"))
         url, stop_broker = start_broker(tmp)
         try:
             fleet = DaemonFleet(tmp / "w", 2, url, secagg_training(2, epochs=1, batch_size=10))
             rng = np.random.default_rng(0)
-            first = meta["layers"][0]
             for i in range(3):
-                if first["type"] == "embedding":
-                    x = rng.integers(0, first["vocab"], (examples, *spec.input_shape)).astype(np.float32)
-                else:
-                    x = rng.standard_normal((examples, *spec.input_shape)).astype(np.float32)
+                x, _ = random_examples(path, examples, rng)
                 np.savez(tmp / f"data-{i}.npz", x=x, y=rng.integers(0, spec.num_classes, examples))
             fleet.test_data = tmp / "data-2.npz"
             fleet.release_model(path, f"{name}-0")

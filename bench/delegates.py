@@ -26,28 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from built_models import random_examples  # bench/ is this script's sys.path[0]
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = sorted((ROOT / "agent" / "models").glob("*.tflite")) + sorted(
     (ROOT / "agent" / "models" / "specs").glob("*.tflite")
 )
-
-
-def _inputs(path: Path, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    from fedge.agent.training.models import load_spec
-
-    spec = load_spec(str(path))
-    meta = json.loads(path.with_suffix(".json").read_text())
-    first = (meta.get("layers") or [{}])[0]
-    if first.get("type") == "embedding":
-        x = rng.integers(0, first["vocab"], (n, *spec.input_shape)).astype(np.float32)
-    else:
-        x = rng.standard_normal((n, *spec.input_shape)).astype(np.float32)
-    if spec.class_labels:
-        y = rng.integers(0, spec.num_classes, n).astype(np.int32)
-    else:
-        y = rng.integers(0, 2, (n, spec.num_classes)).astype(np.float32)
-    return x, y
 
 
 def _interpreter(path: Path, delegates: bool) -> Any:
@@ -82,7 +66,7 @@ def _time_infer(interp: Any, x: np.ndarray) -> float:
 def probe(path: Path, delegates: bool, steps: int, batch: int) -> dict:
     """In a fresh process: seconds per train step and for one inference pass, on two interpreters."""
     rng = np.random.default_rng(0)
-    x, y = _inputs(path, 2560, rng)
+    x, y = random_examples(path, 2560, rng)
     trainer, evaluator = _interpreter(path, delegates), _interpreter(path, delegates)
     _time_train(trainer, x, y, 3, batch)  # first calls allocate
     _time_infer(evaluator, x[:256])
