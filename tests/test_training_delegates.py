@@ -73,7 +73,7 @@ for _ in range(2):
         y = rng.integers(0, spec.num_classes, size=n)
         trainer.train(w, x, y, epochs=1, batch_size=2, learning_rate=1.0, rng=rng)
     trainer.logits(w, x_test)
-    junk = [np.ones(1000) for _ in range(1000)]
+    junk = [np.ones(1000) for _ in range(1000)]  # a thousand allocations: glibc walks the heap it corrupted
 print("done")
 """
 
