@@ -77,7 +77,7 @@ def load_interpreter(model: Path | str | bytes, *, num_threads: int = 1, runtime
     try:
         with runtime_stderr():
             kw: dict[str, Any] = {"num_threads": num_threads}
-            if mod.__name__.split(".")[0] in WITHOUT_DEFAULT_DELEGATES:
+            if runtime_name(runtime) in WITHOUT_DEFAULT_DELEGATES:
                 kw["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
             if isinstance(model, bytes):
                 interp = mod.Interpreter(model_content=model, **kw)
