@@ -110,8 +110,10 @@ class DaemonFleet:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def serve(self, rounds: int = 1, **kw: object) -> list[RoundReport]:
-        cfg = ServiceConfig(
+    def service_config(self, rounds: int, **kw: object) -> ServiceConfig:
+        """The coordinator's config for this fleet: its store, training, broker and test data, MQTT 5,
+        a 60 s check-in window and a budget no test spends; ``kw`` overrides any of them."""
+        args: dict[str, object] = dict(
             db_path=str(self.db),
             training=self.training,
             broker_url=self.broker_url,
@@ -120,9 +122,12 @@ class DaemonFleet:
             eval_data=str(self.test_data),
             mqtt_protocol="5",
             epsilon_budget=1000.0,
-            **kw,
-        )  # type: ignore[arg-type]
-        return CoordinatorService(cfg).run()
+        )
+        args.update(kw)
+        return ServiceConfig(**args)  # type: ignore[arg-type]
+
+    def serve(self, rounds: int = 1, **kw: object) -> list[RoundReport]:
+        return CoordinatorService(self.service_config(rounds, **kw)).run()
 
     def release_model(self, model: Path, version: str) -> None:
         """Import a built ``.tflite`` as signed release ``version``, and have every daemon trust the
@@ -155,17 +160,7 @@ class DaemonFleet:
         from fedge.coordinator.fleet.controller import create_rollout, get_rollout
         from fedge.coordinator.fleet.rollouts import Spec, Status, Target
 
-        cfg = ServiceConfig(
-            db_path=str(self.db),
-            training=self.training,
-            broker_url=self.broker_url,
-            rounds=0,
-            checkin_window_s=30.0,
-            eval_data=str(self.test_data),
-            mqtt_protocol="5",
-            epsilon_budget=1000.0,
-        )
-        service = CoordinatorService(cfg).start()
+        service = CoordinatorService(self.service_config(0, checkin_window_s=30.0)).start()
         try:
             ops = Store(str(self.db))
             try:

@@ -32,7 +32,6 @@ from fedge.agent.core import topics, wire
 from fedge.agent.core.messages.common import Ack
 from fedge.agent.core.transport import TransportConfig, open_transport
 from fedge.agent.daemon import AgentDaemon
-from fedge.coordinator.service.config import ServiceConfig
 from fedge.coordinator.service.service import CoordinatorService
 from tests.agent_fixtures import start_agent, wait_for
 from tests.daemon_fleet import DaemonFleet, secagg_training
@@ -99,16 +98,7 @@ def test_a_device_an_hour_ahead_takes_part_and_one_that_still_misses_warns_with_
         clock=lambda: time.time() + skew[0],
         transport_factory=lambda tc: open_transport(dataclasses.replace(tc, clean_start=True)),
     )
-    cfg = ServiceConfig(
-        db_path=str(fleet.db),
-        training=fleet.training,
-        broker_url=mosquitto.url,
-        rounds=1,
-        checkin_window_s=15.0,
-        eval_data=str(fleet.test_data),
-        mqtt_protocol="5",
-        epsilon_budget=1000.0,
-    )
+    cfg = fleet.service_config(1, checkin_window_s=15.0)
     procs = [start_agent(a.profile, fleet.work / f"{a.device_id}.log") for a in fleet.agents[:2]]
     fleet.procs.extend(procs)
     thread = threading.Thread(target=daemon.serve, daemon=True)

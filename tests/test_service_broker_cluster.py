@@ -23,7 +23,6 @@ import pytest
 from fedge.agent.core import topics, wire
 from fedge.agent.core.transport.failover import broker_order
 from fedge.coordinator.service.broker import free_port
-from fedge.coordinator.service.config import ServiceConfig
 from fedge.coordinator.service.service import CoordinatorService
 from fedge.coordinator.store import Store
 from tests.agent_fixtures import ROOT, agent_cmd, wait_for
@@ -128,16 +127,7 @@ def test_an_edge_broker_crashed_mid_round_its_devices_fail_over_and_nothing_is_l
         watch.close()
 
     injector = threading.Thread(target=crash_edge, daemon=True)
-    cfg = ServiceConfig(
-        db_path=str(fleet.db),
-        training=fleet.training,
-        broker_url=cluster.hub.url,
-        rounds=2,
-        checkin_window_s=60.0,
-        eval_data=str(fleet.test_data),
-        mqtt_protocol="5",
-        epsilon_budget=1000.0,
-    )
+    cfg = fleet.service_config(2)
     try:
         injector.start()
         reports = CoordinatorService(cfg, rng=np.random.default_rng(0)).run()
